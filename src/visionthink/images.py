@@ -1,0 +1,161 @@
+"""Safe image loading, snapping to the model's pixel grid, and the low/high-resolution views."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from visionthink.errors import ImageError
+
+ImageSource = str | os.PathLike | bytes | bytearray | Image.Image
+
+DEFAULT_MAX_INPUT_PIXELS = 50_000_000
+"""Images with more pixels than this are refused before decoding (decompression bombs)."""
+
+
+@dataclass(frozen=True)
+class PixelGrid:
+    """The model's pixel grid: sizes are multiples of `factor` with area in [min_pixels, max_pixels].
+
+    For Qwen2.5-VL one visual token covers 28x28 pixels (14 px patches merged 2x2).
+    """
+
+    factor: int = 28
+    min_pixels: int = 56 * 56
+    max_pixels: int = 28 * 28 * 1280
+
+    def snap(self, width: int, height: int) -> tuple[int, int]:
+        """Nearest (width, height) on the grid, aspect kept, area within bounds."""
+        if width < 1 or height < 1:
+            raise ImageError(f"image size {width}x{height} is empty")
+        if max(width, height) / min(width, height) > 200:
+            raise ImageError(f"image aspect ratio {width}x{height} is too extreme (over 200:1)")
+        f = self.factor
+        w = max(f, round(width / f) * f)
+        h = max(f, round(height / f) * f)
+        if w * h > self.max_pixels:
+            beta = math.sqrt(width * height / self.max_pixels)
+            w = max(f, math.floor(width / beta / f) * f)
+            h = max(f, math.floor(height / beta / f) * f)
+        elif w * h < self.min_pixels:
+            beta = math.sqrt(self.min_pixels / (width * height))
+            w = math.ceil(width * beta / f) * f
+            h = math.ceil(height * beta / f) * f
+        return w, h
+
+    def tokens(self, width: int, height: int) -> int:
+        """Visual tokens for an image already on the grid."""
+        return (width // self.factor) * (height // self.factor)
+
+
+def load_image(source: ImageSource, max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> Image.Image:
+    """Load an RGB image from a path, bytes or PIL image.
+
+    Applies EXIF orientation, takes the first frame of animations, converts any mode to RGB
+    (transparency is composited on white) and refuses corrupt, truncated, non-image or
+    oversized input with `ImageError`.
+    """
+    if isinstance(source, Image.Image):
+        return _to_rgb(_check_size(source, max_input_pixels, "image"))
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageError("image data is empty (0 bytes)")
+        return _decode(io.BytesIO(bytes(source)), "image data", max_input_pixels)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(f"{path}: no such image file")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: file is empty (0 bytes)")
+        with open(path, "rb") as handle:
+            return _decode(io.BytesIO(handle.read()), str(path), max_input_pixels)
+    raise ImageError(f"cannot load an image from a {type(source).__name__}")
+
+
+def _decode(stream: io.BytesIO, name: str, max_input_pixels: int) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+            _check_size(image, max_input_pixels, name)
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+            return _to_rgb(image)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"{name}: image is too large to decode safely ({error})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, EOFError, ZeroDivisionError,
+            struct.error, MemoryError, RuntimeError, AttributeError) as error:
+        raise ImageError(f"{name}: corrupt or truncated image ({type(error).__name__}: {error})") from None
+
+
+def _check_size(image: Image.Image, max_input_pixels: int, name: str) -> Image.Image:
+    width, height = image.size
+    if width * height > max_input_pixels:
+        raise ImageError(
+            f"{name}: {width}x{height} = {width * height / 1e6:.1f} megapixels is over the limit of "
+            f"{max_input_pixels / 1e6:.1f} megapixels"
+        )
+    if width < 1 or height < 1:
+        raise ImageError(f"{name}: image has no pixels ({width}x{height})")
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB; alpha is composited on white, 16/32-bit and float are rescaled."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        import numpy as np
+
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        array = ((array - low) * scale).clip(0, 255).astype("uint8")
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Views:
+    """The two resolutions of one image, both on the model's pixel grid."""
+
+    low: Image.Image
+    high: Image.Image
+
+
+def high_view(image: Image.Image, grid: PixelGrid) -> Image.Image:
+    """The full-resolution view: the image snapped to the grid (tiny images are upscaled)."""
+    size = grid.snap(*image.size)
+    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def low_view(high: Image.Image, grid: PixelGrid) -> Image.Image:
+    """The low-resolution view: half width and half height of the high view (LANCZOS), on the grid."""
+    half = (max(1, high.width // 2), max(1, high.height // 2))
+    size = grid.snap(*half)
+    return high.resize(size, Image.Resampling.LANCZOS)
+
+
+def make_views(image: Image.Image, grid: PixelGrid) -> Views:
+    """Both views of an RGB image."""
+    high = high_view(image, grid)
+    return Views(low=low_view(high, grid), high=high)

@@ -1,0 +1,275 @@
+"""The VisionThink conversation, defined once for training, inference, evaluation and serving.
+
+Turn 1: system prompt listing the `resize_image` tool, user turn with the low-res image.
+The model answers (`<think>..</think><answer>..</answer>`) or calls the tool. On a valid
+call, a tool turn carries the high-res image and the model answers. At most 2 assistant turns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from PIL import Image
+
+MAX_ASSISTANT_TURNS = 2
+TOOL_NAME = "resize_image"
+RESIZE_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": TOOL_NAME,
+        "description": (
+            "Double the resolution of the current image. Use it only if the critical information "
+            "cannot be obtained at the current resolution."
+        ),
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "action": {
+                    "type": "string",
+                    "enum": ["resize"],
+                    "description": "Always 'resize': returns the image at full resolution.",
+                }
+            },
+            "required": ["action"],
+        },
+    },
+}
+SYSTEM_PROMPT = "You are a helpful assistant."
+USER_INSTRUCTION = (
+    "Think in <think> </think>, then give the final answer in <answer> </answer>. "
+    "If the image is too small to answer, call resize_image instead of answering."
+)
+TOOL_RESPONSE_TEXT = "Full resolution. Think in <think> </think>, then answer in <answer> </answer>."
+RESIZE_CALL_JSON = json.dumps({"name": TOOL_NAME, "arguments": {"action": "resize"}})
+
+Message = dict[str, Any]
+
+
+def image_part(image: Image.Image) -> dict[str, Any]:
+    return {"type": "image", "image": image}
+
+
+def text_part(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+def first_turn(question: str, image: Image.Image) -> list[Message]:
+    """System prompt and the user turn holding the first (usually low-res) image."""
+    return [
+        {"role": "system", "content": [text_part(SYSTEM_PROMPT)]},
+        {"role": "user", "content": [image_part(image), text_part(f"{question}\n{USER_INSTRUCTION}")]},
+    ]
+
+
+def assistant_turn(text: str) -> Message:
+    """An assistant turn exactly as the model produced it (tool calls stay inline)."""
+    return {"role": "assistant", "content": [text_part(text)]}
+
+
+def tool_turn(image: Image.Image) -> Message:
+    """The tool's answer to a resize call: the high-res image and how to go on."""
+    return {"role": "tool", "name": TOOL_NAME, "content": [image_part(image), text_part(TOOL_RESPONSE_TEXT)]}
+
+
+def error_turn(error: str) -> Message:
+    """The tool's answer to a malformed call."""
+    return {"role": "tool", "name": TOOL_NAME, "content": [text_part(f"Error: {error}")]}
+
+
+def answer_text(think: str, answer: str) -> str:
+    """The canonical direct-answer turn."""
+    return f"<think>{think}</think>\n<answer>{answer}</answer>"
+
+
+def resize_text(think: str) -> str:
+    """The canonical resize-call turn."""
+    return f"<think>{think}</think>\n<tool_call>\n{RESIZE_CALL_JSON}\n</tool_call>"
+
+
+def images_in(messages: list[Message]) -> list[Image.Image]:
+    """The images of a conversation in the order the template renders them."""
+    found = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            found.extend(part["image"] for part in content if part.get("type") == "image")
+    return found
+
+
+# ---------------------------------------------------------------- parsing
+
+TurnKind = Literal["answer", "resize", "malformed"]
+_THINK = re.compile(r"<think>(.*?)</think>", re.S)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+_TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
+_END_MARKERS = ("<|im_end|>", "<|endoftext|>")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one assistant turn says.
+
+    `well_formed` is the paper's format check for the turn: one think block, then exactly
+    one answer block (direct answer) or exactly one tool call (resize), nothing else.
+    """
+
+    kind: TurnKind
+    answer: str | None = None
+    think: str | None = None
+    well_formed: bool = False
+    error: str | None = None
+
+
+def parse_turn(text: str) -> Turn:
+    """Classify an assistant turn as an answer, a resize call or malformed. Never raises."""
+    try:
+        return _parse_turn(text)
+    except Exception as error:  # noqa: BLE001 - the parser must never raise on model output
+        return Turn("malformed", error=f"unparseable turn ({type(error).__name__})")
+
+
+def _parse_turn(text: str) -> Turn:
+    if not isinstance(text, str):
+        return Turn("malformed", error="turn is not text")
+    body = text.strip()
+    for marker in _END_MARKERS:
+        body = body.removesuffix(marker).rstrip()
+    thinks = _THINK.findall(body)
+    think = thinks[0].strip() if thinks else None
+    calls = _TOOL_CALL.findall(body)
+    answers = _ANSWER.findall(body)
+    starts_with_think = body.startswith("<think>") and len(thinks) == 1
+    if calls and answers:
+        return Turn("malformed", think=think, error="turn both answers and calls a tool")
+    if calls:
+        if len(calls) > 1:
+            return Turn("malformed", think=think, error="more than one tool call in a turn")
+        error = _check_resize_call(calls[0])
+        if error:
+            return Turn("malformed", think=think, error=error)
+        rest = _TOOL_CALL.sub("", _THINK.sub("", body, count=1)).strip()
+        return Turn("resize", think=think, well_formed=starts_with_think and not rest)
+    if "<tool_call>" in body:
+        return Turn("malformed", think=think, error="unterminated <tool_call>")
+    answer = extract_answer(body)
+    if answer is None:
+        return Turn("malformed", think=think, error="no <answer> and no tool call")
+    rest = _ANSWER.sub("", _THINK.sub("", body, count=1)).strip()
+    well_formed = starts_with_think and len(answers) == 1 and not rest and "<think>" not in answers[0]
+    return Turn("answer", answer=answer, think=think, well_formed=well_formed)
+
+
+def _check_resize_call(payload: str) -> str | None:
+    """None when the payload is a valid resize_image call, else why not."""
+    try:
+        call = json.loads(payload.strip())
+    except (json.JSONDecodeError, RecursionError):
+        return "tool call is not valid JSON"
+    if not isinstance(call, dict):
+        return "tool call is not a JSON object"
+    if call.get("name") != TOOL_NAME:
+        return f"unknown tool {str(call.get('name'))[:40]!r}; the only tool is {TOOL_NAME}"
+    arguments = call.get("arguments", call.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except (json.JSONDecodeError, RecursionError):
+            return "tool arguments are not valid JSON"
+    if not isinstance(arguments, dict):
+        return "tool arguments are not a JSON object"
+    action = arguments.get("action", "resize")
+    if action != "resize":
+        return f"unknown action {str(action)[:40]!r}; expected 'resize'"
+    return None
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer: the last `<answer>` block, `\\boxed{}` inside it unwrapped; else a bare `\\boxed{}`."""
+    if not isinstance(text, str):
+        return None
+    answers = _ANSWER.findall(text)
+    if answers:
+        inner = answers[-1].strip()
+        boxed = _last_boxed(inner)
+        return (boxed if boxed is not None else inner).strip()
+    boxed = _last_boxed(text)
+    return boxed.strip() if boxed is not None else None
+
+
+def _last_boxed(text: str) -> str | None:
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    begin = i
+    while i < len(text):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[begin:i]
+        i += 1
+    return None
+
+
+# ---------------------------------------------------------------- episodes
+
+
+@dataclass
+class Episode:
+    """One run of the protocol on one question, with what it cost."""
+
+    messages: list[Message]
+    answer: str | None
+    resized: bool
+    turns: list[Turn]
+    visual_tokens_per_turn: list[int]
+    full_res_visual_tokens: int
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    mode: str = "visionthink"
+
+    @property
+    def visual_tokens(self) -> int:
+        """Visual tokens in context at the end (both images stay in context after a resize)."""
+        return sum(self.visual_tokens_per_turn)
+
+    @property
+    def well_formed(self) -> bool:
+        """The paper's format check over the whole episode."""
+        if not self.turns or self.turns[-1].kind != "answer":
+            return False
+        expected = ["resize", "answer"] if self.resized else ["answer"]
+        return [t.kind for t in self.turns] == expected and all(t.well_formed for t in self.turns)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready record (no images)."""
+        return {
+            "answer": self.answer,
+            "resized": self.resized,
+            "visual_tokens": self.visual_tokens,
+            "full_res_visual_tokens": self.full_res_visual_tokens,
+            "visual_tokens_per_turn": self.visual_tokens_per_turn,
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "well_formed": self.well_formed,
+            "turns": [assistant_text(m) for m in self.messages if m["role"] == "assistant"],
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+            "mode": self.mode,
+        }
+
+
+def assistant_text(message: Message) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content or [] if part.get("type") == "text")

@@ -1,0 +1,60 @@
+"""YAML recipes: one section per trainer, loaded into that trainer's config dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from visionthink.errors import VisionThinkError
+
+Config = TypeVar("Config")
+
+
+def load_recipe(path: str | Path | None, section: str, config_class: type[Config],
+                overrides: list[str] | None = None) -> Config:
+    """`config_class` filled from `section` of the YAML file at `path`, then from `key=value` overrides.
+
+    Nested dataclass fields take nested mappings (or dotted keys in overrides: `model.text_layers=6`).
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise VisionThinkError(f"{path}: recipe file not found")
+        document = yaml.safe_load(path.read_text()) or {}
+        if section not in document:
+            raise VisionThinkError(f"{path}: recipe has no `{section}:` section")
+        values = dict(document[section] or {})
+    for override in overrides or []:
+        key, sep, raw = override.partition("=")
+        if not sep:
+            raise VisionThinkError(f"override {override!r} is not key=value")
+        target = values
+        *parents, leaf = key.strip().split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = yaml.safe_load(raw)
+    return _build(config_class, values)
+
+
+def _build(config_class: type[Config], values: dict[str, Any]) -> Config:
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise VisionThinkError(f"unknown {config_class.__name__} field(s): {', '.join(unknown)}")
+    hints = typing.get_type_hints(config_class)
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = _build(hint, value)
+        kwargs[name] = value
+    return config_class(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)

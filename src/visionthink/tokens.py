@@ -1,0 +1,94 @@
+"""Token accounting: render a protocol conversation into model inputs, and mark what is trained on.
+
+This is the single place where messages become token ids. Inference, training and
+serving all call `encode`, so the model is fed exactly the protocol's rendering.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import BatchFeature
+
+from visionthink.protocol import RESIZE_TOOL, Message, images_in
+
+IGNORE_INDEX = -100
+
+
+def render_text(processor, messages: list[Message], add_generation_prompt: bool = False) -> str:
+    """The conversation as template text (one image placeholder per image)."""
+    return processor.apply_chat_template(
+        messages, tools=[RESIZE_TOOL], tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def encode(processor, messages: list[Message], add_generation_prompt: bool = False) -> BatchFeature:
+    """Model inputs for one conversation: input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw."""
+    text = render_text(processor, messages, add_generation_prompt)
+    images = images_in(messages)
+    return processor(text=[text], images=images or None, return_tensors="pt")
+
+
+def assistant_mask(processor, input_ids: torch.Tensor) -> torch.Tensor:
+    """True on the tokens of every assistant turn's content and its closing `<|im_end|>`.
+
+    System, user and tool turns, the `<|im_start|>assistant\\n` header and image tokens stay False.
+    """
+    tokenizer = processor.tokenizer
+    start_id = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    header = tokenizer.encode("assistant\n", add_special_tokens=False)
+    ids = input_ids.tolist()
+    mask = torch.zeros(len(ids), dtype=torch.bool)
+    i = 0
+    while i < len(ids):
+        if ids[i] == start_id and ids[i + 1 : i + 1 + len(header)] == header:
+            j = i + 1 + len(header)
+            while j < len(ids) and ids[j] != end_id:
+                mask[j] = True
+                j += 1
+            if j < len(ids):
+                mask[j] = True
+            i = j
+        i += 1
+    return mask
+
+
+def encode_for_training(processor, messages: list[Message]) -> BatchFeature:
+    """`encode` plus `labels`: the input ids on assistant tokens, IGNORE_INDEX elsewhere."""
+    batch = encode(processor, messages)
+    ids = batch["input_ids"][0]
+    labels = torch.where(assistant_mask(processor, ids), ids, torch.full_like(ids, IGNORE_INDEX))
+    batch["labels"] = labels[None]
+    return batch
+
+
+def collate(processor, examples: list[BatchFeature]) -> dict[str, torch.Tensor]:
+    """Right-pad single-conversation encodings into one batch (images concatenated in order)."""
+    pad_id = processor.tokenizer.pad_token_id
+    length = max(e["input_ids"].shape[1] for e in examples)
+
+    def pad(key: str, value: int) -> torch.Tensor:
+        rows = []
+        for e in examples:
+            row = e[key][0]
+            rows.append(torch.cat([row, torch.full((length - row.shape[0],), value, dtype=row.dtype)]))
+        return torch.stack(rows)
+
+    batch = {
+        "input_ids": pad("input_ids", pad_id),
+        "attention_mask": pad("attention_mask", 0),
+        "mm_token_type_ids": pad("mm_token_type_ids", 0),
+    }
+    if "labels" in examples[0]:
+        batch["labels"] = pad("labels", IGNORE_INDEX)
+    with_images = [e for e in examples if e.get("pixel_values") is not None]
+    if with_images:
+        batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])
+        batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_images])
+    return batch
+
+
+def visual_tokens(processor, image_grid_thw: torch.Tensor) -> list[int]:
+    """Visual tokens per image, from the processor's image grid (t * h * w / merge^2)."""
+    merge = processor.image_processor.merge_size ** 2
+    return [int(t) * int(h) * int(w) // merge for t, h, w in image_grid_thw.tolist()]

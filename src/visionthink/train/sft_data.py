@@ -1,0 +1,129 @@
+"""Supervised conversations on the synthetic world, and the auxiliary perception targets.
+
+The resize decision stays uninformed: a low-res conversation calls the tool with a fixed
+probability whatever the item needs, so RL (issue 3) has to learn *when* to ask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Literal
+
+import numpy as np
+import torch
+
+from visionthink import protocol
+from visionthink.data import synth
+from visionthink.images import PixelGrid, make_views
+from visionthink.tokens import IGNORE_INDEX
+
+THINK = {
+    "colour": "Find the largest shape and its colour.",
+    "shape": "Find the largest shape and its kind.",
+    "count": "Count the shapes.",
+    "pattern": "Read the pattern on the label.",
+}
+"""The short reasoning the tiny model is taught for each question type."""
+
+Start = Literal["low", "high"]
+
+
+def think_for(question: str) -> str:
+    for question_type, text in synth.QUESTIONS.items():
+        if question == text:
+            return THINK[question_type]
+    return "Look at the image."
+
+
+def conversation(question: str, answer: str, views, start: Start, resize: bool) -> list[protocol.Message]:
+    """A protocol conversation with the canonical turns: direct answer, or resize then answer."""
+    think = think_for(question)
+    first_image = views.low if start == "low" else views.high
+    messages = protocol.first_turn(question, first_image)
+    if resize:
+        messages += [protocol.assistant_turn(protocol.resize_text(think)), protocol.tool_turn(views.high)]
+    messages.append(protocol.assistant_turn(protocol.answer_text(think, answer)))
+    return messages
+
+
+def tokenizer_corpus(repeats: int = 20) -> list[str]:
+    """Texts the tiny tokenizer is trained on: every canonical conversation of this world, rendered."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from visionthink.models.processor import chat_template
+
+    no_images = SimpleNamespace(low=None, high=None)
+    answers = {
+        "colour": list(synth.COLOURS), "shape": list(synth.SHAPES), "count": ["1", "2", "3"],
+        "pattern": list(synth.PATTERNS),
+    }
+    conversations = [
+        conversation(question, answer, no_images, "low", resize)
+        for question_type, question in synth.QUESTIONS.items()
+        for answer in answers[question_type]
+        for resize in (False, True)
+    ]
+    rendered, _ = render_jinja_template(
+        conversations=conversations, tools=[protocol.RESIZE_TOOL], chat_template=chat_template()
+    )
+    return rendered * repeats
+
+
+@dataclass
+class Example:
+    """One training conversation and the perception targets of its images."""
+
+    messages: list[protocol.Message]
+    aux: list[dict[str, torch.Tensor]]
+    family: str
+    start: Start
+    resized: bool
+
+
+AUX_HEADS = {"count": 4, "shape": 1 + len(synth.SHAPES), "colour": 1 + len(synth.COLOURS), "largest": 2,
+             "pattern": len(synth.PATTERNS)}
+"""Classes per auxiliary head (per merged visual token)."""
+
+
+def aux_targets(scene: synth.Scene, image_side: int, grid: PixelGrid) -> dict[str, torch.Tensor]:
+    """Per visual token: objects centred there, their shape and colour, the largest one, the label pattern.
+
+    These are privileged labels from the generator, used only to teach a from-scratch
+    vision tower to see. The pattern target sits on the label's token and is ignored
+    when the view is too coarse to show a small label.
+    """
+    side = image_side // grid.factor
+    cell = synth.IMAGE_SIZE / side
+    n = side * side
+    count = torch.zeros(n, dtype=torch.long)
+    shape = torch.zeros(n, dtype=torch.long)
+    colour = torch.zeros(n, dtype=torch.long)
+    largest = torch.zeros(n, dtype=torch.long)
+    biggest = scene.largest
+    for s in sorted(scene.shapes, key=lambda s: s.radius):
+        index = int(s.cy // cell) * side + int(s.cx // cell)
+        count[index] += 1
+        shape[index] = 1 + synth.SHAPES.index(s.kind)
+        colour[index] = 1 + list(synth.COLOURS).index(s.colour)
+        if s is biggest:
+            largest[index] = 1
+    pattern = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
+    legible = scene.label_size == "large" or image_side >= synth.IMAGE_SIZE
+    if legible:
+        pattern[0] = synth.PATTERNS.index(scene.pattern)
+    return {"count": count.clamp(max=3), "shape": shape, "colour": colour, "largest": largest, "pattern": pattern}
+
+
+def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: float,
+                   full_res_fraction: float) -> Example:
+    """A fresh random scene, a random question about it, and a random conversation shape."""
+    scene = synth.make_scene(rng)
+    question_type = str(rng.choice(["colour", "shape", "count", "pattern", "pattern"]))
+    family = "coarse" if question_type != "pattern" else f"fine_{scene.label_size}"
+    views = make_views(scene.image, grid)
+    start: Start = "high" if rng.random() < full_res_fraction else "low"
+    resize = start == "low" and rng.random() < resize_fraction
+    messages = conversation(synth.QUESTIONS[question_type], synth.answer_for(scene, question_type), views, start, resize)
+    sides = [views.low.width if start == "low" else views.high.width] + ([views.high.width] if resize else [])
+    return Example(messages, [aux_targets(scene, side, grid) for side in sides], family, start, resize)
