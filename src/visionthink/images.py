@@ -7,6 +7,7 @@ import math
 import os
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,8 @@ def load_image(source: ImageSource, max_input_pixels: int = DEFAULT_MAX_INPUT_PI
     oversized input with `ImageError`.
     """
     if isinstance(source, Image.Image):
-        return _to_rgb(_check_size(source, max_input_pixels, "image"))
+        _check_size(source, max_input_pixels, "image")
+        return _guarded("image", lambda: _loaded_rgb(source))
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageError("image data is empty (0 bytes)")
@@ -80,15 +82,28 @@ def load_image(source: ImageSource, max_input_pixels: int = DEFAULT_MAX_INPUT_PI
 
 
 def _decode(stream: io.BytesIO, name: str, max_input_pixels: int) -> Image.Image:
+    def decode() -> Image.Image:
+        image = Image.open(stream)
+        _check_size(image, max_input_pixels, name)
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+        return _to_rgb(image)
+
+    return _guarded(name, decode)
+
+
+def _loaded_rgb(image: Image.Image) -> Image.Image:
+    image.load()  # a lazily opened image decodes here, so that its errors are caught here
+    return _to_rgb(image)
+
+
+def _guarded(name: str, work: Callable[[], Image.Image]) -> Image.Image:
+    """Run `work`, turning everything a broken image can raise into `ImageError`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream)
-            _check_size(image, max_input_pixels, name)
-            image.seek(0)
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return _to_rgb(image)
+            return work()
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

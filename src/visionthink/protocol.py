@@ -139,8 +139,9 @@ def _parse_turn(text: str) -> Turn:
         body = body.removesuffix(marker).rstrip()
     thinks = _THINK.findall(body)
     think = thinks[0].strip() if thinks else None
-    calls = _TOOL_CALL.findall(body)
-    answers = _ANSWER.findall(body)
+    outside = _THINK.sub("", body, count=1)  # tags merely mentioned while thinking do not count
+    calls = _TOOL_CALL.findall(outside)
+    answers = _ANSWER.findall(outside)
     starts_with_think = body.startswith("<think>") and len(thinks) == 1
     if calls and answers:
         return Turn("malformed", think=think, error="turn both answers and calls a tool")
@@ -150,14 +151,14 @@ def _parse_turn(text: str) -> Turn:
         error = _check_resize_call(calls[0])
         if error:
             return Turn("malformed", think=think, error=error)
-        rest = _TOOL_CALL.sub("", _THINK.sub("", body, count=1)).strip()
+        rest = _TOOL_CALL.sub("", outside).strip()
         return Turn("resize", think=think, well_formed=starts_with_think and not rest)
-    if "<tool_call>" in body:
+    if "<tool_call>" in outside:
         return Turn("malformed", think=think, error="unterminated <tool_call>")
-    answer = extract_answer(body)
+    answer = extract_answer(outside)
     if answer is None:
         return Turn("malformed", think=think, error="no <answer> and no tool call")
-    rest = _ANSWER.sub("", _THINK.sub("", body, count=1)).strip()
+    rest = _ANSWER.sub("", outside).strip()
     well_formed = starts_with_think and len(answers) == 1 and not rest and "<think>" not in answers[0]
     return Turn("answer", answer=answer, think=think, well_formed=well_formed)
 
@@ -233,6 +234,8 @@ class Episode:
     generated_tokens: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     mode: str = "visionthink"
+    fed_token_ids: list[int] = field(default_factory=list)
+    """Every token the model read or wrote, in order (for checking against the rendering)."""
 
     @property
     def visual_tokens(self) -> int:

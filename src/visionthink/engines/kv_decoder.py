@@ -1,0 +1,199 @@
+"""Batched decoding with one KV cache across turns, for Qwen2.5-VL-architecture models.
+
+`prefill` feeds new tokens (with their images) for some rows and `decode` generates until
+each row emits a stop token. A later turn is fed on top of the same cache: only the
+tokens after the longest common prefix with what the cache holds are computed. Positions
+(3-D mRoPE) always come from the model's own `get_rope_index` over the whole conversation,
+so the cached and the re-fed tokens sit where a single full forward would put them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class SamplingConfig:
+    """How tokens are chosen: greedy by default."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+
+class KVDecoder:
+    """The batch's cache, attention mask and per-row token history."""
+
+    def __init__(self, model, pad_id: int, stop_ids: list[int]):
+        self.model = model
+        self.pad_id = pad_id
+        self.stop_ids = torch.tensor(stop_ids)
+        self.cache = DynamicCache(config=model.config)
+        self.mask = torch.zeros(0, 0, dtype=torch.long)
+        self.history: list[list[int]] = []
+        """Per row: the real (unmasked) tokens in the cache, in order."""
+        self.next_position = torch.zeros(0, dtype=torch.long)
+        self.last_logits: torch.Tensor | None = None
+        self.fed_tokens = 0
+        """Tokens actually computed by prefill (for the KV-reuse benchmark)."""
+
+    @property
+    def rows(self) -> int:
+        return len(self.history)
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only `rows` (in that order)."""
+        index = torch.tensor(rows, dtype=torch.long)
+        if self.cache.get_seq_length() > 0:
+            self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.history = [self.history[r] for r in rows]
+        self.next_position = self.next_position[index]
+        if self.last_logits is not None:
+            self.last_logits = self.last_logits[index]
+
+    @torch.no_grad()
+    def prefill(self, sequences: list[torch.Tensor], mm_token_type_ids: list[torch.Tensor],
+                image_grid_thw: list[torch.Tensor | None], pixel_values: list[torch.Tensor | None]) -> None:
+        """Bring every row's cache to its full `sequences[row]`, computing only what is not cached yet.
+
+        Row r passes its whole conversation: all its images' grids and patches. Images whose
+        tokens are already cached are not encoded again.
+        """
+        if self.rows == 0:
+            self.history = [[] for _ in sequences]
+            self.mask = torch.zeros(len(sequences), 0, dtype=torch.long)
+            self.next_position = torch.zeros(len(sequences), dtype=torch.long)
+        suffixes, suffix_positions, keep, new_pixels, new_grids = [], [], [], [], []
+        for row, ids in enumerate(sequences):
+            types = mm_token_type_ids[row]
+            shared = _common_prefix(self.history[row], ids.tolist())
+            spans = _image_spans(types)
+            shared = min([shared] + [start for start, end in spans if start < shared < end])
+            keep.append(shared)
+            grid = image_grid_thw[row]
+            if grid is not None:
+                positions, _ = self.model.model.get_rope_index(ids[None], types[None], image_grid_thw=grid)
+                fresh = [i for i, (start, _) in enumerate(spans) if start >= shared]
+                if fresh:
+                    patches = [int(t * h * w) for t, h, w in grid.tolist()]
+                    offset = sum(patches[: fresh[0]])
+                    new_pixels.append(pixel_values[row][offset:])
+                    new_grids.append(grid[fresh[0]:])
+            else:
+                positions = torch.arange(len(ids)).view(1, 1, -1).expand(3, 1, -1)
+            suffixes.append(ids[shared:])
+            suffix_positions.append(positions[:, 0, shared:])
+        self._forget_tails(keep)
+        width = max(len(s) for s in suffixes)
+        new_ids = torch.full((self.rows, width), self.pad_id, dtype=torch.long)
+        new_mask = torch.zeros(self.rows, width, dtype=torch.long)
+        new_positions = torch.zeros(3, self.rows, width, dtype=torch.long)
+        for row, (suffix, positions) in enumerate(zip(suffixes, suffix_positions, strict=True)):
+            n = len(suffix)
+            if n:
+                new_ids[row, width - n :] = suffix
+                new_mask[row, width - n :] = 1
+                new_positions[:, row, width - n :] = positions
+                self.next_position[row] = positions.max() + 1
+            self.history[row] = self.history[row][: keep[row]] + suffix.tolist()
+        self.mask = torch.cat([self.mask, new_mask], dim=1)
+        outputs = self.model(
+            input_ids=new_ids,
+            attention_mask=self.mask,
+            position_ids=new_positions,
+            cache=self.cache,
+            use_cache=True,
+            pixel_values=torch.cat(new_pixels) if new_pixels else None,
+            image_grid_thw=torch.cat(new_grids) if new_grids else None,
+            logits_to_keep=1,
+        )
+        self.fed_tokens += int(new_mask.sum())
+        self.last_logits = outputs.logits[:, -1].float()
+
+    def _forget_tails(self, keep: list[int]) -> None:
+        """Mask out cached tokens of each row beyond its first `keep[row]` real tokens."""
+        for row, n in enumerate(keep):
+            real = self.mask[row].nonzero().flatten()
+            if len(real) > n:
+                self.mask[row, real[n:]] = 0
+
+    @torch.no_grad()
+    def decode(self, sampling: SamplingConfig, banned_ids: list[list[int]] | None = None,
+               generator: torch.Generator | None = None) -> list[list[int]]:
+        """Generate for every row until a stop token (kept) or `max_new_tokens`.
+
+        `banned_ids[row]` lists token ids that row may not produce.
+        """
+        ban = None
+        if banned_ids and any(banned_ids):
+            ban = torch.zeros(self.rows, self.last_logits.shape[-1], dtype=torch.bool)
+            for row, ids in enumerate(banned_ids):
+                ban[row, ids] = True
+        generated: list[list[int]] = [[] for _ in range(self.rows)]
+        active = torch.ones(self.rows, dtype=torch.bool)
+        logits = self.last_logits
+        for _ in range(sampling.max_new_tokens):
+            if ban is not None:
+                logits = logits.masked_fill(ban, float("-inf"))
+            tokens = _choose(logits, sampling, generator)
+            tokens = torch.where(active, tokens, torch.full_like(tokens, self.pad_id))
+            for row in active.nonzero().flatten().tolist():
+                generated[row].append(int(tokens[row]))
+                self.history[row].append(int(tokens[row]))
+            step_mask = active.long()[:, None]
+            self.mask = torch.cat([self.mask, step_mask], dim=1)
+            positions = self.next_position.view(1, -1, 1).expand(3, -1, 1)
+            self.next_position = self.next_position + active.long()
+            active = active & ~torch.isin(tokens, self.stop_ids)
+            outputs = self.model(
+                input_ids=tokens[:, None], attention_mask=self.mask, position_ids=positions,
+                cache=self.cache, use_cache=True,
+            )
+            logits = outputs.logits[:, -1].float()
+            if not active.any():
+                break
+        self.last_logits = logits
+        return generated
+
+
+def _image_spans(mm_token_type_ids: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each run of image tokens."""
+    spans, start = [], None
+    for i, kind in enumerate(mm_token_type_ids.tolist() + [0]):
+        if kind and start is None:
+            start = i
+        elif not kind and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _choose(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    if not sampling.do_sample:
+        return logits.argmax(-1)
+    logits = logits / max(sampling.temperature, 1e-5)
+    if sampling.top_k > 0:
+        kth = logits.topk(min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) > sampling.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)

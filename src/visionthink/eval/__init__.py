@@ -1,0 +1,1 @@
+"""Evaluation: scoring answers, and running modes over a set of items."""

@@ -1,0 +1,45 @@
+"""Shared fixtures: the shipped checkpoint, a random tiny model, one CPU thread per test process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("VISIONTHINK_TEST_THREADS", "1")))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shipped_model_dir() -> Path:
+    """The trained tiny checkpoint shipped in the repo (VISIONTHINK_TEST_MODEL overrides it)."""
+    path = Path(os.environ.get("VISIONTHINK_TEST_MODEL", REPO / "checkpoints" / "tiny-synth"))
+    assert (path / "config.json").is_file(), f"shipped checkpoint missing at {path}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def shipped_model(shipped_model_dir):
+    from visionthink.models import load_model
+
+    return load_model(shipped_model_dir)
+
+
+@pytest.fixture(scope="session")
+def random_tiny():
+    """A randomly initialised tiny model and its processor (tokenizer trained as in `train sft`)."""
+    from visionthink.models import build_tiny_model, build_tiny_tokenizer
+    from visionthink.train.sft_data import tokenizer_corpus
+
+    model, processor = build_tiny_model(build_tiny_tokenizer(tokenizer_corpus()))
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def synth_items():
+    from visionthink.data import synth
+
+    return synth.split_items("test", 12, seed=0)

@@ -1,0 +1,120 @@
+"""The transformers engine: modes, KV reuse across turns, and what the model is fed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from visionthink import protocol
+from visionthink.engines.kv_decoder import SamplingConfig
+from visionthink.engines.transformers_engine import Request, TransformersEngine
+from visionthink.tokens import encode
+
+
+def requests_for(items):
+    return [Request(item.image, item.question, item.needs_high_res) for item in items]
+
+
+def reference_turn(model, processor, messages, max_new_tokens: int, banned: list[int]) -> list[int]:
+    """Greedy decoding by full forward passes over the protocol's rendering: no cache at all."""
+    batch = encode(processor, messages, add_generation_prompt=True)
+    ids, types = batch["input_ids"], batch["mm_token_type_ids"]
+    stop = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    out = []
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=types,
+                           pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"]).logits[0, -1]
+        logits[banned] = float("-inf")
+        token = int(logits.argmax())
+        out.append(token)
+        if token == stop:
+            break
+        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+        types = torch.cat([types, torch.zeros(1, 1, dtype=types.dtype)], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["visionthink", "oracle"])
+def test_cached_turns_match_uncached_greedy_decoding(random_tiny, synth_items, mode):
+    model, processor = random_tiny
+    engine = TransformersEngine(model, processor, SamplingConfig(max_new_tokens=5), batch_size=6)
+    episodes = engine.run(requests_for(synth_items[:6]), mode)
+    assert any(e.resized for e in episodes) or mode == "visionthink"
+    tool_call = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
+    for item, episode in zip(synth_items[:6], episodes, strict=True):
+        assistant_positions = [i for i, m in enumerate(episode.messages) if m["role"] == "assistant"]
+        for turn_number, position in enumerate(assistant_positions):
+            forced = mode == "oracle" and turn_number == 0 and item.needs_high_res
+            if forced:
+                continue  # the oracle replaced this turn; the next turn is still checked
+            banned = [tool_call] if mode == "oracle" and turn_number == 0 and not item.needs_high_res else []
+            expected = reference_turn(model, processor, episode.messages[:position], 5, banned)
+            text = processor.tokenizer.decode(
+                [t for t in expected if t != processor.tokenizer.convert_tokens_to_ids("<|im_end|>")],
+                skip_special_tokens=False,
+            )
+            assert protocol.assistant_text(episode.messages[position]) == text
+
+
+def test_fed_tokens_equal_the_protocol_rendering(shipped_model, synth_items):
+    model, processor = shipped_model
+    engine = TransformersEngine(model, processor, batch_size=4)
+    for mode in ("visionthink", "oracle", "low", "full"):
+        for episode in engine.run(requests_for(synth_items[:8]), mode):
+            rendered = encode(processor, episode.messages)["input_ids"][0].tolist()
+            assert rendered[-1] == processor.tokenizer.encode("\n")[0]
+            assert episode.fed_token_ids == rendered[:-1], mode
+
+
+def test_modes_spend_the_documented_visual_tokens(shipped_model, synth_items):
+    model, processor = shipped_model
+    engine = TransformersEngine(model, processor)
+    requests = requests_for(synth_items)
+    low = engine.run(requests, "low")
+    full = engine.run(requests, "full")
+    oracle = engine.run(requests, "oracle")
+    assert all(not e.resized and e.visual_tokens == 4 and e.full_res_visual_tokens == 16 for e in low)
+    assert all(not e.resized and e.visual_tokens == 16 for e in full)
+    for item, episode in zip(synth_items, oracle, strict=True):
+        assert episode.resized == item.needs_high_res
+        assert episode.visual_tokens == (20 if item.needs_high_res else 4)
+        assert episode.visual_tokens_per_turn == ([4, 16] if item.needs_high_res else [4])
+
+
+def test_batching_does_not_change_answers(shipped_model, synth_items):
+    model, processor = shipped_model
+    requests = requests_for(synth_items[:9])
+    batched = TransformersEngine(model, processor, batch_size=9).run(requests, "visionthink")
+    single = TransformersEngine(model, processor, batch_size=1).run(requests, "visionthink")
+    assert [e.summary()["turns"] for e in batched] == [e.summary()["turns"] for e in single]
+
+
+def test_resize_turn_reuses_the_first_turns_cache(shipped_model, synth_items):
+    model, processor = shipped_model
+    requests = requests_for(synth_items)
+    reuse = TransformersEngine(model, processor, reuse_cache=True)
+    recompute = TransformersEngine(model, processor, reuse_cache=False)
+    with_cache = reuse.run(requests, "oracle")
+    without = recompute.run(requests, "oracle")
+    assert [e.summary()["turns"] for e in with_cache] == [e.summary()["turns"] for e in without]
+    resized = [e for e in with_cache if e.resized]
+    assert resized
+    # Recomputing feeds the whole first turn again for every resized episode.
+    saved = recompute.prefill_tokens - reuse.prefill_tokens
+    first_turn_lengths = [len(encode(processor, e.messages[:3])["input_ids"][0]) for e in resized]
+    assert saved >= sum(first_turn_lengths) - len(resized) * 2
+
+
+def test_sampling_is_reproducible_with_a_seed(shipped_model, synth_items):
+    model, processor = shipped_model
+    sampling = SamplingConfig(do_sample=True, temperature=1.5, seed=7)
+    runs = [TransformersEngine(model, processor, sampling).run(requests_for(synth_items), "visionthink")
+            for _ in range(2)]
+    assert [e.summary()["turns"] for e in runs[0]] == [e.summary()["turns"] for e in runs[1]]
+
+
+def test_unknown_mode_is_refused(random_tiny):
+    engine = TransformersEngine(*random_tiny)
+    with pytest.raises(ValueError, match="unknown mode"):
+        engine.run([], "sideways")
