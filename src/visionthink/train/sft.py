@@ -104,7 +104,8 @@ def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: st
         encoded = []
         for item in part:
             views = make_views(item.image, processor.grid)
-            encoded.append(encode_for_training(processor, conversation(item.question, item.answer, views, start, False)))
+            messages = conversation(item.question, item.answer, views, start, resize=False)
+            encoded.append(encode_for_training(processor, messages))
         batch = collate(processor, encoded)
         labels = batch.pop("labels")
         logits = model(**batch).logits[:, :-1]

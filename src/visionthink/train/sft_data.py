@@ -124,6 +124,7 @@ def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: f
     views = make_views(scene.image, grid)
     start: Start = "high" if rng.random() < full_res_fraction else "low"
     resize = start == "low" and rng.random() < resize_fraction
-    messages = conversation(synth.QUESTIONS[question_type], synth.answer_for(scene, question_type), views, start, resize)
+    answer = synth.answer_for(scene, question_type)
+    messages = conversation(synth.QUESTIONS[question_type], answer, views, start, resize)
     sides = [views.low.width if start == "low" else views.high.width] + ([views.high.width] if resize else [])
     return Example(messages, [aux_targets(scene, side, grid) for side in sides], family, start, resize)
