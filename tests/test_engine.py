@@ -48,7 +48,9 @@ def test_cached_turns_match_uncached_greedy_decoding(random_tiny, synth_items, m
             forced = mode == "oracle" and turn_number == 0 and item.needs_high_res
             if forced:
                 continue  # the oracle replaced this turn; the next turn is still checked
-            banned = [tool_call] if mode == "oracle" and turn_number == 0 and not item.needs_high_res else []
+            banned = list(engine.never_ids)
+            if mode == "oracle" and turn_number == 0 and not item.needs_high_res:
+                banned.append(tool_call)
             expected = reference_turn(model, processor, episode.messages[:position], 5, banned)
             text = processor.tokenizer.decode(
                 [t for t in expected if t != processor.tokenizer.convert_tokens_to_ids("<|im_end|>")],

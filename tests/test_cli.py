@@ -1,0 +1,101 @@
+"""The command line, run for real in a subprocess."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from visionthink.data import synth
+
+
+def visionthink(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "visionthink", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def item_png(tmp_path_factory):
+    item = synth.split_items("test", 2)[1]
+    path = tmp_path_factory.mktemp("img") / "item.png"
+    item.image.save(path)
+    return path, item
+
+
+def test_ask_prints_answer_and_cost(item_png, shipped_model_dir):
+    path, item = item_png
+    result = visionthink("ask", str(path), item.question, "--model", str(shipped_model_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert set(record) >= {"answer", "resized", "visual_tokens", "full_res_visual_tokens", "seconds"}
+    assert record["full_res_visual_tokens"] == 16
+    assert record["visual_tokens"] == (20 if record["resized"] else 4)
+    assert record["answer"] in synth.PATTERNS
+    plain = visionthink("ask", str(path), item.question, "--model", str(shipped_model_dir), "--mode", "low")
+    assert plain.returncode == 0, plain.stderr
+    assert "answer:" in plain.stdout and "visual tokens: 4 (full resolution: 16, 25%)" in plain.stdout
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+BAD_IMAGES = {
+    "corrupt": lambda: b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
+    "truncated": lambda: _png_bytes(synth.make_item(0, 0).image)[:300],
+    "zero-byte": lambda: b"",
+    "100-megapixel": lambda: _png_bytes(Image.new("1", (10_000, 10_000))),
+    "not-an-image": lambda: b"just some text, not pixels\n" * 10,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_IMAGES))
+def test_bad_images_give_one_line_errors(tmp_path, kind, shipped_model_dir):
+    path = tmp_path / f"{kind}.png"
+    path.write_bytes(BAD_IMAGES[kind]())
+    result = visionthink("ask", str(path), "What colour is the largest shape?", "--model", str(shipped_model_dir))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_missing_model_is_a_clear_error(item_png, tmp_path):
+    path, item = item_png
+    result = visionthink("ask", str(path), item.question, "--model", str(tmp_path / "nowhere"))
+    assert result.returncode == 2
+    assert "not a model folder" in result.stderr
+
+
+def test_demo_prints_all_modes(shipped_model_dir):
+    result = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir))
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "mode" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["full", "low", "visionthink", "oracle"]
+
+
+def test_data_synth_writes_hugging_face_splits(tmp_path):
+    from datasets import load_from_disk
+
+    result = visionthink("data", "synth", "--out", str(tmp_path / "world"), "--n", "6", "--seed", "4")
+    assert result.returncode == 0, result.stderr
+    dataset = load_from_disk(str(tmp_path / "world"))
+    assert sorted(dataset) == ["test", "train", "validation"]
+    test = dataset["test"]
+    assert len(test) == 6 and test[1]["family"] == "fine_small" and test[1]["needs_high_res"] is True
+    expected = synth.split_items("test", 6, seed=4)
+    assert [row["answer"] for row in test] == [item.answer for item in expected]
+    assert test[0]["image"].size == (synth.IMAGE_SIZE, synth.IMAGE_SIZE)
+
+
+def test_bad_recipe_override_is_a_clear_error(tmp_path):
+    result = visionthink("train", "sft", "no_such_field=3", f"output_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "unknown SFTConfig field" in result.stderr

@@ -1,0 +1,142 @@
+"""The tiny tokenizer and model: Qwen's special tokens, lossless text, short protocol lines, save/load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from visionthink import protocol
+from visionthink.data import synth
+from visionthink.errors import ModelError
+from visionthink.images import make_views
+from visionthink.models import TinyModelConfig, chat_template, load_model
+from visionthink.models.processor import QWEN_SPECIAL_TOKENS
+from visionthink.tokens import encode, render_text
+from visionthink.train.sft_data import conversation
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(random_tiny):
+    """The tokenizer `train sft` builds: BPE trained on `tokenizer_corpus()` (conftest's `random_tiny`)."""
+    return random_tiny[1].tokenizer
+
+
+def resize_conversation(processor, index: int = 1) -> list[protocol.Message]:
+    item = synth.make_item(3, index)
+    views = make_views(item.image, processor.grid)
+    return conversation(item.question, item.answer, views, "low", resize=True)
+
+
+def test_qwen_special_tokens_come_first_in_qwen_order(tiny_tokenizer):
+    assert len(QWEN_SPECIAL_TOKENS) == 22
+    assert tiny_tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS)) == list(range(22))
+    assert tiny_tokenizer.convert_ids_to_tokens(list(range(22))) == list(QWEN_SPECIAL_TOKENS)
+    assert tiny_tokenizer.eos_token == "<|im_end|>" and tiny_tokenizer.eos_token_id == 2
+    assert tiny_tokenizer.pad_token == "<|endoftext|>" and tiny_tokenizer.pad_token_id == 0
+    # Each special token stays one token inside running text.
+    for index, token in enumerate(QWEN_SPECIAL_TOKENS):
+        ids = tiny_tokenizer.encode(f"a{token}b", add_special_tokens=False)
+        assert ids.count(index) == 1, token
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(max_size=60))
+@example(text="你好，世界！ 😀👍🏽 café e\u0301 \x00\t\r\n  ")
+@example(text="<|im_start|>user\n<think>x</think><|im_end|>\n")
+@example(text="def f(x):\n    return x ** 2  # ünïcödé\n")
+def test_tiny_tokenizer_encodes_any_text_losslessly(tiny_tokenizer, text):
+    ids = tiny_tokenizer.encode(text, add_special_tokens=False)
+    assert all(0 <= i < len(tiny_tokenizer) for i in ids)
+    assert tiny_tokenizer.decode(ids, skip_special_tokens=False) == text
+
+
+def _pieces(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of `text` and each token's character span (the rendering is ASCII, so spans are exact)."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    spans, position = [], 0
+    for token in ids:
+        piece = tokenizer.decode([token], skip_special_tokens=False)
+        spans.append((position, position + len(piece)))
+        position += len(piece)
+    assert position == len(text)
+    return ids, spans
+
+
+def _tokens_covering(spans, text: str, needle: str) -> int:
+    start = text.index(needle)
+    end = start + len(needle)
+    return sum(1 for a, b in spans if a < end and b > start)
+
+
+def test_protocol_lines_become_few_tokens(random_tiny):
+    _, processor = random_tiny
+    text = render_text(processor, resize_conversation(processor))
+    ids, spans = _pieces(processor.tokenizer, text)
+    assert len(ids) <= 100, len(ids)  # about 1,500 characters
+    assert len(text) / len(ids) > 15
+    budget = {
+        json.dumps(protocol.RESIZE_TOOL): 2,  # the tool schema line
+        protocol.USER_INSTRUCTION: 8,
+        protocol.TOOL_RESPONSE_TEXT: 6,
+        protocol.RESIZE_CALL_JSON: 2,
+        protocol.SYSTEM_PROMPT: 2,
+        "<think>Read the pattern on the label.</think>": 2,
+    }
+    for line, most in budget.items():
+        assert line in text
+        assert _tokens_covering(spans, text, line) <= most, line
+
+
+def test_tiny_model_shapes(random_tiny):
+    model, processor = random_tiny
+    config = model.config
+    text = config.text_config
+    head_dim = text.hidden_size // text.num_attention_heads
+    assert sum(text.rope_parameters["mrope_section"]) == head_dim // 2
+    assert text.vocab_size % 64 == 0 and text.vocab_size >= len(processor.tokenizer)
+    tokenizer = processor.tokenizer
+    assert config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>") == processor.image_token_id
+    assert config.vision_start_token_id == tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert processor.grid.tokens(112, 112) == 16 and processor.grid.tokens(56, 56) == 4
+    assert sum(p.numel() for p in model.parameters()) < 5_000_000
+    assert TinyModelConfig().max_pixels == 112 * 112
+
+
+def test_save_load_round_trip_gives_identical_logits(random_tiny, tmp_path):
+    model, processor = random_tiny
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, loaded_processor = load_model(tmp_path)
+    assert loaded_processor.chat_template == chat_template()
+    assert loaded_processor.grid == processor.grid
+    assert not loaded.training
+
+    messages = resize_conversation(processor)
+    batch = encode(processor, messages)
+    again = encode(loaded_processor, messages)
+    assert batch["input_ids"].tolist() == again["input_ids"].tolist()
+    assert torch.equal(batch["pixel_values"], again["pixel_values"])
+    assert torch.equal(batch["image_grid_thw"], again["image_grid_thw"])
+
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
+                                          "image_grid_thw")}
+    with torch.no_grad():
+        before = model(**inputs).logits
+        after = loaded(**inputs).logits
+    assert before.shape[1] == batch["input_ids"].shape[1]
+    assert torch.equal(before, after)
+
+
+def test_load_model_refuses_missing_or_broken_folders(tmp_path):
+    with pytest.raises(ModelError, match="not a model folder"):
+        load_model(tmp_path / "nowhere")
+    with pytest.raises(ModelError, match="not a model folder"):
+        load_model(tmp_path)  # exists, but holds no config.json
+    (tmp_path / "config.json").write_text("not json")
+    with pytest.raises(ModelError, match="cannot load model"):
+        load_model(tmp_path)
