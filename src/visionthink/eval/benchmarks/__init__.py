@@ -1,0 +1,1 @@
+"""Benchmark loaders with their official metrics (registry filled by the loader modules)."""
