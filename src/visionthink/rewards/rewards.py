@@ -1,0 +1,303 @@
+"""The VisionThink reward, one small function per term: R = R_acc + R_format - P_control.
+
+All functions are pure and order-preserving: output i belongs to input i. Rollouts of the same
+question (a GRPO group) share a group id; a group may be scattered anywhere in the lists.
+
+P_control (the resize penalty) comes in four variants (`PENALTY_VARIANTS`), all returned by
+`resize_penalties` as amounts to SUBTRACT from each rollout's reward (always >= 0, and only ever
+non-zero for a correct rollout):
+
+- ``"paper"`` (default, the paper's Eq. 5): per group, r = C_direct / (C_direct + C_high) over the
+  CORRECT rollouts. r < theta: correct direct answers lose `penalty` (resizing is needed here);
+  r >= theta: correct resized answers lose `penalty` (low resolution is enough). A group with no
+  correct rollout gets nothing.
+- ``"release"`` (what the public release does): every correct resized answer's accuracy is scaled
+  by ``1 - penalty`` (0.9); when 0 < r < theta, correct direct answers are scaled by it too, so
+  below the threshold both actions tie. `resize_factors` returns these multiplicative factors;
+  `resize_penalties` returns the equivalent subtraction ``R_acc * penalty`` = `penalty` for a
+  correct answer (R_acc = 1), so R_acc - P = 0.9 exactly as in the release.
+- ``"none"``: no penalty (the paper's ablation: collapses to always resizing).
+- ``"flat"``: every correct resized answer loses `penalty` (ablation: collapses to never resizing).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+
+from visionthink.protocol import Episode, extract_answer
+from visionthink.rewards.judge_base import Judge, JudgeRequest, Verdict
+
+PENALTY_VARIANTS = ("paper", "release", "none", "flat")
+FORMAT_REWARD = 0.5
+THETA = 0.2
+PENALTY = 0.1
+
+Prediction = Episode | str | None
+
+
+def _check_lengths(**columns: Sequence) -> int:
+    lengths = {name: len(values) for name, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"inputs differ in length: {lengths}")
+    return next(iter(lengths.values()), 0)
+
+
+# ---------------------------------------------------------------- accuracy
+
+
+def prediction_text(prediction: Prediction) -> str | None:
+    """The answer text a judge sees: an episode's final answer; for a string, the content of its last
+    ``<answer>`` (``\\boxed{}`` unwrapped) when it holds protocol tags, else the string itself."""
+    if prediction is None:
+        return None
+    if isinstance(prediction, Episode):
+        return prediction.answer
+    text = str(prediction)
+    if any(tag in text for tag in ("<answer>", "<think>", "<tool_call>", "\\boxed{")):
+        return extract_answer(text)
+    text = text.strip()
+    return text or None
+
+
+def judge_verdicts(
+    predictions: Sequence[Prediction], truths: Sequence[str], questions: Sequence[str], judge: Judge
+) -> list[Verdict]:
+    """The judge's verdicts (with `ok` / `error`), one per prediction, in order."""
+    _check_lengths(predictions=predictions, truths=truths, questions=questions)
+    requests = [
+        JudgeRequest(question=str(q), truth=str(t), prediction=prediction_text(p))
+        for p, t, q in zip(predictions, truths, questions, strict=True)
+    ]
+    if not requests:
+        return []
+    verdicts = judge.grade(requests)
+    if len(verdicts) != len(requests):
+        raise RuntimeError(f"judge {judge.name!r} returned {len(verdicts)} verdicts for {len(requests)} requests")
+    return verdicts
+
+
+def accuracy_rewards(
+    predictions: Sequence[Prediction], truths: Sequence[str], questions: Sequence[str], judge: Judge
+) -> list[float]:
+    """R_acc per rollout: the judge's score (0 or 1) for the final answer of each episode or text.
+
+    A judge that could not grade has already applied its fallback (see `judges`); use
+    `judge_verdicts` to see which verdicts are not `ok`.
+    """
+    return [float(v.score) for v in judge_verdicts(predictions, truths, questions, judge)]
+
+
+# ---------------------------------------------------------------- format
+
+
+def format_reward(episode: Episode, value: float = FORMAT_REWARD) -> float:
+    """R_format: `value` (0.5) when the episode passes the paper's format check, else 0.
+
+    The check is `Episode.well_formed`: a direct answer is one ``<think>`` block then one
+    ``<answer>`` block and no tool call; a resize episode is a turn with one ``<think>`` block then
+    exactly one valid ``resize_image`` call, followed by a turn that is a valid direct answer.
+    Anything else (a second tool call, a missing think block, extra text) gets 0.
+    """
+    return value if episode.well_formed else 0.0
+
+
+def format_rewards(episodes: Sequence[Episode], value: float = FORMAT_REWARD) -> list[float]:
+    """`format_reward` for each episode, in order."""
+    return [format_reward(episode, value) for episode in episodes]
+
+
+# ---------------------------------------------------------------- resize penalty
+
+
+def direct_shares(correct: Sequence[bool], resized: Sequence[bool], group_ids: Sequence[Hashable]) -> dict:
+    """r per group: C_direct / (C_direct + C_high) over its correct rollouts; None when none is correct."""
+    _check_lengths(correct=correct, resized=resized, group_ids=group_ids)
+    direct: dict[Hashable, int] = defaultdict(int)
+    total: dict[Hashable, int] = defaultdict(int)
+    for ok, big, group in zip(correct, resized, group_ids, strict=True):
+        total[group] += 0
+        if ok:
+            total[group] += 1
+            direct[group] += 0 if big else 1
+    return {group: (direct[group] / n if n else None) for group, n in total.items()}
+
+
+def release_hits(
+    correct: Sequence[bool], resized: Sequence[bool], group_ids: Sequence[Hashable], theta: float = THETA
+) -> list[bool]:
+    """Which rollouts the release penalises: every correct resized answer and, in groups where
+    0 < r < theta, every correct direct answer too."""
+    shares = direct_shares(correct, resized, group_ids)
+    hits = []
+    for ok, big, group in zip(correct, resized, group_ids, strict=True):
+        r = shares[group]
+        hits.append(bool(ok) and (bool(big) or (r is not None and 0 < r < theta)))
+    return hits
+
+
+def resize_factors(
+    correct: Sequence[bool],
+    resized: Sequence[bool],
+    group_ids: Sequence[Hashable],
+    theta: float = THETA,
+    scale: float = 1.0 - PENALTY,
+) -> list[float]:
+    """The release's multiplicative factors on R_acc: `scale` (0.9) where `release_hits`, else 1.0."""
+    return [scale if hit else 1.0 for hit in release_hits(correct, resized, group_ids, theta)]
+
+
+def resize_penalties(
+    correct: Sequence[bool],
+    resized: Sequence[bool],
+    group_ids: Sequence[Hashable],
+    variant: str = "paper",
+    theta: float = THETA,
+    penalty: float = PENALTY,
+) -> list[float]:
+    """P_control per rollout, as an amount to subtract (>= 0). See the module docstring for the variants.
+
+    ``paper``: groups with r < theta penalise their correct direct answers, groups with r >= theta
+    their correct resized answers (r exactly theta counts as >= theta; r = 0 means every correct
+    rollout resized, so nothing is penalised). ``release``: `penalty` on every correct resized answer
+    and, when 0 < r < theta, on correct direct answers too (`release_hits`; for R_acc = 1 this is
+    the release's scaling by ``1 - penalty``). ``flat``: `penalty` on every correct resized
+    answer. ``none``: zeros. Incorrect rollouts are never penalised.
+    """
+    if variant not in PENALTY_VARIANTS:
+        raise ValueError(f"variant must be one of {PENALTY_VARIANTS}, got {variant!r}")
+    n = _check_lengths(correct=correct, resized=resized, group_ids=group_ids)
+    if variant == "none":
+        return [0.0] * n
+    if variant == "flat":
+        return [penalty if ok and big else 0.0 for ok, big in zip(correct, resized, strict=True)]
+    if variant == "release":
+        return [penalty if hit else 0.0 for hit in release_hits(correct, resized, group_ids, theta)]
+    shares = direct_shares(correct, resized, group_ids)
+    amounts = []
+    for ok, big, group in zip(correct, resized, group_ids, strict=True):
+        r = shares[group]
+        if not ok or r is None:
+            amounts.append(0.0)
+        elif r < theta:
+            amounts.append(0.0 if big else penalty)
+        else:
+            amounts.append(penalty if big else 0.0)
+    return amounts
+
+
+# ---------------------------------------------------------------- total
+
+
+@dataclass(frozen=True)
+class RewardBreakdown:
+    """Per-rollout rewards and their parts: ``total[i] = accuracy[i] + format[i] - penalty[i]``."""
+
+    total: list[float]
+    accuracy: list[float]
+    format: list[float]
+    penalty: list[float]
+    correct: list[bool]
+
+
+def total_rewards(
+    accuracy: Sequence[float],
+    format_scores: Sequence[float],
+    resized: Sequence[bool],
+    group_ids: Sequence[Hashable],
+    variant: str = "paper",
+    theta: float = THETA,
+    penalty: float = PENALTY,
+    correct_threshold: float = 0.5,
+) -> RewardBreakdown:
+    """R = R_acc + R_format - P_control for each rollout, with the components.
+
+    A rollout counts as correct for the penalty when R_acc >= `correct_threshold` (judges give 0 or 1).
+    For ``release`` the penalty is ``R_acc * penalty`` where `release_hits`, so R_acc - P equals the
+    release's ``R_acc * (1 - penalty)``; for the other variants it is `resize_penalties` as is.
+    """
+    _check_lengths(accuracy=accuracy, format_scores=format_scores, resized=resized, group_ids=group_ids)
+    acc = [float(a) for a in accuracy]
+    fmt = [float(f) for f in format_scores]
+    correct = [a >= correct_threshold for a in acc]
+    if variant == "release":
+        hits = release_hits(correct, resized, group_ids, theta)
+        pen = [a * penalty if hit else 0.0 for a, hit in zip(acc, hits, strict=True)]
+    else:
+        pen = resize_penalties(correct, resized, group_ids, variant=variant, theta=theta, penalty=penalty)
+    total = [a + f - p for a, f, p in zip(acc, fmt, pen, strict=True)]
+    return RewardBreakdown(total=total, accuracy=acc, format=fmt, penalty=pen, correct=correct)
+
+
+@dataclass(frozen=True)
+class EpisodeRewards(RewardBreakdown):
+    """`RewardBreakdown` plus the judge's verdicts (``ok=False`` where the judge fell back)."""
+
+    verdicts: list[Verdict] | None = None
+
+
+def episode_rewards(
+    episodes: Sequence[Episode],
+    truths: Sequence[str],
+    questions: Sequence[str],
+    group_ids: Sequence[Hashable],
+    judge: Judge,
+    variant: str = "paper",
+    theta: float = THETA,
+    penalty: float = PENALTY,
+    format_value: float = FORMAT_REWARD,
+) -> EpisodeRewards:
+    """All of the reward for a batch of episodes: judge the answers, check formats, apply the penalty."""
+    _check_lengths(episodes=episodes, truths=truths, questions=questions, group_ids=group_ids)
+    verdicts = judge_verdicts(episodes, truths, questions, judge)
+    parts = total_rewards(
+        [float(v.score) for v in verdicts],
+        format_rewards(episodes, format_value),
+        [bool(e.resized) for e in episodes],
+        group_ids,
+        variant=variant,
+        theta=theta,
+        penalty=penalty,
+    )
+    return EpisodeRewards(**vars(parts), verdicts=verdicts)
+
+
+# ---------------------------------------------------------------- group filtering
+
+
+def tied_groups(rewards: Sequence[float], group_ids: Sequence[Hashable], atol: float = 1e-9) -> set:
+    """Groups whose rewards all tie (max - min <= atol): zero GRPO advantage, no learning signal.
+
+    A group of one rollout always ties.
+    """
+    _check_lengths(rewards=rewards, group_ids=group_ids)
+    low: dict[Hashable, float] = {}
+    high: dict[Hashable, float] = {}
+    for reward, group in zip(rewards, group_ids, strict=True):
+        low[group] = min(low.get(group, math.inf), reward)
+        high[group] = max(high.get(group, -math.inf), reward)
+    return {group for group in low if high[group] - low[group] <= atol}
+
+
+def failed_groups(verdicts_ok: Iterable[bool], group_ids: Sequence[Hashable]) -> set:
+    """Groups with at least one rollout the judge failed to grade (the release drops such groups)."""
+    return {group for ok, group in zip(verdicts_ok, group_ids, strict=True) if not ok}
+
+
+def filter_tied_groups(
+    rewards: Sequence[float],
+    group_ids: Sequence[Hashable],
+    drop_tied: bool = True,
+    also_drop: Iterable[Hashable] = (),
+    atol: float = 1e-9,
+) -> list[int]:
+    """Indices of the rollouts to KEEP, in order: all but those of tied groups (when `drop_tied`)
+    and of the groups in `also_drop` (for example `failed_groups`)."""
+    dropped = set(also_drop)
+    if drop_tied:
+        dropped |= tied_groups(rewards, group_ids, atol=atol)
+    else:
+        _check_lengths(rewards=rewards, group_ids=group_ids)
+    return [i for i, group in enumerate(group_ids) if group not in dropped]
