@@ -1,0 +1,75 @@
+"""MM-Vet (218): graded by an LLM judge (0.0-1.0 per answer), per-capability breakdowns."""
+
+from __future__ import annotations
+
+import os
+
+from visionthink.errors import VisionThinkError
+from visionthink.eval.benchmarks._io import (
+    ask_judge,
+    check_predictions,
+    clip01,
+    group_scores,
+    hf_image,
+    mean,
+    open_source,
+    parse_list,
+    tsv_image,
+)
+from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
+from visionthink.rewards.judge_base import Judge, JudgeRequest
+
+
+def _capabilities(cell: object) -> list[str]:
+    listed = parse_list(cell)
+    if listed is None:
+        listed = str(cell or "").split(",")
+    return [c.strip() for c in listed if c.strip()]
+
+
+class MMVet(Benchmark):
+    """The judge's grade per answer (an ungradable answer scores 0, as in the reference), mean in
+    `score`; `score/<capability>` for rec/ocr/know/gen/spat/math; `judge_failures` counts the 0s
+    that came from a failing judge. Without a judge, scoring raises."""
+
+    name = "mmvet"
+    layout = (
+        "either the Hugging Face dataset lmms-lab/MMVet (or lmms-lab-encoder/MMVet) as published:\n"
+        "  <root>/data/test-*.parquet  columns: question_id (v1_0...), image, question, answer (may hold\n"
+        "  <AND>/<OR>), image_source, capability (comma-joined, e.g. ocr,math)\n"
+        "or the VLMEvalKit TSV: <root>/MMVet.tsv (or <root> = that file)\n"
+        "  columns: index, image (base64), question, answer, category (comma-joined capabilities)"
+    )
+    pre_prompt = ("First please perform reasoning, and think step by step to provide best answer to the "
+                  "following question: \n\n")
+    """lmms-eval's MM-Vet pre-prompt."""
+
+    def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
+        source = open_source(root, name=self.name, layout=self.layout, splits=[["test"]], tsv_names=["MMVet"],
+                             hf_columns=["question_id", "image", "question", "answer", "capability"],
+                             tsv_columns=["index", "image", "question", "answer", "category"], limit=limit)
+        samples = []
+        for row in source.rows:
+            if source.kind == "tsv":
+                uid, image, capabilities = row["index"], tsv_image(row, source.path, self.name), row["category"]
+            else:
+                uid, capabilities = row["question_id"], row["capability"]
+                image = hf_image(row["image"], source.path, self.name, f"question_id {uid}")
+            question = str(row["question"])
+            samples.append(Sample(f"mmvet-{uid}", image, self.pre_prompt + question, str(row["answer"]),
+                                  {"capabilities": _capabilities(capabilities), "raw_question": question}))
+        return samples
+
+    def score(self, samples: list[Sample], predictions: list[str | None], judge: Judge | None = None) -> Scores:
+        check_predictions(self.name, samples, predictions)
+        if judge is None:
+            raise VisionThinkError("mmvet: MM-Vet is graded by an LLM judge (the official GPT grader); pass a judge "
+                                   "(visionthink.rewards.judge_base.Judge) to score it")
+        requests = [JudgeRequest(s.meta.get("raw_question", s.question), str(s.answer), p)
+                    for s, p in zip(samples, predictions, strict=True)]
+        verdicts = ask_judge(self.name, judge, requests)
+        per_sample = [clip01(v.score) if v.ok else 0.0 for v in verdicts]
+        summary: dict[str, float] = {"n": len(samples), "score": mean(per_sample),
+                                     "judge_failures": sum(not v.ok for v in verdicts)}
+        summary.update(group_scores(per_sample, [s.meta.get("capabilities", []) for s in samples]))
+        return Scores(per_sample, summary)

@@ -1,0 +1,52 @@
+"""RealWorldQA (765): option letter or short answer, exact after extraction."""
+
+from __future__ import annotations
+
+import os
+
+from visionthink.eval.benchmarks._io import check_predictions, hf_image, mean, open_source, tsv_image
+from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
+from visionthink.eval.metrics import parse_options, realworldqa_match
+from visionthink.rewards.judge_base import Judge
+
+LETTER_INSTRUCTION = "Please answer directly with only the letter of the correct option and nothing else."
+
+
+class RealWorldQA(Benchmark):
+    """Accuracy: a letter answer needs that option picked (`extract_choice`, lmms-eval's rule-first
+    extraction); other answers need `pred.lower().strip().rstrip('.') == answer.lower()`."""
+
+    name = "realworldqa"
+    layout = (
+        "either the Hugging Face dataset lmms-lab/RealWorldQA (or lmms-lab-encoder/RealWorldQA) as published:\n"
+        "  <root>/data/test-*.parquet  columns: image, question (options inline as \"\\nA. ...\" lines and the\n"
+        "  answering instruction), answer, [image_path]\n"
+        "or the VLMEvalKit TSV: <root>/RealWorldQA.tsv (or <root> = that file)\n"
+        "  columns: index, image (base64), question, answer (letter), A, B, C, [D]"
+    )
+
+    def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
+        source = open_source(root, name=self.name, layout=self.layout, splits=[["test"]], tsv_names=["RealWorldQA"],
+                             hf_columns=["image", "question", "answer"],
+                             tsv_columns=["index", "image", "question", "answer", "A", "B"], limit=limit)
+        samples = []
+        for i, row in enumerate(source.rows):
+            if source.kind == "tsv":
+                uid, image = row["index"], tsv_image(row, source.path, self.name)
+                options = {k: str(row[k]) for k in "ABCDEFGH" if (row.get(k) or "").strip()}
+                lines = "".join(f"\n{k}. {v}" for k, v in options.items())
+                question = f"{str(row['question']).strip()}{lines}\n{LETTER_INSTRUCTION}"
+            else:
+                uid = str(row.get("image_path") or i)
+                image = hf_image(row["image"], source.path, self.name, f"row {i}")
+                question = str(row["question"])
+                options = parse_options(question)
+            samples.append(Sample(f"realworldqa-{uid}", image, question, str(row["answer"]).strip(),
+                                  {"options": options}))
+        return samples
+
+    def score(self, samples: list[Sample], predictions: list[str | None], judge: Judge | None = None) -> Scores:
+        check_predictions(self.name, samples, predictions)
+        per_sample = [float(realworldqa_match(p, str(s.answer), s.meta.get("options")))
+                      for s, p in zip(samples, predictions, strict=True)]
+        return Scores(per_sample, {"n": len(samples), "score": mean(per_sample)})

@@ -1,0 +1,48 @@
+"""The project's synthetic world as a benchmark: normalised exact match, per family."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from visionthink.data import synth
+from visionthink.eval.benchmarks._io import check_predictions, group_scores, hf_image, mean, open_source
+from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
+from visionthink.eval.scoring import exact_match
+from visionthink.rewards.judge_base import Judge
+
+BUILTIN = "builtin"
+DEFAULT_SIZE = 600
+COLUMNS = ["image", "question", "answer", "family", "question_type", "needs_high_res", "uid"]
+
+
+class Synth(Benchmark):
+    """Held-out synthetic test items; `score/<family>` for coarse, fine_small, fine_large."""
+
+    name = "synth"
+    layout = (
+        "a folder written by `visionthink data synth --out <root>` (datasets.save_to_disk of a DatasetDict\n"
+        "  with a `test` split; columns: image, question, answer, family, question_type, needs_high_res, uid),\n"
+        f"or root None / \"{BUILTIN}\" to generate synth.split_items(\"test\", limit or {DEFAULT_SIZE}, seed=0)"
+    )
+
+    def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
+        if root is None or str(root) == BUILTIN:
+            items = synth.split_items("test", DEFAULT_SIZE if limit is None else limit, seed=0)
+            return [Sample(item.uid, item.image, item.question, item.answer,
+                           {"family": item.family, "needs_high_res": item.needs_high_res,
+                            "question_type": item.question_type}) for item in items]
+        source = open_source(root, name=self.name, layout=self.layout, splits=[["test"]], tsv_names=[],
+                             hf_columns=COLUMNS, tsv_columns=COLUMNS, limit=limit)
+        return [Sample(str(row["uid"]), hf_image(row["image"], Path(source.path), self.name, f"uid {row['uid']}"),
+                       str(row["question"]), str(row["answer"]),
+                       {"family": str(row["family"]), "needs_high_res": bool(row["needs_high_res"]),
+                        "question_type": str(row["question_type"])})
+                for row in source.rows]
+
+    def score(self, samples: list[Sample], predictions: list[str | None], judge: Judge | None = None) -> Scores:
+        check_predictions(self.name, samples, predictions)
+        per_sample = [float(exact_match(p, str(s.answer))) for s, p in zip(samples, predictions, strict=True)]
+        summary: dict[str, float] = {"n": len(samples), "score": mean(per_sample)}
+        summary.update(group_scores(per_sample, [[s.meta.get("family", "")] for s in samples]))
+        return Scores(per_sample, summary)

@@ -1,0 +1,595 @@
+"""The official metrics of the nine VQA benchmarks, as pure functions.
+
+Each function follows the rule the benchmark's reference scorer applies (lmms-eval, VLMEvalKit or
+the benchmark's own repository; /work/shared/BENCHMARKS.md records which and the traps). Where the
+reference pipeline calls an LLM to extract an answer (MathVista, MathVerse), a rule-based
+extraction stands in for it; a `Judge` can be added on top by the benchmark classes.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+
+from visionthink.eval.scoring import normalize
+from visionthink.protocol import extract_answer
+
+# ---------------------------------------------------------------- edit distance
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insertions, deletions, substitutions of one character each cost 1)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return previous[-1]
+
+
+# ---------------------------------------------------------------- ChartQA
+
+
+def _relaxed_float(text: str) -> float | None:
+    try:
+        if text.endswith("%"):
+            return float(text.rstrip("%")) / 100.0
+        return float(text)
+    except ValueError:
+        return None
+
+
+def relaxed_correctness(prediction: str | None, target: str, tolerance: float = 0.05) -> bool:
+    """ChartQA's relaxed match: within 5% of a non-zero numeric target, else case-insensitive equality.
+
+    A trailing `%` divides by 100 on either side (so "47%" against "47" fails, as in the reference);
+    there is no punctuation stripping ("Yes." fails against "Yes"). The prediction is stripped.
+    """
+    prediction = (prediction or "").strip()
+    target = str(target)
+    p, t = _relaxed_float(prediction), _relaxed_float(target)
+    if p is not None and t:
+        return abs(p - t) / abs(t) <= tolerance
+    return prediction.lower() == target.lower()
+
+
+def relaxed_accuracy(prediction: str | None, targets: str | Sequence[str], tolerance: float = 0.05) -> float:
+    """1.0 if any target matches under `relaxed_correctness`, else 0.0."""
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    return float(any(relaxed_correctness(prediction, t, tolerance) for t in targets))
+
+
+# ---------------------------------------------------------------- DocVQA
+
+
+def anls(prediction: str | None, answers: str | Sequence[str], threshold: float = 0.5) -> float:
+    """Average Normalised Levenshtein Similarity of one question (DocVQA, lmms-eval's `anls`).
+
+    Each reference and the prediction are lower-cased, stripped and whitespace-collapsed; the
+    distance is divided by the longer of the two RAW lengths. The question scores
+    `1 - min(normalised distance)`, or 0 when that is below `threshold`.
+    """
+    answers = [answers] if isinstance(answers, str) else list(answers)
+    if not answers:
+        return 0.0
+    raw_prediction = prediction or ""
+    predicted = " ".join(raw_prediction.strip().lower().split())
+    distances = []
+    for answer in answers:
+        answer = str(answer)
+        truth = " ".join(answer.strip().lower().split())
+        length = max(len(answer), len(raw_prediction))
+        distances.append(0.0 if length == 0 else levenshtein(truth, predicted) / length)
+    score = 1.0 - min(distances)
+    return score if score >= threshold else 0.0
+
+
+# ---------------------------------------------------------------- OCRBench
+
+OCRBENCH_HME_CATEGORY = "Handwritten Mathematical Expression Recognition"
+
+
+def ocrbench_match(prediction: str | None, answers: str | Sequence[str], hme: bool = False) -> bool:
+    """OCRBench's rule: a normalised answer is a substring of the normalised prediction.
+
+    General items: lower-case, strip, newlines to spaces. Handwritten maths (HME100k, `hme=True`):
+    newlines to spaces, then every space removed, case kept.
+    """
+    answers = [answers] if isinstance(answers, str) else list(answers)
+    prediction = prediction or ""
+    if hme:
+        predicted = prediction.strip().replace("\n", " ").replace(" ", "")
+        return any(str(a).strip().replace("\n", " ").replace(" ", "") in predicted for a in answers)
+    predicted = prediction.lower().strip().replace("\n", " ")
+    return any(str(a).lower().strip().replace("\n", " ") in predicted for a in answers)
+
+
+# ---------------------------------------------------------------- MME
+
+MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
+                  "artwork", "OCR")
+MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
+
+
+def mme_yes_no(prediction: str | None) -> str:
+    """lmms-eval's MME parse: "yes", "no" or "other".
+
+    Lower-case, strip, delete dots; an exact yes/no wins; a single character maps y/n; otherwise
+    the first four characters decide ("yes" inside them, then "no" inside them).
+    """
+    text = (prediction or "").lower().strip().replace(".", "")
+    if text in ("yes", "no"):
+        return text
+    if len(text) == 1:
+        return {"y": "yes", "n": "no"}.get(text, "other")
+    head = text[:4]
+    if "yes" in head:
+        return "yes"
+    if "no" in head:
+        return "no"
+    return "other"
+
+
+def mme_category_kind(category: str) -> str | None:
+    """"perception", "cognition", or None for a category MME does not define."""
+    lowered = category.lower()
+    if lowered in (c.lower() for c in MME_PERCEPTION):
+        return "perception"
+    if lowered in (c.lower() for c in MME_COGNITION):
+        return "cognition"
+    return None
+
+
+def mme_scores(categories: Sequence[str], image_ids: Sequence[str], correct: Sequence[bool]) -> dict[str, float]:
+    """MME's paper-scale scores.
+
+    Per category: acc (% of questions right) + acc+ (% of images whose questions are all right),
+    at most 200. `perception` and `cognition` sum their categories (max 2000 and 800); `total`
+    sums every category and `max_total` is 200 per category present.
+    Returns `points/<category>` plus those four keys.
+    """
+    per_category: dict[str, dict[str, list[bool]]] = {}
+    for category, image_id, ok in zip(categories, image_ids, correct, strict=True):
+        per_category.setdefault(category, {}).setdefault(image_id, []).append(bool(ok))
+    result: dict[str, float] = {}
+    perception = cognition = total = 0.0
+    for category, images in sorted(per_category.items()):
+        answers = [ok for oks in images.values() for ok in oks]
+        acc = 100.0 * sum(answers) / len(answers)
+        acc_plus = 100.0 * sum(all(oks) for oks in images.values()) / len(images)
+        points = acc + acc_plus
+        result[f"points/{category}"] = points
+        total += points
+        kind = mme_category_kind(category)
+        if kind == "perception":
+            perception += points
+        elif kind == "cognition":
+            cognition += points
+    result.update(perception=perception, cognition=cognition, total=total, max_total=200.0 * len(per_category))
+    return result
+
+
+# ---------------------------------------------------------------- POPE
+
+
+def pope_yes_no(prediction: str | None, rule: str = "official") -> str | None:
+    """A POPE answer as "yes"/"no" (None when there is none).
+
+    `official` (RUCAIBox/POPE `evaluate.py`, LLaVA `eval_pope.py`): keep the text before the first
+    ".", drop commas, split on spaces; any word "No", "no" or "not" means no, anything else yes.
+    `lmms-eval`: only the exact (lower-cased, stripped) words "yes"/"no"; anything else is None.
+    """
+    if prediction is None:
+        return None
+    if rule == "lmms-eval":
+        text = prediction.lower().strip()
+        return text if text in ("yes", "no") else None
+    if rule != "official":
+        raise ValueError(f"unknown POPE rule {rule!r}; expected 'official' or 'lmms-eval'")
+    if not prediction.strip():
+        return None
+    text = prediction.split(".")[0].replace(",", "")
+    words = text.split(" ")
+    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
+
+
+def pope_metrics(truths: Sequence[str], labels: Sequence[str | None]) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 (positive = "yes") and the share of "yes" predictions.
+
+    A missing label (None) is never correct and counts as a negative prediction (VLMEvalKit's
+    treatment of "Unknown"). Precision/recall/F1 are 0 when undefined.
+    """
+    tp = fp = tn = fn = 0
+    correct = 0
+    for truth, label in zip(truths, labels, strict=True):
+        truth = truth.strip().lower()
+        correct += label == truth
+        if label == "yes":
+            tp += truth == "yes"
+            fp += truth != "yes"
+        else:
+            fn += truth == "yes"
+            tn += truth != "yes"
+    n = len(truths)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "accuracy": correct / n if n else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "yes_ratio": (tp + fp) / n if n else 0.0,
+    }
+
+
+# ---------------------------------------------------------------- multiple choice
+
+_OPTION_LINE = re.compile(r"^\s*\(?([A-Z])\s*[.:)\uff1a]\s*(.+?)\s*$", re.M)
+_LETTER_ONLY = re.compile(r"^[\s(\[]*([A-Z])[\s)\]]*[.:,;!]?\s*$")
+_ANSWER_IS = re.compile(
+    r"(?i:answer|option|choice)(?:\s+(?i:is|should\s+be|would\s+be))?\s*[:\uff1a]?\s*"
+    r"(?i:option\s+)?[(\[]?([A-Z])(?![A-Za-z0-9])"
+)
+_LEADING_LETTER = re.compile(r"^\s*[(\[]?([A-Z])\s*[)\].:\uff1a](?!\d)")
+_LONE_LETTER = re.compile(r"(?<![A-Za-z0-9'])([A-Z])(?![A-Za-z0-9'])")
+
+
+def parse_options(text: str) -> dict[str, str]:
+    """Options written one per line as "A. text", "(A) text", "A: text" or "A) text" -> {letter: text}."""
+    options: dict[str, str] = {}
+    for letter, body in _OPTION_LINE.findall(text or ""):
+        options.setdefault(letter, body)
+    return options
+
+
+def extract_choice(prediction: str | None, options: Mapping[str, str] | Iterable[str]) -> str | None:
+    """The option letter a free-text answer picks, or None.
+
+    `options` is {letter: text} or just the valid letters. Rules, first hit wins: the answer is a
+    bare letter ("B", "(B)", "B."); it equals an option's text; it says "answer is B" / "Answer: B";
+    it starts with a letter and a separator ("B. Straight", "(C) Right"); exactly one valid capital
+    letter stands alone in it (the article "A" before a lower-case word excluded); exactly one
+    option's text appears in it as words (an option contained in another one's text is dropped).
+    """
+    texts = dict(options) if isinstance(options, Mapping) else {letter: "" for letter in options}
+    letters = set(texts)
+    text = (prediction or "").strip()
+    if not text or not letters:
+        return None
+    match = _LETTER_ONLY.match(text)
+    if match and match.group(1) in letters:
+        return match.group(1)
+    normalised = normalize(text)
+    by_text = [letter for letter, body in texts.items() if body and normalize(body) == normalised]
+    if len(by_text) == 1:
+        return by_text[0]
+    for match in _ANSWER_IS.finditer(text):
+        if match.group(1) in letters:
+            return match.group(1)
+    match = _LEADING_LETTER.match(text)
+    if match and match.group(1) in letters:
+        return match.group(1)
+    lone = set()
+    for match in _LONE_LETTER.finditer(text):
+        letter = match.group(1)
+        following = text[match.end():match.end() + 2]
+        if letter == "A" and len(following) == 2 and following[0] == " " and following[1].islower():
+            continue  # the article
+        if letter in letters:
+            lone.add(letter)
+    if len(lone) == 1:
+        return lone.pop()
+    padded = f" {normalised} "
+    contained = {letter: normalize(body) for letter, body in texts.items()
+                 if body and normalize(body) and f" {normalize(body)} " in padded}
+    maximal = [letter for letter, body in contained.items()
+               if not any(body != other and body in other for other in contained.values())]
+    if len(maximal) == 1:
+        return maximal[0]
+    return None
+
+
+# ---------------------------------------------------------------- RealWorldQA
+
+_NUMBER_WORDS = {word: str(i) for i, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+
+
+def realworldqa_match(prediction: str | None, answer: str, options: Mapping[str, str] | None = None) -> bool:
+    """RealWorldQA: a letter answer needs that option picked (`extract_choice`); any other answer needs
+    `prediction.lower().strip().rstrip('.') == answer.lower()`, number words counting as digits."""
+    truth = str(answer).strip()
+    options = dict(options or {})
+    if re.fullmatch(r"[A-Z]", truth) and (truth in options or truth in "ABCD"):
+        return extract_choice(prediction, options or "ABCD") == truth
+    predicted = (prediction or "").lower().strip().rstrip(".").strip()
+    truth = truth.lower()
+    return _NUMBER_WORDS.get(predicted, predicted) == _NUMBER_WORDS.get(truth, truth)
+
+
+# ---------------------------------------------------------------- numbers and maths
+
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_BIN_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+            ast.Pow: operator.pow}
+_NAMES = {"pi": math.pi}
+_EXPRESSION_CHARS = re.compile(r"[\d.\s+\-*/()a-z]*")
+
+
+def numbers_in(text: str | None) -> list[float]:
+    """Every number written in `text`, in order (thousands separators allowed)."""
+    found = []
+    for token in _NUMBER.findall(text or ""):
+        token = token.rstrip(".,").replace(",", "")
+        try:
+            found.append(float(token))
+        except ValueError:
+            continue
+    return found
+
+
+def _latex_to_expression(text: str) -> str:
+    text = text.strip().strip("$").strip()
+    text = re.sub(r"^[A-Za-z]\w*\s*=\s*", "", text)  # "x = 5" -> "5"
+    text = re.sub(r"\\text\{([^{}]*)\}|\\mathrm\{([^{}]*)\}", lambda m: m.group(1) or m.group(2) or "", text)
+    text = re.sub(r"\\left|\\right|\\!|\\,|\\;|\\:|\\displaystyle|\$", "", text)
+    text = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree|\\%|%", "", text)
+    previous = None
+    while previous != text:  # innermost first, so nesting unwinds
+        previous = text
+        text = re.sub(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}", r"((\1)/(\2))", text)
+        text = re.sub(r"\\sqrt\s*\{([^{}]*)\}", r"sqrt(\1)", text)
+    text = re.sub(r"\\sqrt\s*(\d+(?:\.\d+)?)", r"sqrt(\1)", text)
+    text = re.sub(r"√\s*\(", "sqrt(", text)
+    text = re.sub(r"√\s*(\d+(?:\.\d+)?)", r"sqrt(\1)", text)
+    text = re.sub(r"\\pi|π", "pi", text)
+    text = re.sub(r"\\cdot|\\times|×|·", "*", text)
+    text = text.replace("{", "(").replace("}", ")").replace("^", "**")
+    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)
+    text = re.sub(r"(?<=[\d)])\s*(?=[(a-z])", "*", text)  # implicit products: 2sqrt(3), 2pi, (1)(2)
+    text = re.sub(r"(?<=pi)\s*(?=[(\d])", "*", text)
+    return text.strip()
+
+
+def math_value(text: str | None) -> float | None:
+    """The numeric value of a plain or LaTeX-ish arithmetic answer ("3/4", "2\\sqrt{3}", "\\frac{\\pi}{2}").
+
+    Only numbers, + - * / ^, sqrt and pi are understood (evaluated on a checked syntax tree, never
+    with `eval`); anything else gives None.
+    """
+    if text is None:
+        return None
+    try:
+        return float(text.strip().replace(",", "")) if _NUMBER.fullmatch(text.strip()) else _evaluate(text)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _evaluate(text: str) -> float | None:
+    expression = _latex_to_expression(text)
+    if not expression or len(expression) > 200 or not _EXPRESSION_CHARS.fullmatch(expression):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)  # "1abc" warns before it fails
+            tree = ast.parse(expression, mode="eval")
+        value = _walk(tree.body)
+    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, TypeError, RecursionError):
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _walk(node: ast.AST) -> float | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return float(node.value)
+    if isinstance(node, ast.Name) and node.id in _NAMES:
+        return _NAMES[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _walk(node.operand)
+        return None if value is None else (-value if isinstance(node.op, ast.USub) else value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS:
+        left, right = _walk(node.left), _walk(node.right)
+        if left is None or right is None:
+            return None
+        if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 1e6):
+            return None
+        result = _BIN_OPS[type(node.op)](left, right)
+        return result if isinstance(result, float) or isinstance(result, int) else None
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "sqrt"
+            and len(node.args) == 1 and not node.keywords):
+        value = _walk(node.args[0])
+        return None if value is None or value < 0 else math.sqrt(value)
+    return None
+
+
+def values_close(a: float, b: float, rel_tol: float = 1e-4, abs_tol: float = 1e-6) -> bool:
+    """Numeric equality up to float formatting (relative 1e-4, absolute 1e-6)."""
+    return math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
+
+
+def final_answer_text(prediction: str | None) -> str:
+    """The part of a free answer that states the result: `\\boxed{}` / `<answer>` content, else the
+    text after the last "answer is"/"Answer:", else the whole text."""
+    text = (prediction or "").strip()
+    inner = extract_answer(text)
+    if inner is not None:
+        return inner
+    matches = list(re.finditer(r"(?i)(?:final answer|answer)\s*(?:is|:|=)\s*", text))
+    if matches:
+        tail = text[matches[-1].end():].strip()
+        return tail.split("\n")[0].strip().rstrip(".").strip() or text
+    return text
+
+
+def _math_verify(prediction: str, truth: str) -> bool:
+    """`math-verify`'s equivalence check when that package is installed; False otherwise."""
+    try:
+        from math_verify import parse, verify  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    try:
+        return bool(verify(parse(truth), parse(prediction)))
+    except Exception:  # noqa: BLE001 - an optional checker must never break scoring
+        return False
+
+
+# ---------------------------------------------------------------- MathVista
+
+
+def _precision_digits(precision: float | int | str | None, answer: str) -> int | None:
+    if precision is not None and precision == precision:  # HF stores 1.0: cast, `round(x, 1.0)` raises
+        try:
+            return int(float(precision))
+        except (TypeError, ValueError):
+            pass
+    decimals = re.fullmatch(r"-?\d+\.(\d+)", answer.strip())
+    return len(decimals.group(1)) if decimals else None
+
+
+def mathvista_extract(response: str | None, question_type: str, answer_type: str,
+                      choices: Sequence[str] | None = None) -> str | None:
+    """Rule-based stand-in for MathVista's LLM extraction: the answer text a response gives, or None.
+
+    Multiple choice: a response equal to a choice is that choice; otherwise the letter it picks
+    (`extract_choice`) maps to its choice; otherwise the raw response (normalisation then takes the
+    closest choice). integer/float: the value of the final answer text, else its last number.
+    list: the last [...] in the response. text: the final answer text.
+    """
+    if response is None or not response.strip():
+        return None
+    response = response.strip()
+    if question_type == "multi_choice" and choices:
+        if response in choices:
+            return response
+        final = final_answer_text(response)
+        if final in choices:
+            return final
+        letter = extract_choice(final, _lettered(choices)) or extract_choice(response, _lettered(choices))
+        if letter is not None:
+            return choices[ord(letter) - ord("A")]
+        return final
+    final = final_answer_text(response)
+    if answer_type in ("integer", "float"):
+        value = math_value(final)
+        if value is None:
+            numbers = numbers_in(final) or numbers_in(response)
+            value = numbers[-1] if numbers else None
+        return None if value is None else repr(value)
+    if answer_type == "list":
+        found = re.findall(r"\[[^\[\]]*\]", final) or re.findall(r"\[[^\[\]]*\]", response)
+        return found[-1] if found else None
+    return final
+
+
+def _lettered(choices: Sequence[str]) -> dict[str, str]:
+    return {chr(ord("A") + i): str(choice) for i, choice in enumerate(choices)}
+
+
+def mathvista_normalize(extraction: str | None, question_type: str, answer_type: str,
+                        choices: Sequence[str] | None = None, precision: float | None = None,
+                        answer: str = "") -> str | None:
+    """MathVista's `normalize_extracted_answer`: the string compared with the answer.
+
+    MC: "(X)"/"X" maps to that choice, otherwise the choice at the smallest edit distance.
+    integer: `str(int(float(x)))` (truncates, as the reference does). float: `str(round(float(x),
+    precision))` with precision cast to int (the answer's decimals when absent). list: `str(x)`.
+    Failures give None.
+    """
+    if extraction is None:
+        return None
+    text = str(extraction).strip()
+    if question_type == "multi_choice" and choices:
+        letters = _lettered(choices)
+        bare = re.fullmatch(r"\(?([A-Z])\)?", text)
+        if bare and bare.group(1) in letters:
+            return letters[bare.group(1)]
+        if text in choices:
+            return text
+        return min(choices, key=lambda choice: levenshtein(text, str(choice)))
+    try:
+        if answer_type == "integer":
+            return str(int(float(text)))
+        if answer_type == "float":
+            digits = _precision_digits(precision, answer)
+            value = float(text)
+            return str(round(value, digits)) if digits is not None else str(value)
+    except (ValueError, OverflowError):
+        return None
+    return text
+
+
+def mathvista_match(response: str | None, answer: str, question_type: str, answer_type: str,
+                    choices: Sequence[str] | None = None, precision: float | None = None) -> bool:
+    """Extract, normalise, then `str(pred).strip() == str(answer).strip()`; numbers also match by value
+    after the rounding ("1000" == "1000.0"), lists element-wise, free text after `normalize`."""
+    answer = str(answer).strip()
+    extraction = mathvista_extract(response, question_type, answer_type, choices)
+    normalised = mathvista_normalize(extraction, question_type, answer_type, choices, precision, answer)
+    if normalised is None:
+        return False
+    if normalised.strip() == answer:
+        return True
+    if question_type == "multi_choice" and choices:
+        return False
+    if answer_type in ("integer", "float"):
+        truth = math_value(answer)
+        value = math_value(normalised)
+        return truth is not None and value is not None and values_close(value, truth, rel_tol=1e-9, abs_tol=1e-9)
+    if answer_type == "list":
+        truth_numbers, predicted = numbers_in(answer), numbers_in(normalised)
+        return bool(truth_numbers) and len(truth_numbers) == len(predicted) and all(
+            values_close(p, t, rel_tol=1e-9, abs_tol=1e-9) for p, t in zip(predicted, truth_numbers, strict=True))
+    return normalize(normalised) == normalize(answer) and bool(normalize(answer))
+
+
+# ---------------------------------------------------------------- MathVerse
+
+
+def _math_normal_form(text: str) -> str:
+    text = text.strip().strip("$").strip().rstrip(".").strip()
+    text = re.sub(r"\\text\{([^{}]*)\}", r"\1", text)
+    text = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree|\\left|\\right|\\[,;!]", "", text)
+    text = text.replace("√", "\\sqrt").replace("π", "\\pi").replace("dfrac", "frac").replace("tfrac", "frac")
+    return re.sub(r"\s+", "", text).lower()
+
+
+def mathverse_match(prediction: str | None, answer: str, question_type: str,
+                    options: Mapping[str, str] | None = None) -> bool:
+    """Rule-based stand-in for MathVerse's extraction + match judgement.
+
+    Multi-choice (answer a letter): the letter `extract_choice` finds in the final answer text (or
+    the whole response) must be the answer. Free-form: the final answer text equals the answer
+    after light LaTeX normalisation (spaces, $, degrees, \\text, \\left/\\right dropped), or their
+    numeric values agree (`math_value`, relative 1e-4), or the response's last number equals a
+    numeric answer, or `math-verify` (when installed) says they are equivalent.
+    """
+    truth = str(answer).strip()
+    if not (prediction or "").strip():
+        return False
+    final = final_answer_text(prediction)
+    if question_type == "multi-choice" or re.fullmatch(r"[A-Z]", truth):
+        letters: Mapping[str, str] | str = options or "ABCDEFGH"
+        picked = extract_choice(final, letters)
+        if picked is None and final != prediction:
+            picked = extract_choice(prediction, letters)
+        return picked == truth
+    if _math_normal_form(final) == _math_normal_form(truth) and _math_normal_form(truth):
+        return True
+    truth_value = math_value(truth)
+    if truth_value is not None:
+        value = math_value(final)
+        if value is not None and values_close(value, truth_value):
+            return True
+        numbers = numbers_in(final) or numbers_in(prediction)
+        if numbers and values_close(numbers[-1], truth_value):
+            return True
+    return _math_verify(final, truth)
