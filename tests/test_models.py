@@ -140,3 +140,20 @@ def test_load_model_refuses_missing_or_broken_folders(tmp_path):
     (tmp_path / "config.json").write_text("not json")
     with pytest.raises(ModelError, match="cannot load model"):
         load_model(tmp_path)
+
+
+def test_structured_tool_calls_render_like_the_protocols_inline_text(random_tiny):
+    """TRL renders tool calls from `tool_calls`; the model writes them inline: both must be the same tokens."""
+    from PIL import Image
+
+    from visionthink import protocol
+    from visionthink.tokens import render_text
+
+    _, processor = random_tiny
+    image = Image.new("RGB", (56, 56))
+    inline = protocol.first_turn("q", image) + [protocol.assistant_turn(protocol.resize_text("Look."))]
+    call = {"type": "function", "function": {"name": protocol.TOOL_NAME, "arguments": {"action": "resize"}}}
+    structured = protocol.first_turn("q", image) + [
+        {"role": "assistant", "content": [protocol.text_part("<think>Look.</think>")], "tool_calls": [call]}
+    ]
+    assert render_text(processor, structured) == render_text(processor, inline)

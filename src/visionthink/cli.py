@@ -73,6 +73,75 @@ def _data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from visionthink.eval.report import table2
+    from visionthink.eval.runner import EvalConfig, run_eval
+
+    config = EvalConfig(
+        model=args.model,
+        benches=list(dict.fromkeys(b.strip() for b in args.bench.split(",") if b.strip())),
+        modes=list(dict.fromkeys(m.strip() for m in args.modes.split(",") if m.strip())),
+        out=Path(args.out),
+        limit=args.limit,
+        data_root=Path(args.data_root),
+        judge=args.judge,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    result = run_eval(config)
+    if args.json:
+        print(json.dumps(result.summary))
+    else:
+        print(table2(result.summary))
+        for note in result.notes:
+            print(f"note: {note}")
+        print(f"report: {result.out / 'report.md'}")
+    return 0
+
+
+def _data_curate(args: argparse.Namespace) -> int:
+    import datasets
+
+    from visionthink.data.curate import curate, format_confusion
+
+    datasets.disable_progress_bars()
+    curation = curate(args.model, args.data, args.out, k=args.k, split=args.split, seed=args.seed,
+                      temperature=args.temperature, limit=args.limit, batch_size=args.batch_size,
+                      progress=not args.no_progress)
+    print(format_confusion(curation))
+    for note in curation.notes:
+        print(f"note: {note}")
+    counts = curation.summary()["labels"]
+    print(f"wrote {curation.out} (train: {len(curation.labels) - counts['discard']} items, "
+          f"discarded: {counts['discard']})")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from visionthink.serve.app import ServeConfig, serve
+    except ImportError as error:
+        hint = "pip install 'visionthink[serve]'"
+        raise VisionThinkError(f"serving needs FastAPI and uvicorn: {hint} ({error})") from None
+    import os
+    from pathlib import Path
+
+    api_key = args.api_key or os.environ.get("VISIONTHINK_API_KEY") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {args.host} without --api-key", file=sys.stderr)
+    name = args.served_model_name or (Path(args.model).name if args.model else "tiny-synth")
+    config = ServeConfig(
+        model_name=name, api_key=api_key, allow_remote_images=args.allow_remote_images,
+        max_body_bytes=args.max_body_bytes, max_image_pixels=args.max_image_pixels, max_images=args.max_images,
+        timeout=args.timeout, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
+    )
+    serve(args.model, host=args.host, port=args.port, config=config, log_level=args.log_level)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionthink", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +176,51 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--splits", default="train,validation,test")
     synth.set_defaults(handler=_data_synth)
+
+    curate = data.add_parser("curate", help="label items by k sampled rollouts at each resolution (paper 3.5)")
+    curate.add_argument("--model", default=None, help="model folder (default: the shipped tiny checkpoint)")
+    curate.add_argument("--data", required=True, help="a `visionthink data synth` folder (save_to_disk)")
+    curate.add_argument("--split", default="train")
+    curate.add_argument("--k", type=int, default=8, help="sampled rollouts per item and resolution")
+    curate.add_argument("--out", required=True, help="where to save the labelled training set")
+    curate.add_argument("--seed", type=int, default=0)
+    curate.add_argument("--temperature", type=float, default=1.0)
+    curate.add_argument("--limit", type=int, default=None, help="only the first N items")
+    curate.add_argument("--batch-size", type=int, default=64)
+    curate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    curate.set_defaults(handler=_data_curate)
+
+    evaluate = commands.add_parser("eval", help="score, visual tokens, resize ratio and time per bench and mode")
+    evaluate.add_argument("--model", default=None, help="model folder (default: the shipped tiny checkpoint)")
+    evaluate.add_argument("--bench", default="synth", help="comma-separated benchmarks (synth, chartqa, ...)")
+    evaluate.add_argument("--modes", default="full,low,visionthink,oracle", help="comma-separated modes")
+    evaluate.add_argument("--out", required=True, help="report folder (rerun with the same folder to resume)")
+    evaluate.add_argument("--limit", type=int, default=None, help="only the first N samples of each bench")
+    evaluate.add_argument("--data-root", default="data", help="benchmark folders live in DATA_ROOT/<bench>")
+    evaluate.add_argument("--judge", default=None, help="judge spec for judge-scored benchmarks")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    evaluate.set_defaults(handler=_eval)
+    serve = commands.add_parser("serve", help="OpenAI-compatible VisionThink server with a web page")
+    serve.add_argument("--model", default=None, help="model folder (default: the shipped tiny checkpoint)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--served-model-name", default=None, help="model id in the API (default: folder name)")
+    serve.add_argument("--api-key", default=None,
+                       help="require 'Authorization: Bearer KEY' on /v1/* (or set VISIONTHINK_API_KEY)")
+    serve.add_argument("--allow-remote-images", action="store_true",
+                       help="fetch http(s) image URLs (public addresses only); default: data: URLs only")
+    serve.add_argument("--max-body-bytes", type=int, default=20 * 1024 * 1024)
+    serve.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_INPUT_PIXELS,
+                       help="refuse larger images before decoding (decompression bombs)")
+    serve.add_argument("--max-images", type=int, default=8, help="images per request")
+    serve.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    serve.add_argument("--max-batch", type=int, default=16, help="requests batched into one forward pass")
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
+    serve.add_argument("--max-queue", type=int, default=1024, help="waiting requests before 429")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(handler=_serve)
     return parser
 
 

@@ -47,6 +47,22 @@ class _Row:
     fed: list[int] | None = None
 
 
+SPECIAL_MARKERS = ("<|", "|>", "<tool_call>", "</tool_call>")
+
+
+def never_write_ids(tokenizer) -> list[int]:
+    """Token ids a model must not write: vision placeholders and `<|im_start|>`, plus ordinary tokens
+    whose text spells a special token (a BPE may learn such merges); re-encoding either would break
+    the next turn's rendering."""
+    ids = {tokenizer.convert_tokens_to_ids(t) for t in (
+        "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>")}
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    for token, index in tokenizer.get_vocab().items():
+        if index not in special and any(marker in token for marker in SPECIAL_MARKERS):
+            ids.add(index)
+    return sorted(ids)
+
+
 class TransformersEngine:
     """Episodes on a local transformers VLM (the tiny model on CPU, Qwen2.5-VL on GPU)."""
 
@@ -62,8 +78,7 @@ class TransformersEngine:
         self.batch_size = batch_size
         tokenizer = processor.tokenizer
         self.tool_call_id = tokenizer.convert_tokens_to_ids("<tool_call>")
-        self.never_ids = [tokenizer.convert_tokens_to_ids(t) for t in (
-            "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>")]
+        self.never_ids = never_write_ids(tokenizer)
         """Tokens a model may never write: image placeholders would break the next turn's rendering."""
         self.stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
         self.pad_id = tokenizer.pad_token_id

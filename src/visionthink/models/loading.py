@@ -17,7 +17,7 @@ def default_model_dir() -> Path:
 
 
 def load_model(model_dir: str | Path | None = None, dtype: torch.dtype | str = "auto", device: str = "cpu"):
-    """(model, processor) from a `save_pretrained` folder; the project's chat template is applied."""
+    """(model, processor) from a `save_pretrained` folder, with the project's chat template applied."""
     path = Path(model_dir) if model_dir else default_model_dir()
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: not a model folder (no config.json); train one with `visionthink train sft`")
@@ -26,7 +26,7 @@ def load_model(model_dir: str | Path | None = None, dtype: torch.dtype | str = "
         model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype)
     except (OSError, ValueError) as error:
         raise ModelError(f"{path}: cannot load model ({error})") from error
-    if processor.chat_template is None:
-        processor.chat_template = chat_template()
+    processor.chat_template = chat_template()  # the protocol's rendering, whatever the folder ships
+    processor.tokenizer.chat_template = processor.chat_template
     model.to(device).eval()
     return model, processor

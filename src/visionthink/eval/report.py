@@ -1,0 +1,177 @@
+"""The eval report: `summary.json`, `run.json`, `report.md` (a table like the paper's Table 2) and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+MODE_ORDER = ("full", "low", "visionthink", "oracle")
+SCORE_VS_TOKENS_PLOT = "score_vs_visual_tokens.png"
+RESIZE_RATIO_PLOT = "resize_ratio.png"
+
+Summary = dict[str, dict[str, dict[str, Any]]]
+
+
+def modes_in(summary: Summary) -> list[str]:
+    """Every mode of the summary, the four standard ones first."""
+    found = list(dict.fromkeys(mode for modes in summary.values() for mode in modes))
+    return [m for m in MODE_ORDER if m in found] + [m for m in found if m not in MODE_ORDER]
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}"
+
+
+def table2(summary: Summary) -> str:
+    """Rows = modes, columns = benches; a cell is the score (in %) and the visual tokens kept (% of full-res)."""
+    benches = list(summary)
+    lines = ["| mode | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
+    for mode in modes_in(summary):
+        cells = []
+        for bench in benches:
+            metrics = summary[bench].get(mode)
+            if metrics is None:
+                cells.append("n/a")
+                continue
+            share = metrics.get("visual_tokens_pct_of_full")
+            tokens = "" if share is None else f" ({share:.0f}% tok)"
+            cells.append(f"{_pct(metrics['score'])}{tokens}")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def details_table(summary: Summary) -> str:
+    """One row per (bench, mode) with every cost figure."""
+    header = ["bench", "mode", "n", "score %", "visual tokens", "% of full-res", "resize %", "seconds",
+              "p50 s", "p95 s", "gen tok/s", "resize precision %", "resize recall %"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for bench, modes in summary.items():
+        for mode in modes_in({bench: modes}):
+            m = modes[mode]
+            share = m.get("visual_tokens_pct_of_full")
+            cells = [bench, mode, str(m["n"]), _pct(m["score"]), f"{m['visual_tokens']:.2f}",
+                     "-" if share is None else f"{share:.1f}", _pct(m["resize_ratio"]), f"{m['seconds']:.2f}",
+                     f"{m['seconds_p50']:.4f}", f"{m['seconds_p95']:.4f}", f"{m['tokens_per_second']:.1f}",
+                     _pct(m.get("resize_precision")), _pct(m.get("resize_recall"))]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def family_tables(summary: Summary) -> str:
+    """Per-family score and resize ratio, for benches whose samples name a family (the synthetic world)."""
+    parts = []
+    for bench, modes in summary.items():
+        families = list(dict.fromkeys(f for m in modes.values() for f in m.get("per_family", {})))
+        if not families:
+            continue
+        header = ["mode", *[f"score {f}" for f in families], *[f"resize {f}" for f in families]]
+        lines = [f"### {bench} per family", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for mode in modes_in({bench: modes}):
+            per_family = modes[mode].get("per_family", {})
+            scores = [_pct(per_family[f]["score"]) if f in per_family else "-" for f in families]
+            ratios = [_pct(per_family[f]["resize_ratio"]) if f in per_family else "-" for f in families]
+            lines.append(f"| {mode} | " + " | ".join(scores + ratios) + " |")
+        counts = ", ".join(f"{f}: {next(iter(modes.values())).get('per_family', {}).get(f, {}).get('n', 0)}"
+                           for f in families)
+        lines += ["", f"Items per family: {counts}."]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def markdown_report(summary: Summary, notes: list[str], meta: dict[str, Any], plots: list[str]) -> str:
+    sections = [
+        "# VisionThink evaluation",
+        "",
+        f"Model: `{meta.get('model') or 'shipped tiny checkpoint'}`; benches: {', '.join(summary) or 'none'}; "
+        f"limit: {meta.get('limit')}; greedy decoding.",
+        "",
+        "## Score and visual tokens kept (like the paper's Table 2)",
+        "",
+        "Cell: score in %, and in brackets the visual tokens in context as % of the full-resolution mode's.",
+        "",
+        table2(summary),
+        "",
+        "## Cost per bench and mode",
+        "",
+        "Seconds: sum of per-sample model time (batched time shared equally within a batch); "
+        "p50/p95 per sample. Resize precision/recall are against the items' `needs_high_res` label.",
+        "",
+        details_table(summary),
+    ]
+    families = family_tables(summary)
+    if families:
+        sections += ["", "## Per family", "", families]
+    if plots:
+        sections += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
+    if notes:
+        sections += ["", "## Notes", ""] + [f"- {note}" for note in notes]
+    return "\n".join(sections) + "\n"
+
+
+def plot_score_vs_tokens(summary: Summary, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    for mode in modes_in(summary):
+        points = [(bench, m[mode]) for bench, m in summary.items() if mode in m]
+        xs = [p[1].get("visual_tokens_pct_of_full") or 0.0 for p in points]
+        ys = [100 * p[1]["score"] for p in points]
+        axes.scatter(xs, ys, label=mode, s=40)
+        for (bench, _), x, y in zip(points, xs, ys, strict=True):
+            axes.annotate(bench, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    axes.set_xlabel("visual tokens in context (% of full resolution)")
+    axes.set_ylabel("score (%)")
+    axes.set_title("Score vs visual tokens, per mode")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_resize_ratio(summary: Summary, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    benches = list(summary)
+    modes = modes_in(summary)
+    width = 0.8 / max(1, len(modes))
+    figure, axes = plt.subplots(figsize=(max(5.0, 1.2 * len(benches) + 3), 4.0))
+    for j, mode in enumerate(modes):
+        xs = [i + (j - (len(modes) - 1) / 2) * width for i in range(len(benches))]
+        ys = [100 * summary[b][mode]["resize_ratio"] if mode in summary[b] else 0.0 for b in benches]
+        axes.bar(xs, ys, width=width, label=mode)
+    axes.set_xticks(range(len(benches)), benches)
+    axes.set_ylim(0, 105)
+    axes.set_ylabel("asked for high resolution (%)")
+    axes.set_title("Resize ratio per bench")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_report(out: Path, summary: Summary, notes: list[str], meta: dict[str, Any]) -> list[str]:
+    """Write summary.json, run.json, the plots and report.md into `out`; return the notes (plot failures added)."""
+    from visionthink.eval.runner import RUN_FILE, SUMMARY_FILE
+
+    out = Path(out)
+    notes = list(notes)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    plots = []
+    if any(summary.values()):
+        try:
+            plot_score_vs_tokens(summary, out / SCORE_VS_TOKENS_PLOT)
+            plot_resize_ratio(summary, out / RESIZE_RATIO_PLOT)
+            plots = [SCORE_VS_TOKENS_PLOT, RESIZE_RATIO_PLOT]
+        except ImportError:
+            notes.append("plots skipped: matplotlib is not installed (pip install matplotlib)")
+    (out / RUN_FILE).write_text(json.dumps({**meta, "notes": notes}, indent=2) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(markdown_report(summary, notes, meta, plots), encoding="utf-8")
+    return notes

@@ -1,0 +1,495 @@
+"""`visionthink eval`: run modes over benchmarks, log every sample, and summarise score against cost.
+
+The report folder holds:
+- `samples.jsonl`: one record per (bench, mode, uid), appended as each batch finishes. A rerun with
+  the same folder skips the records already there (an interrupted eval resumes where it stopped).
+- `summary.json`: `{bench: {mode: {"score", "visual_tokens", "resize_ratio", "seconds", ...}}}`,
+  always recomputed from the whole of `samples.jsonl`.
+- `run.json` (what was run, and notes such as skipped modes), `report.md` and the plots
+  (see `visionthink.eval.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from visionthink.errors import ImageError, VisionThinkError
+from visionthink.rewards.judge_base import Judge, JudgeRequest, Verdict
+
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
+RUN_FILE = "run.json"
+JUDGE_CACHE_FILE = "judge_cache.jsonl"
+ORACLE_LABEL = "needs_high_res"
+"""The sample `meta` key that the oracle mode (and resize precision/recall) needs."""
+
+
+# ---------------------------------------------------------------- small statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The `q`-th percentile (0-100) with linear interpolation between order statistics (numpy's default).
+
+    Empty input gives 0.0.
+    """
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is outside [0, 100]")
+    ordered = sorted(float(v) for v in values)
+    if not ordered:
+        return 0.0
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def tokens_per_second(generated_tokens: float, seconds: float) -> float:
+    """Generated tokens per second of wall time (0.0 when no time was spent)."""
+    return float(generated_tokens) / seconds if seconds > 0 else 0.0
+
+
+def resize_precision_recall(resized: Sequence[bool], needed: Sequence[bool]) -> tuple[float | None, float | None]:
+    """Precision (of the resizes, the share the item needed) and recall (of the items that needed one,
+    the share resized). None where the denominator is zero."""
+    hits = sum(1 for r, n in zip(resized, needed, strict=True) if r and n)
+    asked = sum(1 for r in resized if r)
+    wanted = sum(1 for n in needed if n)
+    return (hits / asked if asked else None), (hits / wanted if wanted else None)
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+# ---------------------------------------------------------------- the samples log
+
+
+def record_key(record: dict[str, Any]) -> tuple[str, str, str]:
+    return str(record["bench"]), str(record["mode"]), str(record["uid"])
+
+
+def read_samples(path: Path, repair: bool = True) -> list[dict[str, Any]]:
+    """Every complete record of a samples log, first occurrence of each key kept.
+
+    A run killed while writing can leave a torn last line; with `repair`, the file is rewritten
+    without torn or duplicate lines, so that appending goes on from a clean line boundary.
+    """
+    if not path.is_file():
+        return []
+    raw = path.read_bytes()
+    records, seen, dirty = [], set(), bool(raw) and not raw.endswith(b"\n")
+    for line in raw.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            key = record_key(record)
+        except (ValueError, KeyError, TypeError):
+            dirty = True
+            continue
+        if key in seen:
+            dirty = True
+            continue
+        seen.add(key)
+        records.append(record)
+    if dirty and repair:
+        temporary = path.with_suffix(".jsonl.tmp")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(temporary, path)
+    return records
+
+
+class SampleLog:
+    """Append-only JSONL of finished samples; every batch is flushed as soon as it is written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records = read_samples(path)
+        self.keys = {record_key(r) for r in self.records}
+
+    def done(self, bench: str, mode: str, uid: str) -> bool:
+        return (bench, mode, uid) in self.keys
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        fresh = [r for r in records if record_key(r) not in self.keys]
+        if not fresh:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in fresh))
+            handle.flush()
+            os.fsync(handle.fileno())
+        for record in fresh:
+            self.keys.add(record_key(record))
+            self.records.append(record)
+
+    def select(self, bench: str, mode: str) -> dict[str, dict[str, Any]]:
+        return {str(r["uid"]): r for r in self.records if r["bench"] == bench and r["mode"] == mode}
+
+
+# ---------------------------------------------------------------- judge cache
+
+
+class CachedJudge(Judge):
+    """Remembers a judge's successful verdicts (in memory and in a JSONL file), so that batch scoring,
+    the final summary and a resumed run never ask the judge the same question twice."""
+
+    def __init__(self, inner: Judge, path: Path | None = None):
+        self.inner = inner
+        self.name = getattr(inner, "name", "judge")
+        self.path = path
+        self.cache: dict[str, Verdict] = {}
+        if path is not None and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.cache[entry["key"]] = Verdict(float(entry["score"]), True, entry.get("raw"))
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    @staticmethod
+    def key(request: JudgeRequest) -> str:
+        return json.dumps([request.question, request.truth, request.prediction], ensure_ascii=False)
+
+    def grade(self, requests: list[JudgeRequest]) -> list[Verdict]:
+        keys = [self.key(r) for r in requests]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        failed: dict[str, Verdict] = {}
+        if missing:
+            by_key = dict(zip(keys, requests, strict=True))
+            verdicts = self.inner.grade([by_key[k] for k in missing])
+            fresh = []
+            for k, verdict in zip(missing, verdicts, strict=True):
+                if verdict.ok:
+                    self.cache[k] = verdict
+                    fresh.append(json.dumps({"key": k, "score": verdict.score, "raw": verdict.raw},
+                                            ensure_ascii=False) + "\n")
+                else:
+                    failed[k] = verdict  # not cached: asked again next time
+            if self.path is not None and fresh:
+                with open(self.path, "a", encoding="utf-8") as handle:
+                    handle.write("".join(fresh))
+        return [self.cache[k] if k in self.cache else failed[k] for k in keys]
+
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass
+class EvalConfig:
+    """What `visionthink eval` runs."""
+
+    model: str | None
+    benches: list[str]
+    modes: list[str]
+    out: Path
+    limit: int | None = None
+    data_root: Path = Path("data")
+    judge: str | None = None
+    batch_size: int = 32
+    progress: bool = True
+
+
+@dataclass
+class EvalResult:
+    summary: dict[str, dict[str, dict[str, Any]]]
+    notes: list[str] = field(default_factory=list)
+    out: Path = Path(".")
+
+
+def _jsonable(value: Any) -> Any:
+    """Meta values as JSON: primitives, lists and dicts kept, anything else (images, bytes) as text or dropped."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (bytes, bytearray)) or hasattr(value, "getpixel"):
+        return None
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        try:
+            return _jsonable(item())
+        except (TypeError, ValueError):
+            pass
+    return str(value)
+
+
+def _load_benchmark(name: str):
+    try:
+        from visionthink.eval.benchmarks import get_benchmark
+    except ImportError as error:
+        raise VisionThinkError(f"benchmark registry unavailable ({error})") from None
+    bench = get_benchmark(name)
+    return bench() if isinstance(bench, type) else bench
+
+
+def _make_judge(spec: str | None, out: Path) -> Judge | None:
+    if not spec:
+        return None
+    try:
+        from visionthink.rewards.judges import make_judge
+    except ImportError as error:
+        raise VisionThinkError(f"--judge needs visionthink.rewards.judges ({error})") from None
+    try:
+        inner = make_judge(spec)
+    except ValueError as error:
+        raise VisionThinkError(f"--judge: {error}") from None
+    return CachedJudge(inner, out / JUDGE_CACHE_FILE)
+
+
+def _unique_uids(samples: list, bench: str, notes: list[str]) -> list:
+    seen: dict[str, int] = {}
+    duplicated = 0
+    for sample in samples:
+        uid = str(sample.uid)
+        if uid in seen:
+            seen[uid] += 1
+            duplicated += 1
+            sample.uid = f"{uid}#{seen[uid]}"
+        else:
+            seen[uid] = 0
+            sample.uid = uid
+    if duplicated:
+        notes.append(f"{bench}: {duplicated} duplicate uids renamed with a '#n' suffix")
+    return samples
+
+
+def episode_record(bench: str, mode: str, sample, episode, score: float | None, error: str | None = None) -> dict:
+    """The samples.jsonl line for one finished sample."""
+    truth = sample.answer if isinstance(sample.answer, str) else [str(a) for a in sample.answer]
+    record = {
+        "bench": bench,
+        "mode": mode,
+        "uid": str(sample.uid),
+        "question": sample.question,
+        "truth": truth,
+        "prediction": None if episode is None else episode.answer,
+        "score": score,
+        "resized": False if episode is None else bool(episode.resized),
+        "visual_tokens": 0 if episode is None else int(episode.visual_tokens),
+        "full_res_visual_tokens": 0 if episode is None else int(episode.full_res_visual_tokens),
+        "generated_tokens": 0 if episode is None else int(episode.generated_tokens),
+        "prompt_tokens": 0 if episode is None else int(episode.prompt_tokens),
+        "seconds": 0.0 if episode is None else float(sum(episode.seconds.values())),
+        "seconds_detail": {} if episode is None else {k: round(float(v), 6) for k, v in episode.seconds.items()},
+        "well_formed": False if episode is None else bool(episode.well_formed),
+        "turns": [] if episode is None else episode.summary()["turns"],
+        "meta": _jsonable(dict(sample.meta)),
+    }
+    if error:
+        record["error"] = error
+    return record
+
+
+def _run_chunk(engine, requests: list, mode: str, bar) -> list[tuple[Any, str | None]]:
+    """Episodes for a chunk. A sample that cannot run (a broken image, a turn that cannot be rendered again)
+    fails alone: its episode is None and the error is kept."""
+    try:
+        episodes = engine.run(requests, mode)
+    except (ImageError, ValueError):
+        results = []
+        for request in requests:
+            try:
+                results.append((engine.run([request], mode)[0], None))
+            except (ImageError, ValueError) as error:
+                results.append((None, f"{type(error).__name__}: {error}"))
+            if bar is not None:
+                bar.update(1)
+        return results
+    if bar is not None:
+        bar.update(len(requests))
+    return [(e, None) for e in episodes]
+
+
+def _model_id(model: str | os.PathLike | None) -> str | None:
+    """How run.json names a model: None for the shipped checkpoint, else its absolute path."""
+    return None if model is None else str(Path(model).expanduser().resolve())
+
+
+def _claim_folder(out: Path, model: str | None) -> None:
+    """Refuse to resume a report folder that holds another model's samples; mark a new one as this model's."""
+    run_file, samples = out / RUN_FILE, out / SAMPLES_FILE
+    try:
+        previous = json.loads(run_file.read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError):
+        previous = model
+    if previous != model and samples.is_file() and samples.stat().st_size > 0:
+        raise VisionThinkError(f"{out} holds results of model {previous or 'shipped'}, not {model or 'shipped'}; "
+                               "resume with the same --model or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if previous != model or not run_file.is_file():
+        run_file.write_text(json.dumps({"model": model}, indent=2) + "\n", encoding="utf-8")
+
+
+def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None = None) -> EvalResult:
+    """Run every (bench, mode) still missing from the report folder, then summarise and write the report."""
+    from tqdm import tqdm
+
+    from visionthink.engines.transformers_engine import MODES, Request
+    from visionthink.eval.report import write_report
+
+    log = log or (lambda message: print(message, file=sys.stderr))
+    unknown = [m for m in config.modes if m not in MODES]
+    if unknown:
+        raise VisionThinkError(f"unknown mode(s) {', '.join(unknown)}; expected some of {', '.join(MODES)}")
+    if not config.benches or not config.modes:
+        raise VisionThinkError("give at least one --bench and one --mode")
+    if config.batch_size < 1:
+        raise VisionThinkError("--batch-size must be at least 1")
+    out = Path(config.out)
+    _claim_folder(out, _model_id(config.model))
+    judge = _make_judge(config.judge, out)
+    samples_log = SampleLog(out / SAMPLES_FILE)
+    notes: list[str] = []
+    loaded: dict[str, tuple[Any, list, list[str]]] = {}
+    computed: dict[str, int] = {}
+    began = time.perf_counter()
+    for requested in config.benches:
+        bench = _load_benchmark(requested)
+        bench_name = getattr(bench, "name", "") or requested
+        if bench_name in loaded:
+            continue
+        root = Path(config.data_root) / requested
+        if not root.exists() and (Path(config.data_root) / bench_name).exists():
+            root = Path(config.data_root) / bench_name
+        if bench_name == "synth" and not root.exists():
+            root = None  # the built-in generator: the held-out synthetic test split
+            log("synth: no folder under --data-root; generating the held-out synthetic test split")
+        samples = _unique_uids(bench.load(root, limit=config.limit), bench_name, notes)
+        modes = []
+        for mode in config.modes:
+            if mode == "oracle" and not all(s.meta.get(ORACLE_LABEL) is not None for s in samples):
+                note = (f"{bench_name}: oracle mode skipped: its samples carry no `{ORACLE_LABEL}` label "
+                        "(only the synthetic world knows which items need high resolution)")
+                notes.append(note)
+                log(f"note: {note}")
+                continue
+            modes.append(mode)
+        loaded[bench_name] = (bench, samples, modes)
+        for mode in modes:
+            pending = [s for s in samples if not samples_log.done(bench_name, mode, str(s.uid))]
+            computed[f"{bench_name}/{mode}"] = len(pending)
+            if not pending:
+                continue
+            if engine is None:
+                from visionthink.engines.transformers_engine import TransformersEngine
+
+                engine = TransformersEngine.from_pretrained(config.model, batch_size=config.batch_size)
+            with tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"{bench_name}/{mode}",
+                      unit="q", disable=not config.progress, file=sys.stderr, dynamic_ncols=True) as bar:
+                for start in range(0, len(pending), config.batch_size):
+                    chunk = pending[start : start + config.batch_size]
+                    requests = [Request(s.image, s.question, s.meta.get(ORACLE_LABEL)) for s in chunk]
+                    results = _run_chunk(engine, requests, mode, bar)
+                    predictions = [None if e is None else e.answer for e, _ in results]
+                    per_sample = bench.score(chunk, predictions, judge).per_sample
+                    samples_log.append([
+                        episode_record(bench_name, mode, sample, episode, float(score), error)
+                        for sample, (episode, error), score in zip(chunk, results, per_sample, strict=True)
+                    ])
+    summary = summarise(loaded, samples_log, judge)
+    meta = {
+        "model": _model_id(config.model),
+        "benches": config.benches,
+        "modes": config.modes,
+        "limit": config.limit,
+        "data_root": str(config.data_root),
+        "judge": config.judge,
+        "batch_size": config.batch_size,
+        "computed": computed,
+        "last_run_seconds": round(time.perf_counter() - began, 3),
+    }
+    notes = write_report(out, summary, notes, meta)
+    return EvalResult(summary=summary, notes=notes, out=out)
+
+
+# ---------------------------------------------------------------- summary
+
+
+def summarise(loaded: dict[str, tuple[Any, list, list[str]]], samples_log: SampleLog,
+              judge: Judge | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """`{bench: {mode: metrics}}` over the loaded samples, from the records of the whole log."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for bench_name, (bench, samples, modes) in loaded.items():
+        summary[bench_name] = {}
+        for mode in modes:
+            by_uid = samples_log.select(bench_name, mode)
+            present = [s for s in samples if str(s.uid) in by_uid]
+            if not present:
+                continue
+            records = [by_uid[str(s.uid)] for s in present]
+            summary[bench_name][mode] = mode_metrics(bench, present, records, judge)
+    return summary
+
+
+def _official(bench, samples: list, records: list[dict], judge: Judge | None) -> tuple[float, dict[str, float]]:
+    scores = bench.score(samples, [r["prediction"] for r in records], judge)
+    extra = {k: float(v) for k, v in scores.summary.items()
+             if isinstance(v, (int, float)) and k not in ("score", "n")}
+    return float(scores.summary["score"]), extra
+
+
+def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None = None) -> dict[str, Any]:
+    """Score (the benchmark's official metric), visual tokens, resize ratio, time and throughput."""
+    score, official = _official(bench, samples, records, judge)
+    seconds = [float(r["seconds"]) for r in records]
+    total_seconds = sum(seconds)
+    visual = _mean(r["visual_tokens"] for r in records)
+    full = _mean(r["full_res_visual_tokens"] for r in records)
+    generated = sum(r["generated_tokens"] for r in records)
+    metrics: dict[str, Any] = {
+        "n": len(records),
+        "score": score,
+        "visual_tokens": visual,
+        "full_res_visual_tokens": full,
+        "visual_tokens_pct_of_full": 100 * visual / full if full else None,
+        "resize_ratio": _mean(float(bool(r["resized"])) for r in records),
+        "seconds": total_seconds,
+        "seconds_mean": _mean(seconds),
+        "seconds_p50": percentile(seconds, 50),
+        "seconds_p95": percentile(seconds, 95),
+        "generated_tokens": generated / len(records),
+        "tokens_per_second": tokens_per_second(generated, total_seconds),
+        "well_formed": _mean(float(bool(r.get("well_formed"))) for r in records),
+        "answered": _mean(float(r["prediction"] is not None) for r in records),
+        "errors": sum(1 for r in records if r.get("error")),
+    }
+    if official:
+        metrics["official"] = official
+    labelled = all(s.meta.get(ORACLE_LABEL) is not None for s in samples)
+    if labelled:
+        needed = [bool(s.meta[ORACLE_LABEL]) for s in samples]
+        precision, recall = resize_precision_recall([bool(r["resized"]) for r in records], needed)
+        metrics["resize_precision"], metrics["resize_recall"] = precision, recall
+    families = [s.meta.get("family") for s in samples]
+    if all(f is not None for f in families):
+        per_family: dict[str, dict[str, Any]] = {}
+        for family in dict.fromkeys(str(f) for f in families):
+            indices = [i for i, f in enumerate(families) if str(f) == family]
+            subset = [samples[i] for i in indices]
+            rows = [records[i] for i in indices]
+            entry: dict[str, Any] = {
+                "score": _official(bench, subset, rows, judge)[0],
+                "resize_ratio": _mean(float(bool(r["resized"])) for r in rows),
+                "n": len(rows),
+                "visual_tokens": _mean(r["visual_tokens"] for r in rows),
+            }
+            if labelled:
+                precision, recall = resize_precision_recall([bool(r["resized"]) for r in rows],
+                                                            [bool(s.meta[ORACLE_LABEL]) for s in subset])
+                entry["resize_precision"], entry["resize_recall"] = precision, recall
+            per_family[family] = entry
+        metrics["per_family"] = per_family
+    return metrics

@@ -1,0 +1,331 @@
+"""`visionthink eval`: the real CLI on the synthetic world, resuming after a kill, and the metric helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from visionthink import protocol
+from visionthink.errors import VisionThinkError
+from visionthink.eval import runner
+from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
+from visionthink.eval.report import table2
+from visionthink.eval.runner import (
+    CachedJudge,
+    EvalConfig,
+    SampleLog,
+    mode_metrics,
+    percentile,
+    read_samples,
+    resize_precision_recall,
+    run_eval,
+    tokens_per_second,
+)
+from visionthink.rewards.judge_base import Judge, JudgeRequest, Verdict
+
+ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+FAMILIES = ("coarse", "fine_small", "fine_large")
+
+
+def eval_command(model: Path, out: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "visionthink", "eval", "--model", str(model), "--bench", "synth",
+            "--out", str(out), *args]
+
+
+def complete_lines(path: Path) -> list[bytes]:
+    """The lines of a samples log that were fully written (a kill can tear the last one)."""
+    lines = path.read_bytes().split(b"\n")[:-1] if path.is_file() else []
+    good = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        good.append(line)
+    return good
+
+
+# ---------------------------------------------------------------- the real CLI
+
+
+@pytest.fixture(scope="module")
+def synth_eval(tmp_path_factory, shipped_model_dir):
+    out = tmp_path_factory.mktemp("eval") / "report"
+    result = subprocess.run(
+        eval_command(shipped_model_dir, out, "--modes", "full,low,visionthink,oracle", "--limit", "12", "--json",
+                     "--batch-size", "8"),
+        capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode == 0, result.stderr
+    return out, json.loads(result.stdout), result.stderr
+
+
+def test_eval_writes_the_report(synth_eval):
+    out, _, stderr = synth_eval
+    for name in ("samples.jsonl", "summary.json", "run.json", "report.md", "score_vs_visual_tokens.png",
+                 "resize_ratio.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "score_vs_visual_tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 4 * 12
+    assert len({(r["bench"], r["mode"], r["uid"]) for r in records}) == 48
+    for record in records:
+        assert set(record) >= {"bench", "mode", "uid", "question", "truth", "prediction", "score", "resized",
+                               "visual_tokens", "full_res_visual_tokens", "generated_tokens", "seconds", "meta"}
+        assert record["score"] in (0.0, 1.0)
+        assert set(record["meta"]) >= {"family", "needs_high_res"}
+        expected_tokens = 16 if record["mode"] == "full" else (20 if record["resized"] else 4)
+        assert record["visual_tokens"] == expected_tokens and record["full_res_visual_tokens"] == 16
+    report = (out / "report.md").read_text()
+    assert "| mode | synth |" in report and "| visionthink |" in report and "% tok)" in report
+    assert "synth/full" in stderr  # progress bars
+
+
+def test_eval_json_shape_and_ranges(synth_eval):
+    out, summary, _ = synth_eval
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert list(summary) == ["synth"] and list(summary["synth"]) == ["full", "low", "visionthink", "oracle"]
+    for mode, metrics in summary["synth"].items():
+        assert set(metrics) >= {"score", "visual_tokens", "resize_ratio", "seconds", "per_family"}
+        assert 0 <= metrics["score"] <= 1 and 0 <= metrics["resize_ratio"] <= 1
+        assert metrics["seconds"] > 0 and metrics["seconds_p50"] <= metrics["seconds_p95"]
+        assert metrics["tokens_per_second"] > 0
+        assert metrics["n"] == 12
+        assert set(metrics["per_family"]) == set(FAMILIES)
+        assert sum(f["n"] for f in metrics["per_family"].values()) == 12
+        for family in metrics["per_family"].values():
+            assert 0 <= family["score"] <= 1 and 0 <= family["resize_ratio"] <= 1
+        for key in ("resize_precision", "resize_recall"):
+            assert metrics[key] is None or 0 <= metrics[key] <= 1, (mode, key)
+    full, low, oracle = summary["synth"]["full"], summary["synth"]["low"], summary["synth"]["oracle"]
+    assert full["visual_tokens"] == 16 and full["visual_tokens_pct_of_full"] == 100
+    assert low["visual_tokens"] == 0.25 * full["visual_tokens"]
+    assert low["resize_ratio"] == 0 and full["resize_ratio"] == 0
+    # the oracle resizes exactly the fine_small items
+    assert oracle["per_family"]["fine_small"]["resize_ratio"] == 1
+    assert oracle["per_family"]["coarse"]["resize_ratio"] == 0
+    assert oracle["resize_precision"] == 1 and oracle["resize_recall"] == 1
+
+
+def test_killed_eval_resumes_without_recomputing(tmp_path, shipped_model_dir):
+    out = tmp_path / "report"
+    command = eval_command(shipped_model_dir, out, "--modes", "full,low", "--limit", "16", "--no-progress")
+    expected = 2 * 16
+    samples = out / "samples.jsonl"
+    process = subprocess.Popen(command + ["--batch-size", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env=ENV)
+    try:
+        deadline = time.monotonic() + 240
+        while len(complete_lines(samples)) < 3:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "no samples written in time"
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    before = complete_lines(samples)
+    assert 3 <= len(before) < expected, "the eval finished before it could be killed"
+    assert not (out / "summary.json").exists()
+
+    rerun = subprocess.run(command + ["--batch-size", "8", "--json"], capture_output=True, text=True, timeout=300,
+                           env=ENV)
+    assert rerun.returncode == 0, rerun.stderr
+    after = complete_lines(samples)
+    assert samples.read_bytes().endswith(b"\n")
+    assert after[: len(before)] == before  # finished samples untouched
+    assert len(after) == expected  # nothing duplicated, nothing missing
+    keys = [tuple(json.loads(line)[k] for k in ("bench", "mode", "uid")) for line in after]
+    assert len(set(keys)) == expected
+    run = json.loads((out / "run.json").read_text())
+    assert sum(run["computed"].values()) == expected - len(before)  # only the missing ones were run
+    summary = json.loads(rerun.stdout)
+    assert [metrics["n"] for metrics in summary["synth"].values()] == [16, 16]
+
+
+# ---------------------------------------------------------------- helpers against hand-computed values
+
+
+def test_percentile_hand_values():
+    values = [float(v) for v in range(1, 11)]
+    assert percentile(values, 50) == pytest.approx(5.5)
+    assert percentile(values, 95) == pytest.approx(9.55)  # position 0.95 * 9 = 8.55: 9 + 0.55 * (10 - 9)
+    assert percentile(values, 0) == 1 and percentile(values, 100) == 10
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([0.1, 0.2, 0.3, 0.4], 95) == pytest.approx(0.385)  # 0.3 + 0.85 * 0.1
+    assert percentile([7.0], 95) == 7.0
+    assert percentile([], 50) == 0.0
+    with pytest.raises(ValueError):
+        percentile(values, 101)
+
+
+def test_tokens_per_second_and_resize_precision_recall():
+    assert tokens_per_second(100, 4.0) == 25.0
+    assert tokens_per_second(5, 0.0) == 0.0
+    resized = [True, True, False, False, True]
+    needed = [True, False, True, False, True]
+    assert resize_precision_recall(resized, needed) == (pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert resize_precision_recall([False, False], [True, False]) == (None, 0.0)
+    assert resize_precision_recall([True], [False]) == (0.0, None)
+
+
+class ExactBench(Benchmark):
+    """A stand-in benchmark: exact string match, a family and a needs_high_res label per sample."""
+
+    name = "fake"
+
+    def __init__(self, n: int = 6, labelled: bool = True):
+        self.n, self.labelled = n, labelled
+
+    def load(self, root, limit=None):
+        samples = []
+        for i in range(min(limit or self.n, self.n)):
+            meta = {"family": FAMILIES[i % 3]}
+            if self.labelled:
+                meta["needs_high_res"] = i % 3 == 1
+            samples.append(Sample(f"q{i}", b"", f"question {i}", f"a{i}", meta))
+        return samples
+
+    def score(self, samples, predictions, judge=None):
+        per = [float(p == s.answer) for s, p in zip(samples, predictions, strict=True)]
+        return Scores(per, {"score": sum(per) / len(per) if per else 0.0, "correct": float(sum(per))})
+
+
+def test_mode_metrics_hand_values():
+    bench = ExactBench(4)
+    samples = bench.load(None)
+    records = [
+        {"prediction": "a0", "seconds": 0.1, "visual_tokens": 4, "full_res_visual_tokens": 16,
+         "generated_tokens": 10, "resized": False, "well_formed": True},
+        {"prediction": "no", "seconds": 0.2, "visual_tokens": 20, "full_res_visual_tokens": 16,
+         "generated_tokens": 20, "resized": True, "well_formed": True},
+        {"prediction": "a2", "seconds": 0.3, "visual_tokens": 20, "full_res_visual_tokens": 16,
+         "generated_tokens": 30, "resized": True, "well_formed": False},
+        {"prediction": None, "seconds": 0.4, "visual_tokens": 4, "full_res_visual_tokens": 16,
+         "generated_tokens": 40, "resized": False, "well_formed": False},
+    ]
+    m = mode_metrics(bench, samples, records)
+    assert m["n"] == 4 and m["score"] == 0.5 and m["official"] == {"correct": 2.0}
+    assert m["visual_tokens"] == 12 and m["visual_tokens_pct_of_full"] == 75
+    assert m["resize_ratio"] == 0.5
+    assert m["seconds"] == pytest.approx(1.0)
+    assert m["seconds_p50"] == pytest.approx(0.25) and m["seconds_p95"] == pytest.approx(0.385)
+    assert m["tokens_per_second"] == pytest.approx(100.0)  # 100 tokens in 1.0 s
+    assert m["generated_tokens"] == 25 and m["well_formed"] == 0.5 and m["answered"] == 0.75
+    # needs_high_res: only q1 (fine_small); resized: q1 and q2
+    assert m["resize_precision"] == 0.5 and m["resize_recall"] == 1.0
+    families = m["per_family"]
+    assert {f: families[f]["n"] for f in families} == {"coarse": 2, "fine_small": 1, "fine_large": 1}
+    assert families["coarse"]["score"] == 0.5 and families["coarse"]["resize_ratio"] == 0.0
+    assert families["fine_small"]["score"] == 0.0 and families["fine_small"]["resize_recall"] == 1.0
+    assert families["fine_large"]["resize_precision"] == 0.0
+
+
+# ---------------------------------------------------------------- the runner in-process, with a fake engine
+
+
+class FakeEngine:
+    """Answers `a<i>` for even questions, resizes in visionthink mode; counts the requests it ran."""
+
+    def __init__(self):
+        self.ran: list[tuple[str, str]] = []
+
+    def run(self, requests, mode, progress=None):
+        episodes = []
+        for request in requests:
+            if mode == "oracle":
+                assert request.needs_high_res is not None
+            index = int(request.question.split()[-1])
+            self.ran.append((mode, request.question))
+            resized = mode == "visionthink" or (mode == "oracle" and request.needs_high_res)
+            episodes.append(protocol.Episode(
+                messages=[], answer=f"a{index}" if index % 2 == 0 else "wrong", resized=resized, turns=[],
+                visual_tokens_per_turn=[16] if mode == "full" else ([4, 16] if resized else [4]),
+                full_res_visual_tokens=16, generated_tokens=5, seconds={"turn1": 0.01 * (index + 1)}, mode=mode))
+        if progress is not None:
+            progress.update(len(requests))
+        return episodes
+
+
+def _config(out: Path, modes: list[str], **kwargs) -> EvalConfig:
+    return EvalConfig(model=None, benches=["fake"], modes=modes, out=out, progress=False, **kwargs)
+
+
+def test_runner_resumes_and_skips_oracle_without_labels(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "_load_benchmark", lambda name: ExactBench(6, labelled=False))
+    engine = FakeEngine()
+    result = run_eval(_config(tmp_path, ["full", "oracle"], batch_size=4), engine=engine, log=lambda m: None)
+    assert list(result.summary["fake"]) == ["full"]
+    assert any("oracle mode skipped" in note for note in result.notes)
+    assert "oracle mode skipped" in (tmp_path / "report.md").read_text()
+    assert len(engine.ran) == 6 and result.summary["fake"]["full"]["score"] == 0.5
+    assert "resize_precision" not in result.summary["fake"]["full"]
+    # a second run with one more mode only runs that mode
+    engine = FakeEngine()
+    result = run_eval(_config(tmp_path, ["full", "low"], batch_size=4), engine=engine, log=lambda m: None)
+    assert {mode for mode, _ in engine.ran} == {"low"} and len(engine.ran) == 6
+    assert json.loads((tmp_path / "run.json").read_text())["computed"] == {"fake/full": 0, "fake/low": 6}
+    assert result.summary["fake"]["low"]["visual_tokens"] == 4
+    assert "| full | 50.0 (100% tok) |" in table2(result.summary)
+    with pytest.raises(VisionThinkError, match="holds results of model"):  # never mix two models' samples
+        run_eval(EvalConfig(model="another", benches=["fake"], modes=["full"], out=tmp_path, progress=False),
+                 engine=FakeEngine(), log=lambda m: None)
+
+
+def test_runner_oracle_and_image_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "_load_benchmark", lambda name: ExactBench(6))
+
+    class BrokenImage(FakeEngine):
+        def run(self, requests, mode, progress=None):
+            from visionthink.errors import ImageError
+
+            if any(r.question == "question 3" for r in requests):
+                if len(requests) > 1:
+                    raise ImageError("batch has a broken image")
+                raise ImageError("question 3: corrupt image")
+            return super().run(requests, mode, progress)
+
+    result = run_eval(_config(tmp_path, ["oracle"], batch_size=4), engine=BrokenImage(), log=lambda m: None)
+    oracle = result.summary["fake"]["oracle"]
+    assert oracle["n"] == 6 and oracle["resize_precision"] == 1 and oracle["resize_recall"] == 1
+    broken = [r for r in read_samples(tmp_path / "samples.jsonl") if r["uid"] == "q3"]
+    assert broken[0]["prediction"] is None and "corrupt" in broken[0]["error"] and broken[0]["score"] == 0
+
+
+def test_samples_log_drops_torn_and_duplicate_lines(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    good = [{"bench": "b", "mode": "full", "uid": str(i), "x": i} for i in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in good) + json.dumps(good[0]) + "\n"
+                    + '{"bench": "b", "mode": "full", "uid": "3", "x')
+    log = SampleLog(path)
+    assert [r["uid"] for r in log.records] == ["0", "1", "2"]
+    assert path.read_text() == "".join(json.dumps(r) + "\n" for r in good)
+    log.append([{"bench": "b", "mode": "full", "uid": "3"}, {"bench": "b", "mode": "full", "uid": "0"}])
+    assert [r["uid"] for r in read_samples(path)] == ["0", "1", "2", "3"]
+    assert log.done("b", "full", "3") and not log.done("b", "low", "3")
+
+
+def test_cached_judge_asks_once(tmp_path):
+    class Counting(Judge):
+        def __init__(self):
+            self.asked = []
+
+        def grade(self, requests):
+            self.asked += requests
+            return [Verdict(1.0) if r.prediction == "yes" else Verdict(0.0, ok=False) for r in requests]
+
+    inner = Counting()
+    judge = CachedJudge(inner, tmp_path / "cache.jsonl")
+    yes, down = JudgeRequest("q", "t", "yes"), JudgeRequest("q", "t", "no")
+    assert [v.score for v in judge.grade([yes, down, yes])] == [1.0, 0.0, 1.0]
+    assert len(inner.asked) == 2
+    assert judge.grade([yes])[0].ok and len(inner.asked) == 2
+    assert not judge.grade([down])[0].ok and len(inner.asked) == 3  # failures are asked again
+    again = CachedJudge(inner, tmp_path / "cache.jsonl")  # the cache survives a restart
+    assert again.grade([yes])[0].score == 1.0 and len(inner.asked) == 3
