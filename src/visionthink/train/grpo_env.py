@@ -1,0 +1,237 @@
+"""What GRPO rolls out on: synthetic prompts in TRL's format, the `resize_image` environment, episodes.
+
+- `prompt_dataset`: held-out-free train items of the synthetic world as a `datasets.Dataset`. Each row's
+  `prompt` is `protocol.first_turn` with the image taken out into the `image` column (TRL puts it back
+  in front of the user text, which is where `first_turn` has it); `high_res_image` feeds the environment.
+- `ResizeEnvironment`: TRL's `environment_factory` class. Its one public method, `resize_image`, is the
+  protocol's tool: its JSON schema is `protocol.RESIZE_TOOL` exactly (checked at import) and it answers
+  with `protocol.tool_turn(high_res_image)`'s content, or an error turn after the first call.
+- `rollout_episode`: a TRL rollout (prompt, completion messages, completion ids) as a `protocol.Episode`,
+  cut into assistant turns with `tokens.assistant_mask`, the same rule SFT trains on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Any
+
+from PIL import Image
+
+from visionthink import protocol
+from visionthink.data import synth
+from visionthink.images import PixelGrid, make_views
+from visionthink.tokens import assistant_mask
+
+# ---------------------------------------------------------------- prompts
+
+
+def trl_prompt(question: str) -> list[dict[str, str]]:
+    """`protocol.first_turn(question, image)` with string contents and the image left out.
+
+    TRL (`prepare_multimodal_messages`) inserts the row's `image` in front of the first user message's
+    text, which gives back `first_turn` exactly; `tests/test_grpo.py` checks the rendered ids.
+    """
+    messages = protocol.first_turn(question, Image.new("RGB", (1, 1)))
+    user = messages[1]["content"]
+    assert user[0]["type"] == "image" and len(protocol.images_in(messages)) == 1, "first_turn changed shape"
+    return [
+        {"role": m["role"], "content": "".join(p["text"] for p in m["content"] if p["type"] == "text")}
+        for m in messages
+    ]
+
+
+def prompt_row(item: synth.Item, grid: PixelGrid) -> dict[str, Any]:
+    """One dataset row: the prompt, the low-res view (`image`), the high-res view and the item's labels."""
+    views = make_views(item.image, grid)
+    return {
+        "prompt": trl_prompt(item.question),
+        "image": views.low,
+        "high_res_image": views.high,
+        "question": item.question,
+        "answer": item.answer,
+        "family": item.family,
+        "needs_high_res": item.needs_high_res,
+        "uid": item.uid,
+    }
+
+
+def prompt_dataset(grid: PixelGrid, n: int, seed: int = 0, split: str = "train"):
+    """The first `n` items of a synthetic split as TRL prompt rows (`datasets.Dataset`, images stored as PNG)."""
+    import datasets
+
+    items = synth.split_items(split, n, seed=seed)
+    return datasets.Dataset.from_list([prompt_row(item, grid) for item in items])
+
+
+def disk_dataset(path: str, grid: PixelGrid, split: str = "train", limit: int | None = None):
+    """TRL prompt rows from a `save_to_disk` folder with `image`, `question`, `answer` columns (for example
+    what `visionthink data curate` writes); `family` (else `label`) and `uid` are kept when present."""
+    from visionthink.data.curate import load_items
+    from visionthink.images import load_image
+
+    dataset = load_items(path, split=split, limit=limit)
+    columns = dataset.column_names
+
+    def convert(row: dict[str, Any], index: int) -> dict[str, Any]:
+        views = make_views(load_image(row["image"]), grid)
+        return {
+            "prompt": trl_prompt(str(row["question"])),
+            "image": views.low,
+            "high_res_image": views.high,
+            "question": str(row["question"]),
+            "answer": str(row["answer"]),
+            "family": str(row.get("family", row.get("label", "all"))),
+            "uid": str(row.get("uid", index)),
+        }
+
+    keep = {"prompt", "image", "high_res_image", "question", "answer", "family", "uid", "needs_high_res"}
+    return dataset.map(convert, with_indices=True, remove_columns=[c for c in columns if c not in keep])
+
+
+# ---------------------------------------------------------------- the tool
+
+
+class ResizeEnvironment:
+    """One rollout's world: the item's high-res view, returned by the first `resize_image` call.
+
+    TRL exposes every public method but `reset` as a tool, so this class has exactly one.
+    """
+
+    def __init__(self) -> None:
+        self._high: Image.Image | None = None
+        self._calls = 0
+        self._returned: list[Image.Image] = []
+
+    def reset(self, high_res_image: Image.Image | None = None, **_: Any) -> None:
+        """Start a rollout on a row (TRL passes the whole dataset row)."""
+        self._high = high_res_image
+        self._calls = 0
+        self._returned = []
+
+    def resize_image(self, action: str = "resize"):  # schema and docstring: see below
+        self._calls += 1
+        if self._calls > 1:
+            return protocol.error_turn("the image was already resized")["content"]
+        if action != "resize":
+            return protocol.error_turn(f"unknown action {str(action)[:40]!r}; expected 'resize'")["content"]
+        if self._high is None:
+            return protocol.error_turn("no image to resize")["content"]
+        self._returned.append(self._high)
+        return protocol.tool_turn(self._high)["content"]
+
+    @property
+    def returned_images(self) -> list[Image.Image]:
+        """Images the tool put into the conversation since `reset` (for tests and logs)."""
+        return list(self._returned)
+
+
+def _tool_docstring(tool: dict[str, Any]) -> str:
+    """A Google-style docstring from which transformers' `get_json_schema` rebuilds `tool` exactly."""
+    function = tool["function"]
+    (name, spec), = function["parameters"]["properties"].items()
+    choices = f" (choices: {json.dumps(spec['enum'])})" if "enum" in spec else ""
+    return f"{function['description']}\n\nArgs:\n    {name}: {spec['description']}{choices}\n"
+
+
+ResizeEnvironment.resize_image.__doc__ = _tool_docstring(protocol.RESIZE_TOOL)
+# The default lets a call without arguments work (the protocol's parser accepts it), while the schema,
+# built from the signature, keeps `action` required as in `protocol.RESIZE_TOOL`.
+_signature = inspect.signature(ResizeEnvironment.resize_image)
+ResizeEnvironment.resize_image.__signature__ = _signature.replace(
+    parameters=[p.replace(default=inspect.Parameter.empty) for p in _signature.parameters.values()]
+)
+
+
+def tool_schema() -> dict[str, Any]:
+    """The schema TRL renders for the environment's tool (must equal `protocol.RESIZE_TOOL`)."""
+    from transformers.utils import get_json_schema
+
+    return get_json_schema(ResizeEnvironment().resize_image)
+
+
+# ---------------------------------------------------------------- episodes
+
+
+def split_turns(tokenizer, completion_ids: list[int]) -> list[list[int]]:
+    """The assistant turns in a TRL completion (model tokens, end marker included), in order.
+
+    The completion continues a prompt that ends with the assistant header, so a header is put in front
+    and `tokens.assistant_mask` finds the turns; tool turns and later headers are left out.
+    """
+    import torch
+
+    start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    header = [start, *tokenizer.encode("assistant\n", add_special_tokens=False)]
+    ids = header + list(completion_ids)
+    mask = assistant_mask(_Wrap(tokenizer), torch.tensor(ids)).tolist()[len(header) :]
+    turns: list[list[int]] = []
+    previous = False
+    for token, inside in zip(completion_ids, mask, strict=True):
+        if inside:
+            if not previous:
+                turns.append([])
+            turns[-1].append(token)
+        previous = inside
+    return turns
+
+
+class _Wrap:
+    """`assistant_mask` takes a processor; this lends it a bare tokenizer."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+
+def turn_text(tokenizer, ids: list[int]) -> str:
+    """An assistant turn's text without its end marker (as the inference engine records it)."""
+    stops = {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    ids = list(ids)
+    while ids and ids[-1] in stops:
+        ids.pop()
+    return tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def rollout_episode(
+    processor,
+    prompt: list[dict[str, Any]],
+    completion: list[dict[str, Any]],
+    completion_ids: list[int],
+    high_res_image: Image.Image | None = None,
+) -> protocol.Episode:
+    """A TRL rollout as a protocol episode.
+
+    `prompt` is the multimodal first turn (as `first_turn` makes it), `completion` TRL's completion messages
+    (assistant, tool, assistant) and `completion_ids` the ids TRL trains on. Assistant texts come from the
+    ids (TRL's parsed messages drop the think block and the tool-call text); tool turns from the messages.
+    """
+    tokenizer = processor.tokenizer
+    texts = [turn_text(tokenizer, ids) for ids in split_turns(tokenizer, completion_ids)]
+    tools = [message for message in completion if message.get("role") == "tool"]
+    messages = [dict(m) for m in prompt]
+    turns = []
+    for index, text in enumerate(texts):
+        messages.append(protocol.assistant_turn(text))
+        turns.append(protocol.parse_turn(text))
+        if index < len(tools):
+            tool = tools[index]
+            content = tool["content"] if isinstance(tool["content"], list) else [protocol.text_part(tool["content"])]
+            messages.append({"role": "tool", "name": tool.get("name", protocol.TOOL_NAME), "content": content})
+    got_image = any(part.get("type") == "image" for tool in tools[:1] if isinstance(tool["content"], list)
+                    for part in tool["content"])
+    resized = bool(turns) and turns[0].kind == "resize" and got_image
+    final = turns[-1] if turns else None
+    grid = processor.grid
+    visual = [grid.tokens(*image.size) for image in protocol.images_in(messages)]
+    reference = high_res_image or (protocol.images_in(messages) or [None])[-1]
+    full = grid.tokens(*reference.size) if reference is not None else 0
+    return protocol.Episode(
+        messages=messages,
+        answer=final.answer if final is not None and final.kind == "answer" else None,
+        resized=resized,
+        turns=turns,
+        visual_tokens_per_turn=visual,
+        full_res_visual_tokens=full,
+        generated_tokens=sum(len(ids) for ids in split_turns(tokenizer, completion_ids)),
+        mode="grpo",
+    )

@@ -1,0 +1,298 @@
+"""GRPO on TRL: the tool, the ids TRL trains on against the protocol's rendering, rewards, a smoke run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from visionthink import protocol
+from visionthink.data import synth
+from visionthink.images import make_views
+from visionthink.tokens import assistant_mask, encode
+from visionthink.train import grpo_env
+from visionthink.train.grpo import GRPORecipe, build_trainer, train_grpo
+
+pytest.importorskip("trl")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A random tiny model saved to disk (each test loads its own copy: training changes weights)."""
+    from visionthink.models import build_tiny_model, build_tiny_tokenizer
+    from visionthink.train.sft_data import tokenizer_corpus
+
+    model, processor = build_tiny_model(build_tiny_tokenizer(tokenizer_corpus()))
+    path = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def recipe(tmp_path, model_dir, **overrides) -> GRPORecipe:
+    values = dict(model=str(model_dir), output_dir=str(tmp_path / "run"), steps=1, num_generations=4,
+                  per_device_batch_size=4, train_items=6, save_steps=1, threads=1, max_completion_length=64,
+                  report_to="none", resume=False, drop_tied_groups=False)
+    values.update(overrides)
+    return GRPORecipe(**values)
+
+
+def test_tool_schema_and_answers_follow_the_protocol():
+    assert grpo_env.tool_schema() == protocol.RESIZE_TOOL
+    assert json.dumps(grpo_env.tool_schema()) == json.dumps(protocol.RESIZE_TOOL)  # key order renders too
+    item = synth.split_items("train", 1)[0]
+    env = grpo_env.ResizeEnvironment()
+    env.reset(high_res_image=item.image)
+    assert env.resize_image(action="resize") == protocol.tool_turn(item.image)["content"]
+    assert env.resize_image(action="resize")[0]["text"].startswith("Error:")  # at most one resize
+    env.reset(high_res_image=item.image)
+    assert env.resize_image()[0]["type"] == "image"  # a call without arguments is valid, as for the parser
+    env.reset(high_res_image=item.image)
+    assert env.resize_image(action="zoom") == protocol.error_turn("unknown action 'zoom'; expected 'resize'")["content"]
+
+
+def test_trl_prompt_is_the_first_turn(random_tiny):
+    from trl.data_utils import prepare_multimodal_messages
+
+    _, processor = random_tiny
+    item = synth.split_items("train", 1)[0]
+    row = grpo_env.prompt_row(item, processor.grid)
+    rebuilt = prepare_multimodal_messages(row["prompt"], images=[row["image"]])
+    assert rebuilt == protocol.first_turn(item.question, row["image"])
+
+
+def _script(trainer, tokenizer, first_turn, second_turn):
+    """Replace generation by scripted turns: `first_turn(i)` / `second_turn(i)` give the text of row i
+    (None keeps the model's own sampling for that turn). Records what `_generate` returns."""
+    original = trainer._generate_single_turn
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    calls = {"first": 0}
+
+    def scripted(prompt_ids, images, fields, num_generations, has_tool_images=False):
+        script = second_turn if has_tool_images else first_turn
+        texts = [script(i) for i in range(len(prompt_ids))]
+        if any(text is None for text in texts):
+            sampled, logprobs = original(prompt_ids, images, fields, num_generations, has_tool_images)
+        else:
+            sampled, logprobs = [None] * len(texts), None
+        if not has_tool_images:
+            calls["first"] += 1
+        ids = [s if t is None else tokenizer.encode(t, add_special_tokens=False) + [end]
+               for s, t in zip(sampled, texts, strict=True)]
+        return ids, logprobs
+
+    recorded = []
+    generate = trainer._generate
+
+    def recording(prompts):
+        out = generate(prompts)
+        recorded.append((prompts, out))
+        return out
+
+    trainer._generate_single_turn = scripted
+    trainer._generate = recording
+    return recorded
+
+
+def test_trained_ids_are_the_protocol_rendering(tmp_path, tiny_dir):
+    """TRL's prompt + completion ids for a resize episode are `tokens.encode` of the same episode, and
+    TRL's loss mask (`tool_mask`) is exactly the protocol's assistant mask; rewards follow Eq. 5."""
+    config = recipe(tmp_path, tiny_dir)
+    trainer = build_trainer(config)
+    assert trainer.chat_template is None  # TRL kept the project's template (it is prefix-preserving)
+    processor = trainer.processing_class
+    tokenizer = processor.tokenizer
+    think = "Look at the image."
+
+    def answer_for(row):
+        return protocol.answer_text(think, "wrong" if row == 3 else "RIGHT")
+
+    first = {0: protocol.resize_text(think), 1: protocol.resize_text(think)}
+    recorded = _script(trainer, tokenizer, lambda i: first.get(i, answer_for(i)), answer_for)
+    rewards_seen = []
+    calculate = trainer._calculate_rewards
+
+    def capture(inputs, prompts, completions, ids):
+        # make the truth match the scripted answer ("RIGHT") so rows 0-2 are correct
+        for row in inputs:
+            row["answer"] = "RIGHT"
+        result = calculate(inputs, prompts, completions, ids)
+        rewards_seen.append(result.clone())
+        return result
+
+    trainer._calculate_rewards = capture
+    trainer.train()
+
+    prompts, out = recorded[0]
+    prompt_ids, completion_ids, tool_mask, completions = out[0], out[1], out[2], out[3]
+    assert len(prompt_ids) == 4
+    resized_rows = 0
+    for i in range(4):
+        episode = grpo_env.rollout_episode(processor, prompts[i], completions[i], completion_ids[i])
+        trained = list(prompt_ids[i]) + list(completion_ids[i])
+        rendered = encode(processor, episode.messages)["input_ids"][0].tolist()
+        newline = tokenizer.encode("\n", add_special_tokens=False)
+        assert rendered == trained + newline  # the template closes the last turn with "<|im_end|>\n"
+        mask = assistant_mask(processor, torch.tensor(rendered)).tolist()[len(prompt_ids[i]) : len(trained)]
+        assert [bool(m) for m in tool_mask[i]] == mask
+        assert episode.well_formed and episode.messages[:2] == prompts[i]
+        resized_rows += episode.resized
+        if episode.resized:
+            assert len(protocol.images_in(episode.messages)) == 2
+    assert resized_rows == 2
+    # rewards per function (accuracy, format, -penalty): r = 1/3 >= theta, so correct resized answers lose 0.1
+    got = rewards_seen[0]
+    assert got[:, 0].tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert got[:, 1].tolist() == [0.5] * 4
+    assert got[:, 2].tolist() == pytest.approx([-0.1, -0.1, 0.0, 0.0])
+    # the loss pass saw both images of each resized episode: 4 prompt images + 2 tool images
+    assert trainer.vt_images_in_loss == [6]
+
+
+def test_tied_groups_leave_the_loss(tmp_path, tiny_dir):
+    config = recipe(tmp_path, tiny_dir, drop_tied_groups=True)
+    trainer = build_trainer(config)
+    tokenizer = trainer.processing_class.tokenizer
+    same = protocol.answer_text("Look at the image.", "nothing")
+    _script(trainer, tokenizer, lambda i: same, lambda i: same)
+    seen = []
+    original = trainer._compute_loss
+
+    def compute_loss(model, inputs):
+        seen.append(inputs["tool_mask"].sum().item())
+        return original(model, inputs)
+
+    trainer._compute_loss = compute_loss
+    trainer.train()
+    assert seen == [0]  # one group, all rewards tie: nothing left in the loss
+    assert trainer.vt_rewards.history[-1]["groups/dropped"] == 1.0
+
+
+def test_train_grpo_smoke(tmp_path, tiny_dir):
+    """A short run end to end: the first turn is scripted to call the tool (a random model would not), the
+    second turn is sampled by the model with the high-res image in context; checkpoints and logs appear."""
+    config = recipe(tmp_path, tiny_dir, steps=2, num_generations=2, per_device_batch_size=4, save_steps=1,
+                    max_completion_length=64, save_total_limit=1)
+    from visionthink.train import grpo as grpo_module
+
+    built = {}
+    real_build = grpo_module.build_trainer
+
+    def build_and_script(*args, **kwargs):
+        trainer = real_build(*args, **kwargs)
+        tokenizer = trainer.processing_class.tokenizer
+        call = protocol.resize_text("Look at the image.")
+        built["recorded"] = _script(trainer, tokenizer, lambda i: call if i % 2 == 0 else None, lambda i: None)
+        built["trainer"] = trainer
+        return trainer
+
+    grpo_module.build_trainer = build_and_script
+    try:
+        final = train_grpo(config)
+    finally:
+        grpo_module.build_trainer = real_build
+    trainer = built["trainer"]
+    run = tmp_path / "run"
+    assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
+    assert (run / "checkpoint-2" / "model.safetensors").is_file()
+    assert trainer.state.global_step == 2
+    # the tool put the high-res image into the second turn, and the loss pass saw it
+    for _prompts, out in built["recorded"]:
+        completions, tool_images = out[3], out[7]
+        resized = [i for i, c in enumerate(completions) if any(m["role"] == "tool" for m in c)]
+        assert resized and all(tool_images[i] and tool_images[i][0].size == (112, 112) for i in resized)
+        assert all(c[-1]["role"] == "assistant" for i, c in enumerate(completions) if i in resized)
+    assert all(n > 4 for n in trainer.vt_images_in_loss)  # 4 low-res prompt images plus the tool's
+    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in logs if "rewards/accuracy/mean" in r]
+    assert len(steps) == 2
+    for name in ("rewards/format/mean", "rewards/resize_penalty/mean", "resize_ratio", "visual_tokens/mean"):
+        assert name in steps[0]
+    assert steps[0]["tools/call_frequency"] > 0
+    assert (run / "summary.json").is_file() and (run / "resize_ratio.png").is_file()
+
+
+def test_recipe_sections_load():
+    from visionthink.recipes import load_recipe
+
+    tiny = load_recipe("recipes/tiny-synth.yaml", "grpo", GRPORecipe, ["steps=3", "penalty_variant=flat"])
+    assert tiny.steps == 3 and tiny.penalty_variant == "flat"
+    big = load_recipe("recipes/qwen2.5-vl-7b.yaml", "grpo", GRPORecipe)
+    assert (big.num_generations, big.learning_rate, big.beta, big.temperature) == (16, 1e-6, 0.001, 1.0)
+    assert big.use_vllm and big.vllm_mode == "server"
+
+
+def test_views_match_the_engine():
+    """The dataset's two views are the ones the inference engine makes (same grid, same resampling)."""
+    from visionthink.images import PixelGrid
+
+    grid = PixelGrid(factor=28, min_pixels=56 * 56, max_pixels=112 * 112)
+    item = synth.split_items("train", 1)[0]
+    row = grpo_env.prompt_row(item, grid)
+    views = make_views(item.image, grid)
+    assert row["image"].tobytes() == views.low.tobytes() and row["high_res_image"].tobytes() == views.high.tobytes()
+
+
+@pytest.mark.parametrize("variant", ["paper", "release", "flat", "none"])
+def test_group_rewards_do_not_depend_on_how_processes_split_the_batch(variant):
+    """Rows of a group may sit on several processes: each process's slice of the combined rewards is the
+    single-process result's slice (the real multi-process run is `torchrun --nproc_per_node 2`)."""
+    from visionthink.train.grpo import combine_groups
+
+    rows = []
+    for group, pattern in enumerate([
+        [(1, True), (1, True), (1, False), (0, False)],   # r = 1/3 >= theta: resized corrects pay
+        [(1, True), (1, True), (1, True), (0, False)],    # r = 0: nothing to pay in `paper`
+        [(1, True), (1, True), (1, False), (0, True)],     # a wrong resized answer is never penalised
+        [(0, False)] * 4,                                  # tied
+    ]):
+        for score, resized in pattern:
+            rows.append({"score": float(score), "format": 0.5, "resized": resized, "ok": True, "uid": f"q{group}"})
+    single = combine_groups(rows, 0, len(rows), 4, variant)["local"]
+    for processes in (2, 4, 8):
+        n = len(rows) // processes
+        for index in range(processes):
+            part = combine_groups(rows, index, n, 4, variant)["local"]
+            for key, values in part.items():
+                assert values == single[key][index * n : (index + 1) * n], (processes, index, key)
+    assert single["keep"][12:] == [False] * 4 and all(single["keep"][:12])
+    with pytest.raises(RuntimeError, match="mixes questions"):
+        combine_groups(rows, 0, len(rows), 3, variant)
+
+
+def test_sampled_rollouts_render_as_the_protocol(tmp_path):
+    """With the trained checkpoint (its rollouts are well-formed text, unlike a random model's), every
+    sampled rollout's trained ids are the protocol's rendering of the episode, resized or not."""
+    import os
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-synth"
+    model_dir = Path(os.environ.get("VISIONTHINK_TEST_MODEL", shipped))
+    if not (model_dir / "config.json").is_file():
+        pytest.skip("no shipped checkpoint")
+    config = recipe(tmp_path, model_dir, num_generations=8, per_device_batch_size=16, train_items=8)
+    trainer = build_trainer(config)
+    processor = trainer.processing_class
+    recorded = []
+    generate = trainer._generate
+
+    def recording(prompts):
+        out = generate(prompts)
+        recorded.append((prompts, out))
+        return out
+
+    trainer._generate = recording
+    trainer.train()
+    newline = processor.tokenizer.encode("\n", add_special_tokens=False)
+    (prompts, out), = recorded
+    for i in range(len(prompts)):
+        episode = grpo_env.rollout_episode(processor, prompts[i], out[3][i], out[1][i])
+        trained = list(out[0][i]) + list(out[1][i])
+        rendered = encode(processor, episode.messages)["input_ids"][0].tolist()
+        if out[1][i][-1] == processor.tokenizer.eos_token_id:
+            assert rendered == trained + newline
+        else:  # truncated: the rendering closes the turn, the completion does not
+            assert rendered[: len(trained)] == trained
+        mask = assistant_mask(processor, torch.tensor(rendered)).tolist()[len(out[0][i]) : len(trained)]
+        assert [bool(m) for m in out[2][i]] == mask
