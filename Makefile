@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 test: $(STAMP) lint
-	$(BIN)/pytest
+	$(BIN)/pytest -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
