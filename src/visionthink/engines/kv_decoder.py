@@ -104,18 +104,19 @@ class KVDecoder:
                 self.next_position[row] = positions.max() + 1
             self.history[row] = self.history[row][: keep[row]] + suffix.tolist()
         self.mask = torch.cat([self.mask, new_mask], dim=1)
+        device = self.model.device
         outputs = self.model(
-            input_ids=new_ids,
-            attention_mask=self.mask,
-            position_ids=new_positions,
+            input_ids=new_ids.to(device),
+            attention_mask=self.mask.to(device),
+            position_ids=new_positions.to(device),
             cache=self.cache,
             use_cache=True,
-            pixel_values=torch.cat(new_pixels) if new_pixels else None,
-            image_grid_thw=torch.cat(new_grids) if new_grids else None,
+            pixel_values=torch.cat(new_pixels).to(device, self.model.dtype) if new_pixels else None,
+            image_grid_thw=torch.cat(new_grids).to(device) if new_grids else None,
             logits_to_keep=1,
         )
         self.fed_tokens += int(new_mask.sum())
-        self.last_logits = outputs.logits[:, -1].float()
+        self.last_logits = outputs.logits[:, -1].float().cpu()
 
     def _forget_tails(self, keep: list[int]) -> None:
         """Mask out cached tokens of each row beyond its first `keep[row]` real tokens."""
@@ -152,11 +153,12 @@ class KVDecoder:
             positions = self.next_position.view(1, -1, 1).expand(3, -1, 1)
             self.next_position = self.next_position + active.long()
             active = active & ~torch.isin(tokens, self.stop_ids)
+            device = self.model.device
             outputs = self.model(
-                input_ids=tokens[:, None], attention_mask=self.mask, position_ids=positions,
-                cache=self.cache, use_cache=True,
+                input_ids=tokens[:, None].to(device), attention_mask=self.mask.to(device),
+                position_ids=positions.to(device), cache=self.cache, use_cache=True,
             )
-            logits = outputs.logits[:, -1].float()
+            logits = outputs.logits[:, -1].float().cpu()
             if not active.any():
                 break
         self.last_logits = logits
