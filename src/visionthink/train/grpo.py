@@ -534,8 +534,11 @@ def _write_summary(output_dir: Path, trainer) -> None:
     plot_resize_ratio(trainer.state.log_history, output_dir / "resize_ratio.png")
 
 
-def plot_resize_ratio(log_history: list[dict[str, Any]], path: Path) -> Path | None:
-    """Resize ratio per family over the steps (what the penalty should separate), as a PNG."""
+def plot_resize_ratio(log_history: list[dict[str, Any]], path: Path, window: int = 25) -> Path | None:
+    """Resize ratio per family over the steps (what the penalty should separate), as a PNG.
+
+    Each step sees only a few questions per family, so the curves are moving averages over `window` steps.
+    """
     try:
         import matplotlib
 
@@ -546,11 +549,16 @@ def plot_resize_ratio(log_history: list[dict[str, Any]], path: Path) -> Path | N
     figure, axes = plt.subplots(figsize=(6, 3.5))
     for name in (*synth.FAMILIES, None):
         key = f"resize_ratio/{name}" if name else "resize_ratio"
-        points = [(r["step"], r[key]) for r in log_history if key in r and "step" in r]
+        points = [(r["step"], float(r[key])) for r in log_history if key in r and "step" in r]
         if points:
-            axes.plot(*zip(*points, strict=True), label=name or "all", linewidth=1 if name else 2)
+            steps = [step for step, _ in points]
+            values = [value for _, value in points]
+            smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+                      for i in range(len(values))]
+            axes.plot(steps, smooth, label=name or "all", linewidth=1.5 if name else 2.5,
+                      linestyle="-" if name else "--")
     axes.set_xlabel("step")
-    axes.set_ylabel("resize ratio")
+    axes.set_ylabel(f"resize ratio ({window}-step mean)")
     axes.set_ylim(-0.02, 1.02)
     axes.legend(loc="best", fontsize=8)
     figure.tight_layout()
