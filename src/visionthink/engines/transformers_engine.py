@@ -198,7 +198,9 @@ class TransformersEngine:
         resized = any(t.kind == "resize" for t in row.turns)
         final = row.turns[-1] if row.turns else None
         answer = final.answer if final is not None and final.kind == "answer" else None
-        sequence = encode(self.processor, row.messages)["input_ids"].shape[1]
+        # The fed tokens are the rendering minus its final "\n" (tests/test_engine.py proves it), so the
+        # rendering's length is known without encoding the conversation and its images once more.
+        sequence = len(row.fed or []) + 1
         return protocol.Episode(
             messages=row.messages,
             answer=answer,

@@ -257,6 +257,28 @@ def _key(request: JudgeRequest) -> CacheKey:
     return (request.question, request.truth, request.prediction or "")
 
 
+def _plan(requests: list[JudgeRequest], cache: dict | None
+          ) -> tuple[list[Verdict | None], dict[CacheKey, list[int]], int]:
+    """Verdicts known without asking (empty predictions, cache hits), the indices still to grade
+    per distinct (question, truth, prediction), and how many requests were cache or batch hits."""
+    verdicts: list[Verdict | None] = [None] * len(requests)
+    pending: dict[CacheKey, list[int]] = {}
+    hits = 0
+    for index, request in enumerate(requests):
+        if not request.prediction or not str(request.prediction).strip():
+            verdicts[index] = Verdict(0.0, ok=True, raw="empty prediction")
+            continue
+        key = _key(request)
+        cached = cache.get(key) if cache is not None else None
+        if cached is not None or key in pending:
+            hits += 1
+            if cached is not None:
+                verdicts[index] = cached
+                continue
+        pending.setdefault(key, []).append(index)
+    return verdicts, pending, hits
+
+
 class _FailedCall(Exception):
     """One HTTP attempt that did not produce a score; `retry` says whether trying again may help."""
 
@@ -413,20 +435,8 @@ class HTTPJudge(Judge):
         """One verdict per request, in order; concurrent calls bounded by `concurrency`."""
         requests = list(requests)
         self._count("requests", len(requests))
-        verdicts: list[Verdict | None] = [None] * len(requests)
-        pending: dict[CacheKey, list[int]] = {}
-        for index, request in enumerate(requests):
-            if not request.prediction or not str(request.prediction).strip():
-                verdicts[index] = Verdict(0.0, ok=True, raw="empty prediction")
-                continue
-            key = _key(request)
-            cached = self.cache.get(key) if self.use_cache else None
-            if cached is not None or key in pending:
-                self._count("cache_hits")
-                if cached is not None:
-                    verdicts[index] = cached
-                    continue
-            pending.setdefault(key, []).append(index)
+        verdicts, pending, hits = _plan(requests, self.cache if self.use_cache else None)
+        self._count("cache_hits", hits)
         if pending:
             httpx = _httpx()
             limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
@@ -580,20 +590,8 @@ class LocalJudge(Judge):
     def grade(self, requests: list[JudgeRequest]) -> list[Verdict]:
         requests = list(requests)
         self.stats["requests"] += len(requests)
-        verdicts: list[Verdict | None] = [None] * len(requests)
-        pending: dict[CacheKey, list[int]] = {}
-        for index, request in enumerate(requests):
-            if not request.prediction or not str(request.prediction).strip():
-                verdicts[index] = Verdict(0.0, ok=True, raw="empty prediction")
-                continue
-            key = _key(request)
-            cached = self.cache.get(key) if self.use_cache else None
-            if cached is not None or key in pending:
-                self.stats["cache_hits"] += 1
-                if cached is not None:
-                    verdicts[index] = cached
-                    continue
-            pending.setdefault(key, []).append(index)
+        verdicts, pending, hits = _plan(requests, self.cache if self.use_cache else None)
+        self.stats["cache_hits"] += hits
         keys = list(pending)
         for start in range(0, len(keys), self.batch_size):
             chunk = keys[start : start + self.batch_size]
