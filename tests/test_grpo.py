@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from grpo_scripted import script_turns  # tests/ is on sys.path (rootdir conftest)
 
 from visionthink import protocol
 from visionthink.data import synth
@@ -15,6 +23,8 @@ from visionthink.train import grpo_env
 from visionthink.train.grpo import GRPORecipe, build_trainer, train_grpo
 
 pytest.importorskip("trl")
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -63,36 +73,7 @@ def test_trl_prompt_is_the_first_turn(random_tiny):
 
 
 def _script(trainer, tokenizer, first_turn, second_turn):
-    """Replace generation by scripted turns: `first_turn(i)` / `second_turn(i)` give the text of row i
-    (None keeps the model's own sampling for that turn). Records what `_generate` returns."""
-    original = trainer._generate_single_turn
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    calls = {"first": 0}
-
-    def scripted(prompt_ids, images, fields, num_generations, has_tool_images=False):
-        script = second_turn if has_tool_images else first_turn
-        texts = [script(i) for i in range(len(prompt_ids))]
-        if any(text is None for text in texts):
-            sampled, logprobs = original(prompt_ids, images, fields, num_generations, has_tool_images)
-        else:
-            sampled, logprobs = [None] * len(texts), None
-        if not has_tool_images:
-            calls["first"] += 1
-        ids = [s if t is None else tokenizer.encode(t, add_special_tokens=False) + [end]
-               for s, t in zip(sampled, texts, strict=True)]
-        return ids, logprobs
-
-    recorded = []
-    generate = trainer._generate
-
-    def recording(prompts):
-        out = generate(prompts)
-        recorded.append((prompts, out))
-        return out
-
-    trainer._generate_single_turn = scripted
-    trainer._generate = recording
-    return recorded
+    return script_turns(trainer, tokenizer, first_turn, second_turn)
 
 
 def test_trained_ids_are_the_protocol_rendering(tmp_path, tiny_dir):
@@ -296,3 +277,136 @@ def test_sampled_rollouts_render_as_the_protocol(tmp_path):
             assert rendered[: len(trained)] == trained
         mask = assistant_mask(processor, torch.tensor(rendered)).tolist()[len(out[0][i]) : len(trained)]
         assert [bool(m) for m in out[2][i]] == mask
+
+
+# ---------------------------------------------------------------- real runs: two processes, kill and resume, bad judge
+
+
+def _launch(args: list[str], env_extra: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1", **env_extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO / "tests"), env.get("PYTHONPATH", "")])
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def _rewards_by_row(out_dir, ranks: int) -> list[tuple]:
+    rows = []
+    for rank in range(ranks):
+        batches = json.loads((out_dir / f"rank{rank}.json").read_text())
+        assert len(batches) == 1
+        b = batches[0]
+        rows += list(zip(b["uid"], b["accuracy"], b["format"], b["penalty"], b["keep"], strict=True))
+    return rows
+
+
+def test_two_processes_give_the_single_process_rewards(tmp_path, tiny_dir):
+    """One GRPO step on scripted rollouts, run by one process (18 rows) and by `accelerate launch` with two
+    CPU processes (9 rows each, so group 1 spans both): every row gets the same rewards, and the group
+    penalty and the tie filter come out as Eq. 5 says."""
+    script = str(REPO / "tests" / "grpo_scripted.py")
+    single = _launch([sys.executable, script, str(tiny_dir), str(tmp_path / "one"), "18"], {})
+    assert single.returncode == 0, single.stderr[-3000:]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(_free_port()), script]
+    double = _launch([*launcher, str(tiny_dir), str(tmp_path / "two"), "9"], {"ACCELERATE_USE_CPU": "true"})
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = _rewards_by_row(tmp_path / "one", 1), _rewards_by_row(tmp_path / "two", 2)
+    assert len(one) == len(two) == 18
+    assert one == two
+    # the plan's groups (the sampler shuffles the questions, not the rows inside a group)
+    from grpo_scripted import PLAN
+
+    penalties = [round(p, 6) for _, _, _, p, _ in one]
+    for group in range(3):
+        uids = {u for u, *_ in one[group * 6 : (group + 1) * 6]}
+        assert len(uids) == 1
+    assert penalties[:6] == [0, 0, 0.1, 0.1, 0, 0]          # r = 1/2: correct resized answers pay
+    assert penalties[6:12] == [0, 0, 0, 0, 0, 0.1]          # r = 1/6 < 0.2: the correct direct answer pays
+    assert [k for *_, k in one] == [True] * 12 + [False] * 6  # group 2 ties: out of the loss
+    assert [a for _, a, *_ in one] == [float(k.endswith("-ok")) for k in PLAN]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_killed_run_resumes_and_ends_at_the_same_step(tmp_path, tiny_dir):
+    """`visionthink train grpo` SIGKILLed after its first checkpoint, then started again with the same
+    command: it resumes from the newest checkpoint and stops at the recipe's step count."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "visionthink", "train", "grpo", f"model={tiny_dir}", f"output_dir={out}",
+               "steps=6", "save_steps=2", "save_total_limit=5", "num_generations=2", "per_device_batch_size=4",
+               "train_items=8", "max_completion_length=24", "report_to=none", "threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint-2" / "trainer_state.json").is_file():
+        assert first.poll() is None, first.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint's files land
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (out / "final").exists()
+    killed_at = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert killed_at < 6
+    logged_before = len((out / "log.jsonl").read_text().splitlines())
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert second.returncode == 0, second.stderr[-3000:]
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert (out / "final" / "model.safetensors").is_file()
+    second_run = (out / "log.jsonl").read_text().splitlines()[logged_before:]
+    steps = [json.loads(line)["step"] for line in second_run if "rewards/accuracy/mean" in line]
+    assert steps == list(range(killed_at + 1, 7))  # the second run did only the steps left
+
+
+ANSWERS = ["red", "blue", "square", "2"]
+"""Scripted answers for the judge tests: a grade needs a call, so every rollout answers something."""
+
+
+def test_training_survives_a_misbehaving_judge(tmp_path, tiny_dir):
+    """GRPO graded by an HTTP judge on loopback that answers 500, garbage, hangs or closes the connection
+    (plus some good answers): training finishes, and the failures are counted in the logs."""
+    from test_judges import Handler, JudgeServer, _Server
+
+    httpd = _Server(("127.0.0.1", 0), Handler)
+    state = httpd.state = JudgeServer()
+    actions = [("status", 500), ("raw", "not json"), ("hang", 5.0), ("reply", "no score here"),
+               ("reply", "Score: 1"), ("status", 503), ("reply", "Score: 0")]
+    calls = {"n": 0}
+
+    def misbehave(body):
+        calls["n"] += 1
+        return actions[calls["n"] % len(actions)]
+
+    state.default = misbehave
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    try:
+        for fallback in ("rule", "drop"):
+            config = recipe(tmp_path / fallback, tiny_dir, steps=2, num_generations=2, per_device_batch_size=4,
+                            judge=f"http:{url}#judge", judge_fallback=fallback, drop_failed_groups=fallback == "drop",
+                            judge_options={"timeout": 0.5, "retries": 1, "backoff": 0.01, "backoff_max": 0.02,
+                                           "jitter": 0.0, "trust_env": False})
+            trainer = build_trainer(config)
+            tokenizer = trainer.processing_class.tokenizer
+            _script(trainer, tokenizer, lambda i: protocol.answer_text("Look.", ANSWERS[i % 4]), lambda i: None)
+            trainer.train()
+            assert trainer.state.global_step == 2
+            logs = trainer.vt_rewards.history
+            assert sum(m["judge/failures"] for m in logs) > 0
+            if fallback == "drop":
+                assert sum(m["groups/judge_failed"] for m in logs) > 0
+                assert sum(m["groups/dropped"] for m in logs) >= sum(m["groups/judge_failed"] for m in logs)
+        assert state.calls > 0
+    finally:
+        state.stop.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)

@@ -13,7 +13,7 @@ def _train_sft(args: argparse.Namespace) -> int:
     from visionthink.recipes import load_recipe
     from visionthink.train.sft import SFTConfig, train_sft
 
-    config = load_recipe(args.recipe, "sft", SFTConfig, args.overrides)
+    config = load_recipe(args.recipe, args.section or "sft", SFTConfig, args.overrides)
     final = train_sft(config)
     print(f"final model: {final}")
     return 0
@@ -23,7 +23,7 @@ def _train_grpo(args: argparse.Namespace) -> int:
     from visionthink.recipes import load_recipe
     from visionthink.train.grpo import GRPORecipe, train_grpo
 
-    config = load_recipe(args.recipe, "grpo", GRPORecipe, args.overrides)
+    config = load_recipe(args.recipe, args.section or "grpo", GRPORecipe, args.overrides)
     final = train_grpo(config)
     print(f"final model: {final}")
     return 0
@@ -158,15 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU threads for torch (default: 1, or $VISIONTHINK_THREADS; training recipes set "
                         "their own). The tiny model is fastest on one thread; extra threads collapse when a "
                         "core is busy.")
+    parser.add_argument("--device", default=None,
+                        help="where models run: auto (a GPU when visible), cpu, cuda, cuda:1 ... "
+                        "(default: $VISIONTHINK_DEVICE or auto); training uses its recipe")
+    parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                        help="model weights' dtype (default: $VISIONTHINK_DTYPE or the checkpoint's own)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="trainer", required=True)
     sft = train.add_parser("sft", help="supervised warm start of the tiny model on the synthetic world")
     sft.add_argument("--recipe", default=None, help="YAML recipe (section `sft:`)")
+    sft.add_argument("--section", default=None, help="recipe section to read instead of `sft:` (e.g. sft_refresh)")
     sft.add_argument("overrides", nargs="*", help="recipe overrides as key=value")
     sft.set_defaults(handler=_train_sft)
     grpo = train.add_parser("grpo", help="multi-turn GRPO on TRL: learn when to resize (accuracy, format, penalty)")
     grpo.add_argument("--recipe", default=None, help="YAML recipe (section `grpo:`)")
+    grpo.add_argument("--section", default=None, help="recipe section to read instead of `grpo:`")
     grpo.add_argument("overrides", nargs="*", help="recipe overrides as key=value")
     grpo.set_defaults(handler=_train_grpo)
 
@@ -252,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads or int(os.environ.get("VISIONTHINK_THREADS", "1")))
+    if args.device:
+        os.environ["VISIONTHINK_DEVICE"] = args.device  # read by `load_model`, in this process and its children
+    if args.dtype:
+        os.environ["VISIONTHINK_DTYPE"] = args.dtype
     try:
         return args.handler(args)
     except VisionThinkError as error:

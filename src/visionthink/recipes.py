@@ -52,8 +52,23 @@ def _build(config_class: type[Config], values: dict[str, Any]) -> Config:
         hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = _build(hint, value)
-        kwargs[name] = value
+        kwargs[name] = _coerce(config_class.__name__, name, hint, value)
     return config_class(**kwargs)
+
+
+def _coerce(owner: str, name: str, hint: Any, value: Any) -> Any:
+    """`value` as the field's scalar type: YAML reads `3e-5` as a string, and `1` where a float is due."""
+    scalar = [t for t in typing.get_args(hint) if t is not type(None)] if typing.get_origin(hint) else [hint]
+    if value is None or len(scalar) != 1 or scalar[0] not in (int, float) or isinstance(value, bool):
+        return value
+    kind = scalar[0]
+    try:
+        number = float(value) if kind is float else int(value)
+    except (TypeError, ValueError):
+        raise VisionThinkError(f"{owner}.{name}: expected {kind.__name__}, got {value!r}") from None
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise VisionThinkError(f"{owner}.{name}: expected int, got {value!r}")
+    return number
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -16,8 +17,36 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "checkpoints" / "tiny-synth"
 
 
-def load_model(model_dir: str | Path | None = None, dtype: torch.dtype | str = "auto", device: str = "cpu"):
-    """(model, processor) from a `save_pretrained` folder, with the project's chat template applied."""
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | None = None) -> str:
+    """`device`, else $VISIONTHINK_DEVICE, else `auto`; `auto` is `cuda` when a GPU is visible, else `cpu`."""
+    device = device or os.environ.get("VISIONTHINK_DEVICE") or "auto"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: torch.dtype | str | None = None) -> torch.dtype | str:
+    """`dtype`, else $VISIONTHINK_DTYPE, else `auto` (the checkpoint's own dtype)."""
+    dtype = dtype or os.environ.get("VISIONTHINK_DTYPE") or "auto"
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ModelError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+        return DTYPES[dtype]
+    return dtype
+
+
+def load_model(model_dir: str | Path | None = None, dtype: torch.dtype | str | None = None,
+               device: str | None = None):
+    """(model, processor) from a `save_pretrained` folder, with the project's chat template applied.
+
+    `device` and `dtype` default to $VISIONTHINK_DEVICE / $VISIONTHINK_DTYPE (the CLI's `--device` and
+    `--dtype`), else the GPU when one is visible and the checkpoint's dtype.
+    """
+    dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
     path = Path(model_dir) if model_dir else default_model_dir()
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: not a model folder (no config.json); train one with `visionthink train sft`")

@@ -102,6 +102,11 @@ class GRPORecipe:
     """Leave groups whose rewards all tie out of the loss (they carry no advantage)."""
     drop_failed_groups: bool = False
     """Leave groups with a rollout the judge failed to grade out of the loss (the release's behaviour)."""
+    anchor_weight: float = 0.0
+    """Perception anchor (`visionthink.train.grpo_anchor`, not in the paper): weight of a supervised loss on
+    ground-truth direct answers at low resolution, `<tool_call>` masked out. 0 turns it off."""
+    anchor_batch_size: int = 8
+    """Training rows drawn per step for the anchor."""
     data: str = "synth"
     """`synth` (the synthetic world's train split) or a `save_to_disk` folder with image/question/answer
     columns, e.g. the output of `visionthink data curate` (its `train` split is used)."""
@@ -385,9 +390,11 @@ def _trainer_class():
         re-sampled, so a step can have fewer (or no) rows that learn.
         """
 
-        def __init__(self, *args, vt_rewards: VisionThinkRewards, **kwargs):
+        def __init__(self, *args, vt_rewards: VisionThinkRewards, vt_anchor=None, **kwargs):
             super().__init__(*args, **kwargs)
             self.vt_rewards = vt_rewards
+            self.vt_anchor = vt_anchor
+            """`grpo_anchor.AnswerAnchor` or None: its loss is added to every training micro-step's."""
             self.vt_images_in_loss: list[int] = []
             """Images per batch in the loss pass (prompt images plus those the tool returned)."""
 
@@ -397,7 +404,7 @@ def _trainer_class():
                 grid = output.get("image_grid_thw")
                 self.vt_images_in_loss.append(0 if grid is None else int(grid.shape[0]))
                 keep = self.vt_rewards.take_keep(output["completion_ids"].shape[0])
-                if keep is not None and not all(keep):
+                if keep is not None:  # on every process, dropping or not: the gather below is a collective
                     device = output["completion_mask"].device
                     rows = torch.tensor(keep, device=device, dtype=output["completion_mask"].dtype).unsqueeze(1)
                     mask = output.get("tool_mask")
@@ -406,6 +413,14 @@ def _trainer_class():
                     loss_mask = output["completion_mask"] * output["tool_mask"]
                     output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
             return output
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self.vt_anchor is not None and self.model.training:
+                anchor = self.vt_anchor(model)
+                self._metrics["train"]["anchor/loss"].append(anchor.item() / self.vt_anchor.weight)
+                loss = loss + anchor / self.args.gradient_accumulation_steps
+            return loss
 
     return VisionThinkGRPOTrainer
 
@@ -458,6 +473,14 @@ def build_trainer(recipe: GRPORecipe, model=None, processor=None, train_dataset=
         # inference engine does (vLLM's sampling parameters have no `suppress_tokens`)
         banned = never_write_ids(processor.tokenizer)
         args.generation_kwargs = {**(args.generation_kwargs or {}), "suppress_tokens": banned}
+    anchor = None
+    if recipe.anchor_weight > 0:
+        from accelerate import PartialState
+
+        from visionthink.train.grpo_anchor import AnswerAnchor
+
+        anchor = AnswerAnchor(train_dataset, processor, recipe.anchor_weight, recipe.anchor_batch_size,
+                              seed=recipe.seed + PartialState().process_index)
     trainer = _trainer_class()(
         model=model,
         reward_funcs=[rewards.accuracy, rewards.format, rewards.resize_penalty],
@@ -467,6 +490,7 @@ def build_trainer(recipe: GRPORecipe, model=None, processor=None, train_dataset=
         environment_factory=grpo_env.ResizeEnvironment,
         peft_config=peft_config,
         vt_rewards=rewards,
+        vt_anchor=anchor,
     )
     output_dir = Path(recipe.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

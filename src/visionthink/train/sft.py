@@ -25,7 +25,7 @@ from visionthink.images import make_views
 from visionthink.models import TinyModelConfig, build_tiny_model, build_tiny_tokenizer, load_model
 from visionthink.recipes import to_dict
 from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
-from visionthink.train.sft_data import AUX_HEADS, conversation, sample_example, tokenizer_corpus
+from visionthink.train.sft_data import AUX_HEADS, conversation, mask_first_turn, sample_example, tokenizer_corpus
 
 
 @dataclass
@@ -46,6 +46,12 @@ class SFTConfig:
     grad_clip: float = 1.0
     aux_weight: float = 1.0
     """Weight of the auxiliary perception loss (privileged generator labels; training only)."""
+    init_from: str | None = None
+    """Start from this model folder (weights and tokenizer) instead of a fresh tiny model: a second stage."""
+    mask_illegible_first_turns: bool = False
+    """Leave out of the loss the first turn of low-res conversations about a small label, whose pattern the
+    image cannot show: the model is then taught neither to guess it nor when to resize (both choices stay
+    untaught there). Without it, guessing teaches the model to hedge on every label at low resolution."""
     resize_fraction: float = 0.5
     """Share of low-res conversations that call resize_image, at random and regardless of need."""
     full_res_fraction: float = 0.25
@@ -139,6 +145,9 @@ def train_sft(config: SFTConfig) -> Path:
         model, processor = load_model(resume, dtype=torch.float32)
         state = torch.load(resume / "trainer_state.pt", weights_only=False)
         start = state["step"]
+    elif config.init_from:
+        model, processor = load_model(config.init_from, dtype=torch.float32, device="cpu")
+        state, start = None, 0
     else:
         tokenizer = build_tiny_tokenizer(tokenizer_corpus(), config.vocab_size)
         model, processor = build_tiny_model(tokenizer, config.model)
@@ -161,7 +170,12 @@ def train_sft(config: SFTConfig) -> Path:
         rng = np.random.default_rng([config.seed, 9173, step])
         examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction)
                     for _ in range(config.batch_size)]
-        batch = collate(processor, [encode_for_training(processor, e.messages) for e in examples])
+        encoded = [encode_for_training(processor, e.messages) for e in examples]
+        if config.mask_illegible_first_turns:
+            for example, encoding in zip(examples, encoded, strict=True):
+                if not example.legible:
+                    encoding["labels"] = mask_first_turn(encoding["labels"][0])[None]
+        batch = collate(processor, encoded)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         outputs = model(**batch)

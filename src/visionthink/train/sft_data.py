@@ -79,6 +79,8 @@ class Example:
     family: str
     start: Start
     resized: bool
+    legible: bool = True
+    """Whether the first image shows the answer (False: a small label's pattern at low resolution)."""
 
 
 AUX_HEADS = {"count": 4, "shape": 1 + len(synth.SHAPES), "colour": 1 + len(synth.COLOURS), "largest": 2,
@@ -127,4 +129,17 @@ def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: f
     answer = synth.answer_for(scene, question_type)
     messages = conversation(synth.QUESTIONS[question_type], answer, views, start, resize)
     sides = [views.low.width if start == "low" else views.high.width] + ([views.high.width] if resize else [])
-    return Example(messages, [aux_targets(scene, side, grid) for side in sides], family, start, resize)
+    legible = start == "high" or family != "fine_small"
+    return Example(messages, [aux_targets(scene, side, grid) for side in sides], family, start, resize, legible)
+
+
+def mask_first_turn(labels: torch.Tensor) -> torch.Tensor:
+    """`labels` (one row) with its first assistant turn (the first run of trained tokens) set to IGNORE_INDEX."""
+    labels = labels.clone()
+    trained = (labels != IGNORE_INDEX).nonzero().flatten().tolist()
+    if trained:
+        end = trained[0]
+        while end < labels.shape[0] and labels[end] != IGNORE_INDEX:
+            end += 1
+        labels[trained[0] : end] = IGNORE_INDEX
+    return labels

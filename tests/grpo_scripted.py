@@ -1,0 +1,131 @@
+"""Scripted GRPO rollouts for the tests, and a runnable one-step GRPO run that records its rewards.
+
+    python tests/grpo_scripted.py MODEL_DIR OUT_DIR PER_DEVICE_BATCH
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 tests/grpo_scripted.py ...
+
+The run scripts every turn from the row's GLOBAL index in the generation batch (process index x
+per-device batch + local index), so one process with the whole batch and two processes with half each
+produce the same rollouts; each process writes the rewards TRL received for its rows to OUT_DIR/rank<i>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from visionthink import protocol
+
+NUM_GENERATIONS = 6
+TRUTH = "red"
+DIRECT_OK, DIRECT_WRONG, RESIZE_OK, RESIZE_WRONG = "direct-ok", "direct-wrong", "resize-ok", "resize-wrong"
+PLAN = [
+    # group 0: r = 2/4 >= theta: the correct resized answers pay
+    DIRECT_OK, DIRECT_OK, RESIZE_OK, RESIZE_OK, DIRECT_WRONG, RESIZE_WRONG,
+    # group 1 (spans both processes with 9 rows each): r = 1/6 < theta: the correct direct answer pays
+    RESIZE_OK, RESIZE_OK, RESIZE_OK, RESIZE_OK, RESIZE_OK, DIRECT_OK,
+    # group 2: every reward ties: left out of the loss
+    DIRECT_OK, DIRECT_OK, DIRECT_OK, DIRECT_OK, DIRECT_OK, DIRECT_OK,
+]
+
+
+def script_turns(trainer, tokenizer, first_turn, second_turn, offset: int = 0):
+    """Replace generation by scripted turns: `first_turn(row)` / `second_turn(row)` give the text of row
+    `offset + i` of the batch (None keeps the model's own sampling for that turn); the second turn is asked
+    only for the rows whose scripted first turn called the tool (else by position). Returns the list that
+    records what `_generate` returns."""
+    original = trainer._generate_single_turn
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    resized: list[int] = []  # rows whose scripted first turn called the tool: TRL's second turn has only these
+
+    def scripted(prompt_ids, images, fields, num_generations, has_tool_images=False):
+        if has_tool_images:
+            rows = resized[: len(prompt_ids)] if len(resized) >= len(prompt_ids) else list(range(len(prompt_ids)))
+            texts = [second_turn(row) for row in rows]
+        else:
+            texts = [first_turn(offset + i) for i in range(len(prompt_ids))]
+            resized[:] = [offset + i for i, t in enumerate(texts) if t is not None and "<tool_call>" in t]
+        if any(text is None for text in texts):
+            sampled, logprobs = original(prompt_ids, images, fields, num_generations, has_tool_images)
+        else:
+            sampled, logprobs = [None] * len(texts), None
+        ids = [s if t is None else tokenizer.encode(t, add_special_tokens=False) + [end]
+               for s, t in zip(sampled, texts, strict=True)]
+        return ids, logprobs
+
+    recorded = []
+    generate = trainer._generate
+
+    def recording(prompts):
+        out = generate(prompts)
+        recorded.append((prompts, out))
+        return out
+
+    trainer._generate_single_turn = scripted
+    trainer._generate = recording
+    return recorded
+
+
+def plan_first_turn(index: int) -> str:
+    kind = PLAN[index % len(PLAN)]
+    if kind.startswith("resize"):
+        return protocol.resize_text("The label is too small to read.")
+    return protocol.answer_text("I can see it.", TRUTH if kind == DIRECT_OK else "blue")
+
+
+def plan_second_turn(index: int) -> str:
+    kind = PLAN[index % len(PLAN)]
+    return protocol.answer_text("Now I can see it.", TRUTH if kind == RESIZE_OK else "blue")
+
+
+def record_rewards(trainer) -> list[dict]:
+    """Wrap the trainer's reward scoring: every scored batch's per-row rewards, appended to the returned list."""
+    seen: list[dict] = []
+    score = trainer.vt_rewards._score
+
+    def recording(*args, **kwargs):
+        scored = score(*args, **kwargs)
+        if not seen or seen[-1]["ref"] != id(scored):
+            seen.append({"ref": id(scored), "accuracy": scored.accuracy, "format": scored.format,
+                         "penalty": scored.penalty, "keep": scored.keep, "uid": kwargs.get("uid")})
+        return scored
+
+    trainer.vt_rewards._score = recording
+    return seen
+
+
+def main(model_dir: str, out_dir: str, per_device: int) -> None:
+    import datasets
+    from accelerate import PartialState
+
+    from visionthink.data import synth
+    from visionthink.models import load_model
+    from visionthink.train import grpo_env
+    from visionthink.train.grpo import GRPORecipe, build_trainer
+
+    state = PartialState()
+    model, processor = load_model(model_dir, device="cpu")
+    rows = [grpo_env.prompt_row(item, processor.grid) | {"answer": TRUTH} for item in synth.split_items("train", 3)]
+    recipe = GRPORecipe(model=model_dir, output_dir=str(Path(out_dir) / "run"), steps=1,
+                        num_generations=NUM_GENERATIONS, per_device_batch_size=per_device, save_steps=100,
+                        threads=1, max_completion_length=160, report_to="none", resume=False,
+                        drop_tied_groups=True, penalty_variant="paper")
+    trainer = build_trainer(recipe, model, processor, datasets.Dataset.from_list(rows))
+    script_turns(trainer, processor.tokenizer, plan_first_turn, plan_second_turn,
+                 offset=state.process_index * per_device)
+    seen = record_rewards(trainer)
+    trainer.train()
+    for batch in seen:
+        batch.pop("ref")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / f"rank{state.process_index}.json").write_text(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    import faulthandler
+    import os
+
+    if os.environ.get("GRPO_SCRIPTED_WATCHDOG"):  # print every thread's stack and exit if the run hangs
+        faulthandler.dump_traceback_later(float(os.environ["GRPO_SCRIPTED_WATCHDOG"]), exit=True)
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
