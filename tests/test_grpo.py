@@ -410,3 +410,38 @@ def test_training_survives_a_misbehaving_judge(tmp_path, tiny_dir):
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir):
+    """With `explore_direct=2` and groups of 4, a model pushed to write `<tool_call>` everywhere writes it in
+    the first two rollouts of every group and never in the last two (generated with the token banned)."""
+    config = recipe(tmp_path, tiny_dir, steps=1, num_generations=4, per_device_batch_size=8, explore_direct=2,
+                    max_completion_length=8)
+    trainer = build_trainer(config)
+    tool_call = trainer.processing_class.tokenizer.convert_tokens_to_ids("<tool_call>")
+
+    def favour_tool_call(module, args, output):
+        output = output.clone()
+        output[..., tool_call] += 100.0
+        return output
+
+    first_turns = []
+    generate = trainer._generate_single_turn
+
+    def recording(prompt_ids, images, fields, num_generations, has_tool_images=False):
+        ids, logprobs = generate(prompt_ids, images, fields, num_generations, has_tool_images)
+        if not has_tool_images:
+            first_turns.append(ids)
+        return ids, logprobs
+
+    trainer._generate_single_turn = recording
+    hook = trainer.model.get_output_embeddings().register_forward_hook(favour_tool_call)
+    try:
+        trainer.train()
+    finally:
+        hook.remove()
+    wrote_tool_call = [tool_call in ids for ids in first_turns[0]]
+    assert wrote_tool_call == [True, True, False, False] * 2
+    assert trainer.vt_rewards.history  # the step was scored and trained
+    with pytest.raises(ValueError, match="explore_direct"):
+        build_trainer(recipe(tmp_path, tiny_dir, num_generations=4, explore_direct=5))

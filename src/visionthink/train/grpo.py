@@ -18,6 +18,7 @@ batch, which is split across processes in order, so rollout k of process p is gl
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -102,6 +103,11 @@ class GRPORecipe:
     """Leave groups whose rewards all tie out of the loss (they carry no advantage)."""
     drop_failed_groups: bool = False
     """Leave groups with a rollout the judge failed to grade out of the loss (the release's behaviour)."""
+    explore_direct: int = 0
+    """Rollouts per group whose FIRST turn may not call the tool (not in the paper; 0 turns it off). Once a
+    question's group always resizes, Eq. 5 sees r = 0 and never learns that low resolution was enough:
+    a few forced direct answers keep measuring it. Needs explore_direct / num_generations >= theta to lift r
+    over theta. Transformers generation only (not vLLM)."""
     anchor_weight: float = 0.0
     """Perception anchor (`visionthink.train.grpo_anchor`, not in the paper): weight of a supervised loss on
     ground-truth direct answers at low resolution, `<tool_call>` masked out. 0 turns it off."""
@@ -153,6 +159,10 @@ def trl_config(recipe: GRPORecipe):
 
     if recipe.penalty_variant not in PENALTY_VARIANTS:
         raise ValueError(f"penalty_variant must be one of {PENALTY_VARIANTS}, got {recipe.penalty_variant!r}")
+    if not 0 <= recipe.explore_direct <= recipe.num_generations:
+        raise ValueError(f"explore_direct must be between 0 and num_generations ({recipe.num_generations})")
+    if recipe.explore_direct and recipe.use_vllm:
+        raise ValueError("explore_direct needs transformers generation (use_vllm: false)")
     report_to = recipe.report_to
     if report_to == "tensorboard" and not _tensorboard_available():
         warnings.warn("tensorboard is not installed: logging to log.jsonl only (pip install tensorboard)",
@@ -390,10 +400,12 @@ def _trainer_class():
         re-sampled, so a step can have fewer (or no) rows that learn.
         """
 
-        def __init__(self, *args, vt_rewards: VisionThinkRewards, vt_anchor=None, **kwargs):
+        def __init__(self, *args, vt_rewards: VisionThinkRewards, vt_anchor=None, vt_explore_direct: int = 0,
+                     **kwargs):
             super().__init__(*args, **kwargs)
             self.vt_rewards = vt_rewards
             self.vt_anchor = vt_anchor
+            self.vt_explore_direct = vt_explore_direct
             """`grpo_anchor.AnswerAnchor` or None: its loss is added to every training micro-step's."""
             self.vt_images_in_loss: list[int] = []
             """Images per batch in the loss pass (prompt images plus those the tool returned)."""
@@ -414,6 +426,30 @@ def _trainer_class():
                     output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
             return output
 
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
+                                  has_tool_images=False):
+            forced = [] if has_tool_images or self.use_vllm else self._forced_direct_rows(len(prompt_ids))
+            if not forced:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                     has_tool_images)
+            from transformers import LogitsProcessorList
+
+            model = self.accelerator.unwrap_model(self.model)  # the module TRL generates with
+            ban = RowTokenBan(forced, self.processing_class.tokenizer.convert_tokens_to_ids("<tool_call>"))
+            model.generate = functools.partial(type(model).generate, model, logits_processor=LogitsProcessorList([ban]))
+            try:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                     has_tool_images)
+            finally:
+                del model.generate
+                self._metrics["train"]["rollouts/forced_direct"].append(len(forced) / max(1, len(prompt_ids)))
+
+        def _forced_direct_rows(self, n: int) -> list[int]:
+            """Local rows whose place in their group is among the last `explore_direct`."""
+            group = self.num_generations
+            first = self.accelerator.process_index * n
+            return [i for i in range(n) if (first + i) % group >= group - self.vt_explore_direct]
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if self.vt_anchor is not None and self.model.training:
@@ -423,6 +459,18 @@ def _trainer_class():
             return loss
 
     return VisionThinkGRPOTrainer
+
+
+class RowTokenBan:
+    """A logits processor that forbids one token in some rows of a generation batch."""
+
+    def __init__(self, rows: list[int], token_id: int):
+        self.rows = rows
+        self.token_id = token_id
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores[self.rows, self.token_id] = float("-inf")
+        return scores
 
 
 def _log_callback(path: Path):
@@ -491,6 +539,7 @@ def build_trainer(recipe: GRPORecipe, model=None, processor=None, train_dataset=
         peft_config=peft_config,
         vt_rewards=rewards,
         vt_anchor=anchor,
+        vt_explore_direct=recipe.explore_direct,
     )
     output_dir = Path(recipe.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
