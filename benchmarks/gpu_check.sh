@@ -8,7 +8,7 @@
 # 2. the KV-reuse benchmark on the GPU;
 # 3. multi-turn GRPO on the GPU in bfloat16 (a short run of the tiny recipe): rewards and checkpoints;
 # 4. `SWEEP` (optional, "name:override,override;..."): GRPO runs side by side on the GPU, each then
-#    evaluated greedily, to compare recipes.
+#    evaluated greedily, to compare recipes (SWEEP_STEPS each, cut at SWEEP_SECONDS; ONLY_SWEEP=1 skips 1-3).
 # Missing Python packages can be installed first from wheels in .whl/ (see the device tool's notes).
 set -u
 RESULTS=${OUT:-/tmp/gpu-check-results}
@@ -49,6 +49,7 @@ if [ -n "${SWEEP:-}" ]; then
   done
 fi
 
+if [ -z "${ONLY_SWEEP:-}" ]; then  # ONLY_SWEEP=1: just the sweep
 for dtype in float32 bfloat16; do
   start=$(date +%s.%N)
   $VT --device cuda --dtype $dtype eval --bench synth --modes full,low,visionthink,oracle --limit 600 \
@@ -62,6 +63,7 @@ start=$(date +%s.%N)
 $VT train grpo --recipe recipes/tiny-synth.yaml steps=30 bf16=true save_steps=15 report_to=none \
   output_dir="$OUT/grpo-bf16" >"$OUT/grpo-bf16.log" 2>&1
 echo "grpo bf16 30 steps: rc=$? $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s"
+fi
 
 for pid in "${sweep_pids[@]}"; do wait "$pid"; done
 
