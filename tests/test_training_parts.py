@@ -1,0 +1,88 @@
+"""Smaller training parts: recipe typing, the SFT stage-2 mask and start, the GRPO perception anchor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from visionthink.errors import VisionThinkError
+from visionthink.recipes import load_recipe
+from visionthink.tokens import IGNORE_INDEX
+from visionthink.train.grpo import GRPORecipe
+from visionthink.train.sft import SFTConfig, train_sft
+from visionthink.train.sft_data import mask_first_turn, sample_example
+
+
+def test_recipe_numbers_take_their_field_types():
+    recipe = load_recipe(None, "grpo", GRPORecipe, ["learning_rate=3e-5", "beta=1", "steps=12", "export_dir=null"])
+    assert recipe.learning_rate == 3e-5 and isinstance(recipe.learning_rate, float)  # YAML reads 3e-5 as a string
+    assert recipe.beta == 1.0 and isinstance(recipe.beta, float)
+    assert recipe.steps == 12 and recipe.export_dir is None
+    with pytest.raises(VisionThinkError, match="learning_rate: expected float"):
+        load_recipe(None, "grpo", GRPORecipe, ["learning_rate=fast"])
+    with pytest.raises(VisionThinkError, match="steps: expected int"):
+        load_recipe(None, "grpo", GRPORecipe, ["steps=2.5"])
+
+
+def test_mask_first_turn_masks_only_the_first_trained_run():
+    x = IGNORE_INDEX
+    labels = torch.tensor([x, x, 5, 6, 7, x, x, 8, 9])
+    assert mask_first_turn(labels).tolist() == [x, x, x, x, x, x, x, 8, 9]
+    assert labels.tolist()[2] == 5  # the input is not modified
+    assert mask_first_turn(torch.tensor([x, x])).tolist() == [x, x]
+
+
+def test_only_small_labels_at_low_res_are_illegible(random_tiny):
+    import numpy as np
+
+    _, processor = random_tiny
+    rng = np.random.default_rng(0)
+    examples = [sample_example(rng, processor.grid, 0.5, 0.25) for _ in range(200)]
+    for e in examples:
+        assert e.legible == (e.start == "high" or e.family != "fine_small")
+    assert any(not e.legible for e in examples) and any(e.legible for e in examples)
+
+
+def test_sft_second_stage_starts_from_the_given_model(tmp_path, random_tiny):
+    model, processor = random_tiny
+    start = tmp_path / "start"
+    model.save_pretrained(start)
+    processor.save_pretrained(start)
+    config = SFTConfig(init_from=str(start), output_dir=str(tmp_path / "run"), steps=2, batch_size=4,
+                       learning_rate=1e-4, warmup_steps=1, save_every=2, eval_every=2, eval_items=6, threads=1,
+                       mask_illegible_first_turns=True)
+    final = train_sft(config)
+    from visionthink.models import load_model
+
+    trained, trained_processor = load_model(final, device="cpu")
+    assert trained_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    before, after = model.state_dict(), trained.state_dict()
+    changes = [(after[k].float() - before[k].float()).abs().max().item() for k in before]
+    assert 0 < max(changes) < 0.01  # two small steps away from the start, not a fresh model
+
+
+def test_anchor_loss_leaves_the_resize_decision_alone(random_tiny):
+    """The anchor's softmax excludes `<tool_call>`: changing that token's logit row changes nothing."""
+    from visionthink.data import synth
+    from visionthink.images import make_views
+    from visionthink.train.grpo_anchor import anchor_loss
+
+    model, processor = random_tiny
+    items = synth.split_items("train", 3)
+    rows = [{"question": i.question, "answer": i.answer, "image": make_views(i.image, processor.grid).low}
+            for i in items]
+    tool_call = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
+
+    def favour_tool_call(module, args, output):
+        output = output.clone()
+        output[..., tool_call] += 50.0
+        return output
+
+    with torch.no_grad():
+        first = anchor_loss(model, processor, rows)
+        hook = model.get_output_embeddings().register_forward_hook(favour_tool_call)
+        try:
+            second = anchor_loss(model, processor, rows)
+        finally:
+            hook.remove()
+    assert torch.isfinite(first) and abs(first.item() - second.item()) < 1e-5
