@@ -414,7 +414,8 @@ def test_training_survives_a_misbehaving_judge(tmp_path, tiny_dir):
 
 def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir):
     """With `explore_direct=2` and groups of 4, a model pushed to write `<tool_call>` everywhere writes it in
-    the first two rollouts of every group and never in the last two (generated with the token banned)."""
+    the first two rollouts of every group and never in the last two (generated with the token banned), and
+    those two probes are left out of the loss."""
     config = recipe(tmp_path, tiny_dir, steps=1, num_generations=4, per_device_batch_size=8, explore_direct=2,
                     max_completion_length=8)
     trainer = build_trainer(config)
@@ -435,6 +436,16 @@ def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir):
         return ids, logprobs
 
     trainer._generate_single_turn = recording
+    in_loss = []
+    compute_loss = trainer._compute_loss
+
+    def recording_loss(model, inputs):
+        learns = inputs["tool_mask"].sum(dim=1).gt(0).tolist()  # TRL may shuffle rows: match them by content
+        probes = [tool_call not in row for row in inputs["completion_ids"].tolist()]
+        in_loss.append(list(zip(learns, probes, strict=True)))
+        return compute_loss(model, inputs)
+
+    trainer._compute_loss = recording_loss
     hook = trainer.model.get_output_embeddings().register_forward_hook(favour_tool_call)
     try:
         trainer.train()
@@ -442,6 +453,7 @@ def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir):
         hook.remove()
     wrote_tool_call = [tool_call in ids for ids in first_turns[0]]
     assert wrote_tool_call == [True, True, False, False] * 2
+    assert sorted(in_loss[0]) == [(False, True)] * 4 + [(True, False)] * 4  # the probes earn rewards, not gradients
     assert trainer.vt_rewards.history  # the step was scored and trained
     with pytest.raises(ValueError, match="explore_direct"):
         build_trainer(recipe(tmp_path, tiny_dir, num_generations=4, explore_direct=5))

@@ -104,10 +104,11 @@ class GRPORecipe:
     drop_failed_groups: bool = False
     """Leave groups with a rollout the judge failed to grade out of the loss (the release's behaviour)."""
     explore_direct: int = 0
-    """Rollouts per group whose FIRST turn may not call the tool (not in the paper; 0 turns it off). Once a
-    question's group always resizes, Eq. 5 sees r = 0 and never learns that low resolution was enough:
-    a few forced direct answers keep measuring it. Needs explore_direct / num_generations >= theta to lift r
-    over theta. Transformers generation only (not vLLM)."""
+    """Probe rollouts per group whose FIRST turn may not call the tool (not in the paper; 0 turns it off).
+    Once a question's group always resizes, Eq. 5 sees r = 0 and never learns that low resolution was
+    enough: the probes keep measuring it. They count in the group's rewards (r, mean, std) but are left out
+    of the loss (off-policy samples: their pushed-down answers blew up the KL). Needs explore_direct /
+    num_generations >= theta to lift r over theta. Transformers generation only (not vLLM)."""
     anchor_weight: float = 0.0
     """Perception anchor (`visionthink.train.grpo_anchor`, not in the paper): weight of a supervised loss on
     ground-truth direct answers at low resolution, `<tool_call>` masked out. 0 turns it off."""
@@ -415,7 +416,11 @@ def _trainer_class():
             if self.model.training:
                 grid = output.get("image_grid_thw")
                 self.vt_images_in_loss.append(0 if grid is None else int(grid.shape[0]))
-                keep = self.vt_rewards.take_keep(output["completion_ids"].shape[0])
+                rows_here = output["completion_ids"].shape[0]
+                keep = self.vt_rewards.take_keep(rows_here)
+                if keep is not None and self.vt_explore_direct:  # forced rollouts are probes: rewards only
+                    forced = set(self._forced_direct_rows(rows_here))
+                    keep = [k and i not in forced for i, k in enumerate(keep)]
                 if keep is not None:  # on every process, dropping or not: the gather below is a collective
                     device = output["completion_mask"].device
                     rows = torch.tensor(keep, device=device, dtype=output["completion_mask"].dtype).unsqueeze(1)
