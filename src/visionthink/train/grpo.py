@@ -589,6 +589,7 @@ def train_grpo(recipe: GRPORecipe, model=None, processor=None, train_dataset=Non
     if trainer.accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.unwrap_model(trainer.model).config.use_cache = True  # TRL turns it off for training
     trainer.save_model(str(final / "adapter") if recipe.lora else str(final))
     if trainer.accelerator.is_main_process:
         if recipe.lora and not trainer.is_deepspeed_enabled:  # a plain model folder, loadable everywhere
@@ -598,7 +599,7 @@ def train_grpo(recipe: GRPORecipe, model=None, processor=None, train_dataset=Non
         if recipe.export_dir:
             export = Path(recipe.export_dir)
             shutil.rmtree(export, ignore_errors=True)
-            shutil.copytree(final, export)
+            shutil.copytree(final, export, ignore=shutil.ignore_patterns("training_args.bin"))
     return final
 
 
