@@ -412,12 +412,13 @@ def test_training_survives_a_misbehaving_judge(tmp_path, tiny_dir):
         thread.join(timeout=5)
 
 
-def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir):
+@pytest.mark.parametrize("probe_loss", ["none", "positive"])
+def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir, probe_loss):
     """With `explore_direct=2` and groups of 4, a model pushed to write `<tool_call>` everywhere writes it in
     the first two rollouts of every group and never in the last two (generated with the token banned), and
     those two probes are left out of the loss."""
     config = recipe(tmp_path, tiny_dir, steps=1, num_generations=4, per_device_batch_size=8, explore_direct=2,
-                    max_completion_length=8)
+                    max_completion_length=8, probe_loss=probe_loss)
     trainer = build_trainer(config)
     tool_call = trainer.processing_class.tokenizer.convert_tokens_to_ids("<tool_call>")
 
@@ -442,7 +443,8 @@ def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir):
     def recording_loss(model, inputs):
         learns = inputs["tool_mask"].sum(dim=1).gt(0).tolist()  # TRL may shuffle rows: match them by content
         probes = [tool_call not in row for row in inputs["completion_ids"].tolist()]
-        in_loss.append(list(zip(learns, probes, strict=True)))
+        advantages = inputs["advantages"].reshape(len(probes), -1)[:, 0].tolist()
+        in_loss.append(list(zip(learns, probes, advantages, strict=True)))
         return compute_loss(model, inputs)
 
     trainer._compute_loss = recording_loss
@@ -453,7 +455,13 @@ def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir):
         hook.remove()
     wrote_tool_call = [tool_call in ids for ids in first_turns[0]]
     assert wrote_tool_call == [True, True, False, False] * 2
-    assert sorted(in_loss[0]) == [(False, True)] * 4 + [(True, False)] * 4  # the probes earn rewards, not gradients
+    rows = in_loss[0]
+    assert sorted(probe for _, probe, _ in rows) == [False] * 4 + [True] * 4
+    if probe_loss == "none":  # the probes earn rewards, not gradients
+        assert all(learns != probe for learns, probe, _ in rows)
+    else:  # the probes learn, but only upwards
+        assert all(learns for learns, _, _ in rows)
+        assert all(advantage >= 0 for _, probe, advantage in rows if probe)
     assert trainer.vt_rewards.history  # the step was scored and trained
     with pytest.raises(ValueError, match="explore_direct"):
         build_trainer(recipe(tmp_path, tiny_dir, num_generations=4, explore_direct=5))

@@ -109,6 +109,9 @@ class GRPORecipe:
     enough: the probes keep measuring it. They count in the group's rewards (r, mean, std) but are left out
     of the loss (off-policy samples: their pushed-down answers blew up the KL). Needs explore_direct /
     num_generations >= theta to lift r over theta. Transformers generation only (not vLLM)."""
+    probe_loss: str = "none"
+    """What the `explore_direct` probes teach: `none` (rewards only) or `positive` (their tokens are trained
+    where their advantage is positive, never pushed down)."""
     anchor_weight: float = 0.0
     """Perception anchor (`visionthink.train.grpo_anchor`, not in the paper): weight of a supervised loss on
     ground-truth direct answers at low resolution, `<tool_call>` masked out. 0 turns it off."""
@@ -162,6 +165,8 @@ def trl_config(recipe: GRPORecipe):
         raise ValueError(f"penalty_variant must be one of {PENALTY_VARIANTS}, got {recipe.penalty_variant!r}")
     if not 0 <= recipe.explore_direct <= recipe.num_generations:
         raise ValueError(f"explore_direct must be between 0 and num_generations ({recipe.num_generations})")
+    if recipe.probe_loss not in ("none", "positive"):
+        raise ValueError(f"probe_loss must be none or positive, got {recipe.probe_loss!r}")
     if recipe.explore_direct and recipe.use_vllm:
         raise ValueError("explore_direct needs transformers generation (use_vllm: false)")
     report_to = recipe.report_to
@@ -402,11 +407,12 @@ def _trainer_class():
         """
 
         def __init__(self, *args, vt_rewards: VisionThinkRewards, vt_anchor=None, vt_explore_direct: int = 0,
-                     **kwargs):
+                     vt_probe_loss: str = "none", **kwargs):
             super().__init__(*args, **kwargs)
             self.vt_rewards = vt_rewards
             self.vt_anchor = vt_anchor
             self.vt_explore_direct = vt_explore_direct
+            self.vt_probe_loss = vt_probe_loss
             """`grpo_anchor.AnswerAnchor` or None: its loss is added to every training micro-step's."""
             self.vt_images_in_loss: list[int] = []
             """Images per batch in the loss pass (prompt images plus those the tool returned)."""
@@ -418,9 +424,13 @@ def _trainer_class():
                 self.vt_images_in_loss.append(0 if grid is None else int(grid.shape[0]))
                 rows_here = output["completion_ids"].shape[0]
                 keep = self.vt_rewards.take_keep(rows_here)
-                if keep is not None and self.vt_explore_direct:  # forced rollouts are probes: rewards only
-                    forced = set(self._forced_direct_rows(rows_here))
-                    keep = [k and i not in forced for i, k in enumerate(keep)]
+                if keep is not None and self.vt_explore_direct:  # forced rollouts are probes
+                    forced = sorted(self._forced_direct_rows(rows_here))
+                    if self.vt_probe_loss == "positive":  # learn only from probes that beat their group
+                        index = torch.tensor(forced, device=output["advantages"].device)
+                        output["advantages"][index] = output["advantages"][index].clamp(min=0)
+                    else:  # rewards only
+                        keep = [k and i not in set(forced) for i, k in enumerate(keep)]
                 if keep is not None:  # on every process, dropping or not: the gather below is a collective
                     device = output["completion_mask"].device
                     rows = torch.tensor(keep, device=device, dtype=output["completion_mask"].dtype).unsqueeze(1)
@@ -545,6 +555,7 @@ def build_trainer(recipe: GRPORecipe, model=None, processor=None, train_dataset=
         vt_rewards=rewards,
         vt_anchor=anchor,
         vt_explore_direct=recipe.explore_direct,
+        vt_probe_loss=recipe.probe_loss,
     )
     output_dir = Path(recipe.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
