@@ -54,6 +54,12 @@ def script_turns(trainer, tokenizer, first_turn, second_turn, offset: int = 0):
                for s, t in zip(sampled, texts, strict=True)]
         return ids, logprobs
 
+    trainer._generate_single_turn = scripted
+    return record_generations(trainer)
+
+
+def record_generations(trainer) -> list:
+    """Wrap `trainer._generate`: every call's (prompts, output) is appended to the returned list."""
     recorded = []
     generate = trainer._generate
 
@@ -62,9 +68,19 @@ def script_turns(trainer, tokenizer, first_turn, second_turn, offset: int = 0):
         recorded.append((prompts, out))
         return out
 
-    trainer._generate_single_turn = scripted
     trainer._generate = recording
     return recorded
+
+
+def favour_token(token_id: int, amount: float):
+    """A forward hook for the output head that adds `amount` to one token's logit everywhere."""
+
+    def hook(module, args, output):
+        output = output.clone()
+        output[..., token_id] += amount
+        return output
+
+    return hook
 
 
 def plan_first_turn(index: int) -> str:

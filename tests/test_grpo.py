@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from grpo_scripted import script_turns  # tests/ is on sys.path (rootdir conftest)
+from grpo_scripted import favour_token, record_generations, script_turns  # tests/ is on sys.path
 
 from visionthink import protocol
 from visionthink.data import synth
@@ -72,10 +71,6 @@ def test_trl_prompt_is_the_first_turn(random_tiny):
     assert rebuilt == protocol.first_turn(item.question, row["image"])
 
 
-def _script(trainer, tokenizer, first_turn, second_turn):
-    return script_turns(trainer, tokenizer, first_turn, second_turn)
-
-
 def test_trained_ids_are_the_protocol_rendering(tmp_path, tiny_dir):
     """TRL's prompt + completion ids for a resize episode are `tokens.encode` of the same episode, and
     TRL's loss mask (`tool_mask`) is exactly the protocol's assistant mask; rewards follow Eq. 5."""
@@ -90,7 +85,7 @@ def test_trained_ids_are_the_protocol_rendering(tmp_path, tiny_dir):
         return protocol.answer_text(think, "wrong" if row == 3 else "RIGHT")
 
     first = {0: protocol.resize_text(think), 1: protocol.resize_text(think)}
-    recorded = _script(trainer, tokenizer, lambda i: first.get(i, answer_for(i)), answer_for)
+    recorded = script_turns(trainer, tokenizer, lambda i: first.get(i, answer_for(i)), answer_for)
     rewards_seen = []
     calculate = trainer._calculate_rewards
 
@@ -136,7 +131,7 @@ def test_tied_groups_leave_the_loss(tmp_path, tiny_dir):
     trainer = build_trainer(config)
     tokenizer = trainer.processing_class.tokenizer
     same = protocol.answer_text("Look at the image.", "nothing")
-    _script(trainer, tokenizer, lambda i: same, lambda i: same)
+    script_turns(trainer, tokenizer, lambda i: same, lambda i: same)
     seen = []
     original = trainer._compute_loss
 
@@ -164,7 +159,7 @@ def test_train_grpo_smoke(tmp_path, tiny_dir):
         trainer = real_build(*args, **kwargs)
         tokenizer = trainer.processing_class.tokenizer
         call = protocol.resize_text("Look at the image.")
-        built["recorded"] = _script(trainer, tokenizer, lambda i: call if i % 2 == 0 else None, lambda i: None)
+        built["recorded"] = script_turns(trainer, tokenizer, lambda i: call if i % 2 == 0 else None, lambda i: None)
         built["trainer"] = trainer
         return trainer
 
@@ -255,15 +250,7 @@ def test_sampled_rollouts_render_as_the_protocol(tmp_path):
     config = recipe(tmp_path, model_dir, num_generations=8, per_device_batch_size=16, train_items=8)
     trainer = build_trainer(config)
     processor = trainer.processing_class
-    recorded = []
-    generate = trainer._generate
-
-    def recording(prompts):
-        out = generate(prompts)
-        recorded.append((prompts, out))
-        return out
-
-    trainer._generate = recording
+    recorded = record_generations(trainer)
     trainer.train()
     newline = processor.tokenizer.encode("\n", add_special_tokens=False)
     (prompts, out), = recorded
@@ -372,10 +359,8 @@ ANSWERS = ["red", "blue", "square", "2"]
 def test_training_survives_a_misbehaving_judge(tmp_path, tiny_dir):
     """GRPO graded by an HTTP judge on loopback that answers 500, garbage, hangs or closes the connection
     (plus some good answers): training finishes, and the failures are counted in the logs."""
-    from test_judges import Handler, JudgeServer, _Server
+    from test_judges import judge_server
 
-    httpd = _Server(("127.0.0.1", 0), Handler)
-    state = httpd.state = JudgeServer()
     actions = [("status", 500), ("raw", "not json"), ("hang", 5.0), ("reply", "no score here"),
                ("reply", "Score: 1"), ("status", 503), ("reply", "Score: 0")]
     calls = {"n": 0}
@@ -384,19 +369,17 @@ def test_training_survives_a_misbehaving_judge(tmp_path, tiny_dir):
         calls["n"] += 1
         return actions[calls["n"] % len(actions)]
 
-    state.default = misbehave
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    try:
+    with judge_server() as state:
+        state.default = misbehave
         for fallback in ("rule", "drop"):
             config = recipe(tmp_path / fallback, tiny_dir, steps=2, num_generations=2, per_device_batch_size=4,
-                            judge=f"http:{url}#judge", judge_fallback=fallback, drop_failed_groups=fallback == "drop",
+                            judge=f"http:{state.url}#judge", judge_fallback=fallback,
+                            drop_failed_groups=fallback == "drop",
                             judge_options={"timeout": 0.5, "retries": 1, "backoff": 0.01, "backoff_max": 0.02,
                                            "jitter": 0.0, "trust_env": False})
             trainer = build_trainer(config)
             tokenizer = trainer.processing_class.tokenizer
-            _script(trainer, tokenizer, lambda i: protocol.answer_text("Look.", ANSWERS[i % 4]), lambda i: None)
+            script_turns(trainer, tokenizer, lambda i: protocol.answer_text("Look.", ANSWERS[i % 4]), lambda i: None)
             trainer.train()
             assert trainer.state.global_step == 2
             logs = trainer.vt_rewards.history
@@ -405,11 +388,6 @@ def test_training_survives_a_misbehaving_judge(tmp_path, tiny_dir):
                 assert sum(m["groups/judge_failed"] for m in logs) > 0
                 assert sum(m["groups/dropped"] for m in logs) >= sum(m["groups/judge_failed"] for m in logs)
         assert state.calls > 0
-    finally:
-        state.stop.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.mark.parametrize("probe_loss", ["none", "positive"])
@@ -421,11 +399,6 @@ def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir, probe_loss):
                     max_completion_length=8, probe_loss=probe_loss)
     trainer = build_trainer(config)
     tool_call = trainer.processing_class.tokenizer.convert_tokens_to_ids("<tool_call>")
-
-    def favour_tool_call(module, args, output):
-        output = output.clone()
-        output[..., tool_call] += 100.0
-        return output
 
     first_turns = []
     generate = trainer._generate_single_turn
@@ -448,7 +421,7 @@ def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir, probe_loss):
         return compute_loss(model, inputs)
 
     trainer._compute_loss = recording_loss
-    hook = trainer.model.get_output_embeddings().register_forward_hook(favour_tool_call)
+    hook = trainer.model.get_output_embeddings().register_forward_hook(favour_token(tool_call, 100.0))
     try:
         trainer.train()
     finally:

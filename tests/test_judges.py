@@ -4,6 +4,7 @@ that misbehaves on purpose, the local-model judge on a tiny random model, and th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -106,8 +107,9 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
 
 
-@pytest.fixture
-def server():
+@contextlib.contextmanager
+def judge_server():
+    """A running loopback judge backend; yields its `JudgeServer` state (with `url`)."""
     httpd = _Server(("127.0.0.1", 0), Handler)
     httpd.state = JudgeServer()
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -120,6 +122,12 @@ def server():
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def server():
+    with judge_server() as state:
+        yield state
 
 
 def closed_port_url() -> str:

@@ -63,6 +63,8 @@ def test_sft_second_stage_starts_from_the_given_model(tmp_path, random_tiny):
 
 def test_anchor_loss_leaves_the_resize_decision_alone(random_tiny):
     """The anchor's softmax excludes `<tool_call>`: changing that token's logit row changes nothing."""
+    from grpo_scripted import favour_token
+
     from visionthink.data import synth
     from visionthink.images import make_views
     from visionthink.train.grpo_anchor import anchor_loss
@@ -73,14 +75,9 @@ def test_anchor_loss_leaves_the_resize_decision_alone(random_tiny):
             for i in items]
     tool_call = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
 
-    def favour_tool_call(module, args, output):
-        output = output.clone()
-        output[..., tool_call] += 50.0
-        return output
-
     with torch.no_grad():
         first = anchor_loss(model, processor, rows)
-        hook = model.get_output_embeddings().register_forward_hook(favour_tool_call)
+        hook = model.get_output_embeddings().register_forward_hook(favour_token(tool_call, 50.0))
         try:
             second = anchor_loss(model, processor, rows)
         finally:

@@ -411,9 +411,9 @@ def _trainer_class():
             super().__init__(*args, **kwargs)
             self.vt_rewards = vt_rewards
             self.vt_anchor = vt_anchor
+            """`grpo_anchor.AnswerAnchor` or None: its loss is added to every training micro-step's."""
             self.vt_explore_direct = vt_explore_direct
             self.vt_probe_loss = vt_probe_loss
-            """`grpo_anchor.AnswerAnchor` or None: its loss is added to every training micro-step's."""
             self.vt_images_in_loss: list[int] = []
             """Images per batch in the loss pass (prompt images plus those the tool returned)."""
 
@@ -425,12 +425,13 @@ def _trainer_class():
                 rows_here = output["completion_ids"].shape[0]
                 keep = self.vt_rewards.take_keep(rows_here)
                 if keep is not None and self.vt_explore_direct:  # forced rollouts are probes
-                    forced = sorted(self._forced_direct_rows(rows_here))
+                    forced = self._forced_direct_rows(rows_here)
                     if self.vt_probe_loss == "positive":  # learn only from probes that beat their group
                         index = torch.tensor(forced, device=output["advantages"].device)
                         output["advantages"][index] = output["advantages"][index].clamp(min=0)
                     else:  # rewards only
-                        keep = [k and i not in set(forced) for i, k in enumerate(keep)]
+                        probes = set(forced)
+                        keep = [k and i not in probes for i, k in enumerate(keep)]
                 if keep is not None:  # on every process, dropping or not: the gather below is a collective
                     device = output["completion_mask"].device
                     rows = torch.tensor(keep, device=device, dtype=output["completion_mask"].dtype).unsqueeze(1)

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from visionthink import protocol
-from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
-from visionthink.train.sft_data import think_for
+from visionthink.tokens import IGNORE_INDEX
+from visionthink.train.sft_data import direct_answer_logits, think_for
 
 
 def direct_answer_messages(row: dict[str, Any]) -> list[protocol.Message]:
@@ -30,14 +30,8 @@ def direct_answer_messages(row: dict[str, Any]) -> list[protocol.Message]:
 
 def anchor_loss(model, processor, rows: list[dict[str, Any]]) -> torch.Tensor:
     """Mean cross-entropy over the assistant tokens of `rows`' direct answers, `<tool_call>` masked out."""
-    batch = collate(processor, [encode_for_training(processor, direct_answer_messages(row)) for row in rows])
-    device = next(model.parameters()).device
-    labels = batch.pop("labels").to(device)
-    batch = {key: value.to(device) for key, value in batch.items()}
-    logits = model(**batch).logits[:, :-1].float()
-    tool_call = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
-    logits = logits.index_fill(-1, torch.tensor([tool_call], device=device), float("-inf"))
-    return nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+    logits, targets = direct_answer_logits(model, processor, [direct_answer_messages(row) for row in rows])
+    return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
 
 
 class AnswerAnchor:

@@ -25,7 +25,14 @@ from visionthink.images import make_views
 from visionthink.models import TinyModelConfig, build_tiny_model, build_tiny_tokenizer, load_model
 from visionthink.recipes import to_dict
 from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
-from visionthink.train.sft_data import AUX_HEADS, conversation, mask_first_turn, sample_example, tokenizer_corpus
+from visionthink.train.sft_data import (
+    AUX_HEADS,
+    conversation,
+    direct_answer_logits,
+    mask_first_turn,
+    sample_example,
+    tokenizer_corpus,
+)
 
 
 @dataclass
@@ -103,20 +110,12 @@ def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: st
     Equals greedy decoding in the `low`/`full` modes, at a tenth of the cost of `generate()`.
     """
     model.eval()
-    tool_call = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
     hits: dict[str, list[bool]] = {}
     for chunk in range(0, len(items), 32):
         part = items[chunk : chunk + 32]
-        encoded = []
-        for item in part:
-            views = make_views(item.image, processor.grid)
-            messages = conversation(item.question, item.answer, views, start, resize=False)
-            encoded.append(encode_for_training(processor, messages))
-        batch = collate(processor, encoded)
-        labels = batch.pop("labels")
-        logits = model(**batch).logits[:, :-1]
-        logits[..., tool_call] = float("-inf")
-        targets = labels[:, 1:]
+        conversations = [conversation(item.question, item.answer, make_views(item.image, processor.grid), start,
+                                      resize=False) for item in part]
+        logits, targets = direct_answer_logits(model, processor, conversations)
         correct = ((logits.argmax(-1) == targets) | (targets == IGNORE_INDEX)).all(dim=1)
         for item, ok in zip(part, correct.tolist(), strict=True):
             hits.setdefault(item.family, []).append(ok)

@@ -16,7 +16,7 @@ import torch
 from visionthink import protocol
 from visionthink.data import synth
 from visionthink.images import PixelGrid, make_views
-from visionthink.tokens import IGNORE_INDEX
+from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
 
 THINK = {
     "colour": "Find the largest shape and its colour.",
@@ -88,6 +88,11 @@ AUX_HEADS = {"count": 4, "shape": 1 + len(synth.SHAPES), "colour": 1 + len(synth
 """Classes per auxiliary head (per merged visual token)."""
 
 
+def pattern_legible(label_size: str, image_side: int) -> bool:
+    """Whether a view `image_side` px wide shows the label's pattern (small labels need full resolution)."""
+    return label_size == "large" or image_side >= synth.IMAGE_SIZE
+
+
 def aux_targets(scene: synth.Scene, image_side: int, grid: PixelGrid) -> dict[str, torch.Tensor]:
     """Per visual token: objects centred there, their shape and colour, the largest one, the label pattern.
 
@@ -111,8 +116,7 @@ def aux_targets(scene: synth.Scene, image_side: int, grid: PixelGrid) -> dict[st
         if s is biggest:
             largest[index] = 1
     pattern = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
-    legible = scene.label_size == "large" or image_side >= synth.IMAGE_SIZE
-    if legible:
+    if pattern_legible(scene.label_size, image_side):
         pattern[0] = synth.PATTERNS.index(scene.pattern)
     return {"count": count.clamp(max=3), "shape": shape, "colour": colour, "largest": largest, "pattern": pattern}
 
@@ -129,7 +133,7 @@ def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: f
     answer = synth.answer_for(scene, question_type)
     messages = conversation(synth.QUESTIONS[question_type], answer, views, start, resize)
     sides = [views.low.width if start == "low" else views.high.width] + ([views.high.width] if resize else [])
-    legible = start == "high" or family != "fine_small"
+    legible = question_type != "pattern" or pattern_legible(scene.label_size, sides[0])
     return Example(messages, [aux_targets(scene, side, grid) for side in sides], family, start, resize, legible)
 
 
@@ -143,3 +147,16 @@ def mask_first_turn(labels: torch.Tensor) -> torch.Tensor:
             end += 1
         labels[trained[0] : end] = IGNORE_INDEX
     return labels
+
+
+def direct_answer_logits(model, processor, conversations: list[list[protocol.Message]]):
+    """(logits, targets) of a teacher-forced pass over `conversations`, shifted so position i predicts
+    target i, with `<tool_call>` banned: what a direct answer scores when resizing is not an option.
+    Targets are IGNORE_INDEX outside assistant turns."""
+    batch = collate(processor, [encode_for_training(processor, messages) for messages in conversations])
+    device = next(model.parameters()).device
+    labels = batch.pop("labels").to(device)
+    batch = {key: value.to(device) for key, value in batch.items()}
+    logits = model(**batch).logits[:, :-1].float()
+    tool_call = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
+    return logits.index_fill(-1, torch.tensor([tool_call], device=device), float("-inf")), labels[:, 1:]
