@@ -49,15 +49,14 @@ def plot(variants: list[str], runs: Path, path: Path, window: int = 15) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from visionthink.train.grpo import moving_average
+
     figure, axes = plt.subplots(1, len(variants), figsize=(3.2 * len(variants), 3.2), sharey=True)
     for axis, variant in zip(list(axes) if len(variants) > 1 else [axes], variants, strict=True):
         rows = [json.loads(line) for line in (runs / variant / "log.jsonl").read_text().splitlines()]
         for family in FAMILIES:
             points = [(r["step"], r[f"resize_ratio/{family}"]) for r in rows if f"resize_ratio/{family}" in r]
-            values = [v for _, v in points]
-            smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
-                      for i in range(len(values))]
-            axis.plot([s for s, _ in points], smooth, label=family)
+            axis.plot([s for s, _ in points], moving_average([v for _, v in points], window), label=family)
         axis.set_title(variant)
         axis.set_xlabel("step")
         axis.set_ylim(-0.02, 1.02)

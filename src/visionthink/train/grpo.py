@@ -625,6 +625,12 @@ def _write_summary(output_dir: Path, trainer) -> None:
     plot_resize_ratio(trainer.state.log_history, output_dir / "resize_ratio.png")
 
 
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Mean of each value and the up to `window - 1` values before it."""
+    return [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
+            for i in range(len(values))]
+
+
 def plot_resize_ratio(log_history: list[dict[str, Any]], path: Path, window: int = 25) -> Path | None:
     """Resize ratio per family over the steps (what the penalty should separate), as a PNG.
 
@@ -644,9 +650,7 @@ def plot_resize_ratio(log_history: list[dict[str, Any]], path: Path, window: int
         if points:
             steps = [step for step, _ in points]
             values = [value for _, value in points]
-            smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
-                      for i in range(len(values))]
-            axes.plot(steps, smooth, label=name or "all", linewidth=1.5 if name else 2.5,
+            axes.plot(steps, moving_average(values, window), label=name or "all", linewidth=1.5 if name else 2.5,
                       linestyle="-" if name else "--")
     axes.set_xlabel("step")
     axes.set_ylabel(f"resize ratio ({window}-step mean)")
