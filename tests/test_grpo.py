@@ -19,7 +19,7 @@ from visionthink.data import synth
 from visionthink.images import make_views
 from visionthink.tokens import assistant_mask, encode
 from visionthink.train import grpo_env
-from visionthink.train.grpo import GRPORecipe, build_trainer, train_grpo
+from visionthink.train.grpo import GRPORecipe, RowTokenBan, build_trainer, train_grpo
 
 pytest.importorskip("trl")
 
@@ -438,3 +438,43 @@ def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir, probe_loss):
     assert trainer.vt_rewards.history  # the step was scored and trained
     with pytest.raises(ValueError, match="explore_direct"):
         build_trainer(recipe(tmp_path, tiny_dir, num_generations=4, explore_direct=5))
+
+
+def test_row_token_ban_greedy_leaves_probe_rows_their_best_other_token():
+    scores = torch.randn(4, 10)
+    scores[1, 3] = scores[3, 3] = 50.0  # the banned token is the favourite of both probe rows
+    original = scores.clone()
+    out = RowTokenBan([1, 3], token_id=3, greedy=True)(None, scores)
+    assert torch.equal(out[[0, 2]], original[[0, 2]])  # other rows untouched
+    for row in (1, 3):
+        allowed = original[row].clone()
+        allowed[3] = float("-inf")
+        assert torch.isfinite(out[row]).sum() == 1 and out[row].argmax() == allowed.argmax()
+    sampled = torch.multinomial((out[[1, 3]] / 1.7).softmax(-1), 20, replacement=True)
+    assert (sampled == out[[1, 3]].argmax(-1, keepdim=True)).all()  # whatever the temperature
+
+
+def test_greedy_probes_of_a_group_answer_alike(tmp_path, tiny_dir):
+    """`probe_decoding: greedy`: the two probes of each group (same prompt, tool banned) write the same first
+    turn, while the sampled rollouts of a random model at temperature 1 do not all agree."""
+    config = recipe(tmp_path, tiny_dir, steps=1, num_generations=4, per_device_batch_size=8, explore_direct=2,
+                    max_completion_length=8, probe_decoding="greedy")
+    trainer = build_trainer(config)
+    tool_call = trainer.processing_class.tokenizer.convert_tokens_to_ids("<tool_call>")
+    first_turns = []
+    generate = trainer._generate_single_turn
+
+    def recording(prompt_ids, images, fields, num_generations, has_tool_images=False):
+        ids, logprobs = generate(prompt_ids, images, fields, num_generations, has_tool_images)
+        if not has_tool_images:
+            first_turns.append(ids)
+        return ids, logprobs
+
+    trainer._generate_single_turn = recording
+    trainer.train()
+    rows = first_turns[0]
+    for group in (rows[0:4], rows[4:8]):
+        assert group[2] == group[3] and tool_call not in group[2]
+    assert len({tuple(row) for row in rows[0:2] + rows[4:6]}) > 1
+    with pytest.raises(ValueError, match="probe_decoding"):
+        build_trainer(recipe(tmp_path, tiny_dir, explore_direct=2, probe_decoding="beam"))

@@ -109,6 +109,11 @@ class GRPORecipe:
     enough: the probes keep measuring it. They count in the group's rewards (r, mean, std) but are left out
     of the loss (off-policy samples: their pushed-down answers blew up the KL). Needs explore_direct /
     num_generations >= theta to lift r over theta. Transformers generation only (not vLLM)."""
+    probe_decoding: str = "sample"
+    """How the `explore_direct` probes pick their tokens: `sample` (the rollout temperature) or `greedy` (the
+    way the model is evaluated and served). Greedy probes ask "would my best low-res answer be right?";
+    sampled ones also charge low resolution for the spread of the reading at temperature 1, so a question
+    read right at arg-max but hedged when sampled keeps paying to resize."""
     probe_loss: str = "none"
     """What the `explore_direct` probes teach: `none` (rewards only) or `positive` (their tokens are trained
     where their advantage is positive, never pushed down)."""
@@ -165,6 +170,8 @@ def trl_config(recipe: GRPORecipe):
         raise ValueError(f"penalty_variant must be one of {PENALTY_VARIANTS}, got {recipe.penalty_variant!r}")
     if not 0 <= recipe.explore_direct <= recipe.num_generations:
         raise ValueError(f"explore_direct must be between 0 and num_generations ({recipe.num_generations})")
+    if recipe.probe_decoding not in ("sample", "greedy"):
+        raise ValueError(f"probe_decoding must be sample or greedy, got {recipe.probe_decoding!r}")
     if recipe.probe_loss not in ("none", "positive"):
         raise ValueError(f"probe_loss must be none or positive, got {recipe.probe_loss!r}")
     if recipe.explore_direct and recipe.use_vllm:
@@ -407,13 +414,14 @@ def _trainer_class():
         """
 
         def __init__(self, *args, vt_rewards: VisionThinkRewards, vt_anchor=None, vt_explore_direct: int = 0,
-                     vt_probe_loss: str = "none", **kwargs):
+                     vt_probe_loss: str = "none", vt_probe_decoding: str = "sample", **kwargs):
             super().__init__(*args, **kwargs)
             self.vt_rewards = vt_rewards
             self.vt_anchor = vt_anchor
             """`grpo_anchor.AnswerAnchor` or None: its loss is added to every training micro-step's."""
             self.vt_explore_direct = vt_explore_direct
             self.vt_probe_loss = vt_probe_loss
+            self.vt_probe_decoding = vt_probe_decoding
             self.vt_images_in_loss: list[int] = []
             """Images per batch in the loss pass (prompt images plus those the tool returned)."""
 
@@ -451,7 +459,8 @@ def _trainer_class():
             from transformers import LogitsProcessorList
 
             model = self.accelerator.unwrap_model(self.model)  # the module TRL generates with
-            ban = RowTokenBan(forced, self.processing_class.tokenizer.convert_tokens_to_ids("<tool_call>"))
+            tool_id = self.processing_class.tokenizer.convert_tokens_to_ids("<tool_call>")
+            ban = RowTokenBan(forced, tool_id, greedy=self.vt_probe_decoding == "greedy")
             model.generate = functools.partial(type(model).generate, model, logits_processor=LogitsProcessorList([ban]))
             try:
                 return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
@@ -478,14 +487,21 @@ def _trainer_class():
 
 
 class RowTokenBan:
-    """A logits processor that forbids one token in some rows of a generation batch."""
+    """A logits processor that forbids one token in some rows of a generation batch and, with `greedy`,
+    leaves those rows only their best remaining token (sampling then picks it whatever the temperature)."""
 
-    def __init__(self, rows: list[int], token_id: int):
+    def __init__(self, rows: list[int], token_id: int, greedy: bool = False):
         self.rows = rows
         self.token_id = token_id
+        self.greedy = greedy
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores[self.rows, self.token_id] = float("-inf")
+        if self.greedy and self.rows:
+            rows = torch.tensor(self.rows, device=scores.device)
+            best = scores[rows].argmax(-1)
+            scores[rows] = float("-inf")
+            scores[rows, best] = 0.0
         return scores
 
 
@@ -557,6 +573,7 @@ def build_trainer(recipe: GRPORecipe, model=None, processor=None, train_dataset=
         vt_anchor=anchor,
         vt_explore_direct=recipe.explore_direct,
         vt_probe_loss=recipe.probe_loss,
+        vt_probe_decoding=recipe.probe_decoding,
     )
     output_dir = Path(recipe.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
