@@ -72,6 +72,22 @@ def record_generations(trainer) -> list:
     return recorded
 
 
+def record_first_turns(trainer) -> list:
+    """Wrap `trainer._generate_single_turn`: the ids of every first-turn generation call are appended to the
+    returned list (calls that continue after a tool image are not recorded)."""
+    first_turns = []
+    generate = trainer._generate_single_turn
+
+    def recording(prompt_ids, images, fields, num_generations, has_tool_images=False):
+        ids, logprobs = generate(prompt_ids, images, fields, num_generations, has_tool_images)
+        if not has_tool_images:
+            first_turns.append(ids)
+        return ids, logprobs
+
+    trainer._generate_single_turn = recording
+    return first_turns
+
+
 def favour_token(token_id: int, amount: float):
     """A forward hook for the output head that adds `amount` to one token's logit everywhere."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from grpo_scripted import favour_token, record_generations, script_turns  # tests/ is on sys.path
+from grpo_scripted import favour_token, record_first_turns, record_generations, script_turns  # tests/ is on sys.path
 
 from visionthink import protocol
 from visionthink.data import synth
@@ -400,16 +400,7 @@ def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir, probe_loss):
     trainer = build_trainer(config)
     tool_call = trainer.processing_class.tokenizer.convert_tokens_to_ids("<tool_call>")
 
-    first_turns = []
-    generate = trainer._generate_single_turn
-
-    def recording(prompt_ids, images, fields, num_generations, has_tool_images=False):
-        ids, logprobs = generate(prompt_ids, images, fields, num_generations, has_tool_images)
-        if not has_tool_images:
-            first_turns.append(ids)
-        return ids, logprobs
-
-    trainer._generate_single_turn = recording
+    first_turns = record_first_turns(trainer)
     in_loss = []
     compute_loss = trainer._compute_loss
 
@@ -461,16 +452,7 @@ def test_greedy_probes_of_a_group_answer_alike(tmp_path, tiny_dir):
                     max_completion_length=8, probe_decoding="greedy")
     trainer = build_trainer(config)
     tool_call = trainer.processing_class.tokenizer.convert_tokens_to_ids("<tool_call>")
-    first_turns = []
-    generate = trainer._generate_single_turn
-
-    def recording(prompt_ids, images, fields, num_generations, has_tool_images=False):
-        ids, logprobs = generate(prompt_ids, images, fields, num_generations, has_tool_images)
-        if not has_tool_images:
-            first_turns.append(ids)
-        return ids, logprobs
-
-    trainer._generate_single_turn = recording
+    first_turns = record_first_turns(trainer)
     trainer.train()
     rows = first_turns[0]
     for group in (rows[0:4], rows[4:8]):
