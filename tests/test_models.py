@@ -54,6 +54,20 @@ def test_tiny_tokenizer_encodes_any_text_losslessly(tiny_tokenizer, text):
     assert tiny_tokenizer.decode(ids, skip_special_tokens=False) == text
 
 
+def test_answer_tags_stay_apart_from_the_answer(tiny_tokenizer):
+    """The first token of a direct answer is `<answer>` whatever the answer, and every canonical answer
+    is then one token of its own: the decision (answer or resize) and the reading are separate softmaxes."""
+    opening = tiny_tokenizer.convert_tokens_to_ids("<answer>")
+    closing = tiny_tokenizer.convert_tokens_to_ids("</answer>")
+    assert opening != tiny_tokenizer.unk_token_id and closing != tiny_tokenizer.unk_token_id
+    answers = [*synth.COLOURS, *synth.SHAPES, "1", "2", "3", *synth.PATTERNS]
+    for answer in answers:
+        ids = tiny_tokenizer.encode(f"<think>Read the pattern on the label.</think>\n<answer>{answer}</answer>",
+                                    add_special_tokens=False)
+        assert ids[-3] == opening and ids[-1] == closing, answer
+        assert tiny_tokenizer.decode(ids[-2:-1]) == answer
+
+
 def _pieces(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     """Token ids of `text` and each token's character span (the rendering is ASCII, so spans are exact)."""
     ids = tokenizer.encode(text, add_special_tokens=False)
@@ -80,7 +94,7 @@ def test_protocol_lines_become_few_tokens(random_tiny):
     assert len(text) / len(ids) > 15
     budget = {
         json.dumps(protocol.RESIZE_TOOL): 2,  # the tool schema line
-        protocol.USER_INSTRUCTION: 8,
+        protocol.USER_INSTRUCTION: 12,  # split around its `<answer> </answer>` mention
         protocol.TOOL_RESPONSE_TEXT: 6,
         protocol.RESIZE_CALL_JSON: 2,
         protocol.SYSTEM_PROMPT: 2,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from visionthink.recipes import load_recipe
 from visionthink.tokens import IGNORE_INDEX
 from visionthink.train.grpo import GRPORecipe
 from visionthink.train.sft import SFTConfig, train_sft
-from visionthink.train.sft_data import mask_first_turn, sample_example
+from visionthink.train.sft_data import decision_position, mask_first_turn, sample_example
 
 
 def test_recipe_numbers_take_their_field_types():
@@ -32,6 +34,32 @@ def test_mask_first_turn_masks_only_the_first_trained_run():
     assert mask_first_turn(torch.tensor([x, x])).tolist() == [x, x]
 
 
+def test_decision_position_is_the_token_before_the_first_turns_choice(random_tiny):
+    """Its logits choose `<answer>` or `<tool_call>` in the FIRST assistant turn (the user turn also names
+    `<answer>`, and a resized conversation has a second `<answer>`)."""
+    import numpy as np
+
+    from visionthink.tokens import encode_for_training
+
+    _, processor = random_tiny
+    tokenizer = processor.tokenizer
+    decision_ids = tokenizer.convert_tokens_to_ids(["<answer>", "<tool_call>"])
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(12):
+        example = sample_example(rng, processor.grid, 0.5, 0.0)
+        encoding = encode_for_training(processor, example.messages)
+        labels, ids = encoding["labels"][0], encoding["input_ids"][0].tolist()
+        position = decision_position(labels, decision_ids)
+        chosen = tokenizer.convert_ids_to_tokens(ids[position + 1])
+        assert chosen == ("<tool_call>" if example.resized else "<answer>")
+        assert tokenizer.decode(ids[: position + 1]).endswith("</think>\n")
+        assert (labels[position + 1 :] != IGNORE_INDEX).any()
+        assert ids.index(decision_ids[0]) < position  # the user turn's mention of <answer> comes earlier
+        seen.add(example.resized)
+    assert seen == {True, False}
+
+
 def test_only_small_labels_at_low_res_are_illegible(random_tiny):
     import numpy as np
 
@@ -50,8 +78,10 @@ def test_sft_second_stage_starts_from_the_given_model(tmp_path, random_tiny):
     processor.save_pretrained(start)
     config = SFTConfig(init_from=str(start), output_dir=str(tmp_path / "run"), steps=2, batch_size=4,
                        learning_rate=1e-4, warmup_steps=1, save_every=2, eval_every=2, eval_items=6, threads=1,
-                       mask_illegible_first_turns=True)
+                       mask_illegible_first_turns=True, legibility_weight=1.0)
     final = train_sft(config)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(0.0 <= row["legibility_acc"] <= 1.0 for row in log)
     from visionthink.models import load_model
 
     trained, trained_processor = load_model(final, device="cpu")

@@ -28,6 +28,7 @@ from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
 from visionthink.train.sft_data import (
     AUX_HEADS,
     conversation,
+    decision_position,
     direct_answer_logits,
     mask_first_turn,
     sample_example,
@@ -59,6 +60,12 @@ class SFTConfig:
     """Leave out of the loss the first turn of low-res conversations about a small label, whose pattern the
     image cannot show: the model is then taught neither to guess it nor when to resize (both choices stay
     untaught there). Without it, guessing teaches the model to hedge on every label at low resolution."""
+    legibility_weight: float = 0.0
+    """Weight of an auxiliary head on the last hidden state at the first turn's decision token (where
+    `<answer>` or `<tool_call>` is chosen), trained to tell whether the first image shows the answer. It
+    shapes what that position knows, not what it decides: the decision's targets stay uninformed
+    (`resize_fraction`), the head is dropped after training and GRPO learns the decision. A pretrained VLM
+    knows when a detail is too small to make out; a from-scratch tiny model must be taught. 0: off."""
     resize_fraction: float = 0.5
     """Share of low-res conversations that call resize_image, at random and regardless of need."""
     full_res_fraction: float = 0.25
@@ -87,6 +94,20 @@ class AuxHeads(nn.Module):
             if (targets[name] != IGNORE_INDEX).any()
         ]
         return torch.stack(losses).sum()
+
+
+class LegibilityHead(nn.Module):
+    """Linear head on the decision token's hidden state: does the first image show the answer?"""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.linear = nn.Linear(width, 2)
+
+    def loss(self, hidden: torch.Tensor, positions: torch.Tensor, legible: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Cross-entropy and accuracy of the head at `positions` (one per row) of `hidden` (batch, seq, width)."""
+        logits = self.linear(hidden[torch.arange(len(positions)), positions])
+        accuracy = (logits.argmax(-1) == legible).float().mean().item()
+        return nn.functional.cross_entropy(logits, legible), accuracy
 
 
 def learning_rate(config: SFTConfig, step: int) -> float:
@@ -123,7 +144,8 @@ def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: st
     return {family: sum(v) / len(v) for family, v in sorted(hits.items())}
 
 
-def save_checkpoint(path: Path, model, processor, heads: AuxHeads, optimizer, step: int, config: SFTConfig) -> None:
+def save_checkpoint(path: Path, model, processor, heads: nn.ModuleDict, optimizer, step: int,
+                    config: SFTConfig) -> None:
     partial = path.with_name(f"tmp-{path.name}")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
@@ -152,7 +174,8 @@ def train_sft(config: SFTConfig) -> Path:
         model, processor = build_tiny_model(tokenizer, config.model)
         state, start = None, 0
     model.train()
-    heads = AuxHeads(model.config.text_config.hidden_size)
+    width = model.config.text_config.hidden_size
+    heads = nn.ModuleDict({"perception": AuxHeads(width), "legibility": LegibilityHead(width)})
     optimizer = torch.optim.AdamW(
         list(model.parameters()) + list(heads.parameters()), lr=config.learning_rate,
         weight_decay=config.weight_decay,
@@ -160,6 +183,7 @@ def train_sft(config: SFTConfig) -> Path:
     if state:
         heads.load_state_dict(state["heads"])
         optimizer.load_state_dict(state["optimizer"])
+    decision_ids = processor.tokenizer.convert_tokens_to_ids(["<answer>", "<tool_call>"])
     validation = synth.split_items("validation", config.eval_items, seed=config.seed)
     grid = processor.grid
     log = (output_dir / "log.jsonl").open("a")
@@ -170,6 +194,7 @@ def train_sft(config: SFTConfig) -> Path:
         examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction)
                     for _ in range(config.batch_size)]
         encoded = [encode_for_training(processor, e.messages) for e in examples]
+        positions = torch.tensor([decision_position(e["labels"][0], decision_ids) for e in encoded])
         if config.mask_illegible_first_turns:
             for example, encoding in zip(examples, encoded, strict=True):
                 if not example.legible:
@@ -177,18 +202,24 @@ def train_sft(config: SFTConfig) -> Path:
         batch = collate(processor, encoded)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        outputs = model(**batch)
+        outputs = model(**batch, output_hidden_states=config.legibility_weight > 0)
         features = torch.cat(list(outputs.image_outputs.pooler_output))
         targets = {name: torch.cat([t[name] for e in examples for t in e.aux]) for name in AUX_HEADS}
-        aux_loss = heads.loss(features, targets)
+        aux_loss = heads["perception"].loss(features, targets)
         loss = outputs.loss + config.aux_weight * aux_loss
+        extra = {}
+        if config.legibility_weight > 0:
+            legible = torch.tensor([e.legible for e in examples], dtype=torch.long)
+            legibility_loss, extra["legibility_acc"] = heads["legibility"].loss(
+                outputs.hidden_states[-1], positions, legible)
+            loss = loss + config.legibility_weight * legibility_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         progress.set_postfix(loss=f"{outputs.loss.item():.3f}", aux=f"{aux_loss.item():.3f}")
         record = {"step": step + 1, "loss": outputs.loss.item(), "aux_loss": aux_loss.item(),
-                  "lr": learning_rate(config, step), "elapsed_s": round(time.time() - began, 1)}
+                  "lr": learning_rate(config, step), "elapsed_s": round(time.time() - began, 1), **extra}
         done = step + 1 == config.steps
         if (step + 1) % config.eval_every == 0 or done:
             for start_view in ("high", "low"):

@@ -137,6 +137,14 @@ def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: f
     return Example(messages, [aux_targets(scene, side, grid) for side in sides], family, start, resize, legible)
 
 
+def decision_position(labels: torch.Tensor, decision_ids: list[int]) -> int:
+    """Index of the token whose logits choose the first turn's `<answer>` or `<tool_call>` (one row's labels)."""
+    hits = torch.isin(labels, torch.tensor(decision_ids)).nonzero().flatten()
+    if len(hits) == 0:
+        raise ValueError("no <answer> or <tool_call> among the trained tokens")
+    return int(hits[0]) - 1
+
+
 def mask_first_turn(labels: torch.Tensor) -> torch.Tensor:
     """`labels` (one row) with its first assistant turn (the first run of trained tokens) set to IGNORE_INDEX."""
     labels = labels.clone()
