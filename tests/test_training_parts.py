@@ -71,6 +71,24 @@ def test_only_small_labels_at_low_res_are_illegible(random_tiny):
     assert any(not e.legible for e in examples) and any(e.legible for e in examples)
 
 
+def test_label_token_says_whether_the_view_resolves_the_pattern(random_tiny):
+    """Small labels: illegible at low res (pattern target ignored), legible at full res; large: legible at both."""
+    import numpy as np
+
+    from visionthink.data import synth
+    from visionthink.train.sft_data import aux_targets
+
+    _, processor = random_tiny
+    low, high = synth.IMAGE_SIZE // 2, synth.IMAGE_SIZE
+    for size, legible_low in (("small", 0), ("large", 1)):
+        scene = synth.make_scene(np.random.default_rng(5), label_size=size)
+        at_low, at_high = (aux_targets(scene, side, processor.grid) for side in (low, high))
+        assert at_low["legible"][0] == legible_low and at_high["legible"][0] == 1
+        assert (at_low["pattern"][0] != IGNORE_INDEX) == bool(legible_low)
+        assert at_high["pattern"][0] == synth.PATTERNS.index(scene.pattern)
+        assert (at_low["legible"][1:] == IGNORE_INDEX).all()  # only the label's token is graded
+
+
 def test_sft_second_stage_starts_from_the_given_model(tmp_path, random_tiny):
     model, processor = random_tiny
     start = tmp_path / "start"

@@ -84,7 +84,7 @@ class Example:
 
 
 AUX_HEADS = {"count": 4, "shape": 1 + len(synth.SHAPES), "colour": 1 + len(synth.COLOURS), "largest": 2,
-             "pattern": len(synth.PATTERNS)}
+             "pattern": len(synth.PATTERNS), "legible": 2}
 """Classes per auxiliary head (per merged visual token)."""
 
 
@@ -94,11 +94,14 @@ def pattern_legible(label_size: str, image_side: int) -> bool:
 
 
 def aux_targets(scene: synth.Scene, image_side: int, grid: PixelGrid) -> dict[str, torch.Tensor]:
-    """Per visual token: objects centred there, their shape and colour, the largest one, the label pattern.
+    """Per visual token: objects centred there, their shape and colour, the largest one, the label pattern
+    and whether the view resolves it.
 
     These are privileged labels from the generator, used only to teach a from-scratch
     vision tower to see. The pattern target sits on the label's token and is ignored
-    when the view is too coarse to show a small label.
+    when the view is too coarse to show a small label; the legibility target, on the same
+    token, says which: without it a small label's grain and a large checker look alike at
+    low resolution (both read "checker").
     """
     side = image_side // grid.factor
     cell = synth.IMAGE_SIZE / side
@@ -116,9 +119,12 @@ def aux_targets(scene: synth.Scene, image_side: int, grid: PixelGrid) -> dict[st
         if s is biggest:
             largest[index] = 1
     pattern = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
-    if pattern_legible(scene.label_size, image_side):
+    legible = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
+    legible[0] = int(pattern_legible(scene.label_size, image_side))
+    if legible[0]:
         pattern[0] = synth.PATTERNS.index(scene.pattern)
-    return {"count": count.clamp(max=3), "shape": shape, "colour": colour, "largest": largest, "pattern": pattern}
+    return {"count": count.clamp(max=3), "shape": shape, "colour": colour, "largest": largest, "pattern": pattern,
+            "legible": legible}
 
 
 def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: float,
