@@ -77,6 +77,18 @@ def test_confusion_table_hand_made():
     assert curation.summary()["labels"] == {LOW_RES_ENOUGH: 2, NEEDS_HIGH_RES: 2, DISCARD: 1}
 
 
+def test_an_empty_split_saves_and_loads(tmp_path):
+    from datasets import Dataset
+
+    from visionthink.data.curate import save_splits
+
+    rows = Dataset.from_dict({"uid": ["a", "b"], "label": [LOW_RES_ENOUGH, NEEDS_HIGH_RES]})
+    save_splits(DatasetDict({"train": rows.select([0, 1]), "discarded": rows.select([])}), tmp_path / "out")
+    loaded = load_from_disk(str(tmp_path / "out"))
+    assert len(loaded["train"]) == 2 and len(loaded["discarded"]) == 0
+    assert loaded["discarded"].column_names == ["uid", "label"]
+
+
 def test_curate_cli_on_a_tiny_synth_folder(tmp_path, shipped_model_dir, capsys):
     data = write_synth_dataset(tmp_path / "synth", 12, 0, ["train"])
     out = tmp_path / "curated"

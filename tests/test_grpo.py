@@ -82,7 +82,7 @@ def test_trained_ids_are_the_protocol_rendering(tmp_path, tiny_dir):
     think = "Look at the image."
 
     def answer_for(row):
-        return protocol.answer_text(think, "wrong" if row == 3 else "RIGHT")
+        return protocol.answer_text(think, "dots" if row == 3 else "checker")
 
     first = {0: protocol.resize_text(think), 1: protocol.resize_text(think)}
     recorded = script_turns(trainer, tokenizer, lambda i: first.get(i, answer_for(i)), answer_for)
@@ -90,9 +90,10 @@ def test_trained_ids_are_the_protocol_rendering(tmp_path, tiny_dir):
     calculate = trainer._calculate_rewards
 
     def capture(inputs, prompts, completions, ids):
-        # make the truth match the scripted answer ("RIGHT") so rows 0-2 are correct
+        # make the truth match the scripted answer so rows 0-2 are correct ("checker" is one token of the
+        # tiny vocabulary, so the resize episode fits max_completion_length)
         for row in inputs:
-            row["answer"] = "RIGHT"
+            row["answer"] = "checker"
         result = calculate(inputs, prompts, completions, ids)
         rewards_seen.append(result.clone())
         return result

@@ -170,6 +170,12 @@ def rollout_answers(engine, requests: list, mode: str, failures: list[str] | Non
         return answers
 
 
+def save_splits(splits, path: Path) -> None:
+    """`splits.save_to_disk(path)`, also when a split is empty (datasets writes it as zero shards and then
+    cannot load it back: a good model discards nothing)."""
+    splits.save_to_disk(str(path), num_shards={name: 1 for name, rows in splits.items() if len(rows) == 0})
+
+
 def curate(model: str | None, data: str | Path, out: str | Path, k: int = 8, split: str = "train",
            seed: int = 0, temperature: float = 1.0, limit: int | None = None, batch_size: int = 64,
            progress: bool = True, engine=None) -> Curation:
@@ -209,7 +215,7 @@ def curate(model: str | None, data: str | Path, out: str | Path, k: int = 8, spl
     kept = [i for i, label in enumerate(labels) if label != DISCARD]
     dropped = [i for i, label in enumerate(labels) if label == DISCARD]
     path = Path(out)
-    DatasetDict({"train": labelled.select(kept), "discarded": labelled.select(dropped)}).save_to_disk(str(path))
+    save_splits(DatasetDict({"train": labelled.select(kept), "discarded": labelled.select(dropped)}), path)
     report = {**curation.summary(), "data": str(data), "split": split, "seed": seed, "temperature": temperature,
               "model": None if model is None else str(model)}
     (path / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
