@@ -1,12 +1,13 @@
 """The resize-penalty ablation: the same GRPO budget for each variant, then a greedy evaluation of each.
 
     python benchmarks/penalty_ablation.py [--steps 150] [--variants none,flat,paper,release] \
-        [--runs runs/ablation] [--docs docs] [--parallel 1] [--limit 600]
+        [--runs runs/ablation] [--docs docs] [--name penalty-ablation] [--set penalty=0.8 ...] \
+        [--parallel 1] [--limit 600]
 
 Each variant runs `visionthink train grpo --recipe recipes/tiny-synth.yaml penalty_variant=V steps=N
-output_dir=RUNS/V export_dir=null` (a finished run is not repeated, a killed one resumes), then
-`visionthink eval --model RUNS/V/final --modes visionthink --limit 600 --out RUNS/V/eval`. Writes
-DOCS/penalty-ablation.md (the table) and DOCS/penalty-ablation.png (training resize ratio per family,
+output_dir=RUNS/V export_dir=null` plus the `--set` overrides (a finished run is not repeated, a killed
+one resumes), then `visionthink eval --model RUNS/V/final --modes visionthink --limit 600 --out RUNS/V/eval`. Writes
+DOCS/NAME.md (the table) and DOCS/NAME.png (training resize ratio per family,
 one panel per variant). On a GPU the runs use it; `--parallel 4` runs the variants side by side.
 """
 
@@ -27,7 +28,7 @@ def train_and_eval(variant: str, args: argparse.Namespace) -> None:
     run = Path(args.runs) / variant
     if not (run / "final" / "config.json").is_file():
         subprocess.run([*VT, "train", "grpo", "--recipe", args.recipe, f"penalty_variant={variant}",
-                        f"steps={args.steps}", f"output_dir={run}", "export_dir=null"], check=True)
+                        f"steps={args.steps}", f"output_dir={run}", "export_dir=null", *args.set], check=True)
     if not (run / "eval" / "summary.json").is_file():
         subprocess.run([*VT, "eval", "--model", str(run / "final"), "--bench", "synth", "--modes", "visionthink",
                         "--limit", str(args.limit), "--out", str(run / "eval"), "--no-progress"], check=True)
@@ -77,24 +78,29 @@ def main() -> None:
     parser.add_argument("--docs", default="docs")
     parser.add_argument("--limit", type=int, default=600)
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--name", default="penalty-ablation", help="stem of the table and plot files in --docs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override for every variant (repeatable), e.g. penalty=0.8")
     args = parser.parse_args()
     variants = args.variants.split(",")
     with ThreadPoolExecutor(args.parallel) as pool:
         list(pool.map(lambda v: train_and_eval(v, args), variants))
     runs, docs = Path(args.runs), Path(args.docs)
-    plot(variants, runs, docs / "penalty-ablation.png")
+    plot(variants, runs, docs / f"{args.name}.png")
+    command = " ".join(["python benchmarks/penalty_ablation.py", f"--steps {args.steps}", f"--variants {args.variants}",
+                        *[f"--set {o}" for o in args.set], f"--runs {args.runs}", f"--name {args.name}"])
+    overrides = f" with {', '.join(f'`{o}`' for o in args.set)}" if args.set else ""
     lines = [
-        f"Greedy, {args.limit} held-out items, after the same GRPO budget (`steps={args.steps}`) from the same "
-        "warm start; regenerate with `python benchmarks/penalty_ablation.py "
-        f"--steps {args.steps}`.",
+        f"Greedy, {args.limit} held-out items, after the same GRPO budget (`steps={args.steps}`){overrides} from the "
+        f"same warm start; regenerate with `{command}`.",
         "",
         "| penalty | steps | resize coarse / fine_small / fine_large | accuracy (c / fs / fl) | visual tokens |",
         "|---|---|---|---|---|",
         *[summary_row(v, runs / v) for v in variants],
         "",
-        "![training resize ratio per family](penalty-ablation.png)",
+        f"![training resize ratio per family]({args.name}.png)",
     ]
-    (docs / "penalty-ablation.md").write_text("\n".join(lines) + "\n")
+    (docs / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
