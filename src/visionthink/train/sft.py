@@ -183,6 +183,7 @@ def train_sft(config: SFTConfig) -> Path:
     if state:
         heads.load_state_dict(state["heads"])
         optimizer.load_state_dict(state["optimizer"])
+    teach_legibility = config.legibility_weight > 0
     decision_ids = processor.tokenizer.convert_tokens_to_ids(["<answer>", "<tool_call>"])
     validation = synth.split_items("validation", config.eval_items, seed=config.seed)
     grid = processor.grid
@@ -194,7 +195,8 @@ def train_sft(config: SFTConfig) -> Path:
         examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction)
                     for _ in range(config.batch_size)]
         encoded = [encode_for_training(processor, e.messages) for e in examples]
-        positions = torch.tensor([decision_position(e["labels"][0], decision_ids) for e in encoded])
+        if teach_legibility:  # before the mask below, which can hide the first turn's choice
+            positions = torch.tensor([decision_position(e["labels"][0], decision_ids) for e in encoded])
         if config.mask_illegible_first_turns:
             for example, encoding in zip(examples, encoded, strict=True):
                 if not example.legible:
@@ -202,13 +204,13 @@ def train_sft(config: SFTConfig) -> Path:
         batch = collate(processor, encoded)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        outputs = model(**batch, output_hidden_states=config.legibility_weight > 0)
+        outputs = model(**batch, output_hidden_states=teach_legibility)
         features = torch.cat(list(outputs.image_outputs.pooler_output))
         targets = {name: torch.cat([t[name] for e in examples for t in e.aux]) for name in AUX_HEADS}
         aux_loss = heads["perception"].loss(features, targets)
         loss = outputs.loss + config.aux_weight * aux_loss
         extra = {}
-        if config.legibility_weight > 0:
+        if teach_legibility:
             legible = torch.tensor([e.legible for e in examples], dtype=torch.long)
             legibility_loss, extra["legibility_acc"] = heads["legibility"].loss(
                 outputs.hidden_states[-1], positions, legible)

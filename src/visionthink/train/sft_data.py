@@ -120,8 +120,9 @@ def aux_targets(scene: synth.Scene, image_side: int, grid: PixelGrid) -> dict[st
             largest[index] = 1
     pattern = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
     legible = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
-    legible[0] = int(pattern_legible(scene.label_size, image_side))
-    if legible[0]:
+    readable = pattern_legible(scene.label_size, image_side)
+    legible[0] = int(readable)
+    if readable:
         pattern[0] = synth.PATTERNS.index(scene.pattern)
     return {"count": count.clamp(max=3), "shape": shape, "colour": colour, "largest": largest, "pattern": pattern,
             "legible": legible}
