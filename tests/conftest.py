@@ -13,6 +13,20 @@ torch.set_num_threads(int(os.environ.get("VISIONTHINK_TEST_THREADS", "1")))
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _pick_free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def free_port():
+    """A function that returns a loopback port nothing listens on (call it once per server or launch)."""
+    return _pick_free_port
+
+
 @pytest.fixture(scope="session")
 def shipped_model_dir() -> Path:
     """The trained tiny checkpoint shipped in the repo (VISIONTHINK_TEST_MODEL overrides it)."""

@@ -133,7 +133,7 @@ def main(model_dir: str, out_dir: str, per_device: int) -> None:
 
     from visionthink.data import synth
     from visionthink.models import load_model
-    from visionthink.train import grpo_env
+    from visionthink.train import grpo_env, leave_distributed
     from visionthink.train.grpo import GRPORecipe, build_trainer
 
     state = PartialState()
@@ -152,6 +152,7 @@ def main(model_dir: str, out_dir: str, per_device: int) -> None:
         batch.pop("ref")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / f"rank{state.process_index}.json").write_text(json.dumps(seen))
+    leave_distributed(0)
 
 
 if __name__ == "__main__":

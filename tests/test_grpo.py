@@ -286,7 +286,7 @@ def _rewards_by_row(out_dir, ranks: int) -> list[tuple]:
     return rows
 
 
-def test_two_processes_give_the_single_process_rewards(tmp_path, tiny_dir):
+def test_two_processes_give_the_single_process_rewards(tmp_path, tiny_dir, free_port):
     """One GRPO step on scripted rollouts, run by one process (18 rows) and by `accelerate launch` with two
     CPU processes (9 rows each, so group 1 spans both): every row gets the same rewards, and the group
     penalty and the tie filter come out as Eq. 5 says."""
@@ -295,7 +295,7 @@ def test_two_processes_give_the_single_process_rewards(tmp_path, tiny_dir):
     assert single.returncode == 0, single.stderr[-3000:]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(_free_port()), script]
+                "--main_process_port", str(free_port()), script]
     double = _launch([*launcher, str(tiny_dir), str(tmp_path / "two"), "9"], {"ACCELERATE_USE_CPU": "true"})
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = _rewards_by_row(tmp_path / "one", 1), _rewards_by_row(tmp_path / "two", 2)
@@ -312,14 +312,6 @@ def test_two_processes_give_the_single_process_rewards(tmp_path, tiny_dir):
     assert penalties[6:12] == [0, 0, 0, 0, 0, 0.1]          # r = 1/6 < 0.2: the correct direct answer pays
     assert [k for *_, k in one] == [True] * 12 + [False] * 6  # group 2 ties: out of the loss
     assert [a for _, a, *_ in one] == [float(k.endswith("-ok")) for k in PLAN]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_killed_run_resumes_and_ends_at_the_same_step(tmp_path, tiny_dir):

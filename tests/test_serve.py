@@ -323,14 +323,8 @@ def test_remote_images_only_with_the_flag_and_never_private_by_default(shipped_m
         images.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_cli_serve_subcommand(shipped_model_dir, items):
-    port = _free_port()
+def test_cli_serve_subcommand(shipped_model_dir, items, free_port):
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "visionthink", "serve", "--model", str(shipped_model_dir), "--port", str(port),
                "--api-key", "cli-key", "--max-images", "2", "--log-level", "warning"]

@@ -11,22 +11,24 @@ from visionthink.images import DEFAULT_MAX_INPUT_PIXELS
 
 def _train_sft(args: argparse.Namespace) -> int:
     from visionthink.recipes import load_recipe
+    from visionthink.train import leave_distributed
     from visionthink.train.sft import SFTConfig, train_sft
 
     config = load_recipe(args.recipe, args.section or "sft", SFTConfig, args.overrides)
     final = train_sft(config)
     print(f"final model: {final}")
-    return 0
+    return leave_distributed(0)
 
 
 def _train_grpo(args: argparse.Namespace) -> int:
     from visionthink.recipes import load_recipe
+    from visionthink.train import leave_distributed
     from visionthink.train.grpo import GRPORecipe, train_grpo
 
     config = load_recipe(args.recipe, args.section or "grpo", GRPORecipe, args.overrides)
     final = train_grpo(config)
     print(f"final model: {final}")
-    return 0
+    return leave_distributed(0)
 
 
 def _ask(args: argparse.Namespace) -> int:
