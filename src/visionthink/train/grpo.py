@@ -601,10 +601,17 @@ def _set_response_template(processor) -> None:
 
 
 def latest_checkpoint(output_dir: str | Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-N` under `output_dir`, or None.
 
-    path = Path(output_dir)
-    return get_last_checkpoint(str(path)) if path.is_dir() else None
+    The Trainer writes `trainer_state.json` last, so a folder without it is a save that was killed
+    midway; resuming from it would fail, so it is passed over.
+    """
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    found = [(int(p.name.split("-")[1]), p) for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+             if p.name.split("-")[1].isdigit() and (p / TRAINER_STATE_NAME).is_file()]
+    return str(max(found)[1]) if found else None
 
 
 def train_grpo(recipe: GRPORecipe, model=None, processor=None, train_dataset=None) -> Path:
