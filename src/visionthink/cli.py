@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from visionthink.errors import VisionThinkError
@@ -16,7 +17,8 @@ def _train_sft(args: argparse.Namespace) -> int:
 
     config = load_recipe(args.recipe, args.section or "sft", SFTConfig, args.overrides)
     final = train_sft(config)
-    print(f"final model: {final}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per launched process
+        print(f"final model: {final}")
     return leave_distributed(0)
 
 
@@ -27,7 +29,8 @@ def _train_grpo(args: argparse.Namespace) -> int:
 
     config = load_recipe(args.recipe, args.section or "grpo", GRPORecipe, args.overrides)
     final = train_grpo(config)
-    print(f"final model: {final}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per launched process
+        print(f"final model: {final}")
     return leave_distributed(0)
 
 
