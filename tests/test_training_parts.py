@@ -131,3 +131,11 @@ def test_anchor_loss_leaves_the_resize_decision_alone(random_tiny):
         finally:
             hook.remove()
     assert torch.isfinite(first) and abs(first.item() - second.item()) < 1e-5
+
+
+def test_sft_refuses_a_multi_process_launch(tmp_path, monkeypatch):
+    """Under `torchrun`/`accelerate launch` every process would train and write the same folders."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(VisionThinkError, match="one process"):
+        train_sft(SFTConfig(output_dir=str(tmp_path / "run"), steps=1))
+    assert not (tmp_path / "run").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from visionthink.data import synth
+from visionthink.errors import VisionThinkError
 from visionthink.images import make_views
 from visionthink.models import TinyModelConfig, build_tiny_model, build_tiny_tokenizer, load_model
 from visionthink.recipes import to_dict
@@ -158,6 +160,9 @@ def save_checkpoint(path: Path, model, processor, heads: nn.ModuleDict, optimize
 
 def train_sft(config: SFTConfig) -> Path:
     """Run (or resume) supervised training; returns the folder of the final model."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would train and write the same folders
+        raise VisionThinkError("SFT of the tiny model runs in one process (its `threads` field sets the "
+                               "CPU threads); start it without `accelerate launch`/`torchrun`")
     torch.set_num_threads(config.threads)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
