@@ -109,6 +109,23 @@ def test_sft_second_stage_starts_from_the_given_model(tmp_path, random_tiny):
     assert 0 < max(changes) < 0.01  # two small steps away from the start, not a fresh model
 
 
+def test_sft_resumes_from_the_newest_complete_checkpoint(tmp_path, random_tiny):
+    """A second run with more steps goes on from the last complete save, passing over a folder whose save
+    a kill cut short (no trainer_state.pt, which is written last), and logs only the steps left."""
+    model, processor = random_tiny
+    start, run = tmp_path / "start", tmp_path / "run"
+    model.save_pretrained(start)
+    processor.save_pretrained(start)
+    base = dict(init_from=str(start), output_dir=str(run), batch_size=4, learning_rate=1e-4, warmup_steps=1,
+                save_every=1, eval_every=100, eval_items=6, threads=1)
+    train_sft(SFTConfig(steps=2, **base))
+    (run / "checkpoint-3").mkdir()
+    (run / "checkpoint-3" / "config.json").write_text("{}")
+    train_sft(SFTConfig(steps=4, **base))
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
 def test_anchor_loss_leaves_the_resize_decision_alone(random_tiny):
     """The anchor's softmax excludes `<tool_call>`: changing that token's logit row changes nothing."""
     from grpo_scripted import favour_token

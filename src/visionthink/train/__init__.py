@@ -5,6 +5,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
+
+
+def newest_checkpoint(output_dir: str | Path, state_file: str) -> Path | None:
+    """The newest `checkpoint-N` folder under `output_dir` that holds `state_file`, or None.
+
+    Both trainers write their state file last, so a folder without it is a save that a kill cut short;
+    resuming from it would fail, so it is passed over.
+    """
+    found = [(int(p.name.split("-")[1]), p) for p in Path(output_dir).glob("checkpoint-*")
+             if p.name.split("-")[1].isdigit() and (p / state_file).is_file()]
+    return max(found)[1] if found else None
 
 
 def leave_distributed(code: int = 0) -> int:

@@ -45,7 +45,7 @@ from visionthink.rewards.rewards import (
     tied_groups,
     total_rewards,
 )
-from visionthink.train import grpo_env
+from visionthink.train import grpo_env, newest_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -600,27 +600,15 @@ def _set_response_template(processor) -> None:
             tokenizer.response_schema = qwen3_schema
 
 
-def latest_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest complete `checkpoint-N` under `output_dir`, or None.
-
-    The Trainer writes `trainer_state.json` last, so a folder without it is a save that was killed
-    midway; resuming from it would fail, so it is passed over.
-    """
-    from transformers.trainer import TRAINER_STATE_NAME
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    found = [(int(p.name.split("-")[1]), p) for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-             if p.name.split("-")[1].isdigit() and (p / TRAINER_STATE_NAME).is_file()]
-    return str(max(found)[1]) if found else None
-
-
 def train_grpo(recipe: GRPORecipe, model=None, processor=None, train_dataset=None) -> Path:
     """Run (or resume) GRPO; returns the folder of the final model."""
+    from transformers.trainer import TRAINER_STATE_NAME
+
     trainer = build_trainer(recipe, model, processor, train_dataset)
     output_dir = Path(recipe.output_dir)
     (output_dir / "recipe.json").write_text(json.dumps(to_dict(recipe), indent=2))
-    resume = latest_checkpoint(output_dir) if recipe.resume else None
-    trainer.train(resume_from_checkpoint=resume)
+    resume = newest_checkpoint(output_dir, TRAINER_STATE_NAME) if recipe.resume else None
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     final = output_dir / "final"
     if trainer.accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)

@@ -27,6 +27,7 @@ from visionthink.images import make_views
 from visionthink.models import TinyModelConfig, build_tiny_model, build_tiny_tokenizer, load_model
 from visionthink.recipes import to_dict
 from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
+from visionthink.train import newest_checkpoint
 from visionthink.train.sft_data import (
     AUX_HEADS,
     conversation,
@@ -120,12 +121,6 @@ def learning_rate(config: SFTConfig, step: int) -> float:
     return config.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    complete = [p for p in checkpoints if (p / "trainer_state.pt").is_file()]
-    return complete[-1] if complete else None
-
-
 @torch.no_grad()
 def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: str) -> dict[str, float]:
     """Share of items whose whole direct-answer turn is the arg-max at every token (tool call banned).
@@ -146,6 +141,10 @@ def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: st
     return {family: sum(v) / len(v) for family, v in sorted(hits.items())}
 
 
+STATE_FILE = "trainer_state.pt"
+"""Step, optimizer and heads of an SFT checkpoint; written last, so its presence marks a complete save."""
+
+
 def save_checkpoint(path: Path, model, processor, heads: nn.ModuleDict, optimizer, step: int,
                     config: SFTConfig) -> None:
     partial = path.with_name(f"tmp-{path.name}")
@@ -153,7 +152,7 @@ def save_checkpoint(path: Path, model, processor, heads: nn.ModuleDict, optimize
     model.save_pretrained(partial)
     processor.save_pretrained(partial)
     torch.save({"step": step, "heads": heads.state_dict(), "optimizer": optimizer.state_dict(),
-                "config": to_dict(config)}, partial / "trainer_state.pt")
+                "config": to_dict(config)}, partial / STATE_FILE)
     shutil.rmtree(path, ignore_errors=True)
     partial.rename(path)
 
@@ -166,10 +165,10 @@ def train_sft(config: SFTConfig) -> Path:
     torch.set_num_threads(config.threads)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    resume = latest_checkpoint(output_dir)
+    resume = newest_checkpoint(output_dir, STATE_FILE)
     if resume:
         model, processor = load_model(resume, dtype=torch.float32)
-        state = torch.load(resume / "trainer_state.pt", weights_only=False)
+        state = torch.load(resume / STATE_FILE, weights_only=False)
         start = state["step"]
     elif config.init_from:
         model, processor = load_model(config.init_from, dtype=torch.float32, device="cpu")
