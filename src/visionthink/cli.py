@@ -12,14 +12,12 @@ from visionthink.images import DEFAULT_MAX_INPUT_PIXELS
 
 def _train_sft(args: argparse.Namespace) -> int:
     from visionthink.recipes import load_recipe
-    from visionthink.train import leave_distributed
     from visionthink.train.sft import SFTConfig, train_sft
 
     config = load_recipe(args.recipe, args.section or "sft", SFTConfig, args.overrides)
-    final = train_sft(config)
-    if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per launched process
-        print(f"final model: {final}")
-    return leave_distributed(0)
+    final = train_sft(config)  # one process: it refuses a multi-process launch
+    print(f"final model: {final}")
+    return 0
 
 
 def _train_grpo(args: argparse.Namespace) -> int:
