@@ -221,6 +221,36 @@ def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("dots</answer>", "dots"),
+        ("  dots </answer>\n", "dots"),
+        ("<think>t</think>\ndots</answer>", "dots"),
+        ("<think>t</think>\\boxed{7}</answer>", "7"),
+        ("a</answer> b</answer>", "b"),
+        ("</answer>", None),
+        ("<think>t</think> </answer>", None),
+        ("dots</answer><answer>", None),  # an opening tag anywhere: no leniency
+        ("<think>dots</answer>", None),
+    ],
+)
+def test_extract_answer_from_a_lone_closing_tag(text, expected):
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize("text", ["dots</answer>", "<think>small label</think>\ndots</answer>",
+                                  "<think>t</think>dots</answer><|im_end|>"])
+def test_lone_closing_tag_turn_answers_but_is_not_well_formed(text):
+    turn = parse_turn(text)
+    assert (turn.kind, turn.answer, turn.well_formed, turn.error) == ("answer", "dots", False, None)
+
+
+def test_lone_closing_tag_inside_think_is_still_malformed():
+    turn = parse_turn("<think>maybe dots</answer></think>")
+    assert turn.kind == "malformed" and turn.answer is None
+
+
 def test_extract_answer_on_non_text_is_none():
     assert extract_answer(None) is None
     assert extract_answer(12) is None
@@ -342,3 +372,34 @@ def test_episodes_that_are_not_well_formed(texts, resized):
 def test_visual_tokens_is_the_sum_over_turns(tokens):
     ep = episode([answer_text("t", "red")], resized=False, tokens=tokens)
     assert ep.visual_tokens == sum(tokens)
+
+
+# ---------------------------------------------------------------- episode errors
+
+
+def test_episode_with_an_answer_has_no_error():
+    ep = episode([answer_text("t", "red")], resized=False, tokens=[4])
+    assert ep.error is None and ep.summary()["error"] is None
+
+
+def test_lone_closing_tag_after_a_resize_is_the_answer_but_not_well_formed():
+    ep = episode([resize_text("too small"), "dots</answer>"], resized=True, tokens=[4, 16])
+    assert ep.answer == "dots" and ep.error is None
+    assert ep.well_formed is False
+
+
+@pytest.mark.parametrize(
+    ("texts", "resized", "reason"),
+    [
+        (["<think>not sure</think>"], False, "final turn malformed: no <answer> and no tool call"),
+        ([resize_text("t"), "red"], True, "final turn malformed: no <answer> and no tool call"),
+        ([resize_text("t"), resize_text("t")], True, "final turn called resize_image instead of answering"),
+        ([answer_text("t", " ")], False, "final answer is empty"),
+        ([], False, "no assistant turn"),
+    ],
+)
+def test_episode_without_an_answer_says_why(texts, resized, reason):
+    ep = episode(texts, resized=resized, tokens=[4] * len(texts))
+    assert not ep.answer
+    assert ep.error is not None and ep.error.startswith(reason) and "\n" not in ep.error
+    assert ep.summary()["error"] == ep.error

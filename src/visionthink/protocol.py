@@ -188,16 +188,40 @@ def _check_resize_call(payload: str) -> str | None:
 
 
 def extract_answer(text: str) -> str | None:
-    """The final answer: the last `<answer>` block, `\\boxed{}` inside it unwrapped; else a bare `\\boxed{}`."""
+    """The final answer: the last `<answer>` block, `\\boxed{}` inside it unwrapped; else a bare `\\boxed{}`;
+    else, when no `<answer>` opens anywhere, the text before a lone `</answer>` (see `_lone_close_answer`)."""
     if not isinstance(text, str):
         return None
     answers = _ANSWER.findall(text)
     if answers:
-        inner = answers[-1].strip()
-        boxed = _last_boxed(inner)
-        return (boxed if boxed is not None else inner).strip()
+        return _unbox(answers[-1])
     boxed = _last_boxed(text)
-    return boxed.strip() if boxed is not None else None
+    if boxed is not None:
+        return boxed.strip()
+    return _lone_close_answer(text)
+
+
+def _unbox(inner: str) -> str:
+    inner = inner.strip()
+    boxed = _last_boxed(inner)
+    return (boxed if boxed is not None else inner).strip()
+
+
+def _lone_close_answer(text: str) -> str | None:
+    """`dots</answer>` -> "dots": a closing tag whose opening one the model left out.
+
+    Only when no `<answer>` appears at all; the answer is what lies between the previous closing tag
+    (`</think>`, `</tool_call>` or `</answer>`) and the last `</answer>`. Empty text gives None.
+    """
+    if "<answer>" in text or "</answer>" not in text:
+        return None
+    before = text[: text.rfind("</answer>")]
+    start = max(before.rfind(tag) + len(tag) if tag in before else 0
+                for tag in ("</think>", "</tool_call>", "</answer>"))
+    answer = _unbox(before[start:])
+    if not answer or "<think>" in answer or "<tool_call>" in answer:
+        return None
+    return answer
 
 
 def _last_boxed(text: str) -> str | None:
@@ -251,6 +275,22 @@ class Episode:
         return [t.kind for t in self.turns] == expected and all(t.well_formed for t in self.turns)
 
     @property
+    def error(self) -> str | None:
+        """None when the episode ended in a parsed, non-empty answer; else a one-line reason why not."""
+        if self.answer is not None and self.answer.strip():
+            return None
+        if not self.turns:
+            return "no assistant turn"
+        last = self.turns[-1]
+        if last.kind == "malformed":
+            return f"final turn malformed: {last.error or 'unparseable'}"
+        if last.kind == "resize":
+            return "final turn called resize_image instead of answering (no turn left to answer in)"
+        if self.answer is not None or last.answer is not None:
+            return "final answer is empty"
+        return "final turn gave no answer"
+
+    @property
     def total_seconds(self) -> float:
         return sum(self.seconds.values())
 
@@ -265,6 +305,7 @@ class Episode:
             "prompt_tokens": self.prompt_tokens,
             "generated_tokens": self.generated_tokens,
             "well_formed": self.well_formed,
+            "error": self.error,
             "turns": [assistant_text(m) for m in self.messages if m["role"] == "assistant"],
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
             "mode": self.mode,
