@@ -10,6 +10,8 @@ import sys
 import pytest
 from PIL import Image
 
+from visionthink import protocol
+from visionthink.cli import EXIT_NO_ANSWER, main
 from visionthink.data import synth
 
 
@@ -99,3 +101,52 @@ def test_bad_recipe_override_is_a_clear_error(tmp_path):
     result = visionthink("train", "sft", "no_such_field=3", f"output_dir={tmp_path}")
     assert result.returncode == 2
     assert "unknown SFTConfig field" in result.stderr
+
+
+# ---------------------------------------------------------------- no answer, in-process with a fake engine
+
+
+class _OneTurnEngine:
+    """Replies with one fixed assistant turn (parsed by the real protocol)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def run(self, requests, mode, progress=None):
+        turn = protocol.parse_turn(self.text)
+        return [protocol.Episode(
+            messages=[protocol.assistant_turn(self.text)], answer=turn.answer if turn.kind == "answer" else None,
+            resized=False, turns=[turn], visual_tokens_per_turn=[4], full_res_visual_tokens=16, mode=mode)
+            for _ in requests]
+
+
+@pytest.fixture
+def fake_ask(monkeypatch, item_png):
+    from visionthink.engines.transformers_engine import TransformersEngine
+
+    def ask(text: str, *extra: str) -> int:
+        fake = classmethod(lambda cls, *args, **kwargs: _OneTurnEngine(text))
+        monkeypatch.setattr(TransformersEngine, "from_pretrained", fake)
+        return main(["ask", str(item_png[0]), "What pattern is on the label?", *extra])
+
+    return ask
+
+
+def test_ask_malformed_final_turn_is_reported_with_exit_3(fake_ask, capsys):
+    assert fake_ask("<think>no idea</think>", "--json") == EXIT_NO_ANSWER == 3
+    record = json.loads(capsys.readouterr().out)
+    assert record["answer"] is None
+    assert record["error"] == "final turn malformed: no <answer> and no tool call"
+    assert fake_ask("<think>no idea</think>") == 3
+    captured = capsys.readouterr()
+    assert "answer: None" in captured.out
+    assert captured.err.strip() == "error: final turn malformed: no <answer> and no tool call"
+
+
+def test_ask_answer_has_null_error_and_exit_0(fake_ask, capsys):
+    assert fake_ask("<think>t</think>\n<answer>dots</answer>", "--json") == 0
+    record = json.loads(capsys.readouterr().out)
+    assert (record["answer"], record["error"]) == ("dots", None)
+    assert fake_ask("dots</answer>") == 0  # a lone closing tag still answers
+    captured = capsys.readouterr()
+    assert "answer: dots" in captured.out and captured.err == ""

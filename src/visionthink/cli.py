@@ -9,6 +9,15 @@ import sys
 from visionthink.errors import VisionThinkError
 from visionthink.images import DEFAULT_MAX_INPUT_PIXELS
 
+EXIT_BAD_INPUT = 2
+"""Bad input: a bad option value, image, model folder or recipe (one `error: ...` line on stderr)."""
+EXIT_NO_ANSWER = 3
+"""`ask`: the model ran but gave no answer (its final turn was malformed); the reason is reported."""
+ASK_EXIT_CODES = (
+    "exit codes: 0 answered; 2 bad input (option value, image, model folder); "
+    "3 the model gave no answer (malformed final turn: `error` in --json, else an `error: ...` line on stderr)"
+)
+
 
 def _train_sft(args: argparse.Namespace) -> int:
     from visionthink.recipes import load_recipe
@@ -54,6 +63,7 @@ def _ask(args: argparse.Namespace) -> int:
             "full_res_visual_tokens": episode.full_res_visual_tokens,
             "seconds": round(seconds, 3),
             "turns": episode.summary()["turns"],
+            "error": episode.error,
         }))
     else:
         print(f"answer: {episode.answer}")
@@ -62,7 +72,9 @@ def _ask(args: argparse.Namespace) -> int:
         print(f"visual tokens: {episode.visual_tokens} (full resolution: {episode.full_res_visual_tokens}, "
               f"{share:.0f}%)")
         print(f"seconds: {seconds:.2f}")
-    return 0
+        if episode.error:
+            print(f"error: {episode.error}", file=sys.stderr)
+    return EXIT_NO_ANSWER if episode.error else 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -180,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     grpo.add_argument("overrides", nargs="*", help="recipe overrides as key=value")
     grpo.set_defaults(handler=_train_grpo)
 
-    ask = commands.add_parser("ask", help="ask one image a question")
+    ask = commands.add_parser("ask", help="ask one image a question", epilog=ASK_EXIT_CODES)
     ask.add_argument("image", help="image file")
     ask.add_argument("question")
     ask.add_argument("--model", default=None, help="model folder (default: the shipped tiny checkpoint)")
@@ -245,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-images", type=int, default=8, help="images per request")
     serve.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     serve.add_argument("--max-batch", type=int, default=16, help="requests batched into one forward pass")
-    serve.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits for company")
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0,
+                       help="how long a batch waits for company")
     serve.add_argument("--max-queue", type=int, default=1024, help="waiting requests before 429")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=_serve)
@@ -270,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except VisionThinkError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":
