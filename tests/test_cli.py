@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from visionthink import protocol
-from visionthink.cli import EXIT_NO_ANSWER, main
+from visionthink.cli import EXIT_NO_ANSWER, build_parser, main
 from visionthink.data import synth
 
 
@@ -101,6 +101,55 @@ def test_bad_recipe_override_is_a_clear_error(tmp_path):
     result = visionthink("train", "sft", "no_such_field=3", f"output_dir={tmp_path}")
     assert result.returncode == 2
     assert "unknown SFTConfig field" in result.stderr
+
+
+# ---------------------------------------------------------------- option values, in-process
+
+
+def _usage_error(capsys, argv: list[str]) -> str:
+    """Run the CLI in-process on `argv`; it must stop with exit code 2 and one `error:` line naming the option."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["data", "synth", "--out", "x", "--seed", "-1"], "--seed"),
+        (["data", "synth", "--out", "x", "--n", "0"], "--n"),
+        (["data", "synth", "--out", "x", "--n", "ten"], "--n"),
+        (["demo", "--n", "-5"], "--n"),
+        (["demo", "--seed", "-3"], "--seed"),
+        (["demo", "--batch-size", "0"], "--batch-size"),
+        (["eval", "--out", "x", "--limit", "0"], "--limit"),
+        (["eval", "--out", "x", "--batch-size", "-1"], "--batch-size"),
+        (["data", "curate", "--data", "d", "--out", "x", "--k", "0"], "--k"),
+        (["data", "curate", "--data", "d", "--out", "x", "--temperature", "0"], "--temperature"),
+        (["data", "curate", "--data", "d", "--out", "x", "--temperature", "nan"], "--temperature"),
+        (["data", "curate", "--data", "d", "--out", "x", "--seed", "-2"], "--seed"),
+        (["serve", "--port", "0"], "--port"),
+        (["serve", "--port", "65536"], "--port"),
+        (["serve", "--timeout", "-1"], "--timeout"),
+        (["serve", "--batch-wait-ms", "-0.5"], "--batch-wait-ms"),
+        (["serve", "--max-queue", "0"], "--max-queue"),
+        (["ask", "img.png", "q", "--max-input-pixels", "0"], "--max-input-pixels"),
+        (["--threads", "0", "demo"], "--threads"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(capsys, argv, option):
+    assert f"argument {option}: " in _usage_error(capsys, argv)
+
+
+def test_good_edge_values_parse():
+    args = build_parser().parse_args(["data", "synth", "--out", "x", "--seed", "0", "--n", "1"])
+    assert (args.seed, args.n) == (0, 1)
+    args = build_parser().parse_args(["serve", "--port", "65535", "--batch-wait-ms", "0", "--timeout", "0.5"])
+    assert (args.port, args.batch_wait_ms, args.timeout) == (65535, 0.0, 0.5)
 
 
 # ---------------------------------------------------------------- no answer, in-process with a fake engine

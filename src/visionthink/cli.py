@@ -19,6 +19,69 @@ ASK_EXIT_CODES = (
 )
 
 
+# ---------------------------------------------------------------- option values (argparse `type=`)
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (counts, sizes, limits)."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive (give 1 or more)")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (seeds)."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative (give 0 or more)")
+    return value
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1-65535."""
+    value = _integer(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (give 1-65535)")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (timeouts, temperatures)."""
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not positive")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (waits)."""
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+# ---------------------------------------------------------------- commands
+
+
 def _train_sft(args: argparse.Namespace) -> int:
     from visionthink.recipes import load_recipe
     from visionthink.train.sft import SFTConfig, train_sft
@@ -169,7 +232,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionthink", description=__doc__)
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for torch (default: 1, or $VISIONTHINK_THREADS; training recipes set "
                         "their own). The tiny model is fastest on one thread; extra threads collapse when a "
                         "core is busy.")
@@ -198,22 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", default=None, help="model folder (default: the shipped tiny checkpoint)")
     ask.add_argument("--mode", default="visionthink", choices=["visionthink", "full", "low"])
     ask.add_argument("--json", action="store_true", help="print one JSON object")
-    ask.add_argument("--max-input-pixels", type=int, default=DEFAULT_MAX_INPUT_PIXELS,
+    ask.add_argument("--max-input-pixels", type=positive_int, default=DEFAULT_MAX_INPUT_PIXELS,
                      help="refuse larger images (decompression bombs)")
     ask.set_defaults(handler=_ask)
 
     demo = commands.add_parser("demo", help="all four modes on held-out synthetic test items")
     demo.add_argument("--model", default=None)
-    demo.add_argument("--n", type=int, default=300, help="number of test items")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--batch-size", type=int, default=32)
+    demo.add_argument("--n", type=positive_int, default=300, help="number of test items")
+    demo.add_argument("--seed", type=non_negative_int, default=0)
+    demo.add_argument("--batch-size", type=positive_int, default=32)
     demo.set_defaults(handler=_demo)
 
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write the synthetic world as Hugging Face datasets")
     synth.add_argument("--out", required=True)
-    synth.add_argument("--n", type=int, default=600, help="items per split")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--n", type=positive_int, default=600, help="items per split")
+    synth.add_argument("--seed", type=non_negative_int, default=0)
     synth.add_argument("--splits", default="train,validation,test")
     synth.set_defaults(handler=_data_synth)
 
@@ -221,12 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--model", default=None, help="model folder (default: the shipped tiny checkpoint)")
     curate.add_argument("--data", required=True, help="a `visionthink data synth` folder (save_to_disk)")
     curate.add_argument("--split", default="train")
-    curate.add_argument("--k", type=int, default=8, help="sampled rollouts per item and resolution")
+    curate.add_argument("--k", type=positive_int, default=8, help="sampled rollouts per item and resolution")
     curate.add_argument("--out", required=True, help="where to save the labelled training set")
-    curate.add_argument("--seed", type=int, default=0)
-    curate.add_argument("--temperature", type=float, default=1.0)
-    curate.add_argument("--limit", type=int, default=None, help="only the first N items")
-    curate.add_argument("--batch-size", type=int, default=64)
+    curate.add_argument("--seed", type=non_negative_int, default=0)
+    curate.add_argument("--temperature", type=positive_float, default=1.0)
+    curate.add_argument("--limit", type=positive_int, default=None, help="only the first N items")
+    curate.add_argument("--batch-size", type=positive_int, default=64)
     curate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     curate.set_defaults(handler=_data_curate)
 
@@ -235,31 +298,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bench", default="synth", help="comma-separated benchmarks (synth, chartqa, ...)")
     evaluate.add_argument("--modes", default="full,low,visionthink,oracle", help="comma-separated modes")
     evaluate.add_argument("--out", required=True, help="report folder (rerun with the same folder to resume)")
-    evaluate.add_argument("--limit", type=int, default=None, help="only the first N samples of each bench")
+    evaluate.add_argument("--limit", type=positive_int, default=None, help="only the first N samples of each bench")
     evaluate.add_argument("--data-root", default="data", help="benchmark folders live in DATA_ROOT/<bench>")
     evaluate.add_argument("--judge", default=None, help="judge spec for judge-scored benchmarks")
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=positive_int, default=32)
     evaluate.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     evaluate.set_defaults(handler=_eval)
     serve = commands.add_parser("serve", help="OpenAI-compatible VisionThink server with a web page")
     serve.add_argument("--model", default=None, help="model folder (default: the shipped tiny checkpoint)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port_number, default=8000)
     serve.add_argument("--served-model-name", default=None, help="model id in the API (default: folder name)")
     serve.add_argument("--api-key", default=None,
                        help="require 'Authorization: Bearer KEY' on /v1/* (or set VISIONTHINK_API_KEY)")
     serve.add_argument("--allow-remote-images", action="store_true",
                        help="fetch http(s) image URLs (public addresses only); default: data: URLs only")
-    serve.add_argument("--max-body-bytes", type=int, default=20 * 1024 * 1024)
-    serve.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_INPUT_PIXELS,
+    serve.add_argument("--max-body-bytes", type=positive_int, default=20 * 1024 * 1024)
+    serve.add_argument("--max-image-pixels", type=positive_int, default=DEFAULT_MAX_INPUT_PIXELS,
                        help="refuse larger images before decoding (decompression bombs)")
-    serve.add_argument("--max-images", type=int, default=8, help="images per request")
-    serve.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    serve.add_argument("--max-batch", type=int, default=16, help="requests batched into one forward pass")
-    serve.add_argument("--batch-wait-ms", type=float, default=5.0,
+    serve.add_argument("--max-images", type=positive_int, default=8, help="images per request")
+    serve.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per request")
+    serve.add_argument("--max-batch", type=positive_int, default=16, help="requests batched into one forward pass")
+    serve.add_argument("--batch-wait-ms", type=non_negative_float, default=5.0,
                        help="how long a batch waits for company")
-    serve.add_argument("--max-queue", type=int, default=1024, help="waiting requests before 429")
+    serve.add_argument("--max-queue", type=positive_int, default=1024, help="waiting requests before 429")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=_serve)
     return parser
