@@ -218,6 +218,7 @@ def test_mode_metrics_hand_values():
     assert m["seconds_p50"] == pytest.approx(0.25) and m["seconds_p95"] == pytest.approx(0.385)
     assert m["tokens_per_second"] == pytest.approx(100.0)  # 100 tokens in 1.0 s
     assert m["generated_tokens"] == 25 and m["well_formed"] == 0.5 and m["answered"] == 0.75
+    assert m["no_answer"] == 1  # a log without `answer_error` falls back to the missing prediction
     # needs_high_res: only q1 (fine_small); resized: q1 and q2
     assert m["resize_precision"] == 0.5 and m["resize_recall"] == 1.0
     families = m["per_family"]
@@ -298,6 +299,40 @@ def test_runner_oracle_and_image_errors(tmp_path, monkeypatch):
     assert broken[0]["prediction"] is None and "corrupt" in broken[0]["error"] and broken[0]["score"] == 0
 
 
+def test_runner_counts_samples_without_an_answer(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "_load_benchmark", lambda name: ExactBench(6))
+
+    class Malformed(FakeEngine):
+        """Question 1 and 4 end in a turn with no <answer> and no tool call; question 3 cannot run."""
+
+        def run(self, requests, mode, progress=None):
+            from visionthink.errors import ImageError
+
+            if any(r.question == "question 3" for r in requests):
+                if len(requests) > 1:
+                    raise ImageError("batch has a broken image")
+                raise ImageError("question 3: corrupt image")
+            episodes = super().run(requests, mode, progress)
+            for request, episode in zip(requests, episodes, strict=True):
+                if request.question in ("question 1", "question 4"):
+                    episode.answer, episode.turns = None, [protocol.parse_turn("<think>hmm</think>")]
+            return episodes
+
+    result = run_eval(_config(tmp_path, ["full", "low"], batch_size=4), engine=Malformed(), log=lambda m: None)
+    for mode in ("full", "low"):
+        metrics = result.summary["fake"][mode]
+        assert (metrics["no_answer"], metrics["errors"], metrics["n"]) == (2, 1, 6)
+        assert metrics["score"] == pytest.approx(2 / 6)  # a0 and a2 right; q4 had no answer, q3 did not run
+    records = {r["uid"]: r for r in read_samples(tmp_path / "samples.jsonl") if r["mode"] == "full"}
+    assert records["q1"]["answer_error"] == "final turn malformed: no <answer> and no tool call"
+    assert records["q1"]["score"] == 0 and records["q0"]["answer_error"] is None
+    assert json.loads((tmp_path / "summary.json").read_text())["fake"]["low"]["no_answer"] == 2
+    report = (tmp_path / "report.md").read_text()
+    assert "| no answer |" in report and "| fake | full | 6 |" in report
+    row = next(line for line in report.splitlines() if line.startswith("| fake | full |"))
+    assert row.rstrip(" |").endswith("| 2")
+
+
 def test_samples_log_drops_torn_and_duplicate_lines(tmp_path):
     path = tmp_path / "samples.jsonl"
     good = [{"bench": "b", "mode": "full", "uid": str(i), "x": i} for i in range(3)]
@@ -329,3 +364,23 @@ def test_cached_judge_asks_once(tmp_path):
     assert not judge.grade([down])[0].ok and len(inner.asked) == 3  # failures are asked again
     again = CachedJudge(inner, tmp_path / "cache.jsonl")  # the cache survives a restart
     assert again.grade([yes])[0].score == 1.0 and len(inner.asked) == 3
+
+
+def test_synth_run_counts_and_shows_episodes_without_an_answer():
+    from types import SimpleNamespace
+
+    from visionthink.eval.synth_run import format_table, summarise
+
+    items = [SimpleNamespace(family=FAMILIES[i % 3], answer="red") for i in range(3)]
+    texts = [protocol.answer_text("t", "red"), "<think>hmm</think>", "red</answer>"]
+    episodes = []
+    for text in texts:
+        turn = protocol.parse_turn(text)
+        episodes.append(protocol.Episode(messages=[], answer=turn.answer, resized=False, turns=[turn],
+                                         visual_tokens_per_turn=[4], full_res_visual_tokens=16))
+    result = summarise("low", items, episodes, seconds=1.0)
+    assert result.malformed == 1
+    assert result.accuracy["all"] == pytest.approx(2 / 3) and result.accuracy["fine_small"] == 0
+    header, _, row = format_table([result]).splitlines()
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert dict(zip([c.strip() for c in header.strip("|").split("|")], cells, strict=True))["no answer"] == "1"

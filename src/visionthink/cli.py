@@ -184,6 +184,11 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps(result.summary))
     else:
         print(table2(result.summary))
+        for bench, modes in result.summary.items():
+            for mode, metrics in modes.items():
+                if metrics.get("no_answer"):
+                    print(f"note: {bench}/{mode}: {metrics['no_answer']} of {metrics['n']} samples got no answer "
+                          "(malformed final turn; scored wrong)")
         for note in result.notes:
             print(f"note: {note}")
         print(f"report: {result.out / 'report.md'}")

@@ -44,7 +44,7 @@ def table2(summary: Summary) -> str:
 def details_table(summary: Summary) -> str:
     """One row per (bench, mode) with every cost figure."""
     header = ["bench", "mode", "n", "score %", "visual tokens", "% of full-res", "resize %", "seconds",
-              "p50 s", "p95 s", "gen tok/s", "resize precision %", "resize recall %"]
+              "p50 s", "p95 s", "gen tok/s", "resize precision %", "resize recall %", "no answer"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for bench, modes in summary.items():
         for mode in modes_in({bench: modes}):
@@ -53,7 +53,7 @@ def details_table(summary: Summary) -> str:
             cells = [bench, mode, str(m["n"]), _pct(m["score"]), f"{m['visual_tokens']:.2f}",
                      "-" if share is None else f"{share:.1f}", _pct(m["resize_ratio"]), f"{m['seconds']:.2f}",
                      f"{m['seconds_p50']:.4f}", f"{m['seconds_p95']:.4f}", f"{m['tokens_per_second']:.1f}",
-                     _pct(m.get("resize_precision")), _pct(m.get("resize_recall"))]
+                     _pct(m.get("resize_precision")), _pct(m.get("resize_recall")), str(m.get("no_answer", 0))]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -95,7 +95,8 @@ def markdown_report(summary: Summary, notes: list[str], meta: dict[str, Any], pl
         "## Cost per bench and mode",
         "",
         "Seconds: sum of per-sample model time (batched time shared equally within a batch); "
-        "p50/p95 per sample. Resize precision/recall are against the items' `needs_high_res` label.",
+        "p50/p95 per sample. Resize precision/recall are against the items' `needs_high_res` label. "
+        "No answer: samples whose final turn gave no answer (malformed), scored as wrong.",
         "",
         details_table(summary),
     ]

@@ -3,8 +3,9 @@
 The report folder holds:
 - `samples.jsonl`: one record per (bench, mode, uid), appended as each batch finishes. A rerun with
   the same folder skips the records already there (an interrupted eval resumes where it stopped).
-- `summary.json`: `{bench: {mode: {"score", "visual_tokens", "resize_ratio", "seconds", ...}}}`,
-  always recomputed from the whole of `samples.jsonl`.
+- `summary.json`: `{bench: {mode: {"score", "visual_tokens", "resize_ratio", "seconds", "no_answer", ...}}}`,
+  always recomputed from the whole of `samples.jsonl` (`no_answer`: samples whose episode ended without an
+  answer, e.g. a malformed final turn; each record's `answer_error` says why).
 - `run.json` (what was run, and notes such as skipped modes), `report.md` and the plots
   (see `visionthink.eval.report`).
 """
@@ -285,6 +286,7 @@ def episode_record(bench: str, mode: str, sample, episode, score: float | None, 
         "seconds": 0.0 if episode is None else float(sum(episode.seconds.values())),
         "seconds_detail": {} if episode is None else {k: round(float(v), 6) for k, v in episode.seconds.items()},
         "well_formed": False if episode is None else bool(episode.well_formed),
+        "answer_error": None if episode is None else episode.error,
         "turns": [] if episode is None else episode.summary()["turns"],
         "meta": _jsonable(dict(sample.meta)),
     }
@@ -441,6 +443,19 @@ def _official(bench, samples: list, records: list[dict], judge: Judge | None) ->
     return float(scores.summary["score"]), extra
 
 
+def no_answer(record: dict[str, Any]) -> bool:
+    """Whether the model ran on the sample but gave no answer (a malformed final turn; scored as wrong).
+
+    Samples that could not run (`error`, e.g. a broken image) are not counted; logs written before
+    `answer_error` existed fall back to a missing prediction.
+    """
+    if record.get("error"):
+        return False
+    if "answer_error" in record:
+        return bool(record["answer_error"])
+    return record.get("prediction") is None
+
+
 def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None = None) -> dict[str, Any]:
     """Score (the benchmark's official metric), visual tokens, resize ratio, time and throughput."""
     score, official = _official(bench, samples, records, judge)
@@ -465,6 +480,7 @@ def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None 
         "well_formed": _mean(float(bool(r.get("well_formed"))) for r in records),
         "answered": _mean(float(r["prediction"] is not None) for r in records),
         "errors": sum(1 for r in records if r.get("error")),
+        "no_answer": sum(1 for r in records if no_answer(r)),
     }
     if official:
         metrics["official"] = official

@@ -23,6 +23,8 @@ class ModeResult:
     visual_tokens: float = 0.0
     full_res_visual_tokens: float = 0.0
     seconds: float = 0.0
+    malformed: int = 0
+    """Episodes that ended without an answer (`Episode.error` set); they score as wrong."""
     episodes: list[Episode] = field(default_factory=list)
 
     @property
@@ -52,18 +54,20 @@ def summarise(mode: str, items: list[Item], episodes: list[Episode], seconds: fl
         result.resize_ratio[name] = sum(episodes[i].resized for i in indices) / len(indices)
     result.visual_tokens = sum(e.visual_tokens for e in episodes) / len(episodes)
     result.full_res_visual_tokens = sum(e.full_res_visual_tokens for e in episodes) / len(episodes)
+    result.malformed = sum(1 for e in episodes if e.error)
     return result
 
 
 def format_table(results: list[ModeResult]) -> str:
-    """A Markdown table: accuracy per family, visual tokens (and % of full-res), resize ratio, time."""
+    """A Markdown table: accuracy per family, visual tokens (and % of full-res), resize ratio, episodes without
+    an answer ("no answer", counted wrong) and time."""
     families = [f for f in FAMILIES if f in results[0].accuracy]
     header = ["mode", *[f"acc {f}" for f in families], "acc all", "visual tokens", "% full-res",
-              *[f"resize {f}" for f in families], "seconds"]
+              *[f"resize {f}" for f in families], "no answer", "seconds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         cells = [r.mode, *[f"{100 * r.accuracy[f]:.1f}%" for f in families], f"{100 * r.overall_accuracy:.1f}%",
                  f"{r.visual_tokens:.2f}", f"{100 * r.visual_tokens / r.full_res_visual_tokens:.1f}%",
-                 *[f"{100 * r.resize_ratio[f]:.1f}%" for f in families], f"{r.seconds:.1f}"]
+                 *[f"{100 * r.resize_ratio[f]:.1f}%" for f in families], str(r.malformed), f"{r.seconds:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
