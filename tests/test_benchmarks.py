@@ -82,13 +82,14 @@ def images_load(samples) -> None:
 
 def test_registry_names_and_lookup():
     assert set(BENCHMARKS) == {"chartqa", "ocrbench", "docvqa", "mme", "mmvet", "realworldqa", "pope", "mathvista",
-                               "mathverse", "synth"}
+                               "mathverse", "synth", "synth-heldout"}
     assert get_benchmark("RealWorld-QA") is BENCHMARKS["realworldqa"]
+    assert get_benchmark("synth_heldout") is get_benchmark("SynthHeldout") is BENCHMARKS["synth-heldout"]
     with pytest.raises(VisionThinkError, match="valid names: chartqa"):
         get_benchmark("nope")
 
 
-@pytest.mark.parametrize("name", [n for n in BENCHMARKS if n != "synth"])
+@pytest.mark.parametrize("name", [n for n in BENCHMARKS if not n.startswith("synth")])
 def test_missing_folder_names_the_layout(tmp_path, name):
     benchmark = BENCHMARKS[name]
     with pytest.raises(VisionThinkError, match="does not exist") as error:
@@ -491,3 +492,19 @@ def test_synth_builtin_and_saved(tmp_path):
     assert scores.summary["score/coarse"] == scores.summary["score/fine_small"] == 0.5
     with pytest.raises(VisionThinkError, match="visionthink data synth"):
         benchmark.load(tmp_path / "absent")
+
+
+def test_synth_heldout_same_images_and_answers_other_wordings(tmp_path):
+    from visionthink.data import synth
+
+    plain, heldout = BENCHMARKS["synth"].load(None, limit=12), BENCHMARKS["synth-heldout"].load("builtin", limit=12)
+    assert [s.uid for s in heldout] == [s.uid for s in plain]
+    assert [s.answer for s in heldout] == [s.answer for s in plain]
+    assert [s.meta for s in heldout] == [s.meta for s in plain]
+    assert all(h.image.tobytes() == p.image.tobytes() for h, p in zip(heldout, plain, strict=True))
+    assert [s.question for s in heldout] == [i.question for i in synth.split_items("test", 12, wordings="heldout")]
+    assert [s.question for s in plain] == [i.question for i in synth.split_items("test", 12, wordings="train")]
+    assert any(h.question != p.question for h, p in zip(heldout, plain, strict=True))
+    assert len(BENCHMARKS["synth-heldout"].load(None)) == 600
+    with pytest.raises(VisionThinkError, match="reads no folder"):
+        BENCHMARKS["synth-heldout"].load(tmp_path)

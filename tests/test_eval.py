@@ -384,3 +384,30 @@ def test_synth_run_counts_and_shows_episodes_without_an_answer():
     header, _, row = format_table([result]).splitlines()
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert dict(zip([c.strip() for c in header.strip("|").split("|")], cells, strict=True))["no answer"] == "1"
+
+
+def test_runner_reports_synth_and_synth_heldout_side_by_side(tmp_path):
+    (tmp_path / "data" / "synth-heldout").mkdir(parents=True)  # ignored: synth-heldout is always generated
+    seen: dict[str, list[str]] = {}
+
+    class Echo(FakeEngine):
+        """Answers 'dots' to everything; records the questions per mode."""
+
+        def run(self, requests, mode, progress=None):
+            seen.setdefault(mode, []).extend(r.question for r in requests)
+            return [protocol.Episode(messages=[], answer="dots", resized=False, turns=[],
+                                     visual_tokens_per_turn=[4], full_res_visual_tokens=16, mode=mode)
+                    for _ in requests]
+
+    logged: list[str] = []
+    config = EvalConfig(model=None, benches=["synth", "synth-heldout"], modes=["low"], out=tmp_path / "out",
+                        limit=6, data_root=tmp_path / "data", progress=False)
+    result = run_eval(config, engine=Echo(), log=logged.append)
+    assert list(result.summary) == ["synth", "synth-heldout"]
+    assert result.summary["synth"]["low"]["n"] == result.summary["synth-heldout"]["low"]["n"] == 6
+    assert len(seen["low"]) == 12 and seen["low"][:6] != seen["low"][6:]
+    assert "| mode | synth | synth-heldout |" in table2(result.summary)
+    assert any(line.startswith("synth-heldout: generating") for line in logged)
+    alone = run_eval(EvalConfig(model=None, benches=["synth"], modes=["low"], out=tmp_path / "alone", limit=3,
+                                data_root=tmp_path / "data", progress=False), engine=Echo(), log=lambda m: None)
+    assert list(alone.summary) == ["synth"]

@@ -300,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="score, visual tokens, resize ratio and time per bench and mode")
     evaluate.add_argument("--model", default=None, help="model folder (default: the shipped tiny checkpoint)")
-    evaluate.add_argument("--bench", default="synth", help="comma-separated benchmarks (synth, chartqa, ...)")
+    evaluate.add_argument("--bench", default="synth",
+                          help="comma-separated benchmarks (synth, synth-heldout: the same images in held-out "
+                          "question wordings, chartqa, ...)")
     evaluate.add_argument("--modes", default="full,low,visionthink,oracle", help="comma-separated modes")
     evaluate.add_argument("--out", required=True, help="report folder (rerun with the same folder to resume)")
     evaluate.add_argument("--limit", type=positive_int, default=None, help="only the first N samples of each bench")

@@ -366,9 +366,10 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
         root = Path(config.data_root) / requested
         if not root.exists() and (Path(config.data_root) / bench_name).exists():
             root = Path(config.data_root) / bench_name
-        if bench_name == "synth" and not root.exists():
+        if getattr(bench, "generated", False) and not (root.exists() and getattr(bench, "reads_folder", True)):
             root = None  # the built-in generator: the held-out synthetic test split
-            log("synth: no folder under --data-root; generating the held-out synthetic test split")
+            log(f"{bench_name}: no folder under --data-root; generating the held-out synthetic test split"
+                if getattr(bench, "reads_folder", True) else f"{bench_name}: generating the synthetic test split")
         samples = _unique_uids(bench.load(root, limit=config.limit), bench_name, notes)
         modes = []
         for mode in config.modes:

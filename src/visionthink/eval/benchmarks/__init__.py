@@ -13,20 +13,24 @@ from visionthink.eval.benchmarks.mmvet import MMVet
 from visionthink.eval.benchmarks.ocrbench import OCRBench
 from visionthink.eval.benchmarks.pope import POPE
 from visionthink.eval.benchmarks.realworldqa import RealWorldQA
-from visionthink.eval.benchmarks.synth import Synth
+from visionthink.eval.benchmarks.synth import Synth, SynthHeldout
 
 BENCHMARKS: dict[str, Benchmark] = {
     benchmark.name: benchmark
     for benchmark in (ChartQA(), OCRBench(), DocVQA(), MME(), MMVet(), RealWorldQA(), POPE(), MathVista(),
-                      MathVerse(), Synth())
+                      MathVerse(), Synth(), SynthHeldout())
 }
+
+
+def _key(name: str) -> str:
+    return str(name).strip().lower().replace("-", "").replace("_", "")
 
 
 def get_benchmark(name: str) -> Benchmark:
     """The benchmark called `name` (case, "-" and "_" ignored); raises `VisionThinkError` listing valid names."""
-    key = str(name).strip().lower().replace("-", "").replace("_", "")
-    if key in BENCHMARKS:
-        return BENCHMARKS[key]
+    for benchmark_name, benchmark in BENCHMARKS.items():
+        if _key(benchmark_name) == _key(name):
+            return benchmark
     raise VisionThinkError(f"unknown benchmark {name!r}; valid names: {', '.join(BENCHMARKS)}")
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from visionthink.data import synth
+from visionthink.errors import VisionThinkError
 from visionthink.eval.benchmarks._io import check_predictions, group_scores, hf_image, mean, open_source
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
 from visionthink.eval.scoring import exact_match
@@ -20,6 +21,12 @@ class Synth(Benchmark):
     """Held-out synthetic test items; `score/<family>` for coarse, fine_small, fine_large."""
 
     name = "synth"
+    wordings = "train"
+    """The question wording set of the generated items (`synth.split_items(..., wordings=)`)."""
+    generated = True
+    """The runner may pass root None (generate) when no folder exists."""
+    reads_folder = True
+    """False: the runner always generates, even when a folder of this name exists."""
     layout = (
         "a folder written by `visionthink data synth --out <root>` (datasets.save_to_disk of a DatasetDict\n"
         "  with a `test` split; columns: image, question, answer, family, question_type, needs_high_res, uid),\n"
@@ -28,10 +35,7 @@ class Synth(Benchmark):
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
         if root is None or str(root) == BUILTIN:
-            items = synth.split_items("test", DEFAULT_SIZE if limit is None else limit, seed=0)
-            return [Sample(item.uid, item.image, item.question, item.answer,
-                           {"family": item.family, "needs_high_res": item.needs_high_res,
-                            "question_type": item.question_type}) for item in items]
+            return self.generate(limit)
         source = open_source(root, name=self.name, layout=self.layout, splits=[["test"]], tsv_names=[],
                              hf_columns=COLUMNS, tsv_columns=COLUMNS, limit=limit)
         return [Sample(str(row["uid"]), hf_image(row["image"], Path(source.path), self.name, f"uid {row['uid']}"),
@@ -40,9 +44,35 @@ class Synth(Benchmark):
                         "question_type": str(row["question_type"])})
                 for row in source.rows]
 
+    def generate(self, limit: int | None = None) -> list[Sample]:
+        """The first `limit` (default 600) test items of seed 0, asked in this benchmark's wordings."""
+        n = DEFAULT_SIZE if limit is None else limit
+        items = synth.split_items("test", n, seed=0, wordings=self.wordings)
+        return [Sample(item.uid, item.image, item.question, item.answer,
+                       {"family": item.family, "needs_high_res": item.needs_high_res,
+                        "question_type": item.question_type}) for item in items]
+
     def score(self, samples: list[Sample], predictions: list[str | None], judge: Judge | None = None) -> Scores:
         check_predictions(self.name, samples, predictions)
         per_sample = [float(exact_match(p, str(s.answer))) for s, p in zip(samples, predictions, strict=True)]
         summary: dict[str, float] = {"n": len(samples), "score": mean(per_sample)}
         summary.update(group_scores(per_sample, [[s.meta.get("family", "")] for s in samples]))
         return Scores(per_sample, summary)
+
+
+class SynthHeldout(Synth):
+    """The `synth` test images and answers, asked in held-out wordings the model never trained on."""
+
+    name = "synth-heldout"
+    wordings = "heldout"
+    reads_folder = False
+    layout = (
+        f"none: always generated, synth.split_items(\"test\", limit or {DEFAULT_SIZE}, seed=0, wordings=\"heldout\")\n"
+        "  (the same images as the built-in `synth`, questions in wordings no training ever sees)"
+    )
+
+    def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
+        if root is not None and str(root) != BUILTIN:
+            raise VisionThinkError(f"{self.name} reads no folder (got {root}); it is generated.\n"
+                                   f"Expected layout: {self.layout}")
+        return self.generate(limit)
