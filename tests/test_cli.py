@@ -76,11 +76,16 @@ def test_missing_model_is_a_clear_error(item_png, tmp_path):
     assert "not a model folder" in result.stderr
 
 
-def test_demo_prints_all_modes(shipped_model_dir):
+def test_demo_prints_all_modes_for_both_wording_sets(shipped_model_dir):
     result = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir))
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "mode" not in line]
-    assert [row.split("|")[1].strip() for row in rows] == ["full", "low", "visionthink", "oracle"]
+    lines = result.stdout.splitlines()
+    train, heldout = lines.index("train wordings"), lines.index("held-out wordings (never trained)")
+    assert train < heldout
+    for block in (lines[train:heldout], lines[heldout:]):
+        rows = [line for line in block if line.startswith("| ") and "mode" not in line]
+        assert [row.split("|")[1].strip() for row in rows] == ["full", "low", "visionthink", "oracle"]
+    assert lines[0].startswith("9 held-out synthetic test items")
 
 
 def test_data_synth_writes_hugging_face_splits(tmp_path):

@@ -17,6 +17,8 @@ ASK_EXIT_CODES = (
     "exit codes: 0 answered; 2 bad input (option value, image, model folder); "
     "3 the model gave no answer (malformed final turn: `error` in --json, else an `error: ...` line on stderr)"
 )
+DEMO_WORDINGS = (("train", "train wordings"), ("heldout", "held-out wordings (never trained)"))
+"""`demo`'s two tables: the same items and images, asked in each question wording set."""
 
 
 # ---------------------------------------------------------------- option values (argparse `type=`)
@@ -146,10 +148,12 @@ def _demo(args: argparse.Namespace) -> int:
     from visionthink.eval.synth_run import format_table, run_modes
 
     engine = TransformersEngine.from_pretrained(args.model, batch_size=args.batch_size)
-    items = synth.split_items("test", args.n, seed=args.seed)
-    print(f"{len(items)} held-out synthetic test items (seed {args.seed}), greedy, model {args.model or 'shipped'}")
-    results = run_modes(engine, items, list(MODES))
-    print(format_table(results))
+    print(f"{args.n} held-out synthetic test items (seed {args.seed}), each asked twice: in trained wordings and "
+          f"in held-out ones; greedy, model {args.model or 'shipped'}")
+    for wordings, title in DEMO_WORDINGS:
+        items = synth.split_items("test", args.n, seed=args.seed, wordings=wordings)
+        print(f"\n{title}\n")
+        print(format_table(run_modes(engine, items, list(MODES))))
     return 0
 
 
@@ -270,9 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="refuse larger images (decompression bombs)")
     ask.set_defaults(handler=_ask)
 
-    demo = commands.add_parser("demo", help="all four modes on held-out synthetic test items")
+    demo = commands.add_parser("demo", help="all four modes on held-out synthetic test items, in trained and in "
+                               "held-out question wordings")
     demo.add_argument("--model", default=None)
-    demo.add_argument("--n", type=positive_int, default=300, help="number of test items")
+    demo.add_argument("--n", type=positive_int, default=300,
+                      help="test items per wording set (the same items are asked in both)")
     demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument("--batch-size", type=positive_int, default=32)
     demo.set_defaults(handler=_demo)
