@@ -395,7 +395,7 @@ def test_tiny_images_are_upscaled_to_the_minimum():
     assert grid.snap(1, 1) == (56, 56)
     assert grid.snap(10, 10) == (56, 56)
     image = high_view(Image.new("RGB", (5, 5), (9, 9, 9)), grid)
-    assert image.size == (56, 56)
+    assert image.size == (112, 112)  # the high view's minimum: its half view is the grid's minimum
 
 
 def test_huge_images_are_downscaled_to_the_maximum():
@@ -448,11 +448,35 @@ def test_low_view_is_half_the_high_view_on_the_grid(width, height):
     assume(_aspect_ok(width, height))
     grid = PixelGrid()
     views = make_views(Image.new("RGB", (width, height), (30, 60, 90)), grid)
-    assert views.high.size == grid.snap(width, height)
-    assert views.low.size == grid.snap(views.high.width // 2, views.high.height // 2)
+    assert views.high.size == grid.high_size(width, height)
+    assert views.low.size == (views.high.width // 2, views.high.height // 2)  # exactly half, for every aspect
     assert views.low.size == low_view(views.high, grid).size
     for view in (views.low, views.high):
         assert view.width % 28 == 0 and view.height % 28 == 0
-    assert grid.tokens(*views.low.size) <= grid.tokens(*views.high.size)
-    if views.high.width >= 112 and views.high.height >= 112:
-        assert grid.tokens(*views.low.size) < 0.5 * grid.tokens(*views.high.size)
+    assert 4 * grid.tokens(*views.low.size) == grid.tokens(*views.high.size)
+
+
+@pytest.mark.parametrize("grid", [PixelGrid(), PixelGrid(28, 28 * 28, 168 * 112)])  # the tiny model's grid
+@pytest.mark.parametrize("size", [(1000, 700), (700, 1000), (4000, 50), (50, 4000), (1280, 960), (3, 3)])
+def test_low_view_costs_a_quarter_of_the_tokens_at_every_aspect(grid, size):
+    views = make_views(Image.new("RGB", size), grid)
+    ratio = grid.tokens(*views.low.size) / grid.tokens(*views.high.size)
+    assert 0.22 <= ratio <= 0.28, (size, views.low.size, views.high.size)
+    assert views.high.width * views.high.height <= grid.max_pixels
+    if size[0] > 2 * size[1]:
+        assert views.high.width > views.high.height  # orientation kept
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 5000), st.integers(1, 5000))
+def test_snap_never_exceeds_max_pixels_even_at_extreme_aspect(width, height):
+    assume(_aspect_ok(width, height))
+    for grid in (SMALL_GRID, PixelGrid(28, 28 * 28, 168 * 112)):
+        w, h = grid.snap(width, height)
+        assert w * h <= grid.max_pixels and w % 28 == 0 and h % 28 == 0
+        w, h = grid.high_size(width, height)
+        assert w * h <= grid.max_pixels and w % 56 == 0 and h % 56 == 0
+
+
+def test_snap_of_4000x50_fits_the_budget():
+    assert SMALL_GRID.snap(4000, 50) == (448, 28)  # was 980x28 = 27,440 px over a 12,544 budget

@@ -12,16 +12,20 @@ import pytest
 from visionthink.data.synth import (
     COLOURS,
     FAMILIES,
-    IMAGE_SIZE,
-    LABEL_SIZE,
+    IMAGE_SIZES,
+    LABEL_SIDES,
     PATTERNS,
+    QUESTION_TYPES,
     QUESTIONS,
     SHAPES,
     answer_for,
+    is_held_out,
     make_item,
     make_scene,
+    question_type_of,
     scene_items,
     split_items,
+    wordings,
 )
 from visionthink.images import PixelGrid, make_views
 
@@ -53,11 +57,15 @@ def test_different_seeds_and_indices_give_different_images():
     assert len(hashes) == 24
 
 
-def test_items_are_112_px_rgb():
-    for index in range(6):
+def test_items_come_in_every_aspect_ratio_on_the_56_px_grid():
+    sizes = set()
+    for index in range(60):
         item = make_item(0, index)
-        assert item.image.size == (IMAGE_SIZE, IMAGE_SIZE) == (112, 112)
         assert item.image.mode == "RGB"
+        assert item.image.size in IMAGE_SIZES
+        assert item.image.width % 56 == 0 and item.image.height % 56 == 0  # half of it is on the 28 px grid
+        sizes.add(item.image.size)
+    assert sizes == set(IMAGE_SIZES)
 
 
 def test_families_cycle_and_only_fine_small_needs_high_res():
@@ -70,26 +78,67 @@ def test_families_cycle_and_only_fine_small_needs_high_res():
     assert families == ["coarse", "fine_small", "fine_large"] * 2
 
 
-def test_fine_small_and_fine_large_ask_the_same_question():
-    small = [make_item(3, i) for i in range(1, 30, 3)]
-    large = [make_item(3, i) for i in range(2, 30, 3)]
+def test_fine_small_and_fine_large_draw_from_the_same_wordings():
+    small = [make_item(3, i) for i in range(1, 90, 3)]
+    large = [make_item(3, i) for i in range(2, 90, 3)]
     assert {item.family for item in small} == {"fine_small"}
     assert {item.family for item in large} == {"fine_large"}
-    wordings = {item.question for item in small + large}
-    assert wordings == {QUESTIONS["pattern"]}
     assert {item.question_type for item in small + large} == {"pattern"}
+    for items in (small, large):
+        asked = {item.question for item in items}
+        assert asked <= set(wordings("pattern", "train"))
+        assert len(asked) > 20  # wordings vary, the family does not tell which
 
 
 def test_answers_are_in_the_documented_sets():
     seen_types = set()
     for index in range(90):
         item = make_item(11, index)
-        assert item.question == QUESTIONS[item.question_type]
+        assert question_type_of(item.question) == item.question_type
         assert item.answer in ANSWER_SETS[item.question_type], (item.question_type, item.answer)
         if item.family == "coarse":
             assert item.question_type in {"colour", "shape", "count"}
         seen_types.add(item.question_type)
-    assert seen_types == set(QUESTIONS)
+    assert seen_types == set(QUESTIONS) == set(QUESTION_TYPES)
+
+
+# ---------------------------------------------------------------- wordings
+
+
+def _words(text: str) -> str:
+    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+@pytest.mark.parametrize("question_type", QUESTION_TYPES)
+def test_each_question_type_has_many_wordings_split_train_and_held_out(question_type):
+    train, held = wordings(question_type, "train"), wordings(question_type, "heldout")
+    assert len(train) >= 30 and len(held) >= 30
+    assert not set(train) & set(held)
+    assert 0.1 < len(held) / (len(train) + len(held)) < 0.4
+    # held out by words: no trained wording is a held-out one up to case and punctuation
+    assert not {_words(t) for t in train} & {_words(h) for h in held}
+    assert all(is_held_out(h) for h in held) and not any(is_held_out(t) for t in train)
+    # the variation the issue asks for: case, punctuation, synonyms
+    both = train + held
+    assert any(w.isupper() for w in both) and any(w.islower() for w in both)
+    assert any(not w.endswith(("?", ".")) for w in both)
+    assert QUESTIONS[question_type] in train
+
+
+def test_synonyms_appear_in_training_wordings():
+    trained = " ".join(_words(w) for q in QUESTION_TYPES for w in wordings(q, "train")).split()
+    for word in ("colour", "color", "biggest", "largest", "sticker", "tag", "texture", "picture"):
+        assert word in trained
+
+
+def test_held_out_items_share_images_and_answers_with_train_items():
+    train, held = split_items("test", 12), split_items("test", 12, wordings="heldout")
+    for a, b in zip(train, held, strict=True):
+        assert a.image.tobytes() == b.image.tobytes() and a.answer == b.answer and a.uid == b.uid
+        assert a.wording == "train" and b.wording == "heldout"
+        assert b.question in wordings(b.question_type, "heldout")
+    with pytest.raises(ValueError, match="never for training"):
+        split_items("train", 3, wordings="heldout")
 
 
 def test_split_items_do_not_share_images():
@@ -135,7 +184,20 @@ def test_scene_answers_match_the_pixels():
             pixel = pixels[int(round(shape.cy)), int(round(x))]
             assert np.abs(pixel - np.array(COLOURS[shape.colour])).max() <= 20, shape
             # no shape reaches into the label
-            assert not (shape.cx - shape.radius < LABEL_SIZE and shape.cy - shape.radius < LABEL_SIZE)
+            x1, y1, x2, y2 = scene.label_box
+            nearest = (min(max(shape.cx, x1), x2), min(max(shape.cy, y1), y2))
+            assert (shape.cx - nearest[0]) ** 2 + (shape.cy - nearest[1]) ** 2 >= shape.radius ** 2
+
+
+def test_labels_vary_in_position_and_size_within_their_range():
+    rng = np.random.default_rng(3)
+    for label_size in ("small", "large"):
+        boxes = [make_scene(rng, label_size).label_box for _ in range(40)]
+        sides = {x2 - x1 for x1, _, x2, _ in boxes}
+        assert all(x2 - x1 == y2 - y1 for x1, y1, x2, y2 in boxes)
+        assert min(sides) >= LABEL_SIDES[label_size][0] and max(sides) <= LABEL_SIDES[label_size][1]
+        assert len(sides) > 5
+        assert len({(x1 // 28, y1 // 28) for x1, y1, _, _ in boxes}) > 6  # not pinned to a corner
 
 
 def test_scene_items_cover_every_question():
@@ -157,22 +219,30 @@ def test_label_size_is_forced_and_patterns_vary():
 
 # ---------------------------------------------------------------- legibility probe
 
-PROBE_GRID = PixelGrid(28, 56 * 56, 112 * 112)
+PROBE_GRID = PixelGrid(28, 28 * 28, 168 * 112)
 PROBE_TRAIN, PROBE_TEST = 3000, 800
-LOW_CROP = LABEL_SIZE // 2  # the label is the top-left 28 px of the 112 px image: 14 px in the 56 px view
+
+
+def _centred_crop(pixels: np.ndarray, box: tuple[int, int, int, int], scale: float, side: int) -> np.ndarray:
+    cx, cy = int((box[0] + box[2]) * scale / 2), int((box[1] + box[3]) * scale / 2)
+    x, y = cx - side // 2, cy - side // 2
+    return pixels[y : y + side, x : x + side]
 
 
 @functools.cache
 def probe_data(label_size: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Label crops of the low and high views of `n` scenes, and the pattern index of each."""
+    """Crops of the label (the smallest label's side, centred on it; wherever it sits, whatever the
+    image's aspect ratio) from the low and high views of `n` scenes, and the pattern index of each."""
     rng = np.random.default_rng([seed, 0 if label_size == "small" else 1])
+    side = LABEL_SIDES[label_size][0]
     low, high, labels = [], [], []
     for _ in range(n):
         scene = make_scene(rng, label_size)
         views = make_views(scene.image, PROBE_GRID)
-        assert views.low.size == (56, 56) and views.high.size == (112, 112)
-        low.append(np.asarray(views.low, dtype=np.float32)[:LOW_CROP, :LOW_CROP])
-        high.append(np.asarray(views.high, dtype=np.float32)[:LABEL_SIZE, :LABEL_SIZE])
+        assert views.high.size == scene.image.size
+        assert views.low.size == (scene.image.width // 2, scene.image.height // 2)
+        low.append(_centred_crop(np.asarray(views.low, dtype=np.float32), scene.label_box, 0.5, side // 2))
+        high.append(_centred_crop(np.asarray(views.high, dtype=np.float32), scene.label_box, 1.0, side))
         labels.append(PATTERNS.index(scene.pattern))
     return np.stack(low), np.stack(high), np.array(labels)
 

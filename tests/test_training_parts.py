@@ -79,14 +79,16 @@ def test_label_token_says_whether_the_view_resolves_the_pattern(random_tiny):
     from visionthink.train.sft_data import aux_targets
 
     _, processor = random_tiny
-    low, high = synth.IMAGE_SIZE // 2, synth.IMAGE_SIZE
     for size, legible_low in (("small", 0), ("large", 1)):
-        scene = synth.make_scene(np.random.default_rng(5), label_size=size)
-        at_low, at_high = (aux_targets(scene, side, processor.grid) for side in (low, high))
-        assert at_low["legible"][0] == legible_low and at_high["legible"][0] == 1
-        assert (at_low["pattern"][0] != IGNORE_INDEX) == bool(legible_low)
-        assert at_high["pattern"][0] == synth.PATTERNS.index(scene.pattern)
-        assert (at_low["legible"][1:] == IGNORE_INDEX).all()  # only the label's token is graded
+        scene = synth.make_scene(np.random.default_rng(5), label_size=size, size=(168, 112))
+        scene.label_box = (126, 70, 154, 98)  # one token at low res (84x56 view: 3x2 tokens), four at full res
+        at_low, at_high = (aux_targets(scene, side, processor.grid) for side in ((84, 56), (168, 112)))
+        assert at_low["legible"].tolist() == [IGNORE_INDEX] * 5 + [legible_low]  # token (row 1, col 2)
+        assert (at_low["pattern"][5] != IGNORE_INDEX) == bool(legible_low)
+        graded = (at_high["legible"] != IGNORE_INDEX).nonzero().flatten().tolist()
+        assert graded == [16, 17, 22, 23]  # the 2x2 tokens under the label of the 6x4 full view
+        assert (at_high["legible"][graded] == 1).all()
+        assert (at_high["pattern"][graded] == synth.PATTERNS.index(scene.pattern)).all()
 
 
 def test_sft_second_stage_starts_from_the_given_model(tmp_path, random_tiny):
@@ -156,3 +158,29 @@ def test_sft_refuses_a_multi_process_launch(tmp_path, monkeypatch):
     with pytest.raises(VisionThinkError, match="one process"):
         train_sft(SFTConfig(output_dir=str(tmp_path / "run"), steps=1))
     assert not (tmp_path / "run").exists()
+
+
+def test_shared_prefix_forward_equals_the_plain_forward(random_tiny):
+    """SFT's speed-up computes the common system prompt once; logits, loss and gradients must not change."""
+    import numpy as np
+    import torch
+
+    from visionthink.tokens import collate, encode_for_training
+    from visionthink.train.sft_data import sample_example
+    from visionthink.train.shared_prefix import forward_with_shared_prefix
+
+    model, processor = random_tiny
+    rng = np.random.default_rng(0)
+    examples = [sample_example(rng, processor.grid, 0.5, 0.25) for _ in range(6)]
+    batch = collate(processor, [encode_for_training(processor, e.messages) for e in examples])
+    plain = model(**batch)
+    plain_grads = torch.autograd.grad(plain.loss, list(model.parameters()), allow_unused=True)
+    shared, prefix = forward_with_shared_prefix(model, batch)
+    shared_grads = torch.autograd.grad(shared.loss, list(model.parameters()), allow_unused=True)
+    assert prefix > 100  # the system prompt and tool block, up to the first image
+    assert batch["input_ids"][0, prefix - 1] != model.config.vision_start_token_id
+    torch.testing.assert_close(shared.logits, plain.logits[:, prefix:], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(shared.loss, plain.loss, atol=1e-6, rtol=1e-5)
+    for a, b in zip(plain_grads, shared_grads, strict=True):
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)

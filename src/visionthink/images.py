@@ -32,24 +32,37 @@ class PixelGrid:
     min_pixels: int = 56 * 56
     max_pixels: int = 28 * 28 * 1280
 
-    def snap(self, width: int, height: int) -> tuple[int, int]:
-        """Nearest (width, height) on the grid, aspect kept, area within bounds."""
+    def snap(self, width: int, height: int, factor: int | None = None,
+             min_pixels: int | None = None) -> tuple[int, int]:
+        """Nearest (width, height) on the grid (`factor`, default the grid's), aspect kept as far as the
+        grid allows, area within [min_pixels, max_pixels]. Never over max_pixels."""
         if width < 1 or height < 1:
             raise ImageError(f"image size {width}x{height} is empty")
         if max(width, height) / min(width, height) > 200:
             raise ImageError(f"image aspect ratio {width}x{height} is too extreme (over 200:1)")
-        f = self.factor
+        f = factor or self.factor
+        low = self.min_pixels if min_pixels is None else min_pixels
         w = max(f, round(width / f) * f)
         h = max(f, round(height / f) * f)
         if w * h > self.max_pixels:
             beta = math.sqrt(width * height / self.max_pixels)
             w = max(f, math.floor(width / beta / f) * f)
             h = max(f, math.floor(height / beta / f) * f)
-        elif w * h < self.min_pixels:
-            beta = math.sqrt(self.min_pixels / (width * height))
+        elif w * h < low:
+            beta = math.sqrt(low / (width * height))
             w = math.ceil(width * beta / f) * f
             h = math.ceil(height * beta / f) * f
+        while w * h > self.max_pixels and max(w, h) > f:  # a side clamped to one cell: shorten the other
+            if w >= h:
+                w -= f
+            else:
+                h -= f
         return w, h
+
+    def high_size(self, width: int, height: int) -> tuple[int, int]:
+        """The full-resolution view's size: on a grid twice as coarse, so that half of it is exactly on
+        the grid (the low view is then a quarter of the visual tokens), within [4 * min_pixels, max_pixels]."""
+        return self.snap(width, height, factor=2 * self.factor, min_pixels=4 * self.min_pixels)
 
     def tokens(self, width: int, height: int) -> int:
         """Visual tokens for an image already on the grid."""
@@ -158,13 +171,15 @@ class Views:
 
 
 def high_view(image: Image.Image, grid: PixelGrid) -> Image.Image:
-    """The full-resolution view: the image snapped to the grid (tiny images are upscaled)."""
-    size = grid.snap(*image.size)
+    """The full-resolution view: the image snapped to `grid.high_size` (tiny images are upscaled)."""
+    size = grid.high_size(*image.size)
     return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
 
 
 def low_view(high: Image.Image, grid: PixelGrid) -> Image.Image:
-    """The low-resolution view: half width and half height of the high view (LANCZOS), on the grid."""
+    """The low-resolution view: half width and half height of the high view (LANCZOS), on the grid.
+
+    For a high view of `high_size` the halves are exact; any other image is snapped after halving."""
     half = (max(1, high.width // 2), max(1, high.height // 2))
     size = grid.snap(*half)
     return high.resize(size, Image.Resampling.LANCZOS)

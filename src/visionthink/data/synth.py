@@ -1,26 +1,39 @@
-"""The synthetic world: images whose questions know whether low resolution is enough.
+"""The synthetic world (v2): images whose questions know whether low resolution is enough.
 
-Every image holds 1-3 large shapes and a 28 px label in the top-left corner.
+Every image holds 1-3 large shapes and one label (a square patch with a pattern) at a random
+position and size. Images come in three aspect ratios (`IMAGE_SIZES`), each a multiple of 56 px
+so that the half-size low view is exactly on the 28 px grid.
 
 - `coarse`: colour, shape or count of the large shapes. Answerable at low resolution.
-- `fine_small`: "What pattern is on the label?" with the pattern drawn in 1 px lines/dots,
-  softened and grained so that halving the image washes it out. Needs full resolution.
+- `fine_small`: the label's pattern drawn in 1 px lines/dots, softened and grained so that halving
+  the image washes it out. Needs full resolution.
 - `fine_large`: the same question, the pattern drawn in 4 px bars. Legible at low resolution.
 
-The label's mean brightness does not depend on the pattern, so the low-res view carries
-(almost) no trace of a small pattern. `tests/test_synth.py` checks this with a probe.
+Every question type is asked in many wordings (`wordings`): templates crossed with synonyms, case
+and punctuation. A fixed rule (`is_held_out`) keeps about a quarter of them out of training, so a
+model can be measured on wordings it never saw. `needs_high_res` is true exactly for small labels.
+The label's mean brightness does not depend on the pattern, so the low-res view carries (almost)
+no trace of a small pattern; `tests/test_synth.py` checks this with a probe.
 Generation is deterministic in (seed, index).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import zlib
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+IMAGE_SIZES = ((112, 112), (168, 112), (112, 168))
+"""(width, height) of the generated images: full resolution, 16 or 24 visual tokens."""
 IMAGE_SIZE = 112
-LABEL_SIZE = 28
+"""The square size (the first of `IMAGE_SIZES`)."""
+LABEL_SIDES = {"small": (22, 34), "large": (26, 40)}
+"""Label side range in px, per label size: inside each family's legibility range."""
 FAMILIES = ("coarse", "fine_small", "fine_large")
 COLOURS = {
     "red": (220, 40, 40),
@@ -32,14 +45,132 @@ COLOURS = {
 }
 SHAPES = ("circle", "ring", "triangle")
 PATTERNS = ("horizontal", "vertical", "checker", "dots")
-QUESTIONS = {
-    "colour": "What colour is the largest shape?",
-    "shape": "What kind of shape is the largest shape?",
-    "count": "How many shapes are there?",
-    "pattern": "What pattern is on the label?",
-}
+QUESTION_TYPES = ("colour", "shape", "count", "pattern")
 SPLIT_SEEDS = {"train": 1, "validation": 2, "test": 3}
 """Held-out splits: each split draws from its own seed stream, so no image repeats across splits."""
+WordingSet = Literal["train", "heldout"]
+WORDING_SETS = ("train", "heldout")
+
+# ---------------------------------------------------------------- wordings
+
+_TEMPLATES = {
+    "colour": [
+        "What {colour} is the {largest} {shape}?",
+        "Which {colour} is the {largest} {shape}?",
+        "What is the {colour} of the {largest} {shape}?",
+        "Tell me the {colour} of the {largest} {shape}.",
+        "Name the {colour} of the {largest} {shape}.",
+        "{colour} of the {largest} {shape}?",
+        "What {colour} does the {largest} {shape} have?",
+        "Please say what {colour} the {largest} {shape} is.",
+        "The {largest} {shape}: what {colour} is it?",
+        "Could you tell me the {colour} of the {largest} {shape}, please?",
+        "{largest} {shape} {colour}?",
+    ],
+    "shape": [
+        "What kind of shape is the {largest} {shape}?",
+        "What type of shape is the {largest} {shape}?",
+        "Which kind of shape is the {largest} {shape}?",
+        "Is the {largest} {shape} a circle, a ring or a triangle?",
+        "Name the kind of the {largest} {shape}.",
+        "What form does the {largest} {shape} have?",
+        "Tell me what kind of shape the {largest} {shape} is.",
+        "{largest} {shape}: which kind?",
+        "Could you say what kind of shape the {largest} {shape} is, please?",
+        "Kind of the {largest} {shape}?",
+        "What sort of shape is the {largest} {shape}?",
+    ],
+    "count": [
+        "How many {shapes} are there?",
+        "How many {shapes} are in the {image}?",
+        "How many {shapes} can you see?",
+        "Count the {shapes}.",
+        "Count the {shapes} in the {image}.",
+        "What is the number of {shapes}?",
+        "What is the number of {shapes} in the {image}?",
+        "Number of {shapes}?",
+        "Tell me how many {shapes} there are.",
+        "How many {shapes} does the {image} contain?",
+        "Please count the {shapes} in the {image}.",
+        "{shapes} in the {image}: how many?",
+    ],
+    "pattern": [
+        "What {pattern} is on the {label}?",
+        "Which {pattern} is on the {label}?",
+        "What {pattern} does the {label} show?",
+        "What is the {pattern} on the {label}?",
+        "Which {pattern} does the {label} have?",
+        "{label} {pattern}?",
+        "Describe the {pattern} on the {label}.",
+        "Tell me the {pattern} of the {label}.",
+        "What {pattern} is printed on the {label}?",
+        "Could you tell me which {pattern} the {label} shows, please?",
+        "The {label}: what {pattern} is on it?",
+        "Name the {pattern} on the {label}.",
+    ],
+}
+_SLOTS = {
+    "colour": ["colour", "color"],
+    "largest": ["largest", "biggest"],
+    "shape": ["shape", "object", "figure"],
+    "shapes": ["shapes", "objects", "figures"],
+    "image": ["image", "picture"],
+    "pattern": ["pattern", "texture", "design"],
+    "label": ["label", "tag", "sticker"],
+}
+_CASES = ("as written", "lower", "upper")
+
+
+def _fill(template: str) -> list[str]:
+    names = [name for name in _SLOTS if "{" + name + "}" in template]
+    filled = []
+    for values in itertools.product(*(_SLOTS[name] for name in names)):
+        text = template.format(**dict(zip(names, values, strict=True)))
+        filled.append(text[0].upper() + text[1:])
+    return filled
+
+
+def _styled(base: str) -> list[str]:
+    """Case and punctuation variants of one wording."""
+    out = []
+    for case in _CASES:
+        text = base.lower() if case == "lower" else base.upper() if case == "upper" else base
+        out += [text, text.rstrip("?.")]
+    return list(dict.fromkeys(out))
+
+
+def is_held_out(base: str) -> bool:
+    """The fixed split rule: a quarter of the base wordings (by a CRC of their lower-cased words) are held
+    out, with every case and punctuation variant, so no trained wording differs from a held-out one only
+    in case or punctuation. (The salt keeps the four canonical `QUESTIONS` in training.)"""
+    words = " ".join("".join(c if c.isalnum() else " " for c in base.lower()).split())
+    return zlib.crc32(f"world v2:{words}".encode()) % 4 == 0
+
+
+@functools.cache
+def wordings(question_type: str, wording_set: WordingSet = "train") -> tuple[str, ...]:
+    """Every wording of `question_type` in one wording set, in a fixed order."""
+    if wording_set not in WORDING_SETS:
+        raise ValueError(f"unknown wording set {wording_set!r}; expected one of {WORDING_SETS}")
+    held = wording_set == "heldout"
+    bases = [base for template in _TEMPLATES[question_type] for base in _fill(template)]
+    return tuple(text for base in bases if is_held_out(base) == held for text in _styled(base))
+
+
+@functools.cache
+def _question_types() -> dict[str, str]:
+    return {text: qtype for qtype in QUESTION_TYPES for ws in WORDING_SETS for text in wordings(qtype, ws)}
+
+
+def question_type_of(question: str) -> str | None:
+    """The question type a wording of this world asks, or None for any other text."""
+    return _question_types().get(question)
+
+
+QUESTIONS = {qtype: _TEMPLATES[qtype][0].format(**{k: v[0] for k, v in _SLOTS.items()}) for qtype in QUESTION_TYPES}
+"""The canonical (first) wording of each question type, e.g. "What pattern is on the label?" (a train wording)."""
+
+# ---------------------------------------------------------------- scenes
 
 
 @dataclass
@@ -58,6 +189,8 @@ class Scene:
     shapes: list[Shape]
     pattern: str
     label_size: str  # "small" or "large"
+    label_box: tuple[int, int, int, int]
+    """(x1, y1, x2, y2) of the label in image pixels, x2/y2 exclusive."""
     image: Image.Image = field(repr=False)
 
     @property
@@ -76,13 +209,16 @@ class Item:
     question_type: str
     needs_high_res: bool
     uid: str
+    wording: str = "train"
+    """Which wording set the question comes from: "train" or "heldout" (never trained on)."""
+    label_box: tuple[int, int, int, int] | None = None
 
 
-def pattern_array(pattern: str, size: str, rng: np.random.Generator) -> np.ndarray:
-    """A LABEL_SIZE square of pattern values in {0, 1}, with a random phase."""
+def pattern_array(pattern: str, size: str, rng: np.random.Generator, side: int) -> np.ndarray:
+    """A `side` px square of pattern values in {0, 1}, with a random phase."""
     period = 2 if size == "small" else 8
     bar = 1 if size == "small" else 4
-    y, x = np.mgrid[0:LABEL_SIZE, 0:LABEL_SIZE]
+    y, x = np.mgrid[0:side, 0:side]
     y = y + int(rng.integers(period))
     x = x + int(rng.integers(period))
     rows = (y % period) < bar
@@ -100,19 +236,21 @@ def pattern_array(pattern: str, size: str, rng: np.random.Generator) -> np.ndarr
     return ((dy * dy + dx * dx) <= 5.0).astype(np.float64)
 
 
-_HANN = np.sin(np.pi * (np.arange(LABEL_SIZE) + 0.5) / LABEL_SIZE) ** 2
-SMALL_WINDOW = np.outer(_HANN, _HANN)
-"""Fades a small pattern out towards the label's edges. A 1 px pattern that stops abruptly leaks
-through the low-res view's LANCZOS filter along the edges (a different trace for each pattern);
-faded out, it cancels everywhere."""
+@functools.cache
+def small_window(side: int) -> np.ndarray:
+    """Fades a small pattern out towards the label's edges. A 1 px pattern that stops abruptly leaks
+    through the low-res view's LANCZOS filter along the edges (a different trace for each pattern);
+    faded out, it cancels everywhere."""
+    hann = np.sin(np.pi * (np.arange(side) + 0.5) / side) ** 2
+    return np.outer(hann, hann)
 
 
-def render_label(pattern: str, size: str, rng: np.random.Generator) -> np.ndarray:
+def render_label(pattern: str, size: str, rng: np.random.Generator, side: int = 28) -> np.ndarray:
     """The label as an RGB uint8 array: a zero-mean pattern on a random grey, soft edges and grain."""
-    values = pattern_array(pattern, size, rng)
+    values = pattern_array(pattern, size, rng, side)
     values = values - values.mean()
     if size == "small":
-        values = values * SMALL_WINDOW
+        values = values * small_window(side)
     base = rng.uniform(90, 170)
     amplitude = rng.uniform(70, 120)
     grey = base + amplitude * values
@@ -127,23 +265,30 @@ def render_label(pattern: str, size: str, rng: np.random.Generator) -> np.ndarra
     return rgb.clip(0, 255).astype(np.uint8)
 
 
-def _place_shapes(rng: np.random.Generator, count: int) -> list[Shape]:
-    for _attempt in range(200):
+def _overlaps_box(cx: float, cy: float, radius: float, box: tuple[int, int, int, int], margin: float) -> bool:
+    x1, y1, x2, y2 = box
+    nearest_x, nearest_y = min(max(cx, x1), x2), min(max(cy, y1), y2)
+    return (cx - nearest_x) ** 2 + (cy - nearest_y) ** 2 < (radius + margin) ** 2
+
+
+def _place_shapes(rng: np.random.Generator, count: int, width: int, height: int,
+                  label_box: tuple[int, int, int, int]) -> list[Shape] | None:
+    for _attempt in range(100):
         radii = sorted(rng.uniform(11, 17, size=count), reverse=True)
         radii[0] = rng.uniform(21, 26) if count > 1 else rng.uniform(14, 26)
         shapes: list[Shape] = []
         for radius in radii:
             for _try in range(60):
-                cx = rng.uniform(radius + 2, IMAGE_SIZE - radius - 2)
-                cy = rng.uniform(radius + 2, IMAGE_SIZE - radius - 2)
-                if cx - radius < LABEL_SIZE + 4 and cy - radius < LABEL_SIZE + 4:
+                cx = rng.uniform(radius + 2, width - radius - 2)
+                cy = rng.uniform(radius + 2, height - radius - 2)
+                if _overlaps_box(cx, cy, radius, label_box, 3):
                     continue
                 if all((cx - s.cx) ** 2 + (cy - s.cy) ** 2 > (radius + s.radius + 3) ** 2 for s in shapes):
                     shapes.append(Shape(str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), cx, cy, radius))
                     break
         if len(shapes) == count:
             return shapes
-    raise RuntimeError("could not place shapes")  # pragma: no cover - 200 attempts always suffice
+    return None
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, background: tuple[int, int, int]) -> None:
@@ -160,20 +305,32 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, background: tuple[int, 
         draw.polygon(points, fill=colour)
 
 
-def make_scene(rng: np.random.Generator, label_size: str | None = None) -> Scene:
-    """Draw one random scene; `label_size` forces "small" or "large"."""
+def make_scene(rng: np.random.Generator, label_size: str | None = None,
+               size: tuple[int, int] | None = None) -> Scene:
+    """Draw one random scene; `label_size` forces "small" or "large", `size` the (width, height)."""
     label_size = label_size or str(rng.choice(["small", "large"]))
+    width, height = size or IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
     background = tuple(int(v) for v in rng.integers(215, 250, size=3))
-    canvas = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), background)
-    shapes = _place_shapes(rng, int(rng.integers(1, 4)))
+    count = int(rng.integers(1, 4))
+    for _attempt in range(200):
+        side = int(rng.integers(LABEL_SIDES[label_size][0], LABEL_SIDES[label_size][1] + 1))
+        x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+        box = (x, y, x + side, y + side)
+        shapes = _place_shapes(rng, count, width, height, box)
+        if shapes:
+            break
+    else:  # pragma: no cover - a free spot is always found
+        raise RuntimeError("could not place the label and shapes")
+    canvas = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(canvas)
     for shape in shapes:
         _draw_shape(draw, shape, background)
     pattern = str(rng.choice(PATTERNS))
-    canvas.paste(Image.fromarray(render_label(pattern, label_size, rng)), (0, 0))
-    noise = rng.normal(0, 3, (IMAGE_SIZE, IMAGE_SIZE, 3))
+    canvas.paste(Image.fromarray(render_label(pattern, label_size, rng, side)), (x, y))
+    noise = rng.normal(0, 3, (height, width, 3))
     pixels = (np.asarray(canvas, dtype=np.float64) + noise).clip(0, 255).astype(np.uint8)
-    return Scene(shapes=shapes, pattern=pattern, label_size=label_size, image=Image.fromarray(pixels))
+    return Scene(shapes=shapes, pattern=pattern, label_size=label_size, label_box=box,
+                 image=Image.fromarray(pixels))
 
 
 def answer_for(scene: Scene, question_type: str) -> str:
@@ -186,22 +343,32 @@ def answer_for(scene: Scene, question_type: str) -> str:
     return scene.pattern
 
 
-def scene_items(scene: Scene, uid: str) -> list[Item]:
-    """Every question one scene answers: three coarse ones and the label question."""
-    items = [
-        Item(scene.image, QUESTIONS[q], answer_for(scene, q), "coarse", q, False, f"{uid}-{q}")
-        for q in ("colour", "shape", "count")
-    ]
-    family = f"fine_{scene.label_size}"
-    items.append(
-        Item(scene.image, QUESTIONS["pattern"], scene.pattern, family, "pattern",
-             scene.label_size == "small", f"{uid}-pattern")
-    )
+def family_of(scene: Scene, question_type: str) -> str:
+    return "coarse" if question_type != "pattern" else f"fine_{scene.label_size}"
+
+
+def pick_wording(rng: np.random.Generator, question_type: str, wording_set: WordingSet = "train") -> str:
+    options = wordings(question_type, wording_set)
+    return options[int(rng.integers(len(options)))]
+
+
+def scene_items(scene: Scene, uid: str, wording_set: WordingSet = "train",
+                rng: np.random.Generator | None = None) -> list[Item]:
+    """Every question one scene answers: three coarse ones and the label question (random wordings from
+    `wording_set` when `rng` is given, else the canonical ones)."""
+    items = []
+    for qtype in QUESTION_TYPES:
+        question = pick_wording(rng, qtype, wording_set) if rng is not None else QUESTIONS[qtype]
+        family = family_of(scene, qtype)
+        items.append(Item(scene.image, question, answer_for(scene, qtype), family, qtype, family == "fine_small",
+                          f"{uid}-{qtype}", wording_set, scene.label_box))
     return items
 
 
-def make_item(seed: int, index: int) -> Item:
-    """Item `index` of the stream `seed`: families cycle coarse, fine_small, fine_large."""
+def make_item(seed: int, index: int, wording_set: WordingSet = "train") -> Item:
+    """Item `index` of the stream `seed`: families cycle coarse, fine_small, fine_large.
+
+    The image does not depend on `wording_set`: both sets ask about the same images."""
     rng = np.random.default_rng([seed, index])
     family = FAMILIES[index % 3]
     if family == "coarse":
@@ -210,20 +377,26 @@ def make_item(seed: int, index: int) -> Item:
     else:
         scene = make_scene(rng, label_size=family.removeprefix("fine_"))
         question_type = "pattern"
+    wording_rng = np.random.default_rng([seed, index, 1 + WORDING_SETS.index(wording_set)])
     return Item(
         image=scene.image,
-        question=QUESTIONS[question_type],
+        question=pick_wording(wording_rng, question_type, wording_set),
         answer=answer_for(scene, question_type),
         family=family,
         question_type=question_type,
         needs_high_res=family == "fine_small",
         uid=f"s{seed}-{index}",
+        wording=wording_set,
+        label_box=scene.label_box,
     )
 
 
-def split_items(split: str, n: int, seed: int = 0) -> list[Item]:
-    """The first `n` items of a held-out split ("train", "validation" or "test")."""
+def split_items(split: str, n: int, seed: int = 0, wordings: WordingSet = "train") -> list[Item]:
+    """The first `n` items of a held-out split ("train", "validation" or "test"), asked in the
+    `wordings` set ("train", or "heldout": wordings no training ever sees)."""
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SEEDS)}")
+    if split == "train" and wordings == "heldout":
+        raise ValueError("held-out wordings are for evaluation splits only, never for training")
     stream = seed * 10 + SPLIT_SEEDS[split]
-    return [make_item(stream, index) for index in range(n)]
+    return [make_item(stream, index, wordings) for index in range(n)]

@@ -12,7 +12,8 @@ from visionthink.models.processor import VisionThinkProcessor, chat_template
 
 @dataclass
 class TinyModelConfig:
-    """Sizes of the tiny model. Defaults: about 2M parameters, 112 px images (16 visual tokens)."""
+    """Sizes of the tiny model. Defaults: about 2M parameters; images up to 168x112 px (24 visual tokens);
+    the smallest low view is one 28 px token."""
 
     vision_layers: int = 4
     vision_width: int = 128
@@ -22,8 +23,8 @@ class TinyModelConfig:
     text_heads: int = 4
     text_kv_heads: int = 2
     text_mlp: int = 512
-    min_pixels: int = 56 * 56
-    max_pixels: int = 112 * 112
+    min_pixels: int = 28 * 28
+    max_pixels: int = 168 * 112
     seed: int = 0
 
 

@@ -36,21 +36,24 @@ def _qwen_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     ])
 
 
+PROTOCOL_TAGS = r"</?(?:answer|think|tool_response|tools)>"
+"""Markup tags of the protocol that stay whole pre-tokens in the tiny tokenizer."""
+
+
 def build_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on `corpus`, with Qwen2.5's special tokens at ids 0-21.
 
-    It splits text only after newlines, around special tokens and around the ``<answer>`` tags, so
-    lines that recur in the protocol (the tool schema, the instructions, the think blocks) become
-    single tokens: a tiny model then reads short sequences. The answer tags stay apart from the
-    answer, as in Qwen's vocabulary: the first token of a turn decides only between answering
+    It splits text as Qwen2.5 does (words, single digits, punctuation runs, white space), so merges
+    stay inside a word: a wording never seen in training still maps to the tokens of its words, and no
+    protocol line or question is one token. The protocol's tags (``<answer>``, ``<think>``, ...) are
+    kept whole, as in Qwen's vocabulary: the first token of a turn decides only between answering
     (``<answer>``) and resizing (``<tool_call>``), and what the answer is comes next, from its own
-    softmax. (With ``<answer>checker`` as one token, RL that raised ``<tool_call>`` flattened the
-    low-res reading as a side effect.) Byte-level, so any text still encodes.
+    softmax. Byte-level, so any text still encodes.
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split("\n", behavior="merged_with_previous"),
-        pre_tokenizers.Split(Regex("</?answer>"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(PROTOCOL_TAGS), behavior="isolated"),
+        pre_tokenizers.Split(Regex(f"{PROTOCOL_TAGS}|{QWEN_PRETOKENIZE}"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tokenizer.decoder = decoders.ByteLevel()

@@ -37,6 +37,7 @@ from visionthink.train.sft_data import (
     sample_example,
     tokenizer_corpus,
 )
+from visionthink.train.shared_prefix import forward_with_shared_prefix
 
 
 @dataclass
@@ -132,7 +133,7 @@ def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: st
     for chunk in range(0, len(items), 32):
         part = items[chunk : chunk + 32]
         conversations = [conversation(item.question, item.answer, make_views(item.image, processor.grid), start,
-                                      resize=False) for item in part]
+                                      resize=False, question_type=item.question_type) for item in part]
         logits, targets = direct_answer_logits(model, processor, conversations)
         correct = ((logits.argmax(-1) == targets) | (targets == IGNORE_INDEX)).all(dim=1)
         for item, ok in zip(part, correct.tolist(), strict=True):
@@ -189,7 +190,8 @@ def train_sft(config: SFTConfig) -> Path:
         optimizer.load_state_dict(state["optimizer"])
     teach_legibility = config.legibility_weight > 0
     decision_ids = processor.tokenizer.convert_tokens_to_ids(["<answer>", "<tool_call>"])
-    validation = synth.split_items("validation", config.eval_items, seed=config.seed)
+    validation = {wording: synth.split_items("validation", config.eval_items, seed=config.seed, wordings=wording)
+                  for wording in synth.WORDING_SETS}
     grid = processor.grid
     log = (output_dir / "log.jsonl").open("a")
     progress = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="sft", dynamic_ncols=True)
@@ -208,7 +210,7 @@ def train_sft(config: SFTConfig) -> Path:
         batch = collate(processor, encoded)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        outputs = model(**batch, output_hidden_states=teach_legibility)
+        outputs, prefix = forward_with_shared_prefix(model, batch, output_hidden_states=teach_legibility)
         features = torch.cat(list(outputs.image_outputs.pooler_output))
         targets = {name: torch.cat([t[name] for e in examples for t in e.aux]) for name in AUX_HEADS}
         aux_loss = heads["perception"].loss(features, targets)
@@ -217,7 +219,7 @@ def train_sft(config: SFTConfig) -> Path:
         if teach_legibility:
             legible = torch.tensor([e.legible for e in examples], dtype=torch.long)
             legibility_loss, extra["legibility_acc"] = heads["legibility"].loss(
-                outputs.hidden_states[-1], positions, legible)
+                outputs.hidden_states[-1], positions - prefix, legible)
             loss = loss + config.legibility_weight * legibility_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -228,9 +230,10 @@ def train_sft(config: SFTConfig) -> Path:
                   "lr": learning_rate(config, step), "elapsed_s": round(time.time() - began, 1), **extra}
         done = step + 1 == config.steps
         if (step + 1) % config.eval_every == 0 or done:
-            for start_view in ("high", "low"):
-                for family, accuracy in teacher_forced_accuracy(model, processor, validation, start_view).items():
-                    record[f"val/{start_view}/{family}"] = accuracy
+            for name, start_view in (("train", "high"), ("train", "low"), ("heldout", "low")):
+                prefix_name = "val" if name == "train" else "val_heldout"
+                for family, accuracy in teacher_forced_accuracy(model, processor, validation[name], start_view).items():
+                    record[f"{prefix_name}/{start_view}/{family}"] = accuracy
             tqdm.write(json.dumps(record))
         log.write(json.dumps(record) + "\n")
         log.flush()

@@ -29,16 +29,15 @@ THINK = {
 Start = Literal["low", "high"]
 
 
-def think_for(question: str) -> str:
-    for question_type, text in synth.QUESTIONS.items():
-        if question == text:
-            return THINK[question_type]
-    return "Look at the image."
+def think_for(question: str, question_type: str | None = None) -> str:
+    """The taught reasoning for a question (its type given, or looked up among the world's wordings)."""
+    return THINK.get(question_type or synth.question_type_of(question) or "", "Look at the image.")
 
 
-def conversation(question: str, answer: str, views, start: Start, resize: bool) -> list[protocol.Message]:
+def conversation(question: str, answer: str, views, start: Start, resize: bool,
+                 question_type: str | None = None) -> list[protocol.Message]:
     """A protocol conversation with the canonical turns: direct answer, or resize then answer."""
-    think = think_for(question)
+    think = think_for(question, question_type)
     first_image = views.low if start == "low" else views.high
     messages = protocol.first_turn(question, first_image)
     if resize:
@@ -48,7 +47,8 @@ def conversation(question: str, answer: str, views, start: Start, resize: bool) 
 
 
 def tokenizer_corpus(repeats: int = 20) -> list[str]:
-    """Texts the tiny tokenizer is trained on: every canonical conversation of this world, rendered."""
+    """Texts the tiny tokenizer is trained on: canonical conversations of this world, rendered, and every
+    training wording (held-out wordings never reach it)."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     from visionthink.models.processor import chat_template
@@ -67,7 +67,8 @@ def tokenizer_corpus(repeats: int = 20) -> list[str]:
     rendered, _ = render_jinja_template(
         conversations=conversations, tools=[protocol.RESIZE_TOOL], chat_template=chat_template()
     )
-    return rendered * repeats
+    questions = [text for qtype in synth.QUESTION_TYPES for text in synth.wordings(qtype, "train")]
+    return rendered * repeats + questions
 
 
 @dataclass
@@ -88,31 +89,49 @@ AUX_HEADS = {"count": 4, "shape": 1 + len(synth.SHAPES), "colour": 1 + len(synth
 """Classes per auxiliary head (per merged visual token)."""
 
 
-def pattern_legible(label_size: str, image_side: int) -> bool:
-    """Whether a view `image_side` px wide shows the label's pattern (small labels need full resolution)."""
-    return label_size == "large" or image_side >= synth.IMAGE_SIZE
+def pattern_legible(label_size: str, high: bool) -> bool:
+    """Whether a view shows the label's pattern: small labels only at full resolution (`high`)."""
+    return label_size == "large" or high
 
 
-def aux_targets(scene: synth.Scene, image_side: int, grid: PixelGrid) -> dict[str, torch.Tensor]:
-    """Per visual token: objects centred there, their shape and colour, the largest one, the label pattern
-    and whether the view resolves it.
+def label_tokens(box: tuple[int, int, int, int], scale: float, cell: float, cols: int, rows: int) -> list[int]:
+    """Raster indices of the visual tokens that hold at least a quarter of the label (at least the one
+    holding its centre); `scale` maps image px to view px, `cell` is a token's side in view px."""
+    x1, y1, x2, y2 = (v * scale for v in box)
+    area = (x2 - x1) * (y2 - y1)
+    found = []
+    for row in range(rows):
+        for col in range(cols):
+            overlap_w = min(x2, (col + 1) * cell) - max(x1, col * cell)
+            overlap_h = min(y2, (row + 1) * cell) - max(y1, row * cell)
+            if overlap_w > 0 and overlap_h > 0 and overlap_w * overlap_h >= area / 4:
+                found.append(row * cols + col)
+    centre = min(int((y1 + y2) / 2 // cell), rows - 1) * cols + min(int((x1 + x2) / 2 // cell), cols - 1)
+    return found or [centre]
+
+
+def aux_targets(scene: synth.Scene, view_size: tuple[int, int], grid: PixelGrid) -> dict[str, torch.Tensor]:
+    """Per visual token of a view `view_size` (width, height) of the scene: objects centred there, their
+    shape and colour, the largest one, the label pattern and whether the view resolves it.
 
     These are privileged labels from the generator, used only to teach a from-scratch
-    vision tower to see. The pattern target sits on the label's token and is ignored
+    vision tower to see. The pattern target sits on the label's tokens and is ignored
     when the view is too coarse to show a small label; the legibility target, on the same
-    token, says which: without it a small label's grain and a large checker look alike at
+    tokens, says which: without it a small label's grain and a large checker look alike at
     low resolution (both read "checker").
     """
-    side = image_side // grid.factor
-    cell = synth.IMAGE_SIZE / side
-    n = side * side
+    width, height = view_size
+    cols, rows = width // grid.factor, height // grid.factor
+    scale = width / scene.image.width
+    n = rows * cols
     count = torch.zeros(n, dtype=torch.long)
     shape = torch.zeros(n, dtype=torch.long)
     colour = torch.zeros(n, dtype=torch.long)
     largest = torch.zeros(n, dtype=torch.long)
     biggest = scene.largest
     for s in sorted(scene.shapes, key=lambda s: s.radius):
-        index = int(s.cy // cell) * side + int(s.cx // cell)
+        col = min(int(s.cx * scale // grid.factor), cols - 1)
+        index = min(int(s.cy * scale // grid.factor), rows - 1) * cols + col
         count[index] += 1
         shape[index] = 1 + synth.SHAPES.index(s.kind)
         colour[index] = 1 + list(synth.COLOURS).index(s.colour)
@@ -120,28 +139,32 @@ def aux_targets(scene: synth.Scene, image_side: int, grid: PixelGrid) -> dict[st
             largest[index] = 1
     pattern = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
     legible = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
-    readable = pattern_legible(scene.label_size, image_side)
-    legible[0] = int(readable)
+    readable = pattern_legible(scene.label_size, width >= scene.image.width)
+    tokens = label_tokens(scene.label_box, scale, grid.factor, cols, rows)
+    legible[tokens] = int(readable)
     if readable:
-        pattern[0] = synth.PATTERNS.index(scene.pattern)
+        pattern[tokens] = synth.PATTERNS.index(scene.pattern)
     return {"count": count.clamp(max=3), "shape": shape, "colour": colour, "largest": largest, "pattern": pattern,
             "legible": legible}
 
 
 def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: float,
                    full_res_fraction: float) -> Example:
-    """A fresh random scene, a random question about it, and a random conversation shape."""
+    """A fresh random scene, a random question about it in a random training wording, and a random
+    conversation shape."""
     scene = synth.make_scene(rng)
     question_type = str(rng.choice(["colour", "shape", "count", "pattern", "pattern"]))
-    family = "coarse" if question_type != "pattern" else f"fine_{scene.label_size}"
+    family = synth.family_of(scene, question_type)
     views = make_views(scene.image, grid)
     start: Start = "high" if rng.random() < full_res_fraction else "low"
     resize = start == "low" and rng.random() < resize_fraction
     answer = synth.answer_for(scene, question_type)
-    messages = conversation(synth.QUESTIONS[question_type], answer, views, start, resize)
-    sides = [views.low.width if start == "low" else views.high.width] + ([views.high.width] if resize else [])
-    legible = question_type != "pattern" or pattern_legible(scene.label_size, sides[0])
-    return Example(messages, [aux_targets(scene, side, grid) for side in sides], family, start, resize, legible)
+    question = synth.pick_wording(rng, question_type, "train")
+    messages = conversation(question, answer, views, start, resize, question_type)
+    shown = [views.low if start == "low" else views.high] + ([views.high] if resize else [])
+    legible = question_type != "pattern" or pattern_legible(scene.label_size, start == "high")
+    return Example(messages, [aux_targets(scene, image.size, grid) for image in shown], family, start, resize,
+                   legible)
 
 
 def decision_position(labels: torch.Tensor, decision_ids: list[int]) -> int:
