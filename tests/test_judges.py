@@ -523,3 +523,126 @@ def test_make_judge_specs():
             make_judge(bad)
     with pytest.raises(ValueError, match="fallback"):
         HTTPJudge("http://127.0.0.1:1/v1", fallback="raise")
+
+
+# ---------------------------------------------------------------- hostile replies (linear parsing, size caps, deadline)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Score:" + " " * 10_000_000,  # quadratic under the old regex: 32,000 spaces took 21 s
+        "Score" + " *" * 5_000_000,
+        "Score: " + "*" * 5_000_000 + " " * 5_000_000,
+        "Score: 1." + "0" * 10_000_000 + "5",
+        "score: " * 1_500_000,
+        "[[" + " " * 10_000_000,
+    ],
+    ids=["spaces", "star-spaces", "stars-then-spaces", "zeros", "many-scores", "brackets"],
+)
+def test_a_10mb_reply_parses_in_under_a_second(reply):
+    assert len(reply) >= 10_000_000
+    start = time.perf_counter()
+    assert parse_score(reply) is None
+    assert parse_judgement(reply) is None
+    assert time.perf_counter() - start < 1.0
+    tail = reply + "\nScore: 1"
+    start = time.perf_counter()
+    assert parse_score(tail) == 1 and parse_judgement(tail) == 1
+    assert time.perf_counter() - start < 1.0
+
+
+def test_an_oversized_reply_is_refused_without_retry(server):
+    server.default = ("reply", "Score: 1" + " " * 3_000_000)
+    judge = judge_for(server.url, retries=3, fallback="rule", max_reply_bytes=1_000_000)
+    start = time.monotonic()
+    [verdict] = judge.grade([JudgeRequest("q", "red", "red")])
+    assert time.monotonic() - start < 5.0
+    assert verdict.score == 1.0 and not verdict.ok and "over 1000000 bytes" in verdict.error
+    assert server.calls == 1 and judge.stats["retries"] == 0
+    assert verdict.raw is None or len(verdict.raw) <= 2000
+    # a reply within the cap is graded as usual
+    server.default = ("reply", "Fine.\nScore: 1")
+    assert judge.grade([JudgeRequest("q", "red", "crimson")])[0] == Verdict(1.0, ok=True, raw="Fine.\nScore: 1")
+    with pytest.raises(ValueError, match="max_reply_bytes"):
+        HTTPJudge("http://127.0.0.1:1/v1", max_reply_bytes=0)
+
+
+def test_a_batch_has_one_deadline(server):
+    def slow_for_some(body):
+        answer = body["messages"][-1]["content"].split("Model's answer:")[1].splitlines()[0]
+        return ("hang", 10.0) if "slow" in answer else ("reply", "Score: 1")
+
+    server.default = slow_for_some
+    # each request alone may take up to 2 x 3 s; the whole batch gets 0.5 s
+    judge = judge_for(server.url, timeout=3.0, retries=1, batch_timeout=0.5, fallback="rule")
+    requests = [JudgeRequest("q", "red", p) for p in ("red fast", "red slow", "blue slow")]
+    start = time.monotonic()
+    verdicts = judge.grade(requests)
+    assert time.monotonic() - start < 2.0
+    assert verdicts[0] == Verdict(1.0, ok=True, raw="Score: 1")
+    assert [(v.score, v.ok) for v in verdicts[1:]] == [(0.0, False), (0.0, False)]  # the rule grade of each
+    assert all("batch deadline" in v.error for v in verdicts[1:])
+    assert judge.stats["failures"] == 2
+    assert judge.cache.keys() == {("q", "red", "red fast")}  # timed-out verdicts are not cached
+    with pytest.raises(ValueError, match="batch_timeout"):
+        HTTPJudge("http://127.0.0.1:1/v1", batch_timeout=0)
+
+
+# ---------------------------------------------------------------- retry policy details
+
+
+def test_429_is_retried(server):
+    server.script = [("status", 429), ("status", 429)]
+    server.default = ("reply", "Score: 0")
+    judge = judge_for(server.url, retries=2, fallback="drop")
+    [verdict] = judge.grade([JudgeRequest("q", "red", "blue")])
+    assert verdict == Verdict(0.0, ok=True, raw="Score: 0")
+    assert server.calls == 3 and judge.stats["retries"] == 2 and judge.stats["failures"] == 0
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_other_4xx_are_not_retried(server, status):
+    server.default = ("status", status)
+    judge = judge_for(server.url, retries=2, fallback="drop")
+    [verdict] = judge.grade([JudgeRequest("q", "red", "red")])
+    assert f"HTTP {status}" in verdict.error and server.calls == 1
+
+
+def test_backoff_doubles_and_is_capped(server, monkeypatch):
+    import visionthink.rewards.judges as judges_module
+
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def record(delay, *args, **kwargs):
+        slept.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(judges_module.asyncio, "sleep", record)
+    server.default = ("status", 503)
+    judge = judge_for(server.url, retries=5, backoff=1.0, backoff_max=3.0, jitter=0.0, fallback="drop")
+    [verdict] = judge.grade([JudgeRequest("q", "red", "red")])
+    assert not verdict.ok and server.calls == 6
+    assert slept == [1.0, 2.0, 3.0, 3.0, 3.0]  # 1, 2, then 4 and 8 and 16 capped at 3
+
+    slept.clear()
+    jittered = judge_for(server.url, retries=3, backoff=1.0, backoff_max=3.0, jitter=0.5, fallback="drop")
+    jittered.grade([JudgeRequest("q", "red", "other")])
+    assert len(slept) == 3
+    for delay, base in zip(slept, [1.0, 2.0, 3.0], strict=True):
+        assert base <= delay <= base * 1.5
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Subscore: 1", "Sub-score 1", "scores: 1", "score_1: 1", "Scorer: 1", "Final subscore: 1\nsubscore: 0",
+     "Score 1", "Score: 01"],
+)
+def test_only_a_whole_word_score_counts(text):
+    assert parse_score(text) is None and parse_judgement(text) is None
+
+
+def test_subscore_after_the_score_does_not_override_it():
+    assert parse_score("Score: 0\nSubscore: 1") == 0
+    assert parse_judgement("Score: 1\nSubscore: 0") == 1

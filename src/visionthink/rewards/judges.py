@@ -54,8 +54,12 @@ Explain briefly, then end your reply with a line that is exactly "Score: 1" if t
 correct or "Score: 0" if it is not."""
 
 _PLACEHOLDER = re.compile(r"\{(question|truth|prediction)\}")
-_SCORE = re.compile(r"\bscore\b\**\s*[:：]\s*\**\s*([01])(?:\.0*)?(?![\d.])", re.IGNORECASE)
-_YES_NO = re.compile(r"\[\[\s*(YES|NO)\s*\]\]", re.IGNORECASE)
+# Matched against the lower-cased reply. Linear time on any input, and fast: the pattern starts with a
+# literal, so the engine jumps from one "score" to the next, and each run of blanks or asterisks after
+# one is read at most 64 characters far, once (the old `\**\s*...\s*\**\s*` tried every way to split
+# a run: "Score:" + 32,000 spaces took 21 s).
+_SCORE = re.compile(r"score(?<!\wscore)\b[\s*]{0,64}+[:：][\s*]{0,64}+([01])(?:\.0{0,64}+)?(?![\d.])")
+_YES_NO = re.compile(r"\[\[\s{0,64}+(yes|no)\s{0,64}+\]\]")
 
 
 def render_prompt(request: JudgeRequest, template: str = JUDGE_PROMPT) -> str:
@@ -65,10 +69,15 @@ def render_prompt(request: JudgeRequest, template: str = JUDGE_PROMPT) -> str:
 
 
 def parse_score(text: str | None) -> int | None:
-    """The LAST ``Score: 0|1`` in a judge reply (case-insensitive), or None when there is none."""
+    """The LAST ``Score: 0|1`` in a judge reply (case-insensitive), or None when there is none.
+
+    "score" must be a whole word ("Subscore: 1" is not a score); up to 64 blanks and asterisks may
+    surround the colon (``**Score:** 1``); "1.0" counts, "10", "0.5" and "01" do not. Linear time:
+    10 MB take well under a second.
+    """
     if not isinstance(text, str):
         return None
-    matches = _SCORE.findall(text)
+    matches = _SCORE.findall(text.lower())
     return int(matches[-1]) if matches else None
 
 
@@ -76,8 +85,9 @@ def parse_judgement(text: str | None) -> int | None:
     """The last verdict in a reply: whichever of ``Score: 0|1`` or ``[[YES]]``/``[[NO]]`` comes last."""
     if not isinstance(text, str):
         return None
+    text = text.lower()
     found: list[tuple[int, int]] = [(m.start(), int(m.group(1))) for m in _SCORE.finditer(text)]
-    found += [(m.start(), int(m.group(1).upper() == "YES")) for m in _YES_NO.finditer(text)]
+    found += [(m.start(), int(m.group(1) == "yes")) for m in _YES_NO.finditer(text)]
     return max(found)[1] if found else None
 
 
@@ -290,6 +300,15 @@ class _FailedCall(Exception):
 
 # ---------------------------------------------------------------- HTTP (OpenAI-compatible)
 
+MAX_REPLY_BYTES = 1 << 20
+"""Largest judge reply body read (1 MiB): a verdict of a few hundred tokens is a few KB."""
+BATCH_TIMEOUT = 600.0
+"""Seconds one `HTTPJudge.grade()` call may take in all before unanswered requests fall back."""
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
 
 def _httpx():
     """`httpx`, or its drop-in successor `httpx2` (what this project's environment ships)."""
@@ -316,6 +335,11 @@ class HTTPJudge(Judge):
       (JSON) when given; duplicates within a batch are sent once. A request without a prediction is
       graded 0 without a call.
     - After the last failed attempt, `fallback` decides the verdict (``ok=False``, ``error`` set).
+    - A reply body over `max_reply_bytes` (1 MiB) is cut off there and not retried (a judge asked for
+      a short verdict does not send megabytes); the score is parsed in linear time.
+    - `batch_timeout` (600 s; None for none) bounds a whole `grade()` call: requests still unanswered
+      then are cancelled and fall back, so a slow or hostile backend cannot hold a training step
+      for ``(retries + 1) x timeout`` per request.
 
     `stats` counts: ``requests`` (verdicts asked for), ``cache_hits``, ``http_calls`` (attempts sent),
     ``retries`` (attempts after the first), ``failures`` (verdicts that fell back).
@@ -348,11 +372,17 @@ class HTTPJudge(Judge):
         trust_env: bool = True,
         rule_judge: RuleJudge | None = None,
         extra_body: dict[str, Any] | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+        batch_timeout: float | None = BATCH_TIMEOUT,
     ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if retries < 0:
             raise ValueError("retries must be >= 0")
+        if max_reply_bytes < 1:
+            raise ValueError("max_reply_bytes must be at least 1")
+        if batch_timeout is not None and not batch_timeout > 0:
+            raise ValueError("batch_timeout must be > 0 seconds (or None for no deadline)")
         self.url = self.completions_url(base_url)
         self.model = model
         self.api_key = api_key if api_key is not None else os.environ.get("VISIONTHINK_JUDGE_API_KEY")
@@ -373,6 +403,8 @@ class HTTPJudge(Judge):
         self.trust_env = trust_env
         self.rule = rule_judge or RuleJudge()
         self.extra_body = dict(extra_body or {})
+        self.max_reply_bytes = int(max_reply_bytes)
+        self.batch_timeout = batch_timeout
         self.cache: dict[CacheKey, Verdict] = {}
         self.stats = {"requests": 0, "cache_hits": 0, "http_calls": 0, "retries": 0, "failures": 0}
         self._lock = threading.Lock()
@@ -441,11 +473,23 @@ class HTTPJudge(Judge):
             httpx = _httpx()
             limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
             semaphore = asyncio.Semaphore(self.concurrency)
+            keys = list(pending)
             async with httpx.AsyncClient(limits=limits, timeout=self.timeout, trust_env=self.trust_env) as client:
-                keys = list(pending)
-                results = await asyncio.gather(
-                    *(self._grade_key(client, semaphore, requests[pending[key][0]]) for key in keys)
-                )
+                tasks = [asyncio.ensure_future(self._grade_key(client, semaphore, requests[pending[key][0]]))
+                         for key in keys]
+                done, late = await asyncio.wait(tasks, timeout=self.batch_timeout)
+                for task in late:
+                    task.cancel()
+                if late:
+                    await asyncio.gather(*late, return_exceptions=True)
+            results = []
+            for key, task in zip(keys, tasks, strict=True):
+                if task in done and not task.cancelled():
+                    results.append(task.result())
+                    continue
+                self._count("failures")
+                error = f"batch deadline of {self.batch_timeout:g}s passed before the judge replied"
+                results.append(_fallback_verdict(self.fallback, self.rule, requests[pending[key][0]], error))
             for key, verdict in zip(keys, results, strict=True):
                 for index in pending[key]:
                     verdicts[index] = verdict
@@ -503,18 +547,38 @@ class HTTPJudge(Judge):
             **self.extra_body,
         }
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        response = await client.post(self.url, json=body, headers=headers)
-        text = response.text
-        if response.status_code >= 400:
-            retry = response.status_code == 429 or response.status_code >= 500
-            raise _FailedCall(f"HTTP {response.status_code}", retry=retry, raw=text[:2000])
+        async with client.stream("POST", self.url, json=body, headers=headers) as response:
+            if response.status_code >= 400:
+                retry = response.status_code == 429 or response.status_code >= 500
+                head = await self._read_capped(response, 2000, allow_cut=True)
+                raise _FailedCall(f"HTTP {response.status_code}", retry=retry, raw=_text(head))
+            payload = await self._read_capped(response, self.max_reply_bytes)
+        text = _text(payload)
         try:
-            content = response.json()["choices"][0]["message"]["content"]
+            content = json.loads(payload)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise _FailedCall("reply is not a chat completion", retry=self.retry_unparsed, raw=text[:2000]) from None
         if not isinstance(content, str):
             raise _FailedCall("chat completion without text content", retry=self.retry_unparsed, raw=text[:2000])
         return content
+
+    @staticmethod
+    async def _read_capped(response, limit: int, allow_cut: bool = False) -> bytes:
+        """The body, read as it arrives and never more than `limit` bytes of it (a declared
+        Content-Length over the limit is refused before reading)."""
+        declared = response.headers.get("content-length", "")
+        if not allow_cut and declared.isdigit() and int(declared) > limit:
+            raise _FailedCall(f"judge reply over {limit} bytes (Content-Length {declared})", retry=False)
+        chunks, size = [], 0
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                if allow_cut:
+                    break
+                head = b"".join(chunks)[:2000]
+                raise _FailedCall(f"judge reply over {limit} bytes", retry=False, raw=_text(head))
+        return b"".join(chunks)[:limit]
 
     def _count(self, name: str, amount: int = 1) -> None:
         with self._lock:
