@@ -156,6 +156,26 @@ def test_release_ties_below_threshold_and_matches_scaling():
     assert parts.total[6] == 0.0
 
 
+def test_release_with_a_non_default_theta_and_penalty():
+    # one group, r = C_direct / C_correct = 1/3
+    correct, resized, groups = [T, T, T, F], [F, T, T, F], ["g"] * 4
+    # default theta 0.2: r >= theta, only the correct resized answers are hit
+    assert release_hits(correct, resized, groups) == [F, T, T, F]
+    # theta 0.5: 0 < r < theta, the correct direct answer is hit too
+    assert release_hits(correct, resized, groups, theta=0.5) == [T, T, T, F]
+    # theta exactly r: not below it
+    assert release_hits(correct, resized, groups, theta=1 / 3) == [F, T, T, F]
+    assert penalties(correct, resized, groups, "release", theta=0.5, penalty=0.25) == pytest.approx([0.25] * 3 + [0])
+    assert penalties(correct, resized, groups, "release", theta=0.3, penalty=0.25) == pytest.approx([0, 0.25, 0.25, 0])
+    assert resize_factors(correct, resized, groups, theta=0.5, scale=0.75) == pytest.approx([0.75] * 3 + [1.0])
+    assert resize_factors(correct, resized, groups, theta=0.3, scale=0.75) == pytest.approx([1.0, 0.75, 0.75, 1.0])
+    parts = total_rewards([1.0, 1.0, 1.0, 0.0], [0.5] * 4, resized, groups, "release", theta=0.5, penalty=0.25)
+    assert parts.penalty == pytest.approx([0.25, 0.25, 0.25, 0.0])
+    assert parts.total == pytest.approx([1.25, 1.25, 1.25, 0.5])  # 1 x (1 - 0.25) + 0.5
+    default = total_rewards([1.0, 1.0, 1.0, 0.0], [0.5] * 4, resized, groups, "release", penalty=0.25)
+    assert default.total == pytest.approx([1.5, 1.25, 1.25, 0.5])
+
+
 # ---------------------------------------------------------------- flat and none
 
 
