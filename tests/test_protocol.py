@@ -8,10 +8,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from visionthink import protocol
 from visionthink.protocol import (
     TOOL_NAME,
     Episode,
     Turn,
+    _check_resize_call,
     answer_text,
     extract_answer,
     parse_turn,
@@ -74,11 +76,19 @@ def test_tool_call_with_whitespace_and_newlines_inside_the_json():
     assert (turn.kind, turn.well_formed, turn.error) == ("resize", True, None)
 
 
-def test_tool_call_with_extra_keys():
-    payload = {"name": TOOL_NAME, "id": "call_0", "type": "function",
-               "arguments": {"action": "resize", "scale": 2, "note": "please"}}
+def test_tool_call_with_extra_keys_around_the_arguments():
+    payload = {"name": TOOL_NAME, "id": "call_0", "type": "function", "arguments": {"action": "resize"}}
     turn = parse_turn(call(payload))
     assert (turn.kind, turn.well_formed) == ("resize", True)
+
+
+def test_unknown_arguments_run_but_are_not_well_formed():
+    # the paper's format check: exactly the declared arguments; the call still runs
+    payload = {"name": TOOL_NAME, "arguments": {"action": "resize", "scale": 2, "note": "please"}}
+    turn = parse_turn(call(payload))
+    assert (turn.kind, turn.well_formed) == ("resize", False)
+    assert _check_resize_call(json.dumps(payload)) is None
+    assert "unknown argument(s) 'note', 'scale'" in _check_resize_call(json.dumps(payload), strict=True)
 
 
 def test_tool_call_with_arguments_as_a_json_string():
@@ -91,11 +101,26 @@ def test_tool_call_with_arguments_as_a_json_string():
     [
         {"name": TOOL_NAME},
         {"name": TOOL_NAME, "arguments": {}},
-        {"name": TOOL_NAME, "parameters": {"action": "resize"}},
+        {"name": TOOL_NAME, "parameters": {}},
+        {"name": TOOL_NAME, "arguments": json.dumps({})},
     ],
 )
-def test_tool_call_arguments_may_be_omitted(payload):
-    assert parse_turn(call(payload)).kind == "resize"
+def test_tool_call_without_action_runs_but_is_not_well_formed(payload):
+    # RESIZE_TOOL makes `action` required, as the paper does: a call without it still resizes
+    # (the engine and the GRPO tool accept it) but earns no format reward
+    turn = parse_turn(call(payload))
+    assert (turn.kind, turn.well_formed) == ("resize", False)
+    assert protocol.RESIZE_TOOL["function"]["parameters"]["required"] == ["action"]
+    assert "required argument 'action'" in _check_resize_call(json.dumps(payload), strict=True)
+
+
+def test_action_given_under_parameters_or_as_a_string_is_well_formed():
+    for payload in ({"name": TOOL_NAME, "parameters": {"action": "resize"}},
+                    {"name": TOOL_NAME, "arguments": json.dumps({"action": "resize"})}):
+        turn = parse_turn(call(payload))
+        assert (turn.kind, turn.well_formed) == ("resize", True), payload
+    episode_turns = [parse_turn(call({"name": TOOL_NAME})), parse_turn(answer_text("t", "red"))]
+    assert [t.kind for t in episode_turns] == ["resize", "answer"]
 
 
 # ---------------------------------------------------------------- malformed turns

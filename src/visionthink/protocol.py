@@ -152,7 +152,8 @@ def _parse_turn(text: str) -> Turn:
         if error:
             return Turn("malformed", think=think, error=error)
         rest = _TOOL_CALL.sub("", outside).strip()
-        return Turn("resize", think=think, well_formed=starts_with_think and not rest)
+        exact = _check_resize_call(calls[0], strict=True) is None
+        return Turn("resize", think=think, well_formed=starts_with_think and not rest and exact)
     if "<tool_call>" in outside:
         return Turn("malformed", think=think, error="unterminated <tool_call>")
     answer = extract_answer(outside)
@@ -163,8 +164,14 @@ def _parse_turn(text: str) -> Turn:
     return Turn("answer", answer=answer, think=think, well_formed=well_formed)
 
 
-def _check_resize_call(payload: str) -> str | None:
-    """None when the payload is a valid resize_image call, else why not."""
+def _check_resize_call(payload: str, strict: bool = False) -> str | None:
+    """None when the payload is a valid resize_image call, else why not.
+
+    A call is executed when it names the tool and any `action` it gives is "resize" (a missing
+    `action` or extra arguments are tolerated). With `strict`, the paper's format check: `action` is
+    required (as `RESIZE_TOOL` declares it) and no other argument is allowed, so a tolerated call
+    still runs but earns no format reward.
+    """
     try:
         call = json.loads(payload.strip())
     except (json.JSONDecodeError, RecursionError):
@@ -184,6 +191,12 @@ def _check_resize_call(payload: str) -> str | None:
     action = arguments.get("action", "resize")
     if action != "resize":
         return f"unknown action {str(action)[:40]!r}; expected 'resize'"
+    if strict:
+        if "action" not in arguments:
+            return "resize_image call without its required argument 'action'"
+        extra = sorted(str(key)[:40] for key in arguments if key != "action")
+        if extra:
+            return f"resize_image call with unknown argument(s) {', '.join(map(repr, extra[:5]))}"
     return None
 
 
