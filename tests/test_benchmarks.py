@@ -306,8 +306,13 @@ def test_realworldqa_parquet(tmp_path):
     assert samples[0].question == RWQA_QUESTION  # verbatim
     assert samples[0].meta["options"] == {"A": "Left", "B": "Straight", "C": "Right"}
     images_load(samples)
-    assert benchmark.score(samples, ["C", "two"]).summary["score"] == 1.0
-    assert benchmark.score(samples, ["Right", "3"]).per_sample == [1.0, 0.0]
+    assert benchmark.score(samples, ["C", "2."]).summary["score"] == 1.0
+    # lmms-eval 75571cf reads letters only and maps no number words
+    assert benchmark.score(samples, ["Right", "two"]).per_sample == [0.0, 0.0]
+    assert benchmark.score(samples, ["C or A", "3"]).per_sample == [1.0, 0.0]  # start beats end
+    legacy = type(benchmark)()
+    legacy.rule = "lmms-eval-legacy"  # before lmms-eval #1274
+    assert legacy.score(samples, ["Right", "two"]).per_sample == [1.0, 1.0]
 
 
 def test_realworldqa_tsv(tmp_path):
@@ -348,6 +353,16 @@ def test_pope_default_config(tmp_path):
     assert scores.summary["score"] == pytest.approx(2 / 3) and scores.summary["f1"] == pytest.approx(2 / 3)
     assert scores.summary["accuracy"] == 0.5 and scores.summary["yes_ratio"] == 1.0
     assert scores.summary["score/adversarial"] == pytest.approx(2 / 3)
+    # an empty answer reads "yes" in the official rule: TP 1 (""), FP 1 -> the same figures
+    assert benchmark.score(samples, ["", "Yes"]).summary["f1"] == pytest.approx(2 / 3)
+    lmms = type(benchmark)()
+    lmms.rule = "lmms-eval"
+    # lmms-eval: "Yes, there is." is neither yes nor no: TP 0, FP 1 ("Yes" on a no), no FN -> all 0;
+    # its yes-ratio is the ground truth's (1 of 2)
+    judged = lmms.score(samples, ["Yes, there is.", "Yes"]).summary
+    assert (judged["precision"], judged["recall"], judged["f1"], judged["yes_ratio"]) == (0.0, 0.0, 0.0, 0.5)
+    judged = lmms.score(samples, ["yes", "maybe"]).summary
+    assert (judged["precision"], judged["recall"], judged["accuracy"], judged["yes_ratio"]) == (1.0, 1.0, 0.5, 0.5)
 
 
 def test_pope_full_config_splits(tmp_path):

@@ -162,7 +162,7 @@ def test_mme_category_kinds():
         ("There is no snowboard", "no"),  # the word "no"
         ("no.", "no"),
         ("Not really", "yes"),  # official quirk: "Not" (capital) is not one of No/not/no
-        ("", None),
+        ("", "yes"),  # official quirk: no negation word in an empty answer
         (None, None),
     ],
 )
@@ -232,9 +232,9 @@ def test_extract_choice_with_letters_only():
 
 def test_realworldqa_match():
     assert m.realworldqa_match("C", "C", OPTIONS)
-    assert m.realworldqa_match("Right", "C", OPTIONS)
+    assert m.realworldqa_match("Right", "C", OPTIONS, rule="lmms-eval-legacy")  # option text -> letter there only
     assert not m.realworldqa_match("A", "C", OPTIONS)
-    assert m.realworldqa_match("two", "2")  # number words count as digits
+    assert m.realworldqa_match("two", "2", rule="lmms-eval-legacy")  # number words count as digits there only
     assert m.realworldqa_match("Downhill.", "Downhill")  # rstrip('.') and lower-case
     assert not m.realworldqa_match("2 cars", "2")
 
@@ -341,3 +341,133 @@ def test_mathverse_free_form():
     assert m.mathverse_match("5/4", "1.25", "free-form")  # 5/4 = 1.25
     assert m.mathverse_match("x=3, so the answer is 6", "6", "free-form")
     assert not m.mathverse_match("61", "60°", "free-form")
+
+
+# ---------------------------------------------------------------- published rules (issue 15, items 12-15)
+
+
+def test_anls_length_is_taken_on_the_upper_cased_strings():
+    # lmms-eval divides by max(len(answer.upper()), len(pred.upper())); "ß".upper() is "SS"
+    # distance("ss", "ßß") = 2; raw lengths give 2 / 2 -> 0, upper-cased ones 2 / 4 -> 0.5
+    assert m.anls("ßß", ["ss"]) == pytest.approx(0.5)
+    # "ﬁ" (one ligature character) upper-cases to "FI": distance("fix", "ﬁx") = 2, 1 - 2 / 3 -> 0 below 0.5
+    assert m.anls("ﬁxed", ["fixed"]) == pytest.approx(1 - 2 / 5)  # max(len("FIXED"), len("FIXED")) = 5
+
+
+@pytest.mark.parametrize(
+    ("prediction", "label"),
+    [
+        ("", "yes"),  # official: text before "." is "", no negation word -> yes
+        ("   ", "yes"),
+        (".", "yes"),
+        (None, None),  # no answer at all stays unanswered
+    ],
+)
+def test_pope_official_rule_on_empty_predictions(prediction, label):
+    assert m.pope_yes_no(prediction) == label
+
+
+def test_pope_lmms_eval_aggregation():
+    truths = ["yes", "yes", "yes", "no", "no", "no"]
+    labels = ["yes", None, "no", "yes", None, "no"]  # None: neither "yes" nor "no" exactly
+    official = m.pope_metrics(truths, labels)
+    lmms = m.pope_metrics(truths, labels, rule="lmms-eval")
+    # lmms-eval: TP = 1, FP = 1 (truth no, pred yes), FN = 1 (only truth yes AND pred exactly "no")
+    assert lmms["precision"] == pytest.approx(1 / 2)
+    assert lmms["recall"] == pytest.approx(1 / 2)  # 1 / (1 + 1): the unanswered yes is not a false negative
+    assert lmms["f1"] == pytest.approx(1 / 2)
+    assert lmms["yes_ratio"] == pytest.approx(3 / 6)  # lmms-eval's yes-ratio is the ground truth's
+    assert lmms["accuracy"] == pytest.approx(2 / 6)
+    # official: a missing label is a negative prediction -> FN = 2, recall 1/3; yes_ratio of predictions 2/6
+    assert official["recall"] == pytest.approx(1 / 3) and official["yes_ratio"] == pytest.approx(2 / 6)
+    with pytest.raises(ValueError):
+        m.pope_metrics(truths, labels, rule="other")
+
+
+@pytest.mark.parametrize(
+    ("prediction", "letter"),
+    [
+        ("A dog", "A"),  # starts with a stand-alone letter: the start rule wins (not read as an article)
+        ("A or B", "A"),  # start (priority 10) beats end (9)
+        ("C", "C"),
+        ("(B)", "B"),
+        ("The answer is (C).", "C"),  # "(C)" and the phrase both point at C
+        ("B. Straight", "B"),
+        ("I think it is D", "D"),  # ends with a stand-alone letter
+        ("Right", ""),  # no letter anywhere: option texts are not mapped
+        ("c", ""),  # a lower-case letter is not a choice
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_lmms_eval_mcq_letter(prediction, letter):
+    assert m.lmms_mcq_letter(prediction, "ABCD") == letter
+
+
+def test_realworldqa_follows_lmms_eval_75571cf():
+    assert m.realworldqa_match("A dog", "A", OPTIONS)
+    assert not m.realworldqa_match("A or B", "B", OPTIONS) and m.realworldqa_match("A or B", "A", OPTIONS)
+    assert m.realworldqa_match("C", "C", OPTIONS) and not m.realworldqa_match("Right", "C", OPTIONS)
+    assert m.realworldqa_match("Downhill.", "Downhill") and not m.realworldqa_match("two", "2")
+    assert not m.realworldqa_match(None, "A", OPTIONS)
+
+
+def test_realworldqa_legacy_rule():
+    # lmms-eval before #1274: number words, option text -> letter, exact match without case and punctuation
+    legacy = "lmms-eval-legacy"
+    assert m.realworldqa_match("Right.", "C", OPTIONS, rule=legacy)  # the option's text names C
+    assert m.realworldqa_match("(C)", "C", OPTIONS, rule=legacy)  # punctuation dropped -> "C"
+    assert not m.realworldqa_match("A dog", "A", OPTIONS, rule=legacy)
+    assert not m.realworldqa_match("A or B", "B", OPTIONS, rule=legacy)
+    assert m.realworldqa_match("two", "2", rule=legacy)
+    with pytest.raises(ValueError):
+        m.realworldqa_match("A", "A", rule="vlmevalkit")
+
+
+def test_mathvista_official_comparison_is_on_strings_after_rounding():
+    # str(round(1.2, 2)) = "1.2" != "1.20": wrong in the official scorer, so wrong here
+    assert not m.mathvista_match("1.20", "1.20", "free_form", "float", precision=2)
+    assert m.mathvista_match("1.2", "1.2", "free_form", "float", precision=1)
+    assert m.mathvista_match("1.23", "1.2", "free_form", "float", precision=1.0)  # round(1.23, 1) -> "1.2"
+    assert not m.mathvista_match("[2007,2008]", "[2007, 2009]", "free_form", "list")
+
+
+def test_mathvista_lower_case_letter_in_brackets():
+    # official: re.findall(r"\((\w)\)") then .upper(): "(b)" -> B -> "102"
+    assert m.mathvista_normalize("(b)", "multi_choice", "text", CUP) == "102"
+    assert m.mathvista_match("(b)", "102", "multi_choice", "text", CUP)
+    assert m.mathvista_match("I pick (d) here", "122", "multi_choice", "text", CUP)
+
+
+def test_mathvista_python_number_before_any_fallback():
+    # official extraction tries int(response) / float(response) first: "1_000" is 1000 there
+    assert m.mathvista_match("1_000", "1000", "free_form", "integer")
+    assert m.mathvista_match("1_000.5", "1000.5", "free_form", "float", precision=1)
+    assert m.mathvista_match("about 1_000 g", "1000", "free_form", "integer")  # one number, not 1 then 000
+    assert m.numbers_in("1_000 and 2_500_000") == [1000.0, 2500000.0]
+
+
+def test_mathvista_empty_multi_choice_answer_as_official():
+    # official: "" is normalised to the choice nearest to "" by edit distance, i.e. the shortest one
+    assert m.mathvista_normalize("", "multi_choice", "text", CUP) == "97"
+    assert m.mathvista_match("", "97", "multi_choice", "text", CUP)
+    assert not m.mathvista_match("", "102", "multi_choice", "text", CUP)
+    assert not m.mathvista_match(None, "97", "multi_choice", "text", CUP)  # no answer at all stays wrong
+    assert not m.mathvista_match("", "5", "free_form", "integer")
+
+
+@pytest.mark.parametrize(
+    ("prediction", "truth", "expected"),
+    [
+        ("2 and 3", "3", False),  # two candidate answers: a hedge, not 3
+        ("The answer is 2 or 3.", "3", False),
+        ("x = 2, y = 3", "3", False),
+        ("3", "3", True),
+        ("The answer is 3.", "3", True),
+        ("AB = 5 and AC = 12.\nSo BC = 13 cm", "13", True),  # no anchor: the last line holds one number
+        ("BC is 13 because AB = 5 and AC = 12", "13", False),  # no anchor, three numbers in the last line
+        ("We find 13.\nChecking: 5^2 + 12^2 = 169", "13", False),  # the last line is the check, not 13
+    ],
+)
+def test_mathverse_needs_one_unambiguous_answer(prediction, truth, expected):
+    assert m.mathverse_match(prediction, truth, "free-form") is expected

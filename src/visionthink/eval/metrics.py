@@ -12,6 +12,7 @@ import ast
 import math
 import operator
 import re
+import string
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -73,7 +74,8 @@ def anls(prediction: str | None, answers: str | Sequence[str], threshold: float 
     """Average Normalised Levenshtein Similarity of one question (DocVQA, lmms-eval's `anls`).
 
     Each reference and the prediction are lower-cased, stripped and whitespace-collapsed; the
-    distance is divided by the longer of the two RAW lengths. The question scores
+    distance is divided by the longer of the two RAW strings' lengths taken after `.upper()`, as
+    lmms-eval (75571cf, `api/metrics.py::anls`) does ("ß" counts 2 there). The question scores
     `1 - min(normalised distance)`, or 0 when that is below `threshold`.
     """
     answers = [answers] if isinstance(answers, str) else list(answers)
@@ -85,7 +87,7 @@ def anls(prediction: str | None, answers: str | Sequence[str], threshold: float 
     for answer in answers:
         answer = str(answer)
         truth = " ".join(answer.strip().lower().split())
-        length = max(len(answer), len(raw_prediction))
+        length = max(len(answer.upper()), len(raw_prediction.upper()))
         distances.append(0.0 if length == 0 else levenshtein(truth, predicted) / length)
     score = 1.0 - min(distances)
     return score if score >= threshold else 0.0
@@ -183,8 +185,9 @@ def pope_yes_no(prediction: str | None, rule: str = "official") -> str | None:
     """A POPE answer as "yes"/"no" (None when there is none).
 
     `official` (RUCAIBox/POPE `evaluate.py`, LLaVA `eval_pope.py`): keep the text before the first
-    ".", drop commas, split on spaces; any word "No", "no" or "not" means no, anything else yes.
-    `lmms-eval`: only the exact (lower-cased, stripped) words "yes"/"no"; anything else is None.
+    ".", drop commas, split on spaces; any word "No", "no" or "not" means no, anything else yes --
+    an empty answer included, as there. `lmms-eval`: only the exact (lower-cased, stripped) words
+    "yes"/"no"; anything else is None. None (the model gave no answer at all) is None under both.
     """
     if prediction is None:
         return None
@@ -193,28 +196,33 @@ def pope_yes_no(prediction: str | None, rule: str = "official") -> str | None:
         return text if text in ("yes", "no") else None
     if rule != "official":
         raise ValueError(f"unknown POPE rule {rule!r}; expected 'official' or 'lmms-eval'")
-    if not prediction.strip():
-        return None
     text = prediction.split(".")[0].replace(",", "")
     words = text.split(" ")
     return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
 
 
-def pope_metrics(truths: Sequence[str], labels: Sequence[str | None]) -> dict[str, float]:
-    """Accuracy, precision, recall, F1 (positive = "yes") and the share of "yes" predictions.
+def pope_metrics(truths: Sequence[str], labels: Sequence[str | None], rule: str = "official") -> dict[str, float]:
+    """Accuracy, precision, recall, F1 (positive = "yes") and the yes-ratio.
 
-    A missing label (None) is never correct and counts as a negative prediction (VLMEvalKit's
-    treatment of "Unknown"). Precision/recall/F1 are 0 when undefined.
+    `official` (RUCAIBox/POPE `evaluate.py`): a missing label (None) is never correct and counts as
+    a negative prediction (as VLMEvalKit treats "Unknown"); yes_ratio is the share of "yes"
+    predictions. `lmms-eval` (75571cf, `tasks/pope/utils.py` aggregations): a label that is neither
+    "yes" nor "no" is neither a false positive nor a false negative (recall counts only explicit
+    "no"s), and `yes_ratio` is the share of "yes" in the ground truth, as lmms-eval computes it.
+    Precision/recall/F1 are 0 when undefined.
     """
+    if rule not in ("official", "lmms-eval"):
+        raise ValueError(f"unknown POPE rule {rule!r}; expected 'official' or 'lmms-eval'")
     tp = fp = tn = fn = 0
-    correct = 0
+    correct = truth_yes = 0
     for truth, label in zip(truths, labels, strict=True):
         truth = truth.strip().lower()
         correct += label == truth
+        truth_yes += truth == "yes"
         if label == "yes":
             tp += truth == "yes"
             fp += truth != "yes"
-        else:
+        elif rule == "official" or label == "no":
             fn += truth == "yes"
             tn += truth != "yes"
     n = len(truths)
@@ -226,7 +234,7 @@ def pope_metrics(truths: Sequence[str], labels: Sequence[str | None]) -> dict[st
         "precision": precision,
         "recall": recall,
         "f1": f1,
-        "yes_ratio": (tp + fp) / n if n else 0.0,
+        "yes_ratio": ((truth_yes if rule == "lmms-eval" else tp + fp) / n) if n else 0.0,
     }
 
 
@@ -300,25 +308,100 @@ def extract_choice(prediction: str | None, options: Mapping[str, str] | Iterable
 # ---------------------------------------------------------------- RealWorldQA
 
 _NUMBER_WORDS = {word: str(i) for i, word in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())}
+    "zero one two three four five six seven eight nine ten".split())}
+_MCQ_PHRASES = (
+    "the answer is", "answer is", "the correct answer is", "correct answer is", "the best answer is",
+    "best answer is", "the correct option is", "correct option is", "the best option is", "best option is",
+    "the choice is", "choice is", "the correct choice is", "correct choice is", "i choose", "i select", "i pick",
+    "my answer is", "my choice is", "옵션", "정답은", "답은", "답:", "答案是", "答案为", "选", "答えは",
+)
+_MCQ_RANK = {"start": 10, "end": 9, "phrase": 7, "parentheses": 6, "period": 5, "colon": 4, "right_paren": 3,
+             "space": 2, "fallback": 0}
+REALWORLDQA_RULES = ("lmms-eval", "lmms-eval-legacy")
 
 
-def realworldqa_match(prediction: str | None, answer: str, options: Mapping[str, str] | None = None) -> bool:
-    """RealWorldQA: a letter answer needs that option picked (`extract_choice`); any other answer needs
-    `prediction.lower().strip().rstrip('.') == answer.lower()`, number words counting as digits."""
+def lmms_mcq_letter(response: str | None, choices: Iterable[str] = "ABCDEFGH") -> str:
+    """The option letter lmms-eval's `_task_utils/mcq_extract.py::extract_mcq_answer` reads, "" for none.
+
+    The rule of lmms-eval 75571cf (what `realworldqa` scores with since #1274), re-implemented: strip
+    ``, . ! ? ; : ' "`` from both ends, then collect candidates, each with a rank and a position:
+    the text starts with a letter not followed by a letter (10), ends with one not preceded by a
+    letter (9), a letter anywhere after an answer phrase such as "answer is" (7), then the last
+    "(X)" (6), "X." (5), "X:" (4), "X)" (3), "X " (2); with none of those, the last occurrence of
+    any letter (0). The highest rank wins, then the later position. Letters are case-sensitive
+    ("c" is not C), so "A dog" reads A and "A or B" reads A (start beats end).
+    """
+    text = (response or "").strip()
+    if not text:
+        return ""
+    letters = list(choices)
+    for char in ",.!?;:'\"":
+        text = text.strip(char)
+    padded = f" {text} "
+    found: list[tuple[int, int, str]] = []
+    for letter in letters:
+        for pattern, kind in ((f"({letter})", "parentheses"), (f"{letter}.", "period"), (f"{letter}:", "colon"),
+                              (f"{letter})", "right_paren"), (f"{letter} ", "space")):
+            if pattern in padded:
+                found.append((_MCQ_RANK[kind], padded.rfind(pattern), letter))
+    lowered = padded.lower()
+    for phrase in _MCQ_PHRASES:
+        at = lowered.find(phrase)
+        if at != -1:
+            for letter in letters:
+                position = padded.find(letter, at + len(phrase))
+                if position != -1:
+                    found.append((_MCQ_RANK["phrase"], position, letter))
+    core = padded.strip()
+    for letter in letters:
+        if core.startswith(letter) and (len(core) == 1 or not core[1].isalpha()):
+            found.append((_MCQ_RANK["start"], 0, letter))
+        if core.endswith(letter) and (len(core) == 1 or not core[-2].isalpha()):
+            found.append((_MCQ_RANK["end"], len(padded) - 1, letter))
+    if not found:
+        found = [(_MCQ_RANK["fallback"], padded.rfind(letter), letter) for letter in letters if letter in padded]
+    if not found:
+        return ""
+    return max(found, key=lambda candidate: (candidate[0], candidate[1]))[2]
+
+
+def realworldqa_match(prediction: str | None, answer: str, options: Mapping[str, str] | None = None,
+                      rule: str = "lmms-eval") -> bool:
+    """RealWorldQA's exact match, as lmms-eval scores it.
+
+    ``lmms-eval`` (75571cf, `tasks/realworldqa/utils.py` after #1274): an answer A-D needs
+    `lmms_mcq_letter(prediction, "ABCD")` to be it; any other answer needs
+    ``prediction.lower().strip().rstrip(".") == answer.lower()``.
+    ``lmms-eval-legacy`` (the filters before #1274, the VisionThink era): a prediction that is a whole
+    number word becomes its digits; with punctuation removed, the first option text found in it
+    (case-sensitive, options in order) becomes its letter; then exact match ignoring case and
+    punctuation. `options` maps letters to option texts (only the legacy rule reads them).
+    None (no answer) is never right.
+    """
+    if rule not in REALWORLDQA_RULES:
+        raise ValueError(f"unknown RealWorldQA rule {rule!r}; expected one of {REALWORLDQA_RULES}")
     truth = str(answer).strip()
-    options = dict(options or {})
-    if re.fullmatch(r"[A-Z]", truth) and (truth in options or truth in "ABCD"):
-        return extract_choice(prediction, options or "ABCD") == truth
-    predicted = (prediction or "").lower().strip().rstrip(".").strip()
-    truth = truth.lower()
-    return _NUMBER_WORDS.get(predicted, predicted) == _NUMBER_WORDS.get(truth, truth)
+    if prediction is None:
+        return False
+    if rule == "lmms-eval":
+        if truth.upper() in ("A", "B", "C", "D"):
+            return lmms_mcq_letter(prediction, "ABCD") == truth.upper()
+        return prediction.lower().strip().rstrip(".") == truth.lower()
+    response = _NUMBER_WORDS.get(prediction.lower(), prediction)
+    cleaned = re.sub(r"[^\w\s]", "", response).strip()
+    texts = [str(text).strip() for text in (options or {}).values()]
+    to_letter = {text: chr(ord("A") + i) for i, text in enumerate(texts)}  # a repeated text: the last letter
+    if texts:
+        found = re.search("|".join(re.escape(text) for text in texts), cleaned)
+        if found and found.group() in to_letter:
+            cleaned = to_letter[found.group()]
+    drop = str.maketrans("", "", string.punctuation)
+    return cleaned.lower().translate(drop) == truth.lower().translate(drop)
 
 
 # ---------------------------------------------------------------- numbers and maths
 
-_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:_\d+)+(?:\.\d*)?|\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _BIN_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
             ast.Pow: operator.pow}
 _NAMES = {"pi": math.pi}
@@ -326,7 +409,7 @@ _EXPRESSION_CHARS = re.compile(r"[\d.\s+\-*/()a-z]*")
 
 
 def numbers_in(text: str | None) -> list[float]:
-    """Every number written in `text`, in order (thousands separators allowed)."""
+    """Every number written in `text`, in order (thousands separators and Python's "1_000" allowed)."""
     found = []
     for token in _NUMBER.findall(text or ""):
         token = token.rstrip(".,").replace(",", "")
@@ -455,21 +538,42 @@ def _precision_digits(precision: float | int | str | None, answer: str) -> int |
     return len(decimals.group(1)) if decimals else None
 
 
+def _python_number(text: str, answer_type: str) -> str | None:
+    """The official extractor's first try: `str(int(response))` / `str(float(response))` (Python's
+    own parsing: blanks around, "+5", "1_000" and "1e3" are numbers), None when that raises."""
+    try:
+        if answer_type == "integer":
+            return str(int(text))
+        if answer_type == "float":
+            return str(float(text))
+    except (ValueError, OverflowError):
+        return None
+    return None
+
+
 def mathvista_extract(response: str | None, question_type: str, answer_type: str,
                       choices: Sequence[str] | None = None) -> str | None:
-    """Rule-based stand-in for MathVista's LLM extraction: the answer text a response gives, or None.
+    """MathVista's `extract_answer` (lupantech/MathVista 53d5258, `evaluation/extract_answer.py`),
+    with a rule-based stand-in for its LLM call. None only when there is no response at all.
 
-    Multiple choice: a response equal to a choice is that choice; otherwise the letter it picks
-    (`extract_choice`) maps to its choice; otherwise the raw response (normalisation then takes the
-    closest choice). integer/float: the value of the final answer text, else its last number.
-    list: the last [...] in the response. text: the final answer text.
+    As there: an empty response extracts as ""; a multiple-choice response equal to a choice is that
+    choice; an integer/float response Python's `int()`/`float()` accept is that number. Stand-in:
+    multiple choice, the final answer text if it is a choice, else the choice of the letter
+    `extract_choice` finds, else the final answer text (normalisation then takes the closest choice);
+    integer/float, the value of the final answer text, else its last number; list, the last [...]
+    (as a Python list's `str()` when it parses as one); text, the final answer text.
     """
-    if response is None or not response.strip():
+    if response is None:
         return None
+    if response == "" or not response.strip():
+        return ""
+    if question_type == "multi_choice" and choices and (response in choices or response.strip() in choices):
+        return response.strip()
+    quick = _python_number(response, answer_type)
+    if quick is not None:
+        return quick
     response = response.strip()
     if question_type == "multi_choice" and choices:
-        if response in choices:
-            return response
         final = final_answer_text(response)
         if final in choices:
             return final
@@ -479,6 +583,9 @@ def mathvista_extract(response: str | None, question_type: str, answer_type: str
         return final
     final = final_answer_text(response)
     if answer_type in ("integer", "float"):
+        quick = _python_number(final, answer_type)
+        if quick is not None:
+            return quick
         value = math_value(final)
         if value is None:
             numbers = numbers_in(final) or numbers_in(response)
@@ -486,7 +593,13 @@ def mathvista_extract(response: str | None, question_type: str, answer_type: str
         return None if value is None else repr(value)
     if answer_type == "list":
         found = re.findall(r"\[[^\[\]]*\]", final) or re.findall(r"\[[^\[\]]*\]", response)
-        return found[-1] if found else None
+        if not found:
+            return None
+        try:
+            listed = ast.literal_eval(found[-1])
+        except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+            return found[-1]
+        return str(listed) if isinstance(listed, list) else found[-1]
     return final
 
 
@@ -497,24 +610,26 @@ def _lettered(choices: Sequence[str]) -> dict[str, str]:
 def mathvista_normalize(extraction: str | None, question_type: str, answer_type: str,
                         choices: Sequence[str] | None = None, precision: float | None = None,
                         answer: str = "") -> str | None:
-    """MathVista's `normalize_extracted_answer`: the string compared with the answer.
+    """MathVista's `normalize_extracted_answer` (lupantech/MathVista 53d5258, `calculate_score.py`).
 
-    MC: "(X)"/"X" maps to that choice, otherwise the choice at the smallest edit distance.
-    integer: `str(int(float(x)))` (truncates, as the reference does). float: `str(round(float(x),
-    precision))` with precision cast to int (the answer's decimals when absent). list: `str(x)`.
-    Failures give None.
+    Multiple choice: the first "(x)" in it, upper-cased ("(b)" -> B), or the text itself; a letter of a
+    choice maps to that choice, anything else to the choice at the smallest edit distance (the first
+    such; so "" gives the shortest choice). integer: `str(int(float(x)))` (truncates). float:
+    `str(round(float(x), int(precision)))`; without a precision (VLMEvalKit TSVs), the answer's own
+    decimals. list: `str(x)`. Failures give None.
     """
     if extraction is None:
         return None
     text = str(extraction).strip()
     if question_type == "multi_choice" and choices:
+        choices = [str(choice) for choice in choices]
+        bracketed = re.findall(r"\(([a-zA-Z])\)", text)
+        if bracketed:
+            text = bracketed[0].upper()
         letters = _lettered(choices)
-        bare = re.fullmatch(r"\(?([A-Z])\)?", text)
-        if bare and bare.group(1) in letters:
-            return letters[bare.group(1)]
-        if text in choices:
-            return text
-        return min(choices, key=lambda choice: levenshtein(text, str(choice)))
+        if text in letters:
+            return letters[text]
+        return min(choices, key=lambda choice: levenshtein(text, choice))
     try:
         if answer_type == "integer":
             return str(int(float(text)))
@@ -529,26 +644,12 @@ def mathvista_normalize(extraction: str | None, question_type: str, answer_type:
 
 def mathvista_match(response: str | None, answer: str, question_type: str, answer_type: str,
                     choices: Sequence[str] | None = None, precision: float | None = None) -> bool:
-    """Extract, normalise, then `str(pred).strip() == str(answer).strip()`; numbers also match by value
-    after the rounding ("1000" == "1000.0"), lists element-wise, free text after `normalize`."""
+    """Extract, normalise, then the official ``prediction == answer`` on strings (blanks stripped),
+    and nothing more: "1.2" is not "1.20", as in the official scorer; None (no answer) is wrong."""
     answer = str(answer).strip()
     extraction = mathvista_extract(response, question_type, answer_type, choices)
     normalised = mathvista_normalize(extraction, question_type, answer_type, choices, precision, answer)
-    if normalised is None:
-        return False
-    if normalised.strip() == answer:
-        return True
-    if question_type == "multi_choice" and choices:
-        return False
-    if answer_type in ("integer", "float"):
-        truth = math_value(answer)
-        value = math_value(normalised)
-        return truth is not None and value is not None and values_close(value, truth, rel_tol=1e-9, abs_tol=1e-9)
-    if answer_type == "list":
-        truth_numbers, predicted = numbers_in(answer), numbers_in(normalised)
-        return bool(truth_numbers) and len(truth_numbers) == len(predicted) and all(
-            values_close(p, t, rel_tol=1e-9, abs_tol=1e-9) for p, t in zip(predicted, truth_numbers, strict=True))
-    return normalize(normalised) == normalize(answer) and bool(normalize(answer))
+    return normalised is not None and normalised.strip() == answer
 
 
 # ---------------------------------------------------------------- MathVerse
@@ -564,13 +665,18 @@ def _math_normal_form(text: str) -> str:
 
 def mathverse_match(prediction: str | None, answer: str, question_type: str,
                     options: Mapping[str, str] | None = None) -> bool:
-    """Rule-based stand-in for MathVerse's extraction + match judgement.
+    """Rule-based stand-in for MathVerse's extraction + match judgement (the official two-stage GPT
+    scorer, as in lmms-eval before May 2025: extract the answer, then 1 only when it "completely
+    matches" the standard answer).
 
     Multi-choice (answer a letter): the letter `extract_choice` finds in the final answer text (or
-    the whole response) must be the answer. Free-form: the final answer text equals the answer
-    after light LaTeX normalisation (spaces, $, degrees, \\text, \\left/\\right dropped), or their
-    numeric values agree (`math_value`, relative 1e-4), or the response's last number equals a
-    numeric answer, or `math-verify` (when installed) says they are equivalent.
+    the whole response) must be the answer. Free-form: the stated answer is the `\\boxed{}` /
+    `<answer>` content, else the rest of the line after the last "answer is" / "Answer:", else (no
+    anchor) the last non-empty line. It matches when it equals the answer after light LaTeX
+    normalisation (spaces, $, degrees, \\text, \\left/\\right dropped), or its value equals the
+    answer's (`math_value`, relative 1e-4), or the one value it states equals a numeric answer
+    (`_single_value`: "... = 12" gives 12, "2 and 3" is a hedge, not 3), or `math-verify` (when
+    installed) says they are equivalent. Strict on purpose: answers the rules miss go to the judge when one is given.
     """
     truth = str(answer).strip()
     if not (prediction or "").strip():
@@ -582,6 +688,7 @@ def mathverse_match(prediction: str | None, answer: str, question_type: str,
         if picked is None and final != prediction:
             picked = extract_choice(prediction, letters)
         return picked == truth
+    final = _stated_answer(prediction or "")
     if _math_normal_form(final) == _math_normal_form(truth) and _math_normal_form(truth):
         return True
     truth_value = math_value(truth)
@@ -589,7 +696,35 @@ def mathverse_match(prediction: str | None, answer: str, question_type: str,
         value = math_value(final)
         if value is not None and values_close(value, truth_value):
             return True
-        numbers = numbers_in(final) or numbers_in(prediction)
-        if numbers and values_close(numbers[-1], truth_value):
+        stated = _single_value(final)
+        if stated is not None and values_close(stated, truth_value):
             return True
     return _math_verify(final, truth)
+
+
+def _single_value(text: str) -> float | None:
+    """The one value a stated answer gives, or None when it gives none or several.
+
+    Clauses split at ", ", ";", " and ", " or ": more than one clause holding a number is a hedge or a
+    list ("2 and 3", "x = 2, y = 3"). In the one such clause, what follows its last "=" counts
+    ("(2\\sqrt{3})^2 = 12" gives 12): its value, or its number when it holds exactly one.
+    """
+    clauses = [clause for clause in re.split(r",\s+|;\s*|\s+(?:and|or)\s+", text) if numbers_in(clause)]
+    if len(clauses) != 1:
+        return None
+    tail = clauses[0].rsplit("=", 1)[-1].strip()
+    value = math_value(tail)
+    if value is not None:
+        return value
+    numbers = numbers_in(tail)
+    return numbers[0] if len(numbers) == 1 else None
+
+
+def _stated_answer(prediction: str) -> str:
+    """The boxed / tagged answer, else the line after the last "answer is"-style anchor, else the last
+    non-empty line; a trailing full stop dropped."""
+    text = prediction.strip()
+    if extract_answer(text) is not None or re.search(r"(?i)(?:final answer|answer)\s*(?:is|:|=)", text):
+        return final_answer_text(text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1].rstrip(".").strip() if lines else ""

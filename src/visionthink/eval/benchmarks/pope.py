@@ -12,8 +12,9 @@ from visionthink.rewards.judge_base import Judge
 
 class POPE(Benchmark):
     """`score` is F1 (what VisionThink reports); also accuracy, precision, recall, yes_ratio, and
-    `score/<category>` (F1 per adversarial/popular/random). Answers are read with the official POPE
-    rule by default (`rule = "lmms-eval"` for lmms-eval's exact-word rule)."""
+    `score/<category>` (F1 per adversarial/popular/random). Answers are read and aggregated with the
+    official POPE rule by default (an empty answer reads "yes" there); `rule = "lmms-eval"` reads
+    only the exact words and aggregates as lmms-eval 75571cf does (`metrics.pope_metrics`)."""
 
     name = "pope"
     layout = (
@@ -52,10 +53,11 @@ class POPE(Benchmark):
         labels = [pope_yes_no(p, self.rule) for p in predictions]
         truths = [str(s.answer).strip().lower() for s in samples]
         per_sample = [float(label == truth) for label, truth in zip(labels, truths, strict=True)]
-        overall = pope_metrics(truths, labels)
+        overall = pope_metrics(truths, labels, self.rule)
         summary: dict[str, float] = {"n": len(samples), "score": overall["f1"], **overall}
         categories = sorted({c for s in samples for c in s.meta.get("categories", [])})
         for category in categories:
             chosen = [i for i, s in enumerate(samples) if category in s.meta.get("categories", [])]
-            summary[f"score/{category}"] = pope_metrics([truths[i] for i in chosen], [labels[i] for i in chosen])["f1"]
+            summary[f"score/{category}"] = pope_metrics([truths[i] for i in chosen], [labels[i] for i in chosen],
+                                                        self.rule)["f1"]
         return Scores(per_sample, summary)

@@ -13,8 +13,11 @@ LETTER_INSTRUCTION = "Please answer directly with only the letter of the correct
 
 
 class RealWorldQA(Benchmark):
-    """Accuracy: a letter answer needs that option picked (`extract_choice`, lmms-eval's rule-first
-    extraction); other answers need `pred.lower().strip().rstrip('.') == answer.lower()`."""
+    """Accuracy with lmms-eval's rule (`metrics.realworldqa_match`): by default lmms-eval 75571cf
+    (since #1274): an A-D answer needs `extract_mcq_answer`'s letter (`metrics.lmms_mcq_letter`), any
+    other `pred.lower().strip().rstrip('.') == answer.lower()`. `rule = "lmms-eval-legacy"` scores
+    as lmms-eval did before #1274 (the VisionThink era): number words, option text -> letter, then
+    exact match ignoring case and punctuation."""
 
     name = "realworldqa"
     layout = (
@@ -24,6 +27,7 @@ class RealWorldQA(Benchmark):
         "or the VLMEvalKit TSV: <root>/RealWorldQA.tsv (or <root> = that file)\n"
         "  columns: index, image (base64), question, answer (letter), A, B, C, [D]"
     )
+    rule = "lmms-eval"
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
         source = open_source(root, name=self.name, layout=self.layout, splits=[["test"]], tsv_names=["RealWorldQA"],
@@ -47,6 +51,6 @@ class RealWorldQA(Benchmark):
 
     def score(self, samples: list[Sample], predictions: list[str | None], judge: Judge | None = None) -> Scores:
         check_predictions(self.name, samples, predictions)
-        per_sample = [float(realworldqa_match(p, str(s.answer), s.meta.get("options")))
+        per_sample = [float(realworldqa_match(p, str(s.answer), s.meta.get("options"), rule=self.rule))
                       for s, p in zip(samples, predictions, strict=True)]
         return Scores(per_sample, {"n": len(samples), "score": mean(per_sample)})
