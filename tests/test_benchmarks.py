@@ -248,6 +248,39 @@ def test_mme_parquet_pairs(tmp_path):
     assert scores.per_sample == [1.0, 1.0, 1.0, 0.0]
 
 
+def test_mme_limit_never_splits_a_question_pair(tmp_path):
+    ids = ["a.png", "a.png", "b.png", "b.png", "c.png", "c.png"]
+    write_parquet(tmp_path / "data" / "test-00000-of-00001.parquet", {
+        "question_id": ids,
+        "image": [hf_image() for _ in ids],
+        "question": [f"Q{i}? Please answer yes or no." for i in range(len(ids))],
+        "answer": ["Yes", "No"] * 3,
+        "category": ["existence"] * len(ids),
+    })
+    benchmark = BENCHMARKS["mme"]
+    for limit, images in [(1, ["a.png"]), (2, ["a.png"]), (3, ["a.png", "b.png"]), (4, ["a.png", "b.png"]),
+                          (5, ["a.png", "b.png", "c.png"]), (50, ["a.png", "b.png", "c.png"])]:
+        samples = benchmark.load(tmp_path, limit=limit)
+        got = [s.meta["image_id"] for s in samples]
+        assert got == [i for i in images for _ in range(2)], (limit, got)
+    assert benchmark.load(tmp_path, limit=0) == []
+    # acc+ stays defined: every image present has both of its questions
+    scores = benchmark.score(benchmark.load(tmp_path, limit=3), ["Yes", "No", "Yes", "Yes"])
+    assert scores.summary["points/existence"] == pytest.approx(75.0 + 50.0)  # acc 3/4, acc+ 1/2
+
+
+def test_mme_limit_with_pairs_apart(tmp_path):
+    write_tsv(tmp_path / "MME.tsv", [
+        {"index": str(i), "image": b64(), "question": f"Q{i}? Please answer yes or no.", "answer": "Yes",
+         "category": "color", "image_path": image}
+        for i, image in enumerate(["a.png", "b.png", "a.png", "b.png", "c.png", "c.png"])
+    ])
+    samples = BENCHMARKS["mme"].load(tmp_path, limit=1)
+    assert [s.meta["image_id"] for s in samples] == ["a.png", "a.png"]
+    samples = BENCHMARKS["mme"].load(tmp_path, limit=3)
+    assert [s.uid for s in samples] == ["mme-0", "mme-1", "mme-2", "mme-3"]  # rows in file order
+
+
 def test_mme_tsv_image_references(tmp_path):
     write_tsv(tmp_path / "MME.tsv", [
         {"index": "0", "image": b64(), "question": "Is it red? Please answer yes or no.", "answer": "Yes",

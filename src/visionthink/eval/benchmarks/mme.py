@@ -33,6 +33,20 @@ class MME(Benchmark):
     """lmms-eval replaces `replace_prompt` with `post_prompt`."""
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
+        """The questions under `root`; `limit` counts questions but never splits an image's pair: the
+        first images (in file order) are taken whole until at least `limit` questions are in, so acc+
+        stays defined (a limit of 3 gives 4 questions)."""
+        if limit is None or limit <= 0:
+            return self._read(root, limit)
+        window = 2 * limit + 2  # the published layouts keep a pair on adjacent rows
+        while True:
+            samples = self._read(root, window)
+            whole = _whole_images(samples, limit, complete=len(samples) < window)
+            if len(whole) >= limit or len(samples) < window:
+                return whole
+            window *= 4  # pairs further apart than the window: read more
+
+    def _read(self, root: str | os.PathLike | None, limit: int | None) -> list[Sample]:
         source = open_source(root, name=self.name, layout=self.layout, splits=[["test"]], tsv_names=["MME"],
                              hf_columns=["question_id", "image", "question", "answer", "category"],
                              tsv_columns=["index", "image", "question", "answer", "category"], limit=limit)
@@ -67,3 +81,22 @@ class MME(Benchmark):
         summary.update({f"score/{k.removeprefix('points/')}": v / 200.0 for k, v in result.items()
                         if k.startswith("points/")})
         return Scores(per_sample, summary)
+
+
+def _whole_images(samples: list[Sample], limit: int, complete: bool) -> list[Sample]:
+    """The samples of the first images (by first appearance) until at least `limit` questions are in.
+
+    When the rows were not all read (`complete` False), an image with a single question may have its
+    partner further on, so it is skipped rather than split.
+    """
+    by_image: dict[str, list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_image.setdefault(sample.meta["image_id"], []).append(index)
+    chosen: set[int] = set()
+    for indices in by_image.values():
+        if len(chosen) >= limit:
+            break
+        if len(indices) < 2 and not complete:
+            continue
+        chosen.update(indices)
+    return [sample for index, sample in enumerate(samples) if index in chosen]
