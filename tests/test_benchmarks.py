@@ -321,6 +321,37 @@ def test_mmvet_parquet_needs_a_judge(tmp_path):
     assert judge.requests[1] == JudgeRequest("What is d in the last equation?", "1.25<OR>=1.25<OR>5/4", "BROKEN")
 
 
+def test_eval_refuses_mmvet_without_a_judge_before_running(tmp_path):
+    from visionthink.eval.runner import EvalConfig, run_eval
+
+    write_parquet(tmp_path / "data" / "mmvet" / "data" / "test-00000-of-00001.parquet", {
+        "question_id": ["v1_0"], "image": [hf_image()], "question": ["What is x in the equation?"],
+        "answer": ["-1<AND>-5"], "image_source": ["a.png"], "capability": ["ocr,math"],
+    })
+
+    class CountingEngine:
+        def __init__(self):
+            self.calls = 0
+
+        def run(self, requests, mode, progress=None):
+            self.calls += 1
+            raise AssertionError("the model ran before the missing judge was noticed")
+
+    engine = CountingEngine()
+    out = tmp_path / "report"
+    config = EvalConfig(model=None, benches=["synth", "MM-Vet"], modes=["full"], out=out,
+                        data_root=tmp_path / "data", limit=2, progress=False)
+    with pytest.raises(VisionThinkError, match=r"mmvet.*--judge"):
+        run_eval(config, engine=engine, log=lambda message: None)
+    assert engine.calls == 0 and not out.exists()  # nothing loaded, run or written
+    # the refusal comes before the data is looked for, too
+    missing = EvalConfig(model=None, benches=["mmvet"], modes=["full"], out=out, data_root=tmp_path / "absent",
+                         progress=False)
+    with pytest.raises(VisionThinkError, match="--judge"):
+        run_eval(missing, engine=engine, log=lambda message: None)
+    assert BENCHMARKS["mmvet"].needs_judge and not BENCHMARKS["pope"].needs_judge
+
+
 # ---------------------------------------------------------------- RealWorldQA
 
 RWQA_QUESTION = ("In which direction is the front wheel of the car on the right side facing?\nA. Left\nB. Straight\n"

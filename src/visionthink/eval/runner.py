@@ -350,6 +350,15 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
         raise VisionThinkError("give at least one --bench and one --mode")
     if config.batch_size < 1:
         raise VisionThinkError("--batch-size must be at least 1")
+    if not config.judge:  # before any folder, data or model is touched
+        judged = []
+        for name in config.benches:
+            bench = _load_benchmark(name)
+            if getattr(bench, "needs_judge", False):
+                judged.append(getattr(bench, "name", "") or name)
+        if judged:
+            raise VisionThinkError(f"{', '.join(dict.fromkeys(judged))}: scored only by an LLM judge; pass --judge "
+                                   "(http://host/v1#model or local:DIR) or leave it out of --bench")
     out = Path(config.out)
     _claim_folder(out, _model_id(config.model))
     judge = _make_judge(config.judge, out)

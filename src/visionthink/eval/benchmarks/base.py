@@ -37,6 +37,8 @@ class Benchmark(ABC):
     name: str = ""
     layout: str = ""
     """Human-readable description of the expected folder layout, shown when it is missing."""
+    needs_judge: bool = False
+    """True when only a judge can score it (MM-Vet): `visionthink eval` then refuses to start without one."""
 
     @abstractmethod
     def load(self, root: Path, limit: int | None = None) -> list[Sample]:

@@ -30,9 +30,11 @@ def _capabilities(cell: object) -> list[str]:
 class MMVet(Benchmark):
     """The judge's grade per answer (an ungradable answer scores 0, as in the reference), mean in
     `score`; `score/<capability>` for rec/ocr/know/gen/spat/math; `judge_failures` counts the 0s
-    that came from a failing judge. Without a judge, scoring raises."""
+    that came from a failing judge. Without a judge, scoring raises (and `visionthink eval` refuses
+    to start, `needs_judge`)."""
 
     name = "mmvet"
+    needs_judge = True
     layout = (
         "either the Hugging Face dataset lmms-lab/MMVet (or lmms-lab-encoder/MMVet) as published:\n"
         "  <root>/data/test-*.parquet  columns: question_id (v1_0...), image, question, answer (may hold\n"
