@@ -411,3 +411,47 @@ def test_runner_reports_synth_and_synth_heldout_side_by_side(tmp_path):
     alone = run_eval(EvalConfig(model=None, benches=["synth"], modes=["low"], out=tmp_path / "alone", limit=3,
                                 data_root=tmp_path / "data", progress=False), engine=Echo(), log=lambda m: None)
     assert list(alone.summary) == ["synth"]
+
+
+# ---------------------------------------------------------------- each benchmark's own figures in report.md
+
+
+def _records(predictions: list[str | None]) -> list[dict]:
+    return [{"prediction": p, "seconds": 0.1, "visual_tokens": 4, "full_res_visual_tokens": 16, "generated_tokens": 3,
+             "resized": False, "well_formed": True} for p in predictions]
+
+
+def test_report_shows_each_benchmarks_native_figures():
+    from visionthink.eval.benchmarks import BENCHMARKS
+    from visionthink.eval.report import markdown_report, native_figures
+
+    pope = [Sample(f"p{i}", None, "q", answer, {"categories": ["random"]})
+            for i, answer in enumerate(["yes", "yes", "no", "no"])]
+    rows = [("Yes", "existence", "a"), ("No", "existence", "a"), ("Yes", "code_reasoning", "b"),
+            ("No", "code_reasoning", "b")]
+    mme = [Sample(f"m{i}", None, "q", answer, {"category": category, "image_id": image})
+           for i, (answer, category, image) in enumerate(rows)]
+    ocr = [Sample(f"o{i}", None, "q", ["cat"], {"category": "Regular Text Recognition", "hme": False})
+           for i in range(4)]
+    summary = {
+        # POPE: TP 1, FP 1, FN 1, TN 1 -> P = R = F1 = 50, accuracy 50, yes-ratio 2/4 = 50
+        "pope": {"visionthink": runner.mode_metrics(BENCHMARKS["pope"], pope, _records(["Yes", "no", "yes", "No"]))},
+        # MME: existence 2/2 + 1/1 image = 200; code_reasoning 1/2 + 0/1 = 50
+        "mme": {"full": runner.mode_metrics(BENCHMARKS["mme"], mme, _records(["Yes", "No", "Yes", "Yes"]))},
+        # OCRBench: 3 of the 4 items run -> 750 / 1000 scaled
+        "ocrbench": {"low": runner.mode_metrics(BENCHMARKS["ocrbench"], ocr,
+                                                _records(["a cat", "CAT", "dog", "cat!"]))},
+    }
+    assert native_figures("pope", summary["pope"]["visionthink"]) == (
+        "acc 50.0 · P 50.0 · R 50.0 · F1 50.0 · yes-ratio 50.0")
+    assert native_figures("mme", summary["mme"]["full"]) == (
+        "perception 200.0 / 2000 (of 200 for the categories run) · "
+        "cognition 50.0 / 800 (of 200 for the categories run)")
+    assert native_figures("ocrbench", summary["ocrbench"]["low"]) == "3 right of 4 run (= 750 / 1000 scaled)"
+    full_set = {"score": 0.812, "n": 1000, "official": {"final_score": 812.0}}
+    assert native_figures("ocrbench", full_set) == "812 / 1000"
+    report = markdown_report(summary, [], {"model": None, "limit": None}, [])
+    assert "## Benchmark figures" in report
+    assert "| pope | visionthink | 50.0 | 25.0 | acc 50.0 · P 50.0 · R 50.0 · F1 50.0 · yes-ratio 50.0 |" in report
+    assert "| mme | full | 62.5 | 25.0 | perception 200.0 / 2000" in report
+    assert "| ocrbench | low | 75.0 | 25.0 | 3 right of 4 run (= 750 / 1000 scaled) |" in report

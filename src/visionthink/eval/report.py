@@ -41,6 +41,79 @@ def table2(summary: Summary) -> str:
     return "\n".join(lines)
 
 
+def _figure(official: dict[str, float], key: str, label: str) -> str | None:
+    """`label` and the figure in %, or None when the summary lacks it."""
+    return f"{label} {100 * official[key]:.1f}" if key in official else None
+
+
+def _mme_figures(official: dict[str, float]) -> list[str]:
+    from visionthink.eval.metrics import mme_category_kind
+
+    kinds = [mme_category_kind(key.removeprefix("points/")) for key in official if key.startswith("points/")]
+    parts = []
+    for kind, full in (("perception", 2000), ("cognition", 800)):
+        if kind in official:
+            present = 200 * kinds.count(kind)
+            scale = f" (of {present} for the categories run)" if present and present != full else ""
+            parts.append(f"{kind} {official[kind]:.1f} / {full}{scale}")
+    return parts
+
+
+def native_figures(bench: str, metrics: dict[str, Any]) -> str:
+    """A benchmark's figures on the scale its paper and leaderboards use, from a mode's metrics.
+
+    MME: perception (of 2000) and cognition (of 800) totals. OCRBench: items right of 1,000 (and of
+    the items run, when a limit was set). POPE: accuracy, precision, recall, F1 and yes-ratio (%).
+    DocVQA: ANLS. ChartQA: relaxed accuracy per split. MM-Vet: the judge's mean score of 100.
+    MathVista / MathVerse: accuracy and the rules-only accuracy. Others: accuracy. Judge failures
+    are named when there were any.
+    """
+    official: dict[str, float] = dict(metrics.get("official") or {})
+    score = float(metrics.get("score", 0.0))
+    n = int(metrics.get("n", 0))
+    key = bench.lower().replace("-", "").replace("_", "")
+    parts: list[str | None]
+    if key == "mme":
+        parts = list(_mme_figures(official))
+    elif key == "ocrbench":
+        right = official.get("final_score", score * n)
+        parts = [f"{right:.0f} / 1000" if n == 1000 else
+                 f"{right:.0f} right of {n} run (= {1000 * score:.0f} / 1000 scaled)"]
+    elif key == "pope":
+        parts = [_figure(official, "accuracy", "acc"), _figure(official, "precision", "P"),
+                 _figure(official, "recall", "R"), _figure(official, "f1", "F1"),
+                 _figure(official, "yes_ratio", "yes-ratio")]
+    elif key == "docvqa":
+        parts = [_figure(official, "anls", "ANLS")]
+    elif key == "chartqa":
+        parts = [_figure(official, "relaxed", "relaxed acc")]
+        parts += [_figure(official, name, name.removeprefix("score/")) for name in official
+                  if name.startswith("score/")]
+    elif key == "mmvet":
+        parts = [f"score {100 * score:.1f} / 100"]
+    elif key in ("mathvista", "mathverse"):
+        parts = [f"acc {100 * score:.1f}", _figure(official, "rules", "rules alone")]
+    else:
+        parts = [f"acc {100 * score:.1f}"]
+    if official.get("judge_failures"):
+        parts.append(f"judge failures {official['judge_failures']:.0f}")
+    return " · ".join(part for part in parts if part) or "-"
+
+
+def native_table(summary: Summary) -> str:
+    """One row per (bench, mode): score, visual tokens kept, and the benchmark's own figures."""
+    header = ["bench", "mode", "score %", "% of full-res tokens", "benchmark figures"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for bench, modes in summary.items():
+        for mode in modes_in({bench: modes}):
+            m = modes[mode]
+            share = m.get("visual_tokens_pct_of_full")
+            cells = [bench, mode, _pct(m["score"]), "-" if share is None else f"{share:.1f}",
+                     native_figures(bench, m)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def details_table(summary: Summary) -> str:
     """One row per (bench, mode) with every cost figure."""
     header = ["bench", "mode", "n", "score %", "visual tokens", "% of full-res", "resize %", "seconds",
@@ -91,6 +164,13 @@ def markdown_report(summary: Summary, notes: list[str], meta: dict[str, Any], pl
         "Cell: score in %, and in brackets the visual tokens in context as % of the full-resolution mode's.",
         "",
         table2(summary),
+        "",
+        "## Benchmark figures",
+        "",
+        "Each benchmark on its own scale (MME perception / cognition totals, OCRBench of 1,000, POPE "
+        "precision / recall / F1 / yes-ratio, ...), beside the score and the visual tokens kept.",
+        "",
+        native_table(summary),
         "",
         "## Cost per bench and mode",
         "",
