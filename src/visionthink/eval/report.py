@@ -165,13 +165,6 @@ def markdown_report(summary: Summary, notes: list[str], meta: dict[str, Any], pl
         "",
         table2(summary),
         "",
-        "## Benchmark figures",
-        "",
-        "Each benchmark on its own scale (MME perception / cognition totals, OCRBench of 1,000, POPE "
-        "precision / recall / F1 / yes-ratio, ...), beside the score and the visual tokens kept.",
-        "",
-        native_table(summary),
-        "",
         "## Cost per bench and mode",
         "",
         "Seconds: sum of per-sample model time (batched time shared equally within a batch); "
@@ -179,6 +172,13 @@ def markdown_report(summary: Summary, notes: list[str], meta: dict[str, Any], pl
         "No answer: samples whose final turn gave no answer (malformed), scored as wrong.",
         "",
         details_table(summary),
+        "",
+        "## Benchmark figures",
+        "",
+        "Each benchmark on its own scale (MME perception / cognition totals, OCRBench of 1,000, POPE "
+        "precision / recall / F1 / yes-ratio, ...), beside the score and the visual tokens kept.",
+        "",
+        native_table(summary),
     ]
     families = family_tables(summary)
     if families:
