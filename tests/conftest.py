@@ -57,3 +57,8 @@ def synth_items():
     from visionthink.data import synth
 
     return synth.split_items("test", 12, seed=0)
+
+
+def full_tokens(image) -> int:
+    """Full-resolution visual tokens of a synthetic world image (its sizes are on the 56 px grid already)."""
+    return (image.width // 28) * (image.height // 28)

@@ -35,12 +35,13 @@ def test_ask_prints_answer_and_cost(item_png, shipped_model_dir):
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert set(record) >= {"answer", "resized", "visual_tokens", "full_res_visual_tokens", "seconds"}
-    assert record["full_res_visual_tokens"] == 16
-    assert record["visual_tokens"] == (20 if record["resized"] else 4)
+    full = (item.image.width // 28) * (item.image.height // 28)  # world images are on the grid already
+    assert record["full_res_visual_tokens"] == full
+    assert record["visual_tokens"] == (full * 5 // 4 if record["resized"] else full // 4)
     assert record["answer"] in synth.PATTERNS
     plain = visionthink("ask", str(path), item.question, "--model", str(shipped_model_dir), "--mode", "low")
     assert plain.returncode == 0, plain.stderr
-    assert "answer:" in plain.stdout and "visual tokens: 4 (full resolution: 16, 25%)" in plain.stdout
+    assert "answer:" in plain.stdout and f"visual tokens: {full // 4} (full resolution: {full}, 25%)" in plain.stdout
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -99,7 +100,7 @@ def test_data_synth_writes_hugging_face_splits(tmp_path):
     assert len(test) == 6 and test[1]["family"] == "fine_small" and test[1]["needs_high_res"] is True
     expected = synth.split_items("test", 6, seed=4)
     assert [row["answer"] for row in test] == [item.answer for item in expected]
-    assert test[0]["image"].size == (synth.IMAGE_SIZE, synth.IMAGE_SIZE)
+    assert [row["image"].size for row in test] == [item.image.size for item in expected]
 
 
 def test_bad_recipe_override_is_a_clear_error(tmp_path):

@@ -42,7 +42,7 @@ def tiny_dir(tmp_path_factory):
 
 def recipe(tmp_path, model_dir, **overrides) -> GRPORecipe:
     values = dict(model=str(model_dir), output_dir=str(tmp_path / "run"), steps=1, num_generations=4,
-                  per_device_batch_size=4, train_items=6, save_steps=1, threads=1, max_completion_length=64,
+                  per_device_batch_size=4, train_items=6, save_steps=1, threads=1, max_completion_length=128,
                   report_to="none", resume=False, drop_tied_groups=False)
     values.update(overrides)
     return GRPORecipe(**values)
@@ -151,7 +151,7 @@ def test_train_grpo_smoke(tmp_path, tiny_dir):
     """A short run end to end: the first turn is scripted to call the tool (a random model would not), the
     second turn is sampled by the model with the high-res image in context; checkpoints and logs appear."""
     config = recipe(tmp_path, tiny_dir, steps=2, num_generations=2, per_device_batch_size=4, save_steps=1,
-                    max_completion_length=64, save_total_limit=1)
+                    max_completion_length=128, save_total_limit=1)
     from visionthink.train import grpo as grpo_module
 
     built = {}
@@ -179,7 +179,7 @@ def test_train_grpo_smoke(tmp_path, tiny_dir):
     for _prompts, out in built["recorded"]:
         completions, tool_images = out[3], out[7]
         resized = [i for i, c in enumerate(completions) if any(m["role"] == "tool" for m in c)]
-        assert resized and all(tool_images[i] and tool_images[i][0].size == (112, 112) for i in resized)
+        assert resized and all(tool_images[i] and tool_images[i][0].size in synth.IMAGE_SIZES for i in resized)
         assert all(c[-1]["role"] == "assistant" for i, c in enumerate(completions) if i in resized)
     assert all(n > 4 for n in trainer.vt_images_in_loss)  # 4 low-res prompt images plus the tool's
     logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]

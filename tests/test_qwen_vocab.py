@@ -6,6 +6,7 @@ import unicodedata
 
 import pytest
 import torch
+from conftest import full_tokens  # tests/ is on sys.path
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from visionthink import protocol
@@ -153,9 +154,10 @@ def test_tiny_model_on_the_real_vocabulary(built, qwen_tiny):
 def _conversations(processor, items):
     for item in items:
         views = make_views(item.image, processor.grid)
-        yield conversation(item.question, item.answer, views, "low", resize=True), [4, 16]
-        yield conversation(item.question, item.answer, views, "low", resize=False), [4]
-        yield conversation(item.question, item.answer, views, "high", resize=False), [16]
+        full = full_tokens(item.image)
+        yield conversation(item.question, item.answer, views, "low", resize=True), [full // 4, full]
+        yield conversation(item.question, item.answer, views, "low", resize=False), [full // 4]
+        yield conversation(item.question, item.answer, views, "high", resize=False), [full]
 
 
 def test_rendering_holds_one_placeholder_run_per_image(qwen_tiny, items):
@@ -210,17 +212,18 @@ def test_engine_runs_every_mode_on_the_real_vocabulary(qwen_tiny, items):
         episodes = engine.run(requests, mode)
         assert len(episodes) == len(items)
         for item, episode in zip(items, episodes, strict=True):
-            assert episode.mode == mode and episode.full_res_visual_tokens == 16
+            full = full_tokens(item.image)
+            assert episode.mode == mode and episode.full_res_visual_tokens == full
             assert 0 < episode.generated_tokens <= 4 * len(episode.turns)
             first = encode(processor, episode.messages[:2], add_generation_prompt=True)["input_ids"][0].tolist()
             assert episode.fed_token_ids[: len(first)] == first, mode
             if mode == "full":
-                assert episode.visual_tokens_per_turn == [16] and not episode.resized
+                assert episode.visual_tokens_per_turn == [full] and not episode.resized
             elif mode == "low":
-                assert episode.visual_tokens_per_turn == [4] and not episode.resized
+                assert episode.visual_tokens_per_turn == [full // 4] and not episode.resized
             elif mode == "oracle":
                 assert episode.resized == item.needs_high_res
-                assert episode.visual_tokens_per_turn == ([4, 16] if item.needs_high_res else [4])
+                assert episode.visual_tokens_per_turn == ([full // 4, full] if item.needs_high_res else [full // 4])
 
 
 # ---------------------------------------------------------------- TRL's checks on the chat template

@@ -18,6 +18,7 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import full_tokens  # tests/ is on sys.path
 from PIL import Image
 
 from visionthink.data import synth
@@ -128,12 +129,13 @@ def test_reply_is_openai_shaped_with_visionthink_fields(server, items, shipped_m
     assert choice["message"]["role"] == "assistant" and choice["finish_reason"] == "stop"
     assert choice["message"]["resized"] is info["resized"]
     assert choice["message"]["content"] == info["answer"]
-    assert usage["full_res_visual_tokens"] == 16
-    assert usage["visual_tokens"] == (20 if info["resized"] else 4)
+    full = full_tokens(item.image)
+    assert usage["full_res_visual_tokens"] == full
+    assert usage["visual_tokens"] == (full * 5 // 4 if info["resized"] else full // 4)
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert len(info["turns"]) == (2 if info["resized"] else 1)
     low = Image.open(io.BytesIO(base64.b64decode(info["low_res_image"].split(",", 1)[1])))
-    assert low.size == (56, 56) == tuple(info["first_image_size"])
+    assert low.size == (item.image.width // 2, item.image.height // 2) == tuple(info["first_image_size"])
     # The same episode as the engine run directly.
     episode = TransformersEngine(*shipped_model).run([Request(item.image, item.question)])[0]
     assert info["turns"] == episode.summary()["turns"]
@@ -346,7 +348,7 @@ def test_cli_serve_subcommand(shipped_model_dir, items, free_port):
         item = items[0]
         status, reply, _ = call(base, "POST", "/v1/chat/completions", chat_body(data_url(item.image), item.question),
                                 key="cli-key")
-        assert status == 200 and reply["usage"]["full_res_visual_tokens"] == 16
+        assert status == 200 and reply["usage"]["full_res_visual_tokens"] == full_tokens(item.image)
         three = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(
             item.image)}}] * 3 + [{"type": "text", "text": "q?"}]}]}
         status, reply, _ = call(base, "POST", "/v1/chat/completions", three, key="cli-key")

@@ -184,3 +184,21 @@ def test_shared_prefix_forward_equals_the_plain_forward(random_tiny):
     for a, b in zip(plain_grads, shared_grads, strict=True):
         if a is not None:
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3)
+
+
+def test_perception_examples_are_short_legible_and_without_the_tool_block(random_tiny):
+    import numpy as np
+
+    from visionthink.tokens import encode_for_training, render_text
+    from visionthink.train.sft_data import sample_example
+
+    _, processor = random_tiny
+    rng = np.random.default_rng(2)
+    examples = [sample_example(rng, processor.grid, 0.5, 0.5, perception=True) for _ in range(40)]
+    assert all(e.legible and not e.resized and not e.with_tools for e in examples)
+    assert all(e.start == "high" for e in examples if e.family == "fine_small")
+    assert {e.start for e in examples if e.family != "fine_small"} == {"low", "high"}
+    for e in examples[:5]:
+        text = render_text(processor, e.messages, with_tools=False)
+        assert "<tools>" not in text and "resize_image" not in text
+        assert len(encode_for_training(processor, e.messages, with_tools=False)["input_ids"][0]) < 80

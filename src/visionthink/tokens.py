@@ -14,16 +14,20 @@ from visionthink.protocol import RESIZE_TOOL, Message, images_in
 IGNORE_INDEX = -100
 
 
-def render_text(processor, messages: list[Message], add_generation_prompt: bool = False) -> str:
-    """The conversation as template text (one image placeholder per image)."""
+def render_text(processor, messages: list[Message], add_generation_prompt: bool = False,
+                with_tools: bool = True) -> str:
+    """The conversation as template text (one image placeholder per image); the protocol's tool block
+    unless `with_tools` is False (only SFT's perception stage renders without it)."""
     return processor.apply_chat_template(
-        messages, tools=[RESIZE_TOOL], tokenize=False, add_generation_prompt=add_generation_prompt
+        messages, tools=[RESIZE_TOOL] if with_tools else None, tokenize=False,
+        add_generation_prompt=add_generation_prompt,
     )
 
 
-def encode(processor, messages: list[Message], add_generation_prompt: bool = False) -> BatchFeature:
+def encode(processor, messages: list[Message], add_generation_prompt: bool = False,
+           with_tools: bool = True) -> BatchFeature:
     """Model inputs for one conversation: input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw."""
-    text = render_text(processor, messages, add_generation_prompt)
+    text = render_text(processor, messages, add_generation_prompt, with_tools)
     images = images_in(messages)
     return processor(text=[text], images=images or None, return_tensors="pt")
 
@@ -53,9 +57,9 @@ def assistant_mask(processor, input_ids: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def encode_for_training(processor, messages: list[Message]) -> BatchFeature:
+def encode_for_training(processor, messages: list[Message], with_tools: bool = True) -> BatchFeature:
     """`encode` plus `labels`: the input ids on assistant tokens, IGNORE_INDEX elsewhere."""
-    batch = encode(processor, messages)
+    batch = encode(processor, messages, with_tools=with_tools)
     ids = batch["input_ids"][0]
     labels = torch.where(assistant_mask(processor, ids), ids, torch.full_like(ids, IGNORE_INDEX))
     batch["labels"] = labels[None]

@@ -70,6 +70,11 @@ class SFTConfig:
     shapes what that position knows, not what it decides: the decision's targets stay uninformed
     (`resize_fraction`), the head is dropped after training and GRPO learns the decision. A pretrained VLM
     knows when a detail is too small to make out; a from-scratch tiny model must be taught. 0: off."""
+    perception_only: bool = False
+    """Train on the short form of direct answers (image, question -> think, answer; no tool block, no
+    instruction) on views that show the answer: a first stage that teaches a from-scratch model to look.
+    In the full protocol the image is ~16 of ~300 tokens, and the text model did not learn to attend to
+    it in 1000 steps (answers independent of the image); in the short form it does."""
     resize_fraction: float = 0.5
     """Share of low-res conversations that call resize_image, at random and regardless of need."""
     full_res_fraction: float = 0.25
@@ -198,9 +203,9 @@ def train_sft(config: SFTConfig) -> Path:
     began = time.time()
     for step in progress:
         rng = np.random.default_rng([config.seed, 9173, step])
-        examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction)
-                    for _ in range(config.batch_size)]
-        encoded = [encode_for_training(processor, e.messages) for e in examples]
+        examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,
+                                   config.perception_only) for _ in range(config.batch_size)]
+        encoded = [encode_for_training(processor, e.messages, e.with_tools) for e in examples]
         if teach_legibility:  # before the mask below, which can hide the first turn's choice
             positions = torch.tensor([decision_position(e["labels"][0], decision_ids) for e in encoded])
         if config.mask_illegible_first_turns:

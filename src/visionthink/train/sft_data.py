@@ -82,6 +82,8 @@ class Example:
     resized: bool
     legible: bool = True
     """Whether the first image shows the answer (False: a small label's pattern at low resolution)."""
+    with_tools: bool = True
+    """False for a perception-stage conversation, rendered without the protocol's tool block."""
 
 
 AUX_HEADS = {"count": 4, "shape": 1 + len(synth.SHAPES), "colour": 1 + len(synth.COLOURS), "largest": 2,
@@ -148,18 +150,30 @@ def aux_targets(scene: synth.Scene, view_size: tuple[int, int], grid: PixelGrid)
             "legible": legible}
 
 
+def perception_conversation(question: str, answer: str, image, question_type: str) -> list[protocol.Message]:
+    """The short form of a direct answer: no tool block, no instruction; image and question, think, answer."""
+    return [{"role": "user", "content": [protocol.image_part(image), protocol.text_part(question)]},
+            protocol.assistant_turn(protocol.answer_text(think_for(question, question_type), answer))]
+
+
 def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: float,
-                   full_res_fraction: float) -> Example:
+                   full_res_fraction: float, perception: bool = False) -> Example:
     """A fresh random scene, a random question about it in a random training wording, and a random
-    conversation shape."""
+    conversation shape. `perception`: the short form (`perception_conversation`) on a view that shows
+    the answer."""
     scene = synth.make_scene(rng)
     question_type = str(rng.choice(["colour", "shape", "count", "pattern", "pattern"]))
     family = synth.family_of(scene, question_type)
     views = make_views(scene.image, grid)
     start: Start = "high" if rng.random() < full_res_fraction else "low"
-    resize = start == "low" and rng.random() < resize_fraction
     answer = synth.answer_for(scene, question_type)
     question = synth.pick_wording(rng, question_type, "train")
+    if perception:
+        start = "high" if family == "fine_small" else start
+        image = views.high if start == "high" else views.low
+        messages = perception_conversation(question, answer, image, question_type)
+        return Example(messages, [aux_targets(scene, image.size, grid)], family, start, False, True, False)
+    resize = start == "low" and rng.random() < resize_fraction
     messages = conversation(question, answer, views, start, resize, question_type)
     shown = [views.low if start == "low" else views.high] + ([views.high] if resize else [])
     legible = question_type != "pattern" or pattern_legible(scene.label_size, start == "high")
