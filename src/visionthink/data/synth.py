@@ -2,8 +2,9 @@
 
 Every image holds 1-3 large shapes and one label (a square patch with a pattern) of a random size
 in one random visual-token cell (aligned to the 28 px grid, so each label sits inside one token at
-full resolution, as a from-scratch vision tower can learn to read it). Images come in three aspect ratios (`IMAGE_SIZES`), each a multiple of 56 px
-so that the half-size low view is exactly on the 28 px grid.
+full resolution, as a from-scratch vision tower can learn to read it). Images come in three aspect
+ratios (`IMAGE_SIZES`), each a multiple of 56 px so that the half-size low view is exactly on the
+28 px grid.
 
 - `coarse`: colour, shape or count of the large shapes. Answerable at low resolution.
 - `fine_small`: the label's pattern drawn in 1 px lines/dots, softened and grained so that halving
