@@ -8,6 +8,7 @@ import json
 import urllib.request
 
 import pytest
+from conftest import full_tokens  # tests/ is on sys.path
 from PIL import Image
 
 from visionthink import protocol
@@ -68,7 +69,8 @@ def test_structured_tool_calls_also_complete_the_protocol(server, engine, reques
     for request, episode in zip(requests_, episodes, strict=True):
         assert episode.resized == request.needs_high_res
         assert [m["role"] for m in episode.messages][-1] == "assistant"
-        assert episode.visual_tokens == (20 if request.needs_high_res else 4)
+        tokens = full_tokens(request.image)
+        assert episode.visual_tokens == (tokens * 5 // 4 if request.needs_high_res else tokens // 4)
 
 
 def test_server_errors_surface_as_remote_engine_errors(server, engine, requests_):
@@ -101,7 +103,7 @@ def test_raw_mode_returns_openai_tool_calls(server, engine, requests_):
     assert call["function"]["name"] == "resize_image"
     assert json.loads(call["function"]["arguments"]) == {"action": "resize"}
     assert choice["message"]["content"].startswith("<think>")
-    assert reply["usage"]["visual_tokens"] == 4 and "visionthink" not in reply
+    assert reply["usage"]["visual_tokens"] == full_tokens(resizing.image) // 4 and "visionthink" not in reply
     # The turn rebuilt from the structured reply is the one the model wrote.
     first = next(e for e in episodes if e.resized)
     assert reply_text(reply) == protocol.assistant_text(first.messages[2])
