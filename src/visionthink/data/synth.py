@@ -32,8 +32,6 @@ from PIL import Image, ImageDraw, ImageFilter
 
 IMAGE_SIZES = ((112, 112), (168, 112), (112, 168))
 """(width, height) of the generated images: full resolution, 16 or 24 visual tokens."""
-IMAGE_SIZE = 112
-"""The square size (the first of `IMAGE_SIZES`)."""
 LABEL_SIDES = {"small": (22, 28), "large": (24, 28)}
 """Label side range in px, per label size: inside each family's legibility range and one 28 px token cell.
 (Labels at any pixel position and up to 40 px were tried first: in 1000 SFT steps the tiny model's vision
@@ -359,16 +357,13 @@ def pick_wording(rng: np.random.Generator, question_type: str, wording_set: Word
     return options[int(rng.integers(len(options)))]
 
 
-def scene_items(scene: Scene, uid: str, wording_set: WordingSet = "train",
-                rng: np.random.Generator | None = None) -> list[Item]:
-    """Every question one scene answers: three coarse ones and the label question (random wordings from
-    `wording_set` when `rng` is given, else the canonical ones)."""
+def scene_items(scene: Scene, uid: str) -> list[Item]:
+    """Every question one scene answers, in the canonical wordings: three coarse ones and the label question."""
     items = []
     for qtype in QUESTION_TYPES:
-        question = pick_wording(rng, qtype, wording_set) if rng is not None else QUESTIONS[qtype]
         family = family_of(scene, qtype)
-        items.append(Item(scene.image, question, answer_for(scene, qtype), family, qtype, family == "fine_small",
-                          f"{uid}-{qtype}", wording_set, scene.label_box))
+        items.append(Item(scene.image, QUESTIONS[qtype], answer_for(scene, qtype), family, qtype,
+                          family == "fine_small", f"{uid}-{qtype}", label_box=scene.label_box))
     return items
 
 
