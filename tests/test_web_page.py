@@ -11,6 +11,7 @@ import pytest
 
 from visionthink.data import synth
 from visionthink.engines.transformers_engine import Request, TransformersEngine
+from visionthink.images import make_views
 from visionthink.serve.app import BackgroundServer, ServeConfig, create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -77,8 +78,9 @@ def test_page_shows_low_res_view_resize_reasoning_answer_and_tokens(server, brow
     source = low.get_attribute("src")
     assert low.tag_name == "img" and source.startswith("data:image/png;base64,")
     assert base64.b64decode(source.split(",", 1)[1]).startswith(b"\x89PNG")
-    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", low) == 56
-    assert "56\u00d756" in browser.find_element(By.ID, "lowres-caption").text
+    low_width, low_height = make_views(item.image, shipped_model[1].grid).low.size
+    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", low) == low_width
+    assert f"{low_width}\u00d7{low_height}" in browser.find_element(By.ID, "lowres-caption").text
     browser.save_screenshot(str(tmp_path / "page.png"))
 
 
