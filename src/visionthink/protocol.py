@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -77,6 +78,16 @@ def tool_turn(image: Image.Image) -> Message:
 def error_turn(error: str) -> Message:
     """The tool's answer to a malformed call."""
     return {"role": "tool", "name": TOOL_NAME, "content": [text_part(f"Error: {error}")]}
+
+
+def tool_reply(turn: Turn, text: str, high_res_image: Image.Image) -> Message | None:
+    """The tool's turn after an assistant turn: the high-res image for a resize call, an error turn for a
+    call that cannot run, None when the turn called no tool (the episode ends)."""
+    if turn.kind == "resize":
+        return tool_turn(high_res_image)
+    if turn.kind == "malformed" and "<tool_call>" in text:
+        return error_turn(turn.error or "malformed tool call")
+    return None
 
 
 def answer_text(think: str, answer: str) -> str:
@@ -323,6 +334,44 @@ class Episode:
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
             "mode": self.mode,
         }
+
+
+def make_episode(
+    messages: list[Message],
+    turns: list[Turn],
+    count_visual_tokens: Callable[[Image.Image], int],
+    full_res_visual_tokens: int,
+    *,
+    generated_tokens: int = 0,
+    sequence_tokens: int = 0,
+    seconds: dict[str, float] | None = None,
+    mode: str = "visionthink",
+    fed_token_ids: list[int] | None = None,
+) -> Episode:
+    """The episode a conversation records, by one rule for every engine and for GRPO rollouts.
+
+    `resized`: a tool turn delivered an image. Visual tokens: those of every image in the conversation.
+    `prompt_tokens`: the conversation's `sequence_tokens` less what the model wrote.
+    """
+    final = turns[-1] if turns else None
+    return Episode(
+        messages=messages,
+        answer=final.answer if final is not None and final.kind == "answer" else None,
+        resized=any(m["role"] == "tool" and _has_image(m) for m in messages),
+        turns=turns,
+        visual_tokens_per_turn=[count_visual_tokens(image) for image in images_in(messages)],
+        full_res_visual_tokens=full_res_visual_tokens,
+        prompt_tokens=max(0, sequence_tokens - generated_tokens),
+        generated_tokens=generated_tokens,
+        seconds=dict(seconds or {}),
+        mode=mode,
+        fed_token_ids=list(fed_token_ids or []),
+    )
+
+
+def _has_image(message: Message) -> bool:
+    content = message.get("content")
+    return isinstance(content, list) and any(part.get("type") == "image" for part in content)
 
 
 def assistant_text(message: Message) -> str:

@@ -40,11 +40,10 @@ from typing import Any
 from PIL import Image
 
 from visionthink import protocol
+from visionthink.engines.base import Generated, run_episodes
 from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.errors import VisionThinkError
-from visionthink.images import PixelGrid, load_image, make_views
-
-MODES = ("full", "low", "visionthink", "oracle")
+from visionthink.images import PixelGrid
 
 
 class RemoteEngineError(VisionThinkError):
@@ -56,7 +55,7 @@ class RemoteEngine:
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
                  sampling: SamplingConfig | None = None, grid: PixelGrid | None = None, timeout: float = 120.0,
-                 max_workers: int = 8, assistant_tool_calls: str = "inline"):
+                 max_workers: int = 8, assistant_tool_calls: str = "inline", batch_size: int = 64):
         if assistant_tool_calls not in ("inline", "structured"):
             raise ValueError("assistant_tool_calls must be 'inline' or 'structured'")
         self.base_url = base_url.rstrip("/")
@@ -67,6 +66,7 @@ class RemoteEngine:
         self.grid = grid or PixelGrid()
         self.timeout = timeout
         self.max_workers = max_workers
+        self.batch_size = batch_size
         self.assistant_tool_calls = assistant_tool_calls
         self._model = model
 
@@ -108,71 +108,10 @@ class RemoteEngine:
 
     def run(self, requests: list, mode: str = "visionthink", progress=None) -> list[protocol.Episode]:
         """Episodes for all requests (any objects with `image`, `question`, `needs_high_res`), in order."""
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-        model = self.model
-        workers = max(1, min(self.max_workers, len(requests)))
-        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="visionthink-remote") as pool:
-            futures = [pool.submit(self._episode, request, mode, model) for request in requests]
-            episodes = []
-            for future in futures:
-                episodes.append(future.result())
-                if progress is not None:
-                    progress.update(1)
-        return episodes
+        return run_episodes(self, requests, mode, progress)
 
-    def _episode(self, request, mode: str, model: str) -> protocol.Episode:
-        began = time.perf_counter()
-        needs_high_res = getattr(request, "needs_high_res", None)
-        if mode == "oracle" and needs_high_res is None:
-            raise ValueError("oracle mode needs `needs_high_res` on every request")
-        views = make_views(load_image(request.image), self.grid)
-        first_image = views.high if mode == "full" else views.low
-        messages = protocol.first_turn(request.question, first_image)
-        visual = [self.grid.tokens(*first_image.size)]
-        seconds = {"prepare": time.perf_counter() - began}
-        turns: list[protocol.Turn] = []
-        generated = 0
-        last_usage: dict[str, Any] = {}
-        urls: dict[int, str] = {}
-        for turn_index in range(protocol.MAX_ASSISTANT_TURNS):
-            turn_began = time.perf_counter()
-            forbid_call = mode in ("full", "low") or (mode == "oracle" and turn_index == 0 and not needs_high_res)
-            reply = self._call("POST", "/v1/chat/completions", self._body(model, messages, urls, forbid_call))
-            seconds[f"turn{turn_index + 1}"] = time.perf_counter() - turn_began
-            text = reply_text(reply)
-            last_usage = reply.get("usage") or {}
-            generated += int(last_usage.get("completion_tokens") or 0)
-            turn = protocol.parse_turn(text)
-            if mode == "oracle" and turn_index == 0 and needs_high_res and turn.kind != "resize":
-                text = protocol.resize_text(turn.think or "")
-                turn = protocol.parse_turn(text)
-            messages.append(protocol.assistant_turn(text))
-            turns.append(turn)
-            if turn_index + 1 == protocol.MAX_ASSISTANT_TURNS or mode in ("full", "low") or turn.kind == "answer":
-                break
-            if turn.kind == "resize":
-                messages.append(protocol.tool_turn(views.high))
-                visual.append(self.grid.tokens(*views.high.size))
-            elif "<tool_call>" in text:
-                messages.append(protocol.error_turn(turn.error or "malformed tool call"))
-            else:
-                break
-        resized = any(t.kind == "resize" for t in turns)
-        final = turns[-1]
-        total = int(last_usage.get("prompt_tokens") or 0) + int(last_usage.get("completion_tokens") or 0)
-        return protocol.Episode(
-            messages=messages,
-            answer=final.answer if final.kind == "answer" else None,
-            resized=resized,
-            turns=turns,
-            visual_tokens_per_turn=visual,
-            full_res_visual_tokens=self.grid.tokens(*views.high.size),
-            prompt_tokens=max(0, total - generated),
-            generated_tokens=generated,
-            seconds=seconds,
-            mode=mode,
-        )
+    def session(self) -> _RemoteSession:
+        return _RemoteSession(self, self.model)
 
     def _body(self, model: str, messages: list[protocol.Message], urls: dict[int, str],
               forbid_call: bool) -> dict[str, Any]:
@@ -223,6 +162,31 @@ class RemoteEngine:
             else:
                 out.append({"role": role, "content": parts})
         return out
+
+
+class _RemoteSession:
+    """One batch: its turns are posted concurrently; each row's images are encoded once."""
+
+    def __init__(self, engine: RemoteEngine, model: str):
+        self.engine = engine
+        self.model = model
+        self.urls: dict[int, dict[int, str]] = {}
+
+    def generate(self, rows: list[int], conversations: list[list[protocol.Message]],
+                 forbid_call: list[bool]) -> list[Generated]:
+        jobs = list(zip(rows, conversations, forbid_call, strict=True))
+        workers = max(1, min(self.engine.max_workers, len(jobs)))
+        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="visionthink-remote") as pool:
+            return list(pool.map(lambda job: self._turn(*job), jobs))
+
+    def _turn(self, row: int, messages: list[protocol.Message], forbid_call: bool) -> Generated:
+        began = time.perf_counter()
+        body = self.engine._body(self.model, messages, self.urls.setdefault(row, {}), forbid_call)
+        reply = self.engine._call("POST", "/v1/chat/completions", body)
+        usage = reply.get("usage") or {}
+        generated = int(usage.get("completion_tokens") or 0)
+        return Generated(reply_text(reply), generated, sequence_tokens=int(usage.get("prompt_tokens") or 0) + generated,
+                         seconds=time.perf_counter() - began)
 
 
 def _structured_call(text: str, call_id: str) -> dict[str, Any]:

@@ -217,21 +217,10 @@ def rollout_episode(
             tool = tools[index]
             content = tool["content"] if isinstance(tool["content"], list) else [protocol.text_part(tool["content"])]
             messages.append({"role": "tool", "name": tool.get("name", protocol.TOOL_NAME), "content": content})
-    got_image = any(part.get("type") == "image" for tool in tools[:1] if isinstance(tool["content"], list)
-                    for part in tool["content"])
-    resized = bool(turns) and turns[0].kind == "resize" and got_image
-    final = turns[-1] if turns else None
     grid = processor.grid
-    visual = [grid.tokens(*image.size) for image in protocol.images_in(messages)]
     reference = high_res_image or (protocol.images_in(messages) or [None])[-1]
-    full = grid.tokens(*reference.size) if reference is not None else 0
-    return protocol.Episode(
-        messages=messages,
-        answer=final.answer if final is not None and final.kind == "answer" else None,
-        resized=resized,
-        turns=turns,
-        visual_tokens_per_turn=visual,
-        full_res_visual_tokens=full,
-        generated_tokens=sum(len(ids) for ids in split_turns(tokenizer, completion_ids)),
-        mode="grpo",
+    return protocol.make_episode(
+        messages, turns, count_visual_tokens=lambda image: grid.tokens(*image.size),
+        full_res_visual_tokens=grid.tokens(*reference.size) if reference is not None else 0,
+        generated_tokens=sum(len(ids) for ids in split_turns(tokenizer, completion_ids)), mode="grpo",
     )

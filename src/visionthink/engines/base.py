@@ -1,0 +1,181 @@
+"""The VisionThink loop, written once: every engine is a backend that generates one assistant turn.
+
+Modes:
+- `full`: one turn, full-resolution image, tool call forbidden.
+- `low`: one turn, low-resolution image, tool call forbidden.
+- `visionthink`: low-res first; the model decides whether to call `resize_image`.
+- `oracle`: low-res first; resizes exactly when the item needs high resolution (`needs_high_res`).
+
+`run_episodes(backend, requests, mode)` makes the two views, asks the backend for each turn of a
+batch, applies the protocol (parsing, the oracle's forced call, the tool's reply) and builds the
+`protocol.Episode`s. A backend only turns conversations into assistant text: `TransformersEngine`
+(local, KV cache kept across turns), `VLLMEngine` (in-process vLLM) and `RemoteEngine` (any
+OpenAI-compatible server).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from visionthink import protocol
+from visionthink.images import ImageSource, PixelGrid, Views, load_image, make_views
+
+MODES = ("full", "low", "visionthink", "oracle")
+
+
+@dataclass
+class Request:
+    """One question about one image. `needs_high_res` is only read by the `oracle` mode."""
+
+    image: ImageSource
+    question: str
+    needs_high_res: bool | None = None
+
+
+@dataclass
+class Generated:
+    """One assistant turn as a backend wrote it."""
+
+    text: str
+    """The turn's text, end marker removed."""
+    generated_tokens: int
+    sequence_tokens: int = 0
+    """The conversation's length in tokens once this turn is written (0: unknown)."""
+    fed_token_ids: list[int] | None = None
+    """Every token the model read or wrote so far, where the backend knows them."""
+    seconds: float | None = None
+    """This row's own time for the turn; None: the batch's time is shared out evenly."""
+
+
+class Session(Protocol):
+    """One batch's state across its turns (a KV cache, cached image URLs, ...)."""
+
+    def generate(self, rows: list[int], conversations: list[list[protocol.Message]],
+                 forbid_call: list[bool]) -> list[Generated]:
+        """The next assistant turn of each conversation. `rows` name the batch rows still going (a later
+        call passes a subset, in order); `forbid_call[i]` keeps `<tool_call>` out of that turn."""
+        ...
+
+
+class Backend(Protocol):
+    """What the loop needs from an engine."""
+
+    grid: PixelGrid
+    batch_size: int
+
+    def session(self) -> Session: ...
+
+
+def check_mode(mode: str, requests: list) -> None:
+    """Refuse an unknown mode, and the oracle without `needs_high_res` on every request, before any work."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    if mode == "oracle" and any(getattr(r, "needs_high_res", None) is None for r in requests):
+        raise ValueError("oracle mode needs `needs_high_res` on every request")
+
+
+def forbids_call(mode: str, request, turn_index: int) -> bool:
+    """Whether the mode keeps the tool call out of this turn."""
+    if mode in ("full", "low"):
+        return True
+    return mode == "oracle" and turn_index == 0 and not request.needs_high_res
+
+
+def run_episodes(backend: Backend, requests: list, mode: str = "visionthink", progress=None) -> list[protocol.Episode]:
+    """Episodes for all requests (objects with `image`, `question`, `needs_high_res`), in order."""
+    check_mode(mode, requests)
+    episodes: list[protocol.Episode] = []
+    for start in range(0, len(requests), max(1, backend.batch_size)):
+        batch = requests[start : start + max(1, backend.batch_size)]
+        episodes.extend(_run_batch(backend, batch, mode))
+        if progress is not None:
+            progress.update(len(batch))
+    return episodes
+
+
+@dataclass
+class _Row:
+    request: object
+    views: Views
+    messages: list[protocol.Message]
+    turns: list[protocol.Turn] = field(default_factory=list)
+    generated_tokens: int = 0
+    sequence_tokens: int = 0
+    fed_token_ids: list[int] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Episode]:
+    began = time.perf_counter()
+    rows = []
+    for request in requests:
+        views = make_views(load_image(request.image), backend.grid)
+        first_image = views.high if mode == "full" else views.low
+        rows.append(_Row(request, views, protocol.first_turn(request.question, first_image)))
+    prepare = (time.perf_counter() - began) / len(rows)
+    for row in rows:
+        row.seconds["prepare"] = prepare
+    session = backend.session()
+    active = list(range(len(rows)))
+    for turn_index in range(protocol.MAX_ASSISTANT_TURNS):
+        turn_began = time.perf_counter()
+        outputs = session.generate(active, [rows[i].messages for i in active],
+                                   [forbids_call(mode, rows[i].request, turn_index) for i in active])
+        shared = (time.perf_counter() - turn_began) / len(active)
+        still = []
+        for index, output in zip(active, outputs, strict=True):
+            row = rows[index]
+            row.seconds[f"turn{turn_index + 1}"] = shared if output.seconds is None else output.seconds
+            row.generated_tokens += output.generated_tokens
+            row.sequence_tokens = output.sequence_tokens
+            if output.fed_token_ids is not None:
+                row.fed_token_ids = output.fed_token_ids
+            if _take_turn(row, output.text, mode, turn_index):
+                still.append(index)
+        active = still
+        if not active:
+            break
+    grid = backend.grid
+    return [
+        protocol.make_episode(
+            row.messages, row.turns, count_visual_tokens=lambda image: grid.tokens(*image.size),
+            full_res_visual_tokens=grid.tokens(*row.views.high.size), generated_tokens=row.generated_tokens,
+            sequence_tokens=row.sequence_tokens, seconds=row.seconds, mode=mode, fed_token_ids=row.fed_token_ids,
+        )
+        for row in rows
+    ]
+
+
+def _take_turn(row: _Row, text: str, mode: str, turn_index: int) -> bool:
+    """Record an assistant turn and the tool's reply to it; True when the model gets another turn."""
+    turn = protocol.parse_turn(text)
+    if mode == "oracle" and turn_index == 0 and row.request.needs_high_res and turn.kind != "resize":
+        text = protocol.resize_text(turn.think or "")  # the oracle resizes, keeping the model's reasoning
+        turn = protocol.parse_turn(text)
+    row.messages.append(protocol.assistant_turn(text))
+    row.turns.append(turn)
+    if turn_index + 1 == protocol.MAX_ASSISTANT_TURNS or mode in ("full", "low"):
+        return False
+    reply = protocol.tool_reply(turn, text, row.views.high)
+    if reply is None:
+        return False
+    row.messages.append(reply)
+    return True
+
+
+SPECIAL_MARKERS = ("<|", "|>", "<tool_call>", "</tool_call>")
+
+
+def never_write_ids(tokenizer) -> list[int]:
+    """Token ids a model must not write: vision placeholders and `<|im_start|>`, plus ordinary tokens
+    whose text spells a special token (a BPE may learn such merges); re-encoding either would break
+    the next turn's rendering."""
+    ids = {tokenizer.convert_tokens_to_ids(t) for t in (
+        "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>")}
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    for token, index in tokenizer.get_vocab().items():
+        if index not in special and any(marker in token for marker in SPECIAL_MARKERS):
+            ids.add(index)
+    return sorted(ids)
