@@ -1,4 +1,4 @@
-"""The command line, run for real in a subprocess."""
+"""The command line: `ask` and `demo` for real in a subprocess, errors and option values in-process."""
 
 from __future__ import annotations
 
@@ -59,23 +59,53 @@ BAD_IMAGES = {
 }
 
 
+def _fails_with_one_line(capsys, argv: list[str]) -> str:
+    """Run the CLI in-process: exit code 2, nothing on stdout, one `error: ...` line on stderr, no traceback."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    return lines[0]
+
+
 @pytest.mark.parametrize("kind", sorted(BAD_IMAGES))
-def test_bad_images_give_one_line_errors(tmp_path, kind, shipped_model_dir):
+def test_bad_images_give_one_line_errors(tmp_path, capsys, kind, shipped_model_dir):
     path = tmp_path / f"{kind}.png"
     path.write_bytes(BAD_IMAGES[kind]())
-    result = visionthink("ask", str(path), "What colour is the largest shape?", "--model", str(shipped_model_dir))
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr and result.stdout == ""
+    question = "What colour is the largest shape?"
+    _fails_with_one_line(capsys, ["ask", str(path), question, "--model", str(shipped_model_dir)])
 
 
-def test_missing_model_is_a_clear_error(item_png, tmp_path):
+def test_missing_model_is_a_clear_error(item_png, tmp_path, capsys):
     path, item = item_png
-    result = visionthink("ask", str(path), item.question, "--model", str(tmp_path / "nowhere"))
-    assert result.returncode == 2
-    assert "not a model folder" in result.stderr
+    line = _fails_with_one_line(capsys, ["ask", str(path), item.question, "--model", str(tmp_path / "nowhere")])
+    assert "not a model folder" in line
 
+
+def test_device_and_dtype_reach_the_model(item_png, shipped_model_dir, monkeypatch, capsys):
+    """`--device`/`--dtype` are arguments of the model loader, not environment variables."""
+    import os
+
+    import torch
+
+    from visionthink.engines import transformers_engine
+
+    loaded = []
+    real = transformers_engine.load_model
+
+    def spy(model_dir, dtype=None, device=None):
+        model, processor = real(model_dir, dtype=dtype, device=device)
+        loaded.append((dtype, device, model.dtype, str(model.device)))
+        return model, processor
+
+    monkeypatch.setattr(transformers_engine, "load_model", spy)
+    path, item = item_png
+    argv = ["--device", "cpu", "--dtype", "bfloat16", "ask", str(path), item.question,
+            "--model", str(shipped_model_dir)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert loaded == [("bfloat16", "cpu", torch.bfloat16, "cpu")]
+    assert not any(key.startswith("VISIONTHINK_D") for key in os.environ)
 
 def test_demo_prints_all_modes_for_both_wording_sets(shipped_model_dir):
     result = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir))
@@ -103,10 +133,9 @@ def test_data_synth_writes_hugging_face_splits(tmp_path):
     assert [row["image"].size for row in test] == [item.image.size for item in expected]
 
 
-def test_bad_recipe_override_is_a_clear_error(tmp_path):
-    result = visionthink("train", "sft", "no_such_field=3", f"output_dir={tmp_path}")
-    assert result.returncode == 2
-    assert "unknown SFTConfig field" in result.stderr
+def test_bad_recipe_override_is_a_clear_error(tmp_path, capsys):
+    line = _fails_with_one_line(capsys, ["train", "sft", "no_such_field=3", f"output_dir={tmp_path}"])
+    assert "unknown SFTConfig field" in line
 
 
 # ---------------------------------------------------------------- option values, in-process

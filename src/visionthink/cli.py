@@ -115,7 +115,7 @@ def _ask(args: argparse.Namespace) -> int:
 
     began = time.perf_counter()
     image = load_image(args.image, max_input_pixels=args.max_input_pixels)
-    engine = TransformersEngine.from_pretrained(args.model)
+    engine = TransformersEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     if args.mode == "oracle":
         raise VisionThinkError("`ask` has no oracle: an arbitrary image carries no needs-high-res label")
     episode = engine.run([Request(image, args.question)], args.mode)[0]
@@ -147,7 +147,8 @@ def _demo(args: argparse.Namespace) -> int:
     from visionthink.engines.transformers_engine import MODES, TransformersEngine
     from visionthink.eval.synth_run import format_table, run_modes
 
-    engine = TransformersEngine.from_pretrained(args.model, batch_size=args.batch_size)
+    engine = TransformersEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                                batch_size=args.batch_size)
     print(f"{args.n} held-out synthetic test items (seed {args.seed}), each asked twice: in trained wordings and "
           f"in held-out ones; greedy, model {args.model or 'shipped'}")
     for wordings, title in DEMO_WORDINGS:
@@ -182,6 +183,8 @@ def _eval(args: argparse.Namespace) -> int:
         judge=args.judge,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        device=args.device,
+        dtype=args.dtype,
     )
     result = run_eval(config)
     if args.json:
@@ -207,7 +210,7 @@ def _data_curate(args: argparse.Namespace) -> int:
     datasets.disable_progress_bars()
     curation = curate(args.model, args.data, args.out, k=args.k, split=args.split, seed=args.seed,
                       temperature=args.temperature, limit=args.limit, batch_size=args.batch_size,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, device=args.device, dtype=args.dtype)
     print(format_confusion(curation))
     for note in curation.notes:
         print(f"note: {note}")
@@ -219,27 +222,45 @@ def _data_curate(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     try:
-        from visionthink.serve.app import ServeConfig, serve
+        from visionthink.serve.server import serve
     except ImportError as error:
         hint = "pip install 'visionthink[serve]'"
         raise VisionThinkError(f"serving needs FastAPI and uvicorn: {hint} ({error})") from None
-    import os
     from pathlib import Path
+
+    from visionthink.serve.config import ServeConfig
 
     api_key = args.api_key or os.environ.get("VISIONTHINK_API_KEY") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: serving on {args.host} without --api-key", file=sys.stderr)
     name = args.served_model_name or (Path(args.model).name if args.model else "tiny-synth")
-    config = ServeConfig(
-        model_name=name, api_key=api_key, allow_remote_images=args.allow_remote_images,
-        max_body_bytes=args.max_body_bytes, max_image_pixels=args.max_image_pixels, max_images=args.max_images,
-        timeout=args.timeout, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
-    )
+    limits = {field: getattr(args, field) for _, field, _, _ in SERVE_LIMITS}
+    config = ServeConfig(model_name=name, api_key=api_key, allow_remote_images=args.allow_remote_images, **limits)
     serve(args.model, host=args.host, port=args.port, config=config, log_level=args.log_level)
     return 0
 
 
+SERVE_LIMITS = (
+    # (flag, ServeConfig field, type, help); the defaults are ServeConfig's
+    ("--max-body-bytes", "max_body_bytes", positive_int, "request body size"),
+    ("--max-image-pixels", "max_image_pixels", positive_int,
+     "pixels of one image, refused from its header before decoding"),
+    ("--max-request-pixels", "max_request_pixels", positive_int, "pixels of all images of one request"),
+    ("--max-images", "max_images", positive_int, "images per request"),
+    ("--max-new-tokens", "max_new_tokens", positive_int, "upper bound of a request's max_tokens"),
+    ("--timeout", "timeout", positive_float, "seconds per request (work still running after it is stopped)"),
+    ("--max-batch", "max_batch", positive_int, "requests batched into one forward pass"),
+    ("--batch-wait-ms", "batch_wait_ms", non_negative_float, "how long a batch waits for company"),
+    ("--max-queue", "max_queue", positive_int, "waiting requests before 429"),
+    ("--remote-fetch-timeout", "remote_fetch_timeout", positive_float, "seconds for a whole remote image fetch"),
+    ("--max-connections", "max_connections", positive_int, "open connections; more are closed at once"),
+    ("--header-timeout", "header_timeout", positive_float, "seconds a connection may take to send its headers"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from visionthink.serve.config import ServeConfig
+
     parser = argparse.ArgumentParser(prog="visionthink", description=__doc__)
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for torch (default: 1, or $VISIONTHINK_THREADS; training recipes set "
@@ -247,9 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "core is busy.")
     parser.add_argument("--device", default=None,
                         help="where models run: auto (a GPU when visible), cpu, cuda, cuda:1 ... "
-                        "(default: $VISIONTHINK_DEVICE or auto); training uses its recipe")
+                        "(default: auto); training uses its recipe")
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
-                        help="model weights' dtype (default: $VISIONTHINK_DTYPE or the checkpoint's own)")
+                        help="model weights' dtype (default: the checkpoint's own); training uses its recipe")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model").add_subparsers(dest="trainer", required=True)
@@ -327,15 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="require 'Authorization: Bearer KEY' on /v1/* (or set VISIONTHINK_API_KEY)")
     serve.add_argument("--allow-remote-images", action="store_true",
                        help="fetch http(s) image URLs (public addresses only); default: data: URLs only")
-    serve.add_argument("--max-body-bytes", type=positive_int, default=20 * 1024 * 1024)
-    serve.add_argument("--max-image-pixels", type=positive_int, default=DEFAULT_MAX_INPUT_PIXELS,
-                       help="refuse larger images before decoding (decompression bombs)")
-    serve.add_argument("--max-images", type=positive_int, default=8, help="images per request")
-    serve.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per request")
-    serve.add_argument("--max-batch", type=positive_int, default=16, help="requests batched into one forward pass")
-    serve.add_argument("--batch-wait-ms", type=non_negative_float, default=5.0,
-                       help="how long a batch waits for company")
-    serve.add_argument("--max-queue", type=positive_int, default=1024, help="waiting requests before 429")
+    serve_defaults = ServeConfig()
+    for flag, field, kind, text in SERVE_LIMITS:
+        default = getattr(serve_defaults, field)
+        serve.add_argument(flag, dest=field, type=kind, default=default, help=f"{text} (default: {default})")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(handler=_serve)
     return parser
@@ -351,10 +367,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads or int(os.environ.get("VISIONTHINK_THREADS", "1")))
-    if args.device:
-        os.environ["VISIONTHINK_DEVICE"] = args.device  # read by `load_model`, in this process and its children
-    if args.dtype:
-        os.environ["VISIONTHINK_DTYPE"] = args.dtype
     try:
         return args.handler(args)
     except VisionThinkError as error:

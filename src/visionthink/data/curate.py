@@ -178,7 +178,7 @@ def save_splits(splits, path: Path) -> None:
 
 def curate(model: str | None, data: str | Path, out: str | Path, k: int = 8, split: str = "train",
            seed: int = 0, temperature: float = 1.0, limit: int | None = None, batch_size: int = 64,
-           progress: bool = True, engine=None) -> Curation:
+           progress: bool = True, engine=None, device: str | None = None, dtype: str | None = None) -> Curation:
     """Label every item, then save the training set (`train`: kept items, `discarded`: the rest) to `out`."""
     from datasets import DatasetDict
 
@@ -194,7 +194,8 @@ def curate(model: str | None, data: str | Path, out: str | Path, k: int = 8, spl
         raise VisionThinkError(f"{data}: split {split!r} has no items")
     if engine is None:
         sampling = SamplingConfig(do_sample=True, temperature=temperature, seed=seed)
-        engine = TransformersEngine.from_pretrained(model, sampling=sampling, batch_size=batch_size)
+        engine = TransformersEngine.from_pretrained(model, device=device, dtype=dtype, sampling=sampling,
+                                                    batch_size=batch_size)
     failures: list[str] = []
     low, high = count_correct(engine, dataset, k, batch_size, progress, failures)
     labels = [label_item(lo, hi, k) for lo, hi in zip(low, high, strict=True)]

@@ -42,8 +42,10 @@ class TransformersEngine:
         self.generator = torch.Generator().manual_seed(self.sampling.seed) if self.sampling.seed is not None else None
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path | None = None, **kwargs) -> TransformersEngine:
-        model, processor = load_model(model_dir)
+    def from_pretrained(cls, model_dir: str | Path | None = None, device: str | None = None,
+                        dtype: str | None = None, **kwargs) -> TransformersEngine:
+        """The engine on a model folder (default: the shipped one); other arguments go to `__init__`."""
+        model, processor = load_model(model_dir, dtype=dtype, device=device)
         return cls(model, processor, **kwargs)
 
     def run(self, requests: list[Request], mode: str = "visionthink", progress=None) -> list[protocol.Episode]:

@@ -199,6 +199,10 @@ class EvalConfig:
     judge: str | None = None
     batch_size: int = 32
     progress: bool = True
+    device: str | None = None
+    """Where the model runs (None: a GPU when visible)."""
+    dtype: str | None = None
+    """The weights' dtype (None: the checkpoint's own)."""
 
 
 @dataclass
@@ -398,7 +402,8 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
             if engine is None:
                 from visionthink.engines.transformers_engine import TransformersEngine
 
-                engine = TransformersEngine.from_pretrained(config.model, batch_size=config.batch_size)
+                engine = TransformersEngine.from_pretrained(config.model, device=config.device, dtype=config.dtype,
+                                                            batch_size=config.batch_size)
             with tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"{bench_name}/{mode}",
                       unit="q", disable=not config.progress, file=sys.stderr, dynamic_ncols=True) as bar:
                 for start in range(0, len(pending), config.batch_size):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -21,16 +20,16 @@ DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, 
 
 
 def resolve_device(device: str | None = None) -> str:
-    """`device`, else $VISIONTHINK_DEVICE, else `auto`; `auto` is `cuda` when a GPU is visible, else `cpu`."""
-    device = device or os.environ.get("VISIONTHINK_DEVICE") or "auto"
+    """`device` (default `auto`: `cuda` when a GPU is visible, else `cpu`)."""
+    device = device or "auto"
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
 
 def resolve_dtype(dtype: torch.dtype | str | None = None) -> torch.dtype | str:
-    """`dtype`, else $VISIONTHINK_DTYPE, else `auto` (the checkpoint's own dtype)."""
-    dtype = dtype or os.environ.get("VISIONTHINK_DTYPE") or "auto"
+    """`dtype` (default `auto`: the checkpoint's own dtype)."""
+    dtype = dtype or "auto"
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ModelError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
@@ -42,8 +41,7 @@ def load_model(model_dir: str | Path | None = None, dtype: torch.dtype | str | N
                device: str | None = None):
     """(model, processor) from a `save_pretrained` folder, with the project's chat template applied.
 
-    `device` and `dtype` default to $VISIONTHINK_DEVICE / $VISIONTHINK_DTYPE (the CLI's `--device` and
-    `--dtype`), else the GPU when one is visible and the checkpoint's dtype.
+    `device` defaults to the GPU when one is visible, `dtype` to the checkpoint's own.
     """
     dtype = resolve_dtype(dtype)
     device = resolve_device(device)
