@@ -23,7 +23,9 @@ from PIL import Image
 
 from visionthink.data import synth
 from visionthink.engines.transformers_engine import Request, TransformersEngine
-from visionthink.serve.app import BackgroundServer, ServeConfig, create_app
+from visionthink.serve.app import create_app
+from visionthink.serve.background import BackgroundServer
+from visionthink.serve.config import ServeConfig
 
 KEY = "test-key-123"
 MAX_BODY = 4 * 1024 * 1024

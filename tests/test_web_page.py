@@ -12,7 +12,9 @@ import pytest
 from visionthink.data import synth
 from visionthink.engines.transformers_engine import Request, TransformersEngine
 from visionthink.images import make_views
-from visionthink.serve.app import BackgroundServer, ServeConfig, create_app
+from visionthink.serve.app import create_app
+from visionthink.serve.background import BackgroundServer
+from visionthink.serve.config import ServeConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -189,3 +189,52 @@ def make_views(image: Image.Image, grid: PixelGrid) -> Views:
     """Both views of an RGB image."""
     high = high_view(image, grid)
     return Views(low=low_view(high, grid), high=high)
+
+
+def load_image_within(data: bytes, max_pixels: int, factor: int = 56,
+                      max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> Image.Image:
+    """`load_image` of encoded bytes for servers: an image over `max_pixels` is shrunk while it is decoded.
+
+    JPEGs decode at a reduced scale (`draft`), other formats are brought to a cheap mode first
+    ("1" to "L") and reduced by whole factors before the LANCZOS resize, so no full-size RGB copy
+    is made or kept. A shrunk image lands on `factor` multiples within `max_pixels` (the high
+    view's grid: `PixelGrid.high_size` leaves it as it is); smaller images are as `load_image`
+    returns them.
+    """
+    if not data:
+        raise ImageError("image data is empty (0 bytes)")
+
+    def decode() -> Image.Image:
+        image = Image.open(io.BytesIO(bytes(data)))
+        _check_size(image, max_input_pixels, "image data")
+        image.seek(0)
+        if image.width * image.height > max_pixels and image.format == "JPEG":
+            beta = math.sqrt(image.width * image.height / max_pixels)
+            image.draft("RGB", (int(image.width / beta), int(image.height / beta)))
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+        if image.width * image.height > max_pixels:
+            if max(image.size) / min(image.size) > 200:  # shrinking would hide it from `PixelGrid.snap`
+                raise ImageError(f"image aspect ratio {image.width}x{image.height} is too extreme (over 200:1)")
+            image = _shrink(image, max_pixels, factor)
+        return _to_rgb(image)
+
+    return _guarded("image data", decode)
+
+
+def _shrink(image: Image.Image, max_pixels: int, factor: int) -> Image.Image:
+    beta = math.sqrt(image.width * image.height / max_pixels)
+    width = max(factor, math.floor(image.width / beta / factor) * factor)
+    height = max(factor, math.floor(image.height / beta / factor) * factor)
+    while width * height > max_pixels and max(width, height) > factor:
+        if width >= height:
+            width -= factor
+        else:
+            height -= factor
+    if image.mode == "1":
+        image = image.convert("L")
+    elif image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        image = _to_rgb(image)
+    return image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)

@@ -1,8 +1,27 @@
 """Serving: an OpenAI-compatible VisionThink server with dynamic batching and a web page.
 
-Needs FastAPI and uvicorn (`pip install 'visionthink[serve]'`). See `visionthink.serve.app`.
+Needs FastAPI and uvicorn (`pip install 'visionthink[serve]'`). `serve.config` (the settings)
+imports neither, so the command line reads its defaults without them.
+
+Modules: `config` settings, `schemas` request models, `requests` server-side checks,
+`security` the API key, `fetch` image URLs, `context` the token count, `service` one request's
+work, `batcher` and `worker` the model side, `replies` the OpenAI reply shapes, `limits` the
+body limit, `server` uvicorn and connection limits, `background` a server in a thread, `app`
+the routes.
 """
 
-from visionthink.serve.app import ApiError, ServeConfig, create_app, serve
+from __future__ import annotations
+
+from typing import Any
+
+from visionthink.serve.config import ServeConfig
 
 __all__ = ["ApiError", "ServeConfig", "create_app", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ApiError", "create_app", "serve"):
+        from visionthink.serve import app
+
+        return getattr(app, name)
+    raise AttributeError(name)

@@ -8,30 +8,49 @@ share a batch: another mode or other sampling settings) and runs each group thro
 queue up, so under load every batch after the first is full at once: throughput grows
 with concurrency while a lone request waits at most `wait_ms`.
 
-`ModelWorker` is the handler for a `TransformersEngine`: VisionThink groups go through
-`engine.run`, and raw groups (the server acting as a plain VLM, see `serve.app`) through
-one batched prefill and decode with the engine's model.
+A job whose caller has given up (its timeout ran out, its client left) is skipped if it has
+not started; a running batch whose callers have all given up is told so through
+`Abandon.requested`, and a handler that stops early raises `Abandoned` (it is not retried).
+The handler for the model is `serve.worker.ModelWorker`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import time
+import threading
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-from visionthink import protocol
-from visionthink.engines.kv_decoder import KVDecoder, SamplingConfig
-from visionthink.engines.transformers_engine import Request, TransformersEngine
-from visionthink.tokens import visual_tokens
-
-Handler = Callable[[Hashable, list[Any]], list[Any]]
 
 
 class QueueFull(Exception):
     """The server holds `max_queue` waiting jobs already."""
+
+
+class Abandoned(Exception):
+    """A handler stopped a batch because every caller of it had given up."""
+
+
+class Abandon:
+    """Set (from the event loop) once every job of a running batch has been given up by its caller."""
+
+    def __init__(self, jobs: int):
+        self._left = jobs
+        self._event = threading.Event()
+
+    def one_gone(self, future: asyncio.Future) -> None:
+        if future.cancelled():
+            self._left -= 1
+            if self._left <= 0:
+                self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+
+Handler = Callable[[Hashable, list[Any], Abandon], list[Any]]
 
 
 @dataclass
@@ -51,6 +70,8 @@ class BatchStats:
     failed_batches: int = 0
     skipped: int = 0
     """Jobs dropped before running because their caller had given up (timeout, disconnect)."""
+    abandoned: int = 0
+    """Batches stopped while running because every caller had given up."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +81,7 @@ class BatchStats:
             "mean_batch_size": round(self.jobs / self.batches, 2) if self.batches else 0.0,
             "failed_batches": self.failed_batches,
             "skipped": self.skipped,
+            "abandoned": self.abandoned,
         }
 
 
@@ -133,6 +155,19 @@ class Batcher:
             for key, jobs in groups.items():
                 await self._run_group(loop, key, jobs)
 
+    async def _run(self, loop: asyncio.AbstractEventLoop, key: Hashable, jobs: list[_Job]) -> list[Any]:
+        abandon = Abandon(len(jobs))
+        for job in jobs:
+            job.future.add_done_callback(abandon.one_gone)
+        try:
+            results = await loop.run_in_executor(self._executor, self.handler, key, [j.payload for j in jobs], abandon)
+        finally:
+            for job in jobs:
+                job.future.remove_done_callback(abandon.one_gone)
+        if len(results) != len(jobs):
+            raise RuntimeError(f"batch handler returned {len(results)} results for {len(jobs)} jobs")
+        return results
+
     def _drain_into(self, batch: list[_Job]) -> None:
         while len(batch) < self.max_batch and not self._queue.empty():
             batch.append(self._queue.get_nowait())
@@ -146,9 +181,10 @@ class Batcher:
         self.stats.batches += 1
         self.stats.largest_batch = max(self.stats.largest_batch, len(live))
         try:
-            results = await loop.run_in_executor(self._executor, self.handler, key, [j.payload for j in live])
-            if len(results) != len(live):
-                raise RuntimeError(f"batch handler returned {len(results)} results for {len(live)} jobs")
+            results = await self._run(loop, key, live)
+        except Abandoned:
+            self.stats.abandoned += 1
+            return
         except Exception as error:  # noqa: BLE001 - one bad job must not fail its neighbours
             self.stats.failed_batches += 1
             if len(live) == 1:
@@ -156,8 +192,13 @@ class Batcher:
             else:  # find the culprit: run each job alone
                 results = []
                 for job in live:
+                    if job.future.done():
+                        results.append(asyncio.CancelledError())
+                        continue
                     try:
-                        results.extend(await loop.run_in_executor(self._executor, self.handler, key, [job.payload]))
+                        results.extend(await self._run(loop, key, [job]))
+                    except Abandoned:
+                        results.append(asyncio.CancelledError())
                     except Exception as single:  # noqa: BLE001
                         results.append(single)
         for job, result in zip(live, results, strict=True):
@@ -167,95 +208,3 @@ class Batcher:
                 job.future.set_exception(result)
             else:
                 job.future.set_result(result)
-
-
-# ---------------------------------------------------------------- the model side
-
-
-@dataclass(frozen=True)
-class VisionThinkJob:
-    """One VisionThink episode: an already decoded image and a question."""
-
-    request: Request
-
-
-@dataclass(frozen=True)
-class RawJob:
-    """One plain assistant turn over arbitrary messages (images already decoded to PIL)."""
-
-    messages: list[protocol.Message]
-    tools: list[dict] | None
-    ban_tool_calls: bool = False
-
-
-@dataclass
-class RawResult:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    visual_tokens: int
-    finished: bool
-    """True when the model closed its turn (a stop token), False when it ran out of tokens."""
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class BatchKey:
-    """Jobs that may share a batch: same kind ('visionthink' mode name or 'raw') and same sampling."""
-
-    kind: str
-    sampling: tuple = field(default=())
-
-    def sampling_config(self, default: SamplingConfig) -> SamplingConfig:
-        if not self.sampling:
-            return default
-        return SamplingConfig(**dict(self.sampling))
-
-
-class ModelWorker:
-    """Runs batches on a `TransformersEngine` (always from the batcher's single worker thread)."""
-
-    def __init__(self, engine: TransformersEngine):
-        self.engine = engine
-        self.default_sampling = engine.sampling
-
-    def __call__(self, key: BatchKey, payloads: list[Any]) -> list[Any]:
-        sampling = key.sampling_config(self.default_sampling)
-        if key.kind == "raw":
-            return self.generate_raw(payloads, sampling)
-        self.engine.sampling = sampling
-        try:
-            return self.engine.run([p.request for p in payloads], key.kind)
-        finally:
-            self.engine.sampling = self.default_sampling
-
-    def generate_raw(self, jobs: list[RawJob], sampling: SamplingConfig) -> list[RawResult]:
-        """One assistant turn per job, all rows in one batched prefill and decode."""
-        began = time.perf_counter()
-        engine = self.engine
-        processor = engine.processor
-        sequences, types, grids, pixels, visual = [], [], [], [], []
-        for job in jobs:
-            text = processor.apply_chat_template(job.messages, tools=job.tools or None, tokenize=False,
-                                                 add_generation_prompt=True)
-            images = protocol.images_in(job.messages)
-            batch = processor(text=[text], images=images or None, return_tensors="pt")
-            sequences.append(batch["input_ids"][0])
-            types.append(batch["mm_token_type_ids"][0])
-            grid = batch.get("image_grid_thw")
-            grids.append(grid)
-            pixels.append(batch.get("pixel_values"))
-            visual.append(sum(visual_tokens(processor, grid)) if grid is not None else 0)
-        decoder = KVDecoder(engine.model, engine.pad_id, engine.stop_ids)
-        decoder.prefill(sequences, types, grids, pixels)
-        engine.prefill_tokens += decoder.fed_tokens
-        banned = [[*engine.never_ids, engine.tool_call_id] if job.ban_tool_calls else list(engine.never_ids)
-                  for job in jobs]
-        outputs = decoder.decode(sampling, banned_ids=banned, generator=engine.generator)
-        seconds = (time.perf_counter() - began) / len(jobs)
-        results = []
-        for ids, sequence, tokens in zip(outputs, sequences, visual, strict=True):
-            finished = bool(ids) and ids[-1] in engine.stop_ids
-            text = processor.tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=False)
-            results.append(RawResult(text, len(sequence), len(ids), tokens, finished, seconds))
-        return results

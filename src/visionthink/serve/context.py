@@ -1,0 +1,84 @@
+"""The token count of a request after templating, against the model's context.
+
+Text limits in characters say little about tokens (a word-level vocabulary turns 100,000
+characters into tens of thousands of tokens). The server renders each request with the
+model's chat template, counts its tokens (image placeholders expanded to their visual
+tokens) and refuses, before any model work, a request whose prompt plus its generation
+budget would not fit in the context.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+from PIL import Image
+
+from visionthink import protocol
+from visionthink.images import PixelGrid
+from visionthink.serve.errors import ApiError
+from visionthink.tokens import render_text
+
+_PLACEHOLDER = Image.new("RGB", (28, 28))
+
+
+def context_length(model) -> int:
+    """The model's context in tokens (its position table)."""
+    config = model.config
+    text = getattr(config, "text_config", None) or config
+    return int(text.max_position_embeddings)
+
+
+class TokenBudget:
+    """Counts prompt tokens like the processor does, from any thread (with a tokenizer of its own)."""
+
+    def __init__(self, processor, context: int):
+        self.processor = processor
+        self.grid: PixelGrid = processor.grid
+        self.tokenizer = copy.deepcopy(processor.tokenizer)
+        self.context = context
+        self._lock = threading.Lock()
+
+    def count(self, text: str, visual: list[int]) -> int:
+        """Tokens of rendered `text` whose image placeholders stand for `visual[i]` tokens each."""
+        with self._lock:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return len(ids) + sum(visual) - len(visual)
+
+    def visionthink(self, question: str, size: tuple[int, int], mode: str, max_new_tokens: int) -> int:
+        """Prompt tokens of the first turn (`prompt_tokens` of a one-turn episode); refuses what cannot fit.
+
+        A `visionthink` episode may add a second turn: the tool turn with the full-resolution
+        image and another `max_new_tokens`, all counted.
+        """
+        high = self.grid.high_size(*size)
+        low = self.grid.snap(max(1, high[0] // 2), max(1, high[1] // 2))
+        first_view = high if mode == "full" else low
+        messages = protocol.first_turn(question, _PLACEHOLDER)
+        prompt = self.count(render_text(self.processor, messages, add_generation_prompt=True),
+                            [self.grid.tokens(*first_view)])
+        needed = prompt + max_new_tokens
+        if mode not in ("full", "low"):
+            messages = [*messages, protocol.assistant_turn(protocol.resize_text("")), protocol.tool_turn(_PLACEHOLDER)]
+            whole = self.count(render_text(self.processor, messages, add_generation_prompt=True),
+                               [self.grid.tokens(*low), self.grid.tokens(*high)])
+            needed = whole + 2 * max_new_tokens
+        self._check(prompt, needed, max_new_tokens)
+        return prompt
+
+    def raw(self, messages: list[protocol.Message], tools: list[dict] | None, max_new_tokens: int) -> int:
+        """Prompt tokens of a raw-mode request (images already decoded); refuses what cannot fit."""
+        text = self.processor.apply_chat_template(messages, tools=tools or None, tokenize=False,
+                                                  add_generation_prompt=True)
+        visual = [self.grid.tokens(*self.grid.snap(*image.size)) for image in protocol.images_in(messages)]
+        prompt = self.count(text, visual)
+        self._check(prompt, prompt + max_new_tokens, max_new_tokens)
+        return prompt
+
+    def _check(self, prompt: int, needed: int, max_new_tokens: int) -> None:
+        if needed > self.context:
+            raise ApiError(400, f"this request needs up to {needed} tokens (a prompt of {prompt} after templating, "
+                           f"max_tokens {max_new_tokens} per assistant turn), over the model's context of "
+                           f"{self.context} tokens; send less text or a lower max_tokens", "context_length_exceeded",
+                           param="messages")
+

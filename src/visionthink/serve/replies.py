@@ -1,0 +1,161 @@
+"""Replies in OpenAI's chat completion shape: one JSON object, or server-sent event chunks."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from visionthink import protocol
+from visionthink.serve.requests import ChatRequest
+from visionthink.serve.worker import RawResult
+
+
+def image_data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+_TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
+
+
+def split_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """(content, tool_calls) of a raw assistant turn, OpenAI-style.
+
+    Content is the text before the first `<tool_call>` (whitespace kept, so the turn can be
+    rebuilt exactly); a block that is not `{"name": ..., "arguments": {...}}` JSON leaves the
+    whole text as content and no tool calls.
+    """
+    blocks = _TOOL_CALL_BLOCK.findall(text)
+    if not blocks:
+        return text, []
+    calls = []
+    for block in blocks:
+        try:
+            payload = json.loads(block.strip())
+        except (json.JSONDecodeError, RecursionError):
+            return text, []
+        if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
+            return text, []
+        arguments = payload.get("arguments", payload.get("parameters", {}))
+        calls.append({
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": payload["name"],
+                         "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)},
+        })
+    content = text[: text.index("<tool_call>")]
+    return (content if content.strip() else None), calls
+
+
+@dataclass
+class Reply:
+    """One assistant reply, ready for the JSON or the streamed form."""
+
+    content: str | None
+    reasoning: str | None
+    tool_calls: list[dict[str, Any]]
+    finish_reason: str
+    usage: dict[str, Any]
+    message_extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def finish_reason(episode: protocol.Episode, stop_ids: list[int]) -> str:
+    """"stop" when the last turn ended with a stop token, "length" when `max_tokens` cut it."""
+    ids = episode.fed_token_ids
+    return "length" if ids and ids[-1] not in stop_ids else "stop"
+
+
+def visionthink_reply(episode: protocol.Episode, chat: ChatRequest, stop_ids: list[int]) -> Reply:
+    turns = [protocol.assistant_text(m) for m in episode.messages if m["role"] == "assistant"]
+    reasoning = "\n".join(t.think for t in episode.turns if t.think)
+    content = episode.answer if episode.answer is not None else (turns[-1] if turns else "")
+    first_image = protocol.images_in(episode.messages)[0]
+    info: dict[str, Any] = {
+        "mode": episode.mode,
+        "resized": episode.resized,
+        "answer": episode.answer,
+        "reasoning": [t.think for t in episode.turns],
+        "turns": turns,
+        "visual_tokens_per_turn": episode.visual_tokens_per_turn,
+        "well_formed": episode.well_formed,
+        "first_image_size": list(first_image.size),
+    }
+    if chat.return_image:
+        info["low_res_image"] = image_data_url(first_image)
+    usage = {
+        "prompt_tokens": episode.prompt_tokens,
+        "completion_tokens": episode.generated_tokens,
+        "total_tokens": episode.prompt_tokens + episode.generated_tokens,
+        "visual_tokens": episode.visual_tokens,
+        "full_res_visual_tokens": episode.full_res_visual_tokens,
+    }
+    return Reply(content, reasoning or None, [], finish_reason(episode, stop_ids), usage,
+                 {"resized": episode.resized}, {"visionthink": info})
+
+
+def raw_reply(result: RawResult, chat: ChatRequest) -> Reply:
+    content, calls = split_tool_calls(result.text) if chat.tools and not chat.ban_tool_calls else (result.text, [])
+    finish = "tool_calls" if calls else ("stop" if result.finished else "length")
+    usage = {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "visual_tokens": result.visual_tokens,
+        "full_res_visual_tokens": None,
+    }
+    return Reply(content, None, calls, finish, usage)
+
+
+def completion_json(reply: Reply, model: str, completion_id: str, created: int) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+    if reply.reasoning is not None:
+        message["reasoning_content"] = reply.reasoning
+    if reply.tool_calls:
+        message["tool_calls"] = reply.tool_calls
+    message.update(reply.message_extra)
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason, "logprobs": None}],
+        "usage": reply.usage,
+        **reply.extra,
+    }
+
+
+def _pieces(text: str) -> list[str]:
+    """Text cut into word-sized deltas whose concatenation is the text."""
+    return re.findall(r"\S+\s*|\s+", text)
+
+
+def completion_chunks(reply: Reply, model: str, completion_id: str, created: int, usage_chunk: bool):
+    """Server-sent events for a reply; the deltas concatenate to the non-streaming message."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    yield chunk({"role": "assistant", "content": "", **reply.message_extra})
+    for piece in _pieces(reply.reasoning or ""):
+        yield chunk({"reasoning_content": piece})
+    for piece in _pieces(reply.content or ""):
+        yield chunk({"content": piece})
+    for index, call in enumerate(reply.tool_calls):
+        yield chunk({"tool_calls": [{"index": index, **call}]})
+    yield chunk({}, reply.finish_reason, usage=reply.usage, **reply.extra)
+    if usage_chunk:
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [], "usage": reply.usage}
+        yield f"data: {json.dumps(body)}\n\n"
+    yield "data: [DONE]\n\n"

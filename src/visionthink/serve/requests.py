@@ -1,0 +1,192 @@
+"""From a validated request model to the work the server does: the checks that need the server's settings.
+
+The model name, the mode, parameters that are refused rather than ignored, image and text
+limits, special-token strings in text (they would be read as control tokens: `<|image_pad|>`
+breaks the image count, `<|im_start|>` forges a turn), and the sampling settings.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from visionthink.engines.kv_decoder import SamplingConfig
+from visionthink.serve.config import SERVED_MODES, ServeConfig
+from visionthink.serve.errors import ApiError
+from visionthink.serve.schemas import ChatCompletionRequest, ImagePart
+
+ASSISTANT_MAY_WRITE = ("<tool_call>", "</tool_call>")
+"""Special tokens an assistant message may hold: a raw-mode client sends back the model's own tool calls."""
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """Jobs that may share a batch: same kind ('visionthink' mode name or 'raw') and same sampling."""
+
+    kind: str
+    sampling: tuple = field(default=())
+
+    def sampling_config(self, default: SamplingConfig) -> SamplingConfig:
+        if not self.sampling:
+            return default
+        return SamplingConfig(**dict(self.sampling))
+
+
+@dataclass
+class ChatRequest:
+    """A checked chat completion request (images still as URLs)."""
+
+    mode: str
+    messages: list[dict[str, Any]]
+    stream: bool
+    sampling: SamplingConfig
+    tools: list[dict] | None = None
+    ban_tool_calls: bool = False
+    return_image: bool = False
+    include_usage_chunk: bool = False
+    image_url: str | None = None
+    """VisionThink modes: the user's first image."""
+    image_urls: list[str] = field(default_factory=list)
+    """Every image URL of the request, in order."""
+    question: str = ""
+
+    @property
+    def key(self) -> BatchKey:
+        return BatchKey(self.mode, tuple(sorted(asdict(self.sampling).items())))
+
+
+class SpecialTokens:
+    """Finds special-token strings (the tokenizer's control tokens) in text."""
+
+    def __init__(self, tokens: list[str]):
+        ordered = sorted(set(tokens), key=len, reverse=True)
+        self.any = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        rest = [t for t in ordered if t not in ASSISTANT_MAY_WRITE]
+        self.assistant = re.compile("|".join(map(re.escape, rest))) if rest else None
+
+    @classmethod
+    def of(cls, tokenizer) -> SpecialTokens:
+        added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+        return cls([*tokenizer.all_special_tokens, *added])
+
+    def check(self, text: str, where: str, assistant: bool = False) -> None:
+        pattern = self.assistant if assistant else self.any
+        found = pattern.search(text) if pattern is not None else None
+        if found is not None:
+            raise ApiError(400, f"{where} holds the special token {found.group()!r}; it is reserved for the "
+                           "chat format (write it differently, e.g. with a space inside)", "special_token_in_text",
+                           param=where)
+
+
+def check_unicode(body: Any) -> None:
+    """Refuse text that is not valid Unicode (JSON can spell lone surrogates such as "\\ud800")."""
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ApiError(400, f"request text is not valid Unicode ({error.reason} at character {error.start})",
+                       "invalid_unicode") from None
+
+
+REFUSED = {
+    "stop": "stop sequences are not supported; the model stops at the end of its turn",
+    "logprobs": "logprobs are not supported",
+    "top_logprobs": "logprobs are not supported",
+    "logit_bias": "logit_bias is not supported",
+    "frequency_penalty": "frequency_penalty is not supported (only 0)",
+    "presence_penalty": "presence_penalty is not supported (only 0)",
+}
+
+
+def _refuse_unsupported(request: ChatCompletionRequest) -> None:
+    given = {"stop": request.stop, "logprobs": request.logprobs, "top_logprobs": request.top_logprobs,
+             "logit_bias": request.logit_bias, "frequency_penalty": request.frequency_penalty,
+             "presence_penalty": request.presence_penalty}
+    for name, value in given.items():
+        if value not in (None, False, 0, "", [], {}):
+            raise ApiError(400, REFUSED[name], "unsupported_parameter", param=name)
+    if request.response_format is not None and request.response_format.get("type", "text") != "text":
+        raise ApiError(400, "response_format: only {'type': 'text'} is supported", "unsupported_parameter",
+                       param="response_format")
+    if request.n not in (None, 1):
+        raise ApiError(400, "only n=1 is supported", "unsupported_parameter", param="n")
+    if request.tool_choice not in ("auto", "none", None):
+        raise ApiError(400, "tool_choice must be 'auto' or 'none'", "unsupported_parameter", param="tool_choice")
+
+
+def _sampling(request: ChatCompletionRequest, default: SamplingConfig, config: ServeConfig) -> SamplingConfig:
+    sampling = SamplingConfig(**asdict(default))
+    sampling.seed = request.seed
+    if request.new_tokens is not None:
+        sampling.max_new_tokens = min(request.new_tokens, config.max_new_tokens)
+    if request.temperature is not None:
+        sampling.do_sample = request.temperature > 0
+        sampling.temperature = float(request.temperature) if request.temperature > 0 else 1.0
+    if request.top_p is not None:
+        sampling.top_p = float(request.top_p)
+    if not sampling.do_sample:
+        sampling.seed = None  # greedy decoding draws nothing: one batch key for all seeds
+    return sampling
+
+
+def chat_request(request: ChatCompletionRequest, config: ServeConfig, default_sampling: SamplingConfig,
+                 special: SpecialTokens) -> ChatRequest:
+    """Check `request` against the server's model, limits and vocabulary; images are located, not decoded."""
+    if request.model is not None and request.model != config.model_name:
+        raise ApiError(404, f"model {request.model[:80]!r} is not served here; this server serves "
+                       f"{config.model_name!r}", "model_not_found", param="model")
+    _refuse_unsupported(request)
+    tools = [tool.model_dump(exclude_unset=True) for tool in request.tools] if request.tools else None
+    mode = request.visionthink_mode or ("raw" if tools else "visionthink")
+    if mode not in SERVED_MODES:
+        raise ApiError(400, f"visionthink_mode must be one of {', '.join(SERVED_MODES)}", "invalid_parameter",
+                       param="visionthink_mode")
+    if tools and mode != "raw":
+        raise ApiError(400, "a request with tools is answered in raw mode (the client runs the tool loop); drop "
+                       "visionthink_mode or set it to 'raw'", "invalid_parameter", param="tools")
+    chat = ChatRequest(
+        mode=mode, messages=[], stream=request.stream, sampling=_sampling(request, default_sampling, config),
+        tools=tools, ban_tool_calls=request.tool_choice == "none", return_image=request.visionthink_return_image,
+        include_usage_chunk=request.stream_options is not None and request.stream_options.include_usage,
+    )
+    text_chars = len(json.dumps(tools)) if tools else 0
+    if tools:
+        special.check(json.dumps(tools, ensure_ascii=False), "tools")
+    last_user_text = None
+    for index, message in enumerate(request.messages):
+        where = f"messages[{index}]"
+        role = "system" if message.role == "developer" else message.role
+        parts: list[dict[str, Any]] = []
+        for part in message.parts():
+            if isinstance(part, ImagePart):
+                parts.append({"type": "image_url", "url": part.url})
+                chat.image_urls.append(part.url)
+            else:
+                special.check(part.text, where, assistant=role == "assistant")
+                text_chars += len(part.text)
+                parts.append({"type": "text", "text": part.text})
+        if len(chat.image_urls) > config.max_images:
+            raise ApiError(400, f"too many images: at most {config.max_images} per request", "too_many_images",
+                           param="messages")
+        if role == "user":
+            last_user_text = "".join(p["text"] for p in parts if p["type"] == "text")
+            if chat.image_url is None:
+                chat.image_url = next((p["url"] for p in parts if p["type"] == "image_url"), None)
+        converted: dict[str, Any] = {"role": role, "content": parts}
+        if role == "assistant" and message.tool_calls:
+            converted["tool_calls"] = [{"type": "function", "function": call.function.model_dump()}
+                                       for call in message.tool_calls]
+            special.check(json.dumps(converted["tool_calls"], ensure_ascii=False), where, assistant=True)
+        chat.messages.append(converted)
+    if text_chars > config.max_text_chars:
+        raise ApiError(400, f"too much text: {text_chars} characters, the limit is {config.max_text_chars}",
+                       "text_too_long", param="messages")
+    if mode != "raw":
+        if chat.image_url is None:
+            raise ApiError(400, "a VisionThink request needs an image: add an image_url part to a user message",
+                           "missing_image", param="messages")
+        if not last_user_text or not last_user_text.strip():
+            raise ApiError(400, "the last user message has no question text", "missing_question", param="messages")
+        chat.question = last_user_text.strip()
+    return chat

@@ -1,0 +1,66 @@
+"""Running the app under uvicorn, with connection limits that hold against slow or half-sent requests.
+
+uvicorn's own limits act once a request's headers are in (`limit_concurrency` answers 503
+then), so a client that opens many connections and never finishes its headers holds a file
+descriptor each. `GuardedH11Protocol` closes a connection beyond `max_connections` as soon as
+it is accepted and one whose headers are not complete within `header_timeout` seconds. A
+server facing the internet should still sit behind a reverse proxy (docs/serving.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from visionthink.serve.config import ServeConfig
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a connection cap and a deadline for the first request's headers."""
+
+    max_connections = 256
+    header_timeout = 10.0
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            transport.close()
+            return
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _headers_too_slow(self) -> None:
+        if self.cycle is None and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+        super().connection_lost(exc)
+
+
+def guarded_protocol(config: ServeConfig) -> type[GuardedH11Protocol]:
+    """The protocol class with `config`'s limits."""
+    return type("GuardedH11Protocol", (GuardedH11Protocol,),
+                {"max_connections": config.max_connections, "header_timeout": config.header_timeout})
+
+
+def uvicorn_config(app, config: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
+                   log_level: str = "info") -> uvicorn.Config:
+    """uvicorn settings for `app`: guarded connections, keep-alive timeout, no access log."""
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
+                          http=guarded_protocol(config), timeout_keep_alive=config.keep_alive_timeout,
+                          backlog=min(2048, 2 * config.max_connections))
+
+
+def serve(model_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
+          config: ServeConfig | None = None, log_level: str = "info") -> None:
+    """Load the model and serve it until interrupted."""
+    from visionthink.engines.transformers_engine import TransformersEngine
+    from visionthink.serve.app import create_app
+
+    config = config or ServeConfig()
+    engine = TransformersEngine.from_pretrained(model_dir, batch_size=config.max_batch)
+    uvicorn.Server(uvicorn_config(create_app(engine, config), config, host, port, log_level)).run()

@@ -1,0 +1,132 @@
+"""One chat completion from its raw body to its reply: parse, check, fetch and decode images, count
+tokens, then queue the model work. Fetching and decoding run in bounded thread pools of their own,
+so slow remote hosts cannot starve the decoding of other requests."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import io
+import json
+import warnings
+
+from PIL import Image
+
+from visionthink import protocol
+from visionthink.engines.kv_decoder import SamplingConfig
+from visionthink.engines.transformers_engine import Request as EngineRequest
+from visionthink.engines.transformers_engine import TransformersEngine
+from visionthink.errors import VisionThinkError
+from visionthink.images import load_image_within
+from visionthink.serve.batcher import Batcher
+from visionthink.serve.config import ServeConfig
+from visionthink.serve.context import TokenBudget, context_length
+from visionthink.serve.errors import ApiError
+from visionthink.serve.fetch import data_url_bytes, fetch_remote_image, is_remote
+from visionthink.serve.replies import Reply, raw_reply, visionthink_reply
+from visionthink.serve.requests import ChatRequest, SpecialTokens, chat_request, check_unicode
+from visionthink.serve.schemas import parse_chat_request
+from visionthink.serve.worker import RawJob, VisionThinkJob
+
+
+def parse_json_body(raw: bytes) -> object:
+    if not raw:
+        raise ApiError(400, "request body is empty; expected a JSON object", "invalid_json")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise ApiError(400, f"request body is not valid JSON ({error})", "invalid_json") from None
+
+
+def declared_pixels(data: bytes) -> int:
+    """Pixels an encoded image says it has (its header only; 0 when unreadable: decoding reports why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return image.width * image.height
+    except Exception:  # noqa: BLE001 - any failure is reported by the decode that follows
+        return 0
+
+
+class ChatService:
+    """The work behind `POST /v1/chat/completions` for one engine."""
+
+    def __init__(self, engine: TransformersEngine, default_sampling: SamplingConfig, batcher: Batcher,
+                 config: ServeConfig):
+        self.engine = engine
+        self.grid = engine.processor.grid
+        self.default_sampling = default_sampling
+        self.batcher = batcher
+        self.config = config
+        self.budget = TokenBudget(engine.processor, context_length(engine.model))
+        self.special = SpecialTokens.of(engine.processor.tokenizer)
+        self.decode_pool = concurrent.futures.ThreadPoolExecutor(config.decode_concurrency, "visionthink-decode")
+        self.fetch_pool = concurrent.futures.ThreadPoolExecutor(config.remote_fetch_concurrency, "visionthink-fetch")
+
+    def close(self) -> None:
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.fetch_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def complete(self, raw: bytes) -> tuple[ChatRequest, Reply]:
+        body = parse_json_body(raw)
+        check_unicode(body)
+        chat = chat_request(parse_chat_request(body), self.config, self.default_sampling, self.special)
+        if chat.mode == "raw":
+            return chat, await self._raw(chat)
+        return chat, await self._visionthink(chat)
+
+    async def _visionthink(self, chat: ChatRequest) -> Reply:
+        image = (await self.images([chat.image_url]))[0]
+        try:
+            self.grid.snap(*image.size)
+        except VisionThinkError as error:
+            raise ApiError(400, str(error), "invalid_image") from None
+        await self._in(self.decode_pool, self.budget.visionthink, chat.question, image.size, chat.mode,
+                       chat.sampling.max_new_tokens)
+        episode = await self.batcher.submit(chat.key, VisionThinkJob(EngineRequest(image, chat.question)))
+        return visionthink_reply(episode, chat, self.engine.stop_ids)
+
+    async def _raw(self, chat: ChatRequest) -> Reply:
+        images = iter(await self.images(chat.image_urls))
+        messages = [{**message, "content": [protocol.image_part(next(images)) if part["type"] == "image_url"
+                                            else part for part in message["content"]]}
+                    for message in chat.messages]
+        await self._in(self.decode_pool, self.budget.raw, messages, chat.tools, chat.sampling.max_new_tokens)
+        result = await self.batcher.submit(chat.key, RawJob(messages, chat.tools, chat.ban_tool_calls))
+        return raw_reply(result, chat)
+
+    async def images(self, urls: list[str]) -> list[Image.Image]:
+        """Decoded images, after the pixel limits were checked on all of their headers."""
+        encoded = [await self._bytes(url) for url in urls]
+        sizes = [await self._in(self.decode_pool, declared_pixels, data) for data in encoded]
+        for data, size in zip(encoded, sizes, strict=True):
+            if size > self.config.max_image_pixels:
+                await self._in(self.decode_pool, self._decode, data)  # refuses it, saying why, before decoding
+        if sum(sizes) > self.config.max_request_pixels:
+            raise ApiError(400, f"the request's images hold {sum(sizes) / 1e6:.1f} megapixels, over the limit of "
+                           f"{self.config.max_request_pixels / 1e6:.1f} per request", "too_many_pixels",
+                           param="messages")
+        images = []
+        for data in encoded:
+            images.append(await self._in(self.decode_pool, self._decode, data))
+        return images
+
+    async def _bytes(self, url: str) -> bytes:
+        if not is_remote(url):
+            return await self._in(self.decode_pool, data_url_bytes, url)
+        if not self.config.allow_remote_images:
+            raise ApiError(400, "remote image URLs are disabled on this server; send the image as a data URL "
+                           "(data:image/png;base64,...)", "remote_images_disabled")
+        return await self._in(self.fetch_pool, fetch_remote_image, url, self.config)
+
+    def _decode(self, data: bytes) -> Image.Image:
+        try:
+            return load_image_within(data, self.grid.max_pixels, factor=2 * self.grid.factor,
+                                     max_input_pixels=self.config.max_image_pixels)
+        except VisionThinkError as error:
+            raise ApiError(400, str(error), "invalid_image") from None
+
+    @staticmethod
+    async def _in(pool: concurrent.futures.Executor, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, function, *args)

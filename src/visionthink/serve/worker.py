@@ -1,0 +1,121 @@
+"""The batcher's handler for a `TransformersEngine`: VisionThink episodes and raw assistant turns.
+
+VisionThink groups go through the engine's public `run`; raw groups (the server acting as a
+plain VLM) through one batched prefill and decode with the engine's model. Both stop at the
+next forward pass once every caller of the batch has given up (a forward pre-hook on the
+model raises `Abandoned` from the worker thread only). A request with a `seed` runs in a
+batch of its own with a generator seeded for it, so the same seed gives the same reply
+whatever else is being served.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from visionthink import protocol
+from visionthink.engines.kv_decoder import KVDecoder, SamplingConfig
+from visionthink.engines.transformers_engine import Request, TransformersEngine
+from visionthink.serve.batcher import Abandon, Abandoned
+from visionthink.serve.requests import BatchKey
+from visionthink.tokens import visual_tokens
+
+
+@dataclass(frozen=True)
+class VisionThinkJob:
+    """One VisionThink episode: an already decoded image and a question."""
+
+    request: Request
+
+
+@dataclass(frozen=True)
+class RawJob:
+    """One plain assistant turn over arbitrary messages (images already decoded to PIL)."""
+
+    messages: list[protocol.Message]
+    tools: list[dict] | None
+    ban_tool_calls: bool = False
+
+
+@dataclass
+class RawResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    visual_tokens: int
+    finished: bool
+    """True when the model closed its turn (a stop token), False when it ran out of tokens."""
+    seconds: float = 0.0
+
+
+class ModelWorker:
+    """Runs batches on a `TransformersEngine` (always from the batcher's single worker thread)."""
+
+    def __init__(self, engine: TransformersEngine):
+        self.engine = engine
+        self.default_sampling = engine.sampling
+
+    def __call__(self, key: BatchKey, payloads: list[Any], abandon: Abandon | None = None) -> list[Any]:
+        sampling = key.sampling_config(self.default_sampling)
+        thread = threading.current_thread()
+
+        def stop_if_abandoned(_module, _inputs) -> None:
+            if abandon is not None and abandon.requested and threading.current_thread() is thread:
+                raise Abandoned
+
+        hook = self.engine.model.register_forward_pre_hook(stop_if_abandoned)
+        try:
+            if sampling.seed is None:
+                return self._run(key.kind, payloads, sampling)
+            return [self._run(key.kind, [payload], sampling)[0] for payload in payloads]
+        finally:
+            hook.remove()
+
+    def _run(self, kind: str, payloads: list[Any], sampling: SamplingConfig) -> list[Any]:
+        engine = self.engine
+        generator = engine.generator
+        if sampling.seed is not None:
+            engine.generator = torch.Generator().manual_seed(sampling.seed)
+        try:
+            if kind == "raw":
+                return self.generate_raw(payloads, sampling)
+            engine.sampling = sampling
+            return engine.run([p.request for p in payloads], kind)
+        finally:
+            engine.sampling = self.default_sampling
+            engine.generator = generator
+
+    def generate_raw(self, jobs: list[RawJob], sampling: SamplingConfig) -> list[RawResult]:
+        """One assistant turn per job, all rows in one batched prefill and decode."""
+        began = time.perf_counter()
+        engine = self.engine
+        processor = engine.processor
+        sequences, types, grids, pixels, visual = [], [], [], [], []
+        for job in jobs:
+            text = processor.apply_chat_template(job.messages, tools=job.tools or None, tokenize=False,
+                                                 add_generation_prompt=True)
+            images = protocol.images_in(job.messages)
+            batch = processor(text=[text], images=images or None, return_tensors="pt")
+            sequences.append(batch["input_ids"][0])
+            types.append(batch["mm_token_type_ids"][0])
+            grid = batch.get("image_grid_thw")
+            grids.append(grid)
+            pixels.append(batch.get("pixel_values"))
+            visual.append(sum(visual_tokens(processor, grid)) if grid is not None else 0)
+        decoder = KVDecoder(engine.model, engine.pad_id, engine.stop_ids)
+        decoder.prefill(sequences, types, grids, pixels)
+        engine.prefill_tokens += decoder.fed_tokens
+        banned = [[*engine.never_ids, engine.tool_call_id] if job.ban_tool_calls else list(engine.never_ids)
+                  for job in jobs]
+        outputs = decoder.decode(sampling, banned_ids=banned, generator=engine.generator)
+        seconds = (time.perf_counter() - began) / len(jobs)
+        results = []
+        for ids, sequence, tokens in zip(outputs, sequences, visual, strict=True):
+            finished = bool(ids) and ids[-1] in engine.stop_ids
+            text = processor.tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=False)
+            results.append(RawResult(text, len(sequence), len(ids), tokens, finished, seconds))
+        return results
