@@ -124,3 +124,28 @@ def test_unknown_mode_is_refused(random_tiny):
     engine = TransformersEngine(*random_tiny)
     with pytest.raises(ValueError, match="unknown mode"):
         engine.run([], "sideways")
+
+
+def test_decode_runs_no_forward_pass_on_the_last_tokens(shipped_model, synth_items):
+    """Each written token but the last is fed once; the last one waits for the next turn's prefill."""
+    from visionthink.engines.kv_decoder import KVDecoder
+
+    model, processor = shipped_model
+    engine = TransformersEngine(model, processor)
+    messages = protocol.first_turn(synth_items[0].question, synth_items[0].image)
+    calls = []
+    original = model.forward
+
+    def counting_forward(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape)
+        return original(*args, **kwargs)
+
+    decoder = KVDecoder(model, engine.pad_id, engine.stop_ids)
+    engine.feed(decoder, [messages])
+    model.forward = counting_forward
+    try:
+        written, = decoder.decode(SamplingConfig(max_new_tokens=40), banned_ids=[engine.never_ids])
+    finally:
+        del model.forward
+    assert written[-1] in engine.stop_ids and len(calls) == len(written) - 1
+    assert decoder.cached == [len(decoder.history[0]) - 1]

@@ -37,7 +37,9 @@ class KVDecoder:
         self.cache = DynamicCache(config=model.config)
         self.mask = torch.zeros(0, 0, dtype=torch.long)
         self.history: list[list[int]] = []
-        """Per row: the real (unmasked) tokens in the cache, in order."""
+        """Per row: every token read or written, in order."""
+        self.cached: list[int] = []
+        """Per row: how many of `history`'s tokens are in the cache (the last written ones may not be)."""
         self.next_position = torch.zeros(0, dtype=torch.long)
         self.last_logits: torch.Tensor | None = None
         self.fed_tokens = 0
@@ -54,6 +56,7 @@ class KVDecoder:
             self.cache.batch_select_indices(index)
         self.mask = self.mask[index]
         self.history = [self.history[r] for r in rows]
+        self.cached = [self.cached[r] for r in rows]
         self.next_position = self.next_position[index]
         if self.last_logits is not None:
             self.last_logits = self.last_logits[index]
@@ -68,12 +71,13 @@ class KVDecoder:
         """
         if self.rows == 0:
             self.history = [[] for _ in sequences]
+            self.cached = [0 for _ in sequences]
             self.mask = torch.zeros(len(sequences), 0, dtype=torch.long)
             self.next_position = torch.zeros(len(sequences), dtype=torch.long)
         suffixes, suffix_positions, keep, new_pixels, new_grids = [], [], [], [], []
         for row, ids in enumerate(sequences):
             types = mm_token_type_ids[row]
-            shared = _common_prefix(self.history[row], ids.tolist())
+            shared = min(self.cached[row], _common_prefix(self.history[row], ids.tolist()))
             spans = _image_spans(types)
             shared = min([shared] + [start for start, end in spans if start < shared < end])
             keep.append(shared)
@@ -103,6 +107,7 @@ class KVDecoder:
                 new_positions[:, row, width - n :] = positions
                 self.next_position[row] = positions.max() + 1
             self.history[row] = self.history[row][: keep[row]] + suffix.tolist()
+            self.cached[row] = len(self.history[row])
         self.mask = torch.cat([self.mask, new_mask], dim=1)
         device = self.model.device
         outputs = self.model(
@@ -130,7 +135,8 @@ class KVDecoder:
                generator: torch.Generator | None = None) -> list[list[int]]:
         """Generate for every row until a stop token (kept) or `max_new_tokens`.
 
-        `banned_ids[row]` lists token ids that row may not produce.
+        `banned_ids[row]` lists token ids that row may not produce. The tokens chosen at the last step are
+        recorded but not run through the model (nothing reads their logits); a later `prefill` computes them.
         """
         ban = None
         if banned_ids and any(banned_ids):
@@ -140,7 +146,7 @@ class KVDecoder:
         generated: list[list[int]] = [[] for _ in range(self.rows)]
         active = torch.ones(self.rows, dtype=torch.bool)
         logits = self.last_logits
-        for _ in range(sampling.max_new_tokens):
+        for step in range(sampling.max_new_tokens):
             if ban is not None:
                 logits = logits.masked_fill(ban, float("-inf"))
             tokens = _choose(logits, sampling, generator)
@@ -148,20 +154,23 @@ class KVDecoder:
             for row in active.nonzero().flatten().tolist():
                 generated[row].append(int(tokens[row]))
                 self.history[row].append(int(tokens[row]))
+            still = active & ~torch.isin(tokens, self.stop_ids)
+            if step + 1 == sampling.max_new_tokens or not still.any():
+                break
+            for row in active.nonzero().flatten().tolist():
+                self.cached[row] += 1
             step_mask = active.long()[:, None]
             self.mask = torch.cat([self.mask, step_mask], dim=1)
             positions = self.next_position.view(1, -1, 1).expand(3, -1, 1)
             self.next_position = self.next_position + active.long()
-            active = active & ~torch.isin(tokens, self.stop_ids)
+            active = still
             device = self.model.device
             outputs = self.model(
                 input_ids=tokens[:, None].to(device), attention_mask=self.mask.to(device),
                 position_ids=positions.to(device), cache=self.cache, use_cache=True,
             )
             logits = outputs.logits[:, -1].float().cpu()
-            if not active.any():
-                break
-        self.last_logits = logits
+        self.last_logits = None
         return generated
 
 
