@@ -16,6 +16,7 @@ import pytest
 from visionthink.rewards.judge_base import JudgeRequest, Verdict
 from visionthink.rewards.judges import (
     JUDGE_PROMPT,
+    CachedJudge,
     HTTPJudge,
     LocalJudge,
     RuleJudge,
@@ -284,12 +285,18 @@ def test_cache_hits_and_failures_are_not_cached(server, tmp_path):
     assert server.calls == 4
 
 
-def test_cache_persists_to_json(server, tmp_path):
-    path = tmp_path / "judge-cache.json"
+def test_cache_appends_jsonl_per_batch(server, tmp_path):
+    path = tmp_path / "judge-cache.jsonl"
     server.default = ("reply", "Score: 1")
-    judge_for(server.url, model="m1", cache_path=path).grade([REQ])
-    saved = json.loads(path.read_text())
-    assert saved["model"] == "m1" and saved["entries"][0]["prediction"] == REQ.prediction
+    judge = judge_for(server.url, model="m1", cache_path=path)
+    judge.grade([REQ])
+    [saved] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert saved["judge"] == "m1" and saved["prediction"] == REQ.prediction and saved["score"] == 1.0
+    # the next batch appends its new verdicts (one line each) and leaves earlier lines as they are
+    before = path.read_text()
+    judge.grade([REQ, JudgeRequest("q", "cat", "kitten"), JudgeRequest("q", "cat", "kitty")])
+    after = path.read_text()
+    assert after.startswith(before) and len(after.splitlines()) == 3
     # a new judge with the same model grades from the file, even with the backend gone
     offline = judge_for(closed_port_url(), model="m1", cache_path=path, fallback="drop")
     assert offline.grade([REQ])[0] == Verdict(1.0, ok=True, raw="Score: 1")
@@ -297,9 +304,32 @@ def test_cache_persists_to_json(server, tmp_path):
     # another model does not reuse it
     other = judge_for(closed_port_url(), model="m2", cache_path=path, retries=0, fallback="drop")
     assert not other.grade([REQ])[0].ok
+    # a half-written last line (a crash mid-append) is skipped, and the next append starts a fresh line
+    path.write_text(before + '{"judge": "m1", "quest')
+    resumed = judge_for(server.url, model="m1", cache_path=path)
+    assert len(resumed.cache) == 1
+    resumed.grade([JudgeRequest("q", "cat", "kitten")])
+    assert len(judge_for(server.url, model="m1", cache_path=path).cache) == 2
     # a corrupt file is ignored
     path.write_text("{not json")
-    assert judge_for(server.url, model="m1", cache_path=path).cache == {}
+    assert len(judge_for(server.url, model="m1", cache_path=path).cache) == 0
+
+
+def test_cached_judge_wraps_any_judge(tmp_path):
+    class Counting(RuleJudge):
+        calls = 0
+
+        def grade(self, requests):
+            Counting.calls += len(requests)
+            return super().grade(requests)
+
+    path = tmp_path / "cache.jsonl"
+    requests = [JudgeRequest("q", "3/4", "0.75"), JudgeRequest("q", "red", "red"), JudgeRequest("q", "red", "red")]
+    first = CachedJudge(Counting(), path).grade(requests)
+    assert [v.score for v in first] == [1.0, 1.0, 1.0] and Counting.calls == 2  # duplicates asked once
+    again = CachedJudge(Counting(), path).grade(requests)
+    assert again == first and Counting.calls == 2  # a resumed run reads the file
+    assert len(path.read_text().splitlines()) == 2
 
 
 # ---------------------------------------------------------------- concurrency and event loops
@@ -610,7 +640,7 @@ def test_other_4xx_are_not_retried(server, status):
 
 
 def test_backoff_doubles_and_is_capped(server, monkeypatch):
-    import visionthink.rewards.judges as judges_module
+    import visionthink.rewards.http_judge as judges_module
 
     slept: list[float] = []
     real_sleep = asyncio.sleep

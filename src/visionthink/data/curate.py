@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from visionthink.errors import VisionThinkError
-from visionthink.eval.scoring import exact_match
+from visionthink.grading import exact_match
 
 LOW_RES_ENOUGH = "low_res_enough"
 NEEDS_HIGH_RES = "needs_high_res"

@@ -9,14 +9,19 @@ extraction stands in for it; a `Judge` can be added on top by the benchmark clas
 from __future__ import annotations
 
 import ast
-import math
-import operator
 import re
 import string
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
-from visionthink.eval.scoring import normalize
+from visionthink.grading import (
+    extract_choice,
+    final_answer_text,
+    math_equivalent,
+    math_value,
+    numbers_in,
+    parse_options,  # noqa: F401 - re-exported: the benchmarks' metric helpers live here
+    values_close,
+)
 from visionthink.protocol import extract_answer
 
 # ---------------------------------------------------------------- edit distance
@@ -238,73 +243,6 @@ def pope_metrics(truths: Sequence[str], labels: Sequence[str | None], rule: str 
     }
 
 
-# ---------------------------------------------------------------- multiple choice
-
-_OPTION_LINE = re.compile(r"^\s*\(?([A-Z])\s*[.:)\uff1a]\s*(.+?)\s*$", re.M)
-_LETTER_ONLY = re.compile(r"^[\s(\[]*([A-Z])[\s)\]]*[.:,;!]?\s*$")
-_ANSWER_IS = re.compile(
-    r"(?i:answer|option|choice)(?:\s+(?i:is|should\s+be|would\s+be))?\s*[:\uff1a]?\s*"
-    r"(?i:option\s+)?[(\[]?([A-Z])(?![A-Za-z0-9])"
-)
-_LEADING_LETTER = re.compile(r"^\s*[(\[]?([A-Z])\s*[)\].:\uff1a](?!\d)")
-_LONE_LETTER = re.compile(r"(?<![A-Za-z0-9'])([A-Z])(?![A-Za-z0-9'])")
-
-
-def parse_options(text: str) -> dict[str, str]:
-    """Options written one per line as "A. text", "(A) text", "A: text" or "A) text" -> {letter: text}."""
-    options: dict[str, str] = {}
-    for letter, body in _OPTION_LINE.findall(text or ""):
-        options.setdefault(letter, body)
-    return options
-
-
-def extract_choice(prediction: str | None, options: Mapping[str, str] | Iterable[str]) -> str | None:
-    """The option letter a free-text answer picks, or None.
-
-    `options` is {letter: text} or just the valid letters. Rules, first hit wins: the answer is a
-    bare letter ("B", "(B)", "B."); it equals an option's text; it says "answer is B" / "Answer: B";
-    it starts with a letter and a separator ("B. Straight", "(C) Right"); exactly one valid capital
-    letter stands alone in it (the article "A" before a lower-case word excluded); exactly one
-    option's text appears in it as words (an option contained in another one's text is dropped).
-    """
-    texts = dict(options) if isinstance(options, Mapping) else {letter: "" for letter in options}
-    letters = set(texts)
-    text = (prediction or "").strip()
-    if not text or not letters:
-        return None
-    match = _LETTER_ONLY.match(text)
-    if match and match.group(1) in letters:
-        return match.group(1)
-    normalised = normalize(text)
-    by_text = [letter for letter, body in texts.items() if body and normalize(body) == normalised]
-    if len(by_text) == 1:
-        return by_text[0]
-    for match in _ANSWER_IS.finditer(text):
-        if match.group(1) in letters:
-            return match.group(1)
-    match = _LEADING_LETTER.match(text)
-    if match and match.group(1) in letters:
-        return match.group(1)
-    lone = set()
-    for match in _LONE_LETTER.finditer(text):
-        letter = match.group(1)
-        following = text[match.end():match.end() + 2]
-        if letter == "A" and len(following) == 2 and following[0] == " " and following[1].islower():
-            continue  # the article
-        if letter in letters:
-            lone.add(letter)
-    if len(lone) == 1:
-        return lone.pop()
-    padded = f" {normalised} "
-    contained = {letter: normalize(body) for letter, body in texts.items()
-                 if body and normalize(body) and f" {normalize(body)} " in padded}
-    maximal = [letter for letter, body in contained.items()
-               if not any(body != other and body in other for other in contained.values())]
-    if len(maximal) == 1:
-        return maximal[0]
-    return None
-
-
 # ---------------------------------------------------------------- RealWorldQA
 
 _NUMBER_WORDS = {word: str(i) for i, word in enumerate(
@@ -397,132 +335,6 @@ def realworldqa_match(prediction: str | None, answer: str, options: Mapping[str,
             cleaned = to_letter[found.group()]
     drop = str.maketrans("", "", string.punctuation)
     return cleaned.lower().translate(drop) == truth.lower().translate(drop)
-
-
-# ---------------------------------------------------------------- numbers and maths
-
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:_\d+)+(?:\.\d*)?|\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-_BIN_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-            ast.Pow: operator.pow}
-_NAMES = {"pi": math.pi}
-_EXPRESSION_CHARS = re.compile(r"[\d.\s+\-*/()a-z]*")
-
-
-def numbers_in(text: str | None) -> list[float]:
-    """Every number written in `text`, in order (thousands separators and Python's "1_000" allowed)."""
-    found = []
-    for token in _NUMBER.findall(text or ""):
-        token = token.rstrip(".,").replace(",", "")
-        try:
-            found.append(float(token))
-        except ValueError:
-            continue
-    return found
-
-
-def _latex_to_expression(text: str) -> str:
-    text = text.strip().strip("$").strip()
-    text = re.sub(r"^[A-Za-z]\w*\s*=\s*", "", text)  # "x = 5" -> "5"
-    text = re.sub(r"\\text\{([^{}]*)\}|\\mathrm\{([^{}]*)\}", lambda m: m.group(1) or m.group(2) or "", text)
-    text = re.sub(r"\\left|\\right|\\!|\\,|\\;|\\:|\\displaystyle|\$", "", text)
-    text = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree|\\%|%", "", text)
-    previous = None
-    while previous != text:  # innermost first, so nesting unwinds
-        previous = text
-        text = re.sub(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}", r"((\1)/(\2))", text)
-        text = re.sub(r"\\sqrt\s*\{([^{}]*)\}", r"sqrt(\1)", text)
-    text = re.sub(r"\\sqrt\s*(\d+(?:\.\d+)?)", r"sqrt(\1)", text)
-    text = re.sub(r"√\s*\(", "sqrt(", text)
-    text = re.sub(r"√\s*(\d+(?:\.\d+)?)", r"sqrt(\1)", text)
-    text = re.sub(r"\\pi|π", "pi", text)
-    text = re.sub(r"\\cdot|\\times|×|·", "*", text)
-    text = text.replace("{", "(").replace("}", ")").replace("^", "**")
-    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)
-    text = re.sub(r"(?<=[\d)])\s*(?=[(a-z])", "*", text)  # implicit products: 2sqrt(3), 2pi, (1)(2)
-    text = re.sub(r"(?<=pi)\s*(?=[(\d])", "*", text)
-    return text.strip()
-
-
-def math_value(text: str | None) -> float | None:
-    """The numeric value of a plain or LaTeX-ish arithmetic answer ("3/4", "2\\sqrt{3}", "\\frac{\\pi}{2}").
-
-    Only numbers, + - * / ^, sqrt and pi are understood (evaluated on a checked syntax tree, never
-    with `eval`); anything else gives None.
-    """
-    if text is None:
-        return None
-    try:
-        return float(text.strip().replace(",", "")) if _NUMBER.fullmatch(text.strip()) else _evaluate(text)
-    except (ValueError, OverflowError):
-        return None
-
-
-def _evaluate(text: str) -> float | None:
-    expression = _latex_to_expression(text)
-    if not expression or len(expression) > 200 or not _EXPRESSION_CHARS.fullmatch(expression):
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SyntaxWarning)  # "1abc" warns before it fails
-            tree = ast.parse(expression, mode="eval")
-        value = _walk(tree.body)
-    except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, TypeError, RecursionError):
-        return None
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _walk(node: ast.AST) -> float | None:
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-        return float(node.value)
-    if isinstance(node, ast.Name) and node.id in _NAMES:
-        return _NAMES[node.id]
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _walk(node.operand)
-        return None if value is None else (-value if isinstance(node.op, ast.USub) else value)
-    if isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS:
-        left, right = _walk(node.left), _walk(node.right)
-        if left is None or right is None:
-            return None
-        if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 1e6):
-            return None
-        result = _BIN_OPS[type(node.op)](left, right)
-        return result if isinstance(result, float) or isinstance(result, int) else None
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "sqrt"
-            and len(node.args) == 1 and not node.keywords):
-        value = _walk(node.args[0])
-        return None if value is None or value < 0 else math.sqrt(value)
-    return None
-
-
-def values_close(a: float, b: float, rel_tol: float = 1e-4, abs_tol: float = 1e-6) -> bool:
-    """Numeric equality up to float formatting (relative 1e-4, absolute 1e-6)."""
-    return math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
-
-
-def final_answer_text(prediction: str | None) -> str:
-    """The part of a free answer that states the result: `\\boxed{}` / `<answer>` content, else the
-    text after the last "answer is"/"Answer:", else the whole text."""
-    text = (prediction or "").strip()
-    inner = extract_answer(text)
-    if inner is not None:
-        return inner
-    matches = list(re.finditer(r"(?i)(?:final answer|answer)\s*(?:is|:|=)\s*", text))
-    if matches:
-        tail = text[matches[-1].end():].strip()
-        return tail.split("\n")[0].strip().rstrip(".").strip() or text
-    return text
-
-
-def _math_verify(prediction: str, truth: str) -> bool:
-    """`math-verify`'s equivalence check when that package is installed; False otherwise."""
-    try:
-        from math_verify import parse, verify  # type: ignore[import-not-found]
-    except ImportError:
-        return False
-    try:
-        return bool(verify(parse(truth), parse(prediction)))
-    except Exception:  # noqa: BLE001 - an optional checker must never break scoring
-        return False
 
 
 # ---------------------------------------------------------------- MathVista
@@ -675,8 +487,9 @@ def mathverse_match(prediction: str | None, answer: str, question_type: str,
     anchor) the last non-empty line. It matches when it equals the answer after light LaTeX
     normalisation (spaces, $, degrees, \\text, \\left/\\right dropped), or its value equals the
     answer's (`math_value`, relative 1e-4), or the one value it states equals a numeric answer
-    (`_single_value`: "... = 12" gives 12, "2 and 3" is a hedge, not 3), or `math-verify` (when
-    installed) says they are equivalent. Strict on purpose: answers the rules miss go to the judge when one is given.
+    (`_single_value`: "... = 12" gives 12, "2 and 3" is a hedge, not 3), or the shared math check
+    (`visionthink.grading.math_equivalent`, math-verify on formulas, never on prose) says they are equal.
+    Strict on purpose: answers the rules miss go to the judge when one is given.
     """
     truth = str(answer).strip()
     if not (prediction or "").strip():
@@ -699,7 +512,7 @@ def mathverse_match(prediction: str | None, answer: str, question_type: str,
         stated = _single_value(final)
         if stated is not None and values_close(stated, truth_value):
             return True
-    return _math_verify(final, truth)
+    return math_equivalent(truth, final)
 
 
 def _single_value(text: str) -> float | None:

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from visionthink.data.synth import FAMILIES, Item
 from visionthink.engines.transformers_engine import Request
-from visionthink.eval.scoring import exact_match
+from visionthink.grading import exact_match
 from visionthink.protocol import Episode
 
 

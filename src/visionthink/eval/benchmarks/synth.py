@@ -9,7 +9,7 @@ from visionthink.data import synth
 from visionthink.errors import VisionThinkError
 from visionthink.eval.benchmarks._io import check_predictions, group_scores, hf_image, mean, open_source
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
-from visionthink.eval.scoring import exact_match
+from visionthink.grading import exact_match
 from visionthink.rewards.judge_base import Judge
 
 BUILTIN = "builtin"
