@@ -9,7 +9,7 @@ from visionthink.data import synth
 from visionthink.errors import VisionThinkError
 from visionthink.eval.benchmarks._io import check_predictions, group_scores, hf_image, mean, open_source
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
-from visionthink.grading import exact_match
+from visionthink.grading import grade_answer
 from visionthink.rewards.judge_base import Judge
 
 BUILTIN = "builtin"
@@ -54,7 +54,8 @@ class Synth(Benchmark):
 
     def score(self, samples: list[Sample], predictions: list[str | None], judge: Judge | None = None) -> Scores:
         check_predictions(self.name, samples, predictions)
-        per_sample = [float(exact_match(p, str(s.answer))) for s, p in zip(samples, predictions, strict=True)]
+        per_sample = [float(grade_answer(str(s.answer), p, s.question)[0])  # the rule judge's grade
+                      for s, p in zip(samples, predictions, strict=True)]
         summary: dict[str, float] = {"n": len(samples), "score": mean(per_sample)}
         summary.update(group_scores(per_sample, [[s.meta.get("family", "")] for s in samples]))
         return Scores(per_sample, summary)
