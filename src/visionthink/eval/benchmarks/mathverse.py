@@ -17,7 +17,8 @@ from visionthink.eval.benchmarks._io import (
     tsv_image,
 )
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
-from visionthink.eval.metrics import mathverse_match, parse_options
+from visionthink.eval.metrics import mathverse_match
+from visionthink.grading import parse_options
 from visionthink.rewards.judge_base import Judge
 
 

@@ -6,7 +6,8 @@ import os
 
 from visionthink.eval.benchmarks._io import check_predictions, hf_image, mean, open_source, tsv_image
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
-from visionthink.eval.metrics import parse_options, realworldqa_match
+from visionthink.eval.metrics import realworldqa_match
+from visionthink.grading import parse_options
 from visionthink.rewards.judge_base import Judge
 
 LETTER_INSTRUCTION = "Please answer directly with only the letter of the correct option and nothing else."
