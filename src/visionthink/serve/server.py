@@ -52,7 +52,7 @@ def uvicorn_config(app, config: ServeConfig, host: str = "127.0.0.1", port: int 
     """uvicorn settings for `app`: guarded connections, keep-alive timeout, no access log."""
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
                           http=guarded_protocol(config), timeout_keep_alive=config.keep_alive_timeout,
-                          backlog=min(2048, 2 * config.max_connections))
+                          backlog=min(2048, config.max_connections))
 
 
 def serve(model_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
