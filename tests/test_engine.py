@@ -149,3 +149,44 @@ def test_decode_runs_no_forward_pass_on_the_last_tokens(shipped_model, synth_ite
         del model.forward
     assert written[-1] in engine.stop_ids and len(calls) == len(written) - 1
     assert decoder.cached == [len(decoder.history[0]) - 1]
+
+
+@pytest.mark.parametrize("tail", ["protocol", "wrong after 3", "wrong at once"])
+def test_drafted_tool_call_leaves_greedy_turns_unchanged(shipped_model, tail):
+    """The call's fixed tail is fed in one pass after `<tool_call>`; a tail the model would not write is cut
+    where it departs, so every row's tokens equal plain decoding while the passes drop."""
+    from visionthink.data import synth
+    from visionthink.engines.kv_decoder import Draft, KVDecoder
+    from visionthink.images import make_views
+
+    model, processor = shipped_model
+    engine = TransformersEngine(model, processor)
+    items = synth.split_items("test", 12, seed=8)
+    conversations = [protocol.first_turn(i.question, make_views(i.image, processor.grid).low) for i in items]
+    draft = engine.draft
+    if tail != "protocol":
+        cut = 3 if tail == "wrong after 3" else 0
+        draft = Draft(draft.trigger, draft.tail[:cut] + [draft.tail[cut] + 1] + draft.tail[cut + 1 :])
+
+    def decode(with_draft):
+        calls = []
+        original = model.forward
+        model.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
+        try:
+            decoder = KVDecoder(model, engine.pad_id, engine.stop_ids)
+            engine.feed(decoder, conversations)
+            sampling = SamplingConfig(max_new_tokens=64)
+            written = decoder.decode(sampling, banned_ids=[engine.never_ids] * len(items), draft=with_draft)
+        finally:
+            del model.forward
+        return written, len(calls), decoder
+
+    plain, plain_calls, _ = decode(None)
+    drafted, drafted_calls, decoder = decode(draft)
+    assert drafted == plain
+    calls = [row for row in plain if engine.tool_call_id in row]
+    assert calls, "the shipped model resizes some small-label items"
+    if tail == "protocol":
+        assert drafted_calls < plain_calls - 10
+    # what the cache holds is exactly the tokens fed so far, whatever was drafted and dropped
+    assert all(decoder.mask[row].sum() == decoder.cached[row] for row in range(len(items)))

@@ -132,46 +132,112 @@ class KVDecoder:
 
     @torch.no_grad()
     def decode(self, sampling: SamplingConfig, banned_ids: list[list[int]] | None = None,
-               generator: torch.Generator | None = None) -> list[list[int]]:
+               generator: torch.Generator | None = None, draft: Draft | None = None) -> list[list[int]]:
         """Generate for every row until a stop token (kept) or `max_new_tokens`.
 
         `banned_ids[row]` lists token ids that row may not produce. The tokens chosen at the last step are
         recorded but not run through the model (nothing reads their logits); a later `prefill` computes them.
+        With a `draft`, a row that writes its trigger token gets the draft's tail fed in the same forward
+        pass and keeps the longest prefix the model itself would have chosen (see `Draft`).
         """
         ban = None
         if banned_ids and any(banned_ids):
             ban = torch.zeros(self.rows, self.last_logits.shape[-1], dtype=torch.bool)
             for row, ids in enumerate(banned_ids):
                 ban[row, ids] = True
+        stops = set(self.stop_ids.tolist())
         generated: list[list[int]] = [[] for _ in range(self.rows)]
-        active = torch.ones(self.rows, dtype=torch.bool)
-        logits = self.last_logits
-        for step in range(sampling.max_new_tokens):
-            if ban is not None:
-                logits = logits.masked_fill(ban, float("-inf"))
-            tokens = _choose(logits, sampling, generator)
-            tokens = torch.where(active, tokens, torch.full_like(tokens, self.pad_id))
-            for row in active.nonzero().flatten().tolist():
-                generated[row].append(int(tokens[row]))
-                self.history[row].append(int(tokens[row]))
-            still = active & ~torch.isin(tokens, self.stop_ids)
-            if step + 1 == sampling.max_new_tokens or not still.any():
+        active = list(range(self.rows))
+        tokens = self._choose_rows(self.last_logits, ban, sampling, generator)
+        while True:
+            for row in active:
+                generated[row].append(tokens[row])
+                self.history[row].append(tokens[row])
+            fed = list(active)
+            active = [r for r in active if tokens[r] not in stops and len(generated[r]) < sampling.max_new_tokens]
+            if not active:
                 break
-            for row in active.nonzero().flatten().tolist():
-                self.cached[row] += 1
-            step_mask = active.long()[:, None]
-            self.mask = torch.cat([self.mask, step_mask], dim=1)
-            positions = self.next_position.view(1, -1, 1).expand(3, -1, 1)
-            self.next_position = self.next_position + active.long()
-            active = still
-            device = self.model.device
-            outputs = self.model(
-                input_ids=tokens[:, None].to(device), attention_mask=self.mask.to(device),
-                position_ids=positions.to(device), cache=self.cache, use_cache=True,
-            )
-            logits = outputs.logits[:, -1].float().cpu()
+            feeds = {row: [tokens[row]] for row in fed}
+            if draft is not None:
+                room = sampling.max_new_tokens - len(draft.tail)
+                for row in active:
+                    if tokens[row] == draft.trigger and len(generated[row]) <= room:
+                        feeds[row] += draft.tail
+            logits = self._feed_tokens(feeds)
+            tokens = self._choose_rows(logits[:, -1], ban, sampling, generator)
+            for row in [r for r in active if len(feeds[r]) > 1]:
+                accepted = self._verify(row, logits[row, -len(feeds[row]) : -1], draft.tail, ban, sampling, generator)
+                for token in draft.tail[:accepted]:
+                    generated[row].append(token)
+                    self.history[row].append(token)
+                if accepted < len(draft.tail):
+                    tokens[row] = self._rejected_token
+                    self._unfeed(row, len(draft.tail) - accepted)
+                elif draft.tail[-1] in stops or len(generated[row]) >= sampling.max_new_tokens:
+                    active.remove(row)
         self.last_logits = None
         return generated
+
+    def _choose_rows(self, logits: torch.Tensor, ban: torch.Tensor | None, sampling: SamplingConfig,
+                     generator: torch.Generator | None) -> list[int]:
+        if ban is not None:
+            logits = logits.masked_fill(ban, float("-inf"))
+        return _choose(logits, sampling, generator).tolist()
+
+    def _verify(self, row: int, logits: torch.Tensor, tail: list[int], ban: torch.Tensor | None,
+                sampling: SamplingConfig, generator: torch.Generator | None) -> int:
+        """How many of `tail`'s tokens the model picks itself from `logits` (one row per tail token).
+
+        Choosing each token as decoding would and keeping it while it equals the draft leaves greedy output
+        unchanged and sampled output identically distributed. The first differing choice is kept in
+        `_rejected_token`: it is the model's next token.
+        """
+        for index, expected in enumerate(tail):
+            choice = self._choose_rows(logits[index : index + 1], None if ban is None else ban[row : row + 1],
+                                       sampling, generator)[0]
+            if choice != expected:
+                self._rejected_token = choice
+                return index
+        return len(tail)
+
+    def _feed_tokens(self, feeds: dict[int, list[int]]) -> torch.Tensor:
+        """One forward pass over each row's new tokens (left-padded); logits at every new position."""
+        width = max(len(ids) for ids in feeds.values())
+        ids = torch.full((self.rows, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(self.rows, width, dtype=torch.long)
+        positions = torch.zeros(self.rows, width, dtype=torch.long)
+        for row, new in feeds.items():
+            n = len(new)
+            ids[row, width - n :] = torch.tensor(new)
+            mask[row, width - n :] = 1
+            positions[row, width - n :] = self.next_position[row] + torch.arange(n)
+            self.next_position[row] += n
+            self.cached[row] += n
+        self.mask = torch.cat([self.mask, mask], dim=1)
+        device = self.model.device
+        outputs = self.model(
+            input_ids=ids.to(device), attention_mask=self.mask.to(device),
+            position_ids=positions[None].expand(3, -1, -1).to(device), cache=self.cache, use_cache=True,
+        )
+        return outputs.logits.float().cpu()
+
+    def _unfeed(self, row: int, n: int) -> None:
+        """Forget the last `n` fed tokens of a row (a rejected draft): masked out, positions reused."""
+        self.mask[row, self.mask.shape[1] - n :] = 0
+        self.next_position[row] -= n
+        self.cached[row] -= n
+
+
+@dataclass(frozen=True)
+class Draft:
+    """Tokens a turn is expected to write after `trigger`: the fixed tail of a tool call.
+
+    After `<tool_call>` the protocol's call is fixed text; feeding it in one forward pass saves a decode
+    step per token. Tokens the model would not have chosen are dropped, so the output is unchanged.
+    """
+
+    trigger: int
+    tail: list[int]
 
 
 def _image_spans(mm_token_type_ids: torch.Tensor) -> list[tuple[int, int]]:

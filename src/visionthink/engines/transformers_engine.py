@@ -12,7 +12,7 @@ import torch
 
 from visionthink import protocol
 from visionthink.engines.base import MODES, Generated, Request, never_write_ids, run_episodes
-from visionthink.engines.kv_decoder import KVDecoder, SamplingConfig
+from visionthink.engines.kv_decoder import Draft, KVDecoder, SamplingConfig
 from visionthink.models import load_model
 from visionthink.tokens import encode, visual_tokens
 
@@ -23,7 +23,7 @@ class TransformersEngine:
     """Episodes on a local transformers VLM (the tiny model on CPU, Qwen2.5-VL on GPU)."""
 
     def __init__(self, model, processor, sampling: SamplingConfig | None = None, batch_size: int = 16,
-                 reuse_cache: bool = True):
+                 reuse_cache: bool = True, draft_tool_call: bool = True):
         self.model = model
         self.reuse_cache = reuse_cache
         """Feed the resize turn on top of the first turn's KV cache (False: recompute the whole prefix)."""
@@ -39,6 +39,13 @@ class TransformersEngine:
         """Tokens a model may never write: image placeholders would break the next turn's rendering."""
         self.stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
         self.pad_id = tokenizer.pad_token_id
+        tail = tokenizer.encode(f"\n{protocol.RESIZE_CALL_JSON}\n", add_special_tokens=False)
+        tail += [tokenizer.convert_tokens_to_ids("</tool_call>"), self.stop_ids[0]]
+        self.draft: Draft | None = Draft(self.tool_call_id, tail)
+        """After `<tool_call>`, the rest of the protocol's call is fed in one forward pass and kept where the model
+        would have written it itself (outputs unchanged; see `KVDecoder.decode`)."""
+        if not draft_tool_call:
+            self.draft = None
         self.generator = torch.Generator().manual_seed(self.sampling.seed) if self.sampling.seed is not None else None
 
     @classmethod
@@ -101,7 +108,7 @@ class _KVSession:
         decoder = self.decoder
         engine.feed(decoder, conversations)
         outputs = decoder.decode(engine.sampling, banned_ids=[engine.banned_ids(f) for f in forbid_call],
-                                 generator=engine.generator)
+                                 generator=engine.generator, draft=engine.draft)
         engine.prefill_tokens += decoder.fed_tokens
         decoder.fed_tokens = 0
         # The fed tokens are the rendering minus its final "\n" (tests/test_engine.py proves it), so the
