@@ -231,39 +231,6 @@ def total_rewards(
     return RewardBreakdown(total=total, accuracy=acc, format=fmt, penalty=pen, correct=correct)
 
 
-@dataclass(frozen=True)
-class EpisodeRewards(RewardBreakdown):
-    """`RewardBreakdown` plus the judge's verdicts (``ok=False`` where the judge fell back)."""
-
-    verdicts: list[Verdict] | None = None
-
-
-def episode_rewards(
-    episodes: Sequence[Episode],
-    truths: Sequence[str],
-    questions: Sequence[str],
-    group_ids: Sequence[Hashable],
-    judge: Judge,
-    variant: str = "paper",
-    theta: float = THETA,
-    penalty: float = PENALTY,
-    format_value: float = FORMAT_REWARD,
-) -> EpisodeRewards:
-    """All of the reward for a batch of episodes: judge the answers, check formats, apply the penalty."""
-    _check_lengths(episodes=episodes, truths=truths, questions=questions, group_ids=group_ids)
-    verdicts = judge_verdicts(episodes, truths, questions, judge)
-    parts = total_rewards(
-        [float(v.score) for v in verdicts],
-        format_rewards(episodes, format_value),
-        [bool(e.resized) for e in episodes],
-        group_ids,
-        variant=variant,
-        theta=theta,
-        penalty=penalty,
-    )
-    return EpisodeRewards(**vars(parts), verdicts=verdicts)
-
-
 # ---------------------------------------------------------------- group filtering
 
 
@@ -301,3 +268,90 @@ def filter_tied_groups(
     else:
         _check_lengths(rewards=rewards, group_ids=group_ids)
     return [i for i, group in enumerate(group_ids) if group not in dropped]
+
+
+# ---------------------------------------------------------------- assembly: the reward of a batch
+
+
+@dataclass(frozen=True)
+class GradedRollout:
+    """One rollout graded on its own (judge and format): all the group step needs from it."""
+
+    verdict: Verdict
+    format: float
+    resized: bool
+
+
+def grade_episodes(
+    episodes: Sequence[Episode],
+    truths: Sequence[str],
+    questions: Sequence[str],
+    judge: Judge,
+    format_value: float = FORMAT_REWARD,
+) -> list[GradedRollout]:
+    """The per-rollout half of the reward: the judge's verdict and R_format, in order."""
+    _check_lengths(episodes=episodes, truths=truths, questions=questions)
+    verdicts = judge_verdicts(episodes, truths, questions, judge)
+    formats = format_rewards(episodes, format_value)
+    return [GradedRollout(v, f, bool(e.resized)) for v, f, e in zip(verdicts, formats, episodes, strict=True)]
+
+
+@dataclass(frozen=True)
+class EpisodeRewards(RewardBreakdown):
+    """`RewardBreakdown` plus the judge's verdicts and the rows left in the loss."""
+
+    verdicts: list[Verdict]
+    keep: list[bool]
+    """False for the rows of dropped groups: tied (with `drop_tied`), failed by the judge (with `drop_failed`)."""
+    tied: set
+    failed: set
+
+
+def group_rewards(
+    graded: Sequence[GradedRollout],
+    group_ids: Sequence[Hashable],
+    variant: str = "paper",
+    theta: float = THETA,
+    penalty: float = PENALTY,
+    drop_tied: bool = True,
+    drop_failed: bool = False,
+) -> EpisodeRewards:
+    """The group half of the reward: R = R_acc + R_format - P_control over whole groups, and the rows kept."""
+    _check_lengths(graded=graded, group_ids=group_ids)
+    parts = total_rewards(
+        [float(g.verdict.score) for g in graded],
+        [g.format for g in graded],
+        [g.resized for g in graded],
+        group_ids,
+        variant=variant,
+        theta=theta,
+        penalty=penalty,
+    )
+    tied = tied_groups(parts.total, group_ids)
+    failed = failed_groups([g.verdict.ok for g in graded], group_ids)
+    kept = set(filter_tied_groups(parts.total, group_ids, drop_tied, also_drop=failed if drop_failed else ()))
+    return EpisodeRewards(**vars(parts), verdicts=[g.verdict for g in graded],
+                          keep=[i in kept for i in range(len(graded))], tied=tied, failed=failed)
+
+
+def episode_rewards(
+    episodes: Sequence[Episode],
+    truths: Sequence[str],
+    questions: Sequence[str],
+    group_ids: Sequence[Hashable],
+    judge: Judge,
+    variant: str = "paper",
+    theta: float = THETA,
+    penalty: float = PENALTY,
+    format_value: float = FORMAT_REWARD,
+    drop_tied: bool = True,
+    drop_failed: bool = False,
+) -> EpisodeRewards:
+    """All of the reward for a batch of episodes: `grade_episodes`, then `group_rewards`.
+
+    GRPO training runs the same two steps with a gather in between, so a group may span processes
+    (`visionthink.train.grpo_rewards`).
+    """
+    _check_lengths(episodes=episodes, group_ids=group_ids)
+    graded = grade_episodes(episodes, truths, questions, judge, format_value)
+    return group_rewards(graded, group_ids, variant, theta, penalty, drop_tied, drop_failed)
