@@ -37,7 +37,7 @@ if [ -n "${SWEEP:-}" ]; then
   IFS=';' read -ra runs <<<"$SWEEP"
   for run in "${runs[@]}"; do
     name=${run%%:*}; overrides=${run#*:}
-    ( timeout "$SWEEP_SECONDS" $VT train grpo --recipe recipes/tiny-synth.yaml steps=$SWEEP_STEPS save_steps=50 \
+    ( timeout "$SWEEP_SECONDS" $VT train grpo --recipe recipes/tiny-synth.yaml max_steps=$SWEEP_STEPS save_steps=50 \
         report_to=none output_dir="$OUT/sweep/$name" ${overrides//,/ } >"$OUT/sweep-$name.log" 2>&1
       model="$OUT/sweep/$name/final"  # a run cut by the time box is evaluated at its newest checkpoint
       [ -d "$model" ] || model=$(ls -d "$OUT/sweep/$name"/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1)
@@ -60,7 +60,7 @@ done
 python3 benchmarks/kv_reuse.py --n 64 --repeats 3 2>&1 | tail -8
 
 start=$(date +%s.%N)
-$VT train grpo --recipe recipes/tiny-synth.yaml steps=30 bf16=true save_steps=15 report_to=none \
+$VT train grpo --recipe recipes/tiny-synth.yaml max_steps=30 bf16=true save_steps=15 report_to=none \
   output_dir="$OUT/grpo-bf16" >"$OUT/grpo-bf16.log" 2>&1
 echo "grpo bf16 30 steps: rc=$? $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s"
 fi

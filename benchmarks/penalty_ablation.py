@@ -4,7 +4,7 @@
         [--runs runs/ablation] [--docs docs] [--name penalty-ablation] [--set penalty=0.8 ...] \
         [--parallel 1] [--limit 600]
 
-Each variant runs `visionthink train grpo --recipe recipes/tiny-synth.yaml penalty_variant=V steps=N
+Each variant runs `visionthink train grpo --recipe recipes/tiny-synth.yaml penalty_variant=V max_steps=N
 output_dir=RUNS/V export_dir=null` plus the `--set` overrides (a finished run is not repeated, a killed
 one resumes), then `visionthink eval --model RUNS/V/final --modes visionthink --limit 600 --out RUNS/V/eval`. Writes
 DOCS/NAME.md (the table) and DOCS/NAME.png (training resize ratio per family,
@@ -28,7 +28,7 @@ def train_and_eval(variant: str, args: argparse.Namespace) -> None:
     run = Path(args.runs) / variant
     if not (run / "final" / "config.json").is_file():
         subprocess.run([*VT, "train", "grpo", "--recipe", args.recipe, f"penalty_variant={variant}",
-                        f"steps={args.steps}", f"output_dir={run}", "export_dir=null", *args.set], check=True)
+                        f"max_steps={args.steps}", f"output_dir={run}", "export_dir=null", *args.set], check=True)
     if not (run / "eval" / "summary.json").is_file():
         subprocess.run([*VT, "eval", "--model", str(run / "final"), "--bench", "synth", "--modes", "visionthink",
                         "--limit", str(args.limit), "--out", str(run / "eval"), "--no-progress"], check=True)
@@ -50,7 +50,7 @@ def plot(variants: list[str], runs: Path, path: Path, window: int = 15) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from visionthink.train.grpo import moving_average
+    from visionthink.train.grpo_plots import moving_average
 
     figure, axes = plt.subplots(1, len(variants), figsize=(3.2 * len(variants), 3.2), sharey=True)
     for axis, variant in zip(list(axes) if len(variants) > 1 else [axes], variants, strict=True):

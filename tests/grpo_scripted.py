@@ -114,16 +114,15 @@ def plan_second_turn(index: int) -> str:
 def record_rewards(trainer) -> list[dict]:
     """Wrap the trainer's reward scoring: every scored batch's per-row rewards, appended to the returned list."""
     seen: list[dict] = []
-    score = trainer.vt_rewards._score
+    score = trainer.vt_rewards.score_batch
 
-    def recording(*args, **kwargs):
-        scored = score(*args, **kwargs)
-        if not seen or seen[-1]["ref"] != id(scored):
-            seen.append({"ref": id(scored), "accuracy": scored.accuracy, "format": scored.format,
-                         "penalty": scored.penalty, "keep": scored.keep, "uid": kwargs.get("uid")})
-        return scored
+    def recording(prompts, completions, completion_ids, rows, log_metric=None):
+        scores = score(prompts, completions, completion_ids, rows, log_metric)
+        seen.append({"accuracy": scores.accuracy, "format": scores.format, "penalty": scores.penalty,
+                     "keep": scores.keep, "uid": [row["uid"] for row in rows]})
+        return scores
 
-    trainer.vt_rewards._score = recording
+    trainer.vt_rewards.score_batch = recording
     return seen
 
 
@@ -134,22 +133,21 @@ def main(model_dir: str, out_dir: str, per_device: int) -> None:
     from visionthink.data import synth
     from visionthink.models import load_model
     from visionthink.train import grpo_env, leave_distributed
-    from visionthink.train.grpo import GRPORecipe, build_trainer
+    from visionthink.train.grpo import build_trainer
+    from visionthink.train.grpo_config import VisionThinkGRPOConfig
 
     state = PartialState()
     model, processor = load_model(model_dir, device="cpu")
     rows = [grpo_env.prompt_row(item, processor.grid) | {"answer": TRUTH} for item in synth.split_items("train", 3)]
-    recipe = GRPORecipe(model=model_dir, output_dir=str(Path(out_dir) / "run"), steps=1,
-                        num_generations=NUM_GENERATIONS, per_device_batch_size=per_device, save_steps=100,
-                        threads=1, max_completion_length=160, report_to="none", resume=False,
-                        drop_tied_groups=True, penalty_variant="paper")
-    trainer = build_trainer(recipe, model, processor, datasets.Dataset.from_list(rows))
+    config = VisionThinkGRPOConfig(model=model_dir, output_dir=str(Path(out_dir) / "run"), max_steps=1,
+                                   num_generations=NUM_GENERATIONS, per_device_train_batch_size=per_device,
+                                   save_steps=100, threads=1, max_completion_length=160, report_to="none",
+                                   resume=False, drop_tied_groups=True, penalty_variant="paper")
+    trainer = build_trainer(config, model, processor, datasets.Dataset.from_list(rows))
     script_turns(trainer, processor.tokenizer, plan_first_turn, plan_second_turn,
                  offset=state.process_index * per_device)
     seen = record_rewards(trainer)
     trainer.train()
-    for batch in seen:
-        batch.pop("ref")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / f"rank{state.process_index}.json").write_text(json.dumps(seen))
     leave_distributed(0)

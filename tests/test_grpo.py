@@ -17,10 +17,13 @@ from grpo_scripted import favour_token, record_first_turns, record_generations, 
 
 from visionthink import protocol
 from visionthink.data import synth
+from visionthink.errors import VisionThinkError
 from visionthink.images import make_views
 from visionthink.tokens import assistant_mask, encode
 from visionthink.train import grpo_env
-from visionthink.train.grpo import GRPORecipe, RowTokenBan, build_trainer, train_grpo
+from visionthink.train.grpo import build_trainer, train_grpo
+from visionthink.train.grpo_config import VisionThinkGRPOConfig
+from visionthink.train.grpo_trainer import RowTokenBan
 
 pytest.importorskip("trl")
 
@@ -40,12 +43,12 @@ def tiny_dir(tmp_path_factory):
     return path
 
 
-def recipe(tmp_path, model_dir, **overrides) -> GRPORecipe:
-    values = dict(model=str(model_dir), output_dir=str(tmp_path / "run"), steps=1, num_generations=4,
-                  per_device_batch_size=4, train_items=6, save_steps=1, threads=1, max_completion_length=128,
+def recipe(tmp_path, model_dir, **overrides) -> VisionThinkGRPOConfig:
+    values = dict(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=1, num_generations=4,
+                  per_device_train_batch_size=4, train_items=6, save_steps=1, threads=1, max_completion_length=128,
                   report_to="none", resume=False, drop_tied_groups=False)
     values.update(overrides)
-    return GRPORecipe(**values)
+    return VisionThinkGRPOConfig(**values)
 
 
 def test_tool_schema_and_answers_follow_the_protocol():
@@ -150,8 +153,8 @@ def test_tied_groups_leave_the_loss(tmp_path, tiny_dir):
 def test_train_grpo_smoke(tmp_path, tiny_dir):
     """A short run end to end: the first turn is scripted to call the tool (a random model would not), the
     second turn is sampled by the model with the high-res image in context; checkpoints and logs appear."""
-    config = recipe(tmp_path, tiny_dir, steps=2, num_generations=2, per_device_batch_size=4, save_steps=1,
-                    max_completion_length=128, save_total_limit=1)
+    config = recipe(tmp_path, tiny_dir, max_steps=2, num_generations=2, per_device_train_batch_size=4,
+                    save_steps=1, max_completion_length=128, save_total_limit=1)
     from visionthink.train import grpo as grpo_module
 
     built = {}
@@ -194,11 +197,19 @@ def test_train_grpo_smoke(tmp_path, tiny_dir):
 def test_recipe_sections_load():
     from visionthink.recipes import load_recipe
 
-    tiny = load_recipe("recipes/tiny-synth.yaml", "grpo", GRPORecipe, ["steps=3", "penalty_variant=flat"])
-    assert tiny.steps == 3 and tiny.penalty_variant == "flat"
-    big = load_recipe("recipes/qwen2.5-vl-7b.yaml", "grpo", GRPORecipe)
+    tiny = load_recipe("recipes/tiny-synth.yaml", "grpo", VisionThinkGRPOConfig,
+                       ["max_steps=3", "penalty_variant=flat", "num_iterations=2"])
+    assert tiny.max_steps == 3 and tiny.penalty_variant == "flat"
+    assert tiny.num_iterations == 2  # any TRL field, by its TRL name
+    assert (tiny.per_device_train_batch_size, tiny.max_tool_calling_iterations, tiny.remove_unused_columns) == (
+        32, 1, False)
+    big = load_recipe("recipes/qwen2.5-vl-7b.yaml", "grpo", VisionThinkGRPOConfig)
     assert (big.num_generations, big.learning_rate, big.beta, big.temperature) == (16, 1e-6, 0.001, 1.0)
-    assert big.use_vllm and big.vllm_mode == "server"
+    assert big.use_vllm and big.vllm_mode == "server" and big.max_steps == 200
+    with pytest.raises(VisionThinkError, match=r"steps \(now max_steps\), tempreature"):
+        load_recipe("recipes/tiny-synth.yaml", "grpo", VisionThinkGRPOConfig, ["steps=3", "tempreature=0.7"])
+    with pytest.raises(VisionThinkError, match="penalty_variant must be one of"):
+        load_recipe("recipes/tiny-synth.yaml", "grpo", VisionThinkGRPOConfig, ["penalty_variant=steep"])
 
 
 def test_views_match_the_engine():
@@ -216,7 +227,9 @@ def test_views_match_the_engine():
 def test_group_rewards_do_not_depend_on_how_processes_split_the_batch(variant):
     """Rows of a group may sit on several processes: each process's slice of the combined rewards is the
     single-process result's slice (the real multi-process run is `torchrun --nproc_per_node 2`)."""
-    from visionthink.train.grpo import combine_groups
+    from visionthink.rewards.judge_base import Verdict
+    from visionthink.rewards.rewards import GradedRollout
+    from visionthink.train.grpo_rewards import combine_groups
 
     rows = []
     for group, pattern in enumerate([
@@ -226,18 +239,30 @@ def test_group_rewards_do_not_depend_on_how_processes_split_the_batch(variant):
         [(0, False)] * 4,                                  # tied
     ]):
         for score, resized in pattern:
-            rows.append({"score": float(score), "format": 0.5, "resized": resized, "ok": True, "uid": f"q{group}"})
-    single = combine_groups(rows, 0, len(rows), 4, variant)["local"]
+            rows.append((f"q{group}", GradedRollout(Verdict(float(score)), 0.5, resized)))
+    single = combine_groups(rows, 0, len(rows), 4, variant)
     for processes in (2, 4, 8):
         n = len(rows) // processes
         for index in range(processes):
-            part = combine_groups(rows, index, n, 4, variant)["local"]
-            for key, values in part.items():
-                assert values == single[key][index * n : (index + 1) * n], (processes, index, key)
-    assert single["keep"][12:] == [False] * 4 and all(single["keep"][:12])
+            part = combine_groups(rows, index, n, 4, variant)
+            for key in ("accuracy", "format", "penalty", "keep"):
+                assert getattr(part, key) == getattr(single, key)[index * n : (index + 1) * n], (processes, index, key)
+    assert single.keep[12:] == [False] * 4 and all(single.keep[:12])
     with pytest.raises(RuntimeError, match="mixes questions"):
         combine_groups(rows, 0, len(rows), 3, variant)
 
+
+
+def test_reward_functions_read_the_scored_batch():
+    """The batch is scored once; TRL's three reward functions only read each row's terms from its columns."""
+    from visionthink.train.grpo_rewards import BatchScores, VisionThinkRewards
+
+    scores = BatchScores(accuracy=[1.0, 0.0], format=[0.5, 0.0], penalty=[0.1, 0.0], keep=[True, False], metrics={})
+    rows = scores.columns()
+    columns = {key: [row[key] for row in rows] for key in rows[0]}
+    funcs = VisionThinkRewards(None, None, 2).reward_funcs
+    assert [f.__name__ for f in funcs] == ["accuracy", "format", "resize_penalty"]  # the names TRL logs
+    assert [f(prompts=[], completions=[], **columns) for f in funcs] == [[1.0, 0.0], [0.5, 0.0], [-0.1, 0.0]]
 
 def test_sampled_rollouts_render_as_the_protocol(tmp_path):
     """With the trained checkpoint (its rollouts are well-formed text, unlike a random model's), every
@@ -249,7 +274,7 @@ def test_sampled_rollouts_render_as_the_protocol(tmp_path):
     model_dir = Path(os.environ.get("VISIONTHINK_TEST_MODEL", shipped))
     if not (model_dir / "config.json").is_file():
         pytest.skip("no shipped checkpoint")
-    config = recipe(tmp_path, model_dir, num_generations=8, per_device_batch_size=16, train_items=8)
+    config = recipe(tmp_path, model_dir, num_generations=8, per_device_train_batch_size=16, train_items=8)
     trainer = build_trainer(config)
     processor = trainer.processing_class
     recorded = record_generations(trainer)
@@ -320,7 +345,8 @@ def test_killed_run_resumes_and_ends_at_the_same_step(tmp_path, tiny_dir):
     command: it resumes from the newest complete checkpoint and stops at the recipe's step count."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "visionthink", "train", "grpo", f"model={tiny_dir}", f"output_dir={out}",
-               "steps=6", "save_steps=2", "save_total_limit=5", "num_generations=2", "per_device_batch_size=4",
+               "max_steps=6", "save_steps=2", "save_total_limit=5", "num_generations=2",
+               "per_device_train_batch_size=4",
                "train_items=8", "max_completion_length=24", "report_to=none", "threads=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
@@ -370,7 +396,8 @@ def test_training_survives_a_misbehaving_judge(tmp_path, tiny_dir):
     with judge_server() as state:
         state.default = misbehave
         for fallback in ("rule", "drop"):
-            config = recipe(tmp_path / fallback, tiny_dir, steps=2, num_generations=2, per_device_batch_size=4,
+            config = recipe(tmp_path / fallback, tiny_dir, max_steps=2, num_generations=2,
+                            per_device_train_batch_size=4,
                             judge=f"http:{state.url}#judge", judge_fallback=fallback,
                             drop_failed_groups=fallback == "drop",
                             judge_options={"timeout": 0.5, "retries": 1, "backoff": 0.01, "backoff_max": 0.02,
@@ -393,8 +420,8 @@ def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir, probe_loss):
     """With `explore_direct=2` and groups of 4, a model pushed to write `<tool_call>` everywhere writes it in
     the first two rollouts of every group and never in the last two (generated with the token banned), and
     those two probes are left out of the loss."""
-    config = recipe(tmp_path, tiny_dir, steps=1, num_generations=4, per_device_batch_size=8, explore_direct=2,
-                    max_completion_length=8, probe_loss=probe_loss)
+    config = recipe(tmp_path, tiny_dir, max_steps=1, num_generations=4, per_device_train_batch_size=8,
+                    explore_direct=2, max_completion_length=8, probe_loss=probe_loss)
     trainer = build_trainer(config)
     tool_call = trainer.processing_class.tokenizer.convert_tokens_to_ids("<tool_call>")
 
@@ -446,8 +473,8 @@ def test_row_token_ban_greedy_leaves_probe_rows_their_best_other_token():
 def test_greedy_probes_of_a_group_answer_alike(tmp_path, tiny_dir):
     """`probe_decoding: greedy`: the two probes of each group (same prompt, tool banned) write the same first
     turn, while the sampled rollouts of a random model at temperature 1 do not all agree."""
-    config = recipe(tmp_path, tiny_dir, steps=1, num_generations=4, per_device_batch_size=8, explore_direct=2,
-                    max_completion_length=8, probe_decoding="greedy")
+    config = recipe(tmp_path, tiny_dir, max_steps=1, num_generations=4, per_device_train_batch_size=8,
+                    explore_direct=2, max_completion_length=8, probe_decoding="greedy")
     trainer = build_trainer(config)
     tool_call = trainer.processing_class.tokenizer.convert_tokens_to_ids("<tool_call>")
     first_turns = record_first_turns(trainer)

@@ -10,20 +10,21 @@ import torch
 from visionthink.errors import VisionThinkError
 from visionthink.recipes import load_recipe
 from visionthink.tokens import IGNORE_INDEX
-from visionthink.train.grpo import GRPORecipe
+from visionthink.train.grpo_config import VisionThinkGRPOConfig
 from visionthink.train.sft import SFTConfig, train_sft
 from visionthink.train.sft_data import decision_position, mask_first_turn, sample_example
 
 
 def test_recipe_numbers_take_their_field_types():
-    recipe = load_recipe(None, "grpo", GRPORecipe, ["learning_rate=3e-5", "beta=1", "steps=12", "export_dir=null"])
+    recipe = load_recipe(None, "grpo", VisionThinkGRPOConfig,
+                         ["learning_rate=3e-5", "beta=1", "max_steps=12", "export_dir=null"])
     assert recipe.learning_rate == 3e-5 and isinstance(recipe.learning_rate, float)  # YAML reads 3e-5 as a string
     assert recipe.beta == 1.0 and isinstance(recipe.beta, float)
-    assert recipe.steps == 12 and recipe.export_dir is None
+    assert recipe.max_steps == 12 and recipe.export_dir is None
     with pytest.raises(VisionThinkError, match="learning_rate: expected float"):
-        load_recipe(None, "grpo", GRPORecipe, ["learning_rate=fast"])
-    with pytest.raises(VisionThinkError, match="steps: expected int"):
-        load_recipe(None, "grpo", GRPORecipe, ["steps=2.5"])
+        load_recipe(None, "grpo", VisionThinkGRPOConfig, ["learning_rate=fast"])
+    with pytest.raises(VisionThinkError, match="max_steps: expected int"):
+        load_recipe(None, "grpo", VisionThinkGRPOConfig, ["max_steps=2.5"])
 
 
 def test_mask_first_turn_masks_only_the_first_trained_run():

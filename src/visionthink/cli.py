@@ -97,9 +97,10 @@ def _train_sft(args: argparse.Namespace) -> int:
 def _train_grpo(args: argparse.Namespace) -> int:
     from visionthink.recipes import load_recipe
     from visionthink.train import leave_distributed
-    from visionthink.train.grpo import GRPORecipe, train_grpo
+    from visionthink.train.grpo import train_grpo
+    from visionthink.train.grpo_config import VisionThinkGRPOConfig
 
-    config = load_recipe(args.recipe, args.section or "grpo", GRPORecipe, args.overrides)
+    config = load_recipe(args.recipe, args.section or "grpo", VisionThinkGRPOConfig, args.overrides)
     final = train_grpo(config)
     if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per launched process
         print(f"final model: {final}")
@@ -282,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     grpo = train.add_parser("grpo", help="multi-turn GRPO on TRL: learn when to resize (accuracy, format, penalty)")
     grpo.add_argument("--recipe", default=None, help="YAML recipe (section `grpo:`)")
     grpo.add_argument("--section", default=None, help="recipe section to read instead of `grpo:`")
-    grpo.add_argument("overrides", nargs="*", help="recipe overrides as key=value")
+    grpo.add_argument("overrides", nargs="*",
+                      help="recipe overrides as key=value (any trl.GRPOConfig field by its TRL name)")
     grpo.set_defaults(handler=_train_grpo)
 
     ask = commands.add_parser("ask", help="ask one image a question", epilog=ASK_EXIT_CODES)

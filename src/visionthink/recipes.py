@@ -19,6 +19,8 @@ def load_recipe(path: str | Path | None, section: str, config_class: type[Config
     """`config_class` filled from `section` of the YAML file at `path`, then from `key=value` overrides.
 
     Nested dataclass fields take nested mappings (or dotted keys in overrides: `model.text_layers=6`).
+    A key the config does not have is an error; a config may name its renamed keys in a
+    `renamed_fields` mapping (old name -> new name) for the message.
     """
     values: dict[str, Any] = {}
     if path is not None:
@@ -42,10 +44,12 @@ def load_recipe(path: str | Path | None, section: str, config_class: type[Config
 
 
 def _build(config_class: type[Config], values: dict[str, Any]) -> Config:
-    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    fields = {f.name: f for f in dataclasses.fields(config_class) if f.init}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise VisionThinkError(f"unknown {config_class.__name__} field(s): {', '.join(unknown)}")
+        renamed = getattr(config_class, "renamed_fields", {})
+        names = [f"{name} (now {renamed[name]})" if name in renamed else name for name in unknown]
+        raise VisionThinkError(f"unknown {config_class.__name__} field(s): {', '.join(names)}")
     hints = typing.get_type_hints(config_class)
     kwargs = {}
     for name, value in values.items():
@@ -53,7 +57,10 @@ def _build(config_class: type[Config], values: dict[str, Any]) -> Config:
         if dataclasses.is_dataclass(hint) and isinstance(value, dict):
             value = _build(hint, value)
         kwargs[name] = _coerce(config_class.__name__, name, hint, value)
-    return config_class(**kwargs)
+    try:
+        return config_class(**kwargs)
+    except ValueError as error:  # the config's own checks (e.g. a value out of range)
+        raise VisionThinkError(f"{config_class.__name__}: {error}") from None
 
 
 def _coerce(owner: str, name: str, hint: Any, value: Any) -> Any:

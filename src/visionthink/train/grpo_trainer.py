@@ -1,0 +1,139 @@
+"""`VisionThinkGRPOTrainer`: TRL's `GRPOTrainer` with the batch scored once and dropped groups out of the loss.
+
+TRL's private hooks used here (pyproject pins `trl` to the minor version they were written for):
+
+- `_calculate_rewards(inputs, prompts, completions, completion_ids_list)`: scores the batch once and hands the
+  terms to TRL's reward loop as input columns;
+- `_generate_and_score_completions(inputs)`: its output dict (`tool_mask`, `completion_mask`, `advantages`,
+  `completion_ids`, `image_grid_thw`, `num_items_in_batch`) is edited to leave rows out of the loss;
+- `_generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)`: the
+  `explore_direct` probes generate with `<tool_call>` banned;
+- `_log_metric(name, value)` and `_metrics["train"]`: per-batch metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from trl import GRPOTrainer
+
+from visionthink.train.grpo_rewards import VisionThinkRewards
+
+
+class VisionThinkGRPOTrainer(GRPOTrainer):
+    """`GRPOTrainer` that leaves tied (and optionally judge-failed) groups and `explore_direct` probes out of the
+    loss, and adds the perception anchor's loss.
+
+    TRL keeps every group; a tied group has zero advantage but still counts in the KL term and the loss
+    normaliser. After TRL scores the batch, their rows of `tool_mask` (TRL's loss mask for multi-turn
+    completions) are zeroed and `num_items_in_batch` is recounted. The batch is not re-sampled, so a step can
+    have fewer (or no) rows that learn.
+    """
+
+    def __init__(self, *args, vt_rewards: VisionThinkRewards, vt_anchor=None, vt_explore_direct: int = 0,
+                 vt_probe_loss: str = "none", vt_probe_decoding: str = "sample", **kwargs):
+        super().__init__(*args, reward_funcs=vt_rewards.reward_funcs, **kwargs)
+        self.vt_rewards = vt_rewards
+        self.vt_anchor = vt_anchor
+        """`grpo_anchor.AnswerAnchor` or None: its loss is added to every training micro-step's."""
+        self.vt_explore_direct = vt_explore_direct
+        self.vt_probe_loss = vt_probe_loss
+        self.vt_probe_decoding = vt_probe_decoding
+        self.vt_images_in_loss: list[int] = []
+        """Images per batch in the loss pass (prompt images plus those the tool returned)."""
+        self._vt_keep: list[bool] | None = None
+        """The last scored batch's keep mask, until `_generate_and_score_completions` applies it."""
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        scores = self.vt_rewards.score_batch(prompts, completions, completion_ids_list, inputs, self._log_metric)
+        self._vt_keep = scores.keep
+        rows = [{**row, **terms} for row, terms in zip(inputs, scores.columns(), strict=True)]
+        return super()._calculate_rewards(rows, prompts, completions, completion_ids_list)
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        keep, self._vt_keep = self._vt_keep, None
+        if self.model.training:
+            grid = output.get("image_grid_thw")
+            self.vt_images_in_loss.append(0 if grid is None else int(grid.shape[0]))
+            rows_here = output["completion_ids"].shape[0]
+            if keep is not None and len(keep) == rows_here:
+                self._leave_rows_out(output, self._probe_rule(output, keep, rows_here))
+        return output
+
+    def _probe_rule(self, output: dict[str, Any], keep: list[bool], rows_here: int) -> list[bool]:
+        """The keep mask with the `explore_direct` probes applied: out of the loss (`probe_loss: none`) or kept
+        with their advantages clamped at 0 (`positive`)."""
+        if not self.vt_explore_direct:
+            return keep
+        forced = self._forced_direct_rows(rows_here)
+        if self.vt_probe_loss == "positive":  # learn only from probes that beat their group
+            index = torch.tensor(forced, device=output["advantages"].device)
+            output["advantages"][index] = output["advantages"][index].clamp(min=0)
+            return keep
+        probes = set(forced)  # rewards only
+        return [k and i not in probes for i, k in enumerate(keep)]
+
+    def _leave_rows_out(self, output: dict[str, Any], keep: list[bool]) -> None:
+        """Zero the dropped rows of `tool_mask` and recount `num_items_in_batch` (a collective: every process
+        calls it, dropping or not)."""
+        device = output["completion_mask"].device
+        rows = torch.tensor(keep, device=device, dtype=output["completion_mask"].dtype).unsqueeze(1)
+        mask = output.get("tool_mask")
+        mask = torch.ones_like(output["completion_mask"]) if mask is None else mask
+        output["tool_mask"] = mask * rows
+        loss_mask = output["completion_mask"] * output["tool_mask"]
+        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        forced = [] if has_tool_images or self.use_vllm else self._forced_direct_rows(len(prompt_ids))
+        if not forced:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)
+        from transformers import LogitsProcessorList
+
+        model = self.accelerator.unwrap_model(self.model)  # the module TRL generates with
+        tool_id = self.processing_class.tokenizer.convert_tokens_to_ids("<tool_call>")
+        ban = RowTokenBan(forced, tool_id, greedy=self.vt_probe_decoding == "greedy")
+        model.generate = functools.partial(type(model).generate, model, logits_processor=LogitsProcessorList([ban]))
+        try:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)
+        finally:
+            del model.generate
+            self._metrics["train"]["rollouts/forced_direct"].append(len(forced) / max(1, len(prompt_ids)))
+
+    def _forced_direct_rows(self, n: int) -> list[int]:
+        """Local rows whose place in their group is among the last `explore_direct`."""
+        group = self.num_generations
+        first = self.accelerator.process_index * n
+        return [i for i in range(n) if (first + i) % group >= group - self.vt_explore_direct]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.vt_anchor is not None and self.model.training:
+            anchor = self.vt_anchor(model)
+            self._metrics["train"]["anchor/loss"].append(anchor.item() / self.vt_anchor.weight)
+            loss = loss + anchor / self.args.gradient_accumulation_steps
+        return loss
+
+
+class RowTokenBan:
+    """A logits processor that forbids one token in some rows of a generation batch and, with `greedy`,
+    leaves those rows only their best remaining token (sampling then picks it whatever the temperature)."""
+
+    def __init__(self, rows: list[int], token_id: int, greedy: bool = False):
+        self.rows = rows
+        self.token_id = token_id
+        self.greedy = greedy
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores[self.rows, self.token_id] = float("-inf")
+        if self.greedy and self.rows:
+            rows = torch.tensor(self.rows, device=scores.device)
+            best = scores[rows].argmax(-1)
+            scores[rows] = float("-inf")
+            scores[rows, best] = 0.0
+        return scores
