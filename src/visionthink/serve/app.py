@@ -41,9 +41,11 @@ import contextlib
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 from importlib import resources
+from typing import Annotated
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -68,122 +70,99 @@ from visionthink.serve.worker import ModelWorker
 log = logging.getLogger(__name__)
 
 
-def _page() -> str:
-    return resources.files("visionthink.serve").joinpath("page.html").read_text(encoding="utf-8")
+@dataclass
+class ServerState:
+    """What the routes share: settings, the request service, the batcher and counters for `/health`."""
+
+    config: ServeConfig
+    service: ChatService
+    batcher: Batcher
+    page: str
+    started: float = field(default_factory=time.time)
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("requests", "refused", "timeouts", "disconnects", "errors"), 0))
+
+    def model_card(self) -> dict:
+        return {"id": self.config.model_name, "object": "model", "created": int(self.started),
+                "owned_by": "visionthink"}
+
+
+def server_state(request: HttpRequest) -> ServerState:
+    return request.app.state.server
+
+
+State = Annotated[ServerState, Depends(server_state)]
+
+
+public = APIRouter()
+api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+@public.get("/", response_class=HTMLResponse)
+async def index(state: State):
+    return HTMLResponse(state.page)
+
+
+@public.get("/health")
+async def health(state: State):
+    return {"status": "ok", "model": state.config.model_name, "uptime_s": round(time.time() - state.started, 1),
+            "context_tokens": state.service.budget.context, "waiting": state.batcher.waiting, **state.counters,
+            "batching": state.batcher.stats.as_dict()}
+
+
+@api.get("/models")
+async def models(state: State):
+    return {"object": "list", "data": [state.model_card()]}
+
+
+@api.get("/models/{model_id:path}")
+async def model(model_id: str, state: State):
+    if model_id != state.config.model_name:
+        raise ApiError(404, f"model {model_id[:80]!r} is not served here; this server serves "
+                       f"{state.config.model_name!r}", "model_not_found", param="model")
+    return state.model_card()
+
+
+@api.post("/chat/completions")
+async def chat_completions(request: HttpRequest, state: State):
+    """Read the body within the timeout, then answer unless the timeout runs out or the client leaves."""
+    config, counters = state.config, state.counters
+    counters["requests"] += 1
+    work = gone = None
+    try:
+        async with asyncio.timeout(config.timeout):
+            raw = await request.body()
+            work = asyncio.ensure_future(state.service.complete(raw))
+            gone = asyncio.ensure_future(_client_gone(request))
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            counters["disconnects"] += 1
+            raise ApiError(499, "the client closed the connection", "client_closed_request")
+        chat, reply = work.result()
+    except TimeoutError:
+        counters["timeouts"] += 1
+        raise ApiError(408, f"request took longer than the server's limit of {config.timeout:g} s",
+                       "request_timeout", "timeout_error") from None
+    except QueueFull as error:
+        raise ApiError(429, f"server is busy ({error}); retry later", "server_busy", "rate_limit_error") from None
+    except VisionThinkError as error:
+        raise ApiError(400, str(error), "invalid_request") from None
+    except ApiError:
+        raise
+    except Exception as error:  # noqa: BLE001 - one request's failure is its own JSON 500
+        counters["errors"] += 1
+        raise _internal_error(error) from None
+    finally:
+        for task in (work, gone):
+            if task is not None and not task.done():
+                task.cancel()  # cancelling the work cancels its queued or running model job
+    return _respond(reply, chat.stream, chat.include_usage_chunk, config.model_name)
 
 
 async def _client_gone(request: HttpRequest) -> None:
     """Return once the client has closed its connection (call after the body has been read)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def create_app(engine: TransformersEngine, config: ServeConfig | None = None) -> FastAPI:
-    """The ASGI app serving `engine` (its batch size is raised to `config.max_batch`)."""
-    config = config or ServeConfig()
-    engine.batch_size = max(engine.batch_size, config.max_batch)
-    worker = ModelWorker(engine)
-    batcher = Batcher(worker, max_batch=config.max_batch, wait_ms=config.batch_wait_ms, max_queue=config.max_queue)
-    service = ChatService(engine, worker.default_sampling, batcher, config)
-    page = _page()
-    started = time.time()
-    counters = {"requests": 0, "refused": 0, "timeouts": 0, "disconnects": 0, "errors": 0}
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        batcher.start()
-        yield
-        await batcher.stop()
-        service.close()
-
-    app = FastAPI(title="VisionThink", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.config = config
-    app.state.batcher = batcher
-    app.state.engine = engine
-    app.state.counters = counters
-    authorised = [Depends(require_api_key)]
-
-    @app.exception_handler(ApiError)
-    async def on_api_error(_request, error: ApiError):
-        counters["refused"] += 1
-        return error.response()
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(_request, error: StarletteHTTPException):
-        kinds = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed")}
-        kind, code = kinds.get(error.status_code, ("invalid_request_error", "http_error"))
-        return JSONResponse(error_body(str(error.detail), kind, code), error.status_code)
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(_request, error: Exception):
-        counters["errors"] += 1
-        return _internal_error(error).response()
-
-    @app.get("/", response_class=HTMLResponse)
-    async def index():
-        return HTMLResponse(page)
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": config.model_name, "uptime_s": round(time.time() - started, 1),
-                "context_tokens": service.budget.context, "waiting": batcher.waiting, **counters,
-                "batching": batcher.stats.as_dict()}
-
-    def model_card() -> dict:
-        return {"id": config.model_name, "object": "model", "created": int(started), "owned_by": "visionthink"}
-
-    @app.get("/v1/models", dependencies=authorised)
-    async def models():
-        return {"object": "list", "data": [model_card()]}
-
-    @app.get("/v1/models/{model_id:path}", dependencies=authorised)
-    async def model(model_id: str):
-        if model_id != config.model_name:
-            raise ApiError(404, f"model {model_id[:80]!r} is not served here; this server serves "
-                           f"{config.model_name!r}", "model_not_found", param="model")
-        return model_card()
-
-    @app.post("/v1/chat/completions", dependencies=authorised)
-    async def chat_completions(request: HttpRequest):
-        counters["requests"] += 1
-        work = gone = None
-        try:
-            async with asyncio.timeout(config.timeout):
-                raw = await request.body()
-                work = asyncio.ensure_future(service.complete(raw))
-                gone = asyncio.ensure_future(_client_gone(request))
-                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():
-                counters["disconnects"] += 1
-                raise ApiError(499, "the client closed the connection", "client_closed_request")
-            chat, reply = work.result()
-        except TimeoutError:
-            counters["timeouts"] += 1
-            raise ApiError(408, f"request took longer than the server's limit of {config.timeout:g} s",
-                           "request_timeout", "timeout_error") from None
-        except QueueFull as error:
-            raise ApiError(429, f"server is busy ({error}); retry later", "server_busy", "rate_limit_error") from None
-        except VisionThinkError as error:
-            raise ApiError(400, str(error), "invalid_request") from None
-        except ApiError:
-            raise
-        except Exception as error:  # noqa: BLE001 - one request's failure is its own JSON 500
-            counters["errors"] += 1
-            raise _internal_error(error) from None
-        finally:
-            for task in (work, gone):
-                if task is not None and not task.done():
-                    task.cancel()
-        return _respond(reply, chat.stream, chat.include_usage_chunk, config.model_name)
-
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
-    return app
-
-
-def _internal_error(error: Exception) -> ApiError:
-    log.error("request failed: %s: %s", type(error).__name__, error, exc_info=error)
-    return ApiError(500, f"the server failed on this request ({type(error).__name__}); other requests are not "
-                    "affected", "internal_error", "server_error")
 
 
 def _respond(reply: Reply, stream: bool, usage_chunk: bool, model: str):
@@ -194,6 +173,64 @@ def _respond(reply: Reply, stream: bool, usage_chunk: bool, model: str):
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     return JSONResponse(completion_json(reply, model, completion_id, created))
+
+
+# ---------------------------------------------------------------- errors
+
+
+async def on_api_error(request: HttpRequest, error: ApiError):
+    request.app.state.server.counters["refused"] += 1
+    return error.response()
+
+
+async def on_http_error(_request: HttpRequest, error: StarletteHTTPException):
+    kinds = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed")}
+    kind, code = kinds.get(error.status_code, ("invalid_request_error", "http_error"))
+    return JSONResponse(error_body(str(error.detail), kind, code), error.status_code)
+
+
+async def on_unexpected(request: HttpRequest, error: Exception):
+    request.app.state.server.counters["errors"] += 1
+    return _internal_error(error).response()
+
+
+def _internal_error(error: Exception) -> ApiError:
+    log.error("request failed: %s: %s", type(error).__name__, error, exc_info=error)
+    return ApiError(500, f"the server failed on this request ({type(error).__name__}); other requests are not "
+                    "affected", "internal_error", "server_error")
+
+
+# ---------------------------------------------------------------- the app
+
+
+def create_app(engine: TransformersEngine, config: ServeConfig | None = None) -> FastAPI:
+    """The ASGI app serving `engine` (its batch size is raised to `config.max_batch`)."""
+    config = config or ServeConfig()
+    engine.batch_size = max(engine.batch_size, config.max_batch)
+    worker = ModelWorker(engine)
+    batcher = Batcher(worker, max_batch=config.max_batch, wait_ms=config.batch_wait_ms, max_queue=config.max_queue)
+    service = ChatService(engine, worker.default_sampling, batcher, config)
+    page = resources.files("visionthink.serve").joinpath("page.html").read_text(encoding="utf-8")
+    state = ServerState(config, service, batcher, page)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+        service.close()
+
+    app = FastAPI(title="VisionThink", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = state
+    app.state.config = config
+    app.state.engine = engine
+    app.include_router(public)
+    app.include_router(api)
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    return app
 
 
 def serve(*args, **kwargs) -> None:
