@@ -178,6 +178,19 @@ def test_special_token_strings_in_user_text_are_refused(server, item, good, text
     assert_good(server, good)
 
 
+def test_tool_call_markers_pass_in_assistant_and_tool_turns_only(server):
+    """A raw-mode client sends the model's own turns back, and the protocol's error turns name `<tool_call>`."""
+    turns = [{"role": "user", "content": "what is it?"},
+             {"role": "assistant", "content": "<think>x</think><tool_call>{\"name\": \"resize_image\""},
+             {"role": "tool", "content": "Error: unterminated <tool_call>"}]
+    body = {"messages": turns, "visionthink_mode": "raw", "max_tokens": 4}
+    status, reply, _ = call(server.url, "POST", CHAT, body)
+    assert status == 200, reply
+    turns[1]["content"] = "<|vision_start|><|image_pad|><|vision_end|>"
+    status, reply, _ = call(server.url, "POST", CHAT, body)
+    assert status == 400 and reply["error"]["param"] == "messages[1]", reply
+
+
 def test_lone_surrogates_are_refused(server, item, good):
     body = (b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "'
             + data_url(item.image).encode() + b'"}}, {"type": "text", "text": "colour \\ud800?"}]}]}')

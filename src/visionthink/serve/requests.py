@@ -17,8 +17,9 @@ from visionthink.serve.config import SERVED_MODES, ServeConfig
 from visionthink.serve.errors import ApiError
 from visionthink.serve.schemas import ChatCompletionRequest, ImagePart
 
-ASSISTANT_MAY_WRITE = ("<tool_call>", "</tool_call>")
-"""Special tokens an assistant message may hold: a raw-mode client sends back the model's own tool calls."""
+TOOL_CALL_MARKERS = ("<tool_call>", "</tool_call>")
+"""Special tokens assistant and tool messages may hold: a raw-mode client sends back the model's own tool
+calls, and the protocol's error turns name them ("unterminated <tool_call>"). Neither breaks the rendering."""
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,17 @@ class SpecialTokens:
     def __init__(self, tokens: list[str]):
         ordered = sorted(set(tokens), key=len, reverse=True)
         self.any = re.compile("|".join(map(re.escape, ordered))) if ordered else None
-        rest = [t for t in ordered if t not in ASSISTANT_MAY_WRITE]
-        self.assistant = re.compile("|".join(map(re.escape, rest))) if rest else None
+        rest = [t for t in ordered if t not in TOOL_CALL_MARKERS]
+        self.lenient = re.compile("|".join(map(re.escape, rest))) if rest else None
 
     @classmethod
     def of(cls, tokenizer) -> SpecialTokens:
         added = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
         return cls([*tokenizer.all_special_tokens, *added])
 
-    def check(self, text: str, where: str, assistant: bool = False) -> None:
-        pattern = self.assistant if assistant else self.any
+    def check(self, text: str, where: str, lenient: bool = False) -> None:
+        """Refuse `text` holding a special token (`lenient`: tool-call markers allowed)."""
+        pattern = self.lenient if lenient else self.any
         found = pattern.search(text) if pattern is not None else None
         if found is not None:
             raise ApiError(400, f"{where} holds the special token {found.group()!r}; it is reserved for the "
@@ -163,7 +165,7 @@ def chat_request(request: ChatCompletionRequest, config: ServeConfig, default_sa
                 parts.append({"type": "image_url", "url": part.url})
                 chat.image_urls.append(part.url)
             else:
-                special.check(part.text, where, assistant=role == "assistant")
+                special.check(part.text, where, lenient=role in ("assistant", "tool"))
                 text_chars += len(part.text)
                 parts.append({"type": "text", "text": part.text})
         if len(chat.image_urls) > config.max_images:
@@ -177,7 +179,7 @@ def chat_request(request: ChatCompletionRequest, config: ServeConfig, default_sa
         if role == "assistant" and message.tool_calls:
             converted["tool_calls"] = [{"type": "function", "function": call.function.model_dump()}
                                        for call in message.tool_calls]
-            special.check(json.dumps(converted["tool_calls"], ensure_ascii=False), where, assistant=True)
+            special.check(json.dumps(converted["tool_calls"], ensure_ascii=False), where, lenient=True)
         chat.messages.append(converted)
     if text_chars > config.max_text_chars:
         raise ApiError(400, f"too much text: {text_chars} characters, the limit is {config.max_text_chars}",
