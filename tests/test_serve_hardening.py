@@ -324,6 +324,33 @@ def test_half_sent_requests_cannot_hold_connections(shipped_model, good):
         running.stop()
 
 
+def test_half_sent_headers_after_a_keep_alive_reply_are_cut_too(shipped_model):
+    running = start(shipped_model, keep_alive_timeout=0.5, header_timeout=1.0)
+    parts = urllib.parse.urlsplit(running.url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # the next request's headers never end
+            began = time.monotonic()
+            while True:  # one byte a while: uvicorn's keep-alive timer alone would never fire again
+                time.sleep(0.2)
+                try:
+                    sock.sendall(b"X")
+                except OSError:
+                    break
+                sock.settimeout(0.01)
+                try:
+                    if sock.recv(1) == b"":
+                        break
+                except TimeoutError:
+                    pass
+                assert time.monotonic() - began < 5, "the connection was kept open"
+            assert time.monotonic() - began < 2.5  # keep-alive 0.5 s + header timeout 1 s
+    finally:
+        running.stop()
+
+
 # ---------------------------------------------------------------- 6: OpenAI shape
 
 

@@ -3,8 +3,9 @@
 uvicorn's own limits act once a request's headers are in (`limit_concurrency` answers 503
 then), so a client that opens many connections and never finishes its headers holds a file
 descriptor each. `GuardedH11Protocol` closes a connection beyond `max_connections` as soon as
-it is accepted and one whose headers are not complete within `header_timeout` seconds. A
-server facing the internet should still sit behind a reverse proxy (docs/serving.md).
+it is accepted and one whose request headers are not complete within `header_timeout` seconds
+(of connecting, or of the keep-alive wait after its previous reply). A server facing the
+internet should still sit behind a reverse proxy (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -25,19 +26,30 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._header_timer = None
         if len(self.connections) > self.max_connections:
             transport.close()
             return
-        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+        self._arm(self.header_timeout)
 
-    def _headers_too_slow(self) -> None:
-        if self.cycle is None and not self.transport.is_closing():
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():  # the next request's headers: after the keep-alive wait at most
+            self._arm(self.timeout_keep_alive + self.header_timeout)
+
+    def _arm(self, seconds: float) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        self._header_timer = self.loop.call_later(seconds, self._headers_too_slow, self.cycle)
+
+    def _headers_too_slow(self, cycle_before) -> None:
+        """Close the connection unless a request's headers have arrived since the timer was armed."""
+        if self.cycle is cycle_before and not self.transport.is_closing():
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        timer = getattr(self, "_header_timer", None)
-        if timer is not None:
-            timer.cancel()
+        if getattr(self, "_header_timer", None) is not None:
+            self._header_timer.cancel()
         super().connection_lost(exc)
 
 
