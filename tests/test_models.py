@@ -131,6 +131,7 @@ def test_save_load_round_trip_gives_identical_logits(random_tiny, tmp_path):
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     loaded, loaded_processor = load_model(tmp_path)
+    del loaded.model.visual.patch_embed.forward  # load_model runs it as F.linear (equal up to rounding; tested below)
     assert loaded_processor.chat_template == chat_template()
     assert loaded_processor.grid == processor.grid
     assert not loaded.training
@@ -176,3 +177,23 @@ def test_structured_tool_calls_render_like_the_protocols_inline_text(random_tiny
         {"role": "assistant", "content": [protocol.text_part("<think>Look.</think>")], "tool_calls": [call]}
     ]
     assert render_text(processor, structured) == render_text(processor, inline)
+
+
+def test_linear_patch_embed_equals_the_convolution(random_tiny):
+    """The patch embedding runs as `F.linear` on the conv's own weight: same outputs, gradients reach it."""
+    import copy
+
+    import torch
+
+    from visionthink.models.patch_embed import use_linear_patch_embed
+
+    model = copy.deepcopy(random_tiny[0])
+    embed = model.model.visual.patch_embed
+    patches = torch.randn(40, embed.proj.weight[0].numel())
+    expected = embed(patches)
+    use_linear_patch_embed(model)
+    got = embed(patches)
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+    got.sum().backward()
+    assert embed.proj.weight.grad is not None and embed.proj.weight.grad.abs().sum() > 0
+    assert set(model.state_dict()) == set(random_tiny[0].state_dict())

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from visionthink.errors import ModelError
+from visionthink.models.patch_embed import use_linear_patch_embed
 from visionthink.models.processor import VisionThinkProcessor, chat_template
 
 
@@ -55,5 +56,6 @@ def load_model(model_dir: str | Path | None = None, dtype: torch.dtype | str | N
         raise ModelError(f"{path}: cannot load model ({error})") from error
     processor.chat_template = chat_template()  # the protocol's rendering, whatever the folder ships
     processor.tokenizer.chat_template = processor.chat_template
+    use_linear_patch_embed(model)
     model.to(device).eval()
     return model, processor
