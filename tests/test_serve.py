@@ -186,6 +186,14 @@ BAD_REQUESTS = {
     "bad max_tokens": (lambda url: chat_body(url, "q?", max_tokens=-3), KEY, 400, "invalid_parameter"),
     "other model": (lambda url: chat_body(url, "q?", model="gpt-4o"), KEY, 404, "model_not_found"),
     "too much text": (lambda url: chat_body(url, "why? " * 30_000), KEY, 400, "text_too_long"),
+    "temperature true": (lambda url: chat_body(url, "q?", temperature=True), KEY, 400, "invalid_parameter"),
+    "stream as a string": (lambda url: chat_body(url, "q?", stream="yes"), KEY, 400, "invalid_parameter"),
+    "image_url.url a number": (lambda url: {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": 3}}, {"type": "text", "text": "q?"}]}]}, KEY, 400,
+        "invalid_image_url"),
+    "unknown role": (lambda url: {"messages": [{"role": "bot", "content": "q?"}]}, KEY, 400, "invalid_message"),
+    "tool without function": (lambda url: chat_body(url, "q?", tools=[{"type": "function"}]), KEY, 400,
+                              "invalid_parameter"),
     "extreme aspect ratio": (lambda url: chat_body(data_url(Image.new("RGB", (3000, 10))), "q?"), KEY, 400,
                              "invalid_image"),
 }

@@ -10,26 +10,38 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from visionthink.serve.errors import ApiError
 
 
-class _Strict(BaseModel):
+def _number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a number")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+"""A JSON number (not a string, not true/false)."""
+
+
+class _Model(BaseModel):
+    """Unknown keys are ignored, as OpenAI clients send many."""
+
     model_config = ConfigDict(extra="ignore")
 
 
-class TextPart(_Strict):
+class TextPart(_Model):
     type: Literal["text"]
     text: str
 
 
-class ImageURL(_Strict):
+class ImageURL(_Model):
     url: str
     detail: str | None = None
 
 
-class ImagePart(_Strict):
+class ImagePart(_Model):
     type: Literal["image_url"]
     image_url: ImageURL | str
 
@@ -41,18 +53,18 @@ class ImagePart(_Strict):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class FunctionCall(_Strict):
+class FunctionCall(_Model):
     name: str
     arguments: str | dict[str, Any] = "{}"
 
 
-class ToolCall(_Strict):
+class ToolCall(_Model):
     id: str | None = None
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(_Strict):
+class ChatMessage(_Model):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     tool_calls: list[ToolCall] | None = None
@@ -80,19 +92,19 @@ class ToolDefinition(BaseModel):
     function: FunctionDefinition
 
 
-class StreamOptions(_Strict):
+class StreamOptions(_Model):
     include_usage: StrictBool = False
 
 
-class ChatCompletionRequest(_Strict):
+class ChatCompletionRequest(_Model):
     """`POST /v1/chat/completions`: OpenAI's fields plus `visionthink_mode` and `visionthink_return_image`."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    temperature: Number | None = Field(default=None, ge=0, le=2)
+    top_p: Number | None = Field(default=None, gt=0, le=1)
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     n: StrictInt | None = None
     stream: StrictBool = False
@@ -103,8 +115,8 @@ class ChatCompletionRequest(_Strict):
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = None
     response_format: dict[str, Any] | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
+    frequency_penalty: Number | None = None
+    presence_penalty: Number | None = None
     logit_bias: dict[str, float] | None = None
     visionthink_mode: str | None = None
     visionthink_return_image: StrictBool = False
