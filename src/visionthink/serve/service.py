@@ -69,12 +69,16 @@ class ChatService:
         self.fetch_pool.shutdown(wait=False, cancel_futures=True)
 
     async def complete(self, raw: bytes) -> tuple[ChatRequest, Reply]:
-        body = parse_json_body(raw)
-        check_unicode(body)
-        chat = chat_request(parse_chat_request(body), self.config, self.default_sampling, self.special)
+        chat = await self._in(self.decode_pool, self.parse, raw)  # a 20 MB body takes a while: off the event loop
         if chat.mode == "raw":
             return chat, await self._raw(chat)
         return chat, await self._visionthink(chat)
+
+    def parse(self, raw: bytes) -> ChatRequest:
+        """The checked request of a raw body (JSON, valid Unicode, the request model, the server's limits)."""
+        body = parse_json_body(raw)
+        check_unicode(body)
+        return chat_request(parse_chat_request(body), self.config, self.default_sampling, self.special)
 
     async def _visionthink(self, chat: ChatRequest) -> Reply:
         image = (await self.images([chat.image_url]))[0]
