@@ -480,3 +480,27 @@ def test_snap_never_exceeds_max_pixels_even_at_extreme_aspect(width, height):
 
 def test_snap_of_4000x50_fits_the_budget():
     assert SMALL_GRID.snap(4000, 50) == (448, 28)  # was 980x28 = 27,440 px over a 12,544 budget
+
+
+def test_jpeg_decodes_only_as_large_as_the_grid_needs():
+    """With a grid, a big JPEG decodes at a reduced scale that still covers the high view; views barely move."""
+
+
+    grid = PixelGrid(28, 28 * 28, 168 * 112)
+    gradient = np.linspace(0, 255, 1792, dtype=np.float32)[None, :, None] * np.ones((1344, 1, 3), np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(gradient.astype("uint8")).save(buffer, format="JPEG", quality=95)
+    data = buffer.getvalue()
+    full, drafted = load_image(data), load_image(data, grid=grid)
+    assert full.size == (1792, 1344)
+    high = grid.high_size(1792, 1344)
+    assert drafted.width < full.width and drafted.width >= high[0] and drafted.height >= high[1]
+    plain, fast = make_views(full, grid), make_views(drafted, grid)
+    assert fast.high.size == plain.high.size and fast.low.size == plain.low.size
+    difference = np.abs(np.asarray(fast.high, np.float32) - np.asarray(plain.high, np.float32))
+    assert difference.mean() < 2.0
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(gradient.astype("uint8")).save(rotated, format="JPEG", exif=exif)
+    assert load_image(rotated.getvalue(), grid=grid).size == (1344, 1792)  # no draft when EXIF turns it

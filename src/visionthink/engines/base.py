@@ -111,7 +111,7 @@ def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Epi
     began = time.perf_counter()
     rows = []
     for request in requests:
-        views = make_views(load_image(request.image), backend.grid)
+        views = make_views(load_image(request.image, grid=backend.grid), backend.grid)
         first_image = views.high if mode == "full" else views.low
         rows.append(_Row(request, views, protocol.first_turn(request.question, first_image)))
     prepare = (time.perf_counter() - began) / len(rows)
