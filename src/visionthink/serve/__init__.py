@@ -3,7 +3,7 @@
 Needs FastAPI and uvicorn (`pip install 'visionthink[serve]'`). `serve.config` (the settings)
 imports neither, so the command line reads its defaults without them.
 
-Modules: `config` settings, `schemas` request models, `requests` server-side checks,
+Modules: `config` settings, `schemas` request models, `checks` server-side checks,
 `security` the API key, `fetch` image URLs, `context` the token count, `service` one request's
 work, `batcher` and `worker` the model side, `replies` the OpenAI reply shapes, `limits` the
 body limit, `server` uvicorn and connection limits, `background` a server in a thread, `app`

@@ -4,7 +4,7 @@
 the result. One collector task takes the first waiting job, gathers more for at most
 `wait_ms` (or until `max_batch` jobs), groups them by key (jobs with different keys cannot
 share a batch: another mode or other sampling settings) and runs each group through
-`handler(key, payloads)` in one worker thread. While the worker computes, new requests
+`handler(key, payloads, abandon)` in one worker thread. While the worker computes, new requests
 queue up, so under load every batch after the first is full at once: throughput grows
 with concurrency while a lone request waits at most `wait_ms`.
 

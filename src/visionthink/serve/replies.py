@@ -13,7 +13,7 @@ from typing import Any
 from PIL import Image
 
 from visionthink import protocol
-from visionthink.serve.requests import ChatRequest
+from visionthink.serve.checks import ChatRequest
 from visionthink.serve.worker import RawResult
 
 

@@ -1,7 +1,7 @@
 """Chat completion requests as Pydantic models, in the shape of OpenAI's API.
 
 Only the structure is checked here (types, ranges, part kinds); what depends on the server
-(its model name, limits, vocabulary) is checked by `serve.requests`. Unknown top-level fields
+(its model name, limits, vocabulary) is checked by `serve.checks`. Unknown top-level fields
 are ignored, as OpenAI clients send many; fields that would change the output but are not
 implemented are accepted here and refused there with 400.
 """

@@ -19,12 +19,12 @@ from visionthink.engines.transformers_engine import TransformersEngine
 from visionthink.errors import VisionThinkError
 from visionthink.images import load_image_within
 from visionthink.serve.batcher import Batcher
+from visionthink.serve.checks import ChatRequest, SpecialTokens, chat_request, check_unicode
 from visionthink.serve.config import ServeConfig
 from visionthink.serve.context import TokenBudget, context_length
 from visionthink.serve.errors import ApiError
 from visionthink.serve.fetch import data_url_bytes, fetch_remote_image, is_remote
 from visionthink.serve.replies import Reply, raw_reply, visionthink_reply
-from visionthink.serve.requests import ChatRequest, SpecialTokens, chat_request, check_unicode
 from visionthink.serve.schemas import parse_chat_request
 from visionthink.serve.worker import RawJob, VisionThinkJob
 

@@ -21,7 +21,7 @@ from visionthink import protocol
 from visionthink.engines.kv_decoder import KVDecoder, SamplingConfig
 from visionthink.engines.transformers_engine import Request, TransformersEngine
 from visionthink.serve.batcher import Abandon, Abandoned
-from visionthink.serve.requests import BatchKey
+from visionthink.serve.checks import BatchKey
 from visionthink.tokens import visual_tokens
 
 
