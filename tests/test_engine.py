@@ -190,3 +190,22 @@ def test_drafted_tool_call_leaves_greedy_turns_unchanged(shipped_model, tail):
         assert drafted_calls < plain_calls - 10
     # what the cache holds is exactly the tokens fed so far, whatever was drafted and dropped
     assert all(decoder.mask[row].sum() == decoder.cached[row] for row in range(len(items)))
+
+
+def test_batched_encoding_equals_encoding_each_conversation(shipped_model):
+    from visionthink.data import synth
+    from visionthink.images import make_views
+    from visionthink.tokens import encode_batch
+
+    _, processor = shipped_model
+    conversations = []
+    for index, item in enumerate(synth.split_items("test", 6, seed=2)):
+        views = make_views(item.image, processor.grid)
+        messages = protocol.first_turn(item.question + " please" * index, views.low)
+        if index % 2:
+            messages += [protocol.assistant_turn(protocol.resize_text("look")), protocol.tool_turn(views.high)]
+        conversations.append(messages)
+    for messages, batched in zip(conversations, encode_batch(processor, conversations, True), strict=True):
+        single = encode(processor, messages, add_generation_prompt=True)
+        for key in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw", "pixel_values"):
+            assert torch.equal(batched[key], single[key]), key

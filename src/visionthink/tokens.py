@@ -32,6 +32,28 @@ def encode(processor, messages: list[Message], add_generation_prompt: bool = Fal
     return processor(text=[text], images=images or None, return_tensors="pt")
 
 
+def encode_batch(processor, conversations: list[list[Message]], add_generation_prompt: bool = False,
+                 with_tools: bool = True) -> list[BatchFeature]:
+    """`encode` of each conversation, in one processor call (the per-call overhead is paid once)."""
+    texts = [render_text(processor, messages, add_generation_prompt, with_tools) for messages in conversations]
+    counts = [len(images_in(messages)) for messages in conversations]
+    images = [image for messages in conversations for image in images_in(messages)]
+    batch = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+    grids = batch.get("image_grid_thw")
+    patches = [int(t * h * w) for t, h, w in grids.tolist()] if grids is not None else []
+    rows, image, patch = [], 0, 0
+    for row, count in enumerate(counts):
+        keep = batch["attention_mask"][row].bool()
+        features = {key: batch[key][row][keep][None] for key in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        if count:
+            size = sum(patches[image : image + count])
+            features["image_grid_thw"] = grids[image : image + count]
+            features["pixel_values"] = batch["pixel_values"][patch : patch + size]
+            image, patch = image + count, patch + size
+        rows.append(BatchFeature(features))
+    return rows
+
+
 def assistant_mask(processor, input_ids: torch.Tensor) -> torch.Tensor:
     """True on the tokens of every assistant turn's content and its closing `<|im_end|>`.
 

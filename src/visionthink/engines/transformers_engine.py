@@ -14,7 +14,7 @@ from visionthink import protocol
 from visionthink.engines.base import MODES, Generated, Request, never_write_ids, run_episodes
 from visionthink.engines.kv_decoder import Draft, KVDecoder, SamplingConfig
 from visionthink.models import load_model
-from visionthink.tokens import encode, visual_tokens
+from visionthink.tokens import encode_batch, visual_tokens
 
 __all__ = ["MODES", "Request", "TransformersEngine", "never_write_ids"]
 
@@ -69,8 +69,7 @@ class TransformersEngine:
     def feed(self, decoder: KVDecoder, conversations: list[list[protocol.Message]]) -> None:
         """Prefill each conversation so far (only what the cache lacks is computed)."""
         sequences, types, grids, pixels = [], [], [], []
-        for messages in conversations:
-            batch = encode(self.processor, messages, add_generation_prompt=True)
+        for messages, batch in zip(conversations, encode_batch(self.processor, conversations, True), strict=True):
             sequences.append(batch["input_ids"][0])
             types.append(batch["mm_token_type_ids"][0])
             grid = batch.get("image_grid_thw")
