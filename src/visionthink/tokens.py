@@ -9,33 +9,38 @@ from __future__ import annotations
 import torch
 from transformers import BatchFeature
 
-from visionthink.protocol import RESIZE_TOOL, Message, images_in
+from visionthink.profiles import ProtocolProfile, get_profile
+from visionthink.protocol import Message, images_in
 
 IGNORE_INDEX = -100
 
 
 def render_text(processor, messages: list[Message], add_generation_prompt: bool = False,
-                with_tools: bool = True) -> str:
-    """The conversation as template text (one image placeholder per image); the protocol's tool block
-    unless `with_tools` is False (only SFT's perception stage renders without it)."""
+                with_tools: bool = True, protocol: str | ProtocolProfile | None = None) -> str:
+    """The conversation as template text (one image placeholder per image) in the protocol profile's format
+    (default `visionthink`); the protocol's tool block unless `with_tools` is False (only SFT's perception stage
+    renders without it)."""
+    profile = get_profile(protocol)
+    kwargs = {} if profile.chat_template is None else {"chat_template": profile.chat_template}
     return processor.apply_chat_template(
-        messages, tools=[RESIZE_TOOL] if with_tools else None, tokenize=False,
-        add_generation_prompt=add_generation_prompt,
+        messages, tools=profile.template_tools() if with_tools else None, tokenize=False,
+        add_generation_prompt=add_generation_prompt, **kwargs,
     )
 
 
 def encode(processor, messages: list[Message], add_generation_prompt: bool = False,
-           with_tools: bool = True) -> BatchFeature:
+           with_tools: bool = True, protocol: str | ProtocolProfile | None = None) -> BatchFeature:
     """Model inputs for one conversation: input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw."""
-    text = render_text(processor, messages, add_generation_prompt, with_tools)
+    text = render_text(processor, messages, add_generation_prompt, with_tools, protocol)
     images = images_in(messages)
     return processor(text=[text], images=images or None, return_tensors="pt")
 
 
 def encode_batch(processor, conversations: list[list[Message]], add_generation_prompt: bool = False,
-                 with_tools: bool = True) -> list[BatchFeature]:
+                 with_tools: bool = True, protocol: str | ProtocolProfile | None = None) -> list[BatchFeature]:
     """`encode` of each conversation, in one processor call (the per-call overhead is paid once)."""
-    texts = [render_text(processor, messages, add_generation_prompt, with_tools) for messages in conversations]
+    texts = [render_text(processor, messages, add_generation_prompt, with_tools, protocol)
+             for messages in conversations]
     counts = [len(images_in(messages)) for messages in conversations]
     images = [image for messages in conversations for image in images_in(messages)]
     batch = processor(text=texts, images=images or None, padding=True, return_tensors="pt")

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from visionthink import protocol
 from visionthink.images import ImageSource, PixelGrid, Views, load_image, make_views
+from visionthink.profiles import get_profile
 
 MODES = ("full", "low", "visionthink", "oracle")
 
@@ -60,7 +61,8 @@ class Session(Protocol):
 
 
 class Backend(Protocol):
-    """What the loop needs from an engine."""
+    """What the loop needs from an engine (optionally also `protocol`, a `profiles.ProtocolProfile`; none means
+    `visionthink`)."""
 
     grid: PixelGrid
     batch_size: int
@@ -109,11 +111,12 @@ class _Row:
 
 def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Episode]:
     began = time.perf_counter()
+    profile = get_profile(getattr(backend, "protocol", None))
     rows = []
     for request in requests:
         views = make_views(load_image(request.image, grid=backend.grid), backend.grid)
         first_image = views.high if mode == "full" else views.low
-        rows.append(_Row(request, views, protocol.first_turn(request.question, first_image)))
+        rows.append(_Row(request, views, profile.first_turn(request.question, first_image)))
     prepare = (time.perf_counter() - began) / len(rows)
     for row in rows:
         row.seconds["prepare"] = prepare
@@ -132,7 +135,7 @@ def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Epi
             row.sequence_tokens = output.sequence_tokens
             if output.fed_token_ids is not None:
                 row.fed_token_ids = output.fed_token_ids
-            if _take_turn(row, output.text, mode, turn_index):
+            if _take_turn(row, output.text, mode, turn_index, profile):
                 still.append(index)
         active = still
         if not active:
@@ -148,17 +151,18 @@ def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Epi
     ]
 
 
-def _take_turn(row: _Row, text: str, mode: str, turn_index: int) -> bool:
+def _take_turn(row: _Row, text: str, mode: str, turn_index: int, profile=None) -> bool:
     """Record an assistant turn and the tool's reply to it; True when the model gets another turn."""
-    turn = protocol.parse_turn(text)
+    profile = get_profile(profile)
+    turn = profile.parse_turn(text)
     if mode == "oracle" and turn_index == 0 and row.request.needs_high_res and turn.kind != "resize":
-        text = protocol.resize_text(turn.think or "")  # the oracle resizes, keeping the model's reasoning
-        turn = protocol.parse_turn(text)
+        text = profile.resize_text(turn.think or "")  # the oracle resizes, keeping the model's reasoning
+        turn = profile.parse_turn(text)
     row.messages.append(protocol.assistant_turn(text))
     row.turns.append(turn)
     if turn_index + 1 == protocol.MAX_ASSISTANT_TURNS or mode in ("full", "low"):
         return False
-    reply = protocol.tool_reply(turn, text, row.views.high)
+    reply = profile.tool_reply(turn, text, row.views.high)
     if reply is None:
         return False
     row.messages.append(reply)

@@ -14,6 +14,7 @@ from visionthink import protocol
 from visionthink.engines.base import MODES, Generated, Request, never_write_ids, run_episodes
 from visionthink.engines.kv_decoder import Draft, KVDecoder, SamplingConfig
 from visionthink.models import load_model
+from visionthink.profiles import ProtocolProfile, get_profile
 from visionthink.tokens import encode_batch, visual_tokens
 
 __all__ = ["MODES", "Request", "TransformersEngine", "never_write_ids"]
@@ -23,8 +24,11 @@ class TransformersEngine:
     """Episodes on a local transformers VLM (the tiny model on CPU, Qwen2.5-VL on GPU)."""
 
     def __init__(self, model, processor, sampling: SamplingConfig | None = None, batch_size: int = 16,
-                 reuse_cache: bool = True, draft_tool_call: bool = True):
+                 reuse_cache: bool = True, draft_tool_call: bool = True, draft_lookup: int = 8,
+                 protocol: str | ProtocolProfile | None = None):
         self.model = model
+        self.protocol = get_profile(protocol)
+        """The conversation format (`profiles`; default `visionthink`)."""
         self.reuse_cache = reuse_cache
         """Feed the resize turn on top of the first turn's KV cache (False: recompute the whole prefix)."""
         self.prefill_tokens = 0
@@ -39,12 +43,14 @@ class TransformersEngine:
         """Tokens a model may never write: image placeholders would break the next turn's rendering."""
         self.stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
         self.pad_id = tokenizer.pad_token_id
-        tail = tokenizer.encode(f"\n{protocol.RESIZE_CALL_JSON}\n", add_special_tokens=False)
-        tail += [tokenizer.convert_tokens_to_ids("</tool_call>"), self.stop_ids[0]]
-        self.draft: Draft | None = Draft(self.tool_call_id, tail)
-        """After `<tool_call>`, the rest of the protocol's call is fed in one forward pass and kept where the model
-        would have written it itself (outputs unchanged; see `KVDecoder.decode`)."""
-        if not draft_tool_call:
+        tail: tuple[int, ...] = ()
+        if self.protocol.call_json is not None and draft_tool_call:
+            tail = (*tokenizer.encode(f"\n{self.protocol.call_json}\n", add_special_tokens=False),
+                    tokenizer.convert_tokens_to_ids("</tool_call>"), self.stop_ids[0])
+        self.draft: Draft | None = Draft(self.tool_call_id if tail else None, tail, draft_lookup)
+        """Guessed tokens fed with the last one and kept where the model would have written them itself
+        (outputs unchanged; see `KVDecoder.decode`): the profile's call after `<tool_call>`, and prompt lookup."""
+        if not tail and not draft_lookup:
             self.draft = None
         self.generator = torch.Generator().manual_seed(self.sampling.seed) if self.sampling.seed is not None else None
 
@@ -69,7 +75,8 @@ class TransformersEngine:
     def feed(self, decoder: KVDecoder, conversations: list[list[protocol.Message]]) -> None:
         """Prefill each conversation so far (only what the cache lacks is computed)."""
         sequences, types, grids, pixels = [], [], [], []
-        for messages, batch in zip(conversations, encode_batch(self.processor, conversations, True), strict=True):
+        encoded = encode_batch(self.processor, conversations, True, protocol=self.protocol)
+        for messages, batch in zip(conversations, encoded, strict=True):
             sequences.append(batch["input_ids"][0])
             types.append(batch["mm_token_type_ids"][0])
             grid = batch.get("image_grid_thw")
@@ -110,9 +117,11 @@ class _KVSession:
                                  generator=engine.generator, draft=engine.draft)
         engine.prefill_tokens += decoder.fed_tokens
         decoder.fed_tokens = 0
-        # The fed tokens are the rendering minus its final "\n" (tests/test_engine.py proves it), so the
+        # The fed tokens are the rendering minus its final "\n" (tests/test_engine.py proves it; the release template
+        # writes no "\n" after an assistant's <|im_end|>), so the
         # rendering's length is known without encoding the conversation and its images once more.
         return [
-            Generated(engine.decode_text(ids), len(ids), sequence_tokens=len(history) + 1, fed_token_ids=list(history))
+            Generated(engine.decode_text(ids), len(ids), fed_token_ids=list(history),
+                      sequence_tokens=len(history) + int(engine.protocol.turn_end_newline))
             for ids, history in zip(outputs, decoder.history, strict=True)
         ]
