@@ -18,7 +18,6 @@ from visionthink.eval import runner
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
 from visionthink.eval.report import table2
 from visionthink.eval.runner import (
-    CachedJudge,
     EvalConfig,
     SampleLog,
     mode_metrics,
@@ -29,6 +28,7 @@ from visionthink.eval.runner import (
     tokens_per_second,
 )
 from visionthink.rewards.judge_base import Judge, JudgeRequest, Verdict
+from visionthink.rewards.judge_cache import CachedJudge
 
 ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
 FAMILIES = ("coarse", "fine_small", "fine_large")

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from visionthink.errors import ImageError, VisionThinkError
-from visionthink.rewards.judge_base import Judge, JudgeRequest, Verdict
+from visionthink.rewards.judge_base import Judge
+from visionthink.rewards.judge_cache import CachedJudge
 
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -136,51 +137,6 @@ class SampleLog:
 
     def select(self, bench: str, mode: str) -> dict[str, dict[str, Any]]:
         return {str(r["uid"]): r for r in self.records if r["bench"] == bench and r["mode"] == mode}
-
-
-# ---------------------------------------------------------------- judge cache
-
-
-class CachedJudge(Judge):
-    """Remembers a judge's successful verdicts (in memory and in a JSONL file), so that batch scoring,
-    the final summary and a resumed run never ask the judge the same question twice."""
-
-    def __init__(self, inner: Judge, path: Path | None = None):
-        self.inner = inner
-        self.name = getattr(inner, "name", "judge")
-        self.path = path
-        self.cache: dict[str, Verdict] = {}
-        if path is not None and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                    self.cache[entry["key"]] = Verdict(float(entry["score"]), True, entry.get("raw"))
-                except (ValueError, KeyError, TypeError):
-                    continue
-
-    @staticmethod
-    def key(request: JudgeRequest) -> str:
-        return json.dumps([request.question, request.truth, request.prediction], ensure_ascii=False)
-
-    def grade(self, requests: list[JudgeRequest]) -> list[Verdict]:
-        keys = [self.key(r) for r in requests]
-        missing = list(dict.fromkeys(k for k in keys if k not in self.cache))
-        failed: dict[str, Verdict] = {}
-        if missing:
-            by_key = dict(zip(keys, requests, strict=True))
-            verdicts = self.inner.grade([by_key[k] for k in missing])
-            fresh = []
-            for k, verdict in zip(missing, verdicts, strict=True):
-                if verdict.ok:
-                    self.cache[k] = verdict
-                    fresh.append(json.dumps({"key": k, "score": verdict.score, "raw": verdict.raw},
-                                            ensure_ascii=False) + "\n")
-                else:
-                    failed[k] = verdict  # not cached: asked again next time
-            if self.path is not None and fresh:
-                with open(self.path, "a", encoding="utf-8") as handle:
-                    handle.write("".join(fresh))
-        return [self.cache[k] if k in self.cache else failed[k] for k in keys]
 
 
 # ---------------------------------------------------------------- running
