@@ -166,7 +166,7 @@ def test_drafted_tool_call_leaves_greedy_turns_unchanged(shipped_model, tail):
     draft = engine.draft
     if tail != "protocol":
         cut = 3 if tail == "wrong after 3" else 0
-        draft = Draft(draft.trigger, draft.tail[:cut] + [draft.tail[cut] + 1] + draft.tail[cut + 1 :])
+        draft = Draft(draft.trigger, (*draft.tail[:cut], draft.tail[cut] + 1, *draft.tail[cut + 1 :]))
 
     def decode(with_draft):
         calls = []

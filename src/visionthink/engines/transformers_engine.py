@@ -24,7 +24,7 @@ class TransformersEngine:
     """Episodes on a local transformers VLM (the tiny model on CPU, Qwen2.5-VL on GPU)."""
 
     def __init__(self, model, processor, sampling: SamplingConfig | None = None, batch_size: int = 16,
-                 reuse_cache: bool = True, draft_tool_call: bool = True, draft_lookup: int = 8,
+                 reuse_cache: bool = True, draft_tool_call: bool = True,
                  protocol: str | ProtocolProfile | None = None):
         self.model = model
         self.protocol = get_profile(protocol)
@@ -43,15 +43,13 @@ class TransformersEngine:
         """Tokens a model may never write: image placeholders would break the next turn's rendering."""
         self.stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
         self.pad_id = tokenizer.pad_token_id
-        tail: tuple[int, ...] = ()
+        self.draft: Draft | None = None
+        """After `<tool_call>`, the rest of the profile's call is fed in one forward pass and kept where the model
+        would have written it itself (outputs unchanged; see `KVDecoder.decode`)."""
         if self.protocol.call_json is not None and draft_tool_call:
-            tail = (*tokenizer.encode(f"\n{self.protocol.call_json}\n", add_special_tokens=False),
-                    tokenizer.convert_tokens_to_ids("</tool_call>"), self.stop_ids[0])
-        self.draft: Draft | None = Draft(self.tool_call_id if tail else None, tail, draft_lookup)
-        """Guessed tokens fed with the last one and kept where the model would have written them itself
-        (outputs unchanged; see `KVDecoder.decode`): the profile's call after `<tool_call>`, and prompt lookup."""
-        if not tail and not draft_lookup:
-            self.draft = None
+            tail = tokenizer.encode(f"\n{self.protocol.call_json}\n", add_special_tokens=False)
+            self.draft = Draft(self.tool_call_id, (*tail, tokenizer.convert_tokens_to_ids("</tool_call>"),
+                                                   self.stop_ids[0]))
         self.generator = torch.Generator().manual_seed(self.sampling.seed) if self.sampling.seed is not None else None
 
     @classmethod
