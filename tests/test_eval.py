@@ -96,13 +96,19 @@ def test_eval_json_shape_and_ranges(synth_eval):
     for mode, metrics in summary["synth"].items():
         assert set(metrics) >= {"score", "visual_tokens", "resize_ratio", "seconds", "per_family"}
         assert 0 <= metrics["score"] <= 1 and 0 <= metrics["resize_ratio"] <= 1
-        assert metrics["seconds"] > 0 and metrics["seconds_p50"] <= metrics["seconds_p95"]
+        assert metrics["seconds"] > 0 and metrics["seconds_mean"] == pytest.approx(metrics["seconds"] / 12)
+        # batches of 8: per-item times are shares, so no per-item percentiles; the batches' wall times instead
+        assert metrics["timing"] == "batch_share" and "batch" in metrics["timing_note"]
+        assert metrics["seconds_p50"] is None and metrics["seconds_p95"] is None
+        assert metrics["batches"] == 2 and 0 < metrics["batch_seconds_p50"] <= metrics["batch_seconds_p95"]
         assert metrics["tokens_per_second"] > 0
         assert metrics["n"] == 12
         assert set(metrics["per_family"]) == set(FAMILIES)
         assert sum(f["n"] for f in metrics["per_family"].values()) == 12
         for family in metrics["per_family"].values():
             assert 0 <= family["score"] <= 1 and 0 <= family["resize_ratio"] <= 1
+            assert family["seconds"] > 0 and family["seconds_mean"] == pytest.approx(family["seconds"] / family["n"])
+            assert family["seconds_p50"] is None and family["seconds_p95"] is None
         for key in ("resize_precision", "resize_recall"):
             assert metrics[key] is None or 0 <= metrics[key] <= 1, (mode, key)
     full, low, oracle = summary["synth"]["full"], summary["synth"]["low"], summary["synth"]["oracle"]
@@ -149,6 +155,36 @@ def test_killed_eval_resumes_without_recomputing(tmp_path, shipped_model_dir):
     assert sum(run["computed"].values()) == expected - len(before)  # only the missing ones were run
     summary = json.loads(rerun.stdout)
     assert [metrics["n"] for metrics in summary["synth"].values()] == [16, 16]
+    # some samples ran alone, the rest in batches of 8: per-item times are not all measured
+    assert {metrics["timing"] for metrics in summary["synth"].values()} == {"batch_share"}
+
+
+def test_eval_batch_size_one_measures_each_item(tmp_path, shipped_model_dir):
+    out = tmp_path / "report"
+    result = subprocess.run(eval_command(shipped_model_dir, out, "--modes", "low,visionthink", "--limit", "6",
+                                         "--batch-size", "1", "--json", "--no-progress"),
+                            capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {r["batch_size"] for r in records} == {1} and len({r["batch_id"] for r in records}) == 12
+    for mode, metrics in summary["synth"].items():
+        mine = [r for r in records if r["mode"] == mode]
+        walls = [r["batch_seconds"] for r in mine]
+        assert metrics["timing"] == "measured" and metrics["batches"] == 6
+        assert metrics["seconds"] == pytest.approx(sum(walls))
+        assert metrics["seconds_p50"] == pytest.approx(percentile(walls, 50))
+        assert metrics["seconds_p95"] == pytest.approx(percentile(walls, 95))
+        assert 0 < metrics["seconds_p50"] <= metrics["seconds_p95"]
+        for record in mine:  # the item's wall time covers its episode's own account of its time
+            assert record["batch_seconds"] >= 0.9 * record["seconds"] > 0
+        for name, family in metrics["per_family"].items():
+            own = [r["batch_seconds"] for r in mine if r["meta"]["family"] == name]
+            assert family["seconds"] == pytest.approx(sum(own))
+            assert family["seconds_p50"] == pytest.approx(percentile(own, 50))
+            assert family["seconds_p95"] == pytest.approx(percentile(own, 95))
+    report = (out / "report.md").read_text()
+    assert "| measured |" in report and "Time per family (synth):" in report
 
 
 # ---------------------------------------------------------------- helpers against hand-computed values
@@ -212,6 +248,8 @@ def test_mode_metrics_hand_values():
         {"prediction": None, "seconds": 0.4, "visual_tokens": 4, "full_res_visual_tokens": 16,
          "generated_tokens": 40, "resized": False, "well_formed": False},
     ]
+    for i, record in enumerate(records):  # each ran alone: its batch's wall time is its own
+        record.update(batch_id=f"b{i}", batch_size=1, batch_seconds=record["seconds"])
     m = mode_metrics(bench, samples, records)
     assert m["n"] == 4 and m["score"] == 0.5 and m["official"] == {"correct": 2.0}
     assert m["visual_tokens"] == 12 and m["visual_tokens_pct_of_full"] == 75
@@ -228,6 +266,47 @@ def test_mode_metrics_hand_values():
     assert families["coarse"]["score"] == 0.5 and families["coarse"]["resize_ratio"] == 0.0
     assert families["fine_small"]["score"] == 0.0 and families["fine_small"]["resize_recall"] == 1.0
     assert families["fine_large"]["resize_precision"] == 0.0
+    assert m["timing"] == "measured" and m["batches"] == 4 and m["seconds_mean"] == pytest.approx(0.25)
+    # coarse: q0 (0.1 s) and q3 (0.4 s)
+    assert families["coarse"]["seconds"] == pytest.approx(0.5) and families["coarse"]["seconds_mean"] == 0.25
+    assert families["coarse"]["seconds_p50"] == pytest.approx(0.25)
+    assert families["coarse"]["seconds_p95"] == pytest.approx(0.385)  # 0.1 + 0.95 * 0.3
+    assert families["fine_small"]["seconds_p95"] == pytest.approx(0.2)
+
+
+def test_mode_metrics_in_batches_gives_batch_walls_not_item_percentiles():
+    bench = ExactBench(6)
+    samples = bench.load(None)
+    # batch A (4 items, 1.0 s wall) and batch B (2 items, 0.3 s wall); `seconds` are each item's share
+    shares = [0.2, 0.3, 0.2, 0.3, 0.1, 0.2]
+    records = [{"prediction": f"a{i}", "seconds": share, "visual_tokens": 4, "full_res_visual_tokens": 16,
+                "generated_tokens": 5, "resized": False, "well_formed": True, "batch_id": "A" if i < 4 else "B",
+                "batch_size": 4 if i < 4 else 2, "batch_seconds": 1.0 if i < 4 else 0.3}
+               for i, share in enumerate(shares)]
+    m = mode_metrics(bench, samples, records)
+    assert m["timing"] == "batch_share" and "shares of a batch" in m["timing_note"]
+    assert m["seconds"] == pytest.approx(1.3) and m["seconds_mean"] == pytest.approx(1.3 / 6)
+    assert m["seconds_p50"] is None and m["seconds_p95"] is None
+    assert m["batches"] == 2 and m["batch_seconds_mean"] == pytest.approx(0.65)
+    assert m["batch_seconds_p50"] == pytest.approx(0.65) and m["batch_seconds_p95"] == pytest.approx(0.965)
+    assert m["tokens_per_second"] == pytest.approx(30 / 1.3)
+    coarse = m["per_family"]["coarse"]  # q0 and q3: shares 0.2 + 0.3
+    assert coarse["seconds"] == pytest.approx(0.5) and coarse["seconds_mean"] == pytest.approx(0.25)
+    assert coarse["seconds_p50"] is None and coarse["seconds_p95"] is None
+    # a batch only partly in the summary (a smaller --limit on resume) counts pro rata
+    part = mode_metrics(bench, samples[:2], records[:2])
+    assert part["seconds"] == pytest.approx(0.5) and part["batches"] == 1
+    # logs written before batch timing: episode time, and never called measured
+    old = [{k: v for k, v in r.items() if not k.startswith("batch")} for r in records]
+    m = mode_metrics(bench, samples, old)
+    assert m["timing"] == "batch_share" and m["seconds"] == pytest.approx(1.3) and m["batches"] == 0
+    assert m["seconds_p50"] is None and m["batch_seconds_p50"] is None
+    from visionthink.eval.report import details_table, family_time_table
+
+    row = details_table({"fake": {"low": mode_metrics(bench, samples, records)}}).splitlines()[-1]
+    assert "| batch shares | - | - | 2 | 0.6500 | 0.9650 |" in row
+    table = family_time_table("fake", {"low": mode_metrics(bench, samples, records)}, ["coarse"])
+    assert "| low | coarse | 2 | batch shares | 0.50 | 0.2500 | - | - |" in table
 
 
 # ---------------------------------------------------------------- the runner in-process, with a fake engine
@@ -333,6 +412,91 @@ def test_runner_counts_samples_without_an_answer(tmp_path, monkeypatch):
     assert "| no answer |" in report and "| fake | full | 6 |" in report
     row = next(line for line in report.splitlines() if line.startswith("| fake | full |"))
     assert row.rstrip(" |").endswith("| 2")
+
+
+class Clock:
+    """A fake wall clock that the engine below advances by 0.1 s x (question number + 1) per item."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _timed_engine(clock: Clock, batch_size: int):
+    class Timed(FakeEngine):
+        def __init__(self):
+            super().__init__()
+            self.batch_size = batch_size
+            self.calls: list[int] = []
+
+        def run(self, requests, mode, progress=None):
+            self.calls.append(len(requests))
+            clock.now += sum(0.1 * (int(r.question.split()[-1]) + 1) for r in requests)
+            return super().run(requests, mode, progress)
+
+    return Timed()
+
+
+def test_runner_batch_size_one_measures_each_items_wall_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "_load_benchmark", lambda name: ExactBench(6))
+    clock = Clock()
+    monkeypatch.setattr(runner, "clock", clock)
+    engine = _timed_engine(clock, 1)
+    result = run_eval(_config(tmp_path, ["low"], batch_size=1), engine=engine, log=lambda m: None)
+    assert engine.calls == [1] * 6
+    m = result.summary["fake"]["low"]
+    # items 0-5 took 0.1 ... 0.6 s each
+    assert m["timing"] == "measured" and m["batches"] == 6
+    assert m["seconds"] == pytest.approx(2.1) and m["seconds_mean"] == pytest.approx(0.35)
+    assert m["seconds_p50"] == pytest.approx(0.35) and m["seconds_p95"] == pytest.approx(0.575)
+    families = m["per_family"]  # coarse: q0, q3 (0.1, 0.4); fine_small: q1, q4 (0.2, 0.5)
+    assert families["coarse"]["seconds"] == pytest.approx(0.5)
+    assert families["coarse"]["seconds_p95"] == pytest.approx(0.385)
+    assert families["fine_small"]["seconds_mean"] == pytest.approx(0.35)
+    assert families["fine_large"]["seconds_p50"] == pytest.approx(0.45)  # q2, q5: 0.3, 0.6
+    report = (tmp_path / "report.md").read_text()
+    assert "every item ran alone" in report
+    assert "| low | coarse | 2 | measured | 0.50 | 0.2500 | 0.2500 | 0.3850 |" in report
+
+
+def test_runner_batches_follow_the_engine_and_report_batch_wall_times(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "_load_benchmark", lambda name: ExactBench(6))
+    clock = Clock()
+    monkeypatch.setattr(runner, "clock", clock)
+    engine = _timed_engine(clock, 4)  # an engine batch smaller than --batch-size: one chunk per engine batch
+    result = run_eval(_config(tmp_path, ["low"], batch_size=32), engine=engine, log=lambda m: None)
+    assert engine.calls == [4, 2]
+    m = result.summary["fake"]["low"]
+    assert m["timing"] == "batch_share" and m["seconds_p50"] is None and m["seconds_p95"] is None
+    assert m["batches"] == 2 and m["seconds"] == pytest.approx(2.1)
+    assert m["batch_seconds_p50"] == pytest.approx(1.05) and m["batch_seconds_p95"] == pytest.approx(1.095)
+    records = read_samples(tmp_path / "samples.jsonl")
+    assert [r["batch_size"] for r in records] == [4, 4, 4, 4, 2, 2]
+    assert [r["batch_seconds"] for r in records] == pytest.approx([1.0] * 4 + [1.1] * 2)
+    report = (tmp_path / "report.md").read_text()
+    assert "batch shares" in report and "not a measurement" in report and "--batch-size 1" in report
+
+
+def test_runner_times_each_sample_alone_after_a_batch_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "_load_benchmark", lambda name: ExactBench(4))
+    clock = Clock()
+    monkeypatch.setattr(runner, "clock", clock)
+
+    class Broken(FakeEngine):
+        def run(self, requests, mode, progress=None):
+            from visionthink.errors import ImageError
+
+            clock.now += 1.0 * len(requests)
+            if any(r.question == "question 3" for r in requests):
+                raise ImageError("broken image")
+            return super().run(requests, mode, progress)
+
+    result = run_eval(_config(tmp_path, ["low"], batch_size=4), engine=Broken(), log=lambda m: None)
+    records = read_samples(tmp_path / "samples.jsonl")
+    assert [r["batch_size"] for r in records] == [1] * 4 and [r["batch_seconds"] for r in records] == [1.0] * 4
+    assert result.summary["fake"]["low"]["timing"] == "measured"
 
 
 def test_samples_log_drops_torn_and_duplicate_lines(tmp_path):

@@ -114,10 +114,19 @@ def native_table(summary: Summary) -> str:
     return "\n".join(lines)
 
 
+def _seconds(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _timing(metrics: dict[str, Any]) -> str:
+    return "measured" if metrics.get("timing") == "measured" else "batch shares"
+
+
 def details_table(summary: Summary) -> str:
-    """One row per (bench, mode) with every cost figure."""
+    """One row per (bench, mode) with every cost figure (per-item p50/p95 only where measured)."""
     header = ["bench", "mode", "n", "score %", "visual tokens", "% of full-res", "resize %", "seconds",
-              "p50 s", "p95 s", "gen tok/s", "resize precision %", "resize recall %", "no answer"]
+              "s/item", "per-item times", "p50 s/item", "p95 s/item", "batches", "p50 s/batch", "p95 s/batch",
+              "gen tok/s", "resize precision %", "resize recall %", "no answer"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for bench, modes in summary.items():
         for mode in modes_in({bench: modes}):
@@ -125,7 +134,9 @@ def details_table(summary: Summary) -> str:
             share = m.get("visual_tokens_pct_of_full")
             cells = [bench, mode, str(m["n"]), _pct(m["score"]), f"{m['visual_tokens']:.2f}",
                      "-" if share is None else f"{share:.1f}", _pct(m["resize_ratio"]), f"{m['seconds']:.2f}",
-                     f"{m['seconds_p50']:.4f}", f"{m['seconds_p95']:.4f}", f"{m['tokens_per_second']:.1f}",
+                     _seconds(m.get("seconds_mean")), _timing(m), _seconds(m.get("seconds_p50")),
+                     _seconds(m.get("seconds_p95")), str(m.get("batches", "-")), _seconds(m.get("batch_seconds_p50")),
+                     _seconds(m.get("batch_seconds_p95")), f"{m['tokens_per_second']:.1f}",
                      _pct(m.get("resize_precision")), _pct(m.get("resize_recall")), str(m.get("no_answer", 0))]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -147,9 +158,42 @@ def family_tables(summary: Summary) -> str:
             lines.append(f"| {mode} | " + " | ".join(scores + ratios) + " |")
         counts = ", ".join(f"{f}: {next(iter(modes.values())).get('per_family', {}).get(f, {}).get('n', 0)}"
                            for f in families)
-        lines += ["", f"Items per family: {counts}."]
+        lines += ["", f"Items per family: {counts}.", "", family_time_table(bench, modes, families)]
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def family_time_table(bench: str, modes: dict[str, dict[str, Any]], families: list[str]) -> str:
+    """One row per (mode, family): total seconds, mean per item and, where measured, p50/p95 per item."""
+    header = ["mode", "family", "n", "per-item times", "seconds", "s/item", "p50 s/item", "p95 s/item"]
+    lines = [f"Time per family ({bench}):", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for mode in modes_in({bench: modes}):
+        per_family = modes[mode].get("per_family", {})
+        for family in families:
+            entry = per_family.get(family)
+            if entry is None or "seconds" not in entry:
+                continue
+            cells = [mode, family, str(entry["n"]), _timing(modes[mode]), f"{entry['seconds']:.2f}",
+                     _seconds(entry.get("seconds_mean")), _seconds(entry.get("seconds_p50")),
+                     _seconds(entry.get("seconds_p95"))]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def timing_text(summary: Summary) -> str:
+    """What the time columns mean for this summary: measured per item, or shares of batches."""
+    timings = {m.get("timing") for modes in summary.values() for m in modes.values()}
+    parts = ["Seconds: total wall time of the engine calls (image loading included); s/item: that over the items."]
+    if "measured" in timings:
+        parts.append("Where per-item times are 'measured', every item ran alone (`--batch-size 1`): its wall time "
+                     "is its own and p50/p95 are over items.")
+    if timings - {"measured"}:
+        parts.append("Where they are 'batch shares', items ran in batches: a per-item time is the item's share of "
+                     "its batch (each turn's time split evenly over the rows still running), not a measurement, "
+                     "so per-item p50/p95 are not given ('-') and p50/p95 are given per batch (wall time of one "
+                     "batch) instead; per-family seconds are sums of shares. Run with `--batch-size 1` for "
+                     "measured per-item times.")
+    return " ".join(parts)
 
 
 def markdown_report(summary: Summary, notes: list[str], meta: dict[str, Any], plots: list[str]) -> str:
@@ -167,8 +211,7 @@ def markdown_report(summary: Summary, notes: list[str], meta: dict[str, Any], pl
         "",
         "## Cost per bench and mode",
         "",
-        "Seconds: sum of per-sample model time (batched time shared equally within a batch); "
-        "p50/p95 per sample. Resize precision/recall are against the items' `needs_high_res` label. "
+        timing_text(summary) + " Resize precision/recall are against the items' `needs_high_res` label. "
         "No answer: samples whose final turn gave no answer (malformed), scored as wrong.",
         "",
         details_table(summary),

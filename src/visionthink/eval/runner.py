@@ -5,7 +5,11 @@ The report folder holds:
   the same folder skips the records already there (an interrupted eval resumes where it stopped).
 - `summary.json`: `{bench: {mode: {"score", "visual_tokens", "resize_ratio", "seconds", "no_answer", ...}}}`,
   always recomputed from the whole of `samples.jsonl` (`no_answer`: samples whose episode ended without an
-  answer, e.g. a malformed final turn; each record's `answer_error` says why).
+  answer, e.g. a malformed final turn; each record's `answer_error` says why). Time: `seconds` (total wall
+  time), `seconds_mean` (per item), `timing`: `measured` when every item ran alone (`--batch-size 1`; then
+  `seconds_p50`/`seconds_p95` are per item) or `batch_share` (items ran in batches: per-item times are
+  shares, the percentiles are null and `batch_seconds_p50`/`_p95` give the batches' wall times); the same
+  per family in `per_family`.
 - `run.json` (what was run, and notes such as skipped modes), `report.md` and the plots
   (see `visionthink.eval.report`).
 """
@@ -17,6 +21,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +164,8 @@ class EvalConfig:
     """Where the model runs (None: a GPU when visible)."""
     dtype: str | None = None
     """The weights' dtype (None: the checkpoint's own)."""
+    protocol: str = "visionthink"
+    """The conversation format (`visionthink.profiles`): visionthink or release (the authors' prompts)."""
 
 
 @dataclass
@@ -227,8 +234,14 @@ def _unique_uids(samples: list, bench: str, notes: list[str]) -> list:
     return samples
 
 
-def episode_record(bench: str, mode: str, sample, episode, score: float | None, error: str | None = None) -> dict:
-    """The samples.jsonl line for one finished sample."""
+def episode_record(bench: str, mode: str, sample, episode, score: float | None, error: str | None = None,
+                   batch: BatchTiming | None = None) -> dict:
+    """The samples.jsonl line for one finished sample.
+
+    `seconds` is the episode's own account of its time; in a batch of more than one sample each turn's
+    time is shared out evenly over the rows still running, so it is a share, not a measurement.
+    `batch_seconds` is the wall time of the whole engine call (`batch_size` samples, image loading
+    included, `batch_id` naming it): for a batch of one, the sample's own measured time."""
     truth = sample.answer if isinstance(sample.answer, str) else [str(a) for a in sample.answer]
     record = {
         "bench": bench,
@@ -250,29 +263,59 @@ def episode_record(bench: str, mode: str, sample, episode, score: float | None, 
         "turns": [] if episode is None else episode.summary()["turns"],
         "meta": _jsonable(dict(sample.meta)),
     }
+    if batch is not None:
+        record.update(batch_id=batch.id, batch_size=batch.size, batch_seconds=round(batch.seconds, 6))
     if error:
         record["error"] = error
     return record
 
 
-def _run_chunk(engine, requests: list, mode: str, bar) -> list[tuple[Any, str | None]]:
-    """Episodes for a chunk. A sample that cannot run (a broken image, a turn that cannot be rendered again)
-    fails alone: its episode is None and the error is kept."""
+clock: Callable[[], float] = time.perf_counter
+"""The wall clock batches are timed with (tests replace it)."""
+
+
+@dataclass
+class BatchTiming:
+    """One call of the engine: its wall time and how many samples it ran together."""
+
+    id: str
+    size: int
+    seconds: float
+
+
+def _timed_run(engine, requests: list, mode: str) -> tuple[list, BatchTiming]:
+    began = clock()
+    episodes = engine.run(requests, mode)
+    return episodes, BatchTiming(uuid.uuid4().hex[:12], len(requests), clock() - began)
+
+
+def _run_chunk(engine, requests: list, mode: str, bar) -> list[tuple[Any, str | None, BatchTiming]]:
+    """Episodes for a chunk, each with the timing of the engine call it ran in. A sample that cannot run
+    (a broken image, a turn that cannot be rendered again) fails alone: its episode is None and the error
+    is kept; the chunk's other samples are then run (and timed) one at a time."""
     try:
-        episodes = engine.run(requests, mode)
+        episodes, timing = _timed_run(engine, requests, mode)
     except (ImageError, ValueError):
         results = []
         for request in requests:
+            began = clock()
             try:
-                results.append((engine.run([request], mode)[0], None))
+                episode, single = _timed_run(engine, [request], mode)
+                results.append((episode[0], None, single))
             except (ImageError, ValueError) as error:
-                results.append((None, f"{type(error).__name__}: {error}"))
+                failed = BatchTiming(uuid.uuid4().hex[:12], 1, clock() - began)
+                results.append((None, f"{type(error).__name__}: {error}", failed))
             if bar is not None:
                 bar.update(1)
         return results
     if bar is not None:
         bar.update(len(requests))
-    return [(e, None) for e in episodes]
+    return [(e, None, timing) for e in episodes]
+
+
+def _engine_batch_size(engine) -> int | None:
+    size = getattr(engine, "batch_size", None)
+    return size if isinstance(size, int) and size >= 1 else None
 
 
 def _model_id(model: str | os.PathLike | None) -> str | None:
@@ -359,18 +402,20 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
                 from visionthink.engines.transformers_engine import TransformersEngine
 
                 engine = TransformersEngine.from_pretrained(config.model, device=config.device, dtype=config.dtype,
-                                                            batch_size=config.batch_size)
+                                                            batch_size=config.batch_size, protocol=config.protocol)
+            # one chunk = one engine batch, so that a chunk's wall time is one batch's
+            chunk_size = min(config.batch_size, _engine_batch_size(engine) or config.batch_size)
             with tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"{bench_name}/{mode}",
                       unit="q", disable=not config.progress, file=sys.stderr, dynamic_ncols=True) as bar:
-                for start in range(0, len(pending), config.batch_size):
-                    chunk = pending[start : start + config.batch_size]
+                for start in range(0, len(pending), chunk_size):
+                    chunk = pending[start : start + chunk_size]
                     requests = [Request(s.image, s.question, s.meta.get(ORACLE_LABEL)) for s in chunk]
                     results = _run_chunk(engine, requests, mode, bar)
-                    predictions = [None if e is None else e.answer for e, _ in results]
+                    predictions = [None if e is None else e.answer for e, _, _ in results]
                     per_sample = bench.score(chunk, predictions, judge).per_sample
                     samples_log.append([
-                        episode_record(bench_name, mode, sample, episode, float(score), error)
-                        for sample, (episode, error), score in zip(chunk, results, per_sample, strict=True)
+                        episode_record(bench_name, mode, sample, episode, float(score), error, timing)
+                        for sample, (episode, error, timing), score in zip(chunk, results, per_sample, strict=True)
                     ])
     summary = summarise(loaded, samples_log, judge)
     meta = {
@@ -427,11 +472,87 @@ def no_answer(record: dict[str, Any]) -> bool:
     return record.get("prediction") is None
 
 
+MEASURED = "measured"
+BATCH_SHARE = "batch_share"
+
+
+def measured(records: list[dict[str, Any]]) -> bool:
+    """Whether every record ran in an engine batch of its own, so that its wall time is its own."""
+    return bool(records) and all(r.get("batch_size") == 1 and r.get("batch_seconds") is not None for r in records)
+
+
+def item_seconds(record: dict[str, Any]) -> float:
+    """A sample's time: measured when it ran alone (its batch's wall time), else its episode's share of a
+    batch (each turn's time split evenly over the rows still running)."""
+    if record.get("batch_size") == 1 and record.get("batch_seconds") is not None:
+        return float(record["batch_seconds"])
+    return float(record["seconds"])
+
+
+def timing_note(timing: str, batch_size: float | None = None) -> str:
+    if timing == MEASURED:
+        return "per-item times measured: every item ran alone (batch size 1)"
+    size = f" (up to {batch_size:g} items per batch)" if batch_size else ""
+    return (f"per-item times are shares of a batch's wall time{size}, not measurements: per-item p50/p95 are "
+            "not given (null); batch_seconds_* are the measured wall times per batch; run with --batch-size 1 "
+            "for measured per-item times")
+
+
+def time_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Total wall time, mean per item, and per-item p50/p95 where measured (every item ran alone); in
+    batches, the batches' wall times instead. Records without batch timing (older logs) count their
+    episode time and make the per-item figures shares."""
+    batches: dict[str, list[float]] = {}  # id -> [size, wall seconds, items present]
+    loose = 0.0
+    for record in records:
+        if record.get("batch_id") is None or record.get("batch_seconds") is None:
+            loose += float(record["seconds"])
+            continue
+        entry = batches.setdefault(str(record["batch_id"]),
+                                   [max(1, int(record.get("batch_size") or 1)), float(record["batch_seconds"]), 0])
+        entry[2] += 1
+    # a batch whose items are not all in this summary (a smaller --limit on resume) counts pro rata
+    total = loose + sum(wall * min(1.0, present / size) for size, wall, present in batches.values())
+    walls = [wall for _, wall, _ in batches.values()]
+    is_measured = measured(records)
+    per_item = [item_seconds(r) for r in records] if is_measured else []
+    largest = max((size for size, _, _ in batches.values()), default=None)
+    return {
+        "seconds": total,
+        "seconds_mean": total / len(records) if records else 0.0,
+        "timing": MEASURED if is_measured else BATCH_SHARE,
+        "timing_note": timing_note(MEASURED if is_measured else BATCH_SHARE, largest),
+        "seconds_p50": percentile(per_item, 50) if is_measured else None,
+        "seconds_p95": percentile(per_item, 95) if is_measured else None,
+        "batches": len(batches),
+        "batch_seconds_mean": _mean(walls) if walls else None,
+        "batch_seconds_p50": percentile(walls, 50) if walls else None,
+        "batch_seconds_p95": percentile(walls, 95) if walls else None,
+    }
+
+
+def family_time_metrics(records: list[dict[str, Any]], is_measured: bool) -> dict[str, Any]:
+    """A family's total and mean time per item (measured, or the sum of its items' batch shares), and
+    p50/p95 per item only where measured (batches mix families: there is no per-family batch time)."""
+    times = [item_seconds(r) for r in records]
+    return {
+        "seconds": sum(times),
+        "seconds_mean": _mean(times),
+        "seconds_p50": percentile(times, 50) if is_measured else None,
+        "seconds_p95": percentile(times, 95) if is_measured else None,
+    }
+
+
 def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None = None) -> dict[str, Any]:
-    """Score (the benchmark's official metric), visual tokens, resize ratio, time and throughput."""
+    """Score (the benchmark's official metric), visual tokens, resize ratio, time and throughput.
+
+    Time: `seconds` is the total wall time, `seconds_mean` per item; `timing` says whether per-item
+    times were measured (`measured`: batch size 1, `seconds_p50`/`seconds_p95` per item) or are
+    shares of batches (`batch_share`: per-item percentiles null, `batch_seconds_*` per batch instead).
+    `per_family` has the same figures per family."""
     score, official = _official(bench, samples, records, judge)
-    seconds = [float(r["seconds"]) for r in records]
-    total_seconds = sum(seconds)
+    timing = time_metrics(records)
+    total_seconds = timing["seconds"]
     visual = _mean(r["visual_tokens"] for r in records)
     full = _mean(r["full_res_visual_tokens"] for r in records)
     generated = sum(r["generated_tokens"] for r in records)
@@ -442,10 +563,7 @@ def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None 
         "full_res_visual_tokens": full,
         "visual_tokens_pct_of_full": 100 * visual / full if full else None,
         "resize_ratio": _mean(float(bool(r["resized"])) for r in records),
-        "seconds": total_seconds,
-        "seconds_mean": _mean(seconds),
-        "seconds_p50": percentile(seconds, 50),
-        "seconds_p95": percentile(seconds, 95),
+        **timing,
         "generated_tokens": generated / len(records),
         "tokens_per_second": tokens_per_second(generated, total_seconds),
         "well_formed": _mean(float(bool(r.get("well_formed"))) for r in records),
@@ -472,6 +590,7 @@ def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None 
                 "resize_ratio": _mean(float(bool(r["resized"])) for r in rows),
                 "n": len(rows),
                 "visual_tokens": _mean(r["visual_tokens"] for r in rows),
+                **family_time_metrics(rows, timing["timing"] == MEASURED),
             }
             if labelled:
                 precision, recall = resize_precision_recall([bool(r["resized"]) for r in rows],
