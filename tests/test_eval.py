@@ -552,6 +552,53 @@ def test_synth_run_counts_and_shows_episodes_without_an_answer():
     assert dict(zip([c.strip() for c in header.strip("|").split("|")], cells, strict=True))["no answer"] == "1"
 
 
+def test_synth_run_times_families_measured_at_batch_size_one_and_shares_otherwise():
+    from types import SimpleNamespace
+
+    from visionthink.eval.synth_run import format_table, run_modes, summarise, timing_note
+
+    items = [SimpleNamespace(family=FAMILIES[i % 3], answer="red", image=None, question=f"q {i}",
+                             needs_high_res=i % 3 == 1) for i in range(6)]
+
+    def episode(share: float) -> protocol.Episode:
+        turn = protocol.parse_turn(protocol.answer_text("t", "red"))
+        return protocol.Episode(messages=[], answer="red", resized=False, turns=[turn], visual_tokens_per_turn=[4],
+                                full_res_visual_tokens=16, seconds={"turn1": share})
+
+    walls = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]  # items alone: each wall time is the item's own
+    alone = summarise("low", items, [episode(0.01) for _ in items], sum(walls), batch_seconds=walls, batch_size=1)
+    assert alone.measured and alone.family_seconds["coarse"] == pytest.approx(0.5)  # items 0 and 3
+    assert alone.seconds_per_item["fine_small"] == pytest.approx(0.35)  # items 1 and 4
+    assert alone.p50["all"] == pytest.approx(0.35) and alone.p95["fine_large"] == pytest.approx(0.585)
+    shared = summarise("low", items, [episode(0.05 * (i + 1)) for i in range(6)], 1.2, batch_seconds=[0.7, 0.5],
+                       batch_size=3)
+    assert not shared.measured and shared.p50 == {} and shared.p95 == {}
+    assert shared.family_seconds["coarse"] == pytest.approx(0.25)  # shares 0.05 + 0.2
+    header, _, row = format_table([alone, shared]).splitlines()[:3]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[-5:] == ["s/item coarse", "s/item fine_small", "s/item fine_large", "p50 s/item", "p95 s/item"]
+    assert format_table([shared]).splitlines()[-1].rstrip(" |").endswith("| - | -")
+    assert "measured" in timing_note([alone]) and "p50 0.600 s" in timing_note([shared])
+    assert "not measured per item" in timing_note([alone, shared])
+
+    class Engine:
+        batch_size = 4
+
+        def __init__(self):
+            self.calls = []
+
+        def run(self, requests, mode, progress=None):
+            self.calls.append(len(requests))
+            return [episode(0.01) for _ in requests]
+
+    engine = Engine()
+    (result,) = run_modes(engine, items, ["low"], show_progress=False)
+    assert engine.calls == [4, 2] and len(result.batch_seconds) == 2 and not result.measured
+    engine.batch_size = 1
+    (result,) = run_modes(engine, items, ["low"], show_progress=False)
+    assert result.measured and len(result.batch_seconds) == 6 and set(result.p95) == {"all", *FAMILIES}
+
+
 def test_runner_reports_synth_and_synth_heldout_side_by_side(tmp_path):
     (tmp_path / "data" / "synth-heldout").mkdir(parents=True)  # ignored: synth-heldout is always generated
     seen: dict[str, list[str]] = {}

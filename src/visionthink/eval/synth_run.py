@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from visionthink.data.synth import FAMILIES, Item
-from visionthink.engines.transformers_engine import Request
+from visionthink.engines.base import Request
+from visionthink.eval.runner import percentile
 from visionthink.grading import exact_match
 from visionthink.protocol import Episode
 
@@ -26,6 +27,17 @@ class ModeResult:
     malformed: int = 0
     """Episodes that ended without an answer (`Episode.error` set); they score as wrong."""
     episodes: list[Episode] = field(default_factory=list)
+    measured: bool = False
+    """Whether every item ran alone (batch size 1), so that its wall time is its own; else per-item times
+    are the episodes' shares of their batch (each turn's time split evenly over the rows still running)."""
+    family_seconds: dict[str, float] = field(default_factory=dict)
+    """Total time per family (and "all"): measured, or the sum of the items' batch shares."""
+    seconds_per_item: dict[str, float] = field(default_factory=dict)
+    p50: dict[str, float] = field(default_factory=dict)
+    """Per-item p50 per family, only when measured."""
+    p95: dict[str, float] = field(default_factory=dict)
+    batch_seconds: list[float] = field(default_factory=list)
+    """Wall time of each engine batch."""
 
     @property
     def overall_accuracy(self) -> float:
@@ -33,18 +45,32 @@ class ModeResult:
 
 
 def run_modes(engine, items: list[Item], modes: list[str], show_progress: bool = True) -> list[ModeResult]:
+    """Each mode over the items, one engine batch at a time, each batch timed."""
     requests = [Request(item.image, item.question, item.needs_high_res) for item in items]
+    size = getattr(engine, "batch_size", None)
+    size = size if isinstance(size, int) and size >= 1 else max(1, len(items))
     results = []
     for mode in modes:
-        began = time.perf_counter()
+        episodes: list[Episode] = []
+        walls: list[float] = []
         with tqdm(total=len(items), desc=mode, disable=not show_progress, leave=False) as bar:
-            episodes = engine.run(requests, mode, progress=bar)
-        results.append(summarise(mode, items, episodes, time.perf_counter() - began))
+            for start in range(0, len(requests), size):
+                began = time.perf_counter()
+                episodes.extend(engine.run(requests[start : start + size], mode, progress=bar))
+                walls.append(time.perf_counter() - began)
+        results.append(summarise(mode, items, episodes, sum(walls), batch_seconds=walls, batch_size=size))
     return results
 
 
-def summarise(mode: str, items: list[Item], episodes: list[Episode], seconds: float) -> ModeResult:
-    result = ModeResult(mode=mode, seconds=seconds, episodes=episodes)
+def summarise(mode: str, items: list[Item], episodes: list[Episode], seconds: float,
+              batch_seconds: list[float] | None = None, batch_size: int | None = None) -> ModeResult:
+    """A mode's figures. With `batch_size` 1 and `batch_seconds` (one per item), per-item times are measured;
+    otherwise they are the episodes' own accounts (shares of their batch)."""
+    batch_seconds = list(batch_seconds or [])
+    measured = batch_size == 1 and len(batch_seconds) == len(episodes) > 0
+    per_item = batch_seconds if measured else [float(sum(e.seconds.values())) for e in episodes]
+    result = ModeResult(mode=mode, seconds=seconds, episodes=episodes, measured=measured,
+                        batch_seconds=batch_seconds)
     groups = {family: [i for i, item in enumerate(items) if item.family == family] for family in FAMILIES}
     groups["all"] = list(range(len(items)))
     for name, indices in groups.items():
@@ -52,6 +78,11 @@ def summarise(mode: str, items: list[Item], episodes: list[Episode], seconds: fl
             continue
         result.accuracy[name] = sum(exact_match(episodes[i].answer, items[i].answer) for i in indices) / len(indices)
         result.resize_ratio[name] = sum(episodes[i].resized for i in indices) / len(indices)
+        times = [per_item[i] for i in indices]
+        result.family_seconds[name] = sum(times)
+        result.seconds_per_item[name] = sum(times) / len(times)
+        if measured:
+            result.p50[name], result.p95[name] = percentile(times, 50), percentile(times, 95)
     result.visual_tokens = sum(e.visual_tokens for e in episodes) / len(episodes)
     result.full_res_visual_tokens = sum(e.full_res_visual_tokens for e in episodes) / len(episodes)
     result.malformed = sum(1 for e in episodes if e.error)
@@ -60,14 +91,33 @@ def summarise(mode: str, items: list[Item], episodes: list[Episode], seconds: fl
 
 def format_table(results: list[ModeResult]) -> str:
     """A Markdown table: accuracy per family, visual tokens (and % of full-res), resize ratio, episodes without
-    an answer ("no answer", counted wrong) and time."""
+    an answer ("no answer", counted wrong), time, time per item per family and, where measured (batch size
+    1), per-item p50/p95 (else "-"; see `timing_note`)."""
     families = [f for f in FAMILIES if f in results[0].accuracy]
     header = ["mode", *[f"acc {f}" for f in families], "acc all", "visual tokens", "% full-res",
-              *[f"resize {f}" for f in families], "no answer", "seconds"]
+              *[f"resize {f}" for f in families], "no answer", "seconds", *[f"s/item {f}" for f in families],
+              "p50 s/item", "p95 s/item"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         cells = [r.mode, *[f"{100 * r.accuracy[f]:.1f}%" for f in families], f"{100 * r.overall_accuracy:.1f}%",
                  f"{r.visual_tokens:.2f}", f"{100 * r.visual_tokens / r.full_res_visual_tokens:.1f}%",
-                 *[f"{100 * r.resize_ratio[f]:.1f}%" for f in families], str(r.malformed), f"{r.seconds:.1f}"]
+                 *[f"{100 * r.resize_ratio[f]:.1f}%" for f in families], str(r.malformed), f"{r.seconds:.1f}",
+                 *[_item(r.seconds_per_item.get(f)) for f in families], _item(r.p50.get("all")),
+                 _item(r.p95.get("all"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _item(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def timing_note(results: list[ModeResult]) -> str:
+    """One line under the table: whether the per-item times were measured or are shares of batches."""
+    if results and all(r.measured for r in results):
+        return "time per item measured: every item ran alone (batch size 1); p50/p95 are over items"
+    walls = [w for r in results for w in r.batch_seconds]
+    batch = f"; wall time per batch: p50 {percentile(walls, 50):.3f} s, p95 {percentile(walls, 95):.3f} s" \
+        if walls else ""
+    return ("time per item: shares of each batch's wall time, not measured per item (no p50/p95; "
+            f"--batch-size 1 measures them){batch}")
