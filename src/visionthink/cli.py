@@ -18,6 +18,12 @@ ASK_EXIT_CODES = (
     "3 the model gave no answer (malformed final turn: `error` in --json, else an `error: ...` line on stderr)"
 )
 DEMO_WORDINGS = (("train", "train wordings"), ("heldout", "held-out wordings (never trained)"))
+PROTOCOLS = ("visionthink", "release")
+"""`visionthink.profiles.NAMES`, written out so that parsing the command line imports nothing (a test compares)."""
+PROTOCOL_HELP = ("conversation format: visionthink (this project's) or release (the authors' prompts, for their "
+                 "released checkpoints)")
+PRESET_NAMES = ("tiny", "real-vocab-small", "7b-shape-2layer")
+"""`visionthink.models.presets.NAMES`, written out for the same reason."""
 """`demo`'s two tables: the same items and images, asked in each question wording set."""
 
 
@@ -100,7 +106,8 @@ def _train_grpo(args: argparse.Namespace) -> int:
     from visionthink.train.grpo import train_grpo
     from visionthink.train.grpo_config import VisionThinkGRPOConfig
 
-    config = load_recipe(args.recipe, args.section or "grpo", VisionThinkGRPOConfig, args.overrides)
+    overrides = [*args.overrides, *([f"protocol={args.protocol}"] if args.protocol else [])]
+    config = load_recipe(args.recipe, args.section or "grpo", VisionThinkGRPOConfig, overrides)
     final = train_grpo(config)
     if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per launched process
         print(f"final model: {final}")
@@ -116,7 +123,8 @@ def _ask(args: argparse.Namespace) -> int:
 
     began = time.perf_counter()
     image = load_image(args.image, max_input_pixels=args.max_input_pixels)
-    engine = TransformersEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    engine = TransformersEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                                protocol=args.protocol)
     if args.mode == "oracle":
         raise VisionThinkError("`ask` has no oracle: an arbitrary image carries no needs-high-res label")
     episode = engine.run([Request(image, args.question)], args.mode)[0]
@@ -159,6 +167,14 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_init(args: argparse.Namespace) -> int:
+    from visionthink.models.presets import init_model
+
+    out = init_model(args.preset, args.out, seed=args.seed)
+    print(f"wrote {out} (preset {args.preset}, random weights, seed {args.seed})")
+    return 0
+
+
 def _data_synth(args: argparse.Namespace) -> int:
     from visionthink.data.export import write_synth_dataset
 
@@ -186,6 +202,7 @@ def _eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         device=args.device,
         dtype=args.dtype,
+        protocol=args.protocol,
     )
     result = run_eval(config)
     if args.json:
@@ -237,7 +254,7 @@ def _serve(args: argparse.Namespace) -> int:
     name = args.served_model_name or (Path(args.model).name if args.model else "tiny-synth")
     limits = {field: getattr(args, field) for _, field, _, _ in SERVE_LIMITS}
     config = ServeConfig(model_name=name, api_key=api_key, allow_remote_images=args.allow_remote_images, **limits)
-    serve(args.model, host=args.host, port=args.port, config=config, log_level=args.log_level)
+    serve(args.model, host=args.host, port=args.port, config=config, log_level=args.log_level, protocol=args.protocol)
     return 0
 
 
@@ -285,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     grpo.add_argument("--section", default=None, help="recipe section to read instead of `grpo:`")
     grpo.add_argument("overrides", nargs="*",
                       help="recipe overrides as key=value (any trl.GRPOConfig field by its TRL name)")
+    grpo.add_argument("--protocol", default=None, choices=PROTOCOLS,
+                      help="conversation format (default: the recipe's `protocol`, else visionthink)")
     grpo.set_defaults(handler=_train_grpo)
 
     ask = commands.add_parser("ask", help="ask one image a question", epilog=ASK_EXIT_CODES)
@@ -293,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--model", default=None, help="model folder (default: the shipped tiny checkpoint)")
     ask.add_argument("--mode", default="visionthink", choices=["visionthink", "full", "low"])
     ask.add_argument("--json", action="store_true", help="print one JSON object")
+    ask.add_argument("--protocol", default="visionthink", choices=PROTOCOLS, help=PROTOCOL_HELP)
     ask.add_argument("--max-input-pixels", type=positive_int, default=DEFAULT_MAX_INPUT_PIXELS,
                      help="refuse larger images (decompression bombs)")
     ask.set_defaults(handler=_ask)
@@ -305,6 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument("--batch-size", type=positive_int, default=32)
     demo.set_defaults(handler=_demo)
+
+    model = commands.add_parser("model", help="model folders").add_subparsers(dest="model_command", required=True)
+    init = model.add_parser("init", help="a randomly initialised Qwen2.5-VL at a preset shape (save_pretrained)")
+    init.add_argument("--preset", required=True, choices=PRESET_NAMES,
+                      help="tiny (the project's), real-vocab-small (the real Qwen2.5 vocabulary and image processor, "
+                           "small widths), 7b-shape-2layer (Qwen2.5-VL-7B widths, 2 layers)")
+    init.add_argument("--out", required=True, help="model folder to write")
+    init.add_argument("--seed", type=non_negative_int, default=0)
+    init.set_defaults(handler=_model_init)
 
     data = commands.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write the synthetic world as Hugging Face datasets")
@@ -339,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--judge", default=None, help="judge spec for judge-scored benchmarks")
     evaluate.add_argument("--batch-size", type=positive_int, default=32)
     evaluate.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    evaluate.add_argument("--protocol", default="visionthink", choices=PROTOCOLS, help=PROTOCOL_HELP)
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     evaluate.set_defaults(handler=_eval)
     serve = commands.add_parser("serve", help="OpenAI-compatible VisionThink server with a web page")
@@ -355,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(serve_defaults, field)
         serve.add_argument(flag, dest=field, type=kind, default=default, help=f"{text} (default: {default})")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--protocol", default="visionthink", choices=PROTOCOLS, help=PROTOCOL_HELP)
     serve.set_defaults(handler=_serve)
     return parser
 

@@ -44,6 +44,7 @@ from visionthink.engines.base import Generated, run_episodes
 from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.errors import VisionThinkError
 from visionthink.images import PixelGrid
+from visionthink.profiles import ProtocolProfile, get_profile
 
 
 class RemoteEngineError(VisionThinkError):
@@ -55,7 +56,8 @@ class RemoteEngine:
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
                  sampling: SamplingConfig | None = None, grid: PixelGrid | None = None, timeout: float = 120.0,
-                 max_workers: int = 8, assistant_tool_calls: str = "inline", batch_size: int = 64):
+                 max_workers: int = 8, assistant_tool_calls: str = "inline", batch_size: int = 64,
+                 protocol: str | ProtocolProfile | None = None):
         if assistant_tool_calls not in ("inline", "structured"):
             raise ValueError("assistant_tool_calls must be 'inline' or 'structured'")
         self.base_url = base_url.rstrip("/")
@@ -69,6 +71,9 @@ class RemoteEngine:
         self.batch_size = batch_size
         self.assistant_tool_calls = assistant_tool_calls
         self._model = model
+        self.protocol = get_profile(protocol)
+        """The conversation format. A profile whose system prompt holds the tool (`release`) is sent without `tools`
+        (so `tool_choice` cannot keep a call out of a turn) and with its tool turns as user turns."""
 
     # ------------------------------------------------------------ HTTP
 
@@ -118,11 +123,12 @@ class RemoteEngine:
         body: dict[str, Any] = {
             "model": model,
             "messages": self.openai_messages(messages, urls),
-            "tools": [protocol.RESIZE_TOOL],
-            "tool_choice": "none" if forbid_call else "auto",
             "max_tokens": self.sampling.max_new_tokens,
             "stream": False,
         }
+        if self.protocol.tools_in_template:
+            body["tools"] = [self.protocol.tool_schema]
+            body["tool_choice"] = "none" if forbid_call else "auto"
         if self.sampling.do_sample:
             body["temperature"] = self.sampling.temperature
             body["top_p"] = self.sampling.top_p
@@ -157,7 +163,9 @@ class RemoteEngine:
                     parts.append({"type": "image_url", "image_url": {"url": urls[key]}})
                 else:
                     parts.append({"type": "text", "text": part["text"]})
-            if role == "tool":
+            if role == "tool" and not self.protocol.tools_in_template:
+                out.append({"role": "user", "content": parts})  # the turn's text carries its own <tool_response>
+            elif role == "tool":
                 out.append({"role": "tool", "tool_call_id": call_id or "call_0", "content": parts})
             else:
                 out.append({"role": role, "content": parts})

@@ -24,6 +24,7 @@ from visionthink import protocol
 from visionthink.engines.base import Generated, never_write_ids, run_episodes
 from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.errors import VisionThinkError
+from visionthink.profiles import ProtocolProfile, get_profile
 from visionthink.tokens import render_text
 
 
@@ -41,8 +42,11 @@ def _import_vllm():
 class VLLMEngine:
     """Episodes on an in-process `vllm.LLM` (prefix caching on); the loop is `engines.base`'s."""
 
-    def __init__(self, llm, processor, sampling: SamplingConfig | None = None, batch_size: int = 256):
+    def __init__(self, llm, processor, sampling: SamplingConfig | None = None, batch_size: int = 256,
+                 protocol: str | ProtocolProfile | None = None):
         self.llm = llm
+        self.protocol = get_profile(protocol)
+        """The conversation format (`profiles`; default `visionthink`)."""
         self.processor = processor
         self.grid = processor.grid
         self.sampling = sampling or SamplingConfig()
@@ -54,7 +58,7 @@ class VLLMEngine:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, sampling: SamplingConfig | None = None,
-                        **llm_kwargs) -> VLLMEngine:
+                        protocol: str | ProtocolProfile | None = None, **llm_kwargs) -> VLLMEngine:
         """Load `model_dir` into vLLM; `llm_kwargs` go to `vllm.LLM` (gpu_memory_utilization, dtype, ...)."""
         vllm = _import_vllm()
         from visionthink.models.processor import VisionThinkProcessor, chat_template
@@ -65,7 +69,7 @@ class VLLMEngine:
         llm_kwargs.setdefault("enable_prefix_caching", True)
         llm_kwargs.setdefault("limit_mm_per_prompt", {"image": protocol.MAX_ASSISTANT_TURNS})
         llm = vllm.LLM(model=str(model_dir), **llm_kwargs)
-        return cls(llm, processor, sampling)
+        return cls(llm, processor, sampling, protocol=protocol)
 
     def run(self, requests: list, mode: str = "visionthink", progress=None) -> list[protocol.Episode]:
         """Episodes for all requests, in order."""
@@ -76,7 +80,8 @@ class VLLMEngine:
 
     def generate(self, rows: list[int], conversations: list[list[protocol.Message]],
                  forbid_call: list[bool]) -> list[Generated]:
-        prompts = [{"prompt": render_text(self.processor, messages, add_generation_prompt=True),
+        prompts = [{"prompt": render_text(self.processor, messages, add_generation_prompt=True,
+                                              protocol=self.protocol),
                     "multi_modal_data": {"image": protocol.images_in(messages)}} for messages in conversations]
         params = [self._params([*self.never_ids, self.tool_call_id] if forbid else self.never_ids)
                   for forbid in forbid_call]

@@ -19,6 +19,7 @@ import torch
 from transformers import TrainerCallback
 
 from visionthink.data import synth
+from visionthink.profiles import get_profile
 from visionthink.rewards.judges import make_judge
 from visionthink.train import grpo_env, newest_checkpoint
 from visionthink.train.grpo_config import VisionThinkGRPOConfig
@@ -51,15 +52,21 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
     if model is None or processor is None:
         model, processor = load_model(config.model, dtype=torch.bfloat16 if config.bf16 else torch.float32)
     model.train()
+    profile = get_profile(config.protocol)
+    if profile.chat_template is not None:  # TRL renders with the processor's template
+        processor.chat_template = profile.chat_template
+        processor.tokenizer.chat_template = profile.chat_template
     _set_response_template(processor)
     if train_dataset is None and config.data == "synth":
-        train_dataset = grpo_env.prompt_dataset(processor.grid, config.train_items, seed=config.data_seed)
+        train_dataset = grpo_env.prompt_dataset(processor.grid, config.train_items, seed=config.data_seed,
+                                                protocol=profile)
     elif train_dataset is None:
-        train_dataset = grpo_env.disk_dataset(config.data, processor.grid)
+        train_dataset = grpo_env.disk_dataset(config.data, processor.grid, protocol=profile)
     rewards = VisionThinkRewards(
         processor, make_judge(config.judge, **_judge_kwargs(config)), config.num_generations,
         variant=config.penalty_variant, theta=config.theta, penalty=config.penalty,
         format_value=config.format_reward, drop_tied=config.drop_tied_groups, drop_failed=config.drop_failed_groups,
+        protocol=profile,
     )
     peft_config = None
     if config.lora:
@@ -84,7 +91,7 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
         args=config,
         train_dataset=train_dataset,
         processing_class=processor,
-        environment_factory=grpo_env.ResizeEnvironment,
+        environment_factory=grpo_env.environment_for(profile),
         peft_config=peft_config,
         vt_rewards=rewards,
         vt_anchor=anchor,

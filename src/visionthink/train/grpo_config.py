@@ -97,6 +97,9 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
         "help": "Perception anchor (`visionthink.train.grpo_anchor`, not in the paper): weight of a supervised "
                 "loss on ground-truth direct answers at low resolution, `<tool_call>` masked out. 0 turns it off."})
     anchor_batch_size: int = field(default=8, metadata={"help": "Training rows drawn per step for the anchor."})
+    protocol: str = field(default="visionthink", metadata={
+        "help": "Conversation format of the rollouts (`visionthink.profiles`): visionthink, or release (the authors' "
+                "prompts and chat turns, for training from their checkpoints)."})
     data: str = field(default="synth", metadata={
         "help": "`synth` (the synthetic world's train split) or a `save_to_disk` folder with "
                 "image/question/answer columns, e.g. the output of `visionthink data curate` (its `train` split)."})
@@ -122,6 +125,9 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
         super().__post_init__()
 
     def _check_visionthink_fields(self) -> None:
+        from visionthink.profiles import get_profile
+
+        get_profile(self.protocol)  # an unknown name fails here, before any model is loaded
         if self.penalty_variant not in PENALTY_VARIANTS:
             raise ValueError(f"penalty_variant must be one of {PENALTY_VARIANTS}, got {self.penalty_variant!r}")
         if not 0 <= self.explore_direct <= (self.num_generations or 0):

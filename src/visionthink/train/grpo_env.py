@@ -21,31 +21,27 @@ from PIL import Image
 from visionthink import protocol
 from visionthink.data import synth
 from visionthink.images import PixelGrid, make_views
+from visionthink.profiles import VISIONTHINK, ProtocolProfile, get_profile
 from visionthink.tokens import assistant_mask
 
 # ---------------------------------------------------------------- prompts
 
 
-def trl_prompt(question: str) -> list[dict[str, str]]:
-    """`protocol.first_turn(question, image)` with string contents and the image left out.
+def trl_prompt(question: str, protocol: str | ProtocolProfile | None = None) -> list[dict[str, Any]]:
+    """The profile's `first_turn(question, image)` with the image left out (`ProtocolProfile.trl_prompt`).
 
-    TRL (`prepare_multimodal_messages`) inserts the row's `image` in front of the first user message's
-    text, which gives back `first_turn` exactly; `tests/test_grpo.py` checks the rendered ids.
+    `visionthink`: string contents; TRL (`prepare_multimodal_messages`) inserts the row's `image` in front of the
+    first user message's text, which gives back `first_turn` exactly; `tests/test_grpo.py` checks the rendered ids.
+    `release`: structured contents with an image placeholder where the release puts the image.
     """
-    messages = protocol.first_turn(question, Image.new("RGB", (1, 1)))
-    user = messages[1]["content"]
-    assert user[0]["type"] == "image" and len(protocol.images_in(messages)) == 1, "first_turn changed shape"
-    return [
-        {"role": m["role"], "content": "".join(p["text"] for p in m["content"] if p["type"] == "text")}
-        for m in messages
-    ]
+    return get_profile(protocol).trl_prompt(question)
 
 
-def prompt_row(item: synth.Item, grid: PixelGrid) -> dict[str, Any]:
+def prompt_row(item: synth.Item, grid: PixelGrid, protocol: str | ProtocolProfile | None = None) -> dict[str, Any]:
     """One dataset row: the prompt, the low-res view (`image`), the high-res view and the item's labels."""
     views = make_views(item.image, grid)
     return {
-        "prompt": trl_prompt(item.question),
+        "prompt": trl_prompt(item.question, protocol),
         "image": views.low,
         "high_res_image": views.high,
         "question": item.question,
@@ -56,15 +52,17 @@ def prompt_row(item: synth.Item, grid: PixelGrid) -> dict[str, Any]:
     }
 
 
-def prompt_dataset(grid: PixelGrid, n: int, seed: int = 0, split: str = "train"):
+def prompt_dataset(grid: PixelGrid, n: int, seed: int = 0, split: str = "train",
+                   protocol: str | ProtocolProfile | None = None):
     """The first `n` items of a synthetic split as TRL prompt rows (`datasets.Dataset`, images stored as PNG)."""
     import datasets
 
     items = synth.split_items(split, n, seed=seed)
-    return datasets.Dataset.from_list([prompt_row(item, grid) for item in items])
+    return datasets.Dataset.from_list([prompt_row(item, grid, protocol) for item in items])
 
 
-def disk_dataset(path: str, grid: PixelGrid, split: str = "train", limit: int | None = None):
+def disk_dataset(path: str, grid: PixelGrid, split: str = "train", limit: int | None = None,
+                 protocol: str | ProtocolProfile | None = None):
     """TRL prompt rows from a `save_to_disk` folder with `image`, `question`, `answer` columns (for example
     what `visionthink data curate` writes); `family` (else `label`) and `uid` are kept when present."""
     from visionthink.data.curate import load_items
@@ -76,7 +74,7 @@ def disk_dataset(path: str, grid: PixelGrid, split: str = "train", limit: int | 
     def convert(row: dict[str, Any], index: int) -> dict[str, Any]:
         views = make_views(load_image(row["image"]), grid)
         return {
-            "prompt": trl_prompt(str(row["question"])),
+            "prompt": trl_prompt(str(row["question"]), protocol),
             "image": views.low,
             "high_res_image": views.high,
             "question": str(row["question"]),
@@ -95,8 +93,11 @@ def disk_dataset(path: str, grid: PixelGrid, split: str = "train", limit: int | 
 class ResizeEnvironment:
     """One rollout's world: the item's high-res view, returned by the first `resize_image` call.
 
-    TRL exposes every public method but `reset` as a tool, so this class has exactly one.
+    TRL exposes every public method but `reset` as a tool, so this class has exactly one. Its turns are those of
+    `profile` (`environment_for` makes the class of another profile).
     """
+
+    profile: ProtocolProfile = VISIONTHINK
 
     def __init__(self) -> None:
         self._high: Image.Image | None = None
@@ -112,13 +113,13 @@ class ResizeEnvironment:
     def resize_image(self, action: str = "resize"):  # schema and docstring: see below
         self._calls += 1
         if self._calls > 1:
-            return protocol.error_turn("the image was already resized")["content"]
+            return self.profile.error_turn("the image was already resized")["content"]
         if action != "resize":
-            return protocol.error_turn(f"unknown action {str(action)[:40]!r}; expected 'resize'")["content"]
+            return self.profile.error_turn(f"unknown action {str(action)[:40]!r}; expected 'resize'")["content"]
         if self._high is None:
-            return protocol.error_turn("no image to resize")["content"]
+            return self.profile.error_turn("no image to resize")["content"]
         self._returned.append(self._high)
-        return protocol.tool_turn(self._high)["content"]
+        return self.profile.tool_turn(self._high)["content"]
 
     @property
     def returned_images(self) -> list[Image.Image]:
@@ -141,6 +142,14 @@ _signature = inspect.signature(ResizeEnvironment.resize_image)
 ResizeEnvironment.resize_image.__signature__ = _signature.replace(
     parameters=[p.replace(default=inspect.Parameter.empty) for p in _signature.parameters.values()]
 )
+
+
+def environment_for(protocol: str | ProtocolProfile | None = None) -> type[ResizeEnvironment]:
+    """`ResizeEnvironment` answering with the turns of `protocol` (the class itself for `visionthink`)."""
+    profile = get_profile(protocol)
+    if profile is VISIONTHINK:
+        return ResizeEnvironment
+    return type(f"ResizeEnvironment_{profile.name}", (ResizeEnvironment,), {"profile": profile})
 
 
 def tool_schema() -> dict[str, Any]:
@@ -198,6 +207,7 @@ def rollout_episode(
     completion: list[dict[str, Any]],
     completion_ids: list[int],
     high_res_image: Image.Image | None = None,
+    protocol_profile: str | ProtocolProfile | None = None,
 ) -> protocol.Episode:
     """A TRL rollout as a protocol episode.
 
@@ -206,13 +216,14 @@ def rollout_episode(
     ids (TRL's parsed messages drop the think block and the tool-call text); tool turns from the messages.
     """
     tokenizer = processor.tokenizer
+    profile = get_profile(protocol_profile)
     texts = [turn_text(tokenizer, ids) for ids in split_turns(tokenizer, completion_ids)]
     tools = [message for message in completion if message.get("role") == "tool"]
     messages = [dict(m) for m in prompt]
     turns = []
     for index, text in enumerate(texts):
         messages.append(protocol.assistant_turn(text))
-        turns.append(protocol.parse_turn(text))
+        turns.append(profile.parse_turn(text))
         if index < len(tools):
             tool = tools[index]
             content = tool["content"] if isinstance(tool["content"], list) else [protocol.text_part(tool["content"])]

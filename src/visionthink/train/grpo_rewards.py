@@ -49,8 +49,10 @@ class VisionThinkRewards:
 
     def __init__(self, processor, judge, num_generations: int, variant: str = "paper", theta: float = THETA,
                  penalty: float = PENALTY, format_value: float = FORMAT_REWARD, drop_tied: bool = True,
-                 drop_failed: bool = False):
+                 drop_failed: bool = False, protocol=None):
         self.processor = processor
+        self.protocol = protocol
+        """The protocol profile the rollouts follow (None: `visionthink`); it parses their turns."""
         self.judge = judge
         self.num_generations = num_generations
         self.variant = variant
@@ -90,7 +92,7 @@ class VisionThinkRewards:
 
         highs = [row.get("high_res_image") for row in rows]
         episodes = [
-            grpo_env.rollout_episode(self.processor, prompt, completion, ids, high)
+            grpo_env.rollout_episode(self.processor, prompt, completion, ids, high, protocol_profile=self.protocol)
             for prompt, completion, ids, high in zip(prompts, completions, completion_ids, highs, strict=True)
         ]
         questions = [row["question"] for row in rows]
