@@ -106,9 +106,10 @@ def test_resize_turn_reuses_the_first_turns_cache(shipped_model, synth_items):
     assert [e.summary()["turns"] for e in with_cache] == [e.summary()["turns"] for e in without]
     resized = [e for e in with_cache if e.resized]
     assert resized
-    # Recomputing feeds the whole first turn again for every resized episode.
+    # Recomputing feeds the whole first turn again for every resized episode (past the shared system prompt).
     saved = recompute.prefill_tokens - reuse.prefill_tokens
-    first_turn_lengths = [len(encode(processor, e.messages[:3])["input_ids"][0]) for e in resized]
+    shared = len(reuse.shared_prefix().ids)
+    first_turn_lengths = [len(encode(processor, e.messages[:3])["input_ids"][0]) - shared for e in resized]
     assert saved >= 0.9 * sum(first_turn_lengths)  # all but the re-encoded tail of each first turn
 
 
@@ -209,3 +210,28 @@ def test_batched_encoding_equals_encoding_each_conversation(shipped_model):
         single = encode(processor, messages, add_generation_prompt=True)
         for key in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw", "pixel_values"):
             assert torch.equal(batched[key], single[key]), key
+
+
+def test_shared_prefix_is_computed_once_and_changes_nothing(shipped_model, synth_items):
+    """Rows start from the system prompt's cache; the episodes equal a run that computes every token, and a
+    conversation that departs from the prefix early (another system prompt) is recomputed from there."""
+    from visionthink.engines.kv_decoder import KVDecoder
+
+    model, processor = shipped_model
+    requests = requests_for(synth_items[:8])
+    shared = TransformersEngine(model, processor, batch_size=4)
+    alone = TransformersEngine(model, processor, batch_size=4, share_prefix=False)
+    for mode in ("full", "visionthink"):
+        assert [e.summary() | {"seconds": 0} for e in shared.run(requests, mode)] == [
+            e.summary() | {"seconds": 0} for e in alone.run(requests, mode)]
+    prefix = shared.shared_prefix()
+    assert 100 < len(prefix.ids) < 300 and shared.prefill_tokens < alone.prefill_tokens - 4 * len(prefix.ids)
+    other = protocol.first_turn(synth_items[0].question, synth_items[0].image)
+    other[0]["content"][0]["text"] = "You are terse."
+    for engine in (shared, alone):
+        decoder = KVDecoder(model, engine.pad_id, engine.stop_ids, prefix=engine.shared_prefix())
+        engine.feed(decoder, [other])
+        written, = decoder.decode(SamplingConfig(max_new_tokens=12), banned_ids=[engine.never_ids])
+        if engine is shared:
+            expected = written
+    assert written == expected

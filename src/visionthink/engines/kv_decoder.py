@@ -9,6 +9,7 @@ so the cached and the re-fed tokens sit where a single full forward would put th
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +31,10 @@ class SamplingConfig:
 class KVDecoder:
     """The batch's cache, attention mask and per-row token history."""
 
-    def __init__(self, model, pad_id: int, stop_ids: list[int]):
+    def __init__(self, model, pad_id: int, stop_ids: list[int], prefix: SharedPrefix | None = None):
         self.model = model
+        self.prefix = prefix
+        """Text every row starts with, computed once: each row's cache starts from it (see `SharedPrefix`)."""
         self.pad_id = pad_id
         self.stop_ids = torch.tensor(stop_ids)
         self.cache = DynamicCache(config=model.config)
@@ -70,14 +73,11 @@ class KVDecoder:
         tokens are already cached are not encoded again.
         """
         if self.rows == 0:
-            self.history = [[] for _ in sequences]
-            self.cached = [0 for _ in sequences]
-            self.mask = torch.zeros(len(sequences), 0, dtype=torch.long)
-            self.next_position = torch.zeros(len(sequences), dtype=torch.long)
+            self._start(len(sequences))
         suffixes, suffix_positions, keep, new_pixels, new_grids = [], [], [], [], []
         for row, ids in enumerate(sequences):
             types = mm_token_type_ids[row]
-            shared = min(self.cached[row], _common_prefix(self.history[row], ids.tolist()))
+            shared = min(self.cached[row], common_prefix(self.history[row], ids.tolist()))
             spans = _image_spans(types)
             shared = min([shared] + [start for start, end in spans if start < shared < end])
             keep.append(shared)
@@ -122,6 +122,17 @@ class KVDecoder:
         )
         self.fed_tokens += int(new_mask.sum())
         self.last_logits = outputs.logits[:, -1].float().cpu()
+
+    def _start(self, rows: int) -> None:
+        """Empty rows, or rows that hold the shared prefix already."""
+        length = len(self.prefix.ids) if self.prefix is not None else 0
+        self.history = [list(self.prefix.ids) if self.prefix is not None else [] for _ in range(rows)]
+        self.cached = [length] * rows
+        self.mask = torch.ones(rows, length, dtype=torch.long)
+        self.next_position = torch.full((rows,), length, dtype=torch.long)
+        if self.prefix is not None:
+            self.cache = copy.deepcopy(self.prefix.cache)
+            self.cache.batch_repeat_interleave(rows)
 
     def _forget_tails(self, keep: list[int]) -> None:
         """Mask out cached tokens of each row beyond its first `keep[row]` real tokens."""
@@ -254,6 +265,27 @@ class Draft:
         return guess
 
 
+@dataclass
+class SharedPrefix:
+    """Text tokens every conversation starts with (system prompt and tool block: most of a short prompt),
+    with their KV cache for one row. A decoder copies it into every row instead of computing it again;
+    a row whose tokens differ from it recomputes from the first difference, so outputs do not change."""
+
+    ids: list[int]
+    cache: DynamicCache
+
+    @classmethod
+    @torch.no_grad()
+    def compute(cls, model, ids: list[int]) -> SharedPrefix:
+        cache = DynamicCache(config=model.config)
+        if ids:
+            tokens = torch.tensor([ids], device=model.device)
+            positions = torch.arange(len(ids), device=model.device).view(1, 1, -1).expand(3, 1, -1)
+            model(input_ids=tokens, attention_mask=torch.ones_like(tokens), position_ids=positions, cache=cache,
+                  use_cache=True, logits_to_keep=1)
+        return cls(list(ids), cache)
+
+
 def _image_spans(mm_token_type_ids: torch.Tensor) -> list[tuple[int, int]]:
     """(start, end) of each run of image tokens."""
     spans, start = [], None
@@ -266,7 +298,7 @@ def _image_spans(mm_token_type_ids: torch.Tensor) -> list[tuple[int, int]]:
     return spans
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
         if a[i] != b[i]:

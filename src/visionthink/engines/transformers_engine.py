@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from visionthink import protocol
 from visionthink.engines.base import MODES, Generated, Request, never_write_ids, run_episodes
-from visionthink.engines.kv_decoder import Draft, KVDecoder, SamplingConfig
+from visionthink.engines.kv_decoder import Draft, KVDecoder, SamplingConfig, SharedPrefix, common_prefix
 from visionthink.models import load_model
 from visionthink.profiles import ProtocolProfile, get_profile
 from visionthink.tokens import encode_batch, visual_tokens
@@ -24,7 +25,7 @@ class TransformersEngine:
     """Episodes on a local transformers VLM (the tiny model on CPU, Qwen2.5-VL on GPU)."""
 
     def __init__(self, model, processor, sampling: SamplingConfig | None = None, batch_size: int = 16,
-                 reuse_cache: bool = True, draft_tool_call: bool = True,
+                 reuse_cache: bool = True, draft_tool_call: bool = True, share_prefix: bool = True,
                  protocol: str | ProtocolProfile | None = None):
         self.model = model
         self.protocol = get_profile(protocol)
@@ -51,6 +52,9 @@ class TransformersEngine:
             self.draft = Draft(self.tool_call_id, (*tail, tokenizer.convert_tokens_to_ids("</tool_call>"),
                                                    self.stop_ids[0]))
         self.generator = torch.Generator().manual_seed(self.sampling.seed) if self.sampling.seed is not None else None
+        self.share_prefix = share_prefix
+        """Compute the system prompt and tool block once and start every row's cache from it."""
+        self._prefix: SharedPrefix | None = None
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path | None = None, device: str | None = None,
@@ -65,6 +69,20 @@ class TransformersEngine:
 
     def session(self) -> _KVSession:
         return _KVSession(self)
+
+    def shared_prefix(self) -> SharedPrefix | None:
+        """The text every first turn starts with (up to the first image), with its cache; computed once."""
+        if not self.share_prefix:
+            return None
+        if self._prefix is None:
+            image = Image.new("RGB", (self.grid.factor, self.grid.factor))
+            a, b = encode_batch(self.processor, [self.protocol.first_turn(q, image) for q in ("a?", "b!")], True,
+                                protocol=self.protocol)
+            ids, types = a["input_ids"][0].tolist(), a["mm_token_type_ids"][0].tolist()
+            length = common_prefix(ids, b["input_ids"][0].tolist())
+            length = min(length, types.index(1) if 1 in types else length)
+            self._prefix = SharedPrefix.compute(self.model, ids[:length])
+        return self._prefix
 
     def banned_ids(self, forbid_call: bool) -> list[int]:
         """Token ids a turn may not produce: vision placeholders, and the tool call where it is forbidden."""
@@ -105,7 +123,7 @@ class _KVSession:
                  forbid_call: list[bool]) -> list[Generated]:
         engine = self.engine
         if self.decoder is None or not engine.reuse_cache:
-            self.decoder = KVDecoder(engine.model, engine.pad_id, engine.stop_ids)
+            self.decoder = KVDecoder(engine.model, engine.pad_id, engine.stop_ids, prefix=engine.shared_prefix())
         else:
             self.decoder.select([self.rows.index(row) for row in rows])
         self.rows = list(rows)
