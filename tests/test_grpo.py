@@ -150,6 +150,7 @@ def test_tied_groups_leave_the_loss(tmp_path, tiny_dir):
     assert trainer.vt_rewards.history[-1]["groups/dropped"] == 1.0
 
 
+@pytest.mark.slow
 def test_train_grpo_smoke(tmp_path, tiny_dir):
     """A short run end to end: the first turn is scripted to call the tool (a random model would not), the
     second turn is sampled by the model with the high-res image in context; checkpoints and logs appear."""
@@ -264,6 +265,7 @@ def test_reward_functions_read_the_scored_batch():
     assert [f.__name__ for f in funcs] == ["accuracy", "format", "resize_penalty"]  # the names TRL logs
     assert [f(prompts=[], completions=[], **columns) for f in funcs] == [[1.0, 0.0], [0.5, 0.0], [-0.1, 0.0]]
 
+@pytest.mark.slow
 def test_sampled_rollouts_render_as_the_protocol(tmp_path):
     """With the trained checkpoint (its rollouts are well-formed text, unlike a random model's), every
     sampled rollout's trained ids are the protocol's rendering of the episode, resized or not."""
@@ -312,6 +314,7 @@ def _rewards_by_row(out_dir, ranks: int) -> list[tuple]:
     return rows
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_single_process_rewards(tmp_path, tiny_dir, free_port):
     """One GRPO step on scripted rollouts, run by one process (18 rows) and by `accelerate launch` with two
     CPU processes (9 rows each, so group 1 spans both): every row gets the same rewards, and the group
@@ -340,6 +343,7 @@ def test_two_processes_give_the_single_process_rewards(tmp_path, tiny_dir, free_
     assert [a for _, a, *_ in one] == [float(k.endswith("-ok")) for k in PLAN]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_and_ends_at_the_same_step(tmp_path, tiny_dir):
     """`visionthink train grpo` SIGKILLed after its first checkpoint, then started again with the same
     command: it resumes from the newest complete checkpoint and stops at the recipe's step count."""
@@ -380,6 +384,7 @@ ANSWERS = ["red", "blue", "square", "2"]
 """Scripted answers for the judge tests: a grade needs a call, so every rollout answers something."""
 
 
+@pytest.mark.slow
 def test_training_survives_a_misbehaving_judge(tmp_path, tiny_dir):
     """GRPO graded by an HTTP judge on loopback that answers 500, garbage, hangs or closes the connection
     (plus some good answers): training finishes, and the failures are counted in the logs."""
@@ -415,6 +420,7 @@ def test_training_survives_a_misbehaving_judge(tmp_path, tiny_dir):
         assert state.calls > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("probe_loss", ["none", "positive"])
 def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir, probe_loss):
     """With `explore_direct=2` and groups of 4, a model pushed to write `<tool_call>` everywhere writes it in
@@ -470,6 +476,7 @@ def test_row_token_ban_greedy_leaves_probe_rows_their_best_other_token():
     assert (sampled == out[[1, 3]].argmax(-1, keepdim=True)).all()  # whatever the temperature
 
 
+@pytest.mark.slow
 def test_greedy_probes_of_a_group_answer_alike(tmp_path, tiny_dir):
     """`probe_decoding: greedy`: the two probes of each group (same prompt, tool banned) write the same first
     turn, while the sampled rollouts of a random model at temperature 1 do not all agree."""

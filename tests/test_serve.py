@@ -336,6 +336,7 @@ def test_remote_images_only_with_the_flag_and_never_private_by_default(shipped_m
         images.server_close()
 
 
+@pytest.mark.slow
 def test_cli_serve_subcommand(shipped_model_dir, items, free_port):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -294,6 +294,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_small_label_is_illegible_at_low_res(one_thread):
     start = time.perf_counter()
     accuracy = {}

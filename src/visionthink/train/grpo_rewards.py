@@ -72,7 +72,7 @@ class VisionThinkRewards:
 
     @staticmethod
     def format(vt_format: list[float], **_: Any) -> list[float]:
-        """R_format: 0.5 when every turn of the episode is well formed (PAPER.md section 3)."""
+        """R_format: 0.5 when every turn of the episode is well formed (the paper, section 3)."""
         return vt_format
 
     @staticmethod
