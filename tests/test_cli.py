@@ -234,3 +234,42 @@ def test_ask_answer_has_null_error_and_exit_0(fake_ask, capsys):
     assert fake_ask("dots</answer>") == 0  # a lone closing tag still answers
     captured = capsys.readouterr()
     assert "answer: dots" in captured.out and captured.err == ""
+
+
+# ---------------------------------------------------------------- cold start: import only what a command needs
+
+HEAVY = ("torch", "transformers", "datasets", "trl", "PIL.Image")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["ask", "--help"], ["eval", "--help"], ["demo", "--help"]])
+def test_help_imports_no_torch(argv):
+    script = (f"import sys\nfrom visionthink import cli\ntry:\n    cli.main({argv!r})\nexcept SystemExit:\n    pass\n"
+              f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert "usage: visionthink" in result.stdout
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout
+
+
+def test_cli_copies_of_constants_match():
+    from visionthink import cli, images
+
+    assert cli.DEFAULT_MAX_INPUT_PIXELS == images.DEFAULT_MAX_INPUT_PIXELS
+
+
+def test_ask_from_the_command_line_leaves_at_once_after_flushing(fake_ask, monkeypatch, item_png, capsys):
+    """`ask` run as a command skips the interpreter's ~1.4 s finalization (os._exit) once its reply is out;
+    called in-process with argv it returns as before (the tests above)."""
+    from visionthink import cli
+
+    left: list[int] = []
+    monkeypatch.setattr(cli.os, "_exit", left.append)
+    fake_ask("x")  # installs the fake engine
+    monkeypatch.setattr(sys, "argv", ["visionthink", "ask", str(item_png[0]), "What pattern?", "--json"])
+    flushed: list[bool] = []
+    real_flush = sys.stdout.flush
+    monkeypatch.setattr(sys.stdout, "flush", lambda: (flushed.append(True), real_flush())[1])
+    main()
+    assert left == [EXIT_NO_ANSWER] and flushed
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["error"].startswith("final turn malformed")
