@@ -63,6 +63,7 @@ start=$(date +%s.%N)
 $VT train grpo --recipe recipes/tiny-synth.yaml max_steps=30 bf16=true save_steps=15 report_to=none \
   output_dir="$OUT/grpo-bf16" >"$OUT/grpo-bf16.log" 2>&1
 echo "grpo bf16 30 steps: rc=$? $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s"
+$VT model init --preset 7b-shape-2layer --out "$OUT/7b-shape" >"$OUT/7b-shape.log" 2>&1 && $VT --device cuda --dtype bfloat16 eval --model "$OUT/7b-shape" --bench synth --modes full,low,visionthink --limit 16 --protocol release --out "$OUT/eval-7b-shape" --json --no-progress >"$OUT/eval-7b-shape.json" 2>>"$OUT/7b-shape.log"; echo "7b-shape-2layer (random weights, release protocol) bf16 eval: rc=$?"
 fi
 
 for pid in "${sweep_pids[@]}"; do wait "$pid"; done

