@@ -16,6 +16,7 @@ from PIL import Image
 
 from visionthink import protocol
 from visionthink.images import PixelGrid
+from visionthink.profiles import get_profile
 from visionthink.serve.errors import ApiError
 from visionthink.tokens import render_text
 
@@ -32,8 +33,10 @@ def context_length(model) -> int:
 class TokenBudget:
     """Counts prompt tokens like the processor does, from any thread (with a tokenizer of its own)."""
 
-    def __init__(self, processor, context: int):
+    def __init__(self, processor, context: int, protocol=None):
         self.processor = processor
+        self.protocol = get_profile(protocol)
+        """The conversation format the engine renders (`profiles`; default `visionthink`)."""
         self.grid: PixelGrid = processor.grid
         self.tokenizer = copy.deepcopy(processor.tokenizer)
         self.context = context
@@ -54,13 +57,14 @@ class TokenBudget:
         high = self.grid.high_size(*size)
         low = self.grid.snap(max(1, high[0] // 2), max(1, high[1] // 2))
         first_view = high if mode == "full" else low
-        messages = protocol.first_turn(question, _PLACEHOLDER)
-        prompt = self.count(render_text(self.processor, messages, add_generation_prompt=True),
+        profile = self.protocol
+        messages = profile.first_turn(question, _PLACEHOLDER)
+        prompt = self.count(render_text(self.processor, messages, add_generation_prompt=True, protocol=profile),
                             [self.grid.tokens(*first_view)])
         needed = prompt + max_new_tokens
         if mode not in ("full", "low"):
-            messages = [*messages, protocol.assistant_turn(protocol.resize_text("")), protocol.tool_turn(_PLACEHOLDER)]
-            whole = self.count(render_text(self.processor, messages, add_generation_prompt=True),
+            messages = [*messages, protocol.assistant_turn(profile.resize_text("")), profile.tool_turn(_PLACEHOLDER)]
+            whole = self.count(render_text(self.processor, messages, add_generation_prompt=True, protocol=profile),
                                [self.grid.tokens(*low), self.grid.tokens(*high)])
             needed = whole + 2 * max_new_tokens
         self._check(prompt, needed, max_new_tokens)

@@ -59,7 +59,7 @@ class ChatService:
         self.default_sampling = default_sampling
         self.batcher = batcher
         self.config = config
-        self.budget = TokenBudget(engine.processor, context_length(engine.model))
+        self.budget = TokenBudget(engine.processor, context_length(engine.model), getattr(engine, "protocol", None))
         self.special = SpecialTokens.of(engine.processor.tokenizer)
         self.decode_pool = concurrent.futures.ThreadPoolExecutor(config.decode_concurrency, "visionthink-decode")
         self.fetch_pool = concurrent.futures.ThreadPoolExecutor(config.remote_fetch_concurrency, "visionthink-fetch")
