@@ -112,7 +112,7 @@ def test_ask_full_low_visionthink_with_the_release_protocol(model_dir, page, cap
     seen = {}
     for mode in ("full", "low", "visionthink"):
         code = main(["--threads", "1", "ask", str(page), "What is the total price?", "--model", str(model_dir),
-                     "--mode", mode, "--protocol", "release", "--json"])
+                     "--mode", mode, "--protocol", "release", "--max-new-tokens", "8", "--json"])
         assert code in (0, 3)  # random weights: an answer or none
         seen[mode] = json.loads(capsys.readouterr().out)
         assert seen[mode]["full_res_visual_tokens"] == high
@@ -144,7 +144,7 @@ def test_eval_on_a_small_fixture(model_dir, tmp_path):
     from visionthink.eval.runner import EvalConfig, run_eval
 
     config = EvalConfig(model=str(model_dir), benches=["synth"], modes=["full", "low", "oracle"], out=tmp_path / "ev",
-                        limit=3, batch_size=3, progress=False, device="cpu", protocol="release")
+                        limit=3, batch_size=3, progress=False, device="cpu", protocol="release", max_new_tokens=8)
     summary = run_eval(config).summary["synth"]
     assert set(summary) == {"full", "low", "oracle"}
     assert 0.24 <= summary["low"]["visual_tokens"] / summary["full"]["visual_tokens"] <= 0.26

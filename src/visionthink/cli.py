@@ -23,6 +23,7 @@ PROTOCOLS = ("visionthink", "release")
 """`visionthink.profiles.NAMES`, written out so that parsing the command line imports nothing (a test compares)."""
 PROTOCOL_HELP = ("conversation format: visionthink (this project's) or release (the authors' prompts, for their "
                  "released checkpoints)")
+MAX_NEW_TOKENS_HELP = "tokens per assistant turn (default 64, the tiny model's; a 7B that thinks needs thousands)"
 PRESET_NAMES = ("tiny", "real-vocab-small", "7b-shape-2layer")
 """`visionthink.models.presets.NAMES`, written out for the same reason."""
 """`demo`'s two tables: the same items and images, asked in each question wording set."""
@@ -124,8 +125,11 @@ def _ask(args: argparse.Namespace) -> int:
 
     began = time.perf_counter()
     image = load_image(args.image, max_input_pixels=args.max_input_pixels)
+    from visionthink.engines.kv_decoder import SamplingConfig
+
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens) if args.max_new_tokens else None
     engine = TransformersEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                                protocol=args.protocol)
+                                                protocol=args.protocol, sampling=sampling)
     if args.mode == "oracle":
         raise VisionThinkError("`ask` has no oracle: an arbitrary image carries no needs-high-res label")
     episode = engine.run([Request(image, args.question)], args.mode)[0]
@@ -206,6 +210,7 @@ def _eval(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         protocol=args.protocol,
+        max_new_tokens=args.max_new_tokens,
     )
     result = run_eval(config)
     if args.json:
@@ -316,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--mode", default="visionthink", choices=["visionthink", "full", "low"])
     ask.add_argument("--json", action="store_true", help="print one JSON object")
     ask.add_argument("--protocol", default="visionthink", choices=PROTOCOLS, help=PROTOCOL_HELP)
+    ask.add_argument("--max-new-tokens", type=positive_int, default=None, help=MAX_NEW_TOKENS_HELP)
     ask.add_argument("--max-input-pixels", type=positive_int, default=DEFAULT_MAX_INPUT_PIXELS,
                      help="refuse larger images (decompression bombs)")
     ask.set_defaults(handler=_ask)
@@ -372,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=positive_int, default=32)
     evaluate.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     evaluate.add_argument("--protocol", default="visionthink", choices=PROTOCOLS, help=PROTOCOL_HELP)
+    evaluate.add_argument("--max-new-tokens", type=positive_int, default=None, help=MAX_NEW_TOKENS_HELP)
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     evaluate.set_defaults(handler=_eval)
     serve = commands.add_parser("serve", help="OpenAI-compatible VisionThink server with a web page")

@@ -166,6 +166,9 @@ class EvalConfig:
     """The weights' dtype (None: the checkpoint's own)."""
     protocol: str = "visionthink"
     """The conversation format (`visionthink.profiles`): visionthink or release (the authors' prompts)."""
+    max_new_tokens: int | None = None
+    """Tokens per assistant turn (None: `SamplingConfig`'s default: enough for the tiny model, not for a 7B that
+    thinks)."""
 
 
 @dataclass
@@ -399,10 +402,13 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
             if not pending:
                 continue
             if engine is None:
+                from visionthink.engines.kv_decoder import SamplingConfig
                 from visionthink.engines.transformers_engine import TransformersEngine
 
+                sampling = SamplingConfig(max_new_tokens=config.max_new_tokens) if config.max_new_tokens else None
                 engine = TransformersEngine.from_pretrained(config.model, device=config.device, dtype=config.dtype,
-                                                            batch_size=config.batch_size, protocol=config.protocol)
+                                                            batch_size=config.batch_size, protocol=config.protocol,
+                                                            sampling=sampling)
             # one chunk = one engine batch, so that a chunk's wall time is one batch's
             chunk_size = min(config.batch_size, _engine_batch_size(engine) or config.batch_size)
             with tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"{bench_name}/{mode}",
