@@ -14,6 +14,7 @@ from visionthink.data import synth
 from visionthink.errors import ModelError
 from visionthink.images import make_views
 from visionthink.models import TinyModelConfig, chat_template, load_model
+from visionthink.models.patch_embed import use_linear_patch_embed
 from visionthink.models.processor import QWEN_SPECIAL_TOKENS
 from visionthink.tokens import encode, render_text
 from visionthink.train.sft_data import conversation
@@ -131,7 +132,7 @@ def test_save_load_round_trip_gives_identical_logits(random_tiny, tmp_path):
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     loaded, loaded_processor = load_model(tmp_path)
-    del loaded.model.visual.patch_embed.forward  # load_model runs it as F.linear (equal up to rounding; tested below)
+    use_linear_patch_embed(model)  # as load_model does (equal up to rounding; tested below)
     assert loaded_processor.chat_template == chat_template()
     assert loaded_processor.grid == processor.grid
     assert not loaded.training
@@ -185,12 +186,10 @@ def test_linear_patch_embed_equals_the_convolution(random_tiny):
 
     import torch
 
-    from visionthink.models.patch_embed import use_linear_patch_embed
-
     model = copy.deepcopy(random_tiny[0])
     embed = model.model.visual.patch_embed
     patches = torch.randn(40, embed.proj.weight[0].numel())
-    expected = embed(patches)
+    expected = type(embed).forward(embed, patches)  # the upstream Conv3d path
     use_linear_patch_embed(model)
     got = embed(patches)
     assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)

@@ -15,6 +15,7 @@ from visionthink import protocol
 from visionthink.engines.base import MODES, Generated, Request, never_write_ids, run_episodes
 from visionthink.engines.kv_decoder import Draft, KVDecoder, SamplingConfig, SharedPrefix, common_prefix
 from visionthink.models import load_model
+from visionthink.models.patch_embed import use_linear_patch_embed
 from visionthink.profiles import ProtocolProfile, get_profile
 from visionthink.tokens import encode_batch, visual_tokens
 
@@ -28,6 +29,7 @@ class TransformersEngine:
                  reuse_cache: bool = True, draft_tool_call: bool = True, share_prefix: bool = True,
                  protocol: str | ProtocolProfile | None = None):
         self.model = model
+        use_linear_patch_embed(model)  # same outputs up to rounding, a fraction of the time (models/patch_embed.py)
         self.protocol = get_profile(protocol)
         """The conversation format (`profiles`; default `visionthink`)."""
         self.reuse_cache = reuse_cache
