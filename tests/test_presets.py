@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
@@ -72,6 +74,14 @@ def test_model_init_writes_a_loadable_folder(tmp_path, preset):
         assert (processor.grid.factor, processor.grid.min_pixels, processor.grid.max_pixels) == (28, 3136, 12845056)
         assert model.config.text_config.num_hidden_layers == 2 and model.config.vision_config.depth == 2
         assert model.config.image_token_id == 151655
+        # the released checkpoints' layout: preprocessor_config.json with Qwen's min_pixels / max_pixels keys
+        (out / "processor_config.json").unlink()
+        (out / "preprocessor_config.json").write_text(json.dumps({
+            "min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor"}))
+        _, released = load_model(out, device="cpu")
+        assert (released.grid.min_pixels, released.grid.max_pixels) == (3136, 12845056)
     else:
         assert processor.grid.max_pixels == 168 * 112
 
