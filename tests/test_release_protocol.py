@@ -209,3 +209,30 @@ def test_release_template_is_prefix_preserving_for_trl(processor):
         assert is_chat_template_prefix_preserving(processor)
     finally:
         processor.chat_template = original
+
+
+def test_remote_engine_sends_the_release_turns_without_tools(image):
+    from visionthink.engines.remote import RemoteEngine
+
+    engine = RemoteEngine("http://127.0.0.1:9/v1", model="m", protocol="release")
+    messages = [*RELEASE.first_turn(QUESTION, image), protocol.assistant_turn(CALL), RELEASE.tool_turn(image)]
+    body = engine._body("m", messages, {}, forbid_call=False)
+    assert "tools" not in body and "tool_choice" not in body
+    sent = body["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert sent[0]["content"] == RELEASE.system_prompt
+    assert sent[3]["content"][0] == {"type": "text", "text": "<tool_response>\nThe resized image is shown below:\n"}
+    assert sent[3]["content"][1]["type"] == "image_url"
+    default = RemoteEngine("http://127.0.0.1:9/v1", model="m")._body("m", protocol.first_turn("q", image), {}, True)
+    assert default["tools"] == [protocol.RESIZE_TOOL] and default["tool_choice"] == "none"
+
+
+def test_grpo_environment_answers_in_the_profile_turns(image):
+    from visionthink.train import grpo_env
+
+    assert grpo_env.environment_for(None) is grpo_env.ResizeEnvironment
+    env = grpo_env.environment_for("release")()
+    env.reset(high_res_image=image)
+    content = env.resize_image(action="resize")
+    assert content == RELEASE.tool_turn(image)["content"]
+    assert env.resize_image(action="resize")[0]["text"].startswith("<tool_response>\nERROR occurs during the function")
