@@ -236,3 +236,20 @@ def test_grpo_environment_answers_in_the_profile_turns(image):
     content = env.resize_image(action="resize")
     assert content == RELEASE.tool_turn(image)["content"]
     assert env.resize_image(action="resize")[0]["text"].startswith("<tool_response>\nERROR occurs during the function")
+
+
+def test_protocol_options_reach_the_configs(tmp_path):
+    from visionthink.cli import build_parser
+    from visionthink.train.grpo_config import VisionThinkGRPOConfig
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "grpo", "--protocol", "release"]).protocol == "release"
+    assert parser.parse_args(["train", "grpo"]).protocol is None  # the recipe's, else visionthink
+    for command in (["ask", "x.png", "q"], ["eval", "--out", "o"], ["serve"]):
+        assert parser.parse_args(command).protocol == "visionthink"
+        assert parser.parse_args([*command, "--protocol", "release"]).protocol == "release"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["ask", "x.png", "q", "--protocol", "paper"])
+    assert VisionThinkGRPOConfig(output_dir=str(tmp_path), report_to="none").protocol == "visionthink"
+    with pytest.raises(ValueError, match="unknown protocol"):
+        VisionThinkGRPOConfig(output_dir=str(tmp_path), report_to="none", protocol="paper")
