@@ -29,6 +29,7 @@ def item_png(tmp_path_factory):
     return path, item
 
 
+@pytest.mark.slow
 def test_ask_prints_answer_and_cost(item_png, shipped_model_dir):
     path, item = item_png
     result = visionthink("ask", str(path), item.question, "--model", str(shipped_model_dir), "--json")
@@ -107,6 +108,7 @@ def test_device_and_dtype_reach_the_model(item_png, shipped_model_dir, monkeypat
     assert loaded == [("bfloat16", "cpu", torch.bfloat16, "cpu")]
     assert not any(key.startswith("VISIONTHINK_D") for key in os.environ)
 
+@pytest.mark.slow
 def test_demo_prints_all_modes_for_both_wording_sets(shipped_model_dir):
     result = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir))
     assert result.returncode == 0, result.stderr
@@ -119,6 +121,7 @@ def test_demo_prints_all_modes_for_both_wording_sets(shipped_model_dir):
     assert lines[0].startswith("9 held-out synthetic test items")
 
 
+@pytest.mark.slow
 def test_data_synth_writes_hugging_face_splits(tmp_path):
     from datasets import load_from_disk
 

@@ -66,6 +66,7 @@ def synth_eval(tmp_path_factory, shipped_model_dir):
     return out, json.loads(result.stdout), result.stderr
 
 
+@pytest.mark.slow
 def test_eval_writes_the_report(synth_eval):
     out, _, stderr = synth_eval
     for name in ("samples.jsonl", "summary.json", "run.json", "report.md", "score_vs_visual_tokens.png",
@@ -89,6 +90,7 @@ def test_eval_writes_the_report(synth_eval):
     assert "synth/full" in stderr  # progress bars
 
 
+@pytest.mark.slow
 def test_eval_json_shape_and_ranges(synth_eval):
     out, summary, _ = synth_eval
     assert summary == json.loads((out / "summary.json").read_text())
@@ -121,6 +123,7 @@ def test_eval_json_shape_and_ranges(synth_eval):
     assert oracle["resize_precision"] == 1 and oracle["resize_recall"] == 1
 
 
+@pytest.mark.slow
 def test_killed_eval_resumes_without_recomputing(tmp_path, shipped_model_dir):
     out = tmp_path / "report"
     command = eval_command(shipped_model_dir, out, "--modes", "full,low", "--limit", "16", "--no-progress")
@@ -159,6 +162,7 @@ def test_killed_eval_resumes_without_recomputing(tmp_path, shipped_model_dir):
     assert {metrics["timing"] for metrics in summary["synth"].values()} == {"batch_share"}
 
 
+@pytest.mark.slow
 def test_eval_batch_size_one_measures_each_item(tmp_path, shipped_model_dir):
     out = tmp_path / "report"
     result = subprocess.run(eval_command(shipped_model_dir, out, "--modes", "low,visionthink", "--limit", "6",

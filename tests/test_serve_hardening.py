@@ -248,6 +248,7 @@ class _TrickleHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_a_trickling_host_meets_the_whole_fetch_deadline_and_does_not_starve_others(shipped_model, item, good):
     _TrickleHandler.image = png(item.image)
     host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TrickleHandler)
@@ -294,6 +295,7 @@ def test_remote_urls_of_nat64_and_6to4_private_forms_are_refused(shipped_model, 
 # ---------------------------------------------------------------- 5: slow headers
 
 
+@pytest.mark.slow
 def test_half_sent_requests_cannot_hold_connections(shipped_model, good):
     running = start(shipped_model, max_connections=20, header_timeout=1.0)
     parts = urllib.parse.urlsplit(running.url)
@@ -324,6 +326,7 @@ def test_half_sent_requests_cannot_hold_connections(shipped_model, good):
         running.stop()
 
 
+@pytest.mark.slow
 def test_half_sent_headers_after_a_keep_alive_reply_are_cut_too(shipped_model):
     running = start(shipped_model, keep_alive_timeout=0.5, header_timeout=1.0)
     parts = urllib.parse.urlsplit(running.url)
