@@ -53,7 +53,7 @@ def test_unknown_preset_is_refused():
         cli.build_parser().parse_args(["model", "init", "--preset", "13b", "--out", "x"])
 
 
-@pytest.mark.parametrize("preset", ["tiny", "real-vocab-small"])
+@pytest.mark.parametrize("preset", ["tiny", pytest.param("real-vocab-small", marks=pytest.mark.slow)])
 def test_model_init_writes_a_loadable_folder(tmp_path, preset):
     out = tmp_path / preset
     assert cli.main(["model", "init", "--preset", preset, "--out", str(out), "--seed", "3"]) == 0

@@ -106,6 +106,7 @@ def test_visual_tokens_equal_smart_resize(loaded, size):
     assert abs(views.high.width - size[0]) <= 28 and abs(views.high.height - size[1]) <= 28
 
 
+@pytest.mark.slow
 def test_ask_full_low_visionthink_with_the_release_protocol(model_dir, page, capsys):
     high, low = qwen_tokens(1288, 952), qwen_tokens(644, 476)
     assert (high, low) == (1564, 391)
@@ -152,6 +153,7 @@ def test_eval_on_a_small_fixture(model_dir, tmp_path):
     assert len(samples) == 9
 
 
+@pytest.mark.slow
 def test_two_grpo_steps_with_lora_and_the_release_protocol(model_dir, tmp_path):
     from grpo_scripted import script_turns  # tests/ is on sys.path
 
