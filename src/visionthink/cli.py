@@ -19,7 +19,7 @@ ASK_EXIT_CODES = (
     "3 the model gave no answer (malformed final turn: `error` in --json, else an `error: ...` line on stderr)"
 )
 DEMO_WORDINGS = (("train", "train wordings"), ("heldout", "held-out wordings (never trained)"))
-PROTOCOLS = ("visionthink", "release")
+PROTOCOLS = ("visionthink", "release", "visionthink-zoom")
 """`visionthink.profiles.NAMES`, written out so that parsing the command line imports nothing (a test compares)."""
 PROTOCOL_HELP = ("conversation format: visionthink (this project's) or release (the authors' prompts, for their "
                  "released checkpoints)")
@@ -128,8 +128,16 @@ def _ask(args: argparse.Namespace) -> int:
     from visionthink.engines.kv_decoder import SamplingConfig
 
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens) if args.max_new_tokens else None
+    protocol = args.protocol
+    if args.mode == "zoom":  # the model is offered zoom_image beside resize_image (`visionthink-zoom`)
+        from visionthink.profiles import with_zoom
+
+        try:
+            protocol = with_zoom(args.protocol)
+        except ValueError as error:
+            raise VisionThinkError(str(error)) from None
     engine = TransformersEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                                protocol=args.protocol, sampling=sampling)
+                                                protocol=protocol, sampling=sampling)
     if args.mode == "oracle":
         raise VisionThinkError("`ask` has no oracle: an arbitrary image carries no needs-high-res label")
     episode = engine.run([Request(image, args.question)], args.mode)[0]
@@ -138,6 +146,7 @@ def _ask(args: argparse.Namespace) -> int:
         print(json.dumps({
             "answer": episode.answer,
             "resized": episode.resized,
+            "action": episode.action,
             "visual_tokens": episode.visual_tokens,
             "full_res_visual_tokens": episode.full_res_visual_tokens,
             "seconds": round(seconds, 3),
@@ -147,6 +156,8 @@ def _ask(args: argparse.Namespace) -> int:
     else:
         print(f"answer: {episode.answer}")
         print(f"resized: {'yes' if episode.resized else 'no'}")
+        if episode.zoomed:
+            print(f"zoomed on: {list(episode.zoom_box)} (low-res pixels)")
         share = 100 * episode.visual_tokens / episode.full_res_visual_tokens
         print(f"visual tokens: {episode.visual_tokens} (full resolution: {episode.full_res_visual_tokens}, "
               f"{share:.0f}%)")
@@ -318,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("image", help="image file")
     ask.add_argument("question")
     ask.add_argument("--model", default=None, help="model folder (default: the shipped tiny checkpoint)")
-    ask.add_argument("--mode", default="visionthink", choices=["visionthink", "full", "low"])
+    ask.add_argument("--mode", default="visionthink", choices=["visionthink", "full", "low", "zoom"],
+                     help="zoom: the model may also call zoom_image on a region (protocol visionthink-zoom)")
     ask.add_argument("--json", action="store_true", help="print one JSON object")
     ask.add_argument("--protocol", default="visionthink", choices=PROTOCOLS, help=PROTOCOL_HELP)
     ask.add_argument("--max-new-tokens", type=positive_int, default=None, help=MAX_NEW_TOKENS_HELP)
@@ -370,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bench", default="synth",
                           help="comma-separated benchmarks (synth, synth-heldout: the same images in held-out "
                           "question wordings, chartqa, ...)")
-    evaluate.add_argument("--modes", default="full,low,visionthink,oracle", help="comma-separated modes")
+    evaluate.add_argument("--modes", default="full,low,visionthink,oracle",
+                          help="comma-separated modes: full, low, visionthink, oracle, zoom, oracle-zoom (the zoom "
+                          "modes run on the zoom variant of --protocol)")
     evaluate.add_argument("--out", required=True, help="report folder (rerun with the same folder to resume)")
     evaluate.add_argument("--limit", type=positive_int, default=None, help="only the first N samples of each bench")
     evaluate.add_argument("--data-root", default="data", help="benchmark folders live in DATA_ROOT/<bench>")

@@ -204,6 +204,46 @@ def make_views(image: Image.Image, grid: PixelGrid) -> Views:
     return Views(low=low_view(high, grid), high=high)
 
 
+ZOOM_MIN_CELLS = 2
+"""A zoom's crop is at least this many visual tokens wide and high (2x2 = 4 tokens)."""
+
+
+def zoom_region(box: tuple[float, float, float, float], views: Views, grid: PixelGrid,
+                min_cells: int = ZOOM_MIN_CELLS) -> tuple[int, int, int, int]:
+    """The region of the high view that a zoom on `box` (x1, y1, x2, y2 in the low view's pixels) returns.
+
+    The box is scaled to the high view (x2 for `make_views`' views), clamped to the image, and grown around its
+    centre to whole grid cells (`grid.factor` px), at least `min_cells` cells a side and `grid.min_pixels` in
+    area, then shifted to lie inside the high view. It is never stretched: the crop is the high view's own
+    pixels, so the content keeps its aspect and the crop's visual tokens are `grid.tokens(width, height)`.
+    The box must overlap the low view (`protocol.zoom_box` checks that first)."""
+    high, low = views.high, views.low
+    f = grid.factor
+    sx, sy = high.width / low.width, high.height / low.height
+    x1, y1, x2, y2 = (float(v) for v in box)
+    x1, x2 = max(0.0, x1) * sx, min(float(low.width), x2) * sx
+    y1, y2 = max(0.0, y1) * sy, min(float(low.height), y2) * sy
+    if not (x2 > x1 and y2 > y1):
+        raise ValueError(f"zoom box {box} does not overlap the {low.width}x{low.height} low view")
+    max_w, max_h = high.width // f * f, high.height // f * f
+    width = min(max_w, max(min_cells * f, math.ceil((x2 - x1) / f) * f))
+    height = min(max_h, max(min_cells * f, math.ceil((y2 - y1) / f) * f))
+    while width * height < grid.min_pixels and (width < max_w or height < max_h):
+        if (width <= height and width < max_w) or height >= max_h:
+            width += f
+        else:
+            height += f
+    left = min(max(0, round((x1 + x2) / 2 - width / 2)), high.width - width)
+    top = min(max(0, round((y1 + y2) / 2 - height / 2)), high.height - height)
+    return left, top, left + width, top + height
+
+
+def zoom_crop(box: tuple[float, float, float, float], views: Views, grid: PixelGrid,
+              min_cells: int = ZOOM_MIN_CELLS) -> Image.Image:
+    """The image a zoom on `box` returns: `zoom_region` of the high view, pixel for pixel."""
+    return views.high.crop(zoom_region(box, views, grid, min_cells))
+
+
 def load_image_within(data: bytes, max_pixels: int, factor: int = 56,
                       max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> Image.Image:
     """`load_image` of encoded bytes for servers: an image over `max_pixels` is shrunk while it is decoded.

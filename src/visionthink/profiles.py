@@ -24,9 +24,11 @@ from PIL import Image
 
 from visionthink import protocol
 from visionthink import protocol_release as release
+from visionthink.images import PixelGrid, Views, zoom_crop
 from visionthink.protocol import Message, Turn, image_part, text_part
 
-__all__ = ["PROFILES", "RELEASE", "VISIONTHINK", "ProtocolProfile", "ReleaseProfile", "get_profile"]
+__all__ = ["PROFILES", "RELEASE", "VISIONTHINK", "VISIONTHINK_ZOOM", "ProtocolProfile", "ReleaseProfile", "ZoomProfile",
+           "get_profile", "with_zoom"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,17 @@ class ProtocolProfile:
     def answer_text(self, think: str, answer: str) -> str:
         """The canonical direct-answer turn."""
         return protocol.answer_text(think, answer)
+
+    offers_zoom = False
+    """Whether the profile offers `zoom_image` (`ZoomProfile`); a class attribute, not a field."""
+
+    def check_turn(self, turn: Turn, views: Views) -> Turn:
+        """The turn as the tool sees it once the views are known (a zoom outside the image becomes malformed)."""
+        return turn
+
+    def reply(self, turn: Turn, text: str, views: Views, grid: PixelGrid) -> Message | None:
+        """`tool_reply` given both views (what a zoom call needs); the loop calls this one."""
+        return self.tool_reply(turn, text, views.high)
 
     def trl_prompt(self, question: str) -> list[dict[str, Any]]:
         """`first_turn` for TRL's dataset rows: the image left out (TRL fills it in)."""
@@ -217,6 +230,44 @@ def _release_parse(text: str) -> Turn:
     return Turn("answer", answer=_release_answer(body), think=think, well_formed=well_formed)
 
 
+@dataclass(frozen=True)
+class ZoomProfile(ProtocolProfile):
+    """`visionthink` with a second tool, `zoom_image` (issue 12): its box [x1, y1, x2, y2] is in the low-res view's
+    pixels and the tool turn holds that region of the high-res view (`images.zoom_region`). The tool block lists
+    `resize_image` then `zoom_image`; the user instruction names both; everything else is `visionthink`'s."""
+
+    offers_zoom = True
+
+    def template_tools(self) -> list[dict[str, Any]] | None:
+        return [self.tool_schema, protocol.ZOOM_TOOL] if self.tools_in_template else None
+
+    def first_turn(self, question: str, image: Image.Image) -> list[Message]:
+        return protocol.first_turn(question, image, protocol.ZOOM_USER_INSTRUCTION)
+
+    def parse_turn(self, text: str) -> Turn:
+        return protocol.parse_turn(text, zoom=True)
+
+    def zoom_text(self, think: str, box) -> str:
+        """The canonical zoom-call turn."""
+        return protocol.zoom_text(think, box)
+
+    def check_turn(self, turn: Turn, views: Views) -> Turn:
+        return protocol.check_zoom_turn(turn, views.low.size)
+
+    def tool_reply(self, turn: Turn, text: str, high_res_image: Image.Image) -> Message | None:
+        if turn.kind == "zoom":
+            raise ValueError("a zoom_image call needs both views: call reply(turn, text, views, grid)")
+        return super().tool_reply(turn, text, high_res_image)
+
+    def reply(self, turn: Turn, text: str, views: Views, grid: PixelGrid) -> Message | None:
+        if turn.kind == "zoom":
+            _, error = protocol.zoom_box(turn.box, views.low.size)
+            if error is not None:  # a turn the loop did not pass through check_turn
+                return self.error_turn(error)
+            return protocol.zoom_turn(zoom_crop(turn.box, views, grid))
+        return super().tool_reply(turn, text, views.high)
+
+
 VISIONTHINK = ProtocolProfile(
     name="visionthink", system_prompt=protocol.SYSTEM_PROMPT, tool_schema=protocol.RESIZE_TOOL, tools_in_template=True,
     template_file=None, call_json=protocol.RESIZE_CALL_JSON, turn_end_newline=True,
@@ -226,7 +277,11 @@ RELEASE = ReleaseProfile(
     template_file="chat_template_release.jinja", call_json=protocol.RESIZE_CALL_JSON, turn_end_newline=False,
     source=release.SOURCE,
 )
-PROFILES: dict[str, ProtocolProfile] = {profile.name: profile for profile in (VISIONTHINK, RELEASE)}
+VISIONTHINK_ZOOM = ZoomProfile(
+    name="visionthink-zoom", system_prompt=protocol.SYSTEM_PROMPT, tool_schema=protocol.RESIZE_TOOL,
+    tools_in_template=True, template_file=None, call_json=protocol.RESIZE_CALL_JSON, turn_end_newline=True,
+)
+PROFILES: dict[str, ProtocolProfile] = {profile.name: profile for profile in (VISIONTHINK, RELEASE, VISIONTHINK_ZOOM)}
 NAMES = tuple(PROFILES)
 
 
@@ -239,3 +294,15 @@ def get_profile(profile: str | ProtocolProfile | None = None) -> ProtocolProfile
     if profile not in PROFILES:
         raise ValueError(f"unknown protocol {profile!r}; expected one of {', '.join(PROFILES)}")
     return PROFILES[profile]
+
+
+def with_zoom(profile: str | ProtocolProfile | None = None) -> ProtocolProfile:
+    """The profile that offers `zoom_image` for a given one: itself when it does, `visionthink-zoom` for
+    `visionthink`; a ValueError for a profile with no zoom variant (`release`: the released checkpoints know one
+    tool)."""
+    found = get_profile(profile)
+    if found.offers_zoom:
+        return found
+    if found.name == VISIONTHINK.name:
+        return VISIONTHINK_ZOOM
+    raise ValueError(f"protocol {found.name!r} has no zoom_image tool; zoom modes need {VISIONTHINK_ZOOM.name!r}")

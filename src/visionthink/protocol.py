@@ -8,6 +8,7 @@ call, a tool turn carries the high-res image and the model answers. At most 2 as
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,39 @@ USER_INSTRUCTION = (
 TOOL_RESPONSE_TEXT = "Full resolution. Think in <think> </think>, then answer in <answer> </answer>."
 RESIZE_CALL_JSON = json.dumps({"name": TOOL_NAME, "arguments": {"action": "resize"}})
 
+# Region zoom (issue 12; the `visionthink-zoom` profile). The box is in the low-res view's pixels; the tool turn
+# holds that region of the high-res view (`images.zoom_region`). The strings above are unchanged.
+ZOOM_TOOL_NAME = "zoom_image"
+ZOOM_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": ZOOM_TOOL_NAME,
+        "description": (
+            "Show one region of the current image at full resolution. Use it instead of resize_image when "
+            "the critical information is small and lies in one region."
+        ),
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "box": {
+                    "type": "array",
+                    "items": {"type": "number"},
+                    "minItems": 4,
+                    "maxItems": 4,
+                    "description": "[x1, y1, x2, y2]: left, top, right, bottom, in pixels of the current image.",
+                }
+            },
+            "required": ["box"],
+        },
+    },
+}
+ZOOM_USER_INSTRUCTION = (
+    "Think in <think> </think>, then give the final answer in <answer> </answer>. "
+    "If a small detail is unreadable, call zoom_image on its region; if the whole image is too small, "
+    "call resize_image. Call a tool instead of answering."
+)
+ZOOM_RESPONSE_TEXT = "Region at full resolution. Think in <think> </think>, then answer in <answer> </answer>."
+
 Message = dict[str, Any]
 
 
@@ -57,11 +91,11 @@ def text_part(text: str) -> dict[str, Any]:
     return {"type": "text", "text": text}
 
 
-def first_turn(question: str, image: Image.Image) -> list[Message]:
+def first_turn(question: str, image: Image.Image, instruction: str = USER_INSTRUCTION) -> list[Message]:
     """System prompt and the user turn holding the first (usually low-res) image."""
     return [
         {"role": "system", "content": [text_part(SYSTEM_PROMPT)]},
-        {"role": "user", "content": [image_part(image), text_part(f"{question}\n{USER_INSTRUCTION}")]},
+        {"role": "user", "content": [image_part(image), text_part(f"{question}\n{instruction}")]},
     ]
 
 
@@ -78,6 +112,11 @@ def tool_turn(image: Image.Image) -> Message:
 def error_turn(error: str) -> Message:
     """The tool's answer to a malformed call."""
     return {"role": "tool", "name": TOOL_NAME, "content": [text_part(f"Error: {error}")]}
+
+
+def zoom_turn(crop: Image.Image) -> Message:
+    """The tool's answer to a zoom call: the region of the high-res view (`images.zoom_region`)."""
+    return {"role": "tool", "name": ZOOM_TOOL_NAME, "content": [image_part(crop), text_part(ZOOM_RESPONSE_TEXT)]}
 
 
 def tool_reply(turn: Turn, text: str, high_res_image: Image.Image) -> Message | None:
@@ -100,6 +139,17 @@ def resize_text(think: str) -> str:
     return f"<think>{think}</think>\n<tool_call>\n{RESIZE_CALL_JSON}\n</tool_call>"
 
 
+def zoom_call_json(box) -> str:
+    """The canonical zoom call's JSON; whole numbers are written as integers."""
+    values = [int(v) if float(v).is_integer() else round(float(v), 1) for v in box]
+    return json.dumps({"name": ZOOM_TOOL_NAME, "arguments": {"box": values}})
+
+
+def zoom_text(think: str, box) -> str:
+    """The canonical zoom-call turn (`box`: [x1, y1, x2, y2] in the low-res view's pixels)."""
+    return f"<think>{think}</think>\n<tool_call>\n{zoom_call_json(box)}\n</tool_call>"
+
+
 def images_in(messages: list[Message]) -> list[Image.Image]:
     """The images of a conversation in the order the template renders them."""
     found = []
@@ -112,7 +162,7 @@ def images_in(messages: list[Message]) -> list[Image.Image]:
 
 # ---------------------------------------------------------------- parsing
 
-TurnKind = Literal["answer", "resize", "malformed"]
+TurnKind = Literal["answer", "resize", "zoom", "malformed"]
 _THINK = re.compile(r"<think>(.*?)</think>", re.S)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
@@ -132,17 +182,20 @@ class Turn:
     think: str | None = None
     well_formed: bool = False
     error: str | None = None
+    box: tuple[float, float, float, float] | None = None
+    """A zoom call's box, [x1, y1, x2, y2] in the low-res view's pixels (only for `kind == "zoom"`)."""
 
 
-def parse_turn(text: str) -> Turn:
-    """Classify an assistant turn as an answer, a resize call or malformed. Never raises."""
+def parse_turn(text: str, zoom: bool = False) -> Turn:
+    """Classify an assistant turn as an answer, a resize call or malformed (with `zoom`, also a `zoom_image`
+    call: the `visionthink-zoom` profile). Never raises."""
     try:
-        return _parse_turn(text)
+        return _parse_turn(text, zoom)
     except Exception as error:  # noqa: BLE001 - the parser must never raise on model output
         return Turn("malformed", error=f"unparseable turn ({type(error).__name__})")
 
 
-def _parse_turn(text: str) -> Turn:
+def _parse_turn(text: str, zoom: bool = False) -> Turn:
     if not isinstance(text, str):
         return Turn("malformed", error="turn is not text")
     body = text.strip()
@@ -159,6 +212,9 @@ def _parse_turn(text: str) -> Turn:
     if calls:
         if len(calls) > 1:
             return Turn("malformed", think=think, error="more than one tool call in a turn")
+        if zoom:
+            clean = starts_with_think and not _TOOL_CALL.sub("", outside).strip()
+            return _zoom_profile_call(calls[0], think, clean)
         error = _check_resize_call(calls[0])
         if error:
             return Turn("malformed", think=think, error=error)
@@ -209,6 +265,80 @@ def _check_resize_call(payload: str, strict: bool = False) -> str | None:
         if extra:
             return f"resize_image call with unknown argument(s) {', '.join(map(repr, extra[:5]))}"
     return None
+
+
+def _zoom_profile_call(payload: str, think: str | None, clean: bool) -> Turn:
+    """A call under the zoom profile: `resize_image` (checked as `_check_resize_call` does) or `zoom_image` with a
+    box of four finite numbers, x1 < x2 and y1 < y2 (where it lies is checked against the view by
+    `check_zoom_turn`). `clean`: the turn is one think block and the call, nothing else."""
+    try:
+        call = json.loads(payload.strip())
+    except (json.JSONDecodeError, RecursionError):
+        return Turn("malformed", think=think, error="tool call is not valid JSON")
+    if isinstance(call, dict) and call.get("name") == TOOL_NAME:
+        error = _check_resize_call(payload)
+        if error:
+            return Turn("malformed", think=think, error=error)
+        return Turn("resize", think=think, well_formed=clean and _check_resize_call(payload, strict=True) is None)
+    if not isinstance(call, dict):
+        return Turn("malformed", think=think, error="tool call is not a JSON object")
+    if call.get("name") != ZOOM_TOOL_NAME:
+        return Turn("malformed", think=think, error=(f"unknown tool {str(call.get('name'))[:40]!r}; "
+                                                     f"the tools are {TOOL_NAME} and {ZOOM_TOOL_NAME}"))
+    arguments = call.get("arguments", call.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except (json.JSONDecodeError, RecursionError):
+            return Turn("malformed", think=think, error="tool arguments are not valid JSON")
+    if not isinstance(arguments, dict):
+        return Turn("malformed", think=think, error="tool arguments are not a JSON object")
+    if "box" not in arguments:
+        return Turn("malformed", think=think, error="zoom_image call without its required argument 'box'")
+    box, error = zoom_box(arguments["box"])
+    if error:
+        return Turn("malformed", think=think, error=error)
+    exact = set(arguments) == {"box"}
+    return Turn("zoom", think=think, well_formed=clean and exact, box=box)
+
+
+def zoom_box(value: Any, view_size: tuple[int, int] | None = None
+             ) -> tuple[tuple[float, float, float, float] | None, str | None]:
+    """`(box, None)` for a usable zoom box, else `(None, why not)`. Never raises.
+
+    A box is a list of four finite numbers [x1, y1, x2, y2] (not strings, not booleans) with x1 < x2 and
+    y1 < y2. With `view_size` (the low-res view's width, height) it must also overlap the view: a box partly
+    outside is clamped later (`images.zoom_region`), one wholly outside is refused."""
+    if not isinstance(value, (list, tuple)):
+        return None, f"box must be a list [x1, y1, x2, y2] of numbers, not {type(value).__name__}"
+    if len(value) != 4:
+        return None, f"box must have 4 numbers [x1, y1, x2, y2], not {len(value)}"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return None, "box values must be numbers (pixels of the current image)"
+    try:
+        x1, y1, x2, y2 = (float(v) for v in value)
+    except (OverflowError, ValueError):
+        return None, "box values must be finite numbers"
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        return None, "box values must be finite numbers"
+    if not (x1 < x2 and y1 < y2):
+        return None, "box is empty or inverted: it needs x1 < x2 and y1 < y2"
+    if view_size is not None:
+        width, height = view_size
+        if min(x2, width) <= max(x1, 0.0) or min(y2, height) <= max(y1, 0.0):
+            return None, f"box lies outside the image (the image is {width}x{height} pixels)"
+    return (x1, y1, x2, y2), None
+
+
+def check_zoom_turn(turn: Turn, view_size: tuple[int, int]) -> Turn:
+    """A zoom turn whose box lies wholly outside the view (`view_size`: the low-res view's width, height)
+    becomes a malformed call; any other turn is returned as it is."""
+    if turn.kind != "zoom":
+        return turn
+    _, error = zoom_box(turn.box, view_size)
+    if error is None:
+        return turn
+    return Turn("malformed", think=turn.think, error=error)
 
 
 def extract_answer(text: str) -> str | None:
@@ -284,6 +414,15 @@ class Episode:
     mode: str = "visionthink"
     fed_token_ids: list[int] = field(default_factory=list)
     """Every token the model read or wrote, in order (for checking against the rendering)."""
+    zoomed: bool = False
+    """A `zoom_image` turn delivered a region of the high-res view (`resized` stays: the whole view was delivered)."""
+    zoom_box: tuple[float, float, float, float] | None = None
+    """The box of the zoom call that ran, in the low-res view's pixels."""
+
+    @property
+    def action(self) -> str:
+        """What the episode did for its answer: "zoom", "resize" or "answer" (no image was delivered)."""
+        return "zoom" if self.zoomed else "resize" if self.resized else "answer"
 
     @property
     def visual_tokens(self) -> int:
@@ -295,7 +434,7 @@ class Episode:
         """The paper's format check over the whole episode."""
         if not self.turns or self.turns[-1].kind != "answer":
             return False
-        expected = ["resize", "answer"] if self.resized else ["answer"]
+        expected = ["zoom", "answer"] if self.zoomed else ["resize", "answer"] if self.resized else ["answer"]
         return [t.kind for t in self.turns] == expected and all(t.well_formed for t in self.turns)
 
     @property
@@ -310,6 +449,8 @@ class Episode:
             return f"final turn malformed: {last.error or 'unparseable'}"
         if last.kind == "resize":
             return "final turn called resize_image instead of answering (no turn left to answer in)"
+        if last.kind == "zoom":
+            return "final turn called zoom_image instead of answering (no turn left to answer in)"
         if self.answer is not None or last.answer is not None:
             return "final answer is empty"
         return "final turn gave no answer"
@@ -323,6 +464,7 @@ class Episode:
         return {
             "answer": self.answer,
             "resized": self.resized,
+            "action": self.action,
             "visual_tokens": self.visual_tokens,
             "full_res_visual_tokens": self.full_res_visual_tokens,
             "visual_tokens_per_turn": self.visual_tokens_per_turn,
@@ -333,6 +475,7 @@ class Episode:
             "turns": [assistant_text(m) for m in self.messages if m["role"] == "assistant"],
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
             "mode": self.mode,
+            **({"zoom_box": list(self.zoom_box)} if self.zoom_box is not None else {}),
         }
 
 
@@ -350,14 +493,17 @@ def make_episode(
 ) -> Episode:
     """The episode a conversation records, by one rule for every engine and for GRPO rollouts.
 
-    `resized`: a tool turn delivered an image. Visual tokens: those of every image in the conversation.
+    `resized`: a tool turn delivered the high-res view; `zoomed`: a `zoom_image` turn delivered a region of it.
+    Visual tokens: those of every image in the conversation (a zoom's crop counted as the model receives it).
     `prompt_tokens`: the conversation's `sequence_tokens` less what the model wrote.
     """
     final = turns[-1] if turns else None
+    zoomed = any(m["role"] == "tool" and m.get("name") == ZOOM_TOOL_NAME and _has_image(m) for m in messages)
+    zoom_turns = [t for t in turns if t.kind == "zoom"]
     return Episode(
         messages=messages,
         answer=final.answer if final is not None and final.kind == "answer" else None,
-        resized=any(m["role"] == "tool" and _has_image(m) for m in messages),
+        resized=any(m["role"] == "tool" and m.get("name") != ZOOM_TOOL_NAME and _has_image(m) for m in messages),
         turns=turns,
         visual_tokens_per_turn=[count_visual_tokens(image) for image in images_in(messages)],
         full_res_visual_tokens=full_res_visual_tokens,
@@ -366,6 +512,8 @@ def make_episode(
         seconds=dict(seconds or {}),
         mode=mode,
         fed_token_ids=list(fed_token_ids or []),
+        zoomed=zoomed,
+        zoom_box=zoom_turns[0].box if zoomed and zoom_turns else None,
     )
 
 

@@ -5,6 +5,10 @@ Modes:
 - `low`: one turn, low-resolution image, tool call forbidden.
 - `visionthink`: low-res first; the model decides whether to call `resize_image`.
 - `oracle`: low-res first; resizes exactly when the item needs high resolution (`needs_high_res`).
+- `zoom`: low-res first; the model answers, calls `resize_image` or calls `zoom_image` on a box (issue 12). It needs a
+  profile that offers `zoom_image` (`profiles.with_zoom`: `visionthink-zoom`).
+- `oracle-zoom`: low-res first; zooms exactly on the request's `box` (the true region, image pixels) when the item
+  needs high resolution, else answers directly. Same profile as `zoom`.
 
 `run_episodes(backend, requests, mode)` makes the two views, asks the backend for each turn of a
 batch, applies the protocol (parsing, the oracle's forced call, the tool's reply) and builds the
@@ -15,6 +19,7 @@ OpenAI-compatible server).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -24,15 +29,22 @@ from visionthink.images import ImageSource, PixelGrid, Views, load_image, make_v
 from visionthink.profiles import get_profile
 
 MODES = ("full", "low", "visionthink", "oracle")
+"""The paper's modes (what `demo` runs)."""
+ZOOM_MODES = ("zoom", "oracle-zoom")
+"""Region zoom (issue 12): they need a profile that offers `zoom_image` (`profiles.with_zoom`)."""
+ALL_MODES = MODES + ZOOM_MODES
 
 
 @dataclass
 class Request:
-    """One question about one image. `needs_high_res` is only read by the `oracle` mode."""
+    """One question about one image. `needs_high_res` is only read by the `oracle` modes, `box` only by
+    `oracle-zoom`."""
 
     image: ImageSource
     question: str
     needs_high_res: bool | None = None
+    box: tuple[float, float, float, float] | None = None
+    """The region that holds the answer, (x1, y1, x2, y2) in the pixels of the image as given (x2, y2 exclusive)."""
 
 
 @dataclass
@@ -70,24 +82,30 @@ class Backend(Protocol):
     def session(self) -> Session: ...
 
 
-def check_mode(mode: str, requests: list) -> None:
-    """Refuse an unknown mode, and the oracle without `needs_high_res` on every request, before any work."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    if mode == "oracle" and any(getattr(r, "needs_high_res", None) is None for r in requests):
-        raise ValueError("oracle mode needs `needs_high_res` on every request")
+def check_mode(mode: str, requests: list, profile=None) -> None:
+    """Refuse an unknown mode, the oracles without `needs_high_res` on every request (and `oracle-zoom` without a
+    `box` where it is needed), and a zoom mode on a profile without `zoom_image`, before any work."""
+    if mode not in ALL_MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(ALL_MODES)}")
+    if mode in ("oracle", "oracle-zoom") and any(getattr(r, "needs_high_res", None) is None for r in requests):
+        raise ValueError(f"{mode} mode needs `needs_high_res` on every request")
+    if mode == "oracle-zoom" and any(r.needs_high_res and getattr(r, "box", None) is None for r in requests):
+        raise ValueError("oracle-zoom mode needs `box` on every request that needs high resolution")
+    if mode in ZOOM_MODES and not get_profile(profile).offers_zoom:
+        raise ValueError(f"{mode} mode needs a protocol that offers zoom_image (visionthink-zoom), "
+                         f"not {get_profile(profile).name!r}")
 
 
 def forbids_call(mode: str, request, turn_index: int) -> bool:
     """Whether the mode keeps the tool call out of this turn."""
     if mode in ("full", "low"):
         return True
-    return mode == "oracle" and turn_index == 0 and not request.needs_high_res
+    return mode in ("oracle", "oracle-zoom") and turn_index == 0 and not request.needs_high_res
 
 
 def run_episodes(backend: Backend, requests: list, mode: str = "visionthink", progress=None) -> list[protocol.Episode]:
     """Episodes for all requests (objects with `image`, `question`, `needs_high_res`), in order."""
-    check_mode(mode, requests)
+    check_mode(mode, requests, getattr(backend, "protocol", None))
     episodes: list[protocol.Episode] = []
     for start in range(0, len(requests), max(1, backend.batch_size)):
         batch = requests[start : start + max(1, backend.batch_size)]
@@ -107,6 +125,9 @@ class _Row:
     sequence_tokens: int = 0
     fed_token_ids: list[int] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    grid: PixelGrid = field(default_factory=PixelGrid)
+    source_size: tuple[int, int] | None = None
+    """The loaded image's (width, height): the frame of `Request.box`."""
 
 
 def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Episode]:
@@ -114,9 +135,11 @@ def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Epi
     profile = get_profile(getattr(backend, "protocol", None))
     rows = []
     for request in requests:
-        views = make_views(load_image(request.image, grid=backend.grid), backend.grid)
+        image = load_image(request.image, grid=backend.grid)
+        views = make_views(image, backend.grid)
         first_image = views.high if mode == "full" else views.low
-        rows.append(_Row(request, views, profile.first_turn(request.question, first_image)))
+        rows.append(_Row(request, views, profile.first_turn(request.question, first_image), grid=backend.grid,
+                         source_size=image.size))
     prepare = (time.perf_counter() - began) / len(rows)
     for row in rows:
         row.seconds["prepare"] = prepare
@@ -158,15 +181,28 @@ def _take_turn(row: _Row, text: str, mode: str, turn_index: int, profile=None) -
     if mode == "oracle" and turn_index == 0 and row.request.needs_high_res and turn.kind != "resize":
         text = profile.resize_text(turn.think or "")  # the oracle resizes, keeping the model's reasoning
         turn = profile.parse_turn(text)
+    if mode == "oracle-zoom" and turn_index == 0 and row.request.needs_high_res:
+        box = oracle_box(row.request.box, row.source_size or row.views.high.size, row.views.low.size)
+        if turn.kind != "zoom" or turn.box != box:
+            text = profile.zoom_text(turn.think or "", box)  # the oracle zooms on the true box, keeping the reasoning
+            turn = profile.parse_turn(text)
+    turn = profile.check_turn(turn, row.views)
     row.messages.append(protocol.assistant_turn(text))
     row.turns.append(turn)
     if turn_index + 1 == protocol.MAX_ASSISTANT_TURNS or mode in ("full", "low"):
         return False
-    reply = profile.tool_reply(turn, text, row.views.high)
+    reply = profile.reply(turn, text, row.views, row.grid)
     if reply is None:
         return False
     row.messages.append(reply)
     return True
+
+
+def oracle_box(box, source_size: tuple[int, int], low_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A box in the source image's pixels as whole low-view pixels that cover it (floor the start, ceil the end)."""
+    sx, sy = low_size[0] / source_size[0], low_size[1] / source_size[1]
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return (math.floor(x1 * sx), math.floor(y1 * sy), math.ceil(x2 * sx), math.ceil(y2 * sy))
 
 
 SPECIAL_MARKERS = ("<|", "|>", "<tool_call>", "</tool_call>")

@@ -255,6 +255,7 @@ def episode_record(bench: str, mode: str, sample, episode, score: float | None, 
         "prediction": None if episode is None else episode.answer,
         "score": score,
         "resized": False if episode is None else bool(episode.resized),
+        "action": None if episode is None else getattr(episode, "action", "resize" if episode.resized else "answer"),
         "visual_tokens": 0 if episode is None else int(episode.visual_tokens),
         "full_res_visual_tokens": 0 if episode is None else int(episode.full_res_visual_tokens),
         "generated_tokens": 0 if episode is None else int(episode.generated_tokens),
@@ -341,17 +342,79 @@ def _claim_folder(out: Path, model: str | None) -> None:
         run_file.write_text(json.dumps({"model": model}, indent=2) + "\n", encoding="utf-8")
 
 
+def _box(bench, sample) -> tuple[int, int, int, int] | None:
+    """The true box of a sample's answer region (`oracle-zoom`), where the benchmark knows it."""
+    label_box = getattr(bench, "label_box", None)
+    return None if label_box is None else label_box(sample)
+
+
+def _has_boxes(bench, samples: list) -> bool:
+    if not all(s.meta.get(ORACLE_LABEL) is not None for s in samples):
+        return False
+    return all(_box(bench, s) is not None for s in samples if s.meta[ORACLE_LABEL])
+
+
+class _Engines:
+    """The engine of each mode: the given or first-built one, and for the zoom modes one on the zoom variant of the
+    protocol (`profiles.with_zoom`) that shares the model and processor, so the other modes keep their prompts."""
+
+    def __init__(self, config: EvalConfig, engine=None):
+        self.config = config
+        self.given = engine
+        self.by_profile: dict[str, Any] = {}
+
+    def for_mode(self, mode: str):
+        from visionthink.engines.base import ZOOM_MODES
+        from visionthink.profiles import get_profile, with_zoom
+
+        if self.given is not None:  # a caller's engine runs every mode it can
+            profile = get_profile(getattr(self.given, "protocol", None))
+            if mode not in ZOOM_MODES or profile.offers_zoom or not hasattr(self.given, "processor"):
+                return self.given
+            base = self.given
+        else:
+            base = next(iter(self.by_profile.values()), None)
+        try:
+            wanted = with_zoom(self.config.protocol) if mode in ZOOM_MODES else get_profile(self.config.protocol)
+        except ValueError as error:
+            raise VisionThinkError(str(error)) from None
+        if wanted.name in self.by_profile:
+            return self.by_profile[wanted.name]
+        from visionthink.engines.kv_decoder import SamplingConfig
+        from visionthink.engines.transformers_engine import TransformersEngine
+
+        if base is not None:  # same weights, another conversation format
+            built = TransformersEngine(base.model, base.processor, sampling=base.sampling, batch_size=base.batch_size,
+                                       protocol=wanted)
+        else:
+            sampling = SamplingConfig(max_new_tokens=self.config.max_new_tokens) if self.config.max_new_tokens else None
+            built = TransformersEngine.from_pretrained(self.config.model, device=self.config.device,
+                                                       dtype=self.config.dtype, batch_size=self.config.batch_size,
+                                                       protocol=wanted, sampling=sampling)
+        self.by_profile[wanted.name] = built
+        return built
+
+
 def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None = None) -> EvalResult:
     """Run every (bench, mode) still missing from the report folder, then summarise and write the report."""
     from tqdm import tqdm
 
-    from visionthink.engines.transformers_engine import MODES, Request
+    from visionthink.engines.base import ALL_MODES as MODES
+    from visionthink.engines.transformers_engine import Request
     from visionthink.eval.report import write_report
 
     log = log or (lambda message: print(message, file=sys.stderr))
     unknown = [m for m in config.modes if m not in MODES]
     if unknown:
         raise VisionThinkError(f"unknown mode(s) {', '.join(unknown)}; expected some of {', '.join(MODES)}")
+    engines = _Engines(config, engine)
+    if engine is None and any(m in ("zoom", "oracle-zoom") for m in config.modes):
+        from visionthink.profiles import with_zoom
+
+        try:
+            with_zoom(config.protocol)
+        except ValueError as error:
+            raise VisionThinkError(str(error)) from None
     if not config.benches or not config.modes:
         raise VisionThinkError("give at least one --bench and one --mode")
     if config.batch_size < 1:
@@ -394,6 +457,12 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
                 notes.append(note)
                 log(f"note: {note}")
                 continue
+            if mode == "oracle-zoom" and not _has_boxes(bench, samples):
+                note = (f"{bench_name}: oracle-zoom mode skipped: it needs `{ORACLE_LABEL}` and the true box of every "
+                        "item that needs high resolution (only the synthetic world's generator knows them)")
+                notes.append(note)
+                log(f"note: {note}")
+                continue
             modes.append(mode)
         loaded[bench_name] = (bench, samples, modes)
         for mode in modes:
@@ -401,21 +470,15 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
             computed[f"{bench_name}/{mode}"] = len(pending)
             if not pending:
                 continue
-            if engine is None:
-                from visionthink.engines.kv_decoder import SamplingConfig
-                from visionthink.engines.transformers_engine import TransformersEngine
-
-                sampling = SamplingConfig(max_new_tokens=config.max_new_tokens) if config.max_new_tokens else None
-                engine = TransformersEngine.from_pretrained(config.model, device=config.device, dtype=config.dtype,
-                                                            batch_size=config.batch_size, protocol=config.protocol,
-                                                            sampling=sampling)
+            engine = engines.for_mode(mode)
             # one chunk = one engine batch, so that a chunk's wall time is one batch's
             chunk_size = min(config.batch_size, _engine_batch_size(engine) or config.batch_size)
             with tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"{bench_name}/{mode}",
                       unit="q", disable=not config.progress, file=sys.stderr, dynamic_ncols=True) as bar:
                 for start in range(0, len(pending), chunk_size):
                     chunk = pending[start : start + chunk_size]
-                    requests = [Request(s.image, s.question, s.meta.get(ORACLE_LABEL)) for s in chunk]
+                    requests = [Request(s.image, s.question, s.meta.get(ORACLE_LABEL),
+                                        box=_box(bench, s) if mode == "oracle-zoom" else None) for s in chunk]
                     results = _run_chunk(engine, requests, mode, bar)
                     predictions = [None if e is None else e.answer for e, _, _ in results]
                     per_sample = bench.score(chunk, predictions, judge).per_sample
@@ -579,6 +642,8 @@ def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None 
     }
     if official:
         metrics["official"] = official
+    if any(r.get("action") == "zoom" for r in records):  # only where a zoom ran: other summaries are unchanged
+        metrics["zoom_ratio"] = _mean(float(r.get("action") == "zoom") for r in records)
     labelled = all(s.meta.get(ORACLE_LABEL) is not None for s in samples)
     if labelled:
         needed = [bool(s.meta[ORACLE_LABEL]) for s in samples]
@@ -598,6 +663,8 @@ def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None 
                 "visual_tokens": _mean(r["visual_tokens"] for r in rows),
                 **family_time_metrics(rows, timing["timing"] == MEASURED),
             }
+            if "zoom_ratio" in metrics:
+                entry["zoom_ratio"] = _mean(float(r.get("action") == "zoom") for r in rows)
             if labelled:
                 precision, recall = resize_precision_recall([bool(r["resized"]) for r in rows],
                                                             [bool(s.meta[ORACLE_LABEL]) for s in subset])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from visionthink.data import synth
@@ -51,6 +52,18 @@ class Synth(Benchmark):
         return [Sample(item.uid, item.image, item.question, item.answer,
                        {"family": item.family, "needs_high_res": item.needs_high_res,
                         "question_type": item.question_type}) for item in items]
+
+    def label_box(self, sample: Sample) -> tuple[int, int, int, int] | None:
+        """The label's true box (x1, y1, x2, y2 in image pixels, x2/y2 exclusive) for `oracle-zoom`, from the
+        generator: items are deterministic in (stream, index), which the uid `s{stream}-{index}` names (a saved
+        folder keeps it). None for another uid, or when the regenerated item's answer differs."""
+        match = re.fullmatch(r"s(\d+)-(\d+)", str(sample.uid))
+        if match is None:
+            return None
+        item = synth.make_item(int(match[1]), int(match[2]))
+        if item.answer != str(sample.answer) or item.label_box is None:
+            return None
+        return tuple(int(v) for v in item.label_box)
 
     def score(self, samples: list[Sample], predictions: list[str | None], judge: Judge | None = None) -> Scores:
         check_predictions(self.name, samples, predictions)

@@ -1,0 +1,422 @@
+"""Region zoom (issue 12): the `zoom_image` tool of the `visionthink-zoom` profile, its crop, its token accounting,
+every bad box, the `zoom` / `oracle-zoom` modes of the loop, and eval's oracle-zoom on the synthetic world."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+from PIL import Image
+
+from visionthink import protocol
+from visionthink.data import synth
+from visionthink.engines.base import ALL_MODES, MODES, ZOOM_MODES, Generated, Request, oracle_box, run_episodes
+from visionthink.images import PixelGrid, make_views, zoom_crop, zoom_region
+from visionthink.profiles import NAMES, RELEASE, VISIONTHINK, VISIONTHINK_ZOOM, get_profile, with_zoom
+from visionthink.tokens import render_text
+
+GRID = PixelGrid(28, 28 * 28, 168 * 112)
+"""The tiny model's grid (the shipped checkpoint's processor)."""
+WORLD_SIZES = [(112, 112), (168, 112), (112, 168)]
+ANSWER = protocol.answer_text("seen", "dots")
+
+
+def call(arguments, name="zoom_image") -> str:
+    payload = arguments if isinstance(arguments, str) else json.dumps({"name": name, "arguments": arguments})
+    return f"<think>small</think>\n<tool_call>\n{payload}\n</tool_call>"
+
+
+def views_of(width, height):
+    return make_views(Image.new("RGB", (width, height), "white"), GRID)
+
+
+# ---------------------------------------------------------------- profiles and parsing
+
+
+def test_zoom_profile_is_registered_and_the_default_profiles_are_unchanged():
+    assert "visionthink-zoom" in NAMES and get_profile("visionthink-zoom") is VISIONTHINK_ZOOM
+    assert VISIONTHINK_ZOOM.offers_zoom and not VISIONTHINK.offers_zoom and not RELEASE.offers_zoom
+    assert with_zoom(None) is VISIONTHINK_ZOOM and with_zoom("visionthink-zoom") is VISIONTHINK_ZOOM
+    with pytest.raises(ValueError, match="no zoom_image tool"):
+        with_zoom("release")
+    assert VISIONTHINK.template_tools() == [protocol.RESIZE_TOOL]
+    assert VISIONTHINK_ZOOM.template_tools() == [protocol.RESIZE_TOOL, protocol.ZOOM_TOOL]
+    image = Image.new("RGB", (56, 56))
+    assert VISIONTHINK.first_turn("q?", image) == protocol.first_turn("q?", image)
+    assert protocol.ZOOM_USER_INSTRUCTION in VISIONTHINK_ZOOM.first_turn("q?", image)[1]["content"][1]["text"]
+    # the default profile still knows one tool: a zoom call is an unknown tool there, as before
+    turn = VISIONTHINK.parse_turn(call({"box": [1, 2, 3, 4]}))
+    assert turn.kind == "malformed" and turn.error == "unknown tool 'zoom_image'; the only tool is resize_image"
+
+
+def test_zoom_profile_renders_both_tools(shipped_model):
+    _, processor = shipped_model
+    messages = VISIONTHINK_ZOOM.first_turn("What pattern?", Image.new("RGB", (56, 56)))
+    text = render_text(processor, messages, add_generation_prompt=True, protocol=VISIONTHINK_ZOOM)
+    assert '"name": "resize_image"' in text and '"name": "zoom_image"' in text
+    plain = render_text(processor, protocol.first_turn("What pattern?", Image.new("RGB", (56, 56))), True)
+    assert '"name": "zoom_image"' not in plain and plain == render_text(processor, protocol.first_turn(
+        "What pattern?", Image.new("RGB", (56, 56))), True, protocol="visionthink")
+
+
+def test_zoom_calls_parse():
+    text = protocol.zoom_text("the label is small", [10, 12, 24, 26])
+    turn = VISIONTHINK_ZOOM.parse_turn(text)
+    assert turn.kind == "zoom" and turn.box == (10.0, 12.0, 24.0, 26.0) and turn.well_formed
+    assert json.loads(protocol.zoom_call_json([1.0, 2.25, 3, 4]))["arguments"]["box"] == [1, 2.2, 3, 4]
+    fractional = VISIONTHINK_ZOOM.parse_turn(call({"box": [0.5, 1.5, 20.25, 30]}))
+    assert fractional.kind == "zoom" and fractional.box == (0.5, 1.5, 20.25, 30.0)
+    extra = VISIONTHINK_ZOOM.parse_turn(call({"box": [1, 2, 30, 40], "zoom": 2}))
+    assert extra.kind == "zoom" and not extra.well_formed  # tolerated, but no format reward
+    as_string = VISIONTHINK_ZOOM.parse_turn(call(json.dumps({"name": "zoom_image",
+                                                              "arguments": json.dumps({"box": [1, 2, 3, 4]})})))
+    assert as_string.kind == "zoom"
+    resize = VISIONTHINK_ZOOM.parse_turn(protocol.resize_text("too small"))
+    assert resize.kind == "resize" and resize.well_formed and resize.box is None
+    sloppy = VISIONTHINK_ZOOM.parse_turn(call({}, name="resize_image"))
+    assert sloppy.kind == "resize" and not sloppy.well_formed
+    answer = VISIONTHINK_ZOOM.parse_turn(ANSWER)
+    assert answer.kind == "answer" and answer.answer == "dots" and answer.well_formed
+    trailing = VISIONTHINK_ZOOM.parse_turn(text + " more")
+    assert trailing.kind == "zoom" and not trailing.well_formed
+
+
+BAD_BOXES = [
+    ({}, "required argument 'box'"),
+    ({"region": [1, 2, 3, 4]}, "required argument 'box'"),
+    ({"box": None}, "not NoneType"),
+    ({"box": "1, 2, 30, 40"}, "not str"),
+    ({"box": "[1, 2, 30, 40]"}, "not str"),
+    ({"box": {"x1": 1, "y1": 2, "x2": 3, "y2": 4}}, "not dict"),
+    ({"box": 12}, "not int"),
+    ({"box": []}, "4 numbers [x1, y1, x2, y2], not 0"),
+    ({"box": [1, 2, 3]}, "not 3"),
+    ({"box": [1, 2, 3, 4, 5]}, "not 5"),
+    ({"box": [[1, 2], [3, 4]]}, "not 2"),
+    ({"box": ["1", 2, 30, 40]}, "must be numbers"),
+    ({"box": [1, 2, None, 40]}, "must be numbers"),
+    ({"box": [True, 2, 30, 40]}, "must be numbers"),
+    ({"box": [1, 2, [30], 40]}, "must be numbers"),
+    ({"box": [10, 10, 5, 20]}, "empty or inverted"),  # x inverted
+    ({"box": [10, 20, 30, 5]}, "empty or inverted"),  # y inverted
+    ({"box": [10, 10, 10, 20]}, "empty or inverted"),  # zero width
+    ({"box": [10, 10, 20, 10]}, "empty or inverted"),  # zero height
+    ({"box": [-1, -1, -1, -1]}, "empty or inverted"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "error"), BAD_BOXES)
+def test_bad_boxes_are_malformed_calls(arguments, error):
+    turn = VISIONTHINK_ZOOM.parse_turn(call(arguments))
+    assert turn.kind == "malformed" and error in turn.error and turn.box is None
+
+
+@pytest.mark.parametrize("payload", [
+    '{"name": "zoom_image", "arguments": {"box": [NaN, 2, 30, 40]}}',
+    '{"name": "zoom_image", "arguments": {"box": [1, 2, Infinity, 40]}}',
+    '{"name": "zoom_image", "arguments": {"box": [1, -Infinity, 30, 40]}}',
+    '{"name": "zoom_image", "arguments": {"box": [1, 2, 1e400, 40]}}',
+    '{"name": "zoom_image", "arguments": {"box": [1, 2, ' + "9" * 400 + ', 40]}}',
+])
+def test_non_finite_boxes_are_malformed_calls(payload):
+    turn = VISIONTHINK_ZOOM.parse_turn(call(payload))
+    assert turn.kind == "malformed" and "finite" in turn.error
+
+
+@pytest.mark.parametrize(("payload", "error"), [
+    ('{"name": "zoom_image", "arguments": {"box": [1, 2, 3, 4]}', "not valid JSON"),
+    ('{"name": "crop", "arguments": {"box": [1, 2, 3, 4]}}', "the tools are resize_image and zoom_image"),
+    ('[1, 2, 3, 4]', "not a JSON object"),
+    ('{"name": "zoom_image", "arguments": [1, 2, 3, 4]}', "arguments are not a JSON object"),
+    ('{"name": "zoom_image", "arguments": "{box"}', "arguments are not valid JSON"),
+    ('{"name": "resize_image", "arguments": {"action": "zoom"}}', "unknown action"),
+])
+def test_other_bad_calls_under_the_zoom_profile(payload, error):
+    turn = VISIONTHINK_ZOOM.parse_turn(call(payload))
+    assert turn.kind == "malformed" and error in turn.error
+
+
+def test_two_calls_and_call_with_answer_are_malformed():
+    one = call({"box": [1, 2, 30, 40]})
+    twice = one + "\n" + one.split("</think>")[1]
+    assert VISIONTHINK_ZOOM.parse_turn(twice).error == "more than one tool call in a turn"
+    assert VISIONTHINK_ZOOM.parse_turn(one + "<answer>dots</answer>").kind == "malformed"
+
+
+@pytest.mark.parametrize(("box", "inside"), [
+    ([60, 60, 80, 80], False),  # beyond the right and bottom edges of a 56x56 view
+    ([-20, -20, -1, -1], False),  # above and left
+    ([56, 0, 70, 10], False),  # touches the right edge only: no pixel inside
+    ([0, 56, 10, 70], False),
+    ([-5, -5, 10, 10], True),  # partly outside: clamped
+    ([50, 50, 500, 500], True),
+    ([0, 0, 56, 56], True),
+])
+def test_boxes_outside_the_view_are_malformed(box, inside):
+    turn = VISIONTHINK_ZOOM.parse_turn(call({"box": box}))
+    checked = VISIONTHINK_ZOOM.check_turn(turn, views_of(112, 112))
+    assert (checked.kind == "zoom") is inside
+    if not inside:
+        assert "outside the image (the image is 56x56 pixels)" in checked.error and checked.think == "small"
+        # reply() refuses it too when a caller skipped check_turn: an error turn, never a crash
+        reply = VISIONTHINK_ZOOM.reply(turn, call({"box": box}), views_of(112, 112), GRID)
+        assert reply["content"][0]["text"].startswith("Error: box lies outside")
+
+
+def test_zoom_reply_needs_the_views():
+    turn = VISIONTHINK_ZOOM.parse_turn(call({"box": [1, 2, 30, 40]}))
+    with pytest.raises(ValueError, match="both views"):
+        VISIONTHINK_ZOOM.tool_reply(turn, "", Image.new("RGB", (112, 112)))
+
+
+def test_parse_never_raises_on_odd_input():
+    for text in [None, 12, "<tool_call>", "<think>a</think><tool_call>{\"name\": \"zoom_image\"}</tool_call>",
+                 call('{"name": "zoom_image", "arguments": {"box": ' + "[" * 5000 + "]" * 5000 + "}}")]:
+        assert VISIONTHINK_ZOOM.parse_turn(text).kind == "malformed"
+
+
+# ---------------------------------------------------------------- the crop and its tokens
+
+
+def box_cases(width, height):
+    low_w, low_h = width // 2, height // 2
+    return [
+        (0, 0, 1, 1),  # one pixel in a corner
+        (low_w - 1, low_h - 1, low_w, low_h),  # the other corner
+        (low_w / 2 - 3, low_h / 2 - 3, low_w / 2 + 3, low_h / 2 + 3),
+        (3.3, 7.7, 20.2, 25.9),  # fractional
+        (0, 0, low_w, low_h),  # the whole view
+        (-30, -30, low_w + 30, low_h + 30),  # larger than the view: clamped
+        (5, 5, 6, low_h),  # a thin tall strip
+        (5, 5, low_w, 6),  # a thin wide strip
+        (10, 10, 27, 27),  # a small label's size (x2: 34 px at full resolution)
+    ]
+
+
+@pytest.mark.parametrize("size", WORLD_SIZES)
+def test_crop_is_on_the_grid_inside_the_image_and_covers_the_box(size):
+    views = views_of(*size)
+    assert views.high.size == size and views.low.size == (size[0] // 2, size[1] // 2)
+    for box in box_cases(*size):
+        left, top, right, bottom = zoom_region(box, views, GRID)
+        width, height = right - left, bottom - top
+        assert width % 28 == 0 and height % 28 == 0, box
+        assert width >= 56 and height >= 56, box  # at least 2x2 visual tokens
+        assert 0 <= left and 0 <= top and right <= size[0] and bottom <= size[1], box
+        x1, y1 = max(0, box[0]) * 2, max(0, box[1]) * 2
+        x2, y2 = min(size[0] // 2, box[2]) * 2, min(size[1] // 2, box[3]) * 2
+        assert left <= x1 + 1e-9 and top <= y1 + 1e-9 and right >= x2 - 1e-9 and bottom >= y2 - 1e-9, box
+        assert width <= max(56, math.ceil((x2 - x1) / 28) * 28) and height <= max(56, math.ceil((y2 - y1) / 28) * 28)
+        crop = zoom_crop(box, views, GRID)
+        assert crop.size == (width, height)
+        assert crop.tobytes() == views.high.crop((left, top, right, bottom)).tobytes()  # not resampled
+        assert GRID.tokens(*crop.size) == (width // 28) * (height // 28)
+
+
+def test_crop_is_the_high_view_pixel_for_pixel():
+    item = synth.make_item(31, 1)  # a fine_small item: the label's 1 px pattern must survive the crop
+    views = make_views(item.image, GRID)
+    x1, y1, x2, y2 = item.label_box
+    crop = zoom_crop((x1 / 2, y1 / 2, x2 / 2, y2 / 2), views, GRID)
+    region = zoom_region((x1 / 2, y1 / 2, x2 / 2, y2 / 2), views, GRID)
+    assert crop.tobytes() == item.image.crop(region).tobytes()
+    assert region[0] <= x1 and region[1] <= y1 and region[2] >= min(x2, item.image.width)
+
+
+def test_the_crop_is_what_the_model_receives(shipped_model):
+    """The processor gives the crop exactly the visual tokens the grid counts (the engine also checks this on
+    every prefill), for every aspect ratio of the world and boxes of every kind."""
+    from visionthink.tokens import encode, visual_tokens
+
+    _, processor = shipped_model
+    assert processor.grid == GRID
+    for size in WORLD_SIZES:
+        views = views_of(*size)
+        for box in box_cases(*size):
+            crop = zoom_crop(box, views, processor.grid)
+            messages = [*VISIONTHINK_ZOOM.first_turn("q?", views.low),
+                        protocol.assistant_turn(protocol.zoom_text("t", box)), protocol.zoom_turn(crop)]
+            batch = encode(processor, messages, add_generation_prompt=True, protocol=VISIONTHINK_ZOOM)
+            received = visual_tokens(processor, batch["image_grid_thw"])
+            assert received == [processor.grid.tokens(*views.low.size), processor.grid.tokens(*crop.size)], (size, box)
+
+
+def test_crop_on_a_larger_grid_keeps_min_pixels():
+    grid = PixelGrid(28, 56 * 56 * 2, 28 * 28 * 1280)  # min_pixels larger than 2x2 cells
+    views = make_views(Image.new("RGB", (1000, 700), "white"), grid)
+    left, top, right, bottom = zoom_region((10, 10, 12, 12), views, grid)
+    assert (right - left) * (bottom - top) >= grid.min_pixels
+    assert (right - left) % 28 == 0 and (bottom - top) % 28 == 0
+    assert right <= views.high.width and bottom <= views.high.height
+    with pytest.raises(ValueError, match="does not overlap"):
+        zoom_region((-10, -10, -1, -1), views, grid)
+
+
+def test_oracle_box_covers_the_true_box():
+    assert oracle_box((57, 1, 80, 23), (112, 112), (56, 56)) == (28, 0, 40, 12)
+    assert oracle_box((0, 0, 112, 168), (112, 168), (56, 84)) == (0, 0, 56, 84)
+    assert oracle_box((10, 10, 20, 20), (1000, 700), (504, 336)) == (5, 4, 11, 10)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class ZoomBackend:
+    """Answers each turn from a script (question -> its turns) under the zoom profile."""
+
+    script: dict[str, list[str]]
+    grid: PixelGrid = GRID
+    batch_size: int = 4
+    protocol: object = VISIONTHINK_ZOOM
+
+    def __post_init__(self):
+        self.calls: list[tuple[str, int, bool]] = []
+
+    def session(self):
+        return self
+
+    def generate(self, rows, conversations, forbid_call):
+        outputs = []
+        for messages, forbid in zip(conversations, forbid_call, strict=True):
+            question = protocol.assistant_text(messages[1]).split("\n")[0]
+            turn = sum(m["role"] == "assistant" for m in messages)
+            self.calls.append((question, turn, forbid))
+            outputs.append(Generated(self.script[question][turn], generated_tokens=5, sequence_tokens=90 + turn))
+        return outputs
+
+
+def test_modes_are_listed():
+    assert MODES == ("full", "low", "visionthink", "oracle")  # what demo runs, unchanged
+    assert ZOOM_MODES == ("zoom", "oracle-zoom") and ALL_MODES == MODES + ZOOM_MODES
+
+
+@pytest.mark.parametrize("size", WORLD_SIZES)
+def test_zoom_mode_runs_the_crop_and_counts_its_tokens(size):
+    low_w, low_h = size[0] // 2, size[1] // 2
+    script = {
+        "zooms": [protocol.zoom_text("small", [2, 3, 15, 16]), ANSWER],
+        "resizes": [protocol.resize_text("small"), ANSWER],
+        "answers": [ANSWER],
+        "outside": [call({"box": [low_w + 1, 0, low_w + 20, 10]}), ANSWER],
+        "nan": [call('{"name": "zoom_image", "arguments": {"box": [NaN, 0, 1, 1]}}'), ANSWER],
+        "inverted": [call({"box": [20, 20, 10, 10]}), ANSWER],
+        "arity": [call({"box": [1, 2, 3]}), ANSWER],
+        "strings": [call({"box": ["a", "b", "c", "d"]}), ANSWER],
+        "zooms twice": [protocol.zoom_text("a", [0, 0, 10, 10]), protocol.zoom_text("b", [0, 0, 10, 10])],
+    }
+    requests = [Request(Image.new("RGB", size, "white"), q) for q in script]
+    episodes = dict(zip(script, run_episodes(ZoomBackend(script), requests, "zoom"), strict=True))
+    low_tokens, full = GRID.tokens(low_w, low_h), GRID.tokens(*size)
+    zoomed = episodes["zooms"]
+    assert zoomed.zoomed and not zoomed.resized and zoomed.action == "zoom" and zoomed.well_formed
+    assert zoomed.zoom_box == (2.0, 3.0, 15.0, 16.0) and zoomed.answer == "dots"
+    tool = zoomed.messages[3]
+    assert tool["role"] == "tool" and tool["name"] == "zoom_image"
+    crop = protocol.images_in(zoomed.messages)[1]
+    assert crop.size == (56, 56)  # 26 px of the high view, grown to 2x2 cells
+    assert zoomed.visual_tokens_per_turn == [low_tokens, 4] and zoomed.visual_tokens == low_tokens + 4
+    assert zoomed.full_res_visual_tokens == full and zoomed.summary()["action"] == "zoom"
+    assert zoomed.summary()["zoom_box"] == [2.0, 3.0, 15.0, 16.0]
+    resized = episodes["resizes"]
+    assert resized.resized and not resized.zoomed and resized.action == "resize" and resized.well_formed
+    assert resized.visual_tokens == low_tokens + full
+    assert episodes["answers"].action == "answer" and episodes["answers"].visual_tokens == low_tokens
+    for name in ("outside", "nan", "inverted", "arity", "strings"):
+        episode = episodes[name]
+        assert episode.turns[0].kind == "malformed" and episode.action == "answer", name
+        assert episode.messages[3]["role"] == "tool" and episode.messages[3]["content"][0]["text"].startswith("Error: ")
+        assert len(protocol.images_in(episode.messages)) == 1 and episode.visual_tokens == low_tokens, name
+        assert episode.answer == "dots" and not episode.well_formed, name
+    assert "outside the image" in episodes["outside"].messages[3]["content"][0]["text"]
+    twice = episodes["zooms twice"]
+    assert twice.answer is None and twice.zoomed and "called zoom_image instead of answering" in twice.error
+
+
+def test_oracle_zoom_zooms_on_the_true_box_only_where_needed():
+    script = {"needs": [ANSWER, ANSWER], "fine": [ANSWER],
+              "needs, zooms elsewhere": [protocol.zoom_text("x", [40, 40, 50, 50]), ANSWER]}
+    box = (60, 20, 90, 50)  # image pixels of the 168x112 image
+    requests = [Request(Image.new("RGB", (168, 112)), "needs", True, box), Request(Image.new("RGB", (168, 112)),
+                "fine", False), Request(Image.new("RGB", (168, 112)), "needs, zooms elsewhere", True, box)]
+    backend = ZoomBackend(script)
+    episodes = run_episodes(backend, requests, "oracle-zoom")
+    assert [e.action for e in episodes] == ["zoom", "answer", "zoom"]
+    assert episodes[0].zoom_box == (30.0, 10.0, 45.0, 25.0) == episodes[2].zoom_box
+    assert episodes[0].turns[0].think == "seen" and episodes[0].well_formed  # the model's reasoning is kept
+    crop = protocol.images_in(episodes[0].messages)[1]
+    assert crop.size == (56, 56) and episodes[0].visual_tokens == 6 + 4
+    assert ("fine", 0, True) in backend.calls and ("needs", 0, False) in backend.calls
+
+
+def test_zoom_modes_refuse_what_they_cannot_run():
+    requests = [Request(Image.new("RGB", (112, 112)), "q", True)]
+    with pytest.raises(ValueError, match="needs a protocol that offers zoom_image"):
+        run_episodes(ZoomBackend({}, protocol=VISIONTHINK), requests, "zoom")
+    with pytest.raises(ValueError, match="needs `box`"):
+        run_episodes(ZoomBackend({}), requests, "oracle-zoom")
+    with pytest.raises(ValueError, match="needs `needs_high_res`"):
+        run_episodes(ZoomBackend({}), [Request(Image.new("RGB", (112, 112)), "q")], "oracle-zoom")
+    with pytest.raises(ValueError, match="unknown mode"):
+        run_episodes(ZoomBackend({}), requests, "zoomed")
+
+
+def test_oracle_zoom_on_the_shipped_model(shipped_model):
+    """The real engine: the crop's tokens are what the processor gives (the engine checks on prefill), the zoom
+    lands on the label, and items that need no high resolution answer directly."""
+    from visionthink.engines.transformers_engine import TransformersEngine
+
+    model, processor = shipped_model
+    items = synth.split_items("test", 6, seed=0)
+    engine = TransformersEngine(model, processor, batch_size=6, protocol="visionthink-zoom")
+    episodes = engine.run([Request(i.image, i.question, i.needs_high_res, i.label_box) for i in items], "oracle-zoom")
+    for item, episode in zip(items, episodes, strict=True):
+        assert episode.action == ("zoom" if item.needs_high_res else "answer")
+        assert episode.full_res_visual_tokens == GRID.tokens(*item.image.size)
+        if item.needs_high_res:
+            crop = protocol.images_in(episode.messages)[1]
+            region = zoom_region(episode.zoom_box, make_views(item.image, GRID), GRID)
+            x1, y1, x2, y2 = item.label_box
+            assert region[0] <= x1 and region[1] <= y1
+            assert region[2] >= min(x2, item.image.width) and region[3] >= min(y2, item.image.height)
+            assert episode.visual_tokens == GRID.tokens(item.image.width // 2, item.image.height // 2) + 4
+            assert crop.size == (56, 56)
+
+
+# ---------------------------------------------------------------- eval
+
+
+def test_synth_bench_knows_the_label_box(tmp_path):
+    from visionthink.data.export import write_synth_dataset
+    from visionthink.eval.benchmarks import BENCHMARKS
+
+    bench = BENCHMARKS["synth"]
+    builtin = bench.load(None, limit=4)
+    items = synth.split_items("test", 4, seed=0)
+    assert [bench.label_box(s) for s in builtin] == [i.label_box for i in items]
+    write_synth_dataset(tmp_path / "synth", n=3, seed=0, splits=["test"])
+    assert [bench.label_box(s) for s in bench.load(tmp_path / "synth")] == [i.label_box for i in items[:3]]
+    assert [BENCHMARKS["synth-heldout"].label_box(s) for s in BENCHMARKS["synth-heldout"].load(None, limit=4)] == [
+        i.label_box for i in items]
+    other = builtin[1].__class__("x-1", builtin[1].image, "q", "dots", {})
+    assert bench.label_box(other) is None
+
+
+def test_eval_runs_oracle_zoom(tmp_path, shipped_model):
+    from visionthink.engines.transformers_engine import TransformersEngine
+    from visionthink.eval.runner import EvalConfig, run_eval
+
+    model, processor = shipped_model
+    engine = TransformersEngine(model, processor, batch_size=6)
+    config = EvalConfig(model=None, benches=["synth"], modes=["oracle", "oracle-zoom"], out=tmp_path / "run",
+                        limit=6, progress=False)
+    result = run_eval(config, engine=engine, log=lambda message: None)
+    summary = result.summary["synth"]
+    assert summary["oracle-zoom"]["zoom_ratio"] == pytest.approx(2 / 6)
+    assert summary["oracle-zoom"]["resize_ratio"] == 0.0 and "zoom_ratio" not in summary["oracle"]
+    assert summary["oracle-zoom"]["visual_tokens"] < summary["oracle"]["visual_tokens"]
+    records = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert {r["action"] for r in records if r["mode"] == "oracle-zoom"} == {"zoom", "answer"}
+    assert {r["action"] for r in records if r["mode"] == "oracle"} == {"resize", "answer"}
