@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -420,3 +421,58 @@ def test_eval_runs_oracle_zoom(tmp_path, shipped_model):
     records = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert {r["action"] for r in records if r["mode"] == "oracle-zoom"} == {"zoom", "answer"}
     assert {r["action"] for r in records if r["mode"] == "oracle"} == {"resize", "answer"}
+
+
+# ---------------------------------------------------------------- SFT data
+
+
+def test_sft_zoom_flag_is_off_by_default():
+    from visionthink.train.sft_data import sample_example
+
+    for seed in range(6):
+        a = sample_example(np.random.default_rng(seed), GRID, 0.5, 0.25)
+        b = sample_example(np.random.default_rng(seed), GRID, 0.5, 0.25, zoom_fraction=0.0)
+        assert a.messages == b.messages and a.protocol == b.protocol == "visionthink" and not a.zoomed
+        assert protocol.ZOOM_USER_INSTRUCTION not in a.messages[1]["content"][1]["text"]
+
+
+def test_sft_zoom_conversations_are_supervised_by_the_label_box(shipped_model):
+    from visionthink.tokens import encode, visual_tokens
+    from visionthink.train.sft_data import AUX_HEADS, sample_example
+
+    _, processor = shipped_model
+    rng = np.random.default_rng(0)
+    examples = [sample_example(rng, GRID, 1.0, 0.0, zoom_fraction=1.0) for _ in range(24)]
+    zoomed = [e for e in examples if e.zoomed]
+    assert zoomed and all(e.protocol == "visionthink-zoom" for e in examples)
+    assert all(e.zoomed == (e.family != "coarse") for e in examples)  # every label question zooms here
+    for example in examples:
+        turns = [VISIONTHINK_ZOOM.parse_turn(protocol.assistant_text(m)) for m in example.messages
+                 if m["role"] == "assistant"]
+        assert [t.kind for t in turns] == (["zoom", "answer"] if example.zoomed else ["resize", "answer"])
+        assert all(t.well_formed for t in turns)
+        images = protocol.images_in(example.messages)
+        batch = encode(processor, example.messages, protocol=VISIONTHINK_ZOOM)
+        counts = visual_tokens(processor, batch["image_grid_thw"])
+        assert counts == [GRID.tokens(*image.size) for image in images]
+        assert [len(targets["count"]) for targets in example.aux] == counts
+        assert all(set(targets) == set(AUX_HEADS) for targets in example.aux)
+        if example.zoomed:
+            crop_targets = example.aux[1]
+            assert (crop_targets["pattern"] >= 0).any() and (crop_targets["legible"] == 1).any()
+            assert GRID.tokens(*images[1].size) >= 4
+
+
+def test_sft_zoom_box_covers_the_label():
+    from visionthink.train.sft_data import label_zoom_box, region_aux_targets
+
+    for seed in range(20):
+        scene = synth.make_scene(np.random.default_rng(seed), label_size="small")
+        views = make_views(scene.image, GRID)
+        box = label_zoom_box(scene, views)
+        region = zoom_region(box, views, GRID)
+        x1, y1, x2, y2 = scene.label_box
+        assert region[0] <= x1 and region[1] <= y1
+        assert region[2] >= min(x2, scene.image.width) and region[3] >= min(y2, scene.image.height)
+        targets = region_aux_targets(scene, region, GRID)
+        assert int(targets["largest"].sum()) <= 1 and int(targets["count"].sum()) <= len(scene.shapes)

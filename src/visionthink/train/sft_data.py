@@ -6,7 +6,7 @@ probability whatever the item needs, so RL (issue 3) has to learn *when* to ask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Literal
 
@@ -15,7 +15,7 @@ import torch
 
 from visionthink import protocol
 from visionthink.data import synth
-from visionthink.images import PixelGrid, make_views
+from visionthink.images import PixelGrid, Views, make_views, zoom_crop, zoom_region
 from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
 
 THINK = {
@@ -84,6 +84,10 @@ class Example:
     """Whether the first image shows the answer (False: a small label's pattern at low resolution)."""
     with_tools: bool = True
     """False for a perception-stage conversation, rendered without the protocol's tool block."""
+    protocol: str = "visionthink"
+    """The profile to render it with: "visionthink-zoom" for the conversations of `zoom_fraction` > 0."""
+    zoomed: bool = False
+    """The conversation calls `zoom_image` on the label's true box (`zoom_fraction`)."""
 
 
 AUX_HEADS = {"count": 4, "shape": 1 + len(synth.SHAPES), "colour": 1 + len(synth.COLOURS), "largest": 2,
@@ -157,10 +161,13 @@ def perception_conversation(question: str, answer: str, image, question_type: st
 
 
 def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: float,
-                   full_res_fraction: float, perception: bool = False) -> Example:
+                   full_res_fraction: float, perception: bool = False, zoom_fraction: float = 0.0) -> Example:
     """A fresh random scene, a random question about it in a random training wording, and a random
     conversation shape. `perception`: the short form (`perception_conversation`) on a view that shows
-    the answer."""
+    the answer. `zoom_fraction` > 0 (off by default: the recipe's draws are unchanged): protocol conversations
+    in the `visionthink-zoom` profile, some zooming on the label's true box (`sample_zoom_example`)."""
+    if zoom_fraction > 0 and not perception:
+        return sample_zoom_example(rng, grid, resize_fraction, full_res_fraction, zoom_fraction)
     scene = synth.make_scene(rng)
     question_type = str(rng.choice(["colour", "shape", "count", "pattern", "pattern"]))
     family = synth.family_of(scene, question_type)
@@ -179,6 +186,87 @@ def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: f
     legible = question_type != "pattern" or pattern_legible(scene.label_size, start == "high")
     return Example(messages, [aux_targets(scene, image.size, grid) for image in shown], family, start, resize,
                    legible)
+
+
+def label_zoom_box(scene: synth.Scene, views: Views) -> tuple[int, int, int, int]:
+    """The generator's label box as a zoom call's box: whole low-view pixels that cover it (the supervision of
+    the call's argument; a pretrained VLM grounds regions already, the from-scratch tiny model cannot)."""
+    sx, sy = views.low.width / scene.image.width, views.low.height / scene.image.height
+    x1, y1, x2, y2 = scene.label_box
+    return (int(np.floor(x1 * sx)), int(np.floor(y1 * sy)),
+            min(views.low.width, int(np.ceil(x2 * sx))), min(views.low.height, int(np.ceil(y2 * sy))))
+
+
+def zoom_conversation(question: str, answer: str, views: Views, start: Start, call: Literal["none", "resize", "zoom"],
+                      grid: PixelGrid, question_type: str | None = None,
+                      box: tuple[int, int, int, int] | None = None) -> list[protocol.Message]:
+    """A `visionthink-zoom` conversation with canonical turns: direct answer, resize then answer, or zoom on `box`
+    (low-view pixels) then answer on the crop."""
+    from visionthink.profiles import VISIONTHINK_ZOOM
+
+    think = think_for(question, question_type)
+    messages = VISIONTHINK_ZOOM.first_turn(question, views.low if start == "low" else views.high)
+    if call == "resize":
+        messages += [protocol.assistant_turn(protocol.resize_text(think)), protocol.tool_turn(views.high)]
+    elif call == "zoom":
+        if box is None:
+            raise ValueError("a zoom conversation needs its box")
+        messages += [protocol.assistant_turn(protocol.zoom_text(think, box)),
+                     protocol.zoom_turn(zoom_crop(box, views, grid))]
+    messages.append(protocol.assistant_turn(protocol.answer_text(think, answer)))
+    return messages
+
+
+def region_aux_targets(scene: synth.Scene, region: tuple[int, int, int, int], grid: PixelGrid
+                       ) -> dict[str, torch.Tensor]:
+    """`aux_targets` of a zoom's crop (`region` of the image at full resolution, as `images.zoom_region` gives
+    it): the shapes centred inside it, the true largest one, and the label's pattern (legible: full resolution)."""
+    left, top, right, bottom = region
+    inside = [shape for shape in scene.shapes if left <= shape.cx < right and top <= shape.cy < bottom]
+    x1, y1, x2, y2 = scene.label_box
+    crop = replace(scene, shapes=[replace(s, cx=s.cx - left, cy=s.cy - top) for s in inside],
+                   label_box=(x1 - left, y1 - top, x2 - left, y2 - top), image=scene.image.crop(region))
+    index = next((i for i, shape in enumerate(inside) if shape is scene.largest), None)
+    return aux_targets(_WithLargest(crop, None if index is None else crop.shapes[index]), crop.image.size, grid)
+
+
+class _WithLargest:
+    """A scene whose `largest` is given: the whole scene's largest shape when it is in view, else None (a crop's
+    shapes are not the scene's, and the largest one in view is not the largest)."""
+
+    def __init__(self, scene: synth.Scene, largest: synth.Shape | None):
+        self._scene, self.largest = scene, largest
+
+    def __getattr__(self, name):
+        return getattr(self._scene, name)
+
+
+def sample_zoom_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: float, full_res_fraction: float,
+                        zoom_fraction: float) -> Example:
+    """`sample_example`'s protocol conversation in the `visionthink-zoom` profile: a low-res start calls a tool with
+    probability `resize_fraction` whatever the item needs (the decision stays uninformed; GRPO learns it); a call
+    about the label zooms on the label's true box (`label_zoom_box`) with probability `zoom_fraction`, else
+    resizes. Coarse questions' calls resize (no box to supervise)."""
+    scene = synth.make_scene(rng)
+    question_type = str(rng.choice(["colour", "shape", "count", "pattern", "pattern"]))
+    family = synth.family_of(scene, question_type)
+    views = make_views(scene.image, grid)
+    start: Start = "high" if rng.random() < full_res_fraction else "low"
+    answer = synth.answer_for(scene, question_type)
+    question = synth.pick_wording(rng, question_type, "train")
+    calls = start == "low" and rng.random() < resize_fraction
+    zoom = calls and question_type == "pattern" and rng.random() < zoom_fraction
+    box = label_zoom_box(scene, views) if zoom else None
+    call = "zoom" if zoom else "resize" if calls else "none"
+    messages = zoom_conversation(question, answer, views, start, call, grid, question_type, box)
+    aux = [aux_targets(scene, (views.low if start == "low" else views.high).size, grid)]
+    if call == "resize":
+        aux.append(aux_targets(scene, views.high.size, grid))
+    elif call == "zoom":
+        aux.append(region_aux_targets(scene, zoom_region(box, views, grid), grid))
+    legible = question_type != "pattern" or pattern_legible(scene.label_size, start == "high")
+    return Example(messages, aux, family, start, call == "resize", legible, protocol="visionthink-zoom",
+                   zoomed=zoom)
 
 
 def decision_position(labels: torch.Tensor, decision_ids: list[int]) -> int:
