@@ -235,3 +235,25 @@ def test_shared_prefix_is_computed_once_and_changes_nothing(shipped_model, synth
         if engine is shared:
             expected = written
     assert written == expected
+
+
+def test_second_turn_repeating_the_first_is_guessed_not_decoded(shipped_model, synth_items):
+    """While a second turn restates the first turn's tokens, they are fed as a guess and kept where the model
+    writes them itself: the episodes are unchanged and the resize turns take fewer forward passes."""
+    model, processor = shipped_model
+    requests = [Request(i.image, i.question, True) for i in synth_items[:8]]
+    runs = {}
+    for repeats in (False, True):
+        engine = TransformersEngine(model, processor, batch_size=8, draft_repeats=repeats)
+        calls = []
+        original = model.forward
+        model.forward = lambda *a, calls=calls, original=original, **k: calls.append(1) or original(*a, **k)
+        try:
+            episodes = engine.run(requests, "oracle")
+        finally:
+            del model.forward
+        runs[repeats] = ([e.summary() | {"seconds": 0} for e in episodes], len(calls))
+    assert runs[True][0] == runs[False][0]
+    second = [e for e in runs[True][0] if len(e["turns"]) == 2]
+    assert second and any(e["turns"][1].split("</think>")[0] == e["turns"][0].split("</think>")[0] for e in second)
+    assert runs[True][1] < runs[False][1] - 3

@@ -143,13 +143,17 @@ class KVDecoder:
 
     @torch.no_grad()
     def decode(self, sampling: SamplingConfig, banned_ids: list[list[int]] | None = None,
-               generator: torch.Generator | None = None, draft: Draft | None = None) -> list[list[int]]:
+               generator: torch.Generator | None = None, draft: Draft | None = None,
+               previous: list[list[int]] | None = None) -> list[list[int]]:
         """Generate for every row until a stop token (kept) or `max_new_tokens`.
 
         `banned_ids[row]` lists token ids that row may not produce. The tokens chosen at the last step are
         recorded but not run through the model (nothing reads their logits); a later `prefill` computes them.
         With a `draft`, a row that writes its trigger token gets the draft's tail fed in the same forward
-        pass and keeps the longest prefix the model itself would have chosen (see `Draft`).
+        pass and keeps the longest prefix the model itself would have chosen (see `Draft`). With `previous`
+        (per row, what it wrote in its last turn), a row that is repeating that turn so far gets the next
+        `REPEAT_GUESS` tokens of it as a guess, kept the same way (a second turn often restates the first's
+        reasoning).
         """
         ban = None
         if banned_ids and any(banned_ids):
@@ -170,13 +174,14 @@ class KVDecoder:
                 break
             feeds = {row: [tokens[row]] for row in fed}
             guesses = {}
-            if draft is not None:
-                for row in active:
-                    room = sampling.max_new_tokens - len(generated[row])
-                    guess = draft.propose(self.history[row], room, stops)
-                    if guess:
-                        guesses[row] = guess
-                        feeds[row] += guess
+            for row in active:
+                room = sampling.max_new_tokens - len(generated[row])
+                guess = draft.propose(self.history[row], room, stops) if draft is not None else []
+                if not guess and previous is not None:
+                    guess = _repeat_guess(previous[row], generated[row], min(room, REPEAT_GUESS), stops)
+                if guess:
+                    guesses[row] = guess
+                    feeds[row] += guess
             logits = self._feed_tokens(feeds)
             tokens = self._choose_rows(logits[:, -1], ban, sampling, generator)
             for row, guess in guesses.items():
@@ -284,6 +289,22 @@ class SharedPrefix:
             model(input_ids=tokens, attention_mask=torch.ones_like(tokens), position_ids=positions, cache=cache,
                   use_cache=True, logits_to_keep=1)
         return cls(list(ids), cache)
+
+
+REPEAT_GUESS = 16
+"""Tokens of the previous turn guessed at once while a row repeats it."""
+
+
+def _repeat_guess(previous: list[int], written: list[int], room: int, stops: set[int]) -> list[int]:
+    """The next `room` tokens of `previous` when `written` is a prefix of it, ending at a stop token."""
+    n = len(written)
+    if n >= len(previous) or previous[:n] != written:
+        return []
+    guess = previous[n : n + room]
+    for index, token in enumerate(guess):
+        if token in stops:
+            return guess[: index + 1]
+    return guess
 
 
 def _image_spans(mm_token_type_ids: torch.Tensor) -> list[tuple[int, int]]:

@@ -27,6 +27,7 @@ class TransformersEngine:
 
     def __init__(self, model, processor, sampling: SamplingConfig | None = None, batch_size: int = 16,
                  reuse_cache: bool = True, draft_tool_call: bool = True, share_prefix: bool = True,
+                 draft_repeats: bool = True,
                  protocol: str | ProtocolProfile | None = None):
         self.model = model
         use_linear_patch_embed(model)  # same outputs up to rounding, a fraction of the time (models/patch_embed.py)
@@ -55,6 +56,8 @@ class TransformersEngine:
                                                    self.stop_ids[0]))
         self.generator = torch.Generator().manual_seed(self.sampling.seed) if self.sampling.seed is not None else None
         self.share_prefix = share_prefix
+        self.draft_repeats = draft_repeats
+        """In a second turn, guess the first turn's tokens while the model repeats them (outputs unchanged)."""
         """Compute the system prompt and tool block once and start every row's cache from it."""
         self._prefix: SharedPrefix | None = None
 
@@ -120,6 +123,8 @@ class _KVSession:
         self.engine = engine
         self.decoder: KVDecoder | None = None
         self.rows: list[int] = []
+        self.written: dict[int, list[int]] = {}
+        """Per batch row, what it wrote in its last turn (guessed again while the next turn repeats it)."""
 
     def generate(self, rows: list[int], conversations: list[list[protocol.Message]],
                  forbid_call: list[bool]) -> list[Generated]:
@@ -131,8 +136,10 @@ class _KVSession:
         self.rows = list(rows)
         decoder = self.decoder
         engine.feed(decoder, conversations)
+        previous = [self.written.get(row, []) for row in rows] if engine.draft_repeats else None
         outputs = decoder.decode(engine.sampling, banned_ids=[engine.banned_ids(f) for f in forbid_call],
-                                 generator=engine.generator, draft=engine.draft)
+                                 generator=engine.generator, draft=engine.draft, previous=previous)
+        self.written = dict(zip(rows, outputs, strict=True))
         engine.prefill_tokens += decoder.fed_tokens
         decoder.fed_tokens = 0
         # The fed tokens are the rendering minus its final "\n" (tests/test_engine.py proves it; the release template
