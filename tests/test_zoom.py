@@ -476,3 +476,126 @@ def test_sft_zoom_box_covers_the_label():
         assert region[2] >= min(x2, scene.image.width) and region[3] >= min(y2, scene.image.height)
         targets = region_aux_targets(scene, region, GRID)
         assert int(targets["largest"].sum()) <= 1 and int(targets["count"].sum()) <= len(scene.shapes)
+
+
+# ---------------------------------------------------------------- the cost-aware group penalty
+
+LOW, ZOOM, RESIZE = 0.25, 0.5, 1.25
+"""Costs in full-resolution units on a 112x112 image: low view 4/16, low + a 2x2 crop 8/16, low + high 20/16."""
+
+
+def test_cost_penalty_on_constructed_groups():
+    from visionthink.rewards.rewards import cost_penalties
+
+    def run(rows, **kwargs):
+        correct = [r[0] for r in rows]
+        tool = [r[1] != "answer" for r in rows]
+        costs = [{"answer": LOW, "zoom": ZOOM, "resize": RESIZE}[r[1]] for r in rows]
+        return [round(p, 6) for p in cost_penalties(correct, tool, costs, ["g"] * len(rows), **kwargs)]
+
+    # low resolution is enough (r = 1/2 >= theta): tools pay Eq. 5's 0.1 and their tokens above the direct answer
+    assert run([(True, "answer"), (True, "zoom"), (True, "resize"), (False, "answer")]) == [0, 0.125, 0.2, 0]
+    # high resolution needed (r = 0): zoom is the cheapest approved answer, resize pays 0.1 x 0.75
+    assert run([(True, "zoom"), (True, "resize"), (False, "answer"), (False, "zoom")]) == [0, 0.075, 0, 0]
+    # a lucky direct guess (r = 1/8 < theta) pays Eq. 5 and sets no reference
+    lucky = [(True, "answer")] + [(True, "resize")] * 6 + [(True, "zoom")]
+    assert run(lucky) == [0.1] + [0.075] * 6 + [0]
+    # only resizes were right: nothing cheaper was reached, so nothing is paid
+    assert run([(True, "resize"), (False, "zoom"), (False, "answer")]) == [0, 0, 0]
+    # all direct and right, or nobody right: nothing
+    assert run([(True, "answer")] * 4) == [0] * 4 and run([(False, "resize"), (False, "zoom")]) == [0, 0]
+    # cost_weight 0 is Eq. 5 alone with any tool counted as high
+    assert run([(True, "answer"), (True, "zoom"), (True, "resize")], cost_weight=0.0) == [0, 0.1, 0.1]
+    assert run([(True, "zoom"), (True, "resize")], cost_weight=0.4) == [0, 0.3]
+
+
+def test_cost_penalty_groups_are_independent_and_order_free():
+    from visionthink.rewards.rewards import cost_penalties
+
+    correct = [True, True, True, True, False, True]
+    tool = [False, True, True, True, True, False]
+    costs = [LOW, RESIZE, ZOOM, RESIZE, ZOOM, LOW]
+    groups = ["a", "a", "b", "b", "b", "c"]
+    amounts = cost_penalties(correct, tool, costs, groups)
+    # a: r = 1/2, the resize pays 0.1 + 0.1 x 1.0; b: r = 0, zoom is the reference; c: alone, nothing
+    assert amounts == pytest.approx([0.0, 0.2, 0.0, 0.075, 0.0, 0.0])
+    order = [5, 3, 0, 4, 1, 2]
+    shuffled = cost_penalties(*([column[i] for i in order] for column in (correct, tool, costs, groups)))
+    assert shuffled == [amounts[i] for i in order]
+
+
+def test_cost_penalty_properties():
+    import random
+
+    from visionthink.rewards.rewards import cost_penalties, resize_penalties
+
+    rng = random.Random(0)
+    for _ in range(300):
+        n = rng.randint(1, 12)
+        actions = [rng.choice(["answer", "zoom", "resize"]) for _ in range(n)]
+        correct = [rng.random() < 0.6 for _ in range(n)]
+        groups = [rng.randint(0, 2) for _ in range(n)]
+        tool = [a != "answer" for a in actions]
+        costs = [{"answer": LOW, "zoom": rng.choice([0.5, 0.625, 0.75]), "resize": RESIZE}[a] for a in actions]
+        amounts = cost_penalties(correct, tool, costs, groups)
+        assert all(p >= 0 for p in amounts) and all(p == 0 for p, ok in zip(amounts, correct, strict=True) if not ok)
+        assert all(p <= 0.1 + 0.1 * (RESIZE - LOW) + 1e-12 for p in amounts)
+        assert cost_penalties(correct, tool, costs, groups, cost_weight=0.0) == resize_penalties(
+            correct, tool, groups, variant="paper")
+        base = resize_penalties(correct, tool, groups, variant="paper")
+        for i in range(n):  # among approved correct rollouts of a group, the cheaper never pays more
+            for j in range(n):
+                if (groups[i] == groups[j] and correct[i] and correct[j] and base[i] == base[j] == 0
+                        and costs[i] <= costs[j]):
+                    assert amounts[i] <= amounts[j] + 1e-12
+
+
+def test_cost_penalty_refuses_bad_input():
+    from visionthink.rewards.rewards import cost_penalties, total_rewards
+
+    with pytest.raises(ValueError, match="differ in length"):
+        cost_penalties([True], [False], [0.25, 0.5], ["g"])
+    with pytest.raises(ValueError, match="finite"):
+        cost_penalties([True], [False], [float("nan")], ["g"])
+    with pytest.raises(ValueError, match="cost_weight"):
+        cost_penalties([True], [False], [0.25], ["g"], cost_weight=-1)
+    with pytest.raises(ValueError, match="needs `costs`"):
+        total_rewards([1.0], [0.5], [False], ["g"], variant="cost")
+
+
+def test_cost_variant_through_episode_rewards():
+    """Zoom episodes through the reward assembly: the cost variant reads each episode's visual tokens; the paper's
+    variants are untouched (a zoom is not `resized` for them)."""
+    from visionthink.rewards.judges import RuleJudge
+    from visionthink.rewards.rewards import PENALTY_VARIANTS, episode_rewards, visual_cost
+
+    assert "cost" not in PENALTY_VARIANTS
+
+    def zoom_episode(answer):
+        views = views_of(112, 112)
+        crop = zoom_crop((10, 10, 24, 24), views, GRID)
+        messages = [*VISIONTHINK_ZOOM.first_turn("What pattern?", views.low),
+                    protocol.assistant_turn(protocol.zoom_text("t", [10, 10, 24, 24])), protocol.zoom_turn(crop),
+                    protocol.assistant_turn(protocol.answer_text("t", answer))]
+        turns = [VISIONTHINK_ZOOM.parse_turn(protocol.assistant_text(m)) for m in messages if m["role"] == "assistant"]
+        return protocol.make_episode(messages, turns, lambda image: GRID.tokens(*image.size), 16)
+
+    def resize_episode(answer):
+        views = views_of(112, 112)
+        messages = [*VISIONTHINK_ZOOM.first_turn("What pattern?", views.low),
+                    protocol.assistant_turn(protocol.resize_text("t")), protocol.tool_turn(views.high),
+                    protocol.assistant_turn(protocol.answer_text("t", answer))]
+        turns = [VISIONTHINK_ZOOM.parse_turn(protocol.assistant_text(m)) for m in messages if m["role"] == "assistant"]
+        return protocol.make_episode(messages, turns, lambda image: GRID.tokens(*image.size), 16)
+
+    episodes = [zoom_episode("dots"), resize_episode("dots"), zoom_episode("checker")]
+    assert [visual_cost(e) for e in episodes] == [0.5, 1.25, 0.5]
+    assert [e.action for e in episodes] == ["zoom", "resize", "zoom"] and all(e.well_formed for e in episodes)
+    truths, questions, groups = ["dots"] * 3, ["What pattern?"] * 3, [0, 0, 0]
+    cost = episode_rewards(episodes, truths, questions, groups, RuleJudge(), variant="cost")
+    assert cost.penalty == pytest.approx([0.0, 0.075, 0.0])
+    assert cost.total == pytest.approx([1.5, 1.5 - 0.075, 0.5])
+    alone = episode_rewards(episodes, truths, questions, groups, RuleJudge(), variant="cost", cost_weight=0.0)
+    assert alone.penalty == [0.0, 0.0, 0.0] and alone.total == pytest.approx([1.5, 1.5, 0.5])
+    paper = episode_rewards(episodes, truths, questions, groups, RuleJudge(), variant="paper")
+    assert paper.penalty == pytest.approx([0.0, 0.1, 0.0])  # unchanged: a zoom counts as direct there

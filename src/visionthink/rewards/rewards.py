@@ -18,6 +18,11 @@ non-zero for a correct rollout):
   correct answer (R_acc = 1), so R_acc - P = 0.9 exactly as in the release.
 - ``"none"``: no penalty (the paper's ablation: collapses to always resizing).
 - ``"flat"``: every correct resized answer loses `penalty` (ablation: collapses to never resizing).
+
+Beyond the paper, for region zoom (issue 12; docs/zoom.md), ``"cost"`` (`COST_VARIANT`, `cost_penalties`; not in
+`PENALTY_VARIANTS`, which the GRPO config accepts, until the trainer passes costs): Eq. 5 with any tool call
+(resize or zoom) counted as "high", plus `cost_weight` times the correct rollout's visual-token cost above the
+cheapest correct rollout of its group that Eq. 5 leaves unpenalised. With `cost_weight` 0 it is Eq. 5 alone.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ from visionthink.protocol import Episode, extract_answer
 from visionthink.rewards.judge_base import Judge, JudgeRequest, Verdict
 
 PENALTY_VARIANTS = ("paper", "release", "none", "flat")
+COST_VARIANT = "cost"
+"""The cost-aware group penalty (`cost_penalties`), for the zoom protocol."""
+COST_WEIGHT = 0.1
+"""beta: penalty per full-resolution image's worth of visual tokens above the group's cheapest approved answer."""
 FORMAT_REWARD = 0.5
 THETA = 0.2
 PENALTY = 0.1
@@ -188,6 +197,47 @@ def resize_penalties(
     return amounts
 
 
+def visual_cost(episode: Episode) -> float:
+    """c: the episode's visual tokens in context at the end, in units of the image's full-resolution tokens
+    (0.25 a direct low-res answer, 1.25 after a resize, 0.25 + crop / full after a zoom)."""
+    full = episode.full_res_visual_tokens
+    return episode.visual_tokens / full if full else 0.0
+
+
+def cost_penalties(
+    correct: Sequence[bool],
+    tool: Sequence[bool],
+    costs: Sequence[float],
+    group_ids: Sequence[Hashable],
+    theta: float = THETA,
+    penalty: float = PENALTY,
+    cost_weight: float = COST_WEIGHT,
+) -> list[float]:
+    """The cost-aware group penalty, as amounts to subtract (>= 0; zero for incorrect rollouts).
+
+    P_i = E_i + K_i, where
+    E_i = Eq. 5 with `tool[i]` (any tool call: resize or zoom) as "high": `resize_penalties(variant="paper")`;
+    K_i = cost_weight * max(0, c_i - c*_g) for a correct rollout, c_i = `costs[i]` (`visual_cost`) and c*_g the
+          smallest cost among the correct rollouts of its group with E = 0 (none: K = 0).
+    So a correct answer pays for visual tokens only above a cheaper correct answer that the same group reached
+    and Eq. 5 approves: a lucky cheap guess in a group that needs high resolution sets no reference, and a group
+    whose only correct answers resized pays nothing for them.
+    """
+    _check_lengths(correct=correct, tool=tool, costs=costs, group_ids=group_ids)
+    if cost_weight < 0 or not math.isfinite(cost_weight):
+        raise ValueError(f"cost_weight must be a finite number >= 0, got {cost_weight}")
+    values = [float(c) for c in costs]
+    if any(not math.isfinite(c) or c < 0 for c in values):
+        raise ValueError("costs must be finite and >= 0")
+    base = resize_penalties(correct, tool, group_ids, variant="paper", theta=theta, penalty=penalty)
+    reference: dict[Hashable, float] = {}
+    for ok, cost, amount, group in zip(correct, values, base, group_ids, strict=True):
+        if ok and amount == 0.0:
+            reference[group] = min(reference.get(group, math.inf), cost)
+    return [amount + (cost_weight * max(0.0, cost - reference[group]) if ok and group in reference else 0.0)
+            for ok, cost, amount, group in zip(correct, values, base, group_ids, strict=True)]
+
+
 # ---------------------------------------------------------------- total
 
 
@@ -211,8 +261,13 @@ def total_rewards(
     theta: float = THETA,
     penalty: float = PENALTY,
     correct_threshold: float = 0.5,
+    costs: Sequence[float] | None = None,
+    cost_weight: float = COST_WEIGHT,
 ) -> RewardBreakdown:
     """R = R_acc + R_format - P_control for each rollout, with the components.
+
+    ``cost`` (`COST_VARIANT`): `resized` means any tool call and `costs` (`visual_cost`) are required; see
+    `cost_penalties`.
 
     A rollout counts as correct for the penalty when R_acc >= `correct_threshold` (judges give 0 or 1).
     For ``release`` the penalty is ``R_acc * penalty`` where `release_hits`, so R_acc - P equals the
@@ -222,7 +277,11 @@ def total_rewards(
     acc = [float(a) for a in accuracy]
     fmt = [float(f) for f in format_scores]
     correct = [a >= correct_threshold for a in acc]
-    if variant == "release":
+    if variant == COST_VARIANT:
+        if costs is None:
+            raise ValueError("the cost variant needs `costs` (visual tokens per rollout in units of full resolution)")
+        pen = cost_penalties(correct, resized, costs, group_ids, theta, penalty, cost_weight)
+    elif variant == "release":
         hits = release_hits(correct, resized, group_ids, theta)
         pen = [a * penalty if hit else 0.0 for a, hit in zip(acc, hits, strict=True)]
     else:
@@ -280,6 +339,10 @@ class GradedRollout:
     verdict: Verdict
     format: float
     resized: bool
+    cost: float | None = None
+    """`visual_cost` of the episode (the `cost` variant reads it)."""
+    tool: bool | None = None
+    """Whether the episode called any tool that ran (resize or zoom; the `cost` variant's "high")."""
 
 
 def grade_episodes(
@@ -293,7 +356,16 @@ def grade_episodes(
     _check_lengths(episodes=episodes, truths=truths, questions=questions)
     verdicts = judge_verdicts(episodes, truths, questions, judge)
     formats = format_rewards(episodes, format_value)
-    return [GradedRollout(v, f, bool(e.resized)) for v, f, e in zip(verdicts, formats, episodes, strict=True)]
+    return [GradedRollout(v, f, bool(e.resized), cost=_cost_of(e), tool=bool(e.resized or getattr(e, "zoomed", False)))
+            for v, f, e in zip(verdicts, formats, episodes, strict=True)]
+
+
+def _cost_of(episode) -> float | None:
+    """`visual_cost`, or None for an object without token counts (the `cost` variant then refuses the batch)."""
+    try:
+        return visual_cost(episode)
+    except (AttributeError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -315,17 +387,24 @@ def group_rewards(
     penalty: float = PENALTY,
     drop_tied: bool = True,
     drop_failed: bool = False,
+    cost_weight: float = COST_WEIGHT,
 ) -> EpisodeRewards:
-    """The group half of the reward: R = R_acc + R_format - P_control over whole groups, and the rows kept."""
+    """The group half of the reward: R = R_acc + R_format - P_control over whole groups, and the rows kept.
+    (`cost_weight` is read by the `cost` variant only.)"""
     _check_lengths(graded=graded, group_ids=group_ids)
+    cost = variant == COST_VARIANT
+    if cost and any(g.cost is None for g in graded):
+        raise ValueError("the cost variant needs every rollout's `cost` (grade_episodes fills it)")
     parts = total_rewards(
         [float(g.verdict.score) for g in graded],
         [g.format for g in graded],
-        [g.resized for g in graded],
+        [(g.resized if g.tool is None else g.tool) if cost else g.resized for g in graded],
         group_ids,
         variant=variant,
         theta=theta,
         penalty=penalty,
+        costs=[g.cost for g in graded] if cost else None,
+        cost_weight=cost_weight,
     )
     tied = tied_groups(parts.total, group_ids)
     failed = failed_groups([g.verdict.ok for g in graded], group_ids)
@@ -346,6 +425,7 @@ def episode_rewards(
     format_value: float = FORMAT_REWARD,
     drop_tied: bool = True,
     drop_failed: bool = False,
+    cost_weight: float = COST_WEIGHT,
 ) -> EpisodeRewards:
     """All of the reward for a batch of episodes: `grade_episodes`, then `group_rewards`.
 
@@ -354,4 +434,4 @@ def episode_rewards(
     """
     _check_lengths(episodes=episodes, group_ids=group_ids)
     graded = grade_episodes(episodes, truths, questions, judge, format_value)
-    return group_rewards(graded, group_ids, variant, theta, penalty, drop_tied, drop_failed)
+    return group_rewards(graded, group_ids, variant, theta, penalty, drop_tied, drop_failed, cost_weight)
