@@ -421,6 +421,8 @@ def test_eval_runs_oracle_zoom(tmp_path, shipped_model):
     records = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert {r["action"] for r in records if r["mode"] == "oracle-zoom"} == {"zoom", "answer"}
     assert {r["action"] for r in records if r["mode"] == "oracle"} == {"resize", "answer"}
+    assert all(len(r["zoom_box"]) == 4 for r in records if r["action"] == "zoom")
+    assert not any("zoom_box" in r for r in records if r["action"] != "zoom")
 
 
 # ---------------------------------------------------------------- SFT data

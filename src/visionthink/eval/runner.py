@@ -267,6 +267,8 @@ def episode_record(bench: str, mode: str, sample, episode, score: float | None, 
         "turns": [] if episode is None else episode.summary()["turns"],
         "meta": _jsonable(dict(sample.meta)),
     }
+    if episode is not None and getattr(episode, "zoom_box", None) is not None:
+        record["zoom_box"] = list(episode.zoom_box)  # the zoom call's box, low-res view pixels (IoU with the truth)
     if batch is not None:
         record.update(batch_id=batch.id, batch_size=batch.size, batch_seconds=round(batch.seconds, 6))
     if error:
