@@ -1,0 +1,160 @@
+"""Wall time of VisionThink against full resolution, split by whether the item needs high resolution.
+
+    python benchmarks/wall_time.py [--quick] [--json] [--batch-sizes 32] [--real-batch-sizes 1,8]
+
+Two models, each timed on the same items in `full` and in the mode under test, interleaved in a
+shuffled order and repeated; every ratio is mode time / full time within one repetition, and the
+min and median over repetitions are printed.
+
+- `tiny`: the shipped model on world-v2 test items. `low_enough` items (no high resolution
+  needed) run `visionthink`; `needs_high` items run `visionthink` too (the model resizes them),
+  and `oracle` for comparison.
+- `real`: the `real-vocab-small` preset (the real Qwen2.5 vocabulary, Qwen2.5-VL's image
+  processor; random weights) at document sizes (1280x960, 1600x1200). Random weights cannot
+  decide, so `oracle` stands in for the decision: `low_enough` answers from the low view, and
+  `needs_high` resizes. Every turn decodes a fixed budget (`--real-decode`, no stop token), so
+  the random text does not skew the times.
+
+`--json` prints `{"tiny": {"low_enough": R, "needs_high": R}, "real": {...}}` with the median ratios
+at the first batch size of each model (the real preset at batch 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from visionthink.data import synth
+from visionthink.engines.kv_decoder import SamplingConfig
+from visionthink.engines.transformers_engine import Request, TransformersEngine
+from visionthink.models import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+DOCUMENT_SIZES = ((1280, 960), (1600, 1200))
+
+
+def timed_ratios(engine: TransformersEngine, requests: list[Request], mode: str, repeats: int,
+                 seed: int) -> list[float]:
+    """`mode` time / `full` time on the same requests, once per repetition, in a shuffled order."""
+    order = random.Random(seed)
+    engine.run(requests[: engine.batch_size], "full")  # warm-up
+    ratios = []
+    for _ in range(repeats):
+        seconds = {}
+        for run in order.sample([mode, "full"], 2):
+            began = time.perf_counter()
+            engine.run(requests, run)
+            seconds[run] = time.perf_counter() - began
+        ratios.append(seconds[mode] / seconds["full"])
+    return ratios
+
+
+def summary(ratios: list[float]) -> dict[str, float]:
+    return {"min": round(min(ratios), 3), "median": round(statistics.median(ratios), 3)}
+
+
+def tiny_ratios(args) -> dict[int, dict[str, dict[str, float]]]:
+    model, processor = load_model(args.model)
+    items = synth.split_items("test", args.tiny_items * 3, seed=11)
+    needs = [Request(i.image, i.question, True) for i in items if i.needs_high_res][: args.tiny_items]
+    enough = [Request(i.image, i.question, False) for i in items if not i.needs_high_res][: args.tiny_items]
+    results = {}
+    for batch_size in args.batch_sizes:
+        engine = TransformersEngine(model, processor, batch_size=batch_size)
+        resized = sum(e.resized for e in engine.run(needs, "visionthink")) / len(needs)
+        results[batch_size] = {
+            "low_enough": summary(timed_ratios(engine, enough, "visionthink", args.repeats, 1)),
+            "needs_high": summary(timed_ratios(engine, needs, "visionthink", args.repeats, 2)),
+            "needs_high_oracle": summary(timed_ratios(engine, needs, "oracle", args.repeats, 3)),
+            "needs_high_resized": round(resized, 3),
+        }
+        print(f"tiny batch {batch_size}: {results[batch_size]}", file=sys.stderr)
+    return results
+
+
+def document(width: int, height: int, seed: int) -> Image.Image:
+    """A page: lines of small dark text-like marks on white."""
+    rng = random.Random(seed)
+    page = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(page)
+    for top in range(40, height - 40, 28):
+        left = 40
+        while left < width - 80:
+            word = rng.randint(20, 90)
+            draw.rectangle([left, top, left + word, top + 12], fill=(rng.randint(0, 60),) * 3)
+            left += word + rng.randint(8, 16)
+    return page
+
+
+def real_ratios(args) -> dict[int, dict[str, dict[str, float]]]:
+    from visionthink.models.presets import build_preset
+
+    model, processor = build_preset("real-vocab-small")
+    model.eval()
+    sampling = SamplingConfig(max_new_tokens=args.real_decode)
+    results = {}
+    for batch_size in args.real_batch_sizes:
+        pages = [document(*DOCUMENT_SIZES[i % len(DOCUMENT_SIZES)], seed=i) for i in range(args.real_items)]
+        engine = TransformersEngine(model, processor, sampling=sampling, batch_size=batch_size)
+        engine.stop_ids = [-1]  # a fixed decode budget: random weights never stop early
+        needs = [Request(page, "What is the total on this page?", True) for page in pages]
+        enough = [Request(page, "Is this a document?", False) for page in pages]
+        first = engine.run(needs[:1], "oracle")[0]
+        results[batch_size] = {
+            "low_enough": summary(timed_ratios(engine, enough, "oracle", args.repeats, 4)),
+            "needs_high": summary(timed_ratios(engine, needs, "oracle", args.repeats, 5)),
+            "visual_tokens": {"low": first.visual_tokens_per_turn[0], "full": first.full_res_visual_tokens},
+        }
+        print(f"real batch {batch_size}: {results[batch_size]}", file=sys.stderr)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=str(REPO / "checkpoints" / "tiny-synth"))
+    parser.add_argument("--batch-sizes", default="32", help="tiny model batch sizes, comma-separated")
+    parser.add_argument("--real-batch-sizes", default="1,8", help="real-shape batch sizes, comma-separated")
+    parser.add_argument("--tiny-items", type=int, default=96, help="items per split (needs high / low enough)")
+    parser.add_argument("--real-items", type=int, default=8, help="document images per split")
+    parser.add_argument("--real-decode", type=int, default=24, help="tokens decoded per turn on the real preset")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--quick", action="store_true", help="fewer items and repeats (a few minutes)")
+    parser.add_argument("--skip-real", action="store_true", help="the tiny model only")
+    parser.add_argument("--skip-tiny", action="store_true", help="the real-shape preset only")
+    parser.add_argument("--json", action="store_true", help="print the median ratios as JSON")
+    args = parser.parse_args()
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    args.real_batch_sizes = [int(b) for b in args.real_batch_sizes.split(",")]
+    if args.quick:
+        args.tiny_items, args.real_items, args.repeats = 64, 8, 3
+    torch.set_num_threads(args.threads)
+    tiny = {} if args.skip_tiny else tiny_ratios(args)
+    real = {} if args.skip_real else real_ratios(args)
+    if args.json:
+        report = {}
+        if tiny:
+            report["tiny"] = {key: tiny[args.batch_sizes[0]][key]["median"] for key in ("low_enough", "needs_high")}
+        if real:
+            first = real[args.real_batch_sizes[0]]
+            report["real"] = {key: first[key]["median"] for key in ("low_enough", "needs_high")}
+        print(json.dumps(report))
+    else:
+        print("model | batch | low_enough (min / median) | needs_high (min / median)")
+        for name, results in (("tiny", tiny), ("real-vocab-small", real)):
+            for batch_size, row in results.items():
+                print(f"{name} | {batch_size} | {row['low_enough']['min']} / {row['low_enough']['median']} | "
+                      f"{row['needs_high']['min']} / {row['needs_high']['median']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
