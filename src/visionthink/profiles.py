@@ -6,6 +6,8 @@
   the tool block inside the system prompt, their user template around the question, the tool's answer as a user
   turn with their follow-up text, their error turn, their call parsing and `<answer>` split, and no newline
   after an assistant's `<|im_end|>`. The released checkpoints were trained on this one.
+- `visionthink-zoom` (issue 12, docs/zoom.md): `visionthink` plus a `zoom_image` tool whose box (low-res pixels) returns
+  that region of the high-res view; the `zoom` and `oracle-zoom` modes run on it (`with_zoom`).
 
 A profile is what the two-turn loop (`engines.base`), the renderers (`tokens.render_text`), the engines, eval,
 serve and GRPO are given; `get_profile(None)` is `visionthink`, so code that passes none is unchanged.
