@@ -42,23 +42,30 @@ DOCUMENT_SIZES = ((1280, 960), (1600, 1200))
 
 
 def timed_ratios(engine: TransformersEngine, requests: list[Request], mode: str, repeats: int,
-                 seed: int) -> list[float]:
-    """`mode` time / `full` time on the same requests, once per repetition, in a shuffled order."""
+                 seed: int) -> dict[str, list[float]]:
+    """`mode` time / `full` time on the same requests, once per repetition, in a shuffled order; also both
+    modes' milliseconds per item."""
     order = random.Random(seed)
     engine.run(requests[: engine.batch_size], "full")  # warm-up
-    ratios = []
+    times: dict[str, list[float]] = {"ratio": [], "ms_mode": [], "ms_full": []}
     for _ in range(repeats):
         seconds = {}
         for run in order.sample([mode, "full"], 2):
             began = time.perf_counter()
             engine.run(requests, run)
             seconds[run] = time.perf_counter() - began
-        ratios.append(seconds[mode] / seconds["full"])
-    return ratios
+        times["ratio"].append(seconds[mode] / seconds["full"])
+        times["ms_mode"].append(1000 * seconds[mode] / len(requests))
+        times["ms_full"].append(1000 * seconds["full"] / len(requests))
+    return times
 
 
-def summary(ratios: list[float]) -> dict[str, float]:
-    return {"min": round(min(ratios), 3), "median": round(statistics.median(ratios), 3)}
+def summary(times: dict[str, list[float]]) -> dict[str, float]:
+    """Min and median ratio, and the median milliseconds per item of the mode and of `full`."""
+    ratios = times["ratio"]
+    return {"min": round(min(ratios), 3), "median": round(statistics.median(ratios), 3),
+            "ms_per_item": round(statistics.median(times["ms_mode"]), 1),
+            "full_ms_per_item": round(statistics.median(times["ms_full"]), 1)}
 
 
 def tiny_ratios(args) -> dict[int, dict[str, dict[str, float]]]:
@@ -148,11 +155,14 @@ def main() -> int:
             report["real"] = {key: first[key]["median"] for key in ("low_enough", "needs_high")}
         print(json.dumps(report))
     else:
-        print("model | batch | low_enough (min / median) | needs_high (min / median)")
+        print("model | batch | low_enough ratio (min / median) | ms per item vs full | "
+              "needs_high ratio (min / median) | ms per item vs full")
         for name, results in (("tiny", tiny), ("real-vocab-small", real)):
             for batch_size, row in results.items():
-                print(f"{name} | {batch_size} | {row['low_enough']['min']} / {row['low_enough']['median']} | "
-                      f"{row['needs_high']['min']} / {row['needs_high']['median']}")
+                low, high = row["low_enough"], row["needs_high"]
+                print(f"{name} | {batch_size} | {low['min']} / {low['median']} | {low['ms_per_item']} vs "
+                      f"{low['full_ms_per_item']} | {high['min']} / {high['median']} | {high['ms_per_item']} vs "
+                      f"{high['full_ms_per_item']}")
     return 0
 
 
