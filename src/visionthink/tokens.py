@@ -84,9 +84,11 @@ def assistant_mask(processor, input_ids: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def encode_for_training(processor, messages: list[Message], with_tools: bool = True) -> BatchFeature:
-    """`encode` plus `labels`: the input ids on assistant tokens, IGNORE_INDEX elsewhere."""
-    batch = encode(processor, messages, with_tools=with_tools)
+def encode_for_training(processor, messages: list[Message], with_tools: bool = True,
+                        protocol: str | ProtocolProfile | None = None) -> BatchFeature:
+    """`encode` plus `labels`: the input ids on assistant tokens, IGNORE_INDEX elsewhere. `protocol`: the profile
+    to render with, as for `encode` (default `visionthink`)."""
+    batch = encode(processor, messages, with_tools=with_tools, protocol=protocol)
     ids = batch["input_ids"][0]
     labels = torch.where(assistant_mask(processor, ids), ids, torch.full_like(ids, IGNORE_INDEX))
     batch["labels"] = labels[None]

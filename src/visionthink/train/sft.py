@@ -25,6 +25,7 @@ from visionthink.data import synth
 from visionthink.errors import VisionThinkError
 from visionthink.images import make_views
 from visionthink.models import TinyModelConfig, build_tiny_model, build_tiny_tokenizer, load_model
+from visionthink.profiles import VISIONTHINK_ZOOM, get_profile
 from visionthink.recipes import to_dict
 from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
 from visionthink.train import newest_checkpoint
@@ -36,6 +37,7 @@ from visionthink.train.sft_data import (
     mask_first_turn,
     sample_example,
     tokenizer_corpus,
+    zoom_conversation,
 )
 from visionthink.train.shared_prefix import forward_with_shared_prefix
 
@@ -79,6 +81,11 @@ class SFTConfig:
     """Share of low-res conversations that call resize_image, at random and regardless of need."""
     full_res_fraction: float = 0.25
     """Share of conversations that start at full resolution (what `full` mode shows the model)."""
+    zoom_fraction: float = 0.0
+    """Region zoom (issue 12, docs/zoom.md): > 0 renders the protocol conversations in the `visionthink-zoom`
+    profile, and this share of the low-res calls about the label zoom on its true box (`sample_zoom_example`);
+    validation then also reports held-out direct answers at low resolution under the zoom prompts
+    (`val_zoom_heldout/low/...`). 0: the recipe's conversations, byte for byte."""
     vocab_size: int = 2048
     save_every: int = 200
     eval_every: int = 200
@@ -128,24 +135,36 @@ def learning_rate(config: SFTConfig, step: int) -> float:
 
 
 @torch.no_grad()
-def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: str) -> dict[str, float]:
+def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: str,
+                            profile: str | None = None) -> dict[str, float]:
     """Share of items whose whole direct-answer turn is the arg-max at every token (tool call banned).
 
-    Equals greedy decoding in the `low`/`full` modes, at a tenth of the cost of `generate()`.
+    Equals greedy decoding in the `low`/`full` modes, at a tenth of the cost of `generate()`. `profile`
+    "visionthink-zoom": under the zoom profile's prompts (default: `visionthink`'s).
     """
     model.eval()
     hits: dict[str, list[bool]] = {}
+    zoom = profile is not None and get_profile(profile).offers_zoom
     for chunk in range(0, len(items), 32):
         part = items[chunk : chunk + 32]
-        conversations = [conversation(item.question, item.answer, make_views(item.image, processor.grid), start,
-                                      resize=False, question_type=item.question_type) for item in part]
-        logits, targets = direct_answer_logits(model, processor, conversations)
+        views = [make_views(item.image, processor.grid) for item in part]
+        if zoom:
+            conversations = [zoom_conversation(item.question, item.answer, view, start, "none", processor.grid,
+                                               item.question_type) for item, view in zip(part, views, strict=True)]
+        else:
+            conversations = [conversation(item.question, item.answer, view, start, resize=False,
+                                          question_type=item.question_type) for item, view in zip(part, views,
+                                                                                                  strict=True)]
+        logits, targets = direct_answer_logits(model, processor, conversations, profile)
         correct = ((logits.argmax(-1) == targets) | (targets == IGNORE_INDEX)).all(dim=1)
         for item, ok in zip(part, correct.tolist(), strict=True):
             hits.setdefault(item.family, []).append(ok)
     model.train()
     return {family: sum(v) / len(v) for family, v in sorted(hits.items())}
 
+
+ZOOM_PROFILE = VISIONTHINK_ZOOM.name
+"""The profile of `zoom_fraction` > 0 conversations (`sample_zoom_example`)."""
 
 STATE_FILE = "trainer_state.pt"
 """Step, optimizer and heads of an SFT checkpoint; written last, so its presence marks a complete save."""
@@ -204,8 +223,8 @@ def train_sft(config: SFTConfig) -> Path:
     for step in progress:
         rng = np.random.default_rng([config.seed, 9173, step])
         examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,
-                                   config.perception_only) for _ in range(config.batch_size)]
-        encoded = [encode_for_training(processor, e.messages, e.with_tools) for e in examples]
+                                   config.perception_only, config.zoom_fraction) for _ in range(config.batch_size)]
+        encoded = [encode_for_training(processor, e.messages, e.with_tools, protocol=e.protocol) for e in examples]
         if teach_legibility:  # before the mask below, which can hide the first turn's choice
             positions = torch.tensor([decision_position(e["labels"][0], decision_ids) for e in encoded])
         if config.mask_illegible_first_turns:
@@ -239,6 +258,10 @@ def train_sft(config: SFTConfig) -> Path:
                 prefix_name = "val" if name == "train" else "val_heldout"
                 for family, accuracy in teacher_forced_accuracy(model, processor, validation[name], start_view).items():
                     record[f"{prefix_name}/{start_view}/{family}"] = accuracy
+            if config.zoom_fraction > 0 and not config.perception_only:  # the prompts the zoom modes run on
+                for family, accuracy in teacher_forced_accuracy(model, processor, validation["heldout"], "low",
+                                                                ZOOM_PROFILE).items():
+                    record[f"val_zoom_heldout/low/{family}"] = accuracy
             tqdm.write(json.dumps(record))
         log.write(json.dumps(record) + "\n")
         log.flush()

@@ -289,11 +289,13 @@ def mask_first_turn(labels: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def direct_answer_logits(model, processor, conversations: list[list[protocol.Message]]):
+def direct_answer_logits(model, processor, conversations: list[list[protocol.Message]], profile: str | None = None):
     """(logits, targets) of a teacher-forced pass over `conversations`, shifted so position i predicts
     target i, with `<tool_call>` banned: what a direct answer scores when resizing is not an option.
-    Targets are IGNORE_INDEX outside assistant turns."""
-    batch = collate(processor, [encode_for_training(processor, messages) for messages in conversations])
+    Targets are IGNORE_INDEX outside assistant turns. `profile`: the protocol to render with (default
+    `visionthink`)."""
+    batch = collate(processor, [encode_for_training(processor, messages, protocol=profile)
+                                for messages in conversations])
     device = next(model.parameters()).device
     labels = batch.pop("labels").to(device)
     batch = {key: value.to(device) for key, value in batch.items()}
