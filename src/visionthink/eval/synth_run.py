@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from visionthink.data.synth import FAMILIES, Item
 from visionthink.engines.base import Request
-from visionthink.eval.runner import percentile
+from visionthink.eval.summary import percentile
 from visionthink.grading import exact_match
 from visionthink.protocol import Episode
 

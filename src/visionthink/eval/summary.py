@@ -1,0 +1,225 @@
+"""Score against cost per bench and mode from the sample records: score (the benchmark's own rule), visual
+tokens, resize ratio and its precision/recall, answers missing, and time (measured per item only at batch
+size 1, else batch shares and the batches' wall times)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from visionthink.eval.samples_log import SampleLog
+from visionthink.rewards.judge_base import Judge
+
+ORACLE_LABEL = "needs_high_res"
+"""The sample `meta` key that the oracle mode (and resize precision/recall) needs."""
+
+
+# ---------------------------------------------------------------- small statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The `q`-th percentile (0-100) with linear interpolation between order statistics (numpy's default).
+
+    Empty input gives 0.0.
+    """
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is outside [0, 100]")
+    ordered = sorted(float(v) for v in values)
+    if not ordered:
+        return 0.0
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def tokens_per_second(generated_tokens: float, seconds: float) -> float:
+    """Generated tokens per second of wall time (0.0 when no time was spent)."""
+    return float(generated_tokens) / seconds if seconds > 0 else 0.0
+
+
+def resize_precision_recall(resized: Sequence[bool], needed: Sequence[bool]) -> tuple[float | None, float | None]:
+    """Precision (of the resizes, the share the item needed) and recall (of the items that needed one,
+    the share resized). None where the denominator is zero."""
+    hits = sum(1 for r, n in zip(resized, needed, strict=True) if r and n)
+    asked = sum(1 for r in resized if r)
+    wanted = sum(1 for n in needed if n)
+    return (hits / asked if asked else None), (hits / wanted if wanted else None)
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+# ---------------------------------------------------------------- summary
+
+
+def summarise(loaded: dict[str, tuple[Any, list, list[str]]], samples_log: SampleLog,
+              judge: Judge | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """`{bench: {mode: metrics}}` over the loaded samples, from the records of the whole log."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for bench_name, (bench, samples, modes) in loaded.items():
+        summary[bench_name] = {}
+        for mode in modes:
+            by_uid = samples_log.select(bench_name, mode)
+            present = [s for s in samples if str(s.uid) in by_uid]
+            if not present:
+                continue
+            records = [by_uid[str(s.uid)] for s in present]
+            summary[bench_name][mode] = mode_metrics(bench, present, records, judge)
+    return summary
+
+
+def _official(bench, samples: list, records: list[dict], judge: Judge | None) -> tuple[float, dict[str, float]]:
+    scores = bench.score(samples, [r["prediction"] for r in records], judge)
+    extra = {k: float(v) for k, v in scores.summary.items()
+             if isinstance(v, (int, float)) and k not in ("score", "n")}
+    return float(scores.summary["score"]), extra
+
+
+def no_answer(record: dict[str, Any]) -> bool:
+    """Whether the model ran on the sample but gave no answer (a malformed final turn; scored as wrong).
+
+    Samples that could not run (`error`, e.g. a broken image) are not counted; logs written before
+    `answer_error` existed fall back to a missing prediction.
+    """
+    if record.get("error"):
+        return False
+    if "answer_error" in record:
+        return bool(record["answer_error"])
+    return record.get("prediction") is None
+
+
+MEASURED = "measured"
+BATCH_SHARE = "batch_share"
+
+
+def measured(records: list[dict[str, Any]]) -> bool:
+    """Whether every record ran in an engine batch of its own, so that its wall time is its own."""
+    return bool(records) and all(r.get("batch_size") == 1 and r.get("batch_seconds") is not None for r in records)
+
+
+def item_seconds(record: dict[str, Any]) -> float:
+    """A sample's time: measured when it ran alone (its batch's wall time), else its episode's share of a
+    batch (each turn's time split evenly over the rows still running)."""
+    if record.get("batch_size") == 1 and record.get("batch_seconds") is not None:
+        return float(record["batch_seconds"])
+    return float(record["seconds"])
+
+
+def timing_note(timing: str, batch_size: float | None = None) -> str:
+    if timing == MEASURED:
+        return "per-item times measured: every item ran alone (batch size 1)"
+    size = f" (up to {batch_size:g} items per batch)" if batch_size else ""
+    return (f"per-item times are shares of a batch's wall time{size}, not measurements: per-item p50/p95 are "
+            "not given (null); batch_seconds_* are the measured wall times per batch; run with --batch-size 1 "
+            "for measured per-item times")
+
+
+def time_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Total wall time, mean per item, and per-item p50/p95 where measured (every item ran alone); in
+    batches, the batches' wall times instead. Records without batch timing (older logs) count their
+    episode time and make the per-item figures shares."""
+    batches: dict[str, list[float]] = {}  # id -> [size, wall seconds, items present]
+    loose = 0.0
+    for record in records:
+        if record.get("batch_id") is None or record.get("batch_seconds") is None:
+            loose += float(record["seconds"])
+            continue
+        entry = batches.setdefault(str(record["batch_id"]),
+                                   [max(1, int(record.get("batch_size") or 1)), float(record["batch_seconds"]), 0])
+        entry[2] += 1
+    # a batch whose items are not all in this summary (a smaller --limit on resume) counts pro rata
+    total = loose + sum(wall * min(1.0, present / size) for size, wall, present in batches.values())
+    walls = [wall for _, wall, _ in batches.values()]
+    is_measured = measured(records)
+    per_item = [item_seconds(r) for r in records] if is_measured else []
+    largest = max((size for size, _, _ in batches.values()), default=None)
+    return {
+        "seconds": total,
+        "seconds_mean": total / len(records) if records else 0.0,
+        "timing": MEASURED if is_measured else BATCH_SHARE,
+        "timing_note": timing_note(MEASURED if is_measured else BATCH_SHARE, largest),
+        "seconds_p50": percentile(per_item, 50) if is_measured else None,
+        "seconds_p95": percentile(per_item, 95) if is_measured else None,
+        "batches": len(batches),
+        "batch_seconds_mean": _mean(walls) if walls else None,
+        "batch_seconds_p50": percentile(walls, 50) if walls else None,
+        "batch_seconds_p95": percentile(walls, 95) if walls else None,
+    }
+
+
+def family_time_metrics(records: list[dict[str, Any]], is_measured: bool) -> dict[str, Any]:
+    """A family's total and mean time per item (measured, or the sum of its items' batch shares), and
+    p50/p95 per item only where measured (batches mix families: there is no per-family batch time)."""
+    times = [item_seconds(r) for r in records]
+    return {
+        "seconds": sum(times),
+        "seconds_mean": _mean(times),
+        "seconds_p50": percentile(times, 50) if is_measured else None,
+        "seconds_p95": percentile(times, 95) if is_measured else None,
+    }
+
+
+def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None = None) -> dict[str, Any]:
+    """Score (the benchmark's official metric), visual tokens, resize ratio, time and throughput.
+
+    Time: `seconds` is the total wall time, `seconds_mean` per item; `timing` says whether per-item
+    times were measured (`measured`: batch size 1, `seconds_p50`/`seconds_p95` per item) or are
+    shares of batches (`batch_share`: per-item percentiles null, `batch_seconds_*` per batch instead).
+    `per_family` has the same figures per family."""
+    score, official = _official(bench, samples, records, judge)
+    timing = time_metrics(records)
+    total_seconds = timing["seconds"]
+    visual = _mean(r["visual_tokens"] for r in records)
+    full = _mean(r["full_res_visual_tokens"] for r in records)
+    generated = sum(r["generated_tokens"] for r in records)
+    metrics: dict[str, Any] = {
+        "n": len(records),
+        "score": score,
+        "visual_tokens": visual,
+        "full_res_visual_tokens": full,
+        "visual_tokens_pct_of_full": 100 * visual / full if full else None,
+        "resize_ratio": _mean(float(bool(r["resized"])) for r in records),
+        **timing,
+        "generated_tokens": generated / len(records),
+        "tokens_per_second": tokens_per_second(generated, total_seconds),
+        "well_formed": _mean(float(bool(r.get("well_formed"))) for r in records),
+        "answered": _mean(float(r["prediction"] is not None) for r in records),
+        "errors": sum(1 for r in records if r.get("error")),
+        "no_answer": sum(1 for r in records if no_answer(r)),
+    }
+    if official:
+        metrics["official"] = official
+    if any(r.get("action") == "zoom" for r in records):  # only where a zoom ran: other summaries are unchanged
+        metrics["zoom_ratio"] = _mean(float(r.get("action") == "zoom") for r in records)
+    labelled = all(s.meta.get(ORACLE_LABEL) is not None for s in samples)
+    if labelled:
+        needed = [bool(s.meta[ORACLE_LABEL]) for s in samples]
+        precision, recall = resize_precision_recall([bool(r["resized"]) for r in records], needed)
+        metrics["resize_precision"], metrics["resize_recall"] = precision, recall
+    families = [s.meta.get("family") for s in samples]
+    if all(f is not None for f in families):
+        per_family: dict[str, dict[str, Any]] = {}
+        for family in dict.fromkeys(str(f) for f in families):
+            indices = [i for i, f in enumerate(families) if str(f) == family]
+            subset = [samples[i] for i in indices]
+            rows = [records[i] for i in indices]
+            entry: dict[str, Any] = {
+                "score": _official(bench, subset, rows, judge)[0],
+                "resize_ratio": _mean(float(bool(r["resized"])) for r in rows),
+                "n": len(rows),
+                "visual_tokens": _mean(r["visual_tokens"] for r in rows),
+                **family_time_metrics(rows, timing["timing"] == MEASURED),
+            }
+            if "zoom_ratio" in metrics:
+                entry["zoom_ratio"] = _mean(float(r.get("action") == "zoom") for r in rows)
+            if labelled:
+                precision, recall = resize_precision_recall([bool(r["resized"]) for r in rows],
+                                                            [bool(s.meta[ORACLE_LABEL]) for s in subset])
+                entry["resize_precision"], entry["resize_recall"] = precision, recall
+            per_family[family] = entry
+        metrics["per_family"] = per_family
+    return metrics
