@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from visionthink import protocol
+from visionthink.data import synth
+from visionthink.images import PixelGrid, Views, make_views, zoom_crop
 from visionthink.profiles import VISIONTHINK_ZOOM
 from visionthink.tokens import IGNORE_INDEX, assistant_mask, encode, encode_for_training, render_text
+from visionthink.train import grpo_env
 
 # ---------------------------------------------------------------- SFT
 
@@ -84,3 +88,223 @@ def test_sft_zoom_recipe_section_loads():
     assert zoom.export_dir is None or zoom.export_dir not in ("checkpoints/tiny-synth", "checkpoints/tiny-synth-sft")
     for section in ("sft_perception", "sft", "sft_refresh"):
         assert load_recipe("recipes/tiny-synth.yaml", section, SFTConfig).zoom_fraction == 0.0
+
+
+# ---------------------------------------------------------------- GRPO
+
+GRID = PixelGrid(factor=28, min_pixels=784, max_pixels=18816)  # the tiny model's grid
+THINK = "Look at the image."
+
+
+def zoom_env(item):
+    environment = grpo_env.environment_for(VISIONTHINK_ZOOM, GRID)
+    views = make_views(item.image, GRID)
+    env = environment()
+    env.reset(high_res_image=views.high, image=views.low, question=item.question)
+    return env, views
+
+
+def test_zoom_environment_schemas_are_the_profiles():
+    """TRL's tools are the environment's public methods: `resize_image` and `zoom_image` in the profile's order, each
+    rendered with the profile's schema (key order too); the default environment is unchanged."""
+    environment = grpo_env.environment_for("visionthink-zoom", GRID)
+    assert grpo_env.tool_methods(environment) == ["resize_image", "zoom_image"]
+    tools = grpo_env.environment_tools(environment)
+    assert tools == VISIONTHINK_ZOOM.template_tools() == [protocol.RESIZE_TOOL, protocol.ZOOM_TOOL]
+    assert json.dumps(tools) == json.dumps([protocol.RESIZE_TOOL, protocol.ZOOM_TOOL])
+    assert grpo_env.environment_tools(grpo_env.ResizeEnvironment) == [protocol.RESIZE_TOOL]
+    assert grpo_env.environment_for(None) is grpo_env.ResizeEnvironment
+    with pytest.raises(ValueError, match="pixel grid"):
+        grpo_env.environment_for("visionthink-zoom")
+
+
+def test_zoom_environment_answers_as_the_profile():
+    item = synth.split_items("train", 1)[0]
+    env, views = zoom_env(item)
+    box = [4, 6, 30, 28]
+    assert env.zoom_image(box=box) == protocol.zoom_turn(zoom_crop(tuple(box), views, GRID))["content"]
+    assert env.returned_images[0].tobytes() == zoom_crop(tuple(box), views, GRID).tobytes()
+    assert env.resize_image(action="resize")[0]["text"].startswith("Error:")  # one tool call per rollout
+    assert env.zoom_image(box=box)[0]["text"].startswith("Error:")
+    env, views = zoom_env(item)
+    assert env.resize_image(action="resize") == protocol.tool_turn(views.high)["content"]
+    assert env.zoom_image(box=box)[0]["text"].startswith("Error:")
+    width, height = views.low.size
+    bad = {"outside": [width + 5, 0, width + 20, 10], "inverted": [20, 20, 10, 30], "arity": [1, 2, 3],
+           "text": "[1, 2, 3, 4]", "nan": [float("nan"), 0, 10, 10], "strings": ["1", "2", "3", "4"], "missing": None}
+    for name, value in bad.items():
+        env, _ = zoom_env(item)
+        reply = env.zoom_image() if value is None else env.zoom_image(box=value)
+        assert len(reply) == 1 and reply[0]["text"].startswith("Error:"), name
+        assert env.returned_images == []
+    env, _ = zoom_env(item)
+    outside = env.zoom_image(box=bad["outside"])
+    assert outside == VISIONTHINK_ZOOM.error_turn(protocol.zoom_box(bad["outside"], (width, height))[1])["content"]
+
+
+def test_rollout_episode_checks_zoom_boxes_against_the_view(random_tiny):
+    """A zoom call whose box lies wholly outside the low view is malformed in the episode, as in the loop."""
+    _, processor = random_tiny
+    tokenizer = processor.tokenizer
+    item = synth.split_items("train", 1)[0]
+    views = make_views(item.image, processor.grid)
+    prompt = VISIONTHINK_ZOOM.first_turn(item.question, views.low)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    kinds = []
+    for box in ([2, 2, 20, 20], [views.low.width + 4, 0, views.low.width + 30, 20]):
+        ids = tokenizer.encode(protocol.zoom_text(THINK, box), add_special_tokens=False) + [end]
+        episode = grpo_env.rollout_episode(processor, prompt, [{"role": "assistant", "content": ""}], ids,
+                                           views.high, protocol_profile=VISIONTHINK_ZOOM)
+        kinds.append(episode.turns[0].kind)
+    assert kinds == ["zoom", "malformed"]
+
+
+def grpo_recipe(tmp_path, model_dir, **overrides):
+    from visionthink.train.grpo_config import VisionThinkGRPOConfig
+
+    values = dict(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=1, num_generations=4,
+                  per_device_train_batch_size=4, train_items=6, save_steps=1, threads=1, max_completion_length=128,
+                  report_to="none", resume=False, drop_tied_groups=False, protocol="visionthink-zoom",
+                  penalty_variant="cost", cost_weight=0.1)
+    values.update(overrides)
+    return VisionThinkGRPOConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from visionthink.models import build_tiny_model, build_tiny_tokenizer
+    from visionthink.train.sft_data import tokenizer_corpus
+
+    model, processor = build_tiny_model(build_tiny_tokenizer(tokenizer_corpus()))
+    path = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def test_grpo_config_accepts_the_cost_penalty(tmp_path, tiny_dir):
+    from visionthink.recipes import load_recipe
+    from visionthink.train.grpo_config import VisionThinkGRPOConfig
+
+    config = grpo_recipe(tmp_path, tiny_dir, cost_weight=0.0)
+    assert config.penalty_variant == "cost" and config.cost_weight == 0.0
+    with pytest.raises(ValueError, match="cost_weight"):
+        grpo_recipe(tmp_path, tiny_dir, cost_weight=-1.0)
+    zoom = load_recipe("recipes/tiny-synth.yaml", "grpo_zoom", VisionThinkGRPOConfig)
+    assert (zoom.protocol, zoom.penalty_variant, zoom.cost_weight) == ("visionthink-zoom", "cost", 0.1)
+    assert zoom.output_dir.startswith("runs/") and zoom.export_dir is None
+    assert zoom.model == load_recipe("recipes/tiny-synth.yaml", "sft_zoom", __import__(
+        "visionthink.train.sft", fromlist=["SFTConfig"]).SFTConfig).output_dir + "/final"
+    assert load_recipe("recipes/tiny-synth.yaml", "grpo", VisionThinkGRPOConfig).penalty_variant == "paper"
+
+
+def test_zoom_trained_ids_are_the_profile_rendering(tmp_path, tiny_dir):
+    """Scripted zoom, resize, direct and wrong rollouts in one group under `visionthink-zoom`: TRL's prompt and
+    completion ids are `tokens.encode` of the episode in the zoom profile (the schemas rendered are the
+    profile's), the loss mask is the assistant mask, the episodes record the zoom and its crop, and the `cost`
+    penalty is `rewards.cost_penalties` of the episodes' visual costs."""
+    from grpo_scripted import script_turns  # tests/ is on sys.path
+
+    from visionthink.rewards.rewards import cost_penalties, visual_cost
+    from visionthink.train.grpo import build_trainer
+
+    trainer = build_trainer(grpo_recipe(tmp_path, tiny_dir))
+    processor = trainer.processing_class
+    tokenizer = processor.tokenizer
+    from transformers.utils import get_json_schema
+
+    rendered_tools = [tool if isinstance(tool, dict) else get_json_schema(tool) for tool in trainer.tools]
+    assert rendered_tools == [protocol.RESIZE_TOOL, protocol.ZOOM_TOOL]  # what TRL passes to the chat template
+    box = [3, 5, 31, 33]
+    first = {0: protocol.zoom_text(THINK, box), 1: protocol.resize_text(THINK)}
+
+    def answer_for(row):
+        return protocol.answer_text(THINK, "dots" if row == 3 else "checker")
+
+    recorded = script_turns(trainer, tokenizer, lambda i: first.get(i, answer_for(i)), answer_for)
+    rewards_seen = []
+    calculate = trainer._calculate_rewards
+
+    def capture(inputs, prompts, completions, ids):
+        for row in inputs:
+            row["answer"] = "checker"
+        result = calculate(inputs, prompts, completions, ids)
+        rewards_seen.append(result.clone())
+        return result
+
+    trainer._calculate_rewards = capture
+    trainer.train()
+
+    prompts, out = recorded[0]
+    prompt_ids, completion_ids, tool_mask, completions = out[0], out[1], out[2], out[3]
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    episodes = []
+    low = protocol.images_in(prompts[0])[0]
+    row = next(r for r in trainer.train_dataset if r["image"].tobytes() == low.tobytes())  # the group's item
+    views = Views(low=low, high=row["high_res_image"])
+    for i in range(4):
+        episode = grpo_env.rollout_episode(processor, prompts[i], completions[i], completion_ids[i], views.high,
+                                           protocol_profile=VISIONTHINK_ZOOM)
+        episodes.append(episode)
+        trained = list(prompt_ids[i]) + list(completion_ids[i])
+        rendered = encode(processor, episode.messages, protocol=VISIONTHINK_ZOOM)["input_ids"][0].tolist()
+        assert rendered == trained + newline
+        mask = assistant_mask(processor, torch.tensor(rendered)).tolist()[len(prompt_ids[i]) : len(trained)]
+        assert [bool(m) for m in tool_mask[i]] == mask
+        assert episode.well_formed
+    assert [e.action for e in episodes] == ["zoom", "resize", "answer", "answer"]
+    zoomed = episodes[0]
+    assert tuple(zoomed.zoom_box) == tuple(float(v) for v in box)
+    crop = protocol.images_in(zoomed.messages)[-1]
+    assert crop.tobytes() == zoom_crop(tuple(box), views, processor.grid).tobytes()
+    assert zoomed.visual_tokens_per_turn[-1] == processor.grid.tokens(*crop.size)
+    got = rewards_seen[0]
+    assert got[:, 0].tolist() == [1.0, 1.0, 1.0, 0.0]
+    costs = [visual_cost(e) for e in episodes]
+    expected = cost_penalties([True, True, True, False], [True, True, False, False], costs, [0] * 4, cost_weight=0.1)
+    assert got[:, 2].tolist() == pytest.approx([-p for p in expected])
+    assert expected[0] < expected[1]  # the zoom pays less than the resize (r = 1/3 >= theta: both pay Eq. 5)
+    history = trainer.vt_rewards.history[-1]
+    assert history["zoom_ratio"] == 0.25 and history["tool_ratio"] == 0.5
+
+
+@pytest.mark.slow
+def test_train_grpo_zoom_smoke(tmp_path, tiny_dir):
+    """Two GRPO steps end to end under `visionthink-zoom` with the cost penalty: the first turn is scripted to zoom
+    (a random model would not), the second is sampled with the crop in context; checkpoints and zoom logs appear."""
+    from grpo_scripted import script_turns
+
+    from visionthink.train import grpo as grpo_module
+
+    config = grpo_recipe(tmp_path, tiny_dir, max_steps=2, num_generations=2, per_device_train_batch_size=4,
+                         save_total_limit=1)
+    built = {}
+    real_build = grpo_module.build_trainer
+
+    def build_and_script(*args, **kwargs):
+        trainer = real_build(*args, **kwargs)
+        call = protocol.zoom_text(THINK, [0, 0, 28, 28])
+        built["recorded"] = script_turns(trainer, trainer.processing_class.tokenizer,
+                                         lambda i: call if i % 2 == 0 else None, lambda i: None)
+        built["trainer"] = trainer
+        return trainer
+
+    grpo_module.build_trainer = build_and_script
+    try:
+        final = grpo_module.train_grpo(config)
+    finally:
+        grpo_module.build_trainer = real_build
+    trainer = built["trainer"]
+    run = tmp_path / "run"
+    assert (final / "config.json").is_file() and (run / "checkpoint-2" / "model.safetensors").is_file()
+    assert trainer.state.global_step == 2
+    for _prompts, out in built["recorded"]:
+        completions, tool_images = out[3], out[7]
+        zoomed = [i for i, c in enumerate(completions) if any(m.get("name") == "zoom_image" for m in c)]
+        assert zoomed and all(tool_images[i] and tool_images[i][0].size == (56, 56) for i in zoomed)
+    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in logs if "rewards/accuracy/mean" in r]
+    assert len(steps) == 2
+    for name in ("zoom_ratio", "tool_ratio", "visual_cost/mean", "zoom/crop_tokens", "rewards/resize_penalty/mean"):
+        assert name in steps[0]
+    assert steps[0]["zoom_ratio"] > 0 and steps[0]["zoom/crop_tokens"] == 4.0

@@ -66,8 +66,9 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
         processor, make_judge(config.judge, **_judge_kwargs(config)), config.num_generations,
         variant=config.penalty_variant, theta=config.theta, penalty=config.penalty,
         format_value=config.format_reward, drop_tied=config.drop_tied_groups, drop_failed=config.drop_failed_groups,
-        protocol=profile,
+        protocol=profile, cost_weight=config.cost_weight,
     )
+    environment = grpo_env.environment_for(profile, processor.grid)
     peft_config = None
     if config.lora:
         from peft import LoraConfig
@@ -91,7 +92,7 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
         args=config,
         train_dataset=train_dataset,
         processing_class=processor,
-        environment_factory=grpo_env.environment_for(profile),
+        environment_factory=environment,
         peft_config=peft_config,
         vt_rewards=rewards,
         vt_anchor=anchor,
@@ -99,6 +100,7 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
         vt_probe_loss=config.probe_loss,
         vt_probe_decoding=config.probe_decoding,
     )
+    grpo_env.use_profile_tools(trainer, environment)  # a zoom_image schema says more than a signature can
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer.add_callback(JsonlLog(output_dir / "log.jsonl"))

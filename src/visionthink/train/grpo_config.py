@@ -7,6 +7,7 @@ Every TRL and `transformers.TrainingArguments` field is a field here under its o
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -14,7 +15,11 @@ from typing import Any, ClassVar
 import torch
 import trl
 
-from visionthink.rewards.rewards import FORMAT_REWARD, PENALTY, PENALTY_VARIANTS, THETA
+from visionthink.rewards.rewards import COST_VARIANT, COST_WEIGHT, FORMAT_REWARD, PENALTY, PENALTY_VARIANTS, THETA
+
+GRPO_PENALTY_VARIANTS = (*PENALTY_VARIANTS, COST_VARIANT)
+"""`penalty_variant`s GRPO accepts: the paper's and its ablations, and the cost-aware one (`rewards.cost_penalties`,
+docs/zoom.md), whose visual-token costs `grpo_rewards` passes on."""
 
 MAX_TOOL_CALLS = 1
 """The protocol allows one resize (two assistant turns)."""
@@ -67,7 +72,12 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
         "help": "Go on from the newest complete checkpoint in `output_dir` when there is one."})
     threads: int = field(default=2, metadata={"help": "CPU threads (torch) when training on CPU."})
     penalty_variant: str = field(default="paper", metadata={
-        "help": "Resize penalty: paper (Eq. 5), release, none, flat (see `visionthink.rewards.rewards`)."})
+        "help": "Resize penalty: paper (Eq. 5), release, none, flat (see `visionthink.rewards.rewards`), or cost "
+                "(region zoom, docs/zoom.md: Eq. 5 with any tool counted as high, plus `cost_weight` x visual tokens "
+                "above the group's cheapest approved correct answer)."})
+    cost_weight: float = field(default=COST_WEIGHT, metadata={
+        "help": "`penalty_variant: cost` only: penalty per full-resolution image's worth of visual tokens above the "
+                "group's cheapest approved correct answer; 0 is Eq. 5 alone (the ablation arm)."})
     theta: float = field(default=THETA, metadata={
         "help": "Eq. 5's threshold on the share of correct rollouts that answered at low resolution."})
     penalty: float = field(default=PENALTY, metadata={"help": "Size of the resize penalty."})
@@ -98,8 +108,9 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
                 "loss on ground-truth direct answers at low resolution, `<tool_call>` masked out. 0 turns it off."})
     anchor_batch_size: int = field(default=8, metadata={"help": "Training rows drawn per step for the anchor."})
     protocol: str = field(default="visionthink", metadata={
-        "help": "Conversation format of the rollouts (`visionthink.profiles`): visionthink, or release (the authors' "
-                "prompts and chat turns, for training from their checkpoints)."})
+        "help": "Conversation format of the rollouts (`visionthink.profiles`): visionthink, release (the authors' "
+                "prompts and chat turns, for training from their checkpoints) or visionthink-zoom (the `zoom_image` "
+                "tool as well, docs/zoom.md)."})
     data: str = field(default="synth", metadata={
         "help": "`synth` (the synthetic world's train split) or a `save_to_disk` folder with "
                 "image/question/answer columns, e.g. the output of `visionthink data curate` (its `train` split)."})
@@ -128,8 +139,10 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
         from visionthink.profiles import get_profile
 
         get_profile(self.protocol)  # an unknown name fails here, before any model is loaded
-        if self.penalty_variant not in PENALTY_VARIANTS:
-            raise ValueError(f"penalty_variant must be one of {PENALTY_VARIANTS}, got {self.penalty_variant!r}")
+        if self.penalty_variant not in GRPO_PENALTY_VARIANTS:
+            raise ValueError(f"penalty_variant must be one of {GRPO_PENALTY_VARIANTS}, got {self.penalty_variant!r}")
+        if not (math.isfinite(self.cost_weight) and self.cost_weight >= 0):
+            raise ValueError(f"cost_weight must be a finite number >= 0, got {self.cost_weight}")
         if not 0 <= self.explore_direct <= (self.num_generations or 0):
             raise ValueError(f"explore_direct must be between 0 and num_generations ({self.num_generations})")
         if self.probe_decoding not in ("sample", "greedy"):

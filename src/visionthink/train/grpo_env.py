@@ -6,6 +6,11 @@
 - `ResizeEnvironment`: TRL's `environment_factory` class. Its one public method, `resize_image`, is the
   protocol's tool: its JSON schema is `protocol.RESIZE_TOOL` exactly (checked at import) and it answers
   with `protocol.tool_turn(high_res_image)`'s content, or an error turn after the first call.
+- `ZoomEnvironment` (the `visionthink-zoom` profile, issue 12): `resize_image` and `zoom_image`, one call of
+  either per rollout; the zoom's crop is the profile's own reply (`profile.check_turn`, `profile.reply`), the
+  crop the inference loop returns. TRL renders a tool from its method's signature and docstring, which cannot
+  say `minItems`/`maxItems`: `use_profile_tools` makes the trainer render the profile's schemas instead
+  (`environment_tools` checks that the methods agree with them on everything else).
 - `rollout_episode`: a TRL rollout (prompt, completion messages, completion ids) as a `protocol.Episode`,
   cut into assistant turns with `tokens.assistant_mask`, the same rule SFT trains on.
 """
@@ -20,8 +25,8 @@ from PIL import Image
 
 from visionthink import protocol
 from visionthink.data import synth
-from visionthink.images import PixelGrid, make_views
-from visionthink.profiles import VISIONTHINK, ProtocolProfile, get_profile
+from visionthink.images import PixelGrid, Views, make_views
+from visionthink.profiles import VISIONTHINK, VISIONTHINK_ZOOM, ProtocolProfile, get_profile
 from visionthink.tokens import assistant_mask
 
 # ---------------------------------------------------------------- prompts
@@ -135,21 +140,78 @@ def _tool_docstring(tool: dict[str, Any]) -> str:
     return f"{function['description']}\n\nArgs:\n    {name}: {spec['description']}{choices}\n"
 
 
+
+class ZoomEnvironment(ResizeEnvironment):
+    """One rollout's world under a profile that offers `zoom_image` (`visionthink-zoom`): the item's two views.
+
+    Two public methods, `resize_image` (inherited) and `zoom_image`; one call of either per rollout (the protocol's
+    one tool turn). A zoom's box is in the low view's pixels (the row's `image`); the crop is what the inference
+    loop returns for the same call: `profile.check_turn` refuses a box wholly outside the view, `profile.reply`
+    crops (`images.zoom_crop`). `grid` is the processor's (`environment_for` sets it)."""
+
+    profile: ProtocolProfile = VISIONTHINK_ZOOM
+    grid: PixelGrid | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._low: Image.Image | None = None
+
+    def reset(self, high_res_image: Image.Image | None = None, image: Image.Image | None = None, **_: Any) -> None:
+        """Start a rollout on a row: `image` is the low view the prompt shows, `high_res_image` the full one."""
+        super().reset(high_res_image)
+        self._low = image
+
+    def resize_image(self, action: str = "resize"):  # schema and docstring: those of ResizeEnvironment
+        if self._calls >= 1:
+            self._calls += 1
+            return self.profile.error_turn("a tool was already called")["content"]
+        return super().resize_image(action)
+
+    def zoom_image(self, box: list[float] = None):  # noqa: RUF013 - schema and docstring: see below
+        self._calls += 1
+        if self._calls > 1:
+            return self.profile.error_turn("a tool was already called")["content"]
+        if self._high is None or self._low is None or self.grid is None:
+            return self.profile.error_turn("no image to zoom")["content"]
+        if box is None:
+            return self.profile.error_turn("zoom_image call without its required argument 'box'")["content"]
+        checked, error = protocol.zoom_box(box)
+        if error is not None:
+            return self.profile.error_turn(error)["content"]
+        views = Views(low=self._low, high=self._high)
+        turn = self.profile.check_turn(protocol.Turn("zoom", box=checked), views)
+        if turn.kind != "zoom":
+            return self.profile.error_turn(turn.error or "the box cannot be zoomed")["content"]
+        reply = self.profile.reply(turn, "", views, self.grid)
+        self._returned.extend(protocol.images_in([reply]))
+        return reply["content"]
+
+
 ResizeEnvironment.resize_image.__doc__ = _tool_docstring(protocol.RESIZE_TOOL)
-# The default lets a call without arguments work (the protocol's parser accepts it), while the schema,
-# built from the signature, keeps `action` required as in `protocol.RESIZE_TOOL`.
-_signature = inspect.signature(ResizeEnvironment.resize_image)
-ResizeEnvironment.resize_image.__signature__ = _signature.replace(
-    parameters=[p.replace(default=inspect.Parameter.empty) for p in _signature.parameters.values()]
-)
+ZoomEnvironment.resize_image.__doc__ = _tool_docstring(protocol.RESIZE_TOOL)
+ZoomEnvironment.zoom_image.__doc__ = _tool_docstring(protocol.ZOOM_TOOL)
+# A default lets a call without arguments reach the method (an error turn for zoom_image), while the schema,
+# built from the signature, keeps the argument required as in the profile's schema.
+for _method in (ResizeEnvironment.resize_image, ZoomEnvironment.resize_image, ZoomEnvironment.zoom_image):
+    _signature = inspect.signature(_method)
+    _method.__signature__ = _signature.replace(
+        parameters=[p.replace(default=inspect.Parameter.empty) for p in _signature.parameters.values()]
+    )
 
 
-def environment_for(protocol: str | ProtocolProfile | None = None) -> type[ResizeEnvironment]:
-    """`ResizeEnvironment` answering with the turns of `protocol` (the class itself for `visionthink`)."""
+def environment_for(protocol: str | ProtocolProfile | None = None,
+                    grid: PixelGrid | None = None) -> type[ResizeEnvironment]:
+    """`ResizeEnvironment` answering with the turns of `protocol` (the class itself for `visionthink`); for a
+    profile that offers `zoom_image`, a `ZoomEnvironment` cropping on `grid` (the processor's; required)."""
     profile = get_profile(protocol)
     if profile is VISIONTHINK:
         return ResizeEnvironment
-    return type(f"ResizeEnvironment_{profile.name}", (ResizeEnvironment,), {"profile": profile})
+    name = profile.name.replace("-", "_")
+    if profile.offers_zoom:
+        if grid is None:
+            raise ValueError(f"protocol {profile.name!r} offers zoom_image: its environment needs the pixel grid")
+        return type(f"ZoomEnvironment_{name}", (ZoomEnvironment,), {"profile": profile, "grid": grid})
+    return type(f"ResizeEnvironment_{name}", (ResizeEnvironment,), {"profile": profile})
 
 
 def tool_schema() -> dict[str, Any]:
@@ -157,6 +219,67 @@ def tool_schema() -> dict[str, Any]:
     from transformers.utils import get_json_schema
 
     return get_json_schema(ResizeEnvironment().resize_image)
+
+
+_UNSAID = ("minItems", "maxItems")
+"""JSON-schema keys a method's signature and docstring cannot give (`transformers.utils.get_json_schema`)."""
+
+
+def _sayable(schema: Any) -> Any:
+    """`schema` without the keys `get_json_schema` cannot produce (what a method can agree with)."""
+    if isinstance(schema, dict):
+        return {key: _sayable(value) for key, value in schema.items() if key not in _UNSAID}
+    return schema
+
+
+def tool_methods(environment: type[ResizeEnvironment]) -> list[str]:
+    """The environment's tools as TRL lists them: every public function of the class but `reset`, by name."""
+    return [name for name, _ in inspect.getmembers(environment, predicate=inspect.isfunction)
+            if name not in ("reset", "get_reward") and not name.startswith("_")]
+
+
+def environment_tools(environment: type[ResizeEnvironment]) -> list[dict[str, Any]]:
+    """The schemas of the environment's tools, in TRL's order: the profile's own (`profile.template_tools()`),
+    after checking that each method's `get_json_schema` says the same wherever it can, and that the methods are
+    exactly the profile's tools in the profile's order (a ValueError otherwise). A profile whose prompt holds its
+    tool block (`release`: no tools in the template) renders no schema: the methods' own are returned."""
+    from transformers.utils import get_json_schema
+
+    profile = environment.profile
+    schemas = profile.template_tools()
+    names = tool_methods(environment)
+    instance = environment()
+    if schemas is None:
+        return [get_json_schema(getattr(instance, name)) for name in names]
+    if names != [schema["function"]["name"] for schema in schemas]:
+        raise ValueError(f"{environment.__name__} offers {names}, the profile {profile.name!r} "
+                         f"{[schema['function']['name'] for schema in schemas]}")
+    for name, schema in zip(names, schemas, strict=True):
+        said = get_json_schema(getattr(instance, name))
+        if said != _sayable(schema):
+            raise ValueError(f"{environment.__name__}.{name}'s schema {said} differs from the profile's {schema}")
+    return [dict(schema) for schema in schemas]
+
+
+def use_profile_tools(trainer, environment: type[ResizeEnvironment]) -> None:
+    """Make TRL render the profile's tool schemas: in the trainer's tool lists (TRL 1.16's `tools` and
+    `_env_tools`, what it passes to the chat template and the response parser), each environment method is
+    replaced by its schema from `environment_tools` where the two differ. TRL still calls the methods: it takes
+    them from the environment instances of each batch. Where every schema is the method's own (`visionthink`,
+    `release`) nothing changes."""
+    from transformers.utils import get_json_schema
+
+    schemas = dict(zip(tool_methods(environment), environment_tools(environment), strict=True))
+
+    def rendered(tool):
+        if callable(tool) and getattr(tool, "__name__", None) in schemas:
+            schema = schemas[tool.__name__]
+            return tool if get_json_schema(tool) == schema else schema
+        return tool
+
+    trainer.tools = [rendered(tool) for tool in trainer.tools]
+    if getattr(trainer, "_env_tools", None) is not None:
+        trainer._env_tools = {name: [rendered(tool) for tool in tools] for name, tools in trainer._env_tools.items()}
 
 
 # ---------------------------------------------------------------- episodes
@@ -214,16 +337,22 @@ def rollout_episode(
     `prompt` is the multimodal first turn (as `first_turn` makes it), `completion` TRL's completion messages
     (assistant, tool, assistant) and `completion_ids` the ids TRL trains on. Assistant texts come from the
     ids (TRL's parsed messages drop the think block and the tool-call text); tool turns from the messages.
+    Under a zoom profile each turn goes through `profile.check_turn` as in the inference loop (a box wholly
+    outside the low view is a malformed call), and the episode records the zoom (`zoomed`, `zoom_box`, the
+    crop's visual tokens) by `protocol.make_episode`'s rule.
     """
     tokenizer = processor.tokenizer
     profile = get_profile(protocol_profile)
     texts = [turn_text(tokenizer, ids) for ids in split_turns(tokenizer, completion_ids)]
     tools = [message for message in completion if message.get("role") == "tool"]
     messages = [dict(m) for m in prompt]
+    low = (protocol.images_in(messages) or [None])[0] if profile.offers_zoom else None
+    views = Views(low=low, high=high_res_image) if low is not None and high_res_image is not None else None
     turns = []
     for index, text in enumerate(texts):
         messages.append(protocol.assistant_turn(text))
-        turns.append(profile.parse_turn(text))
+        turn = profile.parse_turn(text)
+        turns.append(profile.check_turn(turn, views) if views is not None else turn)
         if index < len(tools):
             tool = tools[index]
             content = tool["content"] if isinstance(tool["content"], list) else [protocol.text_part(tool["content"])]

@@ -18,8 +18,17 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from visionthink.profiles import get_profile
 from visionthink.protocol import Episode
-from visionthink.rewards.rewards import FORMAT_REWARD, PENALTY, THETA, GradedRollout, grade_episodes, group_rewards
+from visionthink.rewards.rewards import (
+    COST_WEIGHT,
+    FORMAT_REWARD,
+    PENALTY,
+    THETA,
+    GradedRollout,
+    grade_episodes,
+    group_rewards,
+)
 from visionthink.train import grpo_env
 
 ACCURACY_COLUMN, FORMAT_COLUMN, PENALTY_COLUMN = "vt_accuracy", "vt_format", "vt_penalty"
@@ -49,7 +58,7 @@ class VisionThinkRewards:
 
     def __init__(self, processor, judge, num_generations: int, variant: str = "paper", theta: float = THETA,
                  penalty: float = PENALTY, format_value: float = FORMAT_REWARD, drop_tied: bool = True,
-                 drop_failed: bool = False, protocol=None):
+                 drop_failed: bool = False, protocol=None, cost_weight: float = COST_WEIGHT):
         self.processor = processor
         self.protocol = protocol
         """The protocol profile the rollouts follow (None: `visionthink`); it parses their turns."""
@@ -58,6 +67,8 @@ class VisionThinkRewards:
         self.variant = variant
         self.theta = theta
         self.penalty = penalty
+        self.cost_weight = cost_weight
+        """beta of the `cost` variant (read by it only)."""
         self.format_value = format_value
         self.drop_tied = drop_tied
         self.drop_failed = drop_failed
@@ -77,7 +88,7 @@ class VisionThinkRewards:
 
     @staticmethod
     def resize_penalty(vt_penalty: list[float], **_: Any) -> list[float]:
-        """-P_control: the group resize penalty (variant `paper`, `release`, `none` or `flat`)."""
+        """-P_control: the group resize penalty (variant `paper`, `release`, `none`, `flat` or `cost`)."""
         return [-p for p in vt_penalty]
 
     @property
@@ -103,9 +114,11 @@ class VisionThinkRewards:
         state = PartialState()
         everything = gather_object(local) if state.num_processes > 1 else local
         scores = combine_groups(everything, state.process_index, len(rows), self.num_generations, self.variant,
-                                self.theta, self.penalty, self.drop_tied, self.drop_failed)
-        scores.metrics = {**batch_metrics(episodes, scores, [row.get("family", "all") for row in rows], graded),
-                          **scores.metrics}
+                                self.theta, self.penalty, self.drop_tied, self.drop_failed, self.cost_weight)
+        families = [row.get("family", "all") for row in rows]
+        zoom = get_profile(self.protocol).offers_zoom
+        scores.metrics = {**batch_metrics(episodes, scores, families, graded),
+                          **(zoom_metrics(episodes, families) if zoom else {}), **scores.metrics}
         self.history.append(scores.metrics)
         if log_metric is not None:
             for name, value in scores.metrics.items():
@@ -115,14 +128,14 @@ class VisionThinkRewards:
 
 def combine_groups(everything: list[tuple[Hashable, GradedRollout]], process_index: int, n: int,
                    num_generations: int, variant: str = "paper", theta: float = THETA, penalty: float = PENALTY,
-                   drop_tied: bool = True, drop_failed: bool = False) -> BatchScores:
+                   drop_tied: bool = True, drop_failed: bool = False, cost_weight: float = COST_WEIGHT) -> BatchScores:
     """The scores of this process's `n` rows from the `(uid, graded rollout)` rows of every process, in
     process order. Global row i is in group ``i // num_generations``; the penalty and the tie filter see
-    whole groups. The metrics here are the group counts."""
+    whole groups (`cost_weight`: the `cost` variant's beta). The metrics here are the group counts."""
     groups = [row_index // num_generations for row_index in range(len(everything))]
     _check_groups([uid for uid, _ in everything], groups)
     parts = group_rewards([graded for _, graded in everything], groups, variant, theta, penalty, drop_tied,
-                          drop_failed)
+                          drop_failed, cost_weight)
     mine = slice(process_index * n, (process_index + 1) * n)
     dropped = {g for g, k in zip(groups, parts.keep, strict=True) if not k}
     return BatchScores(
@@ -160,4 +173,24 @@ def batch_metrics(episodes: list[Episode], scores: BatchScores, family: list[str
         rows = [i for i, f in enumerate(family) if f == name]
         metrics[f"resize_ratio/{name}"] = sum(episodes[i].resized for i in rows) / len(rows)
         metrics[f"accuracy/{name}"] = sum(scores.accuracy[i] for i in rows) / len(rows)
+    return metrics
+
+
+def zoom_metrics(episodes: list[Episode], family: list[str]) -> dict[str, float]:
+    """Under a zoom profile: the share of zoom calls and of any tool (all and per family), the crop's visual
+    tokens per zoom, and the mean `visual_cost` (what the `cost` penalty weighs)."""
+    from visionthink.rewards.rewards import visual_cost
+
+    n = max(1, len(episodes))
+    zooms = [e for e in episodes if e.zoomed]
+    metrics = {
+        "zoom_ratio": len(zooms) / n,
+        "tool_ratio": sum(e.resized or e.zoomed for e in episodes) / n,
+        "visual_cost/mean": sum(visual_cost(e) for e in episodes) / n,
+        "zoom/crop_tokens": (sum(e.visual_tokens_per_turn[-1] for e in zooms) / len(zooms)) if zooms else 0.0,
+    }
+    for name in sorted(set(family)):
+        rows = [i for i, f in enumerate(family) if f == name]
+        metrics[f"zoom_ratio/{name}"] = sum(episodes[i].zoomed for i in rows) / len(rows)
+        metrics[f"tool_ratio/{name}"] = sum(episodes[i].resized or episodes[i].zoomed for i in rows) / len(rows)
     return metrics
