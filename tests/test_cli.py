@@ -276,3 +276,22 @@ def test_ask_from_the_command_line_leaves_at_once_after_flushing(fake_ask, monke
     main()
     assert left == [EXIT_NO_ANSWER] and flushed
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["error"].startswith("final turn malformed")
+
+
+def test_serve_passes_device_and_dtype_to_the_model(shipped_model_dir, monkeypatch):
+    import uvicorn
+
+    from visionthink.engines import transformers_engine
+
+    loaded = []
+    real = transformers_engine.load_model
+
+    def spy(model_dir, dtype=None, device=None):
+        loaded.append((dtype, device))
+        return real(model_dir, dtype=dtype, device=device)
+
+    monkeypatch.setattr(transformers_engine, "load_model", spy)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)  # load, build the app, do not listen
+    argv = ["--device", "cpu", "--dtype", "float32", "serve", "--model", str(shipped_model_dir), "--port", "8765"]
+    assert main(argv) == 0
+    assert loaded == [("float32", "cpu")]

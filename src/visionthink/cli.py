@@ -273,7 +273,8 @@ def _serve(args: argparse.Namespace) -> int:
     name = args.served_model_name or (Path(args.model).name if args.model else "tiny-synth")
     limits = {field: getattr(args, field) for _, field, _, _ in SERVE_LIMITS}
     config = ServeConfig(model_name=name, api_key=api_key, allow_remote_images=args.allow_remote_images, **limits)
-    serve(args.model, host=args.host, port=args.port, config=config, log_level=args.log_level, protocol=args.protocol)
+    serve(args.model, host=args.host, port=args.port, config=config, log_level=args.log_level, protocol=args.protocol,
+          device=args.device, dtype=args.dtype)
     return 0
 
 

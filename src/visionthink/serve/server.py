@@ -68,12 +68,14 @@ def uvicorn_config(app, config: ServeConfig, host: str = "127.0.0.1", port: int 
 
 
 def serve(model_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
-          config: ServeConfig | None = None, log_level: str = "info", protocol: str | None = None) -> None:
-    """Load the model and serve it until interrupted; `protocol` is the conversation format (`visionthink.profiles`,
-    default visionthink)."""
+          config: ServeConfig | None = None, log_level: str = "info", protocol: str | None = None,
+          device: str | None = None, dtype: str | None = None) -> None:
+    """Load the model (on `device`, in `dtype`; defaults: a GPU when visible, the checkpoint's dtype) and serve it
+    until interrupted; `protocol` is the conversation format (`visionthink.profiles`, default visionthink)."""
     from visionthink.engines.transformers_engine import TransformersEngine
     from visionthink.serve.app import create_app
 
     config = config or ServeConfig()
-    engine = TransformersEngine.from_pretrained(model_dir, batch_size=config.max_batch, protocol=protocol)
+    engine = TransformersEngine.from_pretrained(model_dir, device=device, dtype=dtype, batch_size=config.max_batch,
+                                                protocol=protocol)
     uvicorn.Server(uvicorn_config(create_app(engine, config), config, host, port, log_level)).run()
