@@ -58,6 +58,44 @@ def script_turns(trainer, tokenizer, first_turn, second_turn, offset: int = 0):
     return record_generations(trainer)
 
 
+def train_scripted(config, first_turn, second_turn):
+    """`train_grpo(config)` with the built trainer's generation scripted by `script_turns`.
+    Returns (final model folder, trainer, the recorded generations)."""
+    from visionthink.train import grpo as grpo_module
+
+    built = {}
+    real_build = grpo_module.build_trainer
+
+    def build_and_script(*args, **kwargs):
+        trainer = real_build(*args, **kwargs)
+        built["recorded"] = script_turns(trainer, trainer.processing_class.tokenizer, first_turn, second_turn)
+        built["trainer"] = trainer
+        return trainer
+
+    grpo_module.build_trainer = build_and_script
+    try:
+        final = grpo_module.train_grpo(config)
+    finally:
+        grpo_module.build_trainer = real_build
+    return final, built["trainer"], built["recorded"]
+
+
+def capture_rewards(trainer, answer: str) -> list:
+    """Make every row's truth `answer` and append each batch's rewards (TRL's tensor) to the returned list."""
+    seen = []
+    calculate = trainer._calculate_rewards
+
+    def capture(inputs, prompts, completions, ids):
+        for row in inputs:
+            row["answer"] = answer
+        result = calculate(inputs, prompts, completions, ids)
+        seen.append(result.clone())
+        return result
+
+    trainer._calculate_rewards = capture
+    return seen
+
+
 def record_generations(trainer) -> list:
     """Wrap `trainer._generate`: every call's (prompts, output) is appended to the returned list."""
     recorded = []

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from grpo_scripted import favour_token, record_first_turns, record_generations, script_turns  # tests/ is on sys.path
+from grpo_scripted import (  # tests/ is on sys.path
+    capture_rewards,
+    favour_token,
+    record_first_turns,
+    record_generations,
+    script_turns,
+    train_scripted,
+)
 
 from visionthink import protocol
 from visionthink.data import synth
@@ -21,7 +28,7 @@ from visionthink.errors import VisionThinkError
 from visionthink.images import make_views
 from visionthink.tokens import assistant_mask, encode
 from visionthink.train import grpo_env
-from visionthink.train.grpo import build_trainer, train_grpo
+from visionthink.train.grpo import build_trainer
 from visionthink.train.grpo_config import VisionThinkGRPOConfig
 from visionthink.train.grpo_trainer import RowTokenBan
 
@@ -90,19 +97,9 @@ def test_trained_ids_are_the_protocol_rendering(tmp_path, tiny_dir):
 
     first = {0: protocol.resize_text(think), 1: protocol.resize_text(think)}
     recorded = script_turns(trainer, tokenizer, lambda i: first.get(i, answer_for(i)), answer_for)
-    rewards_seen = []
-    calculate = trainer._calculate_rewards
-
-    def capture(inputs, prompts, completions, ids):
-        # make the truth match the scripted answer so rows 0-2 are correct ("checker" is one token of the
-        # tiny vocabulary, so the resize episode fits max_completion_length)
-        for row in inputs:
-            row["answer"] = "checker"
-        result = calculate(inputs, prompts, completions, ids)
-        rewards_seen.append(result.clone())
-        return result
-
-    trainer._calculate_rewards = capture
+    # the truth matches the scripted answer so rows 0-2 are correct ("checker" is one token of the tiny
+    # vocabulary, so the resize episode fits max_completion_length)
+    rewards_seen = capture_rewards(trainer, "checker")
     trainer.train()
 
     prompts, out = recorded[0]
@@ -156,31 +153,14 @@ def test_train_grpo_smoke(tmp_path, tiny_dir):
     second turn is sampled by the model with the high-res image in context; checkpoints and logs appear."""
     config = recipe(tmp_path, tiny_dir, max_steps=2, num_generations=2, per_device_train_batch_size=4,
                     save_steps=1, max_completion_length=128, save_total_limit=1)
-    from visionthink.train import grpo as grpo_module
-
-    built = {}
-    real_build = grpo_module.build_trainer
-
-    def build_and_script(*args, **kwargs):
-        trainer = real_build(*args, **kwargs)
-        tokenizer = trainer.processing_class.tokenizer
-        call = protocol.resize_text("Look at the image.")
-        built["recorded"] = script_turns(trainer, tokenizer, lambda i: call if i % 2 == 0 else None, lambda i: None)
-        built["trainer"] = trainer
-        return trainer
-
-    grpo_module.build_trainer = build_and_script
-    try:
-        final = train_grpo(config)
-    finally:
-        grpo_module.build_trainer = real_build
-    trainer = built["trainer"]
+    call = protocol.resize_text("Look at the image.")
+    final, trainer, recorded = train_scripted(config, lambda i: call if i % 2 == 0 else None, lambda i: None)
     run = tmp_path / "run"
     assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
     assert (run / "checkpoint-2" / "model.safetensors").is_file()
     assert trainer.state.global_step == 2
     # the tool put the high-res image into the second turn, and the loss pass saw it
-    for _prompts, out in built["recorded"]:
+    for _prompts, out in recorded:
         completions, tool_images = out[3], out[7]
         resized = [i for i, c in enumerate(completions) if any(m["role"] == "tool" for m in c)]
         assert resized and all(tool_images[i] and tool_images[i][0].size in synth.IMAGE_SIZES for i in resized)

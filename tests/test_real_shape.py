@@ -155,9 +155,8 @@ def test_eval_on_a_small_fixture(model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_two_grpo_steps_with_lora_and_the_release_protocol(model_dir, tmp_path):
-    from grpo_scripted import script_turns  # tests/ is on sys.path
+    from grpo_scripted import train_scripted  # tests/ is on sys.path
 
-    from visionthink.train import grpo as grpo_module
     from visionthink.train.grpo_config import VisionThinkGRPOConfig
 
     config = VisionThinkGRPOConfig(
@@ -166,29 +165,14 @@ def test_two_grpo_steps_with_lora_and_the_release_protocol(model_dir, tmp_path):
         report_to="none", resume=False, drop_tied_groups=False, lora=True, lora_r=4, lora_alpha=8,
         protocol="release",
     )
-    built = {}
-    real_build = grpo_module.build_trainer
-
-    def build_and_script(*args, **kwargs):
-        trainer = real_build(*args, **kwargs)
-        tokenizer = trainer.processing_class.tokenizer
-        call = RELEASE.resize_text("The print is small.")
-        built["recorded"] = script_turns(trainer, tokenizer, lambda i: call if i % 2 == 0 else None,
-                                         lambda i: RELEASE.answer_text("ok", "7"))
-        built["trainer"] = trainer
-        return trainer
-
-    grpo_module.build_trainer = build_and_script
-    try:
-        final = grpo_module.train_grpo(config)
-    finally:
-        grpo_module.build_trainer = real_build
-    trainer = built["trainer"]
+    call = RELEASE.resize_text("The print is small.")
+    final, trainer, recorded = train_scripted(config, lambda i: call if i % 2 == 0 else None,
+                                              lambda i: RELEASE.answer_text("ok", "7"))
     assert trainer.state.global_step == 2
     assert (final / "config.json").is_file() and (final / "adapter" / "adapter_config.json").is_file()
     processor = trainer.processing_class
     assert processor.chat_template == RELEASE.chat_template
-    for prompts, out in built["recorded"]:
+    for prompts, out in recorded:
         completions = out[3]
         text = render_text(processor, [*prompts[0], *completions[0]], protocol=RELEASE)
         assert text.startswith("<|im_start|>system\nYou are a helpful assistant.\n\n# Tools\n\nYou may call the")

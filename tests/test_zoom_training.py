@@ -203,7 +203,7 @@ def test_zoom_trained_ids_are_the_profile_rendering(tmp_path, tiny_dir):
     completion ids are `tokens.encode` of the episode in the zoom profile (the schemas rendered are the
     profile's), the loss mask is the assistant mask, the episodes record the zoom and its crop, and the `cost`
     penalty is `rewards.cost_penalties` of the episodes' visual costs."""
-    from grpo_scripted import script_turns  # tests/ is on sys.path
+    from grpo_scripted import capture_rewards, script_turns  # tests/ is on sys.path
 
     from visionthink.rewards.rewards import cost_penalties, visual_cost
     from visionthink.train.grpo import build_trainer
@@ -222,17 +222,7 @@ def test_zoom_trained_ids_are_the_profile_rendering(tmp_path, tiny_dir):
         return protocol.answer_text(THINK, "dots" if row == 3 else "checker")
 
     recorded = script_turns(trainer, tokenizer, lambda i: first.get(i, answer_for(i)), answer_for)
-    rewards_seen = []
-    calculate = trainer._calculate_rewards
-
-    def capture(inputs, prompts, completions, ids):
-        for row in inputs:
-            row["answer"] = "checker"
-        result = calculate(inputs, prompts, completions, ids)
-        rewards_seen.append(result.clone())
-        return result
-
-    trainer._calculate_rewards = capture
+    rewards_seen = capture_rewards(trainer, "checker")
     trainer.train()
 
     prompts, out = recorded[0]
@@ -272,33 +262,17 @@ def test_zoom_trained_ids_are_the_profile_rendering(tmp_path, tiny_dir):
 def test_train_grpo_zoom_smoke(tmp_path, tiny_dir):
     """Two GRPO steps end to end under `visionthink-zoom` with the cost penalty: the first turn is scripted to zoom
     (a random model would not), the second is sampled with the crop in context; checkpoints and zoom logs appear."""
-    from grpo_scripted import script_turns
+    from grpo_scripted import train_scripted
 
-    from visionthink.train import grpo as grpo_module
 
     config = grpo_recipe(tmp_path, tiny_dir, max_steps=2, num_generations=2, per_device_train_batch_size=4,
                          save_total_limit=1)
-    built = {}
-    real_build = grpo_module.build_trainer
-
-    def build_and_script(*args, **kwargs):
-        trainer = real_build(*args, **kwargs)
-        call = protocol.zoom_text(THINK, [0, 0, 28, 28])
-        built["recorded"] = script_turns(trainer, trainer.processing_class.tokenizer,
-                                         lambda i: call if i % 2 == 0 else None, lambda i: None)
-        built["trainer"] = trainer
-        return trainer
-
-    grpo_module.build_trainer = build_and_script
-    try:
-        final = grpo_module.train_grpo(config)
-    finally:
-        grpo_module.build_trainer = real_build
-    trainer = built["trainer"]
+    call = protocol.zoom_text(THINK, [0, 0, 28, 28])
+    final, trainer, recorded = train_scripted(config, lambda i: call if i % 2 == 0 else None, lambda i: None)
     run = tmp_path / "run"
     assert (final / "config.json").is_file() and (run / "checkpoint-2" / "model.safetensors").is_file()
     assert trainer.state.global_step == 2
-    for _prompts, out in built["recorded"]:
+    for _prompts, out in recorded:
         completions, tool_images = out[3], out[7]
         zoomed = [i for i, c in enumerate(completions) if any(m.get("name") == "zoom_image" for m in c)]
         assert zoomed and all(tool_images[i] and tool_images[i][0].size == (56, 56) for i in zoomed)

@@ -185,12 +185,13 @@ class KVDecoder:
             logits = self._feed_tokens(feeds)
             tokens = self._choose_rows(logits[:, -1], ban, sampling, generator)
             for row, guess in guesses.items():
-                accepted = self._verify(row, logits[row, -len(feeds[row]) : -1], guess, ban, sampling, generator)
+                accepted, departure = self._verify(row, logits[row, -len(feeds[row]) : -1], guess, ban, sampling,
+                                                   generator)
                 for token in guess[:accepted]:
                     generated[row].append(token)
                     self.history[row].append(token)
                 if accepted < len(guess):
-                    tokens[row] = self._rejected_token
+                    tokens[row] = departure
                     self._unfeed(row, len(guess) - accepted)
                 elif guess[-1] in stops or len(generated[row]) >= sampling.max_new_tokens:
                     active.remove(row)
@@ -204,20 +205,19 @@ class KVDecoder:
         return _choose(logits, sampling, generator).tolist()
 
     def _verify(self, row: int, logits: torch.Tensor, tail: list[int], ban: torch.Tensor | None,
-                sampling: SamplingConfig, generator: torch.Generator | None) -> int:
-        """How many of `tail`'s tokens the model picks itself from `logits` (one row per tail token).
+                sampling: SamplingConfig, generator: torch.Generator | None) -> tuple[int, int | None]:
+        """How many of `tail`'s tokens the model picks itself from `logits` (one row per tail token), and the
+        first choice that differs (the model's next token; None when the whole tail is kept).
 
         Choosing each token as decoding would and keeping it while it equals the draft leaves greedy output
-        unchanged and sampled output identically distributed. The first differing choice is kept in
-        `_rejected_token`: it is the model's next token.
+        unchanged and sampled output identically distributed.
         """
         for index, expected in enumerate(tail):
             choice = self._choose_rows(logits[index : index + 1], None if ban is None else ban[row : row + 1],
                                        sampling, generator)[0]
             if choice != expected:
-                self._rejected_token = choice
-                return index
-        return len(tail)
+                return index, choice
+        return len(tail), None
 
     def _feed_tokens(self, feeds: dict[int, list[int]]) -> torch.Tensor:
         """One forward pass over each row's new tokens (left-padded); logits at every new position."""
@@ -263,11 +263,7 @@ class Draft:
         """Up to `room` guessed tokens after `history`, ending at the first stop token."""
         if history[-1] != self.trigger:
             return []
-        guess = list(self.tail[:room])
-        for index, token in enumerate(guess):
-            if token in stops:
-                return guess[: index + 1]
-        return guess
+        return _cut_at_stop(list(self.tail[:room]), stops)
 
 
 @dataclass
@@ -300,7 +296,11 @@ def _repeat_guess(previous: list[int], written: list[int], room: int, stops: set
     n = len(written)
     if n >= len(previous) or previous[:n] != written:
         return []
-    guess = previous[n : n + room]
+    return _cut_at_stop(previous[n : n + room], stops)
+
+
+def _cut_at_stop(guess: list[int], stops: set[int]) -> list[int]:
+    """`guess` up to and including its first stop token (nothing is written after a stop)."""
     for index, token in enumerate(guess):
         if token in stops:
             return guess[: index + 1]

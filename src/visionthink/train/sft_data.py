@@ -160,6 +160,19 @@ def perception_conversation(question: str, answer: str, image, question_type: st
             protocol.assistant_turn(protocol.answer_text(think_for(question, question_type), answer))]
 
 
+def _draw(rng: np.random.Generator, grid: PixelGrid, full_res_fraction: float):
+    """A fresh scene, a random question type, its family and views, the first image's resolution, the
+    answer and a random training wording (in this order of random draws)."""
+    scene = synth.make_scene(rng)
+    question_type = str(rng.choice(["colour", "shape", "count", "pattern", "pattern"]))
+    family = synth.family_of(scene, question_type)
+    views = make_views(scene.image, grid)
+    start: Start = "high" if rng.random() < full_res_fraction else "low"
+    answer = synth.answer_for(scene, question_type)
+    question = synth.pick_wording(rng, question_type, "train")
+    return scene, question_type, family, views, start, answer, question
+
+
 def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: float,
                    full_res_fraction: float, perception: bool = False, zoom_fraction: float = 0.0) -> Example:
     """A fresh random scene, a random question about it in a random training wording, and a random
@@ -168,13 +181,7 @@ def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: f
     in the `visionthink-zoom` profile, some zooming on the label's true box (`sample_zoom_example`)."""
     if zoom_fraction > 0 and not perception:
         return sample_zoom_example(rng, grid, resize_fraction, full_res_fraction, zoom_fraction)
-    scene = synth.make_scene(rng)
-    question_type = str(rng.choice(["colour", "shape", "count", "pattern", "pattern"]))
-    family = synth.family_of(scene, question_type)
-    views = make_views(scene.image, grid)
-    start: Start = "high" if rng.random() < full_res_fraction else "low"
-    answer = synth.answer_for(scene, question_type)
-    question = synth.pick_wording(rng, question_type, "train")
+    scene, question_type, family, views, start, answer, question = _draw(rng, grid, full_res_fraction)
     if perception:
         start = "high" if family == "fine_small" else start
         image = views.high if start == "high" else views.low
@@ -247,13 +254,7 @@ def sample_zoom_example(rng: np.random.Generator, grid: PixelGrid, resize_fracti
     probability `resize_fraction` whatever the item needs (the decision stays uninformed; GRPO learns it); a call
     about the label zooms on the label's true box (`label_zoom_box`) with probability `zoom_fraction`, else
     resizes. Coarse questions' calls resize (no box to supervise)."""
-    scene = synth.make_scene(rng)
-    question_type = str(rng.choice(["colour", "shape", "count", "pattern", "pattern"]))
-    family = synth.family_of(scene, question_type)
-    views = make_views(scene.image, grid)
-    start: Start = "high" if rng.random() < full_res_fraction else "low"
-    answer = synth.answer_for(scene, question_type)
-    question = synth.pick_wording(rng, question_type, "train")
+    scene, question_type, family, views, start, answer, question = _draw(rng, grid, full_res_fraction)
     calls = start == "low" and rng.random() < resize_fraction
     zoom = calls and question_type == "pattern" and rng.random() < zoom_fraction
     box = label_zoom_box(scene, views) if zoom else None
