@@ -16,7 +16,7 @@ from visionthink.data import synth
 from visionthink.engines.base import ALL_MODES, MODES, ZOOM_MODES, Generated, Request, oracle_box, run_episodes
 from visionthink.images import PixelGrid, make_views, zoom_crop, zoom_region
 from visionthink.profiles import NAMES, RELEASE, VISIONTHINK, VISIONTHINK_ZOOM, get_profile, with_zoom
-from visionthink.tokens import render_text
+from visionthink.tokens import IGNORE_INDEX, render_text
 
 GRID = PixelGrid(28, 28 * 28, 168 * 112)
 """The tiny model's grid (the shipped checkpoint's processor)."""
@@ -423,6 +423,44 @@ def test_eval_runs_oracle_zoom(tmp_path, shipped_model):
     assert {r["action"] for r in records if r["mode"] == "oracle"} == {"resize", "answer"}
     assert all(len(r["zoom_box"]) == 4 for r in records if r["action"] == "zoom")
     assert not any("zoom_box" in r for r in records if r["action"] != "zoom")
+    # the oracle zooms on whole low pixels covering the true box: IoU with it is high but the floor/ceil costs some
+    ious = [r["zoom_iou"] for r in records if r["action"] == "zoom"]
+    assert ious and all(0.6 < iou <= 1.0 for iou in ious)
+    assert summary["oracle-zoom"]["zoom_hit_rate"] == 1.0
+    assert summary["oracle-zoom"]["zoom_iou"] == pytest.approx(sum(ious) / len(ious))
+    assert summary["oracle-zoom"]["zoom_calls_with_truth"] == len(ious)
+    assert "zoom_iou" in summary["oracle-zoom"]["per_family"]["fine_small"]
+
+
+def test_box_iou():
+    from visionthink.eval.runner import box_iou
+
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 10, 10), (10, 0, 20, 10)) == 0.0  # touching edges share no area
+    assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    assert box_iou((0, 0, 0, 0), (0, 0, 0, 0)) == 0.0
+
+
+def test_zoom_iou_scales_the_truth_to_the_low_view():
+    from visionthink.eval.runner import zoom_iou
+
+    source = Image.new("RGB", (112, 168))
+    views = make_views(source, GRID)
+    episode = protocol.Episode(messages=VISIONTHINK_ZOOM.first_turn("q", views.low), answer="x", resized=False,
+                               turns=[], visual_tokens_per_turn=[6], full_res_visual_tokens=24, zoomed=True,
+                               zoom_box=(14, 28, 28, 42))
+    assert zoom_iou(episode, (28, 56, 56, 84), source.size) == pytest.approx(1.0)  # the same box, halved
+    assert zoom_iou(episode, (28, 56, 84, 84), source.size) == pytest.approx(0.5)
+
+
+def test_zoom_box_metrics():
+    from visionthink.eval.summary import zoom_box_metrics
+
+    assert zoom_box_metrics([{"zoom_iou": None}, {}]) == {}
+    metrics = zoom_box_metrics([{"zoom_iou": 0.9}, {"zoom_iou": 0.5}, {"zoom_iou": 0.1}, {}])
+    assert metrics == {"zoom_iou": pytest.approx(0.5), "zoom_hit_rate": pytest.approx(2 / 3),
+                       "zoom_calls_with_truth": 3}
 
 
 # ---------------------------------------------------------------- SFT data
@@ -458,11 +496,34 @@ def test_sft_zoom_conversations_are_supervised_by_the_label_box(shipped_model):
         counts = visual_tokens(processor, batch["image_grid_thw"])
         assert counts == [GRID.tokens(*image.size) for image in images]
         assert [len(targets["count"]) for targets in example.aux] == counts
-        assert all(set(targets) == set(AUX_HEADS) for targets in example.aux)
+        assert all(set(targets) == {*AUX_HEADS, "label_cell"} for targets in example.aux)
         if example.zoomed:
             crop_targets = example.aux[1]
             assert (crop_targets["pattern"] >= 0).any() and (crop_targets["legible"] == 1).any()
             assert GRID.tokens(*images[1].size) >= 4
+
+
+def test_label_cell_says_where_the_label_is_within_a_token():
+    from visionthink.train.sft_data import aux_targets, label_cell
+
+    # a low view (scale 1/2) with 2x3 tokens of 28 px: a label at (42..54, 14..26) view px is in token (col 1,
+    # row 0), right half, bottom half: quarter 3, class 4
+    target = label_cell((84, 28, 108, 52), 0.5, 28, 2, 3)
+    assert target.tolist() == [0, 4, 0, 0, 0, 0]
+    assert label_cell((0, 56, 24, 80), 0.5, 28, 2, 3).tolist() == [0, 0, 1, 0, 0, 0]  # row 1, top-left
+    assert label_cell((0, 84, 24, 108), 0.5, 28, 2, 3).tolist() == [0, 0, 3, 0, 0, 0]  # row 1, bottom-left
+    assert (label_cell((0, 0, 24, 24), 1.0, 28, 4, 4) == IGNORE_INDEX).all()  # the full view: no target
+    for seed in range(30):
+        scene = synth.make_scene(np.random.default_rng(seed), label_size="small")
+        views = make_views(scene.image, GRID)
+        cells = aux_targets(scene, views.low.size, GRID)["label_cell"]
+        assert (cells > 0).sum() == 1
+        token = int((cells > 0).nonzero())
+        quarter = int(cells[token]) - 1
+        cols = views.low.width // GRID.factor
+        x1, y1 = scene.label_box[0] / 2, scene.label_box[1] / 2  # labels start on the 14 px half-token grid
+        assert (token % cols * 2 + quarter % 2, token // cols * 2 + quarter // 2) == (x1 // 14, y1 // 14)
+        assert (aux_targets(scene, views.high.size, GRID)["label_cell"] == IGNORE_INDEX).all()
 
 
 def test_sft_zoom_box_covers_the_label():

@@ -64,7 +64,7 @@ def test_sft_with_zoom_fraction_trains_on_the_zoom_rendering(tmp_path, random_ti
     monkeypatch.setattr(sft, "encode_for_training", recording)
     config = SFTConfig(init_from=str(start), output_dir=str(tmp_path / "run"), steps=2, batch_size=8,
                        learning_rate=1e-4, warmup_steps=1, save_every=2, eval_every=2, eval_items=4, threads=1,
-                       resize_fraction=1.0, full_res_fraction=0.0, zoom_fraction=1.0)
+                       resize_fraction=1.0, full_res_fraction=0.0, zoom_fraction=1.0, grounding_weight=1.0)
     final = train_sft(config)
     assert (final / "config.json").is_file()
     assert len(seen) == 16 and all(p == "visionthink-zoom" for _, p, _ in seen)
@@ -76,6 +76,7 @@ def test_sft_with_zoom_fraction_trains_on_the_zoom_rendering(tmp_path, random_ti
         assert ids != encode(processor, messages)["input_ids"][0].tolist()
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any(key.startswith("val_zoom_heldout/low/") for key in log[-1])
+    assert all(0.0 <= record["grounding_acc"] <= 1.0 for record in log)  # the grounding head trained each step
 
 
 def test_sft_zoom_recipe_section_loads():

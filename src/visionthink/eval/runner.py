@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from visionthink.errors import ImageError, VisionThinkError
 from visionthink.eval.samples_log import SampleLog, read_samples, record_key  # noqa: F401 - re-exported
 from visionthink.eval.summary import (  # noqa: F401 - re-exported
@@ -41,6 +43,7 @@ from visionthink.eval.summary import (  # noqa: F401 - re-exported
     timing_note,
     tokens_per_second,
 )
+from visionthink.protocol import images_in
 from visionthink.rewards.judge_base import Judge
 from visionthink.rewards.judge_cache import CachedJudge
 
@@ -256,6 +259,32 @@ def _box(bench, sample) -> tuple[int, int, int, int] | None:
     return None if label_box is None else label_box(sample)
 
 
+def _source_size(image) -> tuple[int, int]:
+    """The (width, height) of a sample's image as given (a PIL image or a path; only the header is read)."""
+    if hasattr(image, "size"):
+        return tuple(image.size)
+    with Image.open(image) as opened:
+        return opened.size
+
+
+def zoom_iou(episode, truth: tuple[int, int, int, int], source_size: tuple[int, int]) -> float:
+    """IoU of an episode's zoom box (low-view pixels) with the true box (source pixels, as `oracle-zoom` gets it),
+    both in low-view pixels."""
+    low = images_in(episode.messages)[0].size
+    sx, sy = low[0] / source_size[0], low[1] / source_size[1]
+    true = (truth[0] * sx, truth[1] * sy, truth[2] * sx, truth[3] * sy)
+    return box_iou(tuple(float(v) for v in episode.zoom_box), true)
+
+
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 for empty ones."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, width) * max(0.0, height)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def _has_boxes(bench, samples: list) -> bool:
     if not all(s.meta.get(ORACLE_LABEL) is not None for s in samples):
         return False
@@ -390,10 +419,14 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
                     results = _run_chunk(engine, requests, mode, bar)
                     predictions = [None if e is None else e.answer for e, _, _ in results]
                     per_sample = bench.score(chunk, predictions, judge).per_sample
-                    samples_log.append([
+                    records = [
                         episode_record(bench_name, mode, sample, episode, float(score), error, timing)
                         for sample, (episode, error, timing), score in zip(chunk, results, per_sample, strict=True)
-                    ])
+                    ]
+                    for sample, (episode, _, _), record in zip(chunk, results, records, strict=True):
+                        if "zoom_box" in record and (truth := _box(bench, sample)) is not None:
+                            record["zoom_iou"] = round(zoom_iou(episode, truth, _source_size(sample.image)), 4)
+                    samples_log.append(records)
     summary = summarise(loaded, samples_log, judge)
     meta = {
         "model": _model_id(config.model),

@@ -195,6 +195,7 @@ def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None 
         metrics["official"] = official
     if any(r.get("action") == "zoom" for r in records):  # only where a zoom ran: other summaries are unchanged
         metrics["zoom_ratio"] = _mean(float(r.get("action") == "zoom") for r in records)
+        metrics.update(zoom_box_metrics(records))
     labelled = all(s.meta.get(ORACLE_LABEL) is not None for s in samples)
     if labelled:
         needed = [bool(s.meta[ORACLE_LABEL]) for s in samples]
@@ -216,6 +217,7 @@ def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None 
             }
             if "zoom_ratio" in metrics:
                 entry["zoom_ratio"] = _mean(float(r.get("action") == "zoom") for r in rows)
+                entry.update(zoom_box_metrics(rows))
             if labelled:
                 precision, recall = resize_precision_recall([bool(r["resized"]) for r in rows],
                                                             [bool(s.meta[ORACLE_LABEL]) for s in subset])
@@ -223,3 +225,17 @@ def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None 
             per_family[family] = entry
         metrics["per_family"] = per_family
     return metrics
+
+
+ZOOM_HIT_IOU = 0.5
+"""A zoom call finds its region when its box has at least this IoU with the true box."""
+
+
+def zoom_box_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean IoU of the zoom calls' boxes with the true region and the share with IoU >= `ZOOM_HIT_IOU`, over the
+    records where both are known (`zoom_iou`); nothing when there are none."""
+    ious = [float(r["zoom_iou"]) for r in records if r.get("zoom_iou") is not None]
+    if not ious:
+        return {}
+    return {"zoom_iou": sum(ious) / len(ious), "zoom_hit_rate": sum(i >= ZOOM_HIT_IOU for i in ious) / len(ious),
+            "zoom_calls_with_truth": len(ious)}

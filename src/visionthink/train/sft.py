@@ -31,6 +31,7 @@ from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
 from visionthink.train import newest_checkpoint
 from visionthink.train.sft_data import (
     AUX_HEADS,
+    GROUNDING_CLASSES,
     conversation,
     decision_position,
     direct_answer_logits,
@@ -86,6 +87,10 @@ class SFTConfig:
     profile, and this share of the low-res calls about the label zoom on its true box (`sample_zoom_example`);
     validation then also reports held-out direct answers at low resolution under the zoom prompts
     (`val_zoom_heldout/low/...`). 0: the recipe's conversations, byte for byte."""
+    grounding_weight: float = 0.0
+    """Weight of a head on the low view's merged visual tokens that says where the label is, to within half a token
+    (`sft_data.label_cell`): it makes the tokens carry what a zoom's box must say. Privileged generator labels,
+    dropped after training, like `aux_weight`'s heads (docs/zoom.md). 0: off (no head is built)."""
     vocab_size: int = 2048
     save_every: int = 200
     eval_every: int = 200
@@ -124,6 +129,18 @@ class LegibilityHead(nn.Module):
         logits = self.linear(hidden[torch.arange(len(positions)), positions])
         accuracy = (logits.argmax(-1) == legible).float().mean().item()
         return nn.functional.cross_entropy(logits, legible), accuracy
+
+
+def grounding(head: nn.Module, features: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Cross-entropy of the grounding head on the tokens that have a `label_cell` target, and its accuracy on the
+    tokens that hold the label (the part a box depends on)."""
+    known = cells != IGNORE_INDEX
+    if not known.any():
+        return features.sum() * 0, float("nan")
+    logits = head(features[known])
+    holds = cells[known] > 0
+    accuracy = (logits[holds].argmax(-1) == cells[known][holds]).float().mean().item() if holds.any() else float("nan")
+    return nn.functional.cross_entropy(logits, cells[known]), accuracy
 
 
 def learning_rate(config: SFTConfig, step: int) -> float:
@@ -205,6 +222,8 @@ def train_sft(config: SFTConfig) -> Path:
     model.train()
     width = model.config.text_config.hidden_size
     heads = nn.ModuleDict({"perception": AuxHeads(width), "legibility": LegibilityHead(width)})
+    if config.grounding_weight > 0:
+        heads["grounding"] = nn.Linear(width, GROUNDING_CLASSES)
     optimizer = torch.optim.AdamW(
         list(model.parameters()) + list(heads.parameters()), lr=config.learning_rate,
         weight_decay=config.weight_decay,
@@ -240,6 +259,10 @@ def train_sft(config: SFTConfig) -> Path:
         aux_loss = heads["perception"].loss(features, targets)
         loss = outputs.loss + config.aux_weight * aux_loss
         extra = {}
+        if config.grounding_weight > 0:
+            cells = torch.cat([t["label_cell"] for e in examples for t in e.aux])
+            grounding_loss, extra["grounding_acc"] = grounding(heads["grounding"], features, cells)
+            loss = loss + config.grounding_weight * grounding_loss
         if teach_legibility:
             legible = torch.tensor([e.legible for e in examples], dtype=torch.long)
             legibility_loss, extra["legibility_acc"] = heads["legibility"].loss(

@@ -93,6 +93,9 @@ class Example:
 AUX_HEADS = {"count": 4, "shape": 1 + len(synth.SHAPES), "colour": 1 + len(synth.COLOURS), "largest": 2,
              "pattern": len(synth.PATTERNS), "legible": 2}
 """Classes per auxiliary head (per merged visual token)."""
+GROUNDING_CLASSES = 5
+"""`label_cell` targets: 0 for a token without the label; 1 + quarter (raster order) of the token that holds the
+label's centre, on views where a label is smaller than a token (the low view)."""
 
 
 def pattern_legible(label_size: str, high: bool) -> bool:
@@ -151,7 +154,21 @@ def aux_targets(scene: synth.Scene, view_size: tuple[int, int], grid: PixelGrid)
     if readable:
         pattern[tokens] = synth.PATTERNS.index(scene.pattern)
     return {"count": count.clamp(max=3), "shape": shape, "colour": colour, "largest": largest, "pattern": pattern,
-            "legible": legible}
+            "legible": legible, "label_cell": label_cell(scene.label_box, scale, grid.factor, cols, rows)}
+
+
+def label_cell(box: tuple[int, int, int, int], scale: float, cell: float, cols: int, rows: int) -> torch.Tensor:
+    """Per token of a view, where the label is to within half a token (`GROUNDING_CLASSES`): what a zoom's box
+    must say. Ignored on views that show the label at a token or more (scale >= 1: the full view, a crop)."""
+    if scale >= 1:
+        return torch.full((rows * cols,), IGNORE_INDEX, dtype=torch.long)
+    x1, y1, x2, y2 = (v * scale for v in box)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    col, row = min(int(cx // cell), cols - 1), min(int(cy // cell), rows - 1)
+    quarter = int(cx - col * cell >= cell / 2) + 2 * int(cy - row * cell >= cell / 2)
+    target = torch.zeros(rows * cols, dtype=torch.long)
+    target[row * cols + col] = 1 + quarter
+    return target
 
 
 def perception_conversation(question: str, answer: str, image, question_type: str) -> list[protocol.Message]:
