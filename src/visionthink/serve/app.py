@@ -12,9 +12,14 @@ Endpoints:
     `reasoning_content` the `<think>` text, `choices[0].message.resized` and
     `visionthink.resized` whether it asked for full resolution, and `usage` adds
     `visual_tokens` and `full_res_visual_tokens`. `finish_reason` is "length" when
-    `max_tokens` cut the last turn. `visionthink_mode` picks `visionthink` (default), `low`
-    or `full`; `visionthink_return_image: true` adds the low-res view the model saw as a
-    data URL (`visionthink.low_res_image`).
+    `max_tokens` cut the last turn. `visionthink_mode` picks `visionthink` (default), `low`,
+    `full`, or `zoom`: the model may also call `zoom_image` on a box of the low-res view and
+    gets that region at full resolution (run on the zoom variant of the served protocol; 400
+    under `--protocol release`, which has none). `visionthink.action` says what it did
+    ("answer", "resize" or "zoom"); after a zoom, `visionthink.zoom_box` is the box it asked
+    for (low-res pixels) and `visionthink.zoom_region` the crop it got (full-res pixels).
+    `visionthink_return_image: true` adds the low-res view the model saw as a data URL
+    (`visionthink.low_res_image`) and, after a zoom, the crop (`visionthink.zoom_image`).
   - **Raw** (the request carries `tools`, or `visionthink_mode: "raw"`): the server is a plain
     VLM, for clients that run the tool loop themselves (`visionthink.engines.remote`). The given
     messages and tools are rendered with the model's chat template and one assistant turn is
@@ -203,11 +208,15 @@ def _internal_error(error: Exception) -> ApiError:
 # ---------------------------------------------------------------- the app
 
 
-def create_app(engine: TransformersEngine, config: ServeConfig | None = None) -> FastAPI:
-    """The ASGI app serving `engine` (its batch size is raised to `config.max_batch`)."""
+def create_app(engine: TransformersEngine, config: ServeConfig | None = None,
+               zoom_engine: TransformersEngine | None = None) -> FastAPI:
+    """The ASGI app serving `engine` (its batch size is raised to `config.max_batch`). `zoom` requests run on
+    `zoom_engine`, by default one built on first use over the same model (`serve.worker.zoom_engine`)."""
     config = config or ServeConfig()
-    engine.batch_size = max(engine.batch_size, config.max_batch)
-    worker = ModelWorker(engine)
+    for served in (engine, zoom_engine):
+        if served is not None:
+            served.batch_size = max(served.batch_size, config.max_batch)
+    worker = ModelWorker(engine, zoom_engine)
     batcher = Batcher(worker, max_batch=config.max_batch, wait_ms=config.batch_wait_ms, max_queue=config.max_queue)
     service = ChatService(engine, worker.default_sampling, batcher, config)
     page = resources.files("visionthink.serve").joinpath("page.html").read_text(encoding="utf-8")
@@ -224,6 +233,7 @@ def create_app(engine: TransformersEngine, config: ServeConfig | None = None) ->
     app.state.server = state
     app.state.config = config
     app.state.engine = engine
+    app.state.worker = worker
     app.include_router(public)
     app.include_router(api)
     app.add_exception_handler(ApiError, on_api_error)

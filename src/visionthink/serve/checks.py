@@ -141,6 +141,10 @@ def chat_request(request: ChatCompletionRequest, config: ServeConfig, default_sa
     _refuse_unsupported(request)
     tools = [tool.model_dump(exclude_unset=True) for tool in request.tools] if request.tools else None
     mode = request.visionthink_mode or ("raw" if tools else "visionthink")
+    if mode in ("oracle", "oracle-zoom"):
+        raise ApiError(400, f"visionthink_mode {mode!r} is not served: an oracle needs the true answer (whether the "
+                       "item needs high resolution, where the answer is), which a request does not carry; served "
+                       f"modes: {', '.join(SERVED_MODES)}", "invalid_parameter", param="visionthink_mode")
     if mode not in SERVED_MODES:
         raise ApiError(400, f"visionthink_mode must be one of {', '.join(SERVED_MODES)}", "invalid_parameter",
                        param="visionthink_mode")

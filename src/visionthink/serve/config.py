@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SERVED_MODES = ("visionthink", "low", "full", "raw")
+SERVED_MODES = ("visionthink", "low", "full", "zoom", "raw")
+"""What `visionthink_mode` may ask for. `zoom` runs on the zoom variant of the served protocol (`profiles.with_zoom`);
+the oracles are not served: they need the truth (`needs_high_res`, the answer's box), which a request does not carry."""
 
 
 @dataclass

@@ -16,7 +16,7 @@ from PIL import Image
 
 from visionthink import protocol
 from visionthink.images import PixelGrid
-from visionthink.profiles import get_profile
+from visionthink.profiles import ProtocolProfile, get_profile
 from visionthink.serve.errors import ApiError
 from visionthink.tokens import render_text
 
@@ -48,24 +48,30 @@ class TokenBudget:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return len(ids) + sum(visual) - len(visual)
 
-    def visionthink(self, question: str, size: tuple[int, int], mode: str, max_new_tokens: int) -> int:
-        """Prompt tokens of the first turn (`prompt_tokens` of a one-turn episode); refuses what cannot fit.
+    def visionthink(self, question: str, size: tuple[int, int], mode: str, max_new_tokens: int,
+                    profile: ProtocolProfile | None = None) -> int:
+        """Prompt tokens of the first turn (`prompt_tokens` of a one-turn episode) under `profile` (default: the
+        engine's); refuses what cannot fit.
 
-        A `visionthink` episode may add a second turn: the tool turn with the full-resolution
-        image and another `max_new_tokens`, all counted.
+        A `visionthink` or `zoom` episode may add a second turn: the tool turn with the full-resolution
+        image (a zoom's crop is never larger) and another `max_new_tokens`, all counted.
         """
         high = self.grid.high_size(*size)
         low = self.grid.snap(max(1, high[0] // 2), max(1, high[1] // 2))
         first_view = high if mode == "full" else low
-        profile = self.protocol
+        profile = profile or self.protocol
         messages = profile.first_turn(question, _PLACEHOLDER)
         prompt = self.count(render_text(self.processor, messages, add_generation_prompt=True, protocol=profile),
                             [self.grid.tokens(*first_view)])
         needed = prompt + max_new_tokens
         if mode not in ("full", "low"):
-            messages = [*messages, protocol.assistant_turn(profile.resize_text("")), profile.tool_turn(_PLACEHOLDER)]
-            whole = self.count(render_text(self.processor, messages, add_generation_prompt=True, protocol=profile),
-                               [self.grid.tokens(*low), self.grid.tokens(*high)])
+            tails = [[protocol.assistant_turn(profile.resize_text("")), profile.tool_turn(_PLACEHOLDER)]]
+            if profile.offers_zoom:  # the zoom call and reply, with a crop as large as the high view
+                box = (0, 0, *low)
+                tails.append([protocol.assistant_turn(profile.zoom_text("", box)), protocol.zoom_turn(_PLACEHOLDER)])
+            whole = max(self.count(render_text(self.processor, [*messages, *tail], add_generation_prompt=True,
+                                               protocol=profile), [self.grid.tokens(*low), self.grid.tokens(*high)])
+                        for tail in tails)
             needed = whole + 2 * max_new_tokens
         self._check(prompt, needed, max_new_tokens)
         return prompt

@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image
 
 from visionthink import protocol
+from visionthink.images import PixelGrid, Views, zoom_region
 from visionthink.serve.checks import ChatRequest
 from visionthink.serve.worker import RawResult
 
@@ -74,7 +75,9 @@ def finish_reason(episode: protocol.Episode, stop_ids: list[int]) -> str:
     return "length" if ids and ids[-1] not in stop_ids else "stop"
 
 
-def visionthink_reply(episode: protocol.Episode, chat: ChatRequest, stop_ids: list[int]) -> Reply:
+def visionthink_reply(episode: protocol.Episode, chat: ChatRequest, stop_ids: list[int], views: Views | None = None,
+                      grid: PixelGrid | None = None) -> Reply:
+    """The reply of a VisionThink episode; `views` and `grid` (needed when it zoomed) locate the crop."""
     turns = [protocol.assistant_text(m) for m in episode.messages if m["role"] == "assistant"]
     reasoning = "\n".join(t.think for t in episode.turns if t.think)
     content = episode.answer if episode.answer is not None else (turns[-1] if turns else "")
@@ -88,9 +91,13 @@ def visionthink_reply(episode: protocol.Episode, chat: ChatRequest, stop_ids: li
         "visual_tokens_per_turn": episode.visual_tokens_per_turn,
         "well_formed": episode.well_formed,
         "first_image_size": list(first_image.size),
+        "action": episode.action,
+        "zoom_box": list(episode.zoom_box) if episode.zoomed and episode.zoom_box is not None else None,
     }
     if chat.return_image:
         info["low_res_image"] = image_data_url(first_image)
+    if episode.zoomed:
+        info.update(zoom_info(episode, views, grid, chat.return_image))
     usage = {
         "prompt_tokens": episode.prompt_tokens,
         "completion_tokens": episode.generated_tokens,
@@ -100,6 +107,19 @@ def visionthink_reply(episode: protocol.Episode, chat: ChatRequest, stop_ids: li
     }
     return Reply(content, reasoning or None, [], finish_reason(episode, stop_ids), usage,
                  {"resized": episode.resized}, {"visionthink": info})
+
+
+def zoom_info(episode: protocol.Episode, views: Views | None, grid: PixelGrid | None,
+              return_image: bool) -> dict[str, Any]:
+    """Where the zoom's crop lies: `zoom_region` (x1, y1, x2, y2 in the full-resolution view's pixels, the region
+    the model got), that view's size, and with `return_image` the crop itself as a data URL (`zoom_image`)."""
+    if views is None or grid is None or episode.zoom_box is None:
+        raise ValueError("a zoom reply needs the episode's views and grid")
+    info: dict[str, Any] = {"zoom_region": list(zoom_region(episode.zoom_box, views, grid)),
+                            "high_res_image_size": list(views.high.size)}
+    if return_image:
+        info["zoom_image"] = image_data_url(protocol.images_in(episode.messages)[1])
+    return info
 
 
 def raw_reply(result: RawResult, chat: ChatRequest) -> Reply:

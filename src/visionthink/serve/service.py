@@ -17,7 +17,8 @@ from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.engines.transformers_engine import Request as EngineRequest
 from visionthink.engines.transformers_engine import TransformersEngine
 from visionthink.errors import VisionThinkError
-from visionthink.images import load_image_within
+from visionthink.images import load_image_within, make_views
+from visionthink.profiles import ProtocolProfile, get_profile, with_zoom
 from visionthink.serve.batcher import Batcher
 from visionthink.serve.checks import ChatRequest, SpecialTokens, chat_request, check_unicode
 from visionthink.serve.config import ServeConfig
@@ -60,6 +61,8 @@ class ChatService:
         self.batcher = batcher
         self.config = config
         self.budget = TokenBudget(engine.processor, context_length(engine.model), getattr(engine, "protocol", None))
+        self.zoom_profile = zoom_variant(getattr(engine, "protocol", None))
+        """The profile `visionthink_mode: zoom` runs on (None: the served protocol has no zoom variant)."""
         self.special = SpecialTokens.of(engine.processor.tokenizer)
         self.decode_pool = concurrent.futures.ThreadPoolExecutor(config.decode_concurrency, "visionthink-decode")
         self.fetch_pool = concurrent.futures.ThreadPoolExecutor(config.remote_fetch_concurrency, "visionthink-fetch")
@@ -78,7 +81,13 @@ class ChatService:
         """The checked request of a raw body (JSON, valid Unicode, the request model, the server's limits)."""
         body = parse_json_body(raw)
         check_unicode(body)
-        return chat_request(parse_chat_request(body), self.config, self.default_sampling, self.special)
+        chat = chat_request(parse_chat_request(body), self.config, self.default_sampling, self.special)
+        if chat.mode == "zoom" and self.zoom_profile is None:
+            name = get_profile(getattr(self.engine, "protocol", None)).name
+            raise ApiError(400, f"visionthink_mode 'zoom' needs the zoom_image tool, which protocol {name!r} does not "
+                           "have (the server was started with it); use another mode, or serve with --protocol "
+                           "visionthink or visionthink-zoom", "invalid_parameter", param="visionthink_mode")
+        return chat
 
     async def _visionthink(self, chat: ChatRequest) -> Reply:
         image = (await self.images([chat.image_url]))[0]
@@ -86,10 +95,12 @@ class ChatService:
             self.grid.snap(*image.size)
         except VisionThinkError as error:
             raise ApiError(400, str(error), "invalid_image") from None
+        profile = self.zoom_profile if chat.mode == "zoom" else None
         await self._in(self.decode_pool, self.budget.visionthink, chat.question, image.size, chat.mode,
-                       chat.sampling.max_new_tokens)
+                       chat.sampling.max_new_tokens, profile)
         episode = await self.batcher.submit(chat.key, VisionThinkJob(EngineRequest(image, chat.question)))
-        return visionthink_reply(episode, chat, self.engine.stop_ids)
+        views = await self._in(self.decode_pool, make_views, image, self.grid) if episode.zoomed else None
+        return visionthink_reply(episode, chat, self.engine.stop_ids, views, self.grid)
 
     async def _raw(self, chat: ChatRequest) -> Reply:
         images = iter(await self.images(chat.image_urls))
@@ -134,3 +145,11 @@ class ChatService:
     @staticmethod
     async def _in(pool: concurrent.futures.Executor, function, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
+
+
+def zoom_variant(profile: str | ProtocolProfile | None) -> ProtocolProfile | None:
+    """`profiles.with_zoom(profile)`, or None for a protocol without a zoom variant (`release`)."""
+    try:
+        return with_zoom(profile)
+    except ValueError:
+        return None

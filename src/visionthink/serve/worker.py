@@ -6,6 +6,9 @@ next forward pass once every caller of the batch has given up (a forward pre-hoo
 model raises `Abandoned` from the worker thread only). A request with a `seed` runs in a
 batch of its own with a generator seeded for it, so the same seed gives the same reply
 whatever else is being served.
+
+A `zoom` group runs on a second engine over the same model and processor, on the zoom variant of
+the served protocol (`profiles.with_zoom`), built on first use.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from visionthink import protocol
 from visionthink.engines.kv_decoder import KVDecoder, SamplingConfig
 from visionthink.engines.transformers_engine import Request, TransformersEngine
+from visionthink.profiles import with_zoom
 from visionthink.serve.batcher import Abandon, Abandoned
 from visionthink.serve.checks import BatchKey
 from visionthink.tokens import visual_tokens
@@ -55,9 +59,19 @@ class RawResult:
 class ModelWorker:
     """Runs batches on a `TransformersEngine` (always from the batcher's single worker thread)."""
 
-    def __init__(self, engine: TransformersEngine):
+    def __init__(self, engine: TransformersEngine, zoom_engine: TransformersEngine | None = None):
         self.engine = engine
         self.default_sampling = engine.sampling
+        self._zoom_engine = zoom_engine
+
+    def engine_for(self, kind: str) -> TransformersEngine:
+        """The engine a batch of `kind` runs on: for `zoom`, the one on the zoom variant of the served protocol
+        (the served engine itself when its protocol offers zoom already), built once on first use."""
+        if kind != "zoom" or (self._zoom_engine is None and self.engine.protocol.offers_zoom):
+            return self.engine
+        if self._zoom_engine is None:
+            self._zoom_engine = zoom_engine(self.engine)
+        return self._zoom_engine
 
     def __call__(self, key: BatchKey, payloads: list[Any], abandon: Abandon | None = None) -> list[Any]:
         sampling = key.sampling_config(self.default_sampling)
@@ -76,7 +90,7 @@ class ModelWorker:
             hook.remove()
 
     def _run(self, kind: str, payloads: list[Any], sampling: SamplingConfig) -> list[Any]:
-        engine = self.engine
+        engine = self.engine_for(kind)
         generator = engine.generator
         if sampling.seed is not None:
             engine.generator = torch.Generator().manual_seed(sampling.seed)
@@ -119,3 +133,10 @@ class ModelWorker:
             text = processor.tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=False)
             results.append(RawResult(text, len(sequence), len(ids), tokens, finished, seconds))
         return results
+
+
+def zoom_engine(engine: TransformersEngine) -> TransformersEngine:
+    """An engine on the same model and processor under `profiles.with_zoom(engine.protocol)` (a ValueError for a
+    protocol without a zoom variant: `release`)."""
+    return TransformersEngine(engine.model, engine.processor, sampling=engine.sampling, batch_size=engine.batch_size,
+                              protocol=with_zoom(engine.protocol))
