@@ -98,3 +98,80 @@ def test_page_reports_refusals(server, browser, tmp_path):
     browser.find_element(By.ID, "submit").click()
     WebDriverWait(browser, 30).until(lambda driver: driver.find_element(By.ID, "error").text)
     assert "not a recognised image format" in browser.find_element(By.ID, "error").text
+
+
+@pytest.fixture(scope="module")
+def zoom_item():
+    return next(i for i in synth.split_items("test", 12, seed=0) if i.family == "fine_small")
+
+
+@pytest.fixture(scope="module")
+def zooming_server(shipped_model, zoom_item):
+    """A server whose zoom engine zooms on the item's label (the shipped model was never trained to zoom)."""
+    from test_serve_zoom import FirstTurnZooms  # tests/ is on sys.path
+
+    from visionthink.engines.base import oracle_box
+
+    low = make_views(zoom_item.image, shipped_model[1].grid).low
+    zoom = FirstTurnZooms(*shipped_model, {zoom_item.question: oracle_box(zoom_item.label_box, zoom_item.image.size,
+                                                                            low.size)})
+    app = create_app(TransformersEngine(*shipped_model), ServeConfig(model_name="tiny"), zoom_engine=zoom)
+    with BackgroundServer(app) as running:
+        yield running
+
+
+def test_page_shows_the_zoom_crop_its_place_and_its_tokens(zooming_server, browser, shipped_model, zoom_item,
+                                                            tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from visionthink.images import zoom_region
+
+    grid = shipped_model[1].grid
+    expected = TransformersEngine(*shipped_model, protocol="visionthink-zoom").run(
+        [Request(zoom_item.image, zoom_item.question, True, zoom_item.label_box)], "oracle-zoom")[0]
+    views = make_views(zoom_item.image, grid)
+    region = zoom_region(expected.zoom_box, views, grid)
+    image_path = tmp_path / "upload.png"
+    zoom_item.image.save(image_path)
+
+    browser.get(zooming_server.url + "/")
+    assert "zoom" in [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "mode")).options]
+    browser.find_element(By.ID, "image-input").send_keys(str(image_path))
+    browser.find_element(By.ID, "question").send_keys(zoom_item.question)
+    Select(browser.find_element(By.ID, "mode")).select_by_value("zoom")
+    browser.find_element(By.ID, "submit").click()
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda driver: driver.find_element(By.ID, "answer").text.strip())
+    assert browser.find_element(By.ID, "error").text == ""
+    assert browser.find_element(By.ID, "answer").text == expected.answer
+    assert browser.find_element(By.ID, "action").text == "zoomed into a region"
+    assert browser.find_element(By.ID, "resized").text == "no"
+    low_tokens, crop_tokens = expected.visual_tokens_per_turn
+    assert browser.find_element(By.ID, "tokens").text == (
+        f"{expected.visual_tokens} used vs {expected.full_res_visual_tokens} at full resolution "
+        f"({round(100 * expected.visual_tokens / expected.full_res_visual_tokens)}%): low view {low_tokens} + crop "
+        f"{crop_tokens}")
+    crop = browser.find_element(By.ID, "zoom-img")
+    assert crop.is_displayed()
+    crop_size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", crop)
+    assert crop_size == [region[2] - region[0], region[3] - region[1]] == [56, 56]
+    assert f"56\u00d756 px at full resolution, {crop_tokens} visual tokens" in \
+        browser.find_element(By.ID, "zoom-caption").text
+    outline = browser.find_element(By.ID, "zoom-outline")
+    assert outline.is_displayed()
+    box = browser.execute_script(
+        "const o = arguments[0].getBoundingClientRect(), i = arguments[1].getBoundingClientRect();"
+        "return [o.left - i.left, o.top - i.top, o.width, o.height, i.width, i.height];",
+        outline, browser.find_element(By.ID, "lowres-img"))
+    scale_x, scale_y = box[4] / views.high.width, box[5] / views.high.height
+    wanted = [region[0] * scale_x, region[1] * scale_y, (region[2] - region[0]) * scale_x,
+              (region[3] - region[1]) * scale_y]
+    assert all(abs(got - want) <= 2 for got, want in zip(box[:4], wanted, strict=True)), (box, wanted)
+    browser.save_screenshot(str(tmp_path / "zoom-page.png"))
+
+    Select(browser.find_element(By.ID, "mode")).select_by_value("low")  # a later reply without a zoom hides the crop
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda driver: driver.find_element(By.ID, "action").text == "answered from the first view")
+    assert not browser.find_element(By.ID, "zoom-figure").is_displayed()
+    assert not browser.find_element(By.ID, "zoom-outline").is_displayed()
