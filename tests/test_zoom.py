@@ -478,7 +478,7 @@ def test_sft_zoom_flag_is_off_by_default():
 
 def test_sft_zoom_conversations_are_supervised_by_the_label_box(shipped_model):
     from visionthink.tokens import encode, visual_tokens
-    from visionthink.train.sft_data import AUX_HEADS, sample_example
+    from visionthink.train.sft_data import AUX_HEADS, GROUNDING_CLASSES, sample_example
 
     _, processor = shipped_model
     rng = np.random.default_rng(0)
@@ -496,34 +496,36 @@ def test_sft_zoom_conversations_are_supervised_by_the_label_box(shipped_model):
         counts = visual_tokens(processor, batch["image_grid_thw"])
         assert counts == [GRID.tokens(*image.size) for image in images]
         assert [len(targets["count"]) for targets in example.aux] == counts
-        assert all(set(targets) == {*AUX_HEADS, "label_cell"} for targets in example.aux)
+        assert all(set(targets) == {*AUX_HEADS, *GROUNDING_CLASSES} for targets in example.aux)
         if example.zoomed:
             crop_targets = example.aux[1]
             assert (crop_targets["pattern"] >= 0).any() and (crop_targets["legible"] == 1).any()
             assert GRID.tokens(*images[1].size) >= 4
 
 
-def test_label_cell_says_where_the_label_is_within_a_token():
-    from visionthink.train.sft_data import aux_targets, label_cell
+def test_grounding_targets_say_where_tokens_and_label_are():
+    from visionthink.train.sft_data import GROUNDING_SIDE, aux_targets, grounding_targets
 
-    # a low view (scale 1/2) with 2x3 tokens of 28 px: a label at (42..54, 14..26) view px is in token (col 1,
-    # row 0), right half, bottom half: quarter 3, class 4
-    target = label_cell((84, 28, 108, 52), 0.5, 28, 2, 3)
-    assert target.tolist() == [0, 4, 0, 0, 0, 0]
-    assert label_cell((0, 56, 24, 80), 0.5, 28, 2, 3).tolist() == [0, 0, 1, 0, 0, 0]  # row 1, top-left
-    assert label_cell((0, 84, 24, 108), 0.5, 28, 2, 3).tolist() == [0, 0, 3, 0, 0, 0]  # row 1, bottom-left
-    assert (label_cell((0, 0, 24, 24), 1.0, 28, 4, 4) == IGNORE_INDEX).all()  # the full view: no target
+    # a low view (scale 1/2) of 2x3 tokens of 28 px; a label at (42..54, 14..26) view px: half-token cell (3, 1)
+    targets = grounding_targets((84, 28, 108, 52), 0.5, 28, 2, 3)
+    assert targets["label_cell"].tolist() == [0, 1 + 1 * 2 * GROUNDING_SIDE + 3, 0, 0, 0, 0]
+    assert targets["token_position"].tolist() == [0, 1, 3, 4, 6, 7]  # raster index on a 3-wide board
+    assert grounding_targets((0, 84, 24, 108), 0.5, 28, 2, 3)["label_cell"].tolist() == [0, 0, 1 + 3 * 6, 0, 0, 0]
+    for ignored in (grounding_targets((0, 0, 24, 24), 1.0, 28, 4, 4), grounding_targets((0, 0, 8, 8), 0.5, 28, 4, 2)):
+        assert all((t == IGNORE_INDEX).all() for t in ignored.values())  # full views; views over 3 tokens a side
     for seed in range(30):
         scene = synth.make_scene(np.random.default_rng(seed), label_size="small")
         views = make_views(scene.image, GRID)
         cells = aux_targets(scene, views.low.size, GRID)["label_cell"]
         assert (cells > 0).sum() == 1
+        sub_row, sub_col = divmod(int(cells.max()) - 1, 2 * GROUNDING_SIDE)
+        # labels start on the 28 px grid, so on the low view's 14 px half-token grid
+        assert (sub_col, sub_row) == (scene.label_box[0] // 28, scene.label_box[1] // 28)
         token = int((cells > 0).nonzero())
-        quarter = int(cells[token]) - 1
         cols = views.low.width // GRID.factor
-        x1, y1 = scene.label_box[0] / 2, scene.label_box[1] / 2  # labels start on the 14 px half-token grid
-        assert (token % cols * 2 + quarter % 2, token // cols * 2 + quarter // 2) == (x1 // 14, y1 // 14)
-        assert (aux_targets(scene, views.high.size, GRID)["label_cell"] == IGNORE_INDEX).all()
+        assert (token % cols, token // cols) == (sub_col // 2, sub_row // 2)
+        high = aux_targets(scene, views.high.size, GRID)
+        assert (high["label_cell"] == IGNORE_INDEX).all() and (high["token_position"] == IGNORE_INDEX).all()
 
 
 def test_sft_zoom_box_covers_the_label():

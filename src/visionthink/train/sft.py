@@ -88,9 +88,10 @@ class SFTConfig:
     validation then also reports held-out direct answers at low resolution under the zoom prompts
     (`val_zoom_heldout/low/...`). 0: the recipe's conversations, byte for byte."""
     grounding_weight: float = 0.0
-    """Weight of a head on the low view's merged visual tokens that says where the label is, to within half a token
-    (`sft_data.label_cell`): it makes the tokens carry what a zoom's box must say. Privileged generator labels,
-    dropped after training, like `aux_weight`'s heads (docs/zoom.md). 0: off (no head is built)."""
+    """Weight of two heads on the low view's merged visual tokens (`sft_data.grounding_targets`): where each token
+    sits in the image, and where the label is to within half a token. They make the tokens carry what a zoom's box
+    must say. Privileged generator labels, dropped after training, like `aux_weight`'s heads (docs/zoom.md). 0: off
+    (no head is built)."""
     vocab_size: int = 2048
     save_every: int = 200
     eval_every: int = 200
@@ -132,8 +133,8 @@ class LegibilityHead(nn.Module):
 
 
 def grounding(head: nn.Module, features: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Cross-entropy of the grounding head on the tokens that have a `label_cell` target, and its accuracy on the
-    tokens that hold the label (the part a box depends on)."""
+    """Cross-entropy of a grounding head on the tokens that have a target, and its accuracy on the tokens whose
+    target is not 0 (for `label_cell`: the token that holds the label, the part a box depends on)."""
     known = cells != IGNORE_INDEX
     if not known.any():
         return features.sum() * 0, float("nan")
@@ -223,7 +224,7 @@ def train_sft(config: SFTConfig) -> Path:
     width = model.config.text_config.hidden_size
     heads = nn.ModuleDict({"perception": AuxHeads(width), "legibility": LegibilityHead(width)})
     if config.grounding_weight > 0:
-        heads["grounding"] = nn.Linear(width, GROUNDING_CLASSES)
+        heads["grounding"] = nn.ModuleDict({name: nn.Linear(width, n) for name, n in GROUNDING_CLASSES.items()})
     optimizer = torch.optim.AdamW(
         list(model.parameters()) + list(heads.parameters()), lr=config.learning_rate,
         weight_decay=config.weight_decay,
@@ -260,9 +261,12 @@ def train_sft(config: SFTConfig) -> Path:
         loss = outputs.loss + config.aux_weight * aux_loss
         extra = {}
         if config.grounding_weight > 0:
-            cells = torch.cat([t["label_cell"] for e in examples for t in e.aux])
-            grounding_loss, extra["grounding_acc"] = grounding(heads["grounding"], features, cells)
-            loss = loss + config.grounding_weight * grounding_loss
+            losses = []
+            for name, head in heads["grounding"].items():
+                cells = torch.cat([t[name] for e in examples for t in e.aux])
+                part, extra[f"grounding/{name}_acc"] = grounding(head, features, cells)
+                losses.append(part)
+            loss = loss + config.grounding_weight * sum(losses)
         if teach_legibility:
             legible = torch.tensor([e.legible for e in examples], dtype=torch.long)
             legibility_loss, extra["legibility_acc"] = heads["legibility"].loss(

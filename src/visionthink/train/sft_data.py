@@ -93,9 +93,13 @@ class Example:
 AUX_HEADS = {"count": 4, "shape": 1 + len(synth.SHAPES), "colour": 1 + len(synth.COLOURS), "largest": 2,
              "pattern": len(synth.PATTERNS), "legible": 2}
 """Classes per auxiliary head (per merged visual token)."""
-GROUNDING_CLASSES = 5
-"""`label_cell` targets: 0 for a token without the label; 1 + quarter (raster order) of the token that holds the
-label's centre, on views where a label is smaller than a token (the low view)."""
+GROUNDING_SIDE = 3
+"""Grounding targets cover low views of up to this many tokens a side (world v2's low views are 2x2, 3x2, 2x3)."""
+GROUNDING_CLASSES = {"label_cell": 1 + (2 * GROUNDING_SIDE) ** 2, "token_position": GROUNDING_SIDE ** 2}
+"""Classes of the grounding heads (per merged visual token of a low view): `label_cell` is 0 on tokens without the
+label and 1 + the raster index of the half-token cell that holds the label's centre on the token that holds it;
+`token_position` is each token's own raster index (row * GROUNDING_SIDE + col). The vision tower's rotary positions
+are relative: without these a token does not know where in the image it is, so no box can say where the label is."""
 
 
 def pattern_legible(label_size: str, high: bool) -> bool:
@@ -154,21 +158,25 @@ def aux_targets(scene: synth.Scene, view_size: tuple[int, int], grid: PixelGrid)
     if readable:
         pattern[tokens] = synth.PATTERNS.index(scene.pattern)
     return {"count": count.clamp(max=3), "shape": shape, "colour": colour, "largest": largest, "pattern": pattern,
-            "legible": legible, "label_cell": label_cell(scene.label_box, scale, grid.factor, cols, rows)}
+            "legible": legible, **grounding_targets(scene.label_box, scale, grid.factor, cols, rows)}
 
 
-def label_cell(box: tuple[int, int, int, int], scale: float, cell: float, cols: int, rows: int) -> torch.Tensor:
-    """Per token of a view, where the label is to within half a token (`GROUNDING_CLASSES`): what a zoom's box
-    must say. Ignored on views that show the label at a token or more (scale >= 1: the full view, a crop)."""
-    if scale >= 1:
-        return torch.full((rows * cols,), IGNORE_INDEX, dtype=torch.long)
+def grounding_targets(box: tuple[int, int, int, int], scale: float, cell: float, cols: int, rows: int
+                      ) -> dict[str, torch.Tensor]:
+    """`GROUNDING_CLASSES` targets for the tokens of a view (`cols` x `rows` tokens of `cell` px; `scale` maps image
+    px to view px). Ignored on views that show the label at a token or more (scale >= 1: the full view, a crop)
+    and on views larger than `GROUNDING_SIDE` tokens a side."""
+    n = rows * cols
+    if scale >= 1 or cols > GROUNDING_SIDE or rows > GROUNDING_SIDE:
+        return {name: torch.full((n,), IGNORE_INDEX, dtype=torch.long) for name in GROUNDING_CLASSES}
     x1, y1, x2, y2 = (v * scale for v in box)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    col, row = min(int(cx // cell), cols - 1), min(int(cy // cell), rows - 1)
-    quarter = int(cx - col * cell >= cell / 2) + 2 * int(cy - row * cell >= cell / 2)
-    target = torch.zeros(rows * cols, dtype=torch.long)
-    target[row * cols + col] = 1 + quarter
-    return target
+    half = cell / 2
+    sub_col = min(int((x1 + x2) / 2 // half), 2 * cols - 1)
+    sub_row = min(int((y1 + y2) / 2 // half), 2 * rows - 1)
+    label = torch.zeros(n, dtype=torch.long)
+    label[sub_row // 2 * cols + sub_col // 2] = 1 + sub_row * 2 * GROUNDING_SIDE + sub_col
+    index = torch.arange(n)
+    return {"label_cell": label, "token_position": index // cols * GROUNDING_SIDE + index % cols}
 
 
 def perception_conversation(question: str, answer: str, image, question_type: str) -> list[protocol.Message]:
