@@ -108,17 +108,63 @@ def test_device_and_dtype_reach_the_model(item_png, shipped_model_dir, monkeypat
     assert loaded == [("bfloat16", "cpu", torch.bfloat16, "cpu")]
     assert not any(key.startswith("VISIONTHINK_D") for key in os.environ)
 
-@pytest.mark.slow
-def test_demo_prints_all_modes_for_both_wording_sets(shipped_model_dir):
-    result = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir))
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+def demo_tables(stdout: str) -> list[list[dict[str, str]]]:
+    """The demo's two tables (train, then held-out wordings), each a list of rows {column: cell}."""
+    lines = stdout.splitlines()
     train, heldout = lines.index("train wordings"), lines.index("held-out wordings (never trained)")
     assert train < heldout
+    tables = []
     for block in (lines[train:heldout], lines[heldout:]):
-        rows = [line for line in block if line.startswith("| ") and "mode" not in line]
-        assert [row.split("|")[1].strip() for row in rows] == ["full", "low", "visionthink", "oracle"]
+        table = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+                 for line in block if line.startswith("|")]
+        header, rows = table[0], table[2:]
+        tables.append([dict(zip(header, row, strict=True)) for row in rows])
+    return tables
+
+
+@pytest.mark.slow
+def test_demo_prints_all_modes_for_both_wording_sets(shipped_model_dir, tmp_path):
+    result = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir), "--zoom-model", str(tmp_path / "no"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
     assert lines[0].startswith("9 held-out synthetic test items")
+    assert lines[1] == (f"zoom rows skipped: no zoom-trained model at {tmp_path / 'no'} (give --zoom-model PATH, or "
+                        "--zoom-model none to leave them out)")
+    for table in demo_tables(result.stdout):
+        assert [row["mode"] for row in table] == ["full", "low", "visionthink", "oracle"]
+        assert not any(column.startswith("zoom") for column in table[0])
+    off = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir), "--zoom-model", "none")
+    assert off.returncode == 0, off.stderr
+    assert not any("zoom" in line for line in off.stdout.splitlines())
+    assert untimed(off.stdout) == untimed(result.stdout)  # no zoom model: the demo's output as before
+
+
+def untimed(stdout: str) -> list[dict[str, str]]:
+    """Every row of the demo's tables without its time cells (they differ from run to run)."""
+    return [{k: v for k, v in row.items() if "s/item" not in k and k != "seconds"}
+            for table in demo_tables(stdout) for row in table]
+
+
+@pytest.mark.slow
+def test_demo_adds_the_zoom_rows_run_on_the_zoom_model(shipped_model_dir):
+    """The shipped model stands in for a zoom-trained one: it was never trained to zoom, so `zoom` rarely does,
+    but `oracle-zoom` zooms on the true label of every small-label item and nowhere else."""
+    plain = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir), "--zoom-model", "none")
+    result = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir), "--zoom-model", str(shipped_model_dir))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1] == (f"zoom rows (zoom; oracle-zoom on the true label box): model "
+                                             f"{shipped_model_dir}, protocol visionthink-zoom")
+    for table, before in zip(demo_tables(result.stdout), demo_tables(plain.stdout), strict=True):
+        assert [row["mode"] for row in table] == ["full", "low", "visionthink", "oracle", "zoom", "oracle-zoom"]
+        for row, old in zip(table[:4], before, strict=True):  # the paper's four rows: the same figures, no zoom share
+            assert {k: row[k] for k in ("acc all", "visual tokens", "% full-res", "resize fine_small")} == \
+                {k: old[k] for k in ("acc all", "visual tokens", "% full-res", "resize fine_small")}
+            assert row["zoom coarse"] == row["zoom fine_small"] == row["zoom fine_large"] == "-"
+        oracle_zoom = table[5]
+        assert oracle_zoom["zoom fine_small"] == "100.0%"
+        assert oracle_zoom["zoom coarse"] == oracle_zoom["zoom fine_large"] == "0.0%"
+        assert float(oracle_zoom["% full-res"].rstrip("%")) < float(table[3]["% full-res"].rstrip("%"))
+        assert table[4]["zoom fine_small"].endswith("%")
 
 
 @pytest.mark.slow

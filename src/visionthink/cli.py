@@ -19,6 +19,8 @@ ASK_EXIT_CODES = (
     "3 the model gave no answer (malformed final turn: `error` in --json, else an `error: ...` line on stderr)"
 )
 DEMO_WORDINGS = (("train", "train wordings"), ("heldout", "held-out wordings (never trained)"))
+DEMO_ZOOM_MODEL = "checkpoints/tiny-synth-zoom"
+"""`demo --zoom-model`'s default: the repository's zoom checkpoint (beside the shipped `checkpoints/tiny-synth`)."""
 PROTOCOLS = ("visionthink", "release", "visionthink-zoom")
 """`visionthink.profiles.NAMES`, written out so that parsing the command line imports nothing (a test compares)."""
 PROTOCOL_HELP = ("conversation format: visionthink (this project's) or release (the authors' prompts, for their "
@@ -169,6 +171,7 @@ def _ask(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from visionthink.data import synth
+    from visionthink.engines.base import ZOOM_MODES
     from visionthink.engines.transformers_engine import MODES, TransformersEngine
     from visionthink.eval.synth_run import format_table, run_modes, timing_note
 
@@ -176,13 +179,41 @@ def _demo(args: argparse.Namespace) -> int:
                                                 batch_size=args.batch_size)
     print(f"{args.n} held-out synthetic test items (seed {args.seed}), each asked twice: in trained wordings and "
           f"in held-out ones; greedy, model {args.model or 'shipped'}")
+    zoom_engine, line = _demo_zoom_engine(args)
+    if line:
+        print(line)
     for wordings, title in DEMO_WORDINGS:
         items = synth.split_items("test", args.n, seed=args.seed, wordings=wordings)
         print(f"\n{title}\n")
         results = run_modes(engine, items, list(MODES))
+        if zoom_engine is not None:
+            results += run_modes(zoom_engine, items, list(ZOOM_MODES))
         print(format_table(results))
         print(f"\n{timing_note(results)}")
     return 0
+
+
+def _demo_zoom_engine(args: argparse.Namespace):
+    """(the engine of the zoom rows or None, the line that says which model runs them or why they are skipped)."""
+    from pathlib import Path
+
+    if args.zoom_model.lower() == "none":
+        return None, ""
+    from visionthink.models.loading import default_model_dir
+    from visionthink.profiles import with_zoom
+
+    shipped = args.zoom_model == DEMO_ZOOM_MODEL  # the repository's, wherever demo runs from
+    path = default_model_dir().parent / "tiny-synth-zoom" if shipped else Path(args.zoom_model)
+    if not (path / "config.json").is_file():
+        return None, (f"zoom rows skipped: no zoom-trained model at {args.zoom_model} (give --zoom-model PATH, or "
+                      "--zoom-model none to leave them out)")
+    from visionthink.engines.transformers_engine import TransformersEngine
+
+    profile = with_zoom("visionthink")
+    engine = TransformersEngine.from_pretrained(path, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                                                protocol=profile)
+    return engine, (f"zoom rows (zoom; oracle-zoom on the true label box): model {args.zoom_model}, "
+                    f"protocol {profile.name}")
 
 
 def _model_init(args: argparse.Namespace) -> int:
@@ -340,12 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     ask.set_defaults(handler=_ask)
 
     demo = commands.add_parser("demo", help="all four modes on held-out synthetic test items, in trained and in "
-                               "held-out question wordings")
+                               "held-out question wordings (and zoom, oracle-zoom on a zoom-trained model)")
     demo.add_argument("--model", default=None)
     demo.add_argument("--n", type=positive_int, default=300,
                       help="test items per wording set (the same items are asked in both)")
     demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument("--batch-size", type=positive_int, default=32)
+    demo.add_argument("--zoom-model", default=DEMO_ZOOM_MODEL,
+                      help="a zoom-trained model: adds the rows zoom and oracle-zoom, run on it under the zoom "
+                      f"protocol (default {DEMO_ZOOM_MODEL}, skipped with a note when absent; none: leave them out)")
     demo.set_defaults(handler=_demo)
 
     model = commands.add_parser("model", help="model folders").add_subparsers(dest="model_command", required=True)

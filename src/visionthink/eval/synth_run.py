@@ -1,4 +1,4 @@
-"""Run modes over synthetic items and summarise accuracy, visual tokens, resize ratio and time."""
+"""Run modes over synthetic items and summarise accuracy, visual tokens, resize and zoom ratios and time."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from visionthink.data.synth import FAMILIES, Item
-from visionthink.engines.base import Request
+from visionthink.engines.base import ZOOM_MODES, Request
 from visionthink.eval.summary import percentile
 from visionthink.grading import exact_match
 from visionthink.protocol import Episode
@@ -21,6 +21,8 @@ class ModeResult:
     mode: str
     accuracy: dict[str, float] = field(default_factory=dict)
     resize_ratio: dict[str, float] = field(default_factory=dict)
+    zoom_ratio: dict[str, float] = field(default_factory=dict)
+    """Share of items whose episode zoomed (`zoom_image` delivered a crop), per family and "all"."""
     visual_tokens: float = 0.0
     full_res_visual_tokens: float = 0.0
     seconds: float = 0.0
@@ -45,8 +47,10 @@ class ModeResult:
 
 
 def run_modes(engine, items: list[Item], modes: list[str], show_progress: bool = True) -> list[ModeResult]:
-    """Each mode over the items, one engine batch at a time, each batch timed."""
-    requests = [Request(item.image, item.question, item.needs_high_res) for item in items]
+    """Each mode over the items, one engine batch at a time, each batch timed. Requests carry the item's label box
+    (read only by `oracle-zoom`)."""
+    requests = [Request(item.image, item.question, item.needs_high_res, getattr(item, "label_box", None))
+                for item in items]
     size = getattr(engine, "batch_size", None)
     size = size if isinstance(size, int) and size >= 1 else max(1, len(items))
     results = []
@@ -78,6 +82,7 @@ def summarise(mode: str, items: list[Item], episodes: list[Episode], seconds: fl
             continue
         result.accuracy[name] = sum(exact_match(episodes[i].answer, items[i].answer) for i in indices) / len(indices)
         result.resize_ratio[name] = sum(episodes[i].resized for i in indices) / len(indices)
+        result.zoom_ratio[name] = sum(bool(getattr(episodes[i], "zoomed", False)) for i in indices) / len(indices)
         times = [per_item[i] for i in indices]
         result.family_seconds[name] = sum(times)
         result.seconds_per_item[name] = sum(times) / len(times)
@@ -92,20 +97,33 @@ def summarise(mode: str, items: list[Item], episodes: list[Episode], seconds: fl
 def format_table(results: list[ModeResult]) -> str:
     """A Markdown table: accuracy per family, visual tokens (and % of full-res), resize ratio, episodes without
     an answer ("no answer", counted wrong), time, time per item per family and, where measured (batch size
-    1), per-item p50/p95 (else "-"; see `timing_note`)."""
+    1), per-item p50/p95 (else "-"; see `timing_note`). With a zoom mode among the results, the zoom-call share
+    per family follows the resize ratio ("-" for the modes that cannot zoom)."""
     families = [f for f in FAMILIES if f in results[0].accuracy]
+    zoom = any(r.mode in ZOOM_MODES for r in results)
+    zoom_header = [f"zoom {f}" for f in families] if zoom else []
     header = ["mode", *[f"acc {f}" for f in families], "acc all", "visual tokens", "% full-res",
-              *[f"resize {f}" for f in families], "no answer", "seconds", *[f"s/item {f}" for f in families],
-              "p50 s/item", "p95 s/item"]
+              *[f"resize {f}" for f in families], *zoom_header, "no answer", "seconds",
+              *[f"s/item {f}" for f in families], "p50 s/item", "p95 s/item"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         cells = [r.mode, *[f"{100 * r.accuracy[f]:.1f}%" for f in families], f"{100 * r.overall_accuracy:.1f}%",
                  f"{r.visual_tokens:.2f}", f"{100 * r.visual_tokens / r.full_res_visual_tokens:.1f}%",
-                 *[f"{100 * r.resize_ratio[f]:.1f}%" for f in families], str(r.malformed), f"{r.seconds:.1f}",
+                 *[f"{100 * r.resize_ratio[f]:.1f}%" for f in families], *_zoom_cells(r, families, zoom),
+                 str(r.malformed), f"{r.seconds:.1f}",
                  *[_item(r.seconds_per_item.get(f)) for f in families], _item(r.p50.get("all")),
                  _item(r.p95.get("all"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _zoom_cells(result: ModeResult, families: list[str], shown: bool) -> list[str]:
+    """The zoom-call share per family, when the table shows it ("-" for a mode that cannot zoom)."""
+    if not shown:
+        return []
+    if result.mode not in ZOOM_MODES:
+        return ["-"] * len(families)
+    return [f"{100 * result.zoom_ratio.get(f, 0.0):.1f}%" for f in families]
 
 
 def _item(value: float | None) -> str:
