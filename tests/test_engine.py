@@ -244,7 +244,7 @@ def test_second_turn_repeating_the_first_is_guessed_not_decoded(shipped_model, s
     requests = [Request(i.image, i.question, True) for i in synth_items[:8]]
     runs = {}
     for repeats in (False, True):
-        engine = TransformersEngine(model, processor, batch_size=8, draft_repeats=repeats)
+        engine = TransformersEngine(model, processor, batch_size=8, draft_repeats=repeats, draft_memory=False)
         calls = []
         original = model.forward
         model.forward = lambda *a, calls=calls, original=original, **k: calls.append(1) or original(*a, **k)
@@ -257,3 +257,41 @@ def test_second_turn_repeating_the_first_is_guessed_not_decoded(shipped_model, s
     second = [e for e in runs[True][0] if len(e["turns"]) == 2]
     assert second and any(e["turns"][1].split("</think>")[0] == e["turns"][0].split("</think>")[0] for e in second)
     assert runs[True][1] < runs[False][1] - 3
+
+
+def test_output_memory_guesses_what_earlier_rows_wrote():
+    from visionthink.engines.kv_decoder import OutputMemory
+
+    memory = OutputMemory(key=2, span=3)
+    assert memory.propose([1, 2], 5, {9}) == []
+    memory.learn([7, 1, 2, 3, 4, 9], written=3)  # a turn "3 4 9" written after the prompt "7 1 2"
+    assert memory.propose([5, 1, 2], 5, {9}) == [3, 4, 9]
+    assert memory.propose([0, 2, 3], 5, {9}) == [4, 9]  # ends at the stop token
+    assert memory.propose([1, 2], 1, {9}) == [3]  # no more than the room left
+    assert memory.propose([7, 1], 5, {9}) == []  # only the turn is learned, from the `key` tokens before it on
+    memory.learn([8, 1, 2, 5, 9], written=2)
+    assert memory.propose([1, 2], 5, {9}) == [5, 9]  # the newest continuation wins
+    memory.max_keys = 1
+    memory.learn([1, 1, 1], written=1)
+    assert len(memory.table) == 1  # a full table starts over
+
+
+def test_output_memory_changes_no_episode_and_saves_forward_passes(shipped_model, synth_items):
+    """Later batches get what earlier rows wrote as a guess, kept only where the model writes it itself: greedy
+    episodes (answers, turns, token ids) equal decoding token by token, in fewer forward passes."""
+    model, processor = shipped_model
+    requests = [Request(i.image, i.question, i.needs_high_res) for i in synth_items[:16]]
+    runs = {}
+    for memory in (False, True):
+        engine = TransformersEngine(model, processor, batch_size=8, draft_memory=memory)
+        engine.run(requests[8:], "visionthink")  # earlier batches teach the memory
+        calls = []
+        original = model.forward
+        model.forward = lambda *a, calls=calls, original=original, **k: calls.append(1) or original(*a, **k)
+        try:
+            episodes = engine.run(requests[:8], "visionthink")
+        finally:
+            del model.forward
+        runs[memory] = ([(e.summary() | {"seconds": 0}, e.fed_token_ids) for e in episodes], len(calls))
+    assert runs[True][0] == runs[False][0]
+    assert runs[True][1] <= runs[False][1] - 4  # measured: 16 forward passes instead of 20

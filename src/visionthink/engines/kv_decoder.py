@@ -144,7 +144,7 @@ class KVDecoder:
     @torch.no_grad()
     def decode(self, sampling: SamplingConfig, banned_ids: list[list[int]] | None = None,
                generator: torch.Generator | None = None, draft: Draft | None = None,
-               previous: list[list[int]] | None = None) -> list[list[int]]:
+               previous: list[list[int]] | None = None, memory: OutputMemory | None = None) -> list[list[int]]:
         """Generate for every row until a stop token (kept) or `max_new_tokens`.
 
         `banned_ids[row]` lists token ids that row may not produce. The tokens chosen at the last step are
@@ -153,7 +153,8 @@ class KVDecoder:
         pass and keeps the longest prefix the model itself would have chosen (see `Draft`). With `previous`
         (per row, what it wrote in its last turn), a row that is repeating that turn so far gets the next
         `REPEAT_GUESS` tokens of it as a guess, kept the same way (a second turn often restates the first's
-        reasoning).
+        reasoning). With a `memory`, a row with no other guess gets what earlier rows wrote after its last tokens
+        (`OutputMemory`), kept the same way; the memory then learns what this call wrote.
         """
         ban = None
         if banned_ids and any(banned_ids):
@@ -179,6 +180,8 @@ class KVDecoder:
                 guess = draft.propose(self.history[row], room, stops) if draft is not None else []
                 if not guess and previous is not None:
                     guess = _repeat_guess(previous[row], generated[row], min(room, REPEAT_GUESS), stops)
+                if not guess and memory is not None:
+                    guess = memory.propose(self.history[row], room, stops)
                 if guess:
                     guesses[row] = guess
                     feeds[row] += guess
@@ -196,6 +199,9 @@ class KVDecoder:
                 elif guess[-1] in stops or len(generated[row]) >= sampling.max_new_tokens:
                     active.remove(row)
         self.last_logits = None
+        if memory is not None:
+            for row, written in enumerate(generated):
+                memory.learn(self.history[row], len(written))
         return generated
 
     def _choose_rows(self, logits: torch.Tensor, ban: torch.Tensor | None, sampling: SamplingConfig,
@@ -264,6 +270,31 @@ class Draft:
         if history[-1] != self.trigger:
             return []
         return _cut_at_stop(list(self.tail[:room]), stops)
+
+
+class OutputMemory:
+    """What earlier rows wrote after each run of `key` tokens, offered as a guess of what a row writes next
+    (retrieval drafting). A small model's turns are formulaic ("<think>Read the pattern on the label.</think>"), so
+    most of a turn is guessed and checked in one forward pass; a guess is kept only as far as the model would have
+    written it itself, so outputs do not change. The newest continuation of a key wins."""
+
+    def __init__(self, key: int = 4, span: int = 16, max_keys: int = 200_000):
+        self.key, self.span, self.max_keys = key, span, max_keys
+        self.table: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    def propose(self, history: list[int], room: int, stops: set[int]) -> list[int]:
+        """Up to `room` tokens that followed `history`'s last `key` tokens before, ending at a stop token."""
+        if len(history) < self.key:
+            return []
+        guess = self.table.get(tuple(history[-self.key :]))
+        return _cut_at_stop(list(guess[:room]), stops) if guess else []
+
+    def learn(self, history: list[int], written: int) -> None:
+        """Remember the continuations of the last `written` tokens of `history` (a row's turn)."""
+        if len(self.table) > self.max_keys:
+            self.table.clear()
+        for end in range(max(self.key, len(history) - written), len(history)):
+            self.table[tuple(history[end - self.key : end])] = tuple(history[end : end + self.span])
 
 
 @dataclass

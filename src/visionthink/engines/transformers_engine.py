@@ -13,7 +13,14 @@ from PIL import Image
 
 from visionthink import protocol
 from visionthink.engines.base import MODES, Generated, Request, never_write_ids, run_episodes
-from visionthink.engines.kv_decoder import Draft, KVDecoder, SamplingConfig, SharedPrefix, common_prefix
+from visionthink.engines.kv_decoder import (
+    Draft,
+    KVDecoder,
+    OutputMemory,
+    SamplingConfig,
+    SharedPrefix,
+    common_prefix,
+)
 from visionthink.models import load_model
 from visionthink.models.patch_embed import use_linear_patch_embed
 from visionthink.profiles import ProtocolProfile, get_profile
@@ -27,7 +34,7 @@ class TransformersEngine:
 
     def __init__(self, model, processor, sampling: SamplingConfig | None = None, batch_size: int = 16,
                  reuse_cache: bool = True, draft_tool_call: bool = True, share_prefix: bool = True,
-                 draft_repeats: bool = True,
+                 draft_repeats: bool = True, draft_memory: bool = True,
                  protocol: str | ProtocolProfile | None = None):
         self.model = model
         use_linear_patch_embed(model)  # same outputs up to rounding, a fraction of the time (models/patch_embed.py)
@@ -56,10 +63,12 @@ class TransformersEngine:
                                                    self.stop_ids[0]))
         self.generator = torch.Generator().manual_seed(self.sampling.seed) if self.sampling.seed is not None else None
         self.share_prefix = share_prefix
+        """Compute the system prompt and tool block once and start every row's cache from it."""
         self.draft_repeats = draft_repeats
         """In a second turn, guess the first turn's tokens while the model repeats them (outputs unchanged)."""
-        """Compute the system prompt and tool block once and start every row's cache from it."""
         self._prefix: SharedPrefix | None = None
+        self.memory = OutputMemory() if draft_memory else None
+        """What earlier turns wrote, guessed again where a turn starts to repeat it (outputs unchanged)."""
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path | None = None, device: str | None = None,
@@ -138,7 +147,8 @@ class _KVSession:
         engine.feed(decoder, conversations)
         previous = [self.written.get(row, []) for row in rows] if engine.draft_repeats else None
         outputs = decoder.decode(engine.sampling, banned_ids=[engine.banned_ids(f) for f in forbid_call],
-                                 generator=engine.generator, draft=engine.draft, previous=previous)
+                                 generator=engine.generator, draft=engine.draft, previous=previous,
+                                 memory=engine.memory)
         self.written = dict(zip(rows, outputs, strict=True))
         engine.prefill_tokens += decoder.fed_tokens
         decoder.fed_tokens = 0
