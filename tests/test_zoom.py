@@ -510,6 +510,7 @@ def test_grounding_targets_say_where_tokens_and_label_are():
     targets = grounding_targets((84, 28, 108, 52), 0.5, 28, 2, 3)
     assert targets["label_cell"].tolist() == [0, 1 + 1 * 2 * GROUNDING_SIDE + 3, 0, 0, 0, 0]
     assert targets["token_position"].tolist() == [0, 1, 3, 4, 6, 7]  # raster index on a 3-wide board
+    assert targets["label_where"].tolist() == [1 * 2 * GROUNDING_SIDE + 3] * 6  # every token says where the label is
     assert grounding_targets((0, 84, 24, 108), 0.5, 28, 2, 3)["label_cell"].tolist() == [0, 0, 1 + 3 * 6, 0, 0, 0]
     for ignored in (grounding_targets((0, 0, 24, 24), 1.0, 28, 4, 4), grounding_targets((0, 0, 8, 8), 0.5, 28, 4, 2)):
         assert all((t == IGNORE_INDEX).all() for t in ignored.values())  # full views; views over 3 tokens a side
@@ -526,6 +527,26 @@ def test_grounding_targets_say_where_tokens_and_label_are():
         assert (token % cols, token // cols) == (sub_col // 2, sub_row // 2)
         high = aux_targets(scene, views.high.size, GRID)
         assert (high["label_cell"] == IGNORE_INDEX).all() and (high["token_position"] == IGNORE_INDEX).all()
+
+
+def test_label_call_fraction_only_changes_how_often_label_questions_call():
+    from visionthink.train.sft_data import sample_example
+
+    def draws(label_call_fraction):
+        return [sample_example(np.random.default_rng([3, i]), GRID, 0.5, 0.0, zoom_fraction=1.0,
+                               label_call_fraction=label_call_fraction) for i in range(200)]
+
+    plain, eager, never = draws(None), draws(1.0), draws(0.0)
+    for a, b, c in zip(plain, eager, never, strict=True):  # the same scenes and questions
+        assert protocol.images_in(a.messages)[0].tobytes() == protocol.images_in(b.messages)[0].tobytes()
+        assert a.family == b.family == c.family
+        assert a.messages[-1] == b.messages[-1] == c.messages[-1]
+    label = [i for i, e in enumerate(plain) if e.family != "coarse"]
+    assert all(eager[i].zoomed for i in label) and not any(never[i].zoomed or never[i].resized for i in label)
+    assert 0.3 < sum(plain[i].zoomed for i in label) / len(label) < 0.7
+    coarse = [i for i, e in enumerate(plain) if e.family == "coarse"]
+    calls = [[run[i].resized for i in coarse] for run in (plain, eager, never)]
+    assert calls[0] == calls[1] == calls[2]
 
 
 def test_sft_zoom_box_covers_the_label():

@@ -92,6 +92,10 @@ class SFTConfig:
     sits in the image, and where the label is to within half a token. They make the tokens carry what a zoom's box
     must say. Privileged generator labels, dropped after training, like `aux_weight`'s heads (docs/zoom.md). 0: off
     (no head is built)."""
+    label_call_fraction: float | None = None
+    """With `zoom_fraction` > 0: the share of low-res label questions that call a tool (None: `resize_fraction`).
+    Small and large labels alike, so it says nothing about when a call is needed; more calls give the box more
+    examples."""
     vocab_size: int = 2048
     save_every: int = 200
     eval_every: int = 200
@@ -243,7 +247,8 @@ def train_sft(config: SFTConfig) -> Path:
     for step in progress:
         rng = np.random.default_rng([config.seed, 9173, step])
         examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,
-                                   config.perception_only, config.zoom_fraction) for _ in range(config.batch_size)]
+                                   config.perception_only, config.zoom_fraction, config.label_call_fraction)
+                    for _ in range(config.batch_size)]
         encoded = [encode_for_training(processor, e.messages, e.with_tools, protocol=e.protocol) for e in examples]
         if teach_legibility:  # before the mask below, which can hide the first turn's choice
             positions = torch.tensor([decision_position(e["labels"][0], decision_ids) for e in encoded])

@@ -95,11 +95,13 @@ AUX_HEADS = {"count": 4, "shape": 1 + len(synth.SHAPES), "colour": 1 + len(synth
 """Classes per auxiliary head (per merged visual token)."""
 GROUNDING_SIDE = 3
 """Grounding targets cover low views of up to this many tokens a side (world v2's low views are 2x2, 3x2, 2x3)."""
-GROUNDING_CLASSES = {"label_cell": 1 + (2 * GROUNDING_SIDE) ** 2, "token_position": GROUNDING_SIDE ** 2}
+GROUNDING_CLASSES = {"label_cell": 1 + (2 * GROUNDING_SIDE) ** 2, "token_position": GROUNDING_SIDE ** 2,
+                     "label_where": (2 * GROUNDING_SIDE) ** 2}
 """Classes of the grounding heads (per merged visual token of a low view): `label_cell` is 0 on tokens without the
 label and 1 + the raster index of the half-token cell that holds the label's centre on the token that holds it;
-`token_position` is each token's own raster index (row * GROUNDING_SIDE + col). The vision tower's rotary positions
-are relative: without these a token does not know where in the image it is, so no box can say where the label is."""
+`token_position` is each token's own raster index (row * GROUNDING_SIDE + col); `label_where` is, on every token, the
+label's half-token cell (so the text model can read it from any image token). The vision tower's rotary positions are
+relative: without these a token does not know where in the image it is, so no box can say where the label is."""
 
 
 def pattern_legible(label_size: str, high: bool) -> bool:
@@ -173,10 +175,12 @@ def grounding_targets(box: tuple[int, int, int, int], scale: float, cell: float,
     half = cell / 2
     sub_col = min(int((x1 + x2) / 2 // half), 2 * cols - 1)
     sub_row = min(int((y1 + y2) / 2 // half), 2 * rows - 1)
+    cell_index = sub_row * 2 * GROUNDING_SIDE + sub_col
     label = torch.zeros(n, dtype=torch.long)
-    label[sub_row // 2 * cols + sub_col // 2] = 1 + sub_row * 2 * GROUNDING_SIDE + sub_col
+    label[sub_row // 2 * cols + sub_col // 2] = 1 + cell_index
     index = torch.arange(n)
-    return {"label_cell": label, "token_position": index // cols * GROUNDING_SIDE + index % cols}
+    return {"label_cell": label, "token_position": index // cols * GROUNDING_SIDE + index % cols,
+            "label_where": torch.full((n,), cell_index, dtype=torch.long)}
 
 
 def perception_conversation(question: str, answer: str, image, question_type: str) -> list[protocol.Message]:
@@ -199,13 +203,14 @@ def _draw(rng: np.random.Generator, grid: PixelGrid, full_res_fraction: float):
 
 
 def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: float,
-                   full_res_fraction: float, perception: bool = False, zoom_fraction: float = 0.0) -> Example:
+                   full_res_fraction: float, perception: bool = False, zoom_fraction: float = 0.0,
+                   label_call_fraction: float | None = None) -> Example:
     """A fresh random scene, a random question about it in a random training wording, and a random
     conversation shape. `perception`: the short form (`perception_conversation`) on a view that shows
     the answer. `zoom_fraction` > 0 (off by default: the recipe's draws are unchanged): protocol conversations
     in the `visionthink-zoom` profile, some zooming on the label's true box (`sample_zoom_example`)."""
     if zoom_fraction > 0 and not perception:
-        return sample_zoom_example(rng, grid, resize_fraction, full_res_fraction, zoom_fraction)
+        return sample_zoom_example(rng, grid, resize_fraction, full_res_fraction, zoom_fraction, label_call_fraction)
     scene, question_type, family, views, start, answer, question = _draw(rng, grid, full_res_fraction)
     if perception:
         start = "high" if family == "fine_small" else start
@@ -274,13 +279,15 @@ class _WithLargest:
 
 
 def sample_zoom_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: float, full_res_fraction: float,
-                        zoom_fraction: float) -> Example:
+                        zoom_fraction: float, label_call_fraction: float | None = None) -> Example:
     """`sample_example`'s protocol conversation in the `visionthink-zoom` profile: a low-res start calls a tool with
     probability `resize_fraction` whatever the item needs (the decision stays uninformed; GRPO learns it); a call
     about the label zooms on the label's true box (`label_zoom_box`) with probability `zoom_fraction`, else
     resizes. Coarse questions' calls resize (no box to supervise)."""
     scene, question_type, family, views, start, answer, question = _draw(rng, grid, full_res_fraction)
-    calls = start == "low" and rng.random() < resize_fraction
+    label_question = question_type == "pattern" and label_call_fraction is not None
+    call_fraction = label_call_fraction if label_question else resize_fraction
+    calls = start == "low" and rng.random() < call_fraction
     zoom = calls and question_type == "pattern" and rng.random() < zoom_fraction
     box = label_zoom_box(scene, views) if zoom else None
     call = "zoom" if zoom else "resize" if calls else "none"
