@@ -549,6 +549,34 @@ def test_label_call_fraction_only_changes_how_often_label_questions_call():
     assert calls[0] == calls[1] == calls[2]
 
 
+def test_grounding_examples_are_the_short_form_of_a_zoom_on_the_label(shipped_model):
+    from visionthink.tokens import encode_for_training
+    from visionthink.train.sft_data import _draw, label_zoom_box, sample_example
+
+    _, processor = shipped_model
+    short = 0
+    for i in range(40):
+        example = sample_example(np.random.default_rng([5, i]), GRID, 0.5, 0.25, zoom_fraction=1.0,
+                                 grounding_fraction=0.5)
+        if example.with_tools:
+            continue
+        short += 1
+        rng = np.random.default_rng([5, i])
+        rng.random()  # the draw that chose the short form
+        scene, _, _, views, _, _, _ = _draw(rng, GRID, 0.0)
+        user, assistant = example.messages
+        assert synth.question_type_of(user["content"][1]["text"]) == "pattern" and example.zoomed
+        assert protocol.images_in(example.messages)[0].tobytes() == views.low.tobytes()
+        turn = VISIONTHINK_ZOOM.parse_turn(protocol.assistant_text(assistant))
+        assert turn.kind == "zoom" and turn.well_formed and turn.box == label_zoom_box(scene, views)
+        encoded = encode_for_training(processor, example.messages, False, protocol=example.protocol)
+        text = processor.tokenizer.decode(encoded["input_ids"][0])
+        assert "<tools>" not in text and text.count("zoom_image") == 1  # no tool block: only the call names it
+        trained = processor.tokenizer.decode(encoded["input_ids"][0][encoded["labels"][0] != IGNORE_INDEX])
+        assert trained.startswith("<think>") and trained.rstrip().endswith("</tool_call><|im_end|>")
+    assert 8 < short < 32
+
+
 def test_sft_zoom_box_covers_the_label():
     from visionthink.train.sft_data import label_zoom_box, region_aux_targets
 

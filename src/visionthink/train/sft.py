@@ -92,6 +92,12 @@ class SFTConfig:
     sits in the image, and where the label is to within half a token. They make the tokens carry what a zoom's box
     must say. Privileged generator labels, dropped after training, like `aux_weight`'s heads (docs/zoom.md). 0: off
     (no head is built)."""
+    grounding_fraction: float = 0.0
+    """With `zoom_fraction` > 0: the share of examples that are the short form of a zoom call on the label's true box
+    (`sft_data.sample_grounding_example`: low view and label question, no tool block)."""
+    stop_at: int | None = None
+    """Stop after this many steps while the learning-rate schedule still spans `steps` (the first part of a longer
+    run, e.g. the zoom model's grounding stage). None: `steps`."""
     label_call_fraction: float | None = None
     """With `zoom_fraction` > 0: the share of low-res label questions that call a tool (None: `resize_fraction`).
     Small and large labels alike, so it says nothing about when a call is needed; more calls give the box more
@@ -242,12 +248,14 @@ def train_sft(config: SFTConfig) -> Path:
                   for wording in synth.WORDING_SETS}
     grid = processor.grid
     log = (output_dir / "log.jsonl").open("a")
-    progress = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="sft", dynamic_ncols=True)
+    last = config.stop_at or config.steps
+    progress = tqdm(range(start, last), initial=start, total=last, desc="sft", dynamic_ncols=True)
     began = time.time()
     for step in progress:
         rng = np.random.default_rng([config.seed, 9173, step])
         examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,
-                                   config.perception_only, config.zoom_fraction, config.label_call_fraction)
+                                   config.perception_only, config.zoom_fraction, config.label_call_fraction,
+                                   config.grounding_fraction)
                     for _ in range(config.batch_size)]
         encoded = [encode_for_training(processor, e.messages, e.with_tools, protocol=e.protocol) for e in examples]
         if teach_legibility:  # before the mask below, which can hide the first turn's choice
@@ -284,7 +292,7 @@ def train_sft(config: SFTConfig) -> Path:
         progress.set_postfix(loss=f"{outputs.loss.item():.3f}", aux=f"{aux_loss.item():.3f}")
         record = {"step": step + 1, "loss": outputs.loss.item(), "aux_loss": aux_loss.item(),
                   "lr": learning_rate(config, step), "elapsed_s": round(time.time() - began, 1), **extra}
-        done = step + 1 == config.steps
+        done = step + 1 == last
         if (step + 1) % config.eval_every == 0 or done:
             for name, start_view in (("train", "high"), ("train", "low"), ("heldout", "low")):
                 prefix_name = "val" if name == "train" else "val_heldout"

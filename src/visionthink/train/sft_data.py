@@ -204,12 +204,14 @@ def _draw(rng: np.random.Generator, grid: PixelGrid, full_res_fraction: float):
 
 def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: float,
                    full_res_fraction: float, perception: bool = False, zoom_fraction: float = 0.0,
-                   label_call_fraction: float | None = None) -> Example:
+                   label_call_fraction: float | None = None, grounding_fraction: float = 0.0) -> Example:
     """A fresh random scene, a random question about it in a random training wording, and a random
     conversation shape. `perception`: the short form (`perception_conversation`) on a view that shows
     the answer. `zoom_fraction` > 0 (off by default: the recipe's draws are unchanged): protocol conversations
     in the `visionthink-zoom` profile, some zooming on the label's true box (`sample_zoom_example`)."""
     if zoom_fraction > 0 and not perception:
+        if grounding_fraction > 0 and rng.random() < grounding_fraction:
+            return sample_grounding_example(rng, grid)
         return sample_zoom_example(rng, grid, resize_fraction, full_res_fraction, zoom_fraction, label_call_fraction)
     scene, question_type, family, views, start, answer, question = _draw(rng, grid, full_res_fraction)
     if perception:
@@ -276,6 +278,20 @@ class _WithLargest:
 
     def __getattr__(self, name):
         return getattr(self._scene, name)
+
+
+def sample_grounding_example(rng: np.random.Generator, grid: PixelGrid) -> Example:
+    """The short form of a zoom call (no tool block, as `perception_conversation`): the low view and a label question,
+    answered by the `zoom_image` call on the label's true box. A from-scratch text model learned to read the image in
+    the short form first (stage 0); this teaches it to read where the label is the same way."""
+    scene, _, family, views, _, _, _ = _draw(rng, grid, 0.0)
+    question = synth.pick_wording(rng, "pattern", "train")
+    family = synth.family_of(scene, "pattern")
+    call = protocol.zoom_text(think_for(question, "pattern"), label_zoom_box(scene, views))
+    messages = [{"role": "user", "content": [protocol.image_part(views.low), protocol.text_part(question)]},
+                protocol.assistant_turn(call)]
+    return Example(messages, [aux_targets(scene, views.low.size, grid)], family, "low", False,
+                   pattern_legible(scene.label_size, False), with_tools=False, protocol="visionthink-zoom", zoomed=True)
 
 
 def sample_zoom_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: float, full_res_fraction: float,
