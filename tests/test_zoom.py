@@ -577,6 +577,30 @@ def test_grounding_examples_are_the_short_form_of_a_zoom_on_the_label(shipped_mo
     assert 8 < short < 32
 
 
+def test_box_position_is_just_before_the_box_digits(shipped_model):
+    from visionthink.tokens import encode_for_training
+    from visionthink.train.sft_data import box_position, sample_example
+
+    _, processor = shipped_model
+    tokenizer = processor.tokenizer
+    tool_call_id = tokenizer.convert_tokens_to_ids("<tool_call>")
+    digit_ids = tokenizer.convert_tokens_to_ids([str(d) for d in range(10)])
+    examples = [sample_example(np.random.default_rng([6, i]), GRID, 1.0, 0.0, zoom_fraction=1.0) for i in range(12)]
+    zoomed = [e for e in examples if e.zoomed]
+    assert zoomed
+    for example in zoomed:
+        encoded = encode_for_training(processor, example.messages, protocol=example.protocol)
+        ids, labels = encoded["input_ids"][0], encoded["labels"][0]
+        position = box_position(labels, tool_call_id, digit_ids)
+        box = VISIONTHINK_ZOOM.parse_turn(protocol.assistant_text(example.messages[2])).box
+        assert tokenizer.decode(ids[: position + 1]).endswith('"box": [')
+        assert tokenizer.decode(ids[position + 1 :]).startswith(str(int(box[0])))
+    plain = sample_example(np.random.default_rng(0), GRID, 0.0, 0.0, zoom_fraction=1.0)
+    with pytest.raises(ValueError):
+        box_position(encode_for_training(processor, plain.messages, protocol=plain.protocol)["labels"][0],
+                     tool_call_id, digit_ids)
+
+
 def test_sft_zoom_box_covers_the_label():
     from visionthink.train.sft_data import label_zoom_box, region_aux_targets
 

@@ -64,7 +64,8 @@ def test_sft_with_zoom_fraction_trains_on_the_zoom_rendering(tmp_path, random_ti
     monkeypatch.setattr(sft, "encode_for_training", recording)
     config = SFTConfig(init_from=str(start), output_dir=str(tmp_path / "run"), steps=2, batch_size=8,
                        learning_rate=1e-4, warmup_steps=1, save_every=2, eval_every=2, eval_items=4, threads=1,
-                       resize_fraction=1.0, full_res_fraction=0.0, zoom_fraction=1.0, grounding_weight=1.0)
+                       resize_fraction=1.0, full_res_fraction=0.0, zoom_fraction=1.0, grounding_weight=1.0,
+                       box_head_weight=1.0, grounding_fraction=0.25)
     final = train_sft(config)
     assert (final / "config.json").is_file()
     assert len(seen) == 16 and all(p == "visionthink-zoom" for _, p, _ in seen)
@@ -79,6 +80,7 @@ def test_sft_with_zoom_fraction_trains_on_the_zoom_rendering(tmp_path, random_ti
     # the grounding heads trained at every step
     assert all(0.0 <= record["grounding/token_position_acc"] <= 1.0 for record in log)
     assert all("grounding/label_cell_acc" in record for record in log)
+    assert any(0.0 <= record.get("box_head_acc", -1) <= 1.0 for record in log)  # the box head saw zoom calls
 
 
 def test_sft_zoom_recipe_section_loads():
@@ -91,6 +93,13 @@ def test_sft_zoom_recipe_section_loads():
     assert zoom.export_dir is None or zoom.export_dir not in ("checkpoints/tiny-synth", "checkpoints/tiny-synth-sft")
     for section in ("sft_perception", "sft", "sft_refresh"):
         assert load_recipe("recipes/tiny-synth.yaml", section, SFTConfig).zoom_fraction == 0.0
+    chain = ["sft_zoom_cells", "sft_zoom_calls", "sft_zoom_mix", "sft_zoom_ground", "sft_zoom_protocol", "sft_zoom"]
+    stages = [load_recipe("recipes/tiny-synth.yaml", section, SFTConfig) for section in chain]
+    assert stages[0].init_from == "checkpoints/tiny-synth-sft"
+    for before, after in zip(stages, stages[1:], strict=False):  # each stage starts from the one before
+        assert after.init_from == f"{before.output_dir}/final"
+    assert all(stage.zoom_fraction > 0 and stage.export_dir is None for stage in stages)
+    assert all(stage.stop_at is None or stage.stop_at < stage.steps for stage in stages)
 
 
 # ---------------------------------------------------------------- GRPO

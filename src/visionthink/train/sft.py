@@ -32,6 +32,7 @@ from visionthink.train import newest_checkpoint
 from visionthink.train.sft_data import (
     AUX_HEADS,
     GROUNDING_CLASSES,
+    box_position,
     conversation,
     decision_position,
     direct_answer_logits,
@@ -92,6 +93,10 @@ class SFTConfig:
     sits in the image, and where the label is to within half a token. They make the tokens carry what a zoom's box
     must say. Privileged generator labels, dropped after training, like `aux_weight`'s heads (docs/zoom.md). 0: off
     (no head is built)."""
+    box_head_weight: float = 0.0
+    """Weight of a head on the last hidden state where a zoom call's box starts (the token before its first digit),
+    trained to name the label's half-token cell (`label_where`): it makes the text model gather from the image what
+    the box's digits must say, as `legibility_weight` does for the decision. Dropped after training. 0: off."""
     grounding_fraction: float = 0.0
     """With `zoom_fraction` > 0: the share of examples that are the short form of a zoom call on the label's true box
     (`sft_data.sample_grounding_example`: low view and label question, no tool block)."""
@@ -233,6 +238,8 @@ def train_sft(config: SFTConfig) -> Path:
     model.train()
     width = model.config.text_config.hidden_size
     heads = nn.ModuleDict({"perception": AuxHeads(width), "legibility": LegibilityHead(width)})
+    if config.box_head_weight > 0:
+        heads["box"] = nn.Linear(width, GROUNDING_CLASSES["label_where"])
     if config.grounding_weight > 0:
         heads["grounding"] = nn.ModuleDict({name: nn.Linear(width, n) for name, n in GROUNDING_CLASSES.items()})
     optimizer = torch.optim.AdamW(
@@ -243,6 +250,9 @@ def train_sft(config: SFTConfig) -> Path:
         heads.load_state_dict(state["heads"])
         optimizer.load_state_dict(state["optimizer"])
     teach_legibility = config.legibility_weight > 0
+    teach_box = config.box_head_weight > 0
+    tool_call_id = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
+    digit_ids = processor.tokenizer.convert_tokens_to_ids([str(d) for d in range(10)])
     decision_ids = processor.tokenizer.convert_tokens_to_ids(["<answer>", "<tool_call>"])
     validation = {wording: synth.split_items("validation", config.eval_items, seed=config.seed, wordings=wording)
                   for wording in synth.WORDING_SETS}
@@ -260,6 +270,9 @@ def train_sft(config: SFTConfig) -> Path:
         encoded = [encode_for_training(processor, e.messages, e.with_tools, protocol=e.protocol) for e in examples]
         if teach_legibility:  # before the mask below, which can hide the first turn's choice
             positions = torch.tensor([decision_position(e["labels"][0], decision_ids) for e in encoded])
+        boxed = [i for i, e in enumerate(examples) if e.zoomed] if teach_box else []
+        box_positions = torch.tensor([box_position(encoded[i]["labels"][0], tool_call_id, digit_ids) for i in boxed],
+                                     dtype=torch.long)
         if config.mask_illegible_first_turns:
             for example, encoding in zip(examples, encoded, strict=True):
                 if not example.legible:
@@ -267,7 +280,7 @@ def train_sft(config: SFTConfig) -> Path:
         batch = collate(processor, encoded)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        outputs, prefix = forward_with_shared_prefix(model, batch, output_hidden_states=teach_legibility)
+        outputs, prefix = forward_with_shared_prefix(model, batch, output_hidden_states=teach_legibility or teach_box)
         features = torch.cat(list(outputs.image_outputs.pooler_output))
         targets = {name: torch.cat([t[name] for e in examples for t in e.aux]) for name in AUX_HEADS}
         aux_loss = heads["perception"].loss(features, targets)
@@ -285,6 +298,12 @@ def train_sft(config: SFTConfig) -> Path:
             legibility_loss, extra["legibility_acc"] = heads["legibility"].loss(
                 outputs.hidden_states[-1], positions - prefix, legible)
             loss = loss + config.legibility_weight * legibility_loss
+        if boxed:
+            hidden = outputs.hidden_states[-1][torch.tensor(boxed), box_positions - prefix]
+            cells = torch.stack([examples[i].aux[0]["label_where"][0] for i in boxed])
+            logits = heads["box"](hidden)
+            extra["box_head_acc"] = (logits.argmax(-1) == cells).float().mean().item()
+            loss = loss + config.box_head_weight * nn.functional.cross_entropy(logits, cells)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -326,6 +326,19 @@ def decision_position(labels: torch.Tensor, decision_ids: list[int]) -> int:
     return int(hits[0]) - 1
 
 
+def box_position(labels: torch.Tensor, tool_call_id: int, digit_ids: list[int]) -> int:
+    """Index of the token whose logits choose the zoom box's first digit (one row's labels; digits only appear in a
+    call's box)."""
+    calls = (labels == tool_call_id).nonzero().flatten()
+    if len(calls) == 0:
+        raise ValueError("no <tool_call> among the trained tokens")
+    after = torch.isin(labels, torch.tensor(digit_ids)).nonzero().flatten()
+    after = after[after > calls[0]]
+    if len(after) == 0:
+        raise ValueError("no box digits after the <tool_call>")
+    return int(after[0]) - 1
+
+
 def mask_first_turn(labels: torch.Tensor) -> torch.Tensor:
     """`labels` (one row) with its first assistant turn (the first run of trained tokens) set to IGNORE_INDEX."""
     labels = labels.clone()
