@@ -169,6 +169,9 @@ def test_rollout_episode_checks_zoom_boxes_against_the_view(random_tiny):
                                            views.high, protocol_profile=VISIONTHINK_ZOOM)
         kinds.append(episode.turns[0].kind)
     assert kinds == ["zoom", "malformed"]
+    with pytest.raises(ValueError, match="high_res_image"):  # without it, a crop could pass for the full view
+        grpo_env.rollout_episode(processor, prompt, [{"role": "assistant", "content": ""}], ids,
+                                 protocol_profile=VISIONTHINK_ZOOM)
 
 
 def grpo_recipe(tmp_path, model_dir, **overrides):

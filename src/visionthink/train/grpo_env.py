@@ -343,6 +343,8 @@ def rollout_episode(
     """
     tokenizer = processor.tokenizer
     profile = get_profile(protocol_profile)
+    if profile.offers_zoom and high_res_image is None:
+        raise ValueError("a zoom profile's rollout needs high_res_image (its last image may be a crop)")
     texts = [turn_text(tokenizer, ids) for ids in split_turns(tokenizer, completion_ids)]
     tools = [message for message in completion if message.get("role") == "tool"]
     messages = [dict(m) for m in prompt]
