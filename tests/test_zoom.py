@@ -577,6 +577,22 @@ def test_grounding_examples_are_the_short_form_of_a_zoom_on_the_label(shipped_mo
     assert 8 < short < 32
 
 
+def test_short_forms_split_by_grounding_and_perception_fractions():
+    from visionthink.train.sft_data import sample_example
+
+    examples = [sample_example(np.random.default_rng([8, i]), GRID, 0.5, 0.25, zoom_fraction=1.0,
+                               grounding_fraction=0.3, perception_fraction=0.3) for i in range(300)]
+    grounding = [e for e in examples if not e.with_tools and e.zoomed]
+    perception = [e for e in examples if not e.with_tools and not e.zoomed]
+    protocol_form = [e for e in examples if e.with_tools]
+    assert all(0.2 < len(part) / 300 < 0.5 for part in (grounding, perception, protocol_form))
+    for example in perception:  # the short form of a direct answer, on a view that shows it
+        assert [m["role"] for m in example.messages] == ["user", "assistant"]
+        assert protocol.assistant_text(example.messages[1]).startswith("<think>") and example.legible
+    plain = [sample_example(np.random.default_rng([8, i]), GRID, 0.5, 0.25, zoom_fraction=1.0) for i in range(20)]
+    assert all(e.with_tools for e in plain)  # both fractions 0: no short forms, no extra draw
+
+
 def test_box_position_is_just_before_the_box_digits(shipped_model):
     from visionthink.tokens import encode_for_training
     from visionthink.train.sft_data import box_position, sample_example

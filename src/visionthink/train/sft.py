@@ -100,6 +100,9 @@ class SFTConfig:
     grounding_fraction: float = 0.0
     """With `zoom_fraction` > 0: the share of examples that are the short form of a zoom call on the label's true box
     (`sft_data.sample_grounding_example`: low view and label question, no tool block)."""
+    perception_fraction: float = 0.0
+    """With `zoom_fraction` > 0: the share of examples in the short form of a direct answer (`perception_only`'s), so
+    that a stage heavy in `grounding_fraction` keeps reading every question type."""
     stop_at: int | None = None
     """Stop after this many steps while the learning-rate schedule still spans `steps` (the first part of a longer
     run, e.g. the zoom model's grounding stage). None: `steps`."""
@@ -265,7 +268,7 @@ def train_sft(config: SFTConfig) -> Path:
         rng = np.random.default_rng([config.seed, 9173, step])
         examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,
                                    config.perception_only, config.zoom_fraction, config.label_call_fraction,
-                                   config.grounding_fraction)
+                                   config.grounding_fraction, config.perception_fraction)
                     for _ in range(config.batch_size)]
         encoded = [encode_for_training(processor, e.messages, e.with_tools, protocol=e.protocol) for e in examples]
         if teach_legibility:  # before the mask below, which can hide the first turn's choice

@@ -204,15 +204,22 @@ def _draw(rng: np.random.Generator, grid: PixelGrid, full_res_fraction: float):
 
 def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: float,
                    full_res_fraction: float, perception: bool = False, zoom_fraction: float = 0.0,
-                   label_call_fraction: float | None = None, grounding_fraction: float = 0.0) -> Example:
+                   label_call_fraction: float | None = None, grounding_fraction: float = 0.0,
+                   perception_fraction: float = 0.0) -> Example:
     """A fresh random scene, a random question about it in a random training wording, and a random
     conversation shape. `perception`: the short form (`perception_conversation`) on a view that shows
     the answer. `zoom_fraction` > 0 (off by default: the recipe's draws are unchanged): protocol conversations
-    in the `visionthink-zoom` profile, some zooming on the label's true box (`sample_zoom_example`)."""
+    in the `visionthink-zoom` profile, some zooming on the label's true box (`sample_zoom_example`); of these, a
+    `grounding_fraction` share is the short form of the zoom call (`sample_grounding_example`) and a
+    `perception_fraction` share the short form of a direct answer."""
     if zoom_fraction > 0 and not perception:
-        if grounding_fraction > 0 and rng.random() < grounding_fraction:
+        short_form = rng.random() if grounding_fraction > 0 or perception_fraction > 0 else 1.0
+        if short_form < grounding_fraction:
             return sample_grounding_example(rng, grid)
-        return sample_zoom_example(rng, grid, resize_fraction, full_res_fraction, zoom_fraction, label_call_fraction)
+        if short_form >= grounding_fraction + perception_fraction:
+            return sample_zoom_example(rng, grid, resize_fraction, full_res_fraction, zoom_fraction,
+                                       label_call_fraction)
+        perception = True
     scene, question_type, family, views, start, answer, question = _draw(rng, grid, full_res_fraction)
     if perception:
         start = "high" if family == "fine_small" else start
