@@ -93,7 +93,7 @@ def test_sft_zoom_recipe_section_loads():
     assert zoom.export_dir is None or zoom.export_dir not in ("checkpoints/tiny-synth", "checkpoints/tiny-synth-sft")
     for section in ("sft_perception", "sft", "sft_refresh"):
         assert load_recipe("recipes/tiny-synth.yaml", section, SFTConfig).zoom_fraction == 0.0
-    chain = ["sft_zoom_cells", "sft_zoom_calls", "sft_zoom_mix", "sft_zoom_ground", "sft_zoom_protocol", "sft_zoom"]
+    chain = ["sft_zoom_cells", "sft_zoom_calls", "sft_zoom_mix", "sft_zoom_ground", "sft_zoom"]
     stages = [load_recipe("recipes/tiny-synth.yaml", section, SFTConfig) for section in chain]
     assert stages[0].init_from == "checkpoints/tiny-synth-sft"
     for before, after in zip(stages, stages[1:], strict=False):  # each stage starts from the one before
