@@ -218,6 +218,13 @@ class KVDecoder:
         Choosing each token as decoding would and keeping it while it equals the draft leaves greedy output
         unchanged and sampled output identically distributed.
         """
+        if not sampling.do_sample:  # greedy: every position's choice in one call
+            choices = self._choose_rows(logits, None if ban is None else ban[row : row + 1].expand(len(tail), -1),
+                                        sampling, generator)
+            for index, (choice, expected) in enumerate(zip(choices, tail, strict=True)):
+                if choice != expected:
+                    return index, choice
+            return len(tail), None
         for index, expected in enumerate(tail):
             choice = self._choose_rows(logits[index : index + 1], None if ban is None else ban[row : row + 1],
                                        sampling, generator)[0]
