@@ -91,9 +91,11 @@ class ModelWorker:
 
     def _run(self, kind: str, payloads: list[Any], sampling: SamplingConfig) -> list[Any]:
         engine = self.engine_for(kind)
-        generator = engine.generator
+        generator, memory = engine.generator, getattr(engine, "memory", None)
         if sampling.seed is not None:
             engine.generator = torch.Generator().manual_seed(sampling.seed)
+            # what other requests wrote must not touch a seeded reply, not even through the rounding of a checked guess
+            engine.memory = None
         try:
             if kind == "raw":
                 return self.generate_raw(payloads, sampling)
@@ -101,7 +103,7 @@ class ModelWorker:
             return engine.run([p.request for p in payloads], kind)
         finally:
             engine.sampling = self.default_sampling
-            engine.generator = generator
+            engine.generator, engine.memory = generator, memory
 
     def generate_raw(self, jobs: list[RawJob], sampling: SamplingConfig) -> list[RawResult]:
         """One assistant turn per job, all rows in one batched prefill and decode."""
