@@ -203,7 +203,7 @@ def _demo_zoom_engine(args: argparse.Namespace):
     from visionthink.profiles import with_zoom
 
     shipped = args.zoom_model == DEMO_ZOOM_MODEL  # the repository's, wherever demo runs from
-    path = default_model_dir().parent / "tiny-synth-zoom" if shipped else Path(args.zoom_model)
+    path = default_model_dir().parent / Path(DEMO_ZOOM_MODEL).name if shipped else Path(args.zoom_model)
     if not (path / "config.json").is_file():
         return None, (f"zoom rows skipped: no zoom-trained model at {args.zoom_model} (give --zoom-model PATH, or "
                       "--zoom-model none to leave them out)")

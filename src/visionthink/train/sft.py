@@ -136,18 +136,19 @@ class AuxHeads(nn.Module):
         return torch.stack(losses).sum()
 
 
-class LegibilityHead(nn.Module):
-    """Linear head on the decision token's hidden state: does the first image show the answer?"""
+class PositionHead(nn.Module):
+    """Linear head on the hidden state at one position per row: whether the first image shows the answer (at the
+    decision token), or where the label is (where a zoom's box starts)."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, classes: int = 2):
         super().__init__()
-        self.linear = nn.Linear(width, 2)
+        self.linear = nn.Linear(width, classes)
 
-    def loss(self, hidden: torch.Tensor, positions: torch.Tensor, legible: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def loss(self, hidden: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Cross-entropy and accuracy of the head at `positions` (one per row) of `hidden` (batch, seq, width)."""
         logits = self.linear(hidden[torch.arange(len(positions)), positions])
-        accuracy = (logits.argmax(-1) == legible).float().mean().item()
-        return nn.functional.cross_entropy(logits, legible), accuracy
+        accuracy = (logits.argmax(-1) == targets).float().mean().item()
+        return nn.functional.cross_entropy(logits, targets), accuracy
 
 
 def grounding(head: nn.Module, features: torch.Tensor, cells: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -240,9 +241,9 @@ def train_sft(config: SFTConfig) -> Path:
         state, start = None, 0
     model.train()
     width = model.config.text_config.hidden_size
-    heads = nn.ModuleDict({"perception": AuxHeads(width), "legibility": LegibilityHead(width)})
+    heads = nn.ModuleDict({"perception": AuxHeads(width), "legibility": PositionHead(width)})
     if config.box_head_weight > 0:
-        heads["box"] = nn.Linear(width, GROUNDING_CLASSES["label_where"])
+        heads["box"] = PositionHead(width, GROUNDING_CLASSES["label_where"])
     if config.grounding_weight > 0:
         heads["grounding"] = nn.ModuleDict({name: nn.Linear(width, n) for name, n in GROUNDING_CLASSES.items()})
     optimizer = torch.optim.AdamW(
@@ -302,11 +303,10 @@ def train_sft(config: SFTConfig) -> Path:
                 outputs.hidden_states[-1], positions - prefix, legible)
             loss = loss + config.legibility_weight * legibility_loss
         if boxed:
-            hidden = outputs.hidden_states[-1][torch.tensor(boxed), box_positions - prefix]
             cells = torch.stack([examples[i].aux[0]["label_where"][0] for i in boxed])
-            logits = heads["box"](hidden)
-            extra["box_head_acc"] = (logits.argmax(-1) == cells).float().mean().item()
-            loss = loss + config.box_head_weight * nn.functional.cross_entropy(logits, cells)
+            box_loss, extra["box_head_acc"] = heads["box"].loss(
+                outputs.hidden_states[-1][torch.tensor(boxed)], box_positions - prefix, cells)
+            loss = loss + config.box_head_weight * box_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -15,6 +15,7 @@ import torch
 
 from visionthink import protocol
 from visionthink.data import synth
+from visionthink.engines.base import oracle_box
 from visionthink.images import PixelGrid, Views, make_views, zoom_crop, zoom_region
 from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
 
@@ -235,12 +236,11 @@ def sample_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: f
 
 
 def label_zoom_box(scene: synth.Scene, views: Views) -> tuple[int, int, int, int]:
-    """The generator's label box as a zoom call's box: whole low-view pixels that cover it (the supervision of
-    the call's argument; a pretrained VLM grounds regions already, the from-scratch tiny model cannot)."""
-    sx, sy = views.low.width / scene.image.width, views.low.height / scene.image.height
-    x1, y1, x2, y2 = scene.label_box
-    return (int(np.floor(x1 * sx)), int(np.floor(y1 * sy)),
-            min(views.low.width, int(np.ceil(x2 * sx))), min(views.low.height, int(np.ceil(y2 * sy))))
+    """The generator's label box as a zoom call's box: whole low-view pixels that cover it, as `oracle-zoom` gets it
+    (`engines.base.oracle_box`), inside the view (the supervision of the call's argument; a pretrained VLM grounds
+    regions already, the from-scratch tiny model cannot)."""
+    x1, y1, x2, y2 = oracle_box(scene.label_box, scene.image.size, views.low.size)
+    return x1, y1, min(views.low.width, x2), min(views.low.height, y2)
 
 
 def zoom_conversation(question: str, answer: str, views: Views, start: Start, call: Literal["none", "resize", "zoom"],
@@ -291,7 +291,7 @@ def sample_grounding_example(rng: np.random.Generator, grid: PixelGrid) -> Examp
     """The short form of a zoom call (no tool block, as `perception_conversation`): the low view and a label question,
     answered by the `zoom_image` call on the label's true box. A from-scratch text model learned to read the image in
     the short form first (stage 0); this teaches it to read where the label is the same way."""
-    scene, _, family, views, _, _, _ = _draw(rng, grid, 0.0)
+    scene, _, _, views, _, _, _ = _draw(rng, grid, 0.0)
     question = synth.pick_wording(rng, "pattern", "train")
     family = synth.family_of(scene, "pattern")
     call = protocol.zoom_text(think_for(question, "pattern"), label_zoom_box(scene, views))
