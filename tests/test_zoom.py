@@ -209,7 +209,10 @@ def test_crop_is_on_the_grid_inside_the_image_and_covers_the_box(size):
         x1, y1 = max(0, box[0]) * 2, max(0, box[1]) * 2
         x2, y2 = min(size[0] // 2, box[2]) * 2, min(size[1] // 2, box[3]) * 2
         assert left <= x1 + 1e-9 and top <= y1 + 1e-9 and right >= x2 - 1e-9 and bottom >= y2 - 1e-9, box
-        assert width <= max(56, math.ceil((x2 - x1) / 28) * 28) and height <= max(56, math.ceil((y2 - y1) / 28) * 28)
+        assert left % 28 == 0 and top % 28 == 0, box  # on the high view's token lattice
+        touched_x = math.ceil(x2 / 28) - math.floor(x1 / 28)  # lattice cells the box touches
+        touched_y = math.ceil(y2 / 28) - math.floor(y1 / 28)
+        assert width == max(56, touched_x * 28) and height == max(56, touched_y * 28), box
         crop = zoom_crop(box, views, GRID)
         assert crop.size == (width, height)
         assert crop.tobytes() == views.high.crop((left, top, right, bottom)).tobytes()  # not resampled
@@ -224,6 +227,20 @@ def test_crop_is_the_high_view_pixel_for_pixel():
     region = zoom_region((x1 / 2, y1 / 2, x2 / 2, y2 / 2), views, GRID)
     assert crop.tobytes() == item.image.crop(region).tobytes()
     assert region[0] <= x1 and region[1] <= y1 and region[2] >= min(x2, item.image.width)
+
+
+def test_a_label_lands_on_the_crops_lattice_as_in_the_full_view():
+    """The oracle's crop of a label shows it in whole token cells at the phase the full view shows it (the labels
+    sit in token cells): the label's offset inside the crop is a whole number of cells, for every world shape."""
+    for index in range(60):
+        item = synth.make_item(7, index)
+        views = make_views(item.image, GRID)
+        box = oracle_box(item.label_box, item.image.size, views.low.size)
+        left, top, right, bottom = zoom_region(box, views, GRID)
+        x1, y1, x2, y2 = item.label_box
+        assert (x1 - left) % 28 == 0 and (y1 - top) % 28 == 0, (item.image.size, item.label_box)
+        assert left <= x1 and top <= y1 and min(x2, item.image.width) <= right and min(y2, item.image.height) <= bottom
+        assert (right - left, bottom - top) == (56, 56)  # a label fits one cell: the 2x2 minimum
 
 
 def test_the_crop_is_what_the_model_receives(shipped_model):

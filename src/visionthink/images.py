@@ -212,11 +212,13 @@ def zoom_region(box: tuple[float, float, float, float], views: Views, grid: Pixe
                 min_cells: int = ZOOM_MIN_CELLS) -> tuple[int, int, int, int]:
     """The region of the high view that a zoom on `box` (x1, y1, x2, y2 in the low view's pixels) returns.
 
-    The box is scaled to the high view (x2 for `make_views`' views), clamped to the image, and grown around its
-    centre to whole grid cells (`grid.factor` px), at least `min_cells` cells a side and `grid.min_pixels` in
-    area, then shifted to lie inside the high view. It is never stretched: the crop is the high view's own
-    pixels, so the content keeps its aspect and the crop's visual tokens are `grid.tokens(width, height)`.
-    The box must overlap the low view (`protocol.zoom_box` checks that first)."""
+    The box is scaled to the high view (x2 for `make_views`' views) and clamped to it. The region is made of
+    whole cells of the high view's own token lattice (`grid.factor` px from its top-left corner): the cells the
+    box touches, grown around the box's centre to at least `min_cells` cells a side and `grid.min_pixels` in
+    area, and kept inside the view. On the lattice, every visual token of the crop holds exactly the pixels of a
+    token of the full view, so what the model reads in the full view it reads in the crop. The crop is never
+    resampled or stretched; its visual tokens are `grid.tokens(width, height)`. The box must overlap the low view
+    (`protocol.zoom_box` checks that first)."""
     high, low = views.high, views.low
     f = grid.factor
     sx, sy = high.width / low.width, high.height / low.height
@@ -225,17 +227,26 @@ def zoom_region(box: tuple[float, float, float, float], views: Views, grid: Pixe
     y1, y2 = max(0.0, y1) * sy, min(float(low.height), y2) * sy
     if not (x2 > x1 and y2 > y1):
         raise ValueError(f"zoom box {box} does not overlap the {low.width}x{low.height} low view")
-    max_w, max_h = high.width // f * f, high.height // f * f
-    width = min(max_w, max(min_cells * f, math.ceil((x2 - x1) / f) * f))
-    height = min(max_h, max(min_cells * f, math.ceil((y2 - y1) / f) * f))
-    while width * height < grid.min_pixels and (width < max_w or height < max_h):
-        if (width <= height and width < max_w) or height >= max_h:
-            width += f
+    columns, rows = high.width // f, high.height // f
+    first_x, first_y = math.floor(x1 / f), math.floor(y1 / f)
+    wide = min(columns, max(min_cells, math.ceil(x2 / f) - first_x))
+    tall = min(rows, max(min_cells, math.ceil(y2 / f) - first_y))
+    while wide * tall * f * f < grid.min_pixels and (wide < columns or tall < rows):
+        if (wide <= tall and wide < columns) or tall >= rows:
+            wide += 1
         else:
-            height += f
-    left = min(max(0, round((x1 + x2) / 2 - width / 2)), high.width - width)
-    top = min(max(0, round((y1 + y2) / 2 - height / 2)), high.height - height)
-    return left, top, left + width, top + height
+            tall += 1
+    left = _first_cell((x1 + x2) / 2 / f, wide, first_x, math.ceil(x2 / f), columns)
+    top = _first_cell((y1 + y2) / 2 / f, tall, first_y, math.ceil(y2 / f), rows)
+    return left * f, top * f, (left + wide) * f, (top + tall) * f
+
+
+def _first_cell(centre: float, cells: int, first: int, end: int, total: int) -> int:
+    """The first of `cells` lattice cells centred on `centre`, covering cells first..end-1 if they fit, in 0..total."""
+    start = math.floor(centre - cells / 2 + 0.5)
+    if cells >= end - first:
+        start = min(max(start, end - cells), first)  # cover every touched cell
+    return min(max(0, start), total - cells)
 
 
 def zoom_crop(box: tuple[float, float, float, float], views: Views, grid: PixelGrid,
