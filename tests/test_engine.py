@@ -295,3 +295,43 @@ def test_output_memory_changes_no_episode_and_saves_forward_passes(shipped_model
         runs[memory] = ([(e.summary() | {"seconds": 0}, e.fed_token_ids) for e in episodes], len(calls))
     assert runs[True][0] == runs[False][0]
     assert runs[True][1] <= runs[False][1] - 4  # measured: 16 forward passes instead of 20
+
+
+
+@pytest.mark.parametrize("preset", ["tiny", "real-vocab-small"])
+@pytest.mark.parametrize("profile", ["visionthink", "release"])
+def test_a_second_turn_processes_only_its_new_image_and_encodes_the_same(preset, profile):
+    """`encode_batch_reusing` gives `encode_batch`'s rows exactly (ids, types, grids, patches), turn after turn,
+    while the image processor sees each image once (the second turn only the high view)."""
+    from visionthink.data import synth
+    from visionthink.images import make_views
+    from visionthink.models.presets import build_preset
+    from visionthink.profiles import get_profile
+    from visionthink.tokens import ProcessedImages, encode_batch, encode_batch_reusing
+
+    _, processor = build_preset(preset)
+    rules = get_profile(profile)
+    first, second, lows, highs = [], [], [], []
+    for index, item in enumerate(synth.split_items("test", 5, seed=3)):
+        views = make_views(item.image, processor.grid)
+        messages = rules.first_turn(item.question + " please" * index, views.low)
+        first.append(messages)
+        second.append([*messages, protocol.assistant_turn(rules.resize_text("look")), rules.tool_turn(views.high)])
+        lows.append(views.low.size)
+        highs.append(views.high.size)
+    seen: list[tuple[int, int]] = []
+    process = type(processor.image_processor).__call__
+
+    def counting(self, images, *args, **kwargs):
+        seen.extend(image.size for image in images)
+        return process(self, images, *args, **kwargs)
+
+    known = ProcessedImages()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(processor.image_processor), "__call__", counting)
+        reused = [encode_batch_reusing(processor, turn, known, True, protocol=rules) for turn in (first, second)]
+    assert seen == lows + highs
+    for turn, rows in zip((first, second), reused, strict=True):
+        for plain, row in zip(encode_batch(processor, turn, True, protocol=rules), rows, strict=True):
+            for key in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw", "pixel_values"):
+                assert torch.equal(plain[key], row[key]) and plain[key].dtype == row[key].dtype, key

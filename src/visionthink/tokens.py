@@ -59,6 +59,64 @@ def encode_batch(processor, conversations: list[list[Message]], add_generation_p
     return rows
 
 
+class ProcessedImages:
+    """Images the processor has turned into patches already, kept by identity for the turns that follow: a
+    conversation's second turn carries its first image again, and only the new one needs processing."""
+
+    def __init__(self):
+        self._entries: list[tuple[object, torch.Tensor, torch.Tensor]] = []
+
+    def get(self, image) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(image_grid_thw row, pixel_values) of `image` (this very object) if it was processed."""
+        return next(((grid, pixels) for known, grid, pixels in self._entries if known is image), None)
+
+    def process(self, processor, images: list) -> None:
+        """Process the images not seen yet, in one image-processor call."""
+        fresh = [image for i, image in enumerate(images)
+                 if self.get(image) is None and not any(image is other for other in images[:i])]
+        if not fresh:
+            return
+        batch = processor.image_processor(fresh, return_tensors="pt")
+        grids, start = batch["image_grid_thw"], 0
+        for image, grid in zip(fresh, grids, strict=True):
+            size = int(grid.prod())
+            self._entries.append((image, grid[None], batch["pixel_values"][start : start + size]))
+            start += size
+
+
+def encode_batch_reusing(processor, conversations: list[list[Message]], known: ProcessedImages,
+                         add_generation_prompt: bool = False,
+                         protocol: str | ProtocolProfile | None = None) -> list[BatchFeature]:
+    """`encode_batch`'s rows, processing only the images `known` has not seen (they are added to it); the text is
+    tokenized with each image's placeholder expanded as the processor expands it (`replace_image_token`)."""
+    texts = [render_text(processor, messages, add_generation_prompt, protocol=protocol) for messages in conversations]
+    known.process(processor, [image for messages in conversations for image in images_in(messages)])
+    expanded, per_row = [], []
+    for text, messages in zip(texts, conversations, strict=True):
+        entries = [known.get(image) for image in images_in(messages)]
+        pieces = text.split(processor.image_token)
+        if len(pieces) != len(entries) + 1:
+            raise ValueError(f"{len(pieces) - 1} image placeholders in the text for {len(entries)} images")
+        out = pieces[0]
+        for (grid, _), piece in zip(entries, pieces[1:], strict=True):
+            out += processor.replace_image_token({"image_grid_thw": grid}, 0) + piece
+        expanded.append(out)
+        per_row.append(entries)
+    batch = processor.tokenizer(expanded, padding=True, return_tensors="pt")
+    types = torch.tensor(processor.create_mm_token_type_ids(batch["input_ids"]), dtype=batch["input_ids"].dtype)
+    rows = []
+    for row, entries in enumerate(per_row):
+        keep = batch["attention_mask"][row].bool()
+        features = {"input_ids": batch["input_ids"][row][keep][None],
+                    "attention_mask": batch["attention_mask"][row][keep][None],
+                    "mm_token_type_ids": types[row][keep][None]}
+        if entries:
+            features["image_grid_thw"] = torch.cat([grid for grid, _ in entries])
+            features["pixel_values"] = torch.cat([pixels for _, pixels in entries])
+        rows.append(BatchFeature(features))
+    return rows
+
+
 def assistant_mask(processor, input_ids: torch.Tensor) -> torch.Tensor:
     """True on the tokens of every assistant turn's content and its closing `<|im_end|>`.
 

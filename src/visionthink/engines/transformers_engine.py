@@ -24,7 +24,7 @@ from visionthink.engines.kv_decoder import (
 from visionthink.models import load_model
 from visionthink.models.patch_embed import use_linear_patch_embed
 from visionthink.profiles import ProtocolProfile, get_profile
-from visionthink.tokens import encode_batch, visual_tokens
+from visionthink.tokens import ProcessedImages, encode_batch, encode_batch_reusing, visual_tokens
 
 __all__ = ["MODES", "Request", "TransformersEngine", "never_write_ids"]
 
@@ -102,10 +102,13 @@ class TransformersEngine:
         """Token ids a turn may not produce: vision placeholders, and the tool call where it is forbidden."""
         return [*self.never_ids, self.tool_call_id] if forbid_call else list(self.never_ids)
 
-    def feed(self, decoder: KVDecoder, conversations: list[list[protocol.Message]]) -> None:
-        """Prefill each conversation so far (only what the cache lacks is computed)."""
+    def feed(self, decoder: KVDecoder, conversations: list[list[protocol.Message]],
+             known: ProcessedImages | None = None) -> None:
+        """Prefill each conversation so far (only what the cache lacks is computed; only images `known` has not
+        seen are processed)."""
         sequences, types, grids, pixels = [], [], [], []
-        encoded = encode_batch(self.processor, conversations, True, protocol=self.protocol)
+        encoded = encode_batch_reusing(self.processor, conversations, known or ProcessedImages(), True,
+                                       protocol=self.protocol)
         for messages, batch in zip(conversations, encoded, strict=True):
             sequences.append(batch["input_ids"][0])
             types.append(batch["mm_token_type_ids"][0])
@@ -134,6 +137,8 @@ class _KVSession:
         self.rows: list[int] = []
         self.written: dict[int, list[int]] = {}
         """Per batch row, what it wrote in its last turn (guessed again while the next turn repeats it)."""
+        self.images = ProcessedImages()
+        """The batch's images as patches: a second turn processes only its new image."""
 
     def generate(self, rows: list[int], conversations: list[list[protocol.Message]],
                  forbid_call: list[bool]) -> list[Generated]:
@@ -144,7 +149,7 @@ class _KVSession:
             self.decoder.select([self.rows.index(row) for row in rows])
         self.rows = list(rows)
         decoder = self.decoder
-        engine.feed(decoder, conversations)
+        engine.feed(decoder, conversations, self.images)
         previous = [self.written.get(row, []) for row in rows] if engine.draft_repeats else None
         outputs = decoder.decode(engine.sampling, banned_ids=[engine.banned_ids(f) for f in forbid_call],
                                  generator=engine.generator, draft=engine.draft, previous=previous,
