@@ -281,7 +281,7 @@ def test_train_grpo_zoom_smoke(tmp_path, tiny_dir):
 
 
     config = grpo_recipe(tmp_path, tiny_dir, max_steps=2, num_generations=2, per_device_train_batch_size=4,
-                         save_total_limit=1)
+                         save_total_limit=1, box_anchor_weight=1.0, anchor_batch_size=2)
     call = protocol.zoom_text(THINK, [0, 0, 28, 28])
     final, trainer, recorded = train_scripted(config, lambda i: call if i % 2 == 0 else None, lambda i: None)
     run = tmp_path / "run"
@@ -297,3 +297,47 @@ def test_train_grpo_zoom_smoke(tmp_path, tiny_dir):
     for name in ("zoom_ratio", "tool_ratio", "visual_cost/mean", "zoom/crop_tokens", "rewards/resize_penalty/mean"):
         assert name in steps[0]
     assert steps[0]["zoom_ratio"] > 0 and steps[0]["zoom/crop_tokens"] == 4.0
+    assert all(step["box_anchor/loss"] > 0 for step in steps)  # the box anchor ran in every step
+
+
+def test_box_anchor_needs_the_zoom_profile(tmp_path, tiny_dir):
+    from visionthink.train.grpo import build_trainer
+
+    with pytest.raises(ValueError, match="zoom_image"):
+        build_trainer(grpo_recipe(tmp_path, tiny_dir, protocol="visionthink", penalty_variant="paper",
+                                  box_anchor_weight=1.0))
+
+
+def test_box_anchor_teaches_the_true_box_and_leaves_the_decision_alone(tiny_dir):
+    """The anchor's call is the zoom on the label's true box under the zoom prompts; its loss is finite however
+    strongly the model favours `<tool_call>` (which carries no loss), and a few steps on it lower it on other scenes."""
+    from grpo_scripted import favour_token
+
+    from visionthink.models import load_model
+    from visionthink.train.grpo_anchor import BoxAnchor, box_anchor_loss, box_anchor_messages
+    from visionthink.train.sft_data import label_zoom_box
+
+    model, processor = load_model(tiny_dir, dtype=torch.float32)
+    rng = np.random.default_rng(5)
+    scene = synth.make_scene(np.random.default_rng(5))
+    messages = box_anchor_messages(rng, processor.grid)
+    turn = protocol.parse_turn(messages[-1]["content"][0]["text"], zoom=True)
+    assert turn.kind == "zoom" and tuple(turn.box) == label_zoom_box(scene, make_views(scene.image, processor.grid))
+    held_out = [box_anchor_messages(np.random.default_rng(100 + i), processor.grid) for i in range(4)]
+    tool_call = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
+    with torch.no_grad():
+        before = box_anchor_loss(model, processor, held_out)
+        hook = model.get_output_embeddings().register_forward_hook(favour_token(tool_call, 50.0))
+        try:
+            favoured = box_anchor_loss(model, processor, held_out)
+        finally:
+            hook.remove()
+    assert torch.isfinite(before) and abs(before.item() - favoured.item()) < 1e-4
+    anchor = BoxAnchor(processor, 1.0, batch_size=4, seed=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(10):
+        optimizer.zero_grad()
+        anchor(model).backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert box_anchor_loss(model, processor, held_out).item() < 0.8 * before.item()

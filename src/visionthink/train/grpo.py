@@ -80,13 +80,21 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
         banned = never_write_ids(processor.tokenizer)
         config.generation_kwargs = {**(config.generation_kwargs or {}), "suppress_tokens": banned}
     anchor = None
-    if config.anchor_weight > 0:
+    if config.anchor_weight > 0 or config.box_anchor_weight > 0:
         from accelerate import PartialState
 
-        from visionthink.train.grpo_anchor import AnswerAnchor
+        from visionthink.train.grpo_anchor import Anchors, AnswerAnchor, BoxAnchor
 
-        anchor = AnswerAnchor(train_dataset, processor, config.anchor_weight, config.anchor_batch_size,
-                              seed=config.seed + PartialState().process_index)
+        seed = config.seed + PartialState().process_index
+        named = {}
+        if config.anchor_weight > 0:
+            named["anchor"] = AnswerAnchor(train_dataset, processor, config.anchor_weight, config.anchor_batch_size,
+                                           seed=seed)
+        if config.box_anchor_weight > 0:
+            if not profile.offers_zoom:
+                raise ValueError("box_anchor_weight needs a protocol with zoom_image (visionthink-zoom)")
+            named["box_anchor"] = BoxAnchor(processor, config.box_anchor_weight, config.anchor_batch_size, seed=seed)
+        anchor = Anchors(named)
     trainer = VisionThinkGRPOTrainer(
         model=model,
         args=config,

@@ -106,7 +106,11 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
     anchor_weight: float = field(default=0.0, metadata={
         "help": "Perception anchor (`visionthink.train.grpo_anchor`, not in the paper): weight of a supervised "
                 "loss on ground-truth direct answers at low resolution, `<tool_call>` masked out. 0 turns it off."})
-    anchor_batch_size: int = field(default=8, metadata={"help": "Training rows drawn per step for the anchor."})
+    box_anchor_weight: float = field(default=0.0, metadata={
+        "help": "Box anchor (`grpo_anchor.BoxAnchor`, zoom profile only, not in the paper): weight of a supervised "
+                "loss on the zoom call's box for the label's true box, on fresh scenes; what precedes `<tool_call>` "
+                "carries no loss, so it teaches where to zoom, not whether. 0 turns it off."})
+    anchor_batch_size: int = field(default=8, metadata={"help": "Rows drawn per step for each anchor."})
     protocol: str = field(default="visionthink", metadata={
         "help": "Conversation format of the rollouts (`visionthink.profiles`): visionthink, release (the authors' "
                 "prompts and chat turns, for training from their checkpoints) or visionthink-zoom (the `zoom_image` "

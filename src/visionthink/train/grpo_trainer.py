@@ -37,7 +37,7 @@ class VisionThinkGRPOTrainer(GRPOTrainer):
         super().__init__(*args, reward_funcs=vt_rewards.reward_funcs, **kwargs)
         self.vt_rewards = vt_rewards
         self.vt_anchor = vt_anchor
-        """`grpo_anchor.AnswerAnchor` or None: its loss is added to every training micro-step's."""
+        """`grpo_anchor.Anchors` or None: their loss is added to every training micro-step's."""
         self.vt_explore_direct = vt_explore_direct
         self.vt_probe_loss = vt_probe_loss
         self.vt_probe_decoding = vt_probe_decoding
@@ -115,7 +115,8 @@ class VisionThinkGRPOTrainer(GRPOTrainer):
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.vt_anchor is not None and self.model.training:
             anchor = self.vt_anchor(model)
-            self._metrics["train"]["anchor/loss"].append(anchor.item() / self.vt_anchor.weight)
+            for name, value in self.vt_anchor.last.items():
+                self._metrics["train"][f"{name}/loss"].append(value)
             loss = loss + anchor / self.args.gradient_accumulation_steps
         return loss
 
