@@ -93,7 +93,7 @@ def test_sft_zoom_recipe_section_loads():
     assert zoom.export_dir is None or zoom.export_dir not in ("checkpoints/tiny-synth", "checkpoints/tiny-synth-sft")
     for section in ("sft_perception", "sft", "sft_refresh"):
         assert load_recipe("recipes/tiny-synth.yaml", section, SFTConfig).zoom_fraction == 0.0
-    chain = ["sft_zoom_cells", "sft_zoom_calls", "sft_zoom_mix", "sft_zoom_ground", "sft_zoom"]
+    chain = ["sft_zoom_cells", "sft_zoom_calls", "sft_zoom_mix", "sft_zoom_ground", "sft_zoom", "sft_zoom_read"]
     stages = [load_recipe("recipes/tiny-synth.yaml", section, SFTConfig) for section in chain]
     assert stages[0].init_from == "checkpoints/tiny-synth-sft"
     for before, after in zip(stages, stages[1:], strict=False):  # each stage starts from the one before
@@ -207,8 +207,9 @@ def test_grpo_config_accepts_the_cost_penalty(tmp_path, tiny_dir):
         grpo_recipe(tmp_path, tiny_dir, cost_weight=-1.0)
     zoom = load_recipe("recipes/tiny-synth.yaml", "grpo_zoom", VisionThinkGRPOConfig)
     assert (zoom.protocol, zoom.penalty_variant, zoom.cost_weight) == ("visionthink-zoom", "cost", 0.1)
-    assert zoom.output_dir.startswith("runs/") and zoom.export_dir is None
-    assert zoom.model == load_recipe("recipes/tiny-synth.yaml", "sft_zoom", __import__(
+    assert zoom.output_dir.startswith("runs/") and zoom.export_dir == "checkpoints/tiny-synth-zoom"  # demo's zoom model
+    assert zoom.box_anchor_weight > 0
+    assert zoom.model == load_recipe("recipes/tiny-synth.yaml", "sft_zoom_read", __import__(
         "visionthink.train.sft", fromlist=["SFTConfig"]).SFTConfig).output_dir + "/final"
     assert load_recipe("recipes/tiny-synth.yaml", "grpo", VisionThinkGRPOConfig).penalty_variant == "paper"
 
