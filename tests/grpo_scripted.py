@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from visionthink import protocol
@@ -135,6 +136,16 @@ def favour_token(token_id: int, amount: float):
         return output
 
     return hook
+
+
+@contextmanager
+def favoured(model, token_id: int, amount: float):
+    """Within the block, the model's output head adds `amount` to one token's logit everywhere (`favour_token`)."""
+    hook = model.get_output_embeddings().register_forward_hook(favour_token(token_id, amount))
+    try:
+        yield model
+    finally:
+        hook.remove()
 
 
 def plan_first_turn(index: int) -> str:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from grpo_scripted import (  # tests/ is on sys.path
     capture_rewards,
-    favour_token,
+    favoured,
     record_first_turns,
     record_generations,
     script_turns,
@@ -423,11 +423,8 @@ def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir, probe_loss):
         return compute_loss(model, inputs)
 
     trainer._compute_loss = recording_loss
-    hook = trainer.model.get_output_embeddings().register_forward_hook(favour_token(tool_call, 100.0))
-    try:
+    with favoured(trainer.model, tool_call, 100.0):
         trainer.train()
-    finally:
-        hook.remove()
     wrote_tool_call = [tool_call in ids for ids in first_turns[0]]
     assert wrote_tool_call == [True, True, False, False] * 2
     rows = in_loss[0]

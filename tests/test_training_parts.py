@@ -131,7 +131,7 @@ def test_sft_resumes_from_the_newest_complete_checkpoint(tmp_path, random_tiny):
 
 def test_anchor_loss_leaves_the_resize_decision_alone(random_tiny):
     """The anchor's softmax excludes `<tool_call>`: changing that token's logit row changes nothing."""
-    from grpo_scripted import favour_token
+    from grpo_scripted import favoured
 
     from visionthink.data import synth
     from visionthink.images import make_views
@@ -145,11 +145,8 @@ def test_anchor_loss_leaves_the_resize_decision_alone(random_tiny):
 
     with torch.no_grad():
         first = anchor_loss(model, processor, rows)
-        hook = model.get_output_embeddings().register_forward_hook(favour_token(tool_call, 50.0))
-        try:
+        with favoured(model, tool_call, 50.0):
             second = anchor_loss(model, processor, rows)
-        finally:
-            hook.remove()
     assert torch.isfinite(first) and abs(first.item() - second.item()) < 1e-5
 
 

@@ -312,7 +312,7 @@ def test_box_anchor_needs_the_zoom_profile(tmp_path, tiny_dir):
 def test_box_anchor_teaches_the_true_box_and_leaves_the_decision_alone(tiny_dir):
     """The anchor's call is the zoom on the label's true box under the zoom prompts; its loss is finite however
     strongly the model favours `<tool_call>` (which carries no loss), and a few steps on it lower it on other scenes."""
-    from grpo_scripted import favour_token
+    from grpo_scripted import favoured
 
     from visionthink.models import load_model
     from visionthink.train.grpo_anchor import BoxAnchor, box_anchor_loss, box_anchor_messages
@@ -328,12 +328,9 @@ def test_box_anchor_teaches_the_true_box_and_leaves_the_decision_alone(tiny_dir)
     tool_call = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
     with torch.no_grad():
         before = box_anchor_loss(model, processor, held_out)
-        hook = model.get_output_embeddings().register_forward_hook(favour_token(tool_call, 50.0))
-        try:
-            favoured = box_anchor_loss(model, processor, held_out)
-        finally:
-            hook.remove()
-    assert torch.isfinite(before) and abs(before.item() - favoured.item()) < 1e-4
+        with favoured(model, tool_call, 50.0):
+            favouring_the_call = box_anchor_loss(model, processor, held_out)
+    assert torch.isfinite(before) and abs(before.item() - favouring_the_call.item()) < 1e-4
     anchor = BoxAnchor(processor, 1.0, batch_size=4, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for _ in range(10):

@@ -48,8 +48,7 @@ def encode_batch(processor, conversations: list[list[Message]], add_generation_p
     patches = [int(t * h * w) for t, h, w in grids.tolist()] if grids is not None else []
     rows, image, patch = [], 0, 0
     for row, count in enumerate(counts):
-        keep = batch["attention_mask"][row].bool()
-        features = {key: batch[key][row][keep][None] for key in ("input_ids", "attention_mask", "mm_token_type_ids")}
+        features = _unpadded_text(batch, row)
         if count:
             size = sum(patches[image : image + count])
             features["image_grid_thw"] = grids[image : image + count]
@@ -57,6 +56,12 @@ def encode_batch(processor, conversations: list[list[Message]], add_generation_p
             image, patch = image + count, patch + size
         rows.append(BatchFeature(features))
     return rows
+
+
+def _unpadded_text(batch, row: int) -> dict[str, torch.Tensor]:
+    """One row of a padded text batch without its padding: input_ids, attention_mask, mm_token_type_ids."""
+    keep = batch["attention_mask"][row].bool()
+    return {key: batch[key][row][keep][None] for key in ("input_ids", "attention_mask", "mm_token_type_ids")}
 
 
 class ProcessedImages:
@@ -103,13 +108,11 @@ def encode_batch_reusing(processor, conversations: list[list[Message]], known: P
         expanded.append(out)
         per_row.append(entries)
     batch = processor.tokenizer(expanded, padding=True, return_tensors="pt")
-    types = torch.tensor(processor.create_mm_token_type_ids(batch["input_ids"]), dtype=batch["input_ids"].dtype)
+    batch["mm_token_type_ids"] = torch.tensor(processor.create_mm_token_type_ids(batch["input_ids"]),
+                                              dtype=batch["input_ids"].dtype)
     rows = []
     for row, entries in enumerate(per_row):
-        keep = batch["attention_mask"][row].bool()
-        features = {"input_ids": batch["input_ids"][row][keep][None],
-                    "attention_mask": batch["attention_mask"][row][keep][None],
-                    "mm_token_type_ids": types[row][keep][None]}
+        features = _unpadded_text(batch, row)
         if entries:
             features["image_grid_thw"] = torch.cat([grid for grid, _ in entries])
             features["pixel_values"] = torch.cat([pixels for _, pixels in entries])
