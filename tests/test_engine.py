@@ -303,6 +303,7 @@ def test_output_memory_changes_no_episode_and_saves_forward_passes(shipped_model
 def test_a_second_turn_processes_only_its_new_image_and_encodes_the_same(preset, profile):
     """`encode_batch_reusing` gives `encode_batch`'s rows exactly (ids, types, grids, patches), turn after turn,
     while the image processor sees each image once (the second turn only the high view)."""
+    from visionthink import tokens
     from visionthink.data import synth
     from visionthink.images import make_views
     from visionthink.models.presets import build_preset
@@ -321,17 +322,49 @@ def test_a_second_turn_processes_only_its_new_image_and_encodes_the_same(preset,
         highs.append(views.high.size)
     seen: list[tuple[int, int]] = []
     process = type(processor.image_processor).__call__
+    cut = tokens.patches
 
     def counting(self, images, *args, **kwargs):
         seen.extend(image.size for image in images)
         return process(self, images, *args, **kwargs)
 
+    def counting_patches(image_processor, images):  # the processor's values without calling it (pixels.py)
+        made = cut(image_processor, images)
+        if made is not None:
+            seen.extend(image.size for image in images)
+        return made
+
     known = ProcessedImages()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(type(processor.image_processor), "__call__", counting)
+        patch.setattr(tokens, "patches", counting_patches)
         reused = [encode_batch_reusing(processor, turn, known, True, protocol=rules) for turn in (first, second)]
     assert seen == lows + highs
     for turn, rows in zip((first, second), reused, strict=True):
         for plain, row in zip(encode_batch(processor, turn, True, protocol=rules), rows, strict=True):
             for key in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw", "pixel_values"):
                 assert torch.equal(plain[key], row[key]) and plain[key].dtype == row[key].dtype, key
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_banned_tokens_are_never_written_and_bans_are_per_row(shipped_model, synth_items, do_sample):
+    """A token favoured everywhere is written at once by the row that may write it and never by the rows that may
+    not (`kv_decoder.Banned` sets only the banned ids to -inf, row by row)."""
+    from grpo_scripted import favoured
+
+    from visionthink.engines.kv_decoder import KVDecoder
+
+    model, processor = shipped_model
+    engine = TransformersEngine(model, processor)
+    favourite = processor.tokenizer.convert_tokens_to_ids("<answer>")
+    conversations = [protocol.first_turn(item.question, item.image) for item in synth_items[:3]]
+    bans = [[*engine.never_ids, favourite], list(engine.never_ids), [favourite]]
+    with favoured(model, favourite, 50.0):
+        decoder = KVDecoder(model, engine.pad_id, engine.stop_ids)
+        engine.feed(decoder, conversations)
+        sampling = SamplingConfig(max_new_tokens=6, do_sample=do_sample, seed=0)
+        written = decoder.decode(sampling, banned_ids=bans, generator=torch.Generator().manual_seed(0),
+                                 draft=engine.draft)
+    assert written[1][0] == favourite
+    assert favourite not in written[0] and favourite not in written[2]
+    assert not set(written[0]) & set(engine.never_ids)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import BatchFeature
 
+from visionthink.pixels import patches
 from visionthink.profiles import ProtocolProfile, get_profile
 from visionthink.protocol import Message, images_in
 
@@ -81,11 +82,15 @@ class ProcessedImages:
                  if self.get(image) is None and not any(image is other for other in images[:i])]
         if not fresh:
             return
-        batch = processor.image_processor(fresh, return_tensors="pt")
-        grids, start = batch["image_grid_thw"], 0
+        made = patches(processor.image_processor, fresh)  # the processor's values, bit for bit, in less time
+        if made is None:
+            batch = processor.image_processor(fresh, return_tensors="pt")
+            made = batch["pixel_values"], batch["image_grid_thw"]
+        pixel_values, grids = made
+        start = 0
         for image, grid in zip(fresh, grids, strict=True):
             size = int(grid.prod())
-            self._entries.append((image, grid[None], batch["pixel_values"][start : start + size]))
+            self._entries.append((image, grid[None], pixel_values[start : start + size]))
             start += size
 
 

@@ -156,11 +156,7 @@ class KVDecoder:
         reasoning). With a `memory`, a row with no other guess gets what earlier rows wrote after its last tokens
         (`OutputMemory`), kept the same way; the memory then learns what this call wrote.
         """
-        ban = None
-        if banned_ids and any(banned_ids):
-            ban = torch.zeros(self.rows, self.last_logits.shape[-1], dtype=torch.bool)
-            for row, ids in enumerate(banned_ids):
-                ban[row, ids] = True
+        ban = Banned(banned_ids) if banned_ids and any(banned_ids) else None
         stops = set(self.stop_ids.tolist())
         generated: list[list[int]] = [[] for _ in range(self.rows)]
         active = list(range(self.rows))
@@ -204,13 +200,14 @@ class KVDecoder:
                 memory.learn(self.history[row], len(written))
         return generated
 
-    def _choose_rows(self, logits: torch.Tensor, ban: torch.Tensor | None, sampling: SamplingConfig,
-                     generator: torch.Generator | None) -> list[int]:
+    def _choose_rows(self, logits: torch.Tensor, ban: Banned | None, sampling: SamplingConfig,
+                     generator: torch.Generator | None, row: int | None = None) -> list[int]:
+        """A token per line of `logits`: line i is batch row i, or every line is batch row `row`."""
         if ban is not None:
-            logits = logits.masked_fill(ban, float("-inf"))
+            ban.apply(logits, row)
         return _choose(logits, sampling, generator).tolist()
 
-    def _verify(self, row: int, logits: torch.Tensor, tail: list[int], ban: torch.Tensor | None,
+    def _verify(self, row: int, logits: torch.Tensor, tail: list[int], ban: Banned | None,
                 sampling: SamplingConfig, generator: torch.Generator | None) -> tuple[int, int | None]:
         """How many of `tail`'s tokens the model picks itself from `logits` (one row per tail token), and the
         first choice that differs (the model's next token; None when the whole tail is kept).
@@ -219,15 +216,13 @@ class KVDecoder:
         unchanged and sampled output identically distributed.
         """
         if not sampling.do_sample:  # greedy: every position's choice in one call
-            choices = self._choose_rows(logits, None if ban is None else ban[row : row + 1].expand(len(tail), -1),
-                                        sampling, generator)
+            choices = self._choose_rows(logits, ban, sampling, generator, row)
             for index, (choice, expected) in enumerate(zip(choices, tail, strict=True)):
                 if choice != expected:
                     return index, choice
             return len(tail), None
         for index, expected in enumerate(tail):
-            choice = self._choose_rows(logits[index : index + 1], None if ban is None else ban[row : row + 1],
-                                       sampling, generator)[0]
+            choice = self._choose_rows(logits[index : index + 1], ban, sampling, generator, row)[0]
             if choice != expected:
                 return index, choice
         return len(tail), None
@@ -258,6 +253,28 @@ class KVDecoder:
         self.mask[row, self.mask.shape[1] - n :] = 0
         self.next_position[row] -= n
         self.cached[row] -= n
+
+
+class Banned:
+    """Token ids each row may not write. They are set to -inf in place, at those ids only: a vocabulary-wide mask
+    costs a pass over every row's logits at every step (151,936 of them on the real vocabulary)."""
+
+    def __init__(self, banned_ids: list[list[int]]):
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, ids in enumerate(banned_ids):
+            if ids:
+                groups.setdefault(tuple(sorted(set(ids))), []).append(row)
+        self.groups = [(torch.tensor(rows), torch.tensor(ids)) for ids, rows in groups.items()]
+        self.by_row = {row: ids for rows, ids in self.groups for row in rows.tolist()}
+
+    def apply(self, logits: torch.Tensor, row: int | None = None) -> None:
+        """Ban in `logits` (lines x vocabulary, changed in place): line i is batch row i, or every line is `row`."""
+        if row is not None:
+            if row in self.by_row:
+                logits[:, self.by_row[row]] = float("-inf")
+            return
+        for rows, ids in self.groups:
+            logits[rows[:, None], ids[None, :]] = float("-inf")
 
 
 @dataclass(frozen=True)
