@@ -504,3 +504,26 @@ def test_jpeg_decodes_only_as_large_as_the_grid_needs():
     exif[0x0112] = 6
     Image.fromarray(gradient.astype("uint8")).save(rotated, format="JPEG", exif=exif)
     assert load_image(rotated.getvalue(), grid=grid).size == (1344, 1792)  # no draft when EXIF turns it
+
+
+def test_the_low_view_is_made_only_when_read(monkeypatch, random_tiny):
+    """`full` mode never makes the low view (a LANCZOS halving of the high view); the other modes make it once."""
+    from visionthink import images
+    from visionthink.data import synth
+    from visionthink.engines.transformers_engine import Request, TransformersEngine
+
+    made = []
+    halve = images.low_view
+    monkeypatch.setattr(images, "low_view", lambda high, grid: made.append(high.size) or halve(high, grid))
+    items = synth.split_items("test", 3, seed=5)
+    views = images.make_views(items[0].image, PixelGrid())
+    assert made == []
+    assert views.low.tobytes() == halve(views.high, PixelGrid()).tobytes() and views.low is views.low
+    assert len(made) == 1
+    engine = TransformersEngine(*random_tiny, batch_size=3)
+    requests = [Request(item.image, item.question) for item in items]
+    made.clear()
+    engine.run(requests, "full")
+    assert made == []
+    engine.run(requests, "low")
+    assert len(made) == 3

@@ -174,12 +174,23 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-@dataclass(frozen=True)
 class Views:
-    """The two resolutions of one image, both on the model's pixel grid."""
+    """The two resolutions of one image, both on the model's pixel grid. Given a `grid` instead of a `low`
+    view, the low view is made from the high one when first read (`full` mode never reads it)."""
 
-    low: Image.Image
-    high: Image.Image
+    def __init__(self, low: Image.Image | None = None, high: Image.Image | None = None,
+                 grid: PixelGrid | None = None):
+        if high is None or (low is None and grid is None):
+            raise TypeError("Views needs the high view and either the low view or the grid to make it")
+        self.high = high
+        self._low = low
+        self._grid = grid
+
+    @property
+    def low(self) -> Image.Image:
+        if self._low is None:
+            self._low = low_view(self.high, self._grid)
+        return self._low
 
 
 def high_view(image: Image.Image, grid: PixelGrid) -> Image.Image:
@@ -199,9 +210,8 @@ def low_view(high: Image.Image, grid: PixelGrid) -> Image.Image:
 
 
 def make_views(image: Image.Image, grid: PixelGrid) -> Views:
-    """Both views of an RGB image."""
-    high = high_view(image, grid)
-    return Views(low=low_view(high, grid), high=high)
+    """Both views of an RGB image (the low one made when first read)."""
+    return Views(high=high_view(image, grid), grid=grid)
 
 
 ZOOM_MIN_CELLS = 2
