@@ -14,7 +14,8 @@ min and median over repetitions are printed.
   processor; random weights) at document sizes (1280x960, 1600x1200). Random weights cannot
   decide, so `oracle` stands in for the decision: `low_enough` answers from the low view, and
   `needs_high` resizes. Every turn decodes a fixed budget (`--real-decode`, no stop token), so
-  the random text does not skew the times.
+  the random text does not skew the times; `--real-decision-decode N` gives the resize turn its
+  own budget (the reasoning before the call), to show how the needs-high ratio depends on it.
 
 `--json` prints `{"tiny": {"low_enough": R, "needs_high": R}, "real": {...}}` with the median ratios
 at the first batch size of each model (the real preset at batch 1).
@@ -28,6 +29,7 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -113,6 +115,31 @@ def document(width: int, height: int, seed: int) -> Image.Image:
     return page
 
 
+class DecisionBudget(TransformersEngine):
+    """An engine that decodes `decision_tokens` in a first turn that may call the tool (the oracle's resize turn)
+    and the usual budget in every answer turn: a trained model's decision turn is its reasoning plus the call (the
+    shipped tiny model writes 9 tokens before `<tool_call>`, whose fixed tail is drafted in one pass)."""
+
+    decision_tokens: int = 24
+
+    def session(self):
+        session = super().session()
+        generate, turns = session.generate, []
+
+        def budgeted(rows, conversations, forbid_call):
+            budget = self.sampling
+            if not turns and not any(forbid_call):
+                self.sampling = replace(budget, max_new_tokens=self.decision_tokens)
+            turns.append(len(rows))
+            try:
+                return generate(rows, conversations, forbid_call)
+            finally:
+                self.sampling = budget
+
+        session.generate = budgeted
+        return session
+
+
 def real_ratios(args) -> dict[int, dict[str, dict[str, float]]]:
     from visionthink.models.presets import build_preset
 
@@ -123,7 +150,8 @@ def real_ratios(args) -> dict[int, dict[str, dict[str, float]]]:
     for batch_size in args.real_batch_sizes:
         pages = [document(*DOCUMENT_SIZES[i % len(DOCUMENT_SIZES)], seed=i) for i in range(args.real_items)]
         # no output memory: random weights write no formulaic text, and a fixed budget times every token
-        engine = TransformersEngine(model, processor, sampling=sampling, batch_size=batch_size, draft_memory=False)
+        engine = DecisionBudget(model, processor, sampling=sampling, batch_size=batch_size, draft_memory=False)
+        engine.decision_tokens = args.real_decode if args.real_decision_decode is None else args.real_decision_decode
         engine.stop_ids = [-1]  # a fixed decode budget: random weights never stop early
         needs = [Request(page, "What is the total on this page?", True) for page in pages]
         enough = [Request(page, "Is this a document?", False) for page in pages]
@@ -145,6 +173,9 @@ def main() -> int:
     parser.add_argument("--tiny-items", type=int, default=96, help="items per split (needs high / low enough)")
     parser.add_argument("--real-items", type=int, default=8, help="document images per split")
     parser.add_argument("--real-decode", type=int, default=24, help="tokens decoded per turn on the real preset")
+    parser.add_argument("--real-decision-decode", type=int, default=None,
+                        help="tokens the real preset decodes in a turn that resizes, before the call "
+                             "(default: --real-decode)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="fewer items and repeats (a few minutes)")
