@@ -2,9 +2,9 @@
 
     python benchmarks/wall_time.py [--quick] [--json] [--batch-sizes 32] [--real-batch-sizes 1,8]
 
-Two models, each timed on the same items in `full` and in the mode under test, interleaved in a
-shuffled order and repeated; every ratio is mode time / full time within one repetition, and the
-min and median over repetitions are printed.
+Two models, each timed on the same items in `full` and in the mode under test, alternating batch by
+batch in a shuffled order, and repeated; every ratio is mode time / full time within one repetition,
+and the min and median over repetitions are printed.
 
 - `tiny`: the shipped model on world-v2 test items. `low_enough` items (no high resolution
   needed) run `visionthink`; `needs_high` items run `visionthink` too (the model resizes them),
@@ -46,25 +46,32 @@ DOCUMENT_SIZES = ((1280, 960), (1600, 1200))
 
 def timed_ratios(engine: TransformersEngine, requests: list[Request], mode: str, repeats: int,
                  seed: int, primer: list[Request] | None = None) -> dict[str, list[float]]:
-    """`mode` time / `full` time on the same requests, once per repetition, in a shuffled order; also both
-    modes' milliseconds per item.
+    """`mode` time / `full` time on the same requests, once per repetition; also both modes' milliseconds per item.
 
-    Before each timed run the engine's `OutputMemory` starts empty and learns only from `primer` (other items, run
-    untimed in the same mode, as a server has seen other requests): the timed items' own outputs from an earlier
-    repetition are never replayed."""
+    Within a repetition the two modes alternate batch by batch, in a shuffled order: this machine's speed drifts by
+    +-20% over seconds (the same work's CPU time moves with it), and neighbouring batches see the same speed.
+    Before each repetition each mode's `OutputMemory` starts empty and learns only from `primer` (other items, run
+    untimed in that mode, as a server has seen other requests), then from the batches it runs: the timed items' own
+    outputs from an earlier repetition are never replayed."""
     order = random.Random(seed)
     engine.run(requests[: engine.batch_size], "full")  # warm-up
+    batches = [requests[i : i + engine.batch_size] for i in range(0, len(requests), engine.batch_size)]
     times: dict[str, list[float]] = {"ratio": [], "ms_mode": [], "ms_full": []}
     for _ in range(repeats):
-        seconds = {}
-        for run in order.sample([mode, "full"], 2):
-            if engine.memory is not None:
-                engine.memory = OutputMemory()
+        memories = {}
+        if engine.memory is not None:
+            for run in (mode, "full"):
+                engine.memory = memories[run] = OutputMemory()
                 if primer:
                     engine.run(primer, run)
-            began = time.perf_counter()
-            engine.run(requests, run)
-            seconds[run] = time.perf_counter() - began
+        seconds = {mode: 0.0, "full": 0.0}
+        for batch in batches:
+            for run in order.sample([mode, "full"], 2):
+                if memories:
+                    engine.memory = memories[run]
+                began = time.perf_counter()
+                engine.run(batch, run)
+                seconds[run] += time.perf_counter() - began
         times["ratio"].append(seconds[mode] / seconds["full"])
         times["ms_mode"].append(1000 * seconds[mode] / len(requests))
         times["ms_full"].append(1000 * seconds["full"] / len(requests))
@@ -149,8 +156,11 @@ def real_ratios(args) -> dict[int, dict[str, dict[str, float]]]:
     results = {}
     for batch_size in args.real_batch_sizes:
         pages = [document(*DOCUMENT_SIZES[i % len(DOCUMENT_SIZES)], seed=i) for i in range(args.real_items)]
-        # no output memory: random weights write no formulaic text, and a fixed budget times every token
-        engine = DecisionBudget(model, processor, sampling=sampling, batch_size=batch_size, draft_memory=False)
+        # no output memory and no repeat guess: random weights write no formulaic text, but greedy random weights
+        # write their first turn again in the second, which the repeat guess would check in a few passes where a
+        # trained model writes a new answer; a fixed budget times every token
+        engine = DecisionBudget(model, processor, sampling=sampling, batch_size=batch_size, draft_memory=False,
+                                draft_repeats=False)
         engine.decision_tokens = args.real_decode if args.real_decision_decode is None else args.real_decision_decode
         engine.stop_ids = [-1]  # a fixed decode budget: random weights never stop early
         needs = [Request(page, "What is the total on this page?", True) for page in pages]
