@@ -45,7 +45,7 @@ def patches(image_processor, images: list[Image.Image]) -> tuple[torch.Tensor, t
 
 def _level_table(image_processor) -> torch.Tensor | None:
     """(3, 256): the normalized value of each 8-bit level per channel, or None for an unfamiliar processor."""
-    if type(image_processor).__name__ not in ("Qwen2VLImageProcessorPil", "Qwen2VLImageProcessor"):
+    if type(image_processor).__name__ != "Qwen2VLImageProcessorPil":  # the torchvision one fuses its arithmetic
         return None
     if not (image_processor.do_rescale and image_processor.do_normalize):
         return None
