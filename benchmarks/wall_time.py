@@ -17,6 +17,7 @@ and the min and median over repetitions are printed.
   the random text does not skew the times; `--real-decision-decode N` gives the resize turn its
   own budget (the reasoning before the call), to show how the needs-high ratio depends on it.
 
+`--phases` also prints where each turn's time goes (encode, prefill, decode; milliseconds per item).
 `--json` prints `{"tiny": {"low_enough": R, "needs_high": R}, "real": {...}}` with the median ratios
 at the first batch size of each model (the real preset at batch 1).
 """
@@ -29,6 +30,8 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -78,6 +81,67 @@ def timed_ratios(engine: TransformersEngine, requests: list[Request], mode: str,
     return times
 
 
+@contextmanager
+def phase_timer(engine: TransformersEngine) -> Iterator[dict[tuple[int, str], float]]:
+    """Seconds spent per (turn, phase) while the block runs: `encode` (render, tokenize, image patches),
+    `prefill` (vision tower and prompt) and `decode`, summed over batches; turn 0 is the first."""
+    import visionthink.engines.transformers_engine as engine_module
+    from visionthink.engines.kv_decoder import KVDecoder
+
+    spent: dict[tuple[int, str], float] = {}
+    turn = [0]
+
+    def timed(function, phase):
+        def wrapper(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                key = (turn[0], phase)
+                spent[key] = spent.get(key, 0.0) + time.perf_counter() - began
+        return wrapper
+
+    def counting_session(session):
+        generate = session.generate
+
+        def each_turn(*args, **kwargs):
+            try:
+                return generate(*args, **kwargs)
+            finally:
+                turn[0] += 1
+        session.generate = each_turn
+        return session
+
+    originals = (engine_module.encode_batch_reusing, KVDecoder.prefill, KVDecoder.decode, engine.session)
+    engine_module.encode_batch_reusing = timed(originals[0], "encode")
+    KVDecoder.prefill = timed(originals[1], "prefill")
+    KVDecoder.decode = timed(originals[2], "decode")
+    engine.session = lambda: counting_session(turn.__setitem__(0, 0) or originals[3]())
+    try:
+        yield spent
+    finally:
+        engine_module.encode_batch_reusing, KVDecoder.prefill, KVDecoder.decode = originals[:3]
+        del engine.session
+
+
+def phase_table(engine: TransformersEngine, requests: list[Request], modes: tuple[str, ...]) -> list[str]:
+    """Milliseconds per item in each turn's encode / prefill / decode, one line per mode (one untimed warm run
+    first): where a second turn's cost goes."""
+    lines = []
+    for mode in modes:
+        engine.run(requests[: engine.batch_size], mode)
+        with phase_timer(engine) as spent:
+            began = time.perf_counter()
+            engine.run(requests, mode)
+            total = time.perf_counter() - began
+        turns = sorted({turn for turn, _ in spent})
+        parts = [f"turn {turn + 1}: " + " + ".join(
+            f"{phase} {1000 * spent.get((turn, phase), 0.0) / len(requests):.1f}"
+            for phase in ("encode", "prefill", "decode")) for turn in turns]
+        lines.append(f"{mode}: {1000 * total / len(requests):.1f} ms per item; " + "; ".join(parts))
+    return lines
+
+
 def summary(times: dict[str, list[float]]) -> dict[str, float]:
     """Min and median ratio, and the median milliseconds per item of the mode and of `full`."""
     ratios = times["ratio"]
@@ -105,6 +169,10 @@ def tiny_ratios(args) -> dict[int, dict[str, dict[str, float]]]:
             "needs_high_resized": round(resized, 3),
         }
         print(f"tiny batch {batch_size}: {results[batch_size]}", file=sys.stderr)
+        if args.phases:
+            for name, items in (("needs_high", needs), ("low_enough", enough)):
+                for line in phase_table(engine, items, ("full", "visionthink")):
+                    print(f"tiny batch {batch_size} {name} {line}", file=sys.stderr)
     return results
 
 
@@ -172,6 +240,10 @@ def real_ratios(args) -> dict[int, dict[str, dict[str, float]]]:
             "visual_tokens": {"low": first.visual_tokens_per_turn[0], "full": first.full_res_visual_tokens},
         }
         print(f"real batch {batch_size}: {results[batch_size]}", file=sys.stderr)
+        if args.phases:
+            for name, items in (("needs_high", needs), ("low_enough", enough)):
+                for line in phase_table(engine, items, ("full", "oracle")):
+                    print(f"real batch {batch_size} {name} {line}", file=sys.stderr)
     return results
 
 
@@ -192,6 +264,8 @@ def main() -> int:
     parser.add_argument("--skip-real", action="store_true", help="the tiny model only")
     parser.add_argument("--skip-tiny", action="store_true", help="the real-shape preset only")
     parser.add_argument("--json", action="store_true", help="print the median ratios as JSON")
+    parser.add_argument("--phases", action="store_true",
+                        help="also print each turn's encode / prefill / decode milliseconds per item (to stderr)")
     args = parser.parse_args()
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.real_batch_sizes = [int(b) for b in args.real_batch_sizes.split(",")]
