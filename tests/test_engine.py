@@ -368,3 +368,19 @@ def test_banned_tokens_are_never_written_and_bans_are_per_row(shipped_model, syn
     assert written[1][0] == favourite
     assert favourite not in written[0] and favourite not in written[2]
     assert not set(written[0]) & set(engine.never_ids)
+
+
+def test_greedy_choice_is_torchs_argmax_on_ties_infinities_and_strided_rows():
+    from visionthink.engines.kv_decoder import greedy
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 3, 1031, generator=generator)
+    logits[0, :, 5] = logits[0, :, 900] = 50.0  # a tie: the first wins
+    logits[1, :, :] = float("-inf")
+    logits[2, :, 7] = logits[2, :, 8] = float("inf")
+    logits[3, :, 100:200] = logits[3, :, 100:200].round()  # many equal values
+    for view in (logits[:, -1], logits[:, 0], logits.reshape(18, 1031), logits[1:4, 1]):
+        expected = view.argmax(-1)
+        assert torch.equal(greedy(view), expected) and greedy(view).dtype == expected.dtype
+    half = logits[:, -1].to(torch.bfloat16)
+    assert torch.equal(greedy(half), half.argmax(-1))

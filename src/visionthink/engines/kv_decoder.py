@@ -382,9 +382,17 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """`logits.argmax(-1)` (the first of equal maxima). On CPU NumPy's vectorised argmax takes a tenth of the time:
+    2.4 -> 0.2 ms for 8 rows of the real vocabulary, at every decode step."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2:
+        return torch.from_numpy(logits.detach().numpy().argmax(-1))
+    return logits.argmax(-1)
+
+
 def _choose(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
     if not sampling.do_sample:
-        return logits.argmax(-1)
+        return greedy(logits)
     logits = logits / max(sampling.temperature, 1e-5)
     if sampling.top_k > 0:
         kth = logits.topk(min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
