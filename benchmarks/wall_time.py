@@ -116,12 +116,23 @@ def phase_timer(engine: TransformersEngine) -> Iterator[dict[tuple[int, str], fl
     engine_module.encode_batch_reusing = timed(originals[0], "encode")
     KVDecoder.prefill = timed(originals[1], "prefill")
     KVDecoder.decode = timed(originals[2], "decode")
-    engine.session = lambda: counting_session(turn.__setitem__(0, 0) or originals[3]())
+    def new_session():
+        turn[0] = 0  # each batch's session starts at its first turn
+        return counting_session(originals[3]())
+
+    engine.session = new_session
     try:
         yield spent
     finally:
         engine_module.encode_batch_reusing, KVDecoder.prefill, KVDecoder.decode = originals[:3]
         del engine.session
+
+
+def print_phases(label: str, engine: TransformersEngine, splits: dict[str, list[Request]], mode: str) -> None:
+    """`phase_table` of `full` and `mode` on each split, to stderr."""
+    for name, requests in splits.items():
+        for line in phase_table(engine, requests, ("full", mode)):
+            print(f"{label} {name} {line}", file=sys.stderr)
 
 
 def phase_table(engine: TransformersEngine, requests: list[Request], modes: tuple[str, ...]) -> list[str]:
@@ -170,9 +181,7 @@ def tiny_ratios(args) -> dict[int, dict[str, dict[str, float]]]:
         }
         print(f"tiny batch {batch_size}: {results[batch_size]}", file=sys.stderr)
         if args.phases:
-            for name, items in (("needs_high", needs), ("low_enough", enough)):
-                for line in phase_table(engine, items, ("full", "visionthink")):
-                    print(f"tiny batch {batch_size} {name} {line}", file=sys.stderr)
+            print_phases(f"tiny batch {batch_size}", engine, {"needs_high": needs, "low_enough": enough}, "visionthink")
     return results
 
 
@@ -199,13 +208,13 @@ class DecisionBudget(TransformersEngine):
 
     def session(self):
         session = super().session()
-        generate, turns = session.generate, []
+        generate, first_turn = session.generate, [True]
 
         def budgeted(rows, conversations, forbid_call):
             budget = self.sampling
-            if not turns and not any(forbid_call):
+            if first_turn[0] and not any(forbid_call):
                 self.sampling = replace(budget, max_new_tokens=self.decision_tokens)
-            turns.append(len(rows))
+            first_turn[0] = False
             try:
                 return generate(rows, conversations, forbid_call)
             finally:
@@ -241,9 +250,7 @@ def real_ratios(args) -> dict[int, dict[str, dict[str, float]]]:
         }
         print(f"real batch {batch_size}: {results[batch_size]}", file=sys.stderr)
         if args.phases:
-            for name, items in (("needs_high", needs), ("low_enough", enough)):
-                for line in phase_table(engine, items, ("full", "oracle")):
-                    print(f"real batch {batch_size} {name} {line}", file=sys.stderr)
+            print_phases(f"real batch {batch_size}", engine, {"needs_high": needs, "low_enough": enough}, "oracle")
     return results
 
 
