@@ -148,6 +148,16 @@ def favoured(model, token_id: int, amount: float):
         hook.remove()
 
 
+def with_and_without_favour(model, token_id: int, amount: float, compute):
+    """`compute()` without gradients, then again while the model favours `token_id` (`favoured`): (plain, favoured)."""
+    import torch
+
+    with torch.no_grad():
+        plain = compute()
+        with favoured(model, token_id, amount):
+            return plain, compute()
+
+
 def plan_first_turn(index: int) -> str:
     kind = PLAN[index % len(PLAN)]
     if kind.startswith("resize"):

@@ -131,7 +131,7 @@ def test_sft_resumes_from_the_newest_complete_checkpoint(tmp_path, random_tiny):
 
 def test_anchor_loss_leaves_the_resize_decision_alone(random_tiny):
     """The anchor's softmax excludes `<tool_call>`: changing that token's logit row changes nothing."""
-    from grpo_scripted import favoured
+    from grpo_scripted import with_and_without_favour
 
     from visionthink.data import synth
     from visionthink.images import make_views
@@ -143,10 +143,7 @@ def test_anchor_loss_leaves_the_resize_decision_alone(random_tiny):
             for i in items]
     tool_call = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
 
-    with torch.no_grad():
-        first = anchor_loss(model, processor, rows)
-        with favoured(model, tool_call, 50.0):
-            second = anchor_loss(model, processor, rows)
+    first, second = with_and_without_favour(model, tool_call, 50.0, lambda: anchor_loss(model, processor, rows))
     assert torch.isfinite(first) and abs(first.item() - second.item()) < 1e-5
 
 

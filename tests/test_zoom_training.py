@@ -312,7 +312,7 @@ def test_box_anchor_needs_the_zoom_profile(tmp_path, tiny_dir):
 def test_box_anchor_teaches_the_true_box_and_leaves_the_decision_alone(tiny_dir):
     """The anchor's call is the zoom on the label's true box under the zoom prompts; its loss is finite however
     strongly the model favours `<tool_call>` (which carries no loss), and a few steps on it lower it on other scenes."""
-    from grpo_scripted import favoured
+    from grpo_scripted import with_and_without_favour
 
     from visionthink.models import load_model
     from visionthink.train.grpo_anchor import BoxAnchor, box_anchor_loss, box_anchor_messages
@@ -326,10 +326,8 @@ def test_box_anchor_teaches_the_true_box_and_leaves_the_decision_alone(tiny_dir)
     assert turn.kind == "zoom" and tuple(turn.box) == label_zoom_box(scene, make_views(scene.image, processor.grid))
     held_out = [box_anchor_messages(np.random.default_rng(100 + i), processor.grid) for i in range(4)]
     tool_call = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
-    with torch.no_grad():
-        before = box_anchor_loss(model, processor, held_out)
-        with favoured(model, tool_call, 50.0):
-            favouring_the_call = box_anchor_loss(model, processor, held_out)
+    before, favouring_the_call = with_and_without_favour(
+        model, tool_call, 50.0, lambda: box_anchor_loss(model, processor, held_out))
     assert torch.isfinite(before) and abs(before.item() - favouring_the_call.item()) < 1e-4
     anchor = BoxAnchor(processor, 1.0, batch_size=4, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
