@@ -77,7 +77,7 @@ class ProcessedImages:
         return next(((grid, pixels) for known, grid, pixels in self._entries if known is image), None)
 
     def process(self, processor, images: list) -> None:
-        """Process the images not seen yet, in one image-processor call."""
+        """Process the images not seen yet, together (`pixels.patches`, or the image processor where it declines)."""
         fresh = [image for i, image in enumerate(images)
                  if self.get(image) is None and not any(image is other for other in images[:i])]
         if not fresh:
