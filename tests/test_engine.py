@@ -346,6 +346,35 @@ def test_a_second_turn_processes_only_its_new_image_and_encodes_the_same(preset,
                 assert torch.equal(plain[key], row[key]) and plain[key].dtype == row[key].dtype, key
 
 
+def test_the_vision_tower_reads_each_turns_patches_where_the_processor_wrote_them(random_tiny, synth_items):
+    """Each prefill hands the model the patches of its new images as one view of what `pixels.patches` wrote for
+    them: no copy per row or per batch (a few hundred MB a batch at document sizes)."""
+    from visionthink import tokens
+
+    model, processor = random_tiny
+    engine = TransformersEngine(model, processor, SamplingConfig(max_new_tokens=3), batch_size=4)
+    written, read = [], []
+    cut, forward = tokens.patches, model.forward
+
+    def recording_patches(image_processor, images):
+        made = cut(image_processor, images)
+        written.append(made[0])
+        return made
+
+    def recording_forward(*args, **kwargs):
+        if kwargs.get("pixel_values") is not None:
+            read.append(kwargs["pixel_values"])
+        return forward(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tokens, "patches", recording_patches)
+        patch.setattr(model, "forward", recording_forward)
+        episodes = engine.run(requests_for(synth_items[:4]), "oracle")
+    assert any(e.resized for e in episodes) and len(read) == len(written) == 2  # the low views, then the high ones
+    for made, fed in zip(written, read, strict=True):
+        assert fed.data_ptr() == made.data_ptr() and fed.shape == made.shape and torch.equal(fed, made)
+
+
 @pytest.mark.parametrize("do_sample", [False, True])
 def test_banned_tokens_are_never_written_and_bans_are_per_row(shipped_model, synth_items, do_sample):
     """A token favoured everywhere is written at once by the row that may write it and never by the rows that may

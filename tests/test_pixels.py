@@ -1,4 +1,5 @@
-"""`pixels.patches` gives the upstream image processor's pixel values bit for bit, or declines."""
+"""`pixels.patches` gives the upstream image processor's pixel values bit for bit, or declines; `pixels.join`
+concatenates without copying where it can."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,7 @@ import torch
 from PIL import Image
 
 from visionthink.models.presets import build_preset
-from visionthink.pixels import patches
+from visionthink.pixels import join, patches
 
 
 @pytest.fixture(scope="module", params=["tiny", "real-vocab-small"])
@@ -50,3 +51,30 @@ def test_an_unfamiliar_processor_is_declined(image_processor):
         pass
 
     assert patches(Other(), [_image(56, 56, "RGB", 0)]) is None
+
+
+def test_join_views_parts_that_lie_end_to_end_and_copies_the_rest():
+    whole = torch.arange(60.0).reshape(12, 5)
+    parts = [whole[0:3], whole[3:7], whole[7:12]]
+    joined = join(parts)
+    assert torch.equal(joined, torch.cat(parts))
+    assert joined.data_ptr() == whole.data_ptr()  # a view: nothing was copied
+    tail = join([whole[4:6], whole[6:9]])
+    assert torch.equal(tail, whole[4:9]) and tail.data_ptr() == whole[4:].data_ptr()
+    other = torch.full((2, 5), -1.0)
+    # out of order, a gap, another storage, columns that do not lie end to end
+    for apart in ([whole[3:7], whole[0:3]], [whole[0:3], whole[4:7]], [whole[0:3], other],
+                  [whole[:, :2], whole[:, 2:4]]):
+        joined = join(apart)
+        assert torch.equal(joined, torch.cat(apart))
+        joined += 1000  # a copy: the source is untouched
+    assert torch.equal(whole, torch.arange(60.0).reshape(12, 5))
+    assert torch.equal(join([whole[2:4]]), whole[2:4])
+
+
+def test_patches_of_several_images_lie_end_to_end_so_joining_their_rows_copies_nothing(image_processor):
+    images = [_image(56, 56, "RGB", 0), _image(112, 56, "RGB", 1)]
+    pixel_values, grids = patches(image_processor, images)
+    sizes = [int(g.prod()) for g in grids]
+    rows = list(pixel_values.split(sizes))
+    assert join(rows).data_ptr() == pixel_values.data_ptr() and torch.equal(join(rows), pixel_values)

@@ -26,21 +26,37 @@ def patches(image_processor, images: list[Image.Image]) -> tuple[torch.Tensor, t
     if any(image.mode != "RGB" or not _on_grid(image_processor, image) for image in images):
         return None  # the processor converts other modes its own way (alpha over white)
     p, m, t = image_processor.patch_size, image_processor.merge_size, image_processor.temporal_patch_size
-    rows, grids = [], []
-    for image in images:
+    grids = [[1, image.height // p, image.width // p] for image in images]
+    # one tensor for every image, written in place: a fresh allocation per copy costs its page faults again
+    out = torch.empty(sum(h * w for _, h, w in grids), 3 * t * p * p)
+    start = 0
+    for image, (_, gh, gw) in zip(images, grids, strict=True):
         pixels = torch.from_numpy(np.array(image))  # height, width, channel (uint8)
-        height, width, channels = pixels.shape
-        gh, gw = height // p, width // p
+        channels = pixels.shape[2]
         # the processor's patch order: merge blocks, then the 2x2 patches in a block, then channel, row, column
         cut = pixels.reshape(gh // m, m, p, gw // m, m, p, channels).permute(0, 3, 1, 4, 6, 2, 5)
         cut = cut.reshape(gh * gw, channels, p * p)
-        values = torch.empty(gh * gw, channels, t, p * p)
+        values = out[start : start + gh * gw].view(gh * gw, channels, t, p * p)
         for channel in range(channels):
             values[:, channel, 0] = table[channel][cut[:, channel].long()]
         values[:, :, 1:] = values[:, :, :1]  # one still image fills every temporal slot
-        rows.append(values.reshape(gh * gw, channels * t * p * p))
-        grids.append([1, gh, gw])
-    return torch.cat(rows) if len(rows) > 1 else rows[0], torch.tensor(grids, dtype=torch.long)
+        start += gh * gw
+    return out, torch.tensor(grids, dtype=torch.long)
+
+
+def join(parts: list[torch.Tensor]) -> torch.Tensor:
+    """`torch.cat(parts)` of row-major 2-D tensors, as a view without copying where they already lie end to end in
+    one storage (the images of one `patches` call, in order): at document sizes a copy is a few hundred MB."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    end = first.storage_offset()
+    for part in parts:
+        if (part.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() or not part.is_contiguous()
+                or part.storage_offset() != end or part.shape[1:] != first.shape[1:] or part.dtype != first.dtype):
+            return torch.cat(parts)
+        end += part.numel()
+    return first.as_strided((sum(len(part) for part in parts), *first.shape[1:]), first.stride())
 
 
 def _level_table(image_processor) -> torch.Tensor | None:

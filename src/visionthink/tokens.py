@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import BatchFeature
 
-from visionthink.pixels import patches
+from visionthink.pixels import join, patches
 from visionthink.profiles import ProtocolProfile, get_profile
 from visionthink.protocol import Message, images_in
 
@@ -96,9 +96,10 @@ class ProcessedImages:
 
 def encode_batch_reusing(processor, conversations: list[list[Message]], known: ProcessedImages,
                          add_generation_prompt: bool = False,
-                         protocol: str | ProtocolProfile | None = None) -> list[BatchFeature]:
+                         protocol: str | ProtocolProfile | None = None, pixels: bool = True) -> list[BatchFeature]:
     """`encode_batch`'s rows, processing only the images `known` has not seen (they are added to it); the text is
-    tokenized with each image's placeholder expanded as the processor expands it (`replace_image_token`)."""
+    tokenized with each image's placeholder expanded as the processor expands it (`replace_image_token`).
+    `pixels=False` leaves `pixel_values` out: a caller that reads each image's patches from `known` copies none."""
     texts = [render_text(processor, messages, add_generation_prompt, protocol=protocol) for messages in conversations]
     known.process(processor, [image for messages in conversations for image in images_in(messages)])
     expanded, per_row = [], []
@@ -120,7 +121,8 @@ def encode_batch_reusing(processor, conversations: list[list[Message]], known: P
         features = _unpadded_text(batch, row)
         if entries:
             features["image_grid_thw"] = torch.cat([grid for grid, _ in entries])
-            features["pixel_values"] = torch.cat([pixels for _, pixels in entries])
+            if pixels:
+                features["pixel_values"] = join([values for _, values in entries])
         rows.append(BatchFeature(features))
     return rows
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from visionthink.pixels import join
+
 
 @dataclass
 class SamplingConfig:
@@ -66,11 +68,12 @@ class KVDecoder:
 
     @torch.no_grad()
     def prefill(self, sequences: list[torch.Tensor], mm_token_type_ids: list[torch.Tensor],
-                image_grid_thw: list[torch.Tensor | None], pixel_values: list[torch.Tensor | None]) -> None:
+                image_grid_thw: list[torch.Tensor | None],
+                pixel_values: list[torch.Tensor | list[torch.Tensor] | None]) -> None:
         """Bring every row's cache to its full `sequences[row]`, computing only what is not cached yet.
 
-        Row r passes its whole conversation: all its images' grids and patches. Images whose
-        tokens are already cached are not encoded again.
+        Row r passes its whole conversation: all its images' grids and patches (concatenated, or one tensor per
+        image). Images whose tokens are already cached are not encoded again.
         """
         if self.rows == 0:
             self._start(len(sequences))
@@ -86,9 +89,12 @@ class KVDecoder:
                 positions, _ = self.model.model.get_rope_index(ids[None], types[None], image_grid_thw=grid)
                 fresh = [i for i, (start, _) in enumerate(spans) if start >= shared]
                 if fresh:
-                    patches = [int(t * h * w) for t, h, w in grid.tolist()]
-                    offset = sum(patches[: fresh[0]])
-                    new_pixels.append(pixel_values[row][offset:])
+                    row_pixels = pixel_values[row]
+                    if isinstance(row_pixels, torch.Tensor):
+                        patches = [int(t * h * w) for t, h, w in grid.tolist()]
+                        new_pixels.append(row_pixels[sum(patches[: fresh[0]]) :])
+                    else:
+                        new_pixels.extend(row_pixels[fresh[0] :])
                     new_grids.append(grid[fresh[0]:])
             else:
                 positions = torch.arange(len(ids)).view(1, 1, -1).expand(3, 1, -1)
@@ -116,7 +122,7 @@ class KVDecoder:
             position_ids=new_positions.to(device),
             cache=self.cache,
             use_cache=True,
-            pixel_values=torch.cat(new_pixels).to(device, self.model.dtype) if new_pixels else None,
+            pixel_values=join(new_pixels).to(device, self.model.dtype) if new_pixels else None,
             image_grid_thw=torch.cat(new_grids).to(device) if new_grids else None,
             logits_to_keep=1,
         )

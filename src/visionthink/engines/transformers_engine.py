@@ -107,14 +107,15 @@ class TransformersEngine:
         """Prefill each conversation so far (only what the cache lacks is computed; only images `known` has not
         seen are processed)."""
         sequences, types, grids, pixels = [], [], [], []
-        encoded = encode_batch_reusing(self.processor, conversations, known or ProcessedImages(), True,
-                                       protocol=self.protocol)
+        known = known or ProcessedImages()
+        encoded = encode_batch_reusing(self.processor, conversations, known, True, protocol=self.protocol,
+                                       pixels=False)
         for messages, batch in zip(conversations, encoded, strict=True):
             sequences.append(batch["input_ids"][0])
             types.append(batch["mm_token_type_ids"][0])
             grid = batch.get("image_grid_thw")
             grids.append(grid)
-            pixels.append(batch.get("pixel_values"))
+            pixels.append([known.get(image)[1] for image in protocol.images_in(messages)])  # per image: no copies
             received = visual_tokens(self.processor, grid) if grid is not None else []
             expected = [self.grid.tokens(*image.size) for image in protocol.images_in(messages)]
             if received != expected:
