@@ -196,3 +196,42 @@ def test_linear_patch_embed_equals_the_convolution(random_tiny):
     got.sum().backward()
     assert embed.proj.weight.grad is not None and embed.proj.weight.grad.abs().sum() > 0
     assert set(model.state_dict()) == set(random_tiny[0].state_dict())
+
+
+@pytest.mark.parametrize("preset", ["tiny", "real-vocab-small"])
+def test_the_additive_mask_gives_sdpas_logits_bit_for_bit(preset):
+    """Rows of different lengths (padding), a cache carried into a second turn, and decoding: every logit the engine
+    reads is the same with the mask made additive once per pass as with upstream's boolean mask."""
+    from visionthink.engines.kv_decoder import KVDecoder, SamplingConfig
+    from visionthink.engines.transformers_engine import Request, TransformersEngine
+    from visionthink.models.additive_mask import NAME
+    from visionthink.models.presets import build_preset
+
+    model, processor = build_preset(preset)
+    engine = TransformersEngine(model.eval(), processor, SamplingConfig(max_new_tokens=4), batch_size=4,
+                                draft_memory=False)
+    engine.stop_ids = [-1]  # every row decodes its whole budget, then resizes (oracle)
+    assert model.config.text_config._attn_implementation == NAME
+    items = synth.split_items("test", 4, seed=5)
+    requests = [Request(item.image, item.question + " and" * i, True) for i, item in enumerate(items)]
+    read: dict[str, list[torch.Tensor]] = {}
+    feed, prefill = KVDecoder._feed_tokens, KVDecoder.prefill
+    for implementation in (NAME, "sdpa"):
+        model.set_attn_implementation({"text_config": implementation})
+        logits = read[implementation] = []
+
+        def recording_feed(self, feeds, logits=logits):
+            logits.append(feed(self, feeds))
+            return logits[-1]
+
+        def recording_prefill(self, *args, logits=logits, **kwargs):
+            prefill(self, *args, **kwargs)
+            logits.append(self.last_logits.clone())
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(KVDecoder, "_feed_tokens", recording_feed)
+            patch.setattr(KVDecoder, "prefill", recording_prefill)
+            episodes = engine.run(requests, "oracle")
+        assert all(e.resized for e in episodes)
+    assert len(read[NAME]) == len(read["sdpa"]) >= 2 + 3  # two prefills (low, then high), the decode steps
+    assert all(torch.equal(a, b) for a, b in zip(read[NAME], read["sdpa"], strict=True))

@@ -22,6 +22,7 @@ from visionthink.engines.kv_decoder import (
     common_prefix,
 )
 from visionthink.models import load_model
+from visionthink.models.additive_mask import use_additive_mask
 from visionthink.models.patch_embed import use_linear_patch_embed
 from visionthink.profiles import ProtocolProfile, get_profile
 from visionthink.tokens import ProcessedImages, encode_batch, encode_batch_reusing, visual_tokens
@@ -38,6 +39,7 @@ class TransformersEngine:
                  protocol: str | ProtocolProfile | None = None):
         self.model = model
         use_linear_patch_embed(model)  # same outputs up to rounding, a fraction of the time (models/patch_embed.py)
+        use_additive_mask(model)  # the same outputs, the mask made additive once per pass (models/additive_mask.py)
         self.protocol = get_profile(protocol)
         """The conversation format (`profiles`; default `visionthink`)."""
         self.reuse_cache = reuse_cache
