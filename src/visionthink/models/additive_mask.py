@@ -33,5 +33,6 @@ AttentionMaskInterface.register(NAME, additive_sdpa_mask)
 def use_additive_mask(model) -> None:
     """Make `model`'s text attention SDPA with the mask made additive once per forward pass (same outputs); a
     model whose text attention is not SDPA is left as it is."""
-    if model.config.text_config._attn_implementation == "sdpa":
+    text = getattr(model.config, "text_config", None)
+    if text is not None and text._attn_implementation == "sdpa":
         model.set_attn_implementation({"text_config": NAME})
