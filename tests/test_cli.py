@@ -301,6 +301,56 @@ def test_help_imports_no_torch(argv):
     assert result.stdout.splitlines()[-1] == "[]", result.stdout
 
 
+@pytest.fixture(scope="module")
+def running_server(shipped_model):
+    """The shipped model behind a real server on loopback, with an API key."""
+    from visionthink.engines.transformers_engine import TransformersEngine
+    from visionthink.serve.app import BackgroundServer, ServeConfig, create_app
+
+    config = ServeConfig(model_name="tiny-synth", api_key="ask-key")
+    with BackgroundServer(create_app(TransformersEngine(*shipped_model), config)) as server:
+        yield server
+
+
+@pytest.mark.parametrize("mode", ["visionthink", "full"])
+def test_ask_server_gives_the_local_episode_and_imports_no_torch(running_server, shipped_model, item_png, mode):
+    """`ask --server` in a fresh interpreter: the server's episode, equal to the local engine's, and none of torch,
+    transformers or PIL loaded on the asking side."""
+    from visionthink.engines.transformers_engine import Request, TransformersEngine
+
+    path, item = item_png
+    argv = ["ask", str(path), item.question, "--server", running_server.url, "--api-key", "ask-key", "--json",
+            "--mode", mode]
+    script = (f"import sys\nfrom visionthink import cli\ncode = cli.main({argv!r})\n"
+              f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    *reply, last = result.stdout.splitlines()
+    assert last == "0 []"
+    record = json.loads(reply[-1])
+    local = TransformersEngine(*shipped_model).run([Request(item.image, item.question)], mode)[0].summary()
+    for key in ("answer", "resized", "action", "visual_tokens", "full_res_visual_tokens", "turns", "error"):
+        assert record[key] == local[key], key
+
+
+def test_ask_server_errors_are_one_line_and_exit_2(running_server, item_png, capsys):
+    path, item = item_png
+    assert main(["ask", str(path), item.question, "--server", running_server.url, "--api-key", "wrong"]) == 2
+    assert "the server refused the request (401)" in capsys.readouterr().err
+    assert main(["ask", str(path), item.question, "--server", "http://127.0.0.1:9"]) == 2
+    assert "cannot reach the server at http://127.0.0.1:9" in capsys.readouterr().err
+    assert main(["ask", str(path) + ".missing", item.question, "--server", running_server.url]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert main(["ask", str(path), item.question, "--server", running_server.url, "--model", "x"]) == 2
+    assert "with --server the server's answers" in capsys.readouterr().err
+    not_an_image = path.parent / "notes.png"
+    not_an_image.write_text("hello")
+    assert main(["ask", str(not_an_image), item.question, "--server", running_server.url,
+                 "--api-key", "ask-key"]) == 2
+    assert "the server refused the request (400)" in capsys.readouterr().err
+
+
 def test_cli_copies_of_constants_match():
     from visionthink import cli, images
 

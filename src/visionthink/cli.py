@@ -119,9 +119,10 @@ def _train_grpo(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    import json
     import time
 
+    if args.server:
+        return _ask_server(args)
     from visionthink.engines.transformers_engine import Request, TransformersEngine
     from visionthink.images import load_image
 
@@ -143,30 +144,46 @@ def _ask(args: argparse.Namespace) -> int:
     if args.mode == "oracle":
         raise VisionThinkError("`ask` has no oracle: an arbitrary image carries no needs-high-res label")
     episode = engine.run([Request(image, args.question)], args.mode)[0]
-    seconds = time.perf_counter() - began
-    if args.json:
-        print(json.dumps({
-            "answer": episode.answer,
-            "resized": episode.resized,
-            "action": episode.action,
-            "visual_tokens": episode.visual_tokens,
-            "full_res_visual_tokens": episode.full_res_visual_tokens,
-            "seconds": round(seconds, 3),
-            "turns": episode.summary()["turns"],
-            "error": episode.error,
-        }))
+    summary = episode.summary()
+    result = {key: summary[key] for key in ("answer", "resized", "action", "visual_tokens", "full_res_visual_tokens",
+                                            "turns", "error")}
+    result["zoom_box"] = list(episode.zoom_box) if episode.zoomed else None
+    return _print_answer(result, time.perf_counter() - began, args.json)
+
+
+def _ask_server(args: argparse.Namespace) -> int:
+    """`ask --server`: the episode runs in a running `visionthink serve`; nothing heavy is imported here."""
+    import time
+
+    from visionthink.serve.client import ask_server
+
+    if args.model is not None or args.protocol != "visionthink":
+        raise VisionThinkError("--model and --protocol choose a local model; with --server the server's answers "
+                               "(set them when starting `visionthink serve`)")
+    began = time.perf_counter()
+    api_key = args.api_key or os.environ.get("VISIONTHINK_API_KEY") or None
+    result = ask_server(args.server, args.image, args.question, args.mode, api_key, args.max_new_tokens)
+    return _print_answer(result, time.perf_counter() - began, args.json)
+
+
+def _print_answer(result: dict, seconds: float, as_json: bool) -> int:
+    """`ask`'s output: one JSON object, or lines; the exit code (`EXIT_NO_ANSWER` when there is no answer)."""
+    import json
+
+    if as_json:
+        print(json.dumps({**{k: v for k, v in result.items() if k != "zoom_box"}, "seconds": round(seconds, 3)}))
     else:
-        print(f"answer: {episode.answer}")
-        print(f"resized: {'yes' if episode.resized else 'no'}")
-        if episode.zoomed:
-            print(f"zoomed on: {list(episode.zoom_box)} (low-res pixels)")
-        share = 100 * episode.visual_tokens / episode.full_res_visual_tokens
-        print(f"visual tokens: {episode.visual_tokens} (full resolution: {episode.full_res_visual_tokens}, "
+        print(f"answer: {result['answer']}")
+        print(f"resized: {'yes' if result['resized'] else 'no'}")
+        if result["zoom_box"] is not None:
+            print(f"zoomed on: {result['zoom_box']} (low-res pixels)")
+        share = 100 * result["visual_tokens"] / result["full_res_visual_tokens"]
+        print(f"visual tokens: {result['visual_tokens']} (full resolution: {result['full_res_visual_tokens']}, "
               f"{share:.0f}%)")
         print(f"seconds: {seconds:.2f}")
-        if episode.error:
-            print(f"error: {episode.error}", file=sys.stderr)
-    return EXIT_NO_ANSWER if episode.error else 0
+        if result["error"]:
+            print(f"error: {result['error']}", file=sys.stderr)
+    return EXIT_NO_ANSWER if result["error"] else 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -368,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=positive_int, default=None, help=MAX_NEW_TOKENS_HELP)
     ask.add_argument("--max-input-pixels", type=positive_int, default=DEFAULT_MAX_INPUT_PIXELS,
                      help="refuse larger images (decompression bombs)")
+    ask.add_argument("--server", default=None, metavar="URL",
+                     help="ask a running `visionthink serve` at URL (e.g. http://127.0.0.1:8000): the episode runs "
+                          "there and this process loads no model, so it starts in a fraction of a second")
+    ask.add_argument("--api-key", default=None,
+                     help="with --server: the server's API key (or set VISIONTHINK_API_KEY)")
     ask.set_defaults(handler=_ask)
 
     demo = commands.add_parser("demo", help="all four modes on held-out synthetic test items, in trained and in "
@@ -451,14 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging as transformers_logging
+    if not getattr(args, "server", None):  # `ask --server` runs nothing here
+        from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()
-    import os
+        transformers_logging.disable_progress_bar()
+        import torch
 
-    import torch
-
-    torch.set_num_threads(args.threads or int(os.environ.get("VISIONTHINK_THREADS", "1")))
+        torch.set_num_threads(args.threads or int(os.environ.get("VISIONTHINK_THREADS", "1")))
     try:
         code = args.handler(args)
     except VisionThinkError as error:
