@@ -11,7 +11,7 @@ and the min and median over repetitions are printed.
   and `oracle` for comparison. The engine's output memory (retrieval drafting) learns from
   other items before each timed run, never from the timed ones.
 - `real`: the `real-vocab-small` preset (the real Qwen2.5 vocabulary, Qwen2.5-VL's image
-  processor; random weights) at document sizes (1280x960, 1600x1200). Random weights cannot
+  processor; random weights) at document sizes (1280x960, 1600x1200; `--real-sizes`). Random weights cannot
   decide, so `oracle` stands in for the decision: `low_enough` answers from the low view, and
   `needs_high` resizes. Every turn decodes a fixed budget (`--real-decode`, no stop token), so
   the random text does not skew the times; `--real-decision-decode N` gives the resize turn its
@@ -232,7 +232,7 @@ def real_ratios(args) -> dict[int, dict[str, dict[str, float]]]:
     sampling = SamplingConfig(max_new_tokens=args.real_decode)
     results = {}
     for batch_size in args.real_batch_sizes:
-        pages = [document(*DOCUMENT_SIZES[i % len(DOCUMENT_SIZES)], seed=i) for i in range(args.real_items)]
+        pages = [document(*args.real_sizes[i % len(args.real_sizes)], seed=i) for i in range(args.real_items)]
         # no output memory and no repeat guess: random weights write no formulaic text, but greedy random weights
         # write their first turn again in the second, which the repeat guess would check in a few passes where a
         # trained model writes a new answer; a fixed budget times every token
@@ -265,6 +265,8 @@ def main() -> int:
     parser.add_argument("--real-decision-decode", type=int, default=None,
                         help="tokens the real preset decodes in a turn that resizes, before the call "
                              "(default: --real-decode)")
+    parser.add_argument("--real-sizes", default=",".join(f"{w}x{h}" for w, h in DOCUMENT_SIZES),
+                        help="page sizes of the real-shape preset, WIDTHxHEIGHT comma-separated, used in turn")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help="fewer items and repeats (a few minutes)")
@@ -276,6 +278,7 @@ def main() -> int:
     args = parser.parse_args()
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.real_batch_sizes = [int(b) for b in args.real_batch_sizes.split(",")]
+    args.real_sizes = [tuple(int(n) for n in size.split("x")) for size in args.real_sizes.split(",")]
     if args.quick:
         args.tiny_items, args.real_items, args.repeats = 64, 8, 3
     torch.set_num_threads(args.threads)
