@@ -26,13 +26,13 @@ def patches(image_processor, images: list[Image.Image]) -> tuple[torch.Tensor, t
     if any(image.mode != "RGB" or not _on_grid(image_processor, image) for image in images):
         return None  # the processor converts other modes its own way (alpha over white)
     p, m, t = image_processor.patch_size, image_processor.merge_size, image_processor.temporal_patch_size
+    channels = 3  # RGB, checked above
     grids = [[1, image.height // p, image.width // p] for image in images]
     # one tensor for every image, written in place: a fresh allocation per copy costs its page faults again
-    out = torch.empty(sum(h * w for _, h, w in grids), 3 * t * p * p)
+    out = torch.empty(sum(h * w for _, h, w in grids), channels * t * p * p)
     start = 0
     for image, (_, gh, gw) in zip(images, grids, strict=True):
         pixels = torch.from_numpy(np.array(image))  # height, width, channel (uint8)
-        channels = pixels.shape[2]
         # the processor's patch order: merge blocks, then the 2x2 patches in a block, then channel, row, column
         cut = pixels.reshape(gh // m, m, p, gw // m, m, p, channels).permute(0, 3, 1, 4, 6, 2, 5)
         cut = cut.reshape(gh * gw, channels, p * p)

@@ -69,11 +69,11 @@ class KVDecoder:
     @torch.no_grad()
     def prefill(self, sequences: list[torch.Tensor], mm_token_type_ids: list[torch.Tensor],
                 image_grid_thw: list[torch.Tensor | None],
-                pixel_values: list[torch.Tensor | list[torch.Tensor] | None]) -> None:
+                pixel_values: list[list[torch.Tensor]]) -> None:
         """Bring every row's cache to its full `sequences[row]`, computing only what is not cached yet.
 
-        Row r passes its whole conversation: all its images' grids and patches (concatenated, or one tensor per
-        image). Images whose tokens are already cached are not encoded again.
+        Row r passes its whole conversation: all its images' grids and patches (one tensor per image). Images whose
+        tokens are already cached are not encoded again.
         """
         if self.rows == 0:
             self._start(len(sequences))
@@ -89,12 +89,7 @@ class KVDecoder:
                 positions, _ = self.model.model.get_rope_index(ids[None], types[None], image_grid_thw=grid)
                 fresh = [i for i, (start, _) in enumerate(spans) if start >= shared]
                 if fresh:
-                    row_pixels = pixel_values[row]
-                    if isinstance(row_pixels, torch.Tensor):
-                        patches = [int(t * h * w) for t, h, w in grid.tolist()]
-                        new_pixels.append(row_pixels[sum(patches[: fresh[0]]) :])
-                    else:
-                        new_pixels.extend(row_pixels[fresh[0] :])
+                    new_pixels.extend(pixel_values[row][fresh[0] :])
                     new_grids.append(grid[fresh[0]:])
             else:
                 positions = torch.arange(len(ids)).view(1, 1, -1).expand(3, 1, -1)

@@ -117,9 +117,10 @@ class TransformersEngine:
             types.append(batch["mm_token_type_ids"][0])
             grid = batch.get("image_grid_thw")
             grids.append(grid)
-            pixels.append([known.get(image)[1] for image in protocol.images_in(messages)])  # per image: no copies
+            images = protocol.images_in(messages)
+            pixels.append([known.get(image)[1] for image in images])  # per image: no copies
             received = visual_tokens(self.processor, grid) if grid is not None else []
-            expected = [self.grid.tokens(*image.size) for image in protocol.images_in(messages)]
+            expected = [self.grid.tokens(*image.size) for image in images]
             if received != expected:
                 raise RuntimeError(f"the processor gave {received} visual tokens where the grid says {expected}")
         decoder.prefill(sequences, types, grids, pixels)
