@@ -44,6 +44,11 @@ def patches(image_processor, images: list[Image.Image]) -> tuple[torch.Tensor, t
     return out, torch.tensor(grids, dtype=torch.long)
 
 
+def per_image(pixel_values: torch.Tensor, grids: torch.Tensor) -> list[torch.Tensor]:
+    """`pixel_values` of several images cut into one view per image (`grids`: their `image_grid_thw` rows)."""
+    return list(pixel_values.split([int(grid.prod()) for grid in grids]))
+
+
 def join(parts: list[torch.Tensor]) -> torch.Tensor:
     """`torch.cat(parts)` of row-major 2-D tensors, as a view without copying where they already lie end to end in
     one storage (the images of one `patches` call, in order): at document sizes a copy is a few hundred MB."""

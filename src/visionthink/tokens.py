@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import BatchFeature
 
-from visionthink.pixels import join, patches
+from visionthink.pixels import join, patches, per_image
 from visionthink.profiles import ProtocolProfile, get_profile
 from visionthink.protocol import Message, images_in
 
@@ -87,11 +87,8 @@ class ProcessedImages:
             batch = processor.image_processor(fresh, return_tensors="pt")
             made = batch["pixel_values"], batch["image_grid_thw"]
         pixel_values, grids = made
-        start = 0
-        for image, grid in zip(fresh, grids, strict=True):
-            size = int(grid.prod())
-            self._entries.append((image, grid[None], pixel_values[start : start + size]))
-            start += size
+        for image, grid, values in zip(fresh, grids, per_image(pixel_values, grids), strict=True):
+            self._entries.append((image, grid[None], values))
 
 
 def encode_batch_reusing(processor, conversations: list[list[Message]], known: ProcessedImages,

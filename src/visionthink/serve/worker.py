@@ -23,6 +23,7 @@ import torch
 from visionthink import protocol
 from visionthink.engines.kv_decoder import KVDecoder, SamplingConfig
 from visionthink.engines.transformers_engine import Request, TransformersEngine
+from visionthink.pixels import per_image
 from visionthink.profiles import with_zoom
 from visionthink.serve.batcher import Abandon, Abandoned
 from visionthink.serve.checks import BatchKey
@@ -121,7 +122,7 @@ class ModelWorker:
             grid = batch.get("image_grid_thw")
             grids.append(grid)
             # one view per image, as `KVDecoder.prefill` takes them (it joins them back without copying)
-            pixels.append(list(batch["pixel_values"].split([int(g.prod()) for g in grid])) if grid is not None else [])
+            pixels.append(per_image(batch["pixel_values"], grid) if grid is not None else [])
             visual.append(sum(visual_tokens(processor, grid)) if grid is not None else 0)
         decoder = KVDecoder(engine.model, engine.pad_id, engine.stop_ids)
         decoder.prefill(sequences, types, grids, pixels)
