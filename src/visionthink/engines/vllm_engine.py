@@ -2,30 +2,40 @@
 
 Optional: needs `pip install 'visionthink[vllm]'` and a CUDA GPU; vLLM is imported only when
 an engine is built, and a clear `VisionThinkError` says so when it is missing. On CPU the test
-suite runs this backend on a replay of the transformers engine's turns (tests/test_engine_loop.py).
+suite runs this backend against a stand-in `vllm` module (tests/fake_vllm, tests/test_vllm_engine.py)
+and on a replay of the transformers engine's turns (tests/test_engine_loop.py).
 
 Same interface as `TransformersEngine`: `VLLMEngine.from_pretrained(dir).run(requests, mode)`
 returns `protocol.Episode`s. Each turn renders the conversation with the project's chat
-template (`visionthink.tokens.render_text`, the very text the transformers engine feeds)
-and passes the images as `multi_modal_data`. With `enable_prefix_caching=True`, the second
-turn's prompt, which starts with the whole first turn (its image included: vLLM hashes image
-content into the block keys), is served from cached KV blocks and only the tool turn with
-the high-res image is computed.
+template for the protocol profile (`visionthink.tokens.render_text`, the very text the transformers
+engine feeds) and passes the images as `multi_modal_data`. vLLM's image processor gets the folder's
+pixel bounds (`mm_processor_kwargs`), so it keeps the views' sizes and their visual-token counts as
+the loop accounts them. With `enable_prefix_caching=True`, the second turn's prompt, which starts
+with the whole first turn (its image included: vLLM hashes image content into the block keys), is
+served from cached KV blocks and only the tool turn with the high-res image is computed.
 
-Tokens a mode forbids (`<tool_call>` in `low`/`full` and the oracle's no-resize first turns;
-image placeholders always) get a -100 logit bias, like the transformers engine's banned ids.
+Tokens a turn may not write get a -100 logit bias (vLLM's bound, as OpenAI's): image and vision
+placeholders and `<|im_start|>` always (`engines.base.never_write_ids`), `<tool_call>` where the mode
+forbids the call (`low`/`full` and the oracle's no-resize first turns), like the transformers engine's
+banned ids.
 """
 
 from __future__ import annotations
 
+import copy
+import random
 from pathlib import Path
 
-from visionthink import protocol
 from visionthink.engines.base import Generated, never_write_ids, run_episodes
 from visionthink.engines.kv_decoder import SamplingConfig
-from visionthink.errors import VisionThinkError
+from visionthink.errors import ModelError, VisionThinkError
 from visionthink.profiles import ProtocolProfile, get_profile
+from visionthink.protocol import MAX_ASSISTANT_TURNS, Episode, Message, images_in
 from visionthink.tokens import render_text
+
+BANNED_BIAS = -100.0
+"""The logit bias of a banned token: vLLM's (and OpenAI's) lowest."""
+END_MARKERS = ("<|im_end|>", "<|endoftext|>")
 
 
 def _import_vllm():
@@ -54,57 +64,108 @@ class VLLMEngine:
         tokenizer = processor.tokenizer
         self.tool_call_id = tokenizer.convert_tokens_to_ids("<tool_call>")
         self.never_ids = never_write_ids(tokenizer)
-        self.stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        self.stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in END_MARKERS]
+        self._seeds = random.Random(self.sampling.seed)
+        """Draws one seed per sampled request, so equal prompts in a batch still sample apart, reproducibly."""
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, sampling: SamplingConfig | None = None,
-                        protocol: str | ProtocolProfile | None = None, **llm_kwargs) -> VLLMEngine:
-        """Load `model_dir` into vLLM; `llm_kwargs` go to `vllm.LLM` (gpu_memory_utilization, dtype, ...)."""
+                        protocol: str | ProtocolProfile | None = None, batch_size: int = 256,
+                        **llm_kwargs) -> VLLMEngine:
+        """Load `model_dir` into vLLM with the project's chat template applied (as `models.load_model` does).
+
+        `llm_kwargs` go to `vllm.LLM`: on GPUs typically `tensor_parallel_size`, `gpu_memory_utilization`,
+        `max_model_len` and `dtype`. Prefix caching is on and two images per prompt are allowed unless given
+        otherwise; the image processor's pixel bounds are always passed as `mm_processor_kwargs` (other keys
+        there pass through; different bounds are refused, they would break the visual-token accounting).
+        """
         vllm = _import_vllm()
         from visionthink.models.processor import VisionThinkProcessor, chat_template
 
-        processor = VisionThinkProcessor.from_pretrained(str(model_dir))
-        if processor.chat_template is None:
-            processor.chat_template = chat_template()
+        path = Path(model_dir)
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: not a model folder (no config.json)")
+        processor = VisionThinkProcessor.from_pretrained(str(path))
+        processor.chat_template = chat_template()  # the protocol's rendering, whatever the folder ships
+        processor.tokenizer.chat_template = processor.chat_template
         llm_kwargs.setdefault("enable_prefix_caching", True)
-        llm_kwargs.setdefault("limit_mm_per_prompt", {"image": protocol.MAX_ASSISTANT_TURNS})
-        llm = vllm.LLM(model=str(model_dir), **llm_kwargs)
-        return cls(llm, processor, sampling, protocol=protocol)
+        llm_kwargs.setdefault("limit_mm_per_prompt", {"image": MAX_ASSISTANT_TURNS})
+        llm_kwargs["mm_processor_kwargs"] = pixel_bounds(processor, llm_kwargs.get("mm_processor_kwargs"))
+        llm = vllm.LLM(model=str(path), **llm_kwargs)
+        return cls(llm, processor, sampling, batch_size=batch_size, protocol=protocol)
 
-    def run(self, requests: list, mode: str = "visionthink", progress=None) -> list[protocol.Episode]:
-        """Episodes for all requests, in order."""
-        return run_episodes(self, requests, mode, progress)
+    def run(self, requests: list, mode: str = "visionthink", progress=None,
+            sampling: SamplingConfig | None = None) -> list[Episode]:
+        """Episodes for all requests, in order; `sampling` overrides the engine's for this call."""
+        return run_episodes(self if sampling is None else self.with_sampling(sampling), requests, mode, progress)
 
-    def session(self) -> VLLMEngine:
-        return self  # vLLM's prefix cache is the only state kept between turns
+    def with_sampling(self, sampling: SamplingConfig) -> VLLMEngine:
+        """The same engine (same `vllm.LLM`) choosing tokens by `sampling`."""
+        engine = copy.copy(self)
+        engine.sampling = sampling
+        engine._seeds = random.Random(sampling.seed)
+        return engine
 
-    def generate(self, rows: list[int], conversations: list[list[protocol.Message]],
-                 forbid_call: list[bool]) -> list[Generated]:
-        prompts = [{"prompt": render_text(self.processor, messages, add_generation_prompt=True,
-                                              protocol=self.protocol),
-                    "multi_modal_data": {"image": protocol.images_in(messages)}} for messages in conversations]
-        params = [self._params([*self.never_ids, self.tool_call_id] if forbid else self.never_ids)
-                  for forbid in forbid_call]
-        generated = []
-        for output in self.llm.generate(prompts, params, use_tqdm=False):
-            completion = output.outputs[0]
-            text = completion.text
-            for marker in ("<|im_end|>", "<|endoftext|>"):
-                text = text.removesuffix(marker)
-            n = len(completion.token_ids)
-            generated.append(Generated(text, n, sequence_tokens=len(output.prompt_token_ids or []) + n))
-        return generated
+    def session(self) -> _VLLMSession:
+        return _VLLMSession(self)
 
-    def _params(self, banned: list[int]):
+    def banned_ids(self, forbid_call: bool) -> list[int]:
+        """Token ids a turn may not produce: vision placeholders, and the tool call where it is forbidden."""
+        return [*self.never_ids, self.tool_call_id] if forbid_call else list(self.never_ids)
+
+    def sampling_params(self, forbid_call: bool):
+        """One request's `vllm.SamplingParams`: greedy is temperature 0; unset knobs keep vLLM's defaults."""
         vllm = _import_vllm()
         s = self.sampling
+        options = {}
+        if s.do_sample:
+            options = {"temperature": s.temperature, "top_p": s.top_p}
+            if s.top_k > 0:
+                options["top_k"] = s.top_k
+            if s.seed is not None:
+                options["seed"] = self._seeds.getrandbits(63)
         return vllm.SamplingParams(
             max_tokens=s.max_new_tokens,
-            temperature=s.temperature if s.do_sample else 0.0,
-            top_p=s.top_p,
-            top_k=s.top_k if s.do_sample and s.top_k > 0 else -1,
-            seed=s.seed,
-            stop_token_ids=self.stop_ids,
+            temperature=options.pop("temperature", 0.0),
+            stop_token_ids=list(self.stop_ids),
             skip_special_tokens=False,
-            logit_bias={token: -100.0 for token in banned},
+            logit_bias={token: BANNED_BIAS for token in self.banned_ids(forbid_call)},
+            **options,
         )
+
+
+class _VLLMSession:
+    """One batch: vLLM's prefix cache is the only state kept between turns."""
+
+    def __init__(self, engine: VLLMEngine):
+        self.engine = engine
+
+    def generate(self, rows: list[int], conversations: list[list[Message]],
+                 forbid_call: list[bool]) -> list[Generated]:
+        engine = self.engine
+        prompts = [{"prompt": render_text(engine.processor, messages, add_generation_prompt=True,
+                                          protocol=engine.protocol),
+                    "multi_modal_data": {"image": images_in(messages)}} for messages in conversations]
+        params = [engine.sampling_params(forbid) for forbid in forbid_call]
+        newline = int(engine.protocol.turn_end_newline)
+        generated = []
+        for output in engine.llm.generate(prompts, params, use_tqdm=False):
+            completion = output.outputs[0]
+            text = completion.text
+            for marker in END_MARKERS:
+                text = text.removesuffix(marker)
+            n = len(completion.token_ids)
+            generated.append(Generated(text, n, sequence_tokens=len(output.prompt_token_ids or []) + n + newline))
+        return generated
+
+
+def pixel_bounds(processor, given: dict | None = None) -> dict:
+    """`mm_processor_kwargs` for vLLM: `given` with the processor's `min_pixels` and `max_pixels`."""
+    grid = processor.grid
+    bounds = {"min_pixels": grid.min_pixels, "max_pixels": grid.max_pixels}
+    given = dict(given or {})
+    for key, value in bounds.items():
+        if given.get(key, value) != value:
+            raise VisionThinkError(f"mm_processor_kwargs {key}={given[key]} differs from the model folder's "
+                                   f"{value}: vLLM would resize the views away from the loop's token accounting")
+    return {**given, **bounds}
