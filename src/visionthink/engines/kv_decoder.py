@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from visionthink.compat import cache_arg
 from visionthink.pixels import join
 
 
@@ -115,7 +116,7 @@ class KVDecoder:
             input_ids=new_ids.to(device),
             attention_mask=self.mask.to(device),
             position_ids=new_positions.to(device),
-            cache=self.cache,
+            **cache_arg(self.cache),
             use_cache=True,
             pixel_values=join(new_pixels).to(device, self.model.dtype) if new_pixels else None,
             image_grid_thw=torch.cat(new_grids).to(device) if new_grids else None,
@@ -245,7 +246,8 @@ class KVDecoder:
         device = self.model.device
         outputs = self.model(
             input_ids=ids.to(device), attention_mask=self.mask.to(device),
-            position_ids=positions[None].expand(3, -1, -1).to(device), cache=self.cache, use_cache=True,
+            position_ids=positions[None].expand(3, -1, -1).to(device), **cache_arg(self.cache),
+            use_cache=True,
         )
         return outputs.logits.float().cpu()
 
@@ -338,8 +340,8 @@ class SharedPrefix:
         if ids:
             tokens = torch.tensor([ids], device=model.device)
             positions = torch.arange(len(ids), device=model.device).view(1, 1, -1).expand(3, 1, -1)
-            model(input_ids=tokens, attention_mask=torch.ones_like(tokens), position_ids=positions, cache=cache,
-                  use_cache=True, logits_to_keep=1)
+            model(input_ids=tokens, attention_mask=torch.ones_like(tokens), position_ids=positions,
+                  **cache_arg(cache), use_cache=True, logits_to_keep=1)
         return cls(list(ids), cache)
 
 

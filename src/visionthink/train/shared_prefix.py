@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from visionthink.compat import cache_arg
+
 
 def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, stop_id: int) -> int:
     """Tokens every row shares at its start, cut before the first `stop_id` (an image's start) and one
@@ -31,13 +33,13 @@ def forward_with_shared_prefix(model, batch: dict[str, torch.Tensor], **kwargs):
         ids, mm_token_type_ids=batch["mm_token_type_ids"], image_grid_thw=batch.get("image_grid_thw"),
         attention_mask=mask)
     cache = DynamicCache()
-    model.model.language_model(input_ids=ids[:1, :prefix], position_ids=positions[:, :1, :prefix], cache=cache,
-                               use_cache=True)
+    model.model.language_model(input_ids=ids[:1, :prefix], position_ids=positions[:, :1, :prefix],
+                               **cache_arg(cache), use_cache=True)
     for layer in cache.layers:
         layer.keys = layer.keys.expand(len(ids), -1, -1, -1)
         layer.values = layer.values.expand(len(ids), -1, -1, -1)
     rest = {key: batch[key][:, prefix:] for key in ("input_ids", "mm_token_type_ids", "labels") if key in batch}
     images = {key: batch[key] for key in ("pixel_values", "image_grid_thw") if key in batch}
-    outputs = model(**rest, **images, attention_mask=mask, position_ids=positions[:, :, prefix:], cache=cache,
-                    use_cache=False, **kwargs)
+    outputs = model(**rest, **images, attention_mask=mask, position_ids=positions[:, :, prefix:],
+                    **cache_arg(cache), use_cache=False, **kwargs)
     return outputs, prefix
