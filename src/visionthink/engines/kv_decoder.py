@@ -34,8 +34,12 @@ class SamplingConfig:
 class KVDecoder:
     """The batch's cache, attention mask and per-row token history."""
 
-    def __init__(self, model, pad_id: int, stop_ids: list[int], prefix: SharedPrefix | None = None):
+    def __init__(self, model, pad_id: int, stop_ids: list[int], prefix: SharedPrefix | None = None,
+                 keep_on_device: bool | None = None):
         self.model = model
+        self.keep_on_device = model.device.type != "cpu" if keep_on_device is None else keep_on_device
+        """Keep logits where the model computed them and choose tokens there, copying only the chosen ids to the host
+        (default: on any device but the CPU). False: logits go to the host, where NumPy's argmax is fastest."""
         self.prefix = prefix
         """Text every row starts with, computed once: each row's cache starts from it (see `SharedPrefix`)."""
         self.pad_id = pad_id
@@ -65,7 +69,7 @@ class KVDecoder:
         self.cached = [self.cached[r] for r in rows]
         self.next_position = self.next_position[index]
         if self.last_logits is not None:
-            self.last_logits = self.last_logits[index]
+            self.last_logits = self.last_logits[index.to(self.last_logits.device)]
 
     @torch.no_grad()
     def prefill(self, sequences: list[torch.Tensor], mm_token_type_ids: list[torch.Tensor],
@@ -123,7 +127,7 @@ class KVDecoder:
             logits_to_keep=1,
         )
         self.fed_tokens += int(new_mask.sum())
-        self.last_logits = outputs.logits[:, -1].float().cpu()
+        self.last_logits = self._place(outputs.logits[:, -1])
 
     def _start(self, rows: int) -> None:
         """Empty rows, or rows that hold the shared prefix already."""
@@ -162,6 +166,8 @@ class KVDecoder:
         stops = set(self.stop_ids.tolist())
         generated: list[list[int]] = [[] for _ in range(self.rows)]
         active = list(range(self.rows))
+        if sampling.do_sample and self.keep_on_device:
+            generator = generator_on(generator, self.last_logits.device)
         tokens = self._choose_rows(self.last_logits, ban, sampling, generator)
         while True:
             for row in active:
@@ -207,7 +213,7 @@ class KVDecoder:
         """A token per line of `logits`: line i is batch row i, or every line is batch row `row`."""
         if ban is not None:
             ban.apply(logits, row)
-        return _choose(logits, sampling, generator).tolist()
+        return _choose(logits, sampling, generator, self.keep_on_device).tolist()
 
     def _verify(self, row: int, logits: torch.Tensor, tail: list[int], ban: Banned | None,
                 sampling: SamplingConfig, generator: torch.Generator | None) -> tuple[int, int | None]:
@@ -249,7 +255,11 @@ class KVDecoder:
             position_ids=positions[None].expand(3, -1, -1).to(device), **cache_arg(self.cache),
             use_cache=True,
         )
-        return outputs.logits.float().cpu()
+        return self._place(outputs.logits)
+
+    def _place(self, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` as float32, on the host unless `keep_on_device`."""
+        return logits.float() if self.keep_on_device else logits.float().cpu()
 
     def _unfeed(self, row: int, n: int) -> None:
         """Forget the last `n` fed tokens of a row (a rejected draft): masked out, positions reused."""
@@ -268,16 +278,26 @@ class Banned:
             if ids:
                 groups.setdefault(tuple(sorted(set(ids))), []).append(row)
         self.groups = [(torch.tensor(rows), torch.tensor(ids)) for ids, rows in groups.items()]
-        self.by_row = {row: ids for rows, ids in self.groups for row in rows.tolist()}
+        self.by_row = {row: index for index, (rows, _) in enumerate(self.groups) for row in rows.tolist()}
+        self._moved: dict[torch.device, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def apply(self, logits: torch.Tensor, row: int | None = None) -> None:
         """Ban in `logits` (lines x vocabulary, changed in place): line i is batch row i, or every line is `row`."""
+        groups = self._groups_on(logits.device)
         if row is not None:
             if row in self.by_row:
-                logits[:, self.by_row[row]] = float("-inf")
+                logits[:, groups[self.by_row[row]][1]] = float("-inf")
             return
-        for rows, ids in self.groups:
+        for rows, ids in groups:
             logits[rows[:, None], ids[None, :]] = float("-inf")
+
+    def _groups_on(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The groups' index tensors on `device`, copied there once."""
+        if device.type == "cpu":
+            return self.groups
+        if device not in self._moved:
+            self._moved[device] = [(rows.to(device), ids.to(device)) for rows, ids in self.groups]
+        return self._moved[device]
 
 
 @dataclass(frozen=True)
@@ -393,9 +413,20 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(-1)
 
 
-def _choose(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+def generator_on(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """A generator that samples on `device`: `generator` itself when it is there, else one seeded from it (so a seeded
+    run repeats; the draw advances `generator`)."""
+    if generator is None or generator.device == device:
+        return generator
+    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _choose(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None,
+            on_device: bool = False) -> torch.Tensor:
+    """A token per line of `logits`, where the logits are (`on_device`: torch's argmax, else `greedy`)."""
     if not sampling.do_sample:
-        return greedy(logits)
+        return logits.argmax(-1) if on_device else greedy(logits)
     logits = logits / max(sampling.temperature, 1e-5)
     if sampling.top_k > 0:
         kth = logits.topk(min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
