@@ -37,7 +37,9 @@ class KVDecoder:
     def __init__(self, model, pad_id: int, stop_ids: list[int], prefix: SharedPrefix | None = None,
                  keep_on_device: bool | None = None):
         self.model = model
-        self.keep_on_device = model.device.type != "cpu" if keep_on_device is None else keep_on_device
+        self.device = input_device(model)
+        """Where inputs go: the input embeddings' device (with a device map, the first layers' GPU)."""
+        self.keep_on_device = self.device.type != "cpu" if keep_on_device is None else keep_on_device
         """Keep logits where the model computed them and choose tokens there, copying only the chosen ids to the host
         (default: on any device but the CPU). False: logits go to the host, where NumPy's argmax is fastest."""
         self.prefix = prefix
@@ -115,7 +117,7 @@ class KVDecoder:
             self.history[row] = self.history[row][: keep[row]] + suffix.tolist()
             self.cached[row] = len(self.history[row])
         self.mask = torch.cat([self.mask, new_mask], dim=1)
-        device = self.model.device
+        device = self.device
         outputs = self.model(
             input_ids=new_ids.to(device),
             attention_mask=self.mask.to(device),
@@ -249,7 +251,7 @@ class KVDecoder:
             self.next_position[row] += n
             self.cached[row] += n
         self.mask = torch.cat([self.mask, mask], dim=1)
-        device = self.model.device
+        device = self.device
         outputs = self.model(
             input_ids=ids.to(device), attention_mask=self.mask.to(device),
             position_ids=positions[None].expand(3, -1, -1).to(device), **cache_arg(self.cache),
@@ -358,8 +360,8 @@ class SharedPrefix:
     def compute(cls, model, ids: list[int]) -> SharedPrefix:
         cache = DynamicCache(config=model.config)
         if ids:
-            tokens = torch.tensor([ids], device=model.device)
-            positions = torch.arange(len(ids), device=model.device).view(1, 1, -1).expand(3, 1, -1)
+            tokens = torch.tensor([ids], device=input_device(model))
+            positions = torch.arange(len(ids), device=tokens.device).view(1, 1, -1).expand(3, 1, -1)
             model(input_ids=tokens, attention_mask=torch.ones_like(tokens), position_ids=positions,
                   **cache_arg(cache), use_cache=True, logits_to_keep=1)
         return cls(list(ids), cache)
@@ -411,6 +413,13 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
     if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.dim() == 2:
         return torch.from_numpy(logits.detach().numpy().argmax(-1))
     return logits.argmax(-1)
+
+
+def input_device(model) -> torch.device:
+    """The device `model` reads its inputs on: its input embeddings' (`model.device` is its first parameter's, which
+    under a device map may sit elsewhere)."""
+    embeddings = model.get_input_embeddings()
+    return embeddings.weight.device if embeddings is not None else model.device
 
 
 def generator_on(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:

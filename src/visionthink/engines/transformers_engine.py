@@ -20,6 +20,7 @@ from visionthink.engines.kv_decoder import (
     SamplingConfig,
     SharedPrefix,
     common_prefix,
+    input_device,
 )
 from visionthink.models import load_model
 from visionthink.models.additive_mask import use_additive_mask
@@ -74,10 +75,21 @@ class TransformersEngine:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path | None = None, device: str | None = None,
-                        dtype: str | None = None, **kwargs) -> TransformersEngine:
-        """The engine on a model folder (default: the shipped one); other arguments go to `__init__`."""
-        model, processor = load_model(model_dir, dtype=dtype, device=device)
+                        dtype: str | None = None, attn_implementation: str | None = None,
+                        device_map: str | dict | None = None, **kwargs) -> TransformersEngine:
+        """The engine on a model folder (default: the shipped one); other arguments go to `__init__`.
+
+        `attn_implementation` (`sdpa`, `flash_attention_2`, `eager`) and `device_map` (`auto` spreads a model larger
+        than one GPU over the visible ones; `device` is then not used) go to `models.load_model`.
+        """
+        model, processor = load_model(model_dir, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                                      device_map=device_map)
         return cls(model, processor, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model reads its inputs: its input embeddings' device (under a device map, the first layers')."""
+        return input_device(self.model)
 
     def run(self, requests: list[Request], mode: str = "visionthink", progress=None) -> list[protocol.Episode]:
         """Episodes for all requests, `batch_size` at a time, in order."""

@@ -39,23 +39,41 @@ def resolve_dtype(dtype: torch.dtype | str | None = None) -> torch.dtype | str:
 
 
 def load_model(model_dir: str | Path | None = None, dtype: torch.dtype | str | None = None,
-               device: str | None = None):
+               device: str | None = None, attn_implementation: str | None = None,
+               device_map: str | dict | None = None):
     """(model, processor) from a `save_pretrained` folder, with the project's chat template applied.
 
     `device` defaults to the GPU when one is visible, `dtype` to the checkpoint's own.
+    `attn_implementation` picks transformers' attention (`sdpa`, `flash_attention_2` (needs flash-attn), `eager`;
+    default: transformers' choice, SDPA where it can).
+    `device_map` (`auto`, `cpu`, ... or a module -> device dict; needs accelerate) spreads a model too large for one
+    GPU over the visible ones; `device` is then not used, and inputs go where the input embeddings are
+    (`engines.kv_decoder.input_device`).
     """
     dtype = resolve_dtype(dtype)
     device = resolve_device(device)
     path = Path(model_dir) if model_dir else default_model_dir()
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: not a model folder (no config.json); train one with `visionthink train sft`")
+    options = {"dtype": dtype}
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        options["device_map"] = device_map
     try:
         processor = VisionThinkProcessor.from_pretrained(str(path))
-        model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype)
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: cannot load model ({error})") from error
+        model = AutoModelForImageTextToText.from_pretrained(str(path), **options)
+    except (OSError, ValueError, ImportError) as error:
+        raise ModelError(f"{path}: cannot load model ({_one_line(error)})") from error
     processor.chat_template = chat_template()  # the protocol's rendering, whatever the folder ships
     processor.tokenizer.chat_template = processor.chat_template
     use_linear_patch_embed(model)
-    model.to(device).eval()
+    if device_map is None:
+        model.to(device)
+    model.eval()
     return model, processor
+
+
+def _one_line(error: Exception) -> str:
+    """An error's message on one line."""
+    return " ".join(str(error).split())
