@@ -57,7 +57,7 @@ def test_from_pretrained_passes_the_llm_arguments(fake_vllm, shipped_model_dir, 
     grid = processor.grid
     assert engine.llm is llm
     assert llm.kwargs == {
-        "model": str(shipped_model_dir), "enable_prefix_caching": True, "limit_mm_per_prompt": {"image": 2},
+        "model": str(shipped_model_dir), "enable_prefix_caching": True, "limit_mm_per_prompt": {"image": 2, "video": 0},
         "mm_processor_kwargs": {"min_pixels": grid.min_pixels, "max_pixels": grid.max_pixels},
         "tensor_parallel_size": 2, "gpu_memory_utilization": 0.5, "max_model_len": 4096, "dtype": "bfloat16",
     }

@@ -75,9 +75,10 @@ class VLLMEngine:
         """Load `model_dir` into vLLM with the project's chat template applied (as `models.load_model` does).
 
         `llm_kwargs` go to `vllm.LLM`: on GPUs typically `tensor_parallel_size`, `gpu_memory_utilization`,
-        `max_model_len` and `dtype`. Prefix caching is on and two images per prompt are allowed unless given
-        otherwise; the image processor's pixel bounds are always passed as `mm_processor_kwargs` (other keys
-        there pass through; different bounds are refused, they would break the visual-token accounting).
+        `max_model_len` and `dtype`. Prefix caching is on, and two images and no video per prompt are allowed (so
+        vLLM reserves no memory for video), unless given otherwise. The image processor's pixel bounds are always
+        passed as `mm_processor_kwargs` (other keys there pass through; different bounds are refused: they would
+        break the visual-token accounting).
         """
         vllm = _import_vllm()
         from visionthink.models.processor import VisionThinkProcessor, chat_template
@@ -89,7 +90,7 @@ class VLLMEngine:
         processor.chat_template = chat_template()  # the protocol's rendering, whatever the folder ships
         processor.tokenizer.chat_template = processor.chat_template
         llm_kwargs.setdefault("enable_prefix_caching", True)
-        llm_kwargs.setdefault("limit_mm_per_prompt", {"image": MAX_ASSISTANT_TURNS})
+        llm_kwargs.setdefault("limit_mm_per_prompt", {"image": MAX_ASSISTANT_TURNS, "video": 0})
         llm_kwargs["mm_processor_kwargs"] = pixel_bounds(processor, llm_kwargs.get("mm_processor_kwargs"))
         llm = vllm.LLM(model=str(path), **llm_kwargs)
         return cls(llm, processor, sampling, batch_size=batch_size, protocol=protocol)
