@@ -1,28 +1,24 @@
 """Run VisionThink episodes against any OpenAI-compatible VLM server, the protocol applied on our side.
 
-`RemoteEngine(base_url, model, api_key).run(requests, mode)` returns the same
-`protocol.Episode`s as `TransformersEngine.run`. For each request it makes the two views
-locally, sends the system prompt and the user turn with the low-res image (a PNG data URL)
-and the `resize_image` tool in `tools`, and parses the reply with `protocol.parse_turn`.
-When the model calls the tool, it sends the whole conversation again with a `tool` message
-holding the full-resolution image, and the model answers.
+`RemoteEngine(base_url, processor=...).run(requests, mode)` returns the same `protocol.Episode`s as
+`TransformersEngine.run`: the views are made here, each turn is one `/v1/chat/completions` request, and the reply
+is parsed by the protocol. The server only has to render messages with the project's chat template and write one
+assistant turn: `vllm serve` (any data or tensor parallel layout), `transformers serve` (CPU; the stand-in for
+vLLM here), or `visionthink serve` (its raw mode, for requests that carry `tools`). See docs/scale.md.
 
-The server only has to be a plain VLM that renders messages with the model's chat template:
-vLLM serving Qwen2.5-VL (`--enable-auto-tool-choice --tool-call-parser hermes`, or no parser:
-inline `<tool_call>` text is understood as well), or this project's server, which does this
-for requests that carry `tools` (its raw mode). Requests run concurrently (`max_workers`),
-so a batching server batches them.
-
-Details that keep the remote rendering identical to the local one:
-- the assistant turn goes back as the text the model wrote (`assistant_tool_calls="inline"`,
-  default; tool calls stay inline as `<tool_call>` blocks). Servers that insist on OpenAI's
-  structured form get `assistant_tool_calls="structured"`: `content` plus `tool_calls`.
-- the high-res image travels in a `tool` message, as in the protocol (OpenAI's own API does
-  not accept images in tool messages; vLLM and this project's server do).
-- in `low` and `full` modes, and in the oracle's first turn of items that need no resize,
-  `tool_choice: "none"` keeps the call out, like the local engine's banned token.
-Visual-token counts come from the pixel grid (`grid`, Qwen2.5-VL's by default; pass the
-served processor's grid for other models).
+What keeps remote episodes equal to local ones:
+- The rendering check. With the served folder's `processor` (pixel grid and tokenizer), every reply's
+  `usage.prompt_tokens` is compared with the local rendering's length; a server that renders otherwise (another
+  chat template, a tokenizer-only processor that drops the images) fails the run with `RemoteEngineError`.
+- Replies split by the server's parsers are joined back as the model wrote them: `reasoning_content` becomes
+  `<think>...</think>` and structured `tool_calls` inline `<tool_call>` blocks (`reply_text`).
+- The tool is kept out of `full`/`low` turns and the oracle's no-resize first turns by `tool_choice: "none"` and
+  by a -100 `logit_bias` on the `<tool_call>` token; image and vision special tokens are always banned that way.
+  vLLM and `transformers serve` ignore `tool_choice` for generation but honour `logit_bias`; `visionthink serve`
+  honours both (its `logit_bias` takes bans only).
+- Visual tokens come from the served processor's pixel grid, as in the local engines.
+Requests run concurrently (`max_workers`, so a batching server batches them); connection errors, timeouts, 429 and
+5xx are retried with capped exponential backoff (tenacity); other HTTP errors fail at once.
 """
 
 from __future__ import annotations
@@ -38,17 +34,27 @@ import uuid
 from typing import Any
 
 from PIL import Image
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from visionthink import protocol
-from visionthink.engines.base import Generated, run_episodes
+from visionthink.engines.base import Generated, never_write_ids, run_episodes
 from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.errors import VisionThinkError
 from visionthink.images import PixelGrid
 from visionthink.profiles import ProtocolProfile, get_profile
 
+BAN = -100.0
+"""The `logit_bias` that keeps a token out (OpenAI's and vLLM's lowest)."""
+RETRIED_STATUS = (408, 429, 500, 502, 503, 504)
+
 
 class RemoteEngineError(VisionThinkError):
-    """The server refused a request or could not be reached."""
+    """The server refused a request, could not be reached, or renders conversations otherwise than we do."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+        """Worth retrying: no connection, a timeout, 429 or 5xx."""
 
 
 class RemoteEngine:
@@ -57,27 +63,42 @@ class RemoteEngine:
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
                  sampling: SamplingConfig | None = None, grid: PixelGrid | None = None, timeout: float = 120.0,
                  max_workers: int = 8, assistant_tool_calls: str = "inline", batch_size: int = 64,
-                 protocol: str | ProtocolProfile | None = None):
+                 protocol: str | ProtocolProfile | None = None, processor=None, attempts: int = 4):
+        """`processor`: the served folder's (`models.loading.load_processor`); it gives the pixel grid, the banned
+        token ids and the rendering check. Without it only `grid` (default Qwen2.5-VL's) is known: no bans beyond
+        `tool_choice`, no check."""
         if assistant_tool_calls not in ("inline", "structured"):
             raise ValueError("assistant_tool_calls must be 'inline' or 'structured'")
-        self.base_url = base_url.rstrip("/")
-        if self.base_url.endswith("/v1"):
-            self.base_url = self.base_url[:-3]
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.api_key = api_key
         self.sampling = sampling or SamplingConfig()
-        self.grid = grid or PixelGrid()
+        self.processor = processor
+        self.grid = grid or (processor.grid if processor is not None else PixelGrid())
         self.timeout = timeout
         self.max_workers = max_workers
         self.batch_size = batch_size
         self.assistant_tool_calls = assistant_tool_calls
+        self.attempts = attempts
         self._model = model
         self.protocol = get_profile(protocol)
         """The conversation format. A profile whose system prompt holds the tool (`release`) is sent without `tools`
         (so `tool_choice` cannot keep a call out of a turn) and with its tool turns as user turns."""
+        self.banned_ids: list[int] = []
+        self.tool_call_id: int | None = None
+        if processor is not None:
+            self.banned_ids = never_write_ids(processor.tokenizer)
+            self.tool_call_id = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
 
     # ------------------------------------------------------------ HTTP
 
     def _call(self, method: str, path: str, body: dict | None = None) -> dict[str, Any]:
+        """One request, retried while the failure is transient."""
+        attempt = retry(retry=retry_if_exception(lambda e: getattr(e, "transient", False)),
+                        stop=stop_after_attempt(self.attempts), wait=wait_exponential(multiplier=0.5, max=8),
+                        reraise=True)(self._call_once)
+        return attempt(method, path, body)
+
+    def _call_once(self, method: str, path: str, body: dict | None = None) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Accept": "application/json"}
         if data is not None:
@@ -94,9 +115,12 @@ class RemoteEngine:
                 detail = json.loads(detail)["error"]["message"]
             except (ValueError, KeyError, TypeError):
                 pass
-            raise RemoteEngineError(f"{self.base_url}{path}: HTTP {error.code}: {detail}") from None
-        except (urllib.error.URLError, OSError, ValueError) as error:
-            raise RemoteEngineError(f"{self.base_url}{path}: {error}") from None
+            raise RemoteEngineError(f"{self.base_url}{path}: HTTP {error.code}: {detail}",
+                                    transient=error.code in RETRIED_STATUS) from None
+        except (urllib.error.URLError, OSError) as error:
+            raise RemoteEngineError(f"{self.base_url}{path}: {error}", transient=True) from None
+        except ValueError as error:
+            raise RemoteEngineError(f"{self.base_url}{path}: reply is not JSON ({error})") from None
 
     @property
     def model(self) -> str:
@@ -126,9 +150,14 @@ class RemoteEngine:
             "max_tokens": self.sampling.max_new_tokens,
             "stream": False,
         }
-        if self.protocol.tools_in_template:
-            body["tools"] = [self.protocol.tool_schema]
+        tools = self.protocol.template_tools()
+        if tools:
+            body["tools"] = tools
             body["tool_choice"] = "none" if forbid_call else "auto"
+        banned = [*self.banned_ids, self.tool_call_id] if forbid_call and self.tool_call_id is not None \
+            else self.banned_ids
+        if banned:
+            body["logit_bias"] = {str(token): BAN for token in banned}
         if self.sampling.do_sample:
             body["temperature"] = self.sampling.temperature
             body["top_p"] = self.sampling.top_p
@@ -137,6 +166,15 @@ class RemoteEngine:
         else:
             body["temperature"] = 0
         return body
+
+    def local_prompt_tokens(self, messages: list[protocol.Message]) -> int:
+        """The prompt's length as the local engines render it (text tokens plus each image's visual tokens)."""
+        from visionthink.tokens import render_text
+
+        text = render_text(self.processor, messages, add_generation_prompt=True, protocol=self.protocol)
+        images = protocol.images_in(messages)
+        placeholders = len(self.processor.tokenizer.encode(text, add_special_tokens=False))
+        return placeholders + sum(self.grid.tokens(*image.size) - 1 for image in images)
 
     def openai_messages(self, messages: list[protocol.Message], urls: dict[int, str] | None = None) -> list[dict]:
         """A protocol conversation in OpenAI's chat format (images as PNG data URLs, encoded once)."""
@@ -192,8 +230,17 @@ class _RemoteSession:
         body = self.engine._body(self.model, messages, self.urls.setdefault(row, {}), forbid_call)
         reply = self.engine._call("POST", "/v1/chat/completions", body)
         usage = reply.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        if self.engine.processor is not None and prompt:
+            local = self.engine.local_prompt_tokens(messages)
+            if local != prompt:
+                raise RemoteEngineError(
+                    f"{self.engine.base_url} renders this conversation as {prompt} prompt tokens, the local "
+                    f"template as {local}: serve the folder with the project's chat template and image processor "
+                    "(docs/scale.md), and pass that folder as --model")
         generated = int(usage.get("completion_tokens") or 0)
-        return Generated(reply_text(reply), generated, sequence_tokens=int(usage.get("prompt_tokens") or 0) + generated,
+        newline = int(self.engine.protocol.turn_end_newline)  # the template's newline after the end marker
+        return Generated(reply_text(reply), generated, sequence_tokens=prompt + generated + newline,
                          seconds=time.perf_counter() - began)
 
 
@@ -215,14 +262,17 @@ def _structured_call(text: str, call_id: str) -> dict[str, Any]:
 
 
 def reply_text(reply: dict[str, Any]) -> str:
-    """The assistant turn's text, with structured tool calls written back as inline `<tool_call>` blocks."""
+    """The assistant turn as the model wrote it: a split-off `reasoning_content` (or `reasoning`) goes back into
+    `<think>...</think>`, structured tool calls back into inline `<tool_call>` blocks."""
     try:
         message = reply["choices"][0]["message"]
     except (KeyError, IndexError, TypeError):
         raise RemoteEngineError(f"malformed chat completion: {str(reply)[:200]}") from None
     text = message.get("content") or ""
-    calls = message.get("tool_calls") or []
-    for call in calls:
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if reasoning is not None and "<think>" not in text:
+        text = f"<think>{reasoning}</think>\n{text}"
+    for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
         arguments = function.get("arguments", "{}")
         try:

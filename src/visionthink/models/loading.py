@@ -74,6 +74,21 @@ def load_model(model_dir: str | Path | None = None, dtype: torch.dtype | str | N
     return model, processor
 
 
+def load_processor(model_dir: str | Path | None = None) -> VisionThinkProcessor:
+    """The processor of a model folder (default: the shipped one) with the project's chat template, and no weights:
+    what a client of a server that serves the folder needs (pixel grid, tokenizer, rendering)."""
+    path = Path(model_dir) if model_dir else default_model_dir()
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path}: not a model folder (no config.json)")
+    try:
+        processor = VisionThinkProcessor.from_pretrained(str(path))
+    except (OSError, ValueError, ImportError) as error:
+        raise ModelError(f"{path}: cannot load its processor ({_one_line(error)})") from error
+    processor.chat_template = chat_template()
+    processor.tokenizer.chat_template = processor.chat_template
+    return processor
+
+
 def _one_line(error: Exception) -> str:
     """An error's message on one line."""
     return " ".join(str(error).split())

@@ -40,3 +40,35 @@ class VisionThinkProcessor(Qwen2_5_VLProcessor):
         size = self.image_processor.size
         factor = self.image_processor.patch_size * self.image_processor.merge_size
         return PixelGrid(factor=factor, min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`ProcessorMixin.save_pretrained`, plus what lets `AutoProcessor` load the folder (`add_auto_processor`)."""
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        add_auto_processor(save_directory)
+        return saved
+
+
+AUTO_PROCESSOR_MODULE = "processing_visionthink"
+AUTO_PROCESSOR_SOURCE = '''"""Lets `AutoProcessor(..., trust_remote_code=True)` load this folder's processor:
+`transformers serve --trust-remote-code` and `vllm serve --trust-remote-code` then see its images (without it they
+fall back to the tokenizer, or need torchvision for the stock Qwen2.5-VL processor). Needs `pip install visionthink`.
+"""
+
+from visionthink.models.processor import VisionThinkProcessor
+
+__all__ = ["VisionThinkProcessor"]
+'''
+
+
+def add_auto_processor(folder) -> None:
+    """Make a model folder's processor loadable by `AutoProcessor` with `trust_remote_code`: a two-line module that
+    imports `VisionThinkProcessor` from this package, named in `processor_config.json`'s `auto_map`."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    config_path = folder / "processor_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["auto_map"] = {"AutoProcessor": f"{AUTO_PROCESSOR_MODULE}.VisionThinkProcessor"}
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (folder / f"{AUTO_PROCESSOR_MODULE}.py").write_text(AUTO_PROCESSOR_SOURCE, encoding="utf-8")

@@ -45,6 +45,8 @@ class ChatRequest:
     sampling: SamplingConfig
     tools: list[dict] | None = None
     ban_tool_calls: bool = False
+    banned_ids: tuple[int, ...] = ()
+    """Token ids `logit_bias` bans (raw mode)."""
     return_image: bool = False
     include_usage_chunk: bool = False
     image_url: str | None = None
@@ -95,7 +97,6 @@ REFUSED = {
     "stop": "stop sequences are not supported; the model stops at the end of its turn",
     "logprobs": "logprobs are not supported",
     "top_logprobs": "logprobs are not supported",
-    "logit_bias": "logit_bias is not supported",
     "frequency_penalty": "frequency_penalty is not supported (only 0)",
     "presence_penalty": "presence_penalty is not supported (only 0)",
 }
@@ -103,7 +104,7 @@ REFUSED = {
 
 def _refuse_unsupported(request: ChatCompletionRequest) -> None:
     given = {"stop": request.stop, "logprobs": request.logprobs, "top_logprobs": request.top_logprobs,
-             "logit_bias": request.logit_bias, "frequency_penalty": request.frequency_penalty,
+             "frequency_penalty": request.frequency_penalty,
              "presence_penalty": request.presence_penalty}
     for name, value in given.items():
         if value not in (None, False, 0, "", [], {}):
@@ -115,6 +116,30 @@ def _refuse_unsupported(request: ChatCompletionRequest) -> None:
         raise ApiError(400, "only n=1 is supported", "unsupported_parameter", param="n")
     if request.tool_choice not in ("auto", "none", None):
         raise ApiError(400, "tool_choice must be 'auto' or 'none'", "unsupported_parameter", param="tool_choice")
+
+
+MAX_BANNED_IDS = 4096
+"""`logit_bias` entries a request may carry."""
+
+
+def banned_ids(logit_bias: dict[str, float] | None) -> tuple[int, ...]:
+    """The token ids a `logit_bias` bans. Only bans are supported (-100 or lower: the token is never written), as the
+    remote engine sends them to keep the tool call and image tokens out of a turn."""
+    if not logit_bias:
+        return ()
+    if len(logit_bias) > MAX_BANNED_IDS:
+        raise ApiError(400, f"logit_bias has {len(logit_bias)} entries; at most {MAX_BANNED_IDS}",
+                       "unsupported_parameter", param="logit_bias")
+    ids = []
+    for key, value in logit_bias.items():
+        if not (key.isascii() and key.isdigit() and len(key) <= 9):
+            raise ApiError(400, f"logit_bias key {key[:20]!r} is not a token id", "invalid_parameter",
+                           param="logit_bias")
+        if value > -100:
+            raise ApiError(400, "logit_bias: only bans (-100) are supported", "unsupported_parameter",
+                           param="logit_bias")
+        ids.append(int(key))
+    return tuple(sorted(set(ids)))
 
 
 def _sampling(request: ChatCompletionRequest, default: SamplingConfig, config: ServeConfig) -> SamplingConfig:
@@ -151,9 +176,13 @@ def chat_request(request: ChatCompletionRequest, config: ServeConfig, default_sa
     if tools and mode != "raw":
         raise ApiError(400, "a request with tools is answered in raw mode (the client runs the tool loop); drop "
                        "visionthink_mode or set it to 'raw'", "invalid_parameter", param="tools")
+    if request.logit_bias and mode != "raw":
+        raise ApiError(400, "logit_bias is supported in raw mode only (requests with tools)", "unsupported_parameter",
+                       param="logit_bias")
     chat = ChatRequest(
         mode=mode, messages=[], stream=request.stream, sampling=_sampling(request, default_sampling, config),
-        tools=tools, ban_tool_calls=request.tool_choice == "none", return_image=request.visionthink_return_image,
+        tools=tools, ban_tool_calls=request.tool_choice == "none", banned_ids=banned_ids(request.logit_bias),
+        return_image=request.visionthink_return_image,
         include_usage_chunk=request.stream_options is not None and request.stream_options.include_usage,
     )
     text_chars = len(json.dumps(tools)) if tools else 0

@@ -108,7 +108,8 @@ class ChatService:
                                             else part for part in message["content"]]}
                     for message in chat.messages]
         await self._in(self.decode_pool, self.budget.raw, messages, chat.tools, chat.sampling.max_new_tokens)
-        result = await self.batcher.submit(chat.key, RawJob(messages, chat.tools, chat.ban_tool_calls))
+        job = RawJob(messages, chat.tools, chat.ban_tool_calls, chat.banned_ids)
+        result = await self.batcher.submit(chat.key, job)
         return raw_reply(result, chat)
 
     async def images(self, urls: list[str]) -> list[Image.Image]:

@@ -44,6 +44,8 @@ class RawJob:
     messages: list[protocol.Message]
     tools: list[dict] | None
     ban_tool_calls: bool = False
+    banned_ids: tuple[int, ...] = ()
+    """More token ids the turn may not write (the request's `logit_bias` bans)."""
 
 
 @dataclass
@@ -127,8 +129,9 @@ class ModelWorker:
         decoder = KVDecoder(engine.model, engine.pad_id, engine.stop_ids)
         decoder.prefill(sequences, types, grids, pixels)
         engine.prefill_tokens += decoder.fed_tokens
-        banned = [[*engine.never_ids, engine.tool_call_id] if job.ban_tool_calls else list(engine.never_ids)
-                  for job in jobs]
+        vocabulary = engine.model.get_output_embeddings().weight.shape[0]
+        banned = [[*engine.never_ids, *([engine.tool_call_id] if job.ban_tool_calls else []),
+                   *(i for i in job.banned_ids if i < vocabulary)] for job in jobs]
         outputs = decoder.decode(sampling, banned_ids=banned, generator=engine.generator)
         seconds = (time.perf_counter() - began) / len(jobs)
         results = []
