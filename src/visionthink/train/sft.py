@@ -8,6 +8,7 @@ started again with the same command goes on from its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -163,6 +164,18 @@ def grounding(head: nn.Module, features: torch.Tensor, cells: torch.Tensor) -> t
     return nn.functional.cross_entropy(logits, cells[known]), accuracy
 
 
+@contextlib.contextmanager
+def vision_features(model):
+    """Collects the vision tower's merged features (a row per image token, images in order) of the forward
+    passes run inside. The model's outputs carry them only from transformers 5.24 on."""
+    seen: list[torch.Tensor] = []
+    handle = model.model.visual.register_forward_hook(lambda _module, _args, out: seen.append(out.pooler_output))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
 def learning_rate(config: SFTConfig, step: int) -> float:
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
@@ -284,8 +297,10 @@ def train_sft(config: SFTConfig) -> Path:
         batch = collate(processor, encoded)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        outputs, prefix = forward_with_shared_prefix(model, batch, output_hidden_states=teach_legibility or teach_box)
-        features = torch.cat(list(outputs.image_outputs.pooler_output))
+        with vision_features(model) as seen:
+            outputs, prefix = forward_with_shared_prefix(model, batch,
+                                                         output_hidden_states=teach_legibility or teach_box)
+        features = torch.cat(seen)
         targets = {name: torch.cat([t[name] for e in examples for t in e.aux]) for name in AUX_HEADS}
         aux_loss = heads["perception"].loss(features, targets)
         loss = outputs.loss + config.aux_weight * aux_loss
