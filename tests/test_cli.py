@@ -85,7 +85,7 @@ def test_missing_model_is_a_clear_error(item_png, tmp_path, capsys):
 
 
 def test_device_and_dtype_reach_the_model(item_png, shipped_model_dir, monkeypatch, capsys):
-    """`--device`/`--dtype` are arguments of the model loader, not environment variables."""
+    """`--device`/`--dtype`/`--attn-implementation` are arguments of the model loader, not environment variables."""
     import os
 
     import torch
@@ -95,17 +95,17 @@ def test_device_and_dtype_reach_the_model(item_png, shipped_model_dir, monkeypat
     loaded = []
     real = transformers_engine.load_model
 
-    def spy(model_dir, dtype=None, device=None):
-        model, processor = real(model_dir, dtype=dtype, device=device)
-        loaded.append((dtype, device, model.dtype, str(model.device)))
+    def spy(model_dir, dtype=None, device=None, **options):
+        model, processor = real(model_dir, dtype=dtype, device=device, **options)
+        loaded.append((dtype, device, model.dtype, str(model.device), model.config._attn_implementation))
         return model, processor
 
     monkeypatch.setattr(transformers_engine, "load_model", spy)
     path, item = item_png
     argv = ["--device", "cpu", "--dtype", "bfloat16", "ask", str(path), item.question,
-            "--model", str(shipped_model_dir)]
+            "--model", str(shipped_model_dir), "--attn-implementation", "eager"]
     assert main(argv) == 0, capsys.readouterr().err
-    assert loaded == [("bfloat16", "cpu", torch.bfloat16, "cpu")]
+    assert loaded == [("bfloat16", "cpu", torch.bfloat16, "cpu", "eager")]
     assert not any(key.startswith("VISIONTHINK_D") for key in os.environ)
 
 def demo_tables(stdout: str) -> list[list[dict[str, str]]]:
@@ -382,12 +382,13 @@ def test_serve_passes_device_and_dtype_to_the_model(shipped_model_dir, monkeypat
     loaded = []
     real = transformers_engine.load_model
 
-    def spy(model_dir, dtype=None, device=None):
-        loaded.append((dtype, device))
-        return real(model_dir, dtype=dtype, device=device)
+    def spy(model_dir, dtype=None, device=None, **options):
+        loaded.append((dtype, device, options))
+        return real(model_dir, dtype=dtype, device=device, **options)
 
     monkeypatch.setattr(transformers_engine, "load_model", spy)
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)  # load, build the app, do not listen
-    argv = ["--device", "cpu", "--dtype", "float32", "serve", "--model", str(shipped_model_dir), "--port", "8765"]
+    argv = ["--device", "cpu", "--dtype", "float32", "serve", "--model", str(shipped_model_dir), "--port", "8765",
+            "--device-map", "cpu"]
     assert main(argv) == 0
-    assert loaded == [("float32", "cpu")]
+    assert loaded == [("float32", "cpu", {"attn_implementation": None, "device_map": "cpu"})]

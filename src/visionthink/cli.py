@@ -123,9 +123,13 @@ def _ask(args: argparse.Namespace) -> int:
 
     if args.server:
         return _ask_server(args)
-    from visionthink.engines.transformers_engine import Request, TransformersEngine
+    from visionthink.engines.base import Request
+    from visionthink.engines.factory import build_engine
     from visionthink.images import load_image
 
+    if args.mode == "oracle":
+        raise VisionThinkError("`ask` has no oracle: an arbitrary image carries no needs-high-res label")
+    options = engine_options(args, batch_size=1)
     began = time.perf_counter()
     image = load_image(args.image, max_input_pixels=args.max_input_pixels)
     from visionthink.engines.kv_decoder import SamplingConfig
@@ -139,10 +143,7 @@ def _ask(args: argparse.Namespace) -> int:
             protocol = with_zoom(args.protocol)
         except ValueError as error:
             raise VisionThinkError(str(error)) from None
-    engine = TransformersEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                                protocol=protocol, sampling=sampling)
-    if args.mode == "oracle":
-        raise VisionThinkError("`ask` has no oracle: an arbitrary image carries no needs-high-res label")
+    engine = build_engine(options, sampling=sampling, protocol=protocol)
     episode = engine.run([Request(image, args.question)], args.mode)[0]
     summary = episode.summary()
     result = {key: summary[key] for key in ("answer", "resized", "action", "visual_tokens", "full_res_visual_tokens",
@@ -157,11 +158,11 @@ def _ask_server(args: argparse.Namespace) -> int:
 
     from visionthink.serve.client import ask_server
 
-    if args.model is not None or args.protocol != "visionthink":
-        raise VisionThinkError("--model and --protocol choose a local model; with --server the server's answers "
+    if args.model is not None or args.protocol != "visionthink" or args.engine != "transformers":
+        raise VisionThinkError("--model, --protocol and --engine choose a model; with --server the server's answers "
                                "(set them when starting `visionthink serve`)")
     began = time.perf_counter()
-    api_key = args.api_key or os.environ.get("VISIONTHINK_API_KEY") or None
+    api_key = args.remote_api_key or os.environ.get("VISIONTHINK_API_KEY") or None
     result = ask_server(args.server, args.image, args.question, args.mode, api_key, args.max_new_tokens)
     return _print_answer(result, time.perf_counter() - began, args.json)
 
@@ -270,6 +271,7 @@ def _eval(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         protocol=args.protocol,
         max_new_tokens=args.max_new_tokens,
+        engine=engine_options(args),
     )
     result = run_eval(config)
     if args.json:
@@ -295,7 +297,7 @@ def _data_curate(args: argparse.Namespace) -> int:
     datasets.disable_progress_bars()
     curation = curate(args.model, args.data, args.out, k=args.k, split=args.split, seed=args.seed,
                       temperature=args.temperature, limit=args.limit, batch_size=args.batch_size,
-                      progress=not args.no_progress, device=args.device, dtype=args.dtype)
+                      progress=not args.no_progress, engine_options=engine_options(args))
     print(format_confusion(curation))
     for note in curation.notes:
         print(f"note: {note}")
@@ -321,9 +323,53 @@ def _serve(args: argparse.Namespace) -> int:
     name = args.served_model_name or (Path(args.model).name if args.model else "tiny-synth")
     limits = {field: getattr(args, field) for _, field, _, _ in SERVE_LIMITS}
     config = ServeConfig(model_name=name, api_key=api_key, allow_remote_images=args.allow_remote_images, **limits)
-    serve(args.model, host=args.host, port=args.port, config=config, log_level=args.log_level, protocol=args.protocol,
-          device=args.device, dtype=args.dtype)
+    serve(engine_options(args), host=args.host, port=args.port, config=config, log_level=args.log_level)
     return 0
+
+
+ENGINES = ("transformers", "vllm", "remote")
+"""`visionthink.engines.factory.ENGINES`, written out so that parsing the command line imports nothing."""
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "eager")
+
+
+def add_engine_options(parser: argparse.ArgumentParser, api_key: str = "--api-key") -> None:
+    """`--engine` and what each engine needs; `api_key` names the remote server's key option."""
+    group = parser.add_argument_group("engine (where the model's turns are written)")
+    group.add_argument("--engine", default="transformers", choices=ENGINES,
+                       help="transformers: this process (default); vllm: vLLM in this process (GPU, the [vllm] "
+                       "extra); remote: an OpenAI-compatible server (vllm serve, transformers serve, visionthink "
+                       "serve)")
+    group.add_argument("--attn-implementation", default=None, choices=ATTN_IMPLEMENTATIONS,
+                       help="transformers: attention kernel (default: transformers' choice)")
+    group.add_argument("--device-map", default=None, metavar="MAP",
+                       help="transformers: 'auto' spreads a model larger than one GPU over the visible ones")
+    group.add_argument("--tensor-parallel-size", type=positive_int, default=None, help="vllm: GPUs per model")
+    group.add_argument("--gpu-memory-utilization", type=positive_float, default=None,
+                       help="vllm: share of GPU memory it may take")
+    group.add_argument("--base-url", default=None, metavar="URL",
+                       help="remote: the server, e.g. http://127.0.0.1:8000/v1 (--model names the folder it serves: "
+                       "its processor gives the pixel grid and the rendering check)")
+    group.add_argument(api_key, dest="remote_api_key", default=None,
+                       help="the key of the server asked (--engine remote, ask --server; or set "
+                       "VISIONTHINK_REMOTE_API_KEY, VISIONTHINK_API_KEY for ask --server)")
+    group.add_argument("--served-model", default=None,
+                       help="remote: the model id on the server (default: the first one /v1/models lists)")
+    group.add_argument("--concurrency", type=positive_int, default=8, help="remote: requests in flight (default 8)")
+
+
+def engine_options(args: argparse.Namespace, batch_size: int = 32):
+    """The `EngineOptions` of a command's arguments."""
+    from visionthink.engines.factory import EngineOptions
+
+    options = EngineOptions(
+        engine=args.engine, model=args.model, protocol=getattr(args, "protocol", None),
+        batch_size=getattr(args, "batch_size", None) or batch_size, device=args.device, dtype=args.dtype,
+        attn_implementation=args.attn_implementation, device_map=args.device_map,
+        tensor_parallel_size=args.tensor_parallel_size, gpu_memory_utilization=args.gpu_memory_utilization,
+        base_url=args.base_url, api_key=args.remote_api_key, served_model=args.served_model,
+        concurrency=args.concurrency)
+    options.check()
+    return options
 
 
 SERVE_LIMITS = (
@@ -388,8 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--server", default=None, metavar="URL",
                      help="ask a running `visionthink serve` at URL (e.g. http://127.0.0.1:8000): the episode runs "
                           "there and this process loads no model, so it starts in a fraction of a second")
-    ask.add_argument("--api-key", default=None,
-                     help="with --server: the server's API key (or set VISIONTHINK_API_KEY)")
+    add_engine_options(ask)
     ask.set_defaults(handler=_ask)
 
     demo = commands.add_parser("demo", help="all four modes on held-out synthetic test items, in trained and in "
@@ -432,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--limit", type=positive_int, default=None, help="only the first N items")
     curate.add_argument("--batch-size", type=positive_int, default=64)
     curate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_engine_options(curate)
     curate.set_defaults(handler=_data_curate)
 
     evaluate = commands.add_parser("eval", help="score, visual tokens, resize ratio and time per bench and mode")
@@ -451,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--protocol", default="visionthink", choices=PROTOCOLS, help=PROTOCOL_HELP)
     evaluate.add_argument("--max-new-tokens", type=positive_int, default=None, help=MAX_NEW_TOKENS_HELP)
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_engine_options(evaluate)
     evaluate.set_defaults(handler=_eval)
     serve = commands.add_parser("serve", help="OpenAI-compatible VisionThink server with a web page")
     serve.add_argument("--model", default=None, help="model folder (default: the shipped tiny checkpoint)")
@@ -467,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, dest=field, type=kind, default=default, help=f"{text} (default: {default})")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--protocol", default="visionthink", choices=PROTOCOLS, help=PROTOCOL_HELP)
+    add_engine_options(serve, api_key="--remote-api-key")
     serve.set_defaults(handler=_serve)
     return parser
 

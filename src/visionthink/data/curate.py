@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -178,12 +178,15 @@ def save_splits(splits, path: Path) -> None:
 
 def curate(model: str | None, data: str | Path, out: str | Path, k: int = 8, split: str = "train",
            seed: int = 0, temperature: float = 1.0, limit: int | None = None, batch_size: int = 64,
-           progress: bool = True, engine=None, device: str | None = None, dtype: str | None = None) -> Curation:
-    """Label every item, then save the training set (`train`: kept items, `discarded`: the rest) to `out`."""
+           progress: bool = True, engine=None, engine_options=None) -> Curation:
+    """Label every item, then save the training set (`train`: kept items, `discarded`: the rest) to `out`.
+
+    The rollouts run on `engine`, else on the one `engine_options` (`engines.factory.EngineOptions`) name, else on the
+    transformers engine over `model`."""
     from datasets import DatasetDict
 
+    from visionthink.engines.factory import EngineOptions, build_engine
     from visionthink.engines.kv_decoder import SamplingConfig
-    from visionthink.engines.transformers_engine import TransformersEngine
 
     if k < 1:
         raise VisionThinkError("--k must be at least 1")
@@ -194,8 +197,8 @@ def curate(model: str | None, data: str | Path, out: str | Path, k: int = 8, spl
         raise VisionThinkError(f"{data}: split {split!r} has no items")
     if engine is None:
         sampling = SamplingConfig(do_sample=True, temperature=temperature, seed=seed)
-        engine = TransformersEngine.from_pretrained(model, device=device, dtype=dtype, sampling=sampling,
-                                                    batch_size=batch_size)
+        options = engine_options or EngineOptions(model=model)
+        engine = build_engine(replace(options, batch_size=batch_size), sampling=sampling)
     failures: list[str] = []
     low, high = count_correct(engine, dataset, k, batch_size, progress, failures)
     labels = [label_item(lo, hi, k) for lo, hi in zip(low, high, strict=True)]

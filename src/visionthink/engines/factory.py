@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.errors import VisionThinkError
+
+if TYPE_CHECKING:
+    from visionthink.engines.kv_decoder import SamplingConfig
 
 ENGINES = ("transformers", "vllm", "remote")
 REMOTE_API_KEY_ENV = "VISIONTHINK_REMOTE_API_KEY"
@@ -93,3 +96,38 @@ def build_engine(options: EngineOptions, sampling: SamplingConfig | None = None,
                         api_key=options.api_key or os.environ.get(REMOTE_API_KEY_ENV) or None,
                         sampling=sampling, processor=load_processor(options.model), max_workers=options.concurrency,
                         batch_size=max(options.batch_size, options.concurrency), protocol=protocol)
+
+
+def with_profile(engine, profile):
+    """`engine` under another conversation format, sharing its model, vLLM instance or server."""
+    import copy
+
+    from visionthink.engines.transformers_engine import TransformersEngine
+    from visionthink.profiles import get_profile
+
+    if isinstance(engine, TransformersEngine):  # its drafting helpers are built for its profile
+        return TransformersEngine(engine.model, engine.processor, sampling=engine.sampling,
+                                  batch_size=engine.batch_size, protocol=profile)
+    other = copy.copy(engine)
+    other.protocol = get_profile(profile)
+    return other
+
+
+def is_local(engine) -> bool:
+    """Whether the engine's model runs in this process through transformers (the server's raw mode needs one)."""
+    return hasattr(engine, "model") and hasattr(engine.model, "register_forward_pre_hook")
+
+
+def served_context_length(options: EngineOptions) -> int:
+    """The context, in tokens, of the model folder `options` name (its config's position table)."""
+    import json
+
+    from visionthink.models.loading import default_model_dir
+
+    folder = Path(options.model) if options.model else default_model_dir()
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise VisionThinkError(f"{folder}: cannot read config.json ({error})") from None
+    text = config.get("text_config") or config
+    return int(text.get("max_position_embeddings") or config.get("max_position_embeddings"))

@@ -22,9 +22,9 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -46,6 +46,9 @@ from visionthink.eval.summary import (  # noqa: F401 - re-exported
 from visionthink.protocol import images_in
 from visionthink.rewards.judge_base import Judge
 from visionthink.rewards.judge_cache import CachedJudge
+
+if TYPE_CHECKING:
+    from visionthink.engines.factory import EngineOptions
 
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -78,6 +81,9 @@ class EvalConfig:
     max_new_tokens: int | None = None
     """Tokens per assistant turn (None: `SamplingConfig`'s default: enough for the tiny model, not for a 7B that
     thinks)."""
+    engine: EngineOptions | None = None
+    """Which engine runs the model (`engines.factory`; None: transformers, with `model`, `device`, `dtype` and
+    `batch_size` above, which also fill the options' unset fields)."""
 
 
 @dataclass
@@ -300,6 +306,14 @@ class _Engines:
         self.given = engine
         self.by_profile: dict[str, Any] = {}
 
+    def options(self) -> EngineOptions:
+        """The engine options, with the config's model, device, dtype and batch size where they leave them unset."""
+        from visionthink.engines.factory import EngineOptions
+
+        given = self.config.engine or EngineOptions()
+        return replace(given, model=given.model or self.config.model, device=given.device or self.config.device,
+                       dtype=given.dtype or self.config.dtype, batch_size=self.config.batch_size)
+
     def for_mode(self, mode: str):
         from visionthink.engines.base import ZOOM_MODES
         from visionthink.profiles import get_profile, with_zoom
@@ -317,17 +331,16 @@ class _Engines:
             raise VisionThinkError(str(error)) from None
         if wanted.name in self.by_profile:
             return self.by_profile[wanted.name]
-        from visionthink.engines.kv_decoder import SamplingConfig
-        from visionthink.engines.transformers_engine import TransformersEngine
+        if base is not None:  # same weights (or server), another conversation format
+            from visionthink.engines.factory import with_profile
 
-        if base is not None:  # same weights, another conversation format
-            built = TransformersEngine(base.model, base.processor, sampling=base.sampling, batch_size=base.batch_size,
-                                       protocol=wanted)
+            built = with_profile(base, wanted)
         else:
+            from visionthink.engines.factory import build_engine
+            from visionthink.engines.kv_decoder import SamplingConfig
+
             sampling = SamplingConfig(max_new_tokens=self.config.max_new_tokens) if self.config.max_new_tokens else None
-            built = TransformersEngine.from_pretrained(self.config.model, device=self.config.device,
-                                                       dtype=self.config.dtype, batch_size=self.config.batch_size,
-                                                       protocol=wanted, sampling=sampling)
+            built = build_engine(self.options(), sampling=sampling, protocol=wanted)
         self.by_profile[wanted.name] = built
         return built
 

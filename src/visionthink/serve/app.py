@@ -209,16 +209,18 @@ def _internal_error(error: Exception) -> ApiError:
 
 
 def create_app(engine: TransformersEngine, config: ServeConfig | None = None,
-               zoom_engine: TransformersEngine | None = None) -> FastAPI:
+               zoom_engine: TransformersEngine | None = None, context: int | None = None) -> FastAPI:
     """The ASGI app serving `engine` (its batch size is raised to `config.max_batch`). `zoom` requests run on
-    `zoom_engine`, by default one built on first use over the same model (`serve.worker.zoom_engine`)."""
+    `zoom_engine`, by default one built on first use over the same model (`serve.worker.zoom_engine`).
+    `engine` may also be a `VLLMEngine` or `RemoteEngine` (with a processor); `context` is then its model's context in
+    tokens (a local model's is read from it)."""
     config = config or ServeConfig()
     for served in (engine, zoom_engine):
         if served is not None:
             served.batch_size = max(served.batch_size, config.max_batch)
     worker = ModelWorker(engine, zoom_engine)
     batcher = Batcher(worker, max_batch=config.max_batch, wait_ms=config.batch_wait_ms, max_queue=config.max_queue)
-    service = ChatService(engine, worker.default_sampling, batcher, config)
+    service = ChatService(engine, worker.default_sampling, batcher, config, context)
     page = resources.files("visionthink.serve").joinpath("page.html").read_text(encoding="utf-8")
     state = ServerState(config, service, batcher, page)
 

@@ -10,8 +10,6 @@ internet should still sit behind a reverse proxy (docs/serving.md).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -67,15 +65,17 @@ def uvicorn_config(app, config: ServeConfig, host: str = "127.0.0.1", port: int 
                           backlog=min(2048, config.max_connections))
 
 
-def serve(model_dir: str | Path | None, host: str = "127.0.0.1", port: int = 8000,
-          config: ServeConfig | None = None, log_level: str = "info", protocol: str | None = None,
-          device: str | None = None, dtype: str | None = None) -> None:
-    """Load the model (on `device`, in `dtype`; defaults: a GPU when visible, the checkpoint's dtype) and serve it
-    until interrupted; `protocol` is the conversation format (`visionthink.profiles`, default visionthink)."""
-    from visionthink.engines.transformers_engine import TransformersEngine
+def serve(options=None, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
+          log_level: str = "info") -> None:
+    """Build the engine `options` name (`engines.factory.EngineOptions`; default: the shipped model on transformers)
+    and serve it until interrupted. Under `vllm` or `remote` the server runs VisionThink episodes only: raw mode
+    (requests with tools) belongs to the model's own server."""
+    from visionthink.engines.factory import EngineOptions, build_engine, is_local, served_context_length
     from visionthink.serve.app import create_app
 
     config = config or ServeConfig()
-    engine = TransformersEngine.from_pretrained(model_dir, device=device, dtype=dtype, batch_size=config.max_batch,
-                                                protocol=protocol)
-    uvicorn.Server(uvicorn_config(create_app(engine, config), config, host, port, log_level)).run()
+    options = options or EngineOptions()
+    options.batch_size = max(options.batch_size, config.max_batch)
+    engine = build_engine(options)
+    context = None if is_local(engine) else served_context_length(options)
+    uvicorn.Server(uvicorn_config(create_app(engine, config, context=context), config, host, port, log_level)).run()

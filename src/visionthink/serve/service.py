@@ -13,7 +13,9 @@ import warnings
 from PIL import Image
 
 from visionthink import protocol
+from visionthink.engines.factory import is_local
 from visionthink.engines.kv_decoder import SamplingConfig
+from visionthink.engines.remote import RemoteEngineError
 from visionthink.engines.transformers_engine import Request as EngineRequest
 from visionthink.engines.transformers_engine import TransformersEngine
 from visionthink.errors import VisionThinkError
@@ -54,13 +56,16 @@ class ChatService:
     """The work behind `POST /v1/chat/completions` for one engine."""
 
     def __init__(self, engine: TransformersEngine, default_sampling: SamplingConfig, batcher: Batcher,
-                 config: ServeConfig):
+                 config: ServeConfig, context: int | None = None):
         self.engine = engine
+        self.local = is_local(engine)
+        """The model runs here (raw mode needs it); else episodes go to a vLLM or remote engine."""
         self.grid = engine.processor.grid
         self.default_sampling = default_sampling
         self.batcher = batcher
         self.config = config
-        self.budget = TokenBudget(engine.processor, context_length(engine.model), getattr(engine, "protocol", None))
+        context = context if context is not None else context_length(engine.model)
+        self.budget = TokenBudget(engine.processor, context, getattr(engine, "protocol", None))
         self.zoom_profile = zoom_variant(getattr(engine, "protocol", None))
         """The profile `visionthink_mode: zoom` runs on (None: the served protocol has no zoom variant)."""
         self.special = SpecialTokens.of(engine.processor.tokenizer)
@@ -82,6 +87,9 @@ class ChatService:
         body = parse_json_body(raw)
         check_unicode(body)
         chat = chat_request(parse_chat_request(body), self.config, self.default_sampling, self.special)
+        if chat.mode == "raw" and not self.local:
+            raise ApiError(400, "this server runs its model through another server or vLLM: requests with tools (raw "
+                           "mode) go to the model's own server", "unsupported_parameter", param="tools")
         if chat.mode == "zoom" and self.zoom_profile is None:
             name = get_profile(getattr(self.engine, "protocol", None)).name
             raise ApiError(400, f"visionthink_mode 'zoom' needs the zoom_image tool, which protocol {name!r} does not "
@@ -98,7 +106,10 @@ class ChatService:
         profile = self.zoom_profile if chat.mode == "zoom" else None
         await self._in(self.decode_pool, self.budget.visionthink, chat.question, image.size, chat.mode,
                        chat.sampling.max_new_tokens, profile)
-        episode = await self.batcher.submit(chat.key, VisionThinkJob(EngineRequest(image, chat.question)))
+        try:
+            episode = await self.batcher.submit(chat.key, VisionThinkJob(EngineRequest(image, chat.question)))
+        except RemoteEngineError as error:
+            raise ApiError(502, f"the model's server failed: {error}", "upstream_error") from None
         views = await self._in(self.decode_pool, make_views, image, self.grid) if episode.zoomed else None
         return visionthink_reply(episode, chat, self.engine.stop_ids, views, self.grid)
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from visionthink import protocol
+from visionthink.engines.factory import is_local, with_profile
 from visionthink.engines.kv_decoder import KVDecoder, SamplingConfig
 from visionthink.engines.transformers_engine import Request, TransformersEngine
 from visionthink.pixels import per_image
@@ -84,29 +85,30 @@ class ModelWorker:
             if abandon is not None and abandon.requested and threading.current_thread() is thread:
                 raise Abandoned
 
-        hook = self.engine.model.register_forward_pre_hook(stop_if_abandoned)
+        hook = self.engine.model.register_forward_pre_hook(stop_if_abandoned) if is_local(self.engine) else None
         try:
             if sampling.seed is None:
                 return self._run(key.kind, payloads, sampling)
             return [self._run(key.kind, [payload], sampling)[0] for payload in payloads]
         finally:
-            hook.remove()
+            if hook is not None:
+                hook.remove()
 
     def _run(self, kind: str, payloads: list[Any], sampling: SamplingConfig) -> list[Any]:
         engine = self.engine_for(kind)
-        generator, memory = engine.generator, getattr(engine, "memory", None)
-        if sampling.seed is not None:
+        saved = {name: getattr(engine, name) for name in ("sampling", "generator", "memory") if hasattr(engine, name)}
+        if sampling.seed is not None and "generator" in saved:
             engine.generator = torch.Generator().manual_seed(sampling.seed)
             # what other requests wrote must not touch a seeded reply, not even through the rounding of a checked guess
             engine.memory = None
         try:
             if kind == "raw":
                 return self.generate_raw(payloads, sampling)
-            engine.sampling = sampling
+            engine.sampling = sampling  # vLLM and remote engines take the seed from the sampling itself
             return engine.run([p.request for p in payloads], kind)
         finally:
-            engine.sampling = self.default_sampling
-            engine.generator, engine.memory = generator, memory
+            for name, value in saved.items():
+                setattr(engine, name, value)
 
     def generate_raw(self, jobs: list[RawJob], sampling: SamplingConfig) -> list[RawResult]:
         """One assistant turn per job, all rows in one batched prefill and decode."""
@@ -143,7 +145,6 @@ class ModelWorker:
 
 
 def zoom_engine(engine: TransformersEngine) -> TransformersEngine:
-    """An engine on the same model and processor under `profiles.with_zoom(engine.protocol)` (a ValueError for a
+    """An engine on the same model (or server) under `profiles.with_zoom(engine.protocol)` (a ValueError for a
     protocol without a zoom variant: `release`)."""
-    return TransformersEngine(engine.model, engine.processor, sampling=engine.sampling, batch_size=engine.batch_size,
-                              protocol=with_zoom(engine.protocol))
+    return with_profile(engine, with_zoom(engine.protocol))
