@@ -8,16 +8,20 @@ import pytest
 
 from visionthink import protocol
 from visionthink.data.synth import make_item
+from visionthink.engines import factory
+from visionthink.errors import VisionThinkError
 from visionthink.integrations import lmms_eval_model
-from visionthink.integrations.lmms_eval_model import VisionThinkLMM
+from visionthink.integrations.lmms_eval_model import EpisodeTokenCounts, GenerationResult, VisionThinkLMM
 
-try:  # the same test the adapter makes: lmms-eval's model API imports
+try:  # the same test the adapter makes: lmms-eval's model API and GenerationResult import
+    import lmms_eval.api.instance
     import lmms_eval.api.model  # noqa: F401
 
-    HAS_LMMS = True
+    HAS_LMMS = hasattr(lmms_eval.api.instance, "GenerationResult")
 except ImportError:
     HAS_LMMS = False
 TASK, SPLIT = "synth_task", "test"
+NO_LMMS = "lmms-eval not installed (optional extra `lmms-eval`; docs/lmms-eval.md)"
 
 
 class FakeInstance:
@@ -46,12 +50,26 @@ def lmm(shipped_model_dir):
     return model
 
 
+def texts(results) -> list[str]:
+    return [result.text for result in results]
+
+
 def test_module_imports_without_lmms_eval_and_picks_the_right_base():
     assert lmms_eval_model.HAS_LMMS_EVAL == HAS_LMMS
     if not HAS_LMMS:
         assert issubclass(VisionThinkLMM, lmms_eval_model._LocalLMMBase)
+        assert GenerationResult is lmms_eval_model._LocalGenerationResult
+        assert issubclass(EpisodeTokenCounts, lmms_eval_model._LocalTokenCounts)
         with pytest.raises(ImportError, match="lmms-eval is not installed"):
             lmms_eval_model.register()
+
+
+def test_token_counts_carry_the_episode_cost():
+    counts = EpisodeTokenCounts(input_tokens=40, output_tokens=12, visual_tokens=20, full_res_visual_tokens=16,
+                                resized=True)
+    assert counts.to_dict() == {"input_tokens": 40, "output_tokens": 12, "visual_tokens": 20,
+                                "full_res_visual_tokens": 16, "resized": True}
+    assert EpisodeTokenCounts(output_tokens=3).to_dict() == {"output_tokens": 3}  # unknown counts are left out
 
 
 def test_generate_until_runs_episodes_in_request_order(lmm):
@@ -59,7 +77,8 @@ def test_generate_until_runs_episodes_in_request_order(lmm):
     order = [4, 0, 5, 2, 1, 3]
     lmm.task_dict = {TASK: {SPLIT: docs}}
     lmm.records.clear()
-    answers = lmm.generate_until(make_requests(docs, order))
+    results = lmm.generate_until(make_requests(docs, order))
+    answers = texts(results)
 
     # the same requests straight through the engine, in the same order and batches
     from visionthink.engines.transformers_engine import Request
@@ -67,6 +86,13 @@ def test_generate_until_runs_episodes_in_request_order(lmm):
     episodes = lmm.engine.run([Request(docs[i]["image"], docs[i]["question"]) for i in order], "visionthink")
     assert answers == [e.answer if e.answer is not None else lmm._final_text(e) for e in episodes]
     assert all(isinstance(a, str) and a for a in answers)
+    for result, episode in zip(results, episodes, strict=True):  # lmms-eval's own token counts
+        assert isinstance(result, GenerationResult)
+        assert result.token_counts.to_dict() == {
+            "input_tokens": episode.prompt_tokens, "output_tokens": episode.generated_tokens,
+            "visual_tokens": episode.visual_tokens, "full_res_visual_tokens": episode.full_res_visual_tokens,
+            "resized": episode.resized}
+        assert episode.prompt_tokens > episode.visual_tokens > 0 and episode.generated_tokens > 0
     assert [r["doc_id"] for r in lmm.records] == order
     assert [r["answer"] for r in lmm.records] == answers
     for record, episode in zip(lmm.records, episodes, strict=True):
@@ -75,6 +101,8 @@ def test_generate_until_runs_episodes_in_request_order(lmm):
         assert record["visual_tokens"] == episode.visual_tokens == sum(record["visual_tokens_per_turn"])
         assert len(record["visual_tokens_per_turn"]) == (2 if record["resized"] else 1)
         assert record["full_res_visual_tokens"] > record["visual_tokens_per_turn"][0] > 0
+        assert (record["prompt_tokens"], record["generated_tokens"]) == (episode.prompt_tokens,
+                                                                         episode.generated_tokens)
     # the trained tiny model gets most of these synthetic questions right
     correct = sum(a == docs[i]["answer"] for a, i in zip(answers, order, strict=True))
     assert correct >= len(order) // 2, (answers, [docs[i]["answer"] for i in order])
@@ -92,10 +120,11 @@ def test_fixed_resolution_modes_cost(lmm, mode):
     lmm.records.clear()
     lmm.mode = mode
     try:
-        answers = lmm.generate_until(make_requests(docs, [0, 1, 2]))
+        results = lmm.generate_until(make_requests(docs, [0, 1, 2]))
     finally:
         lmm.mode = "visionthink"
-    assert len(answers) == 3
+    assert len(results) == 3
+    assert [r.token_counts.visual_tokens for r in results] == [r["visual_tokens"] for r in lmm.records]
     for record in lmm.records:
         assert not record["resized"]
         if mode == "full":
@@ -104,13 +133,118 @@ def test_fixed_resolution_modes_cost(lmm, mode):
             assert record["visual_tokens"] < record["full_res_visual_tokens"]
 
 
+LMMS_ADDS = {"batch_size": "4", "max_batch_size": None, "device": None}
+"""What lmms-eval's evaluator adds to model_args (from its --batch_size and --device flags)."""
+
+
 def test_model_args_string(shipped_model_dir):
-    lmm = VisionThinkLMM.create_from_arg_string(
-        f"pretrained={shipped_model_dir},mode=low,max_new_tokens=32",
-        {"batch_size": "4", "max_batch_size": None, "device": None},  # what lmms-eval's evaluator adds
-    )
+    lmm = VisionThinkLMM.create_from_arg_string(f"pretrained={shipped_model_dir},mode=low,max_new_tokens=32",
+                                                LMMS_ADDS)
     assert (lmm.mode, lmm.batch_size, lmm.engine.batch_size) == ("low", 4, 4)
     assert lmm.engine.sampling.max_new_tokens == 32
+    assert (lmm.options.engine, lmm.options.device, lmm.protocol) == ("transformers", None, "visionthink")
+    assert lmm.engine.device.type == "cpu"  # no device from lmms-eval: the GPU when visible, else the CPU
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """The options and sampling `build_engine` is called with (no engine is built)."""
+    calls = []
+
+    def build_engine(options, sampling=None, protocol=None):
+        calls.append((options, sampling, protocol))
+        return ScriptedEngine([])
+
+    monkeypatch.setattr(factory, "build_engine", build_engine)
+    return calls
+
+
+def test_engine_options_from_model_args(built):
+    VisionThinkLMM.create_from_arg_string(
+        "engine=remote,base_url=http://127.0.0.1:9/v1,served_model=vt-7b,api_key=12345,concurrency=16,"
+        "protocol=release,pretrained=models/vt-7b", LMMS_ADDS)
+    options, sampling, _ = built[-1]
+    assert (options.engine, options.base_url, options.served_model, options.api_key, options.concurrency) == (
+        "remote", "http://127.0.0.1:9/v1", "vt-7b", "12345", 16)  # the key stays a string though parsed as a number
+    assert (options.protocol, str(options.model), options.batch_size, sampling) == ("release", "models/vt-7b", 4,
+                                                                                    None)
+    VisionThinkLMM.create_from_arg_string(
+        "attn_implementation=sdpa,device_map=auto,dtype=bfloat16,max_new_tokens=256",
+        {**LMMS_ADDS, "device": "cuda:1"})
+    options, sampling, _ = built[-1]
+    assert (options.engine, options.attn_implementation, options.device_map, options.dtype, options.device) == (
+        "transformers", "sdpa", "auto", "bfloat16", "cuda:1")
+    assert (options.protocol, sampling.max_new_tokens, sampling.do_sample) == ("visionthink", 256, False)
+    VisionThinkLMM.create_from_arg_string("engine=vllm,tensor_parallel_size=2,gpu_memory_utilization=0.8", LMMS_ADDS)
+    options, _, _ = built[-1]
+    assert (options.engine, options.tensor_parallel_size, options.gpu_memory_utilization) == ("vllm", 2, 0.8)
+    assert (options.device, options.concurrency) == (None, 8)
+
+
+@pytest.mark.parametrize(("args", "error", "match"), [
+    ("engine=remote", VisionThinkError, "needs --base-url"),
+    ("base_url=http://127.0.0.1:9/v1", VisionThinkError, "belong to --engine remote"),
+    ("engine=onnx", VisionThinkError, "unknown engine"),
+    ("protocol=visionthink-zoom", ValueError, "protocol must be one of"),
+    ("engine=remote,base_url=http://127.0.0.1:9/v1,concurrency=0", ValueError, "concurrency"),
+    ("engine=vllm,gpu_memory_utilization=1.5", ValueError, "gpu_memory_utilization"),
+    ("max_new_tokens=0", ValueError, "max_new_tokens"),
+])
+def test_bad_engine_options(built, args, error, match):
+    with pytest.raises(error, match=match):
+        VisionThinkLMM.create_from_arg_string(args, LMMS_ADDS)
+    assert not built
+
+
+def test_auto_device_means_the_gpu_when_visible(monkeypatch):
+    """No `device`: the factory leaves it unset and loading picks CUDA when torch sees a GPU."""
+    import torch
+
+    from visionthink.models.loading import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None) == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == "cpu"
+
+
+def test_release_protocol_through_the_factory(shipped_model_dir):
+    """`protocol=release` builds the engine on the authors' prompts and the episodes run on them."""
+    from visionthink.engines.base import Request
+
+    lmm = VisionThinkLMM.create_from_arg_string(f"pretrained={shipped_model_dir},protocol=release", LMMS_ADDS)
+    assert (lmm.protocol, lmm.engine.protocol.name) == ("release", "release")
+    docs = make_docs(2)
+    lmm.task_dict = {TASK: {SPLIT: docs}}
+    results = lmm.generate_until(make_requests(docs, [0, 1]))
+    episodes = lmm.engine.run([Request(d["image"], d["question"]) for d in docs], "visionthink")
+    assert texts(results) == [lmm._final_text(e).strip() for e in episodes]
+    assert [r.token_counts.input_tokens for r in results] == [e.prompt_tokens for e in episodes]
+    from visionthink.profiles import RELEASE
+
+    assert all(e.messages[:2] == RELEASE.first_turn(d["question"], e.messages[1]["content"][1]["image"])
+               for e, d in zip(episodes, docs, strict=True))
+
+
+def test_remote_engine_through_the_adapter(lmm, shipped_model, shipped_model_dir):
+    """`engine=remote` against `visionthink serve` over loopback: the same answers and counts as the local engine."""
+    from visionthink.engines.transformers_engine import TransformersEngine
+    from visionthink.serve.app import BackgroundServer, ServeConfig, create_app
+
+    docs = make_docs(4)
+    config = ServeConfig(model_name="tiny-remote", api_key="lmms-key", max_batch=8)
+    with BackgroundServer(create_app(TransformersEngine(*shipped_model), config)) as server:
+        remote = VisionThinkLMM.create_from_arg_string(
+            f"engine=remote,base_url={server.url}/v1,api_key=lmms-key,concurrency=2,pretrained={shipped_model_dir}",
+            LMMS_ADDS)
+        assert (type(remote.engine).__name__, remote.engine.batch_size, remote.engine.max_workers) == (
+            "RemoteEngine", 4, 2)
+        remote.task_dict = {TASK: {SPLIT: docs}}
+        got = remote.generate_until(make_requests(docs, [0, 1, 2, 3]))
+    lmm.task_dict = {TASK: {SPLIT: docs}}
+    want = lmm.generate_until(make_requests(docs, [0, 1, 2, 3]))
+    assert texts(got) == texts(want)
+    assert [r.token_counts.to_dict() for r in got] == [r.token_counts.to_dict() for r in want]
 
 
 def test_bad_arguments():
@@ -152,8 +286,9 @@ def test_answer_fallbacks_until_and_batching(tmp_path):
     ])
     lmm = VisionThinkLMM(engine=engine, batch_size=2, records_path=str(tmp_path / "records.jsonl"))
     lmm.task_dict = {TASK: {SPLIT: docs}}
-    answers = lmm.generate_until(make_requests(docs, [0, 1, 2], {"until": ["\n\n"], "max_new_tokens": 16}))
-    assert answers == ["red", "7", "just words"]
+    results = lmm.generate_until(make_requests(docs, [0, 1, 2], {"until": ["\n\n"], "max_new_tokens": 16}))
+    assert texts(results) == ["red", "7", "just words"]
+    assert [r.token_counts.visual_tokens for r in results] == [4, 4, 4]
     assert engine.calls == [(2, "visionthink"), (1, "visionthink")]
     assert [r["visual_tokens"] for r in lmm.records] == [4, 4, 4]
     saved = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
@@ -175,7 +310,7 @@ def test_unsupported_requests():
         lmm.generate_until_multi_round([])
 
 
-@pytest.mark.skipif(not HAS_LMMS, reason="lmms-eval not installed (optional extra `lmms-eval`, pulls a CUDA torch)")
+@pytest.mark.skipif(not HAS_LMMS, reason=NO_LMMS)
 def test_registration_with_lmms_eval():
     from lmms_eval.api.instance import Instance
     from lmms_eval.api.model import lmms
@@ -197,4 +332,10 @@ def test_registration_with_lmms_eval():
     instance = Instance(request_type="generate_until", idx=0,
                         arguments=("q", {"until": ["\n\n"]}, doc_to_visual, 0, TASK, SPLIT),
                         metadata={"task": TASK, "doc_id": 0, "repeats": 1})
-    assert lmm.generate_until([instance]) == ["blue"]
+    [result] = lmm.generate_until([instance])
+    from lmms_eval.api.instance import GenerationResult as LmmsResult
+    from lmms_eval.api.instance import TokenCounts, unwrap_generation_output
+
+    assert isinstance(result, LmmsResult) and isinstance(result.token_counts, TokenCounts)
+    text, counts = unwrap_generation_output(result)  # what lmms-eval's evaluator does with each result
+    assert (text, counts.input_tokens, counts.output_tokens, counts.to_dict()["visual_tokens"]) == ("blue", 0, 0, 4)

@@ -1,12 +1,11 @@
 """lmms-eval model class that answers each request with a VisionThink episode.
 
-lmms-eval (the `lmms-eval` extra) pulls a CUDA build of torch, so it stays out of the default install
-and is imported lazily here: this module imports without it. When lmms-eval is importable the class
-derives from its `lmms` base; otherwise from `_LocalLMMBase`, a stand-in with the same few attributes,
-so the request handling can be used and tested anywhere.
+lmms-eval (the `lmms-eval` extra; it runs on the CPU torch too, see docs/lmms-eval.md) is imported lazily here:
+this module imports without it. When lmms-eval is importable the class derives from its `lmms` base and returns its
+`GenerationResult`s; otherwise from `_LocalLMMBase` and returns the same-shaped `_LocalGenerationResult`s, so the
+request handling can be used and tested anywhere.
 
-lmms-eval finds the class by name once it is registered (see `register`, `manifest` and
-docs/lmms-eval.md):
+lmms-eval finds the class by name once it is registered (see `register`, `manifest` and docs/lmms-eval.md):
 
     python -m visionthink.integrations.lmms_eval_model --model visionthink \
         --model_args pretrained=checkpoints/tiny-synth,mode=visionthink --tasks chartqa --batch_size 8
@@ -17,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,12 @@ MODEL_NAME = "visionthink"
 CLASS_PATH = "visionthink.integrations.lmms_eval_model.VisionThinkLMM"
 MODES = ("visionthink", "full", "low")
 """Modes an lmms-eval run can use (`oracle` needs labels that lmms-eval documents lack)."""
+PROTOCOLS = ("visionthink", "release")
+"""Conversation formats (`profiles`): the project's, or the authors' prompts for their released checkpoints."""
+MODEL_ARGS = ("pretrained", "mode", "protocol", "batch_size", "max_new_tokens", "engine", "device", "dtype",
+              "attn_implementation", "device_map", "tensor_parallel_size", "gpu_memory_utilization", "base_url",
+              "api_key", "served_model", "concurrency", "records_path")
+"""What `--model_args` takes (lmms-eval adds `batch_size`, `max_batch_size` and `device` itself)."""
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +67,29 @@ class _LocalLMMBase:
         return self._world_size
 
 
+@dataclass
+class _LocalTokenCounts:
+    """lmms-eval 0.7.3's `TokenCounts`, for when lmms-eval is not installed."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts that are known."""
+        return {key: value for key, value in (("input_tokens", self.input_tokens),
+                                              ("output_tokens", self.output_tokens),
+                                              ("reasoning_tokens", self.reasoning_tokens)) if value is not None}
+
+
+@dataclass
+class _LocalGenerationResult:
+    """lmms-eval 0.7.3's `GenerationResult`, for when lmms-eval is not installed."""
+
+    text: str
+    token_counts: _LocalTokenCounts | None = None
+
+
 def _parse_value(value: str) -> Any:
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
@@ -72,16 +101,37 @@ def _parse_value(value: str) -> Any:
     return value
 
 
-def _lmms_base() -> tuple[type, bool]:
+def _lmms_api() -> tuple[type, type, type, bool]:
+    """lmms-eval's model base, `GenerationResult` and `TokenCounts`, or the local stand-ins."""
     try:
+        from lmms_eval.api.instance import GenerationResult, TokenCounts
         from lmms_eval.api.model import lmms
     except ImportError:
-        return _LocalLMMBase, False
-    return lmms, True
+        return _LocalLMMBase, _LocalGenerationResult, _LocalTokenCounts, False
+    return lmms, GenerationResult, TokenCounts, True
 
 
-_Base, HAS_LMMS_EVAL = _lmms_base()
-"""`HAS_LMMS_EVAL`: whether the class below derives from lmms-eval's own base."""
+_Base, GenerationResult, TokenCounts, HAS_LMMS_EVAL = _lmms_api()
+"""`HAS_LMMS_EVAL`: whether the class below derives from lmms-eval's own base (an lmms-eval with `GenerationResult`,
+0.7.3 tested); `GenerationResult` and `TokenCounts`: lmms-eval's, or the stand-ins with the same fields."""
+
+
+@dataclass
+class EpisodeTokenCounts(TokenCounts):
+    """lmms-eval's `TokenCounts` of one episode (input: the prompt tokens of its final context, images included;
+    output: the tokens it generated over all turns) plus its visual tokens and whether it resized, which lmms-eval's
+    samples log then records beside them."""
+
+    visual_tokens: int | None = None
+    full_res_visual_tokens: int | None = None
+    resized: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        counts = dict(super().to_dict())
+        counts.update({key: value for key, value in (("visual_tokens", self.visual_tokens),
+                                                     ("full_res_visual_tokens", self.full_res_visual_tokens),
+                                                     ("resized", self.resized)) if value is not None})
+        return counts
 
 
 def _as_int(value: Any, name: str, default: int) -> int:
@@ -91,9 +141,14 @@ def _as_int(value: Any, name: str, default: int) -> int:
         number = int(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if number < 1:
+    if number < 1 or number != value and not isinstance(value, str):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return number
+
+
+def _as_text(value: Any) -> str | None:
+    """A string option as lmms-eval's parser left it (it turns `123` into an int): None when unset."""
+    return None if value is None or value == "" else str(value)
 
 
 def _first_image(visuals: Any, where: str) -> Image.Image:
@@ -120,87 +175,136 @@ def _cut_at(text: str, until: Any) -> str:
     return text
 
 
+def engine_options(pretrained: Any = None, protocol: str = "visionthink", batch_size: int = 8,
+                   engine: str = "transformers", device: Any = None, dtype: Any = None,
+                   attn_implementation: Any = None, device_map: Any = None, tensor_parallel_size: Any = None,
+                   gpu_memory_utilization: Any = None, base_url: Any = None, api_key: Any = None,
+                   served_model: Any = None, concurrency: Any = None):
+    """`engines.factory.EngineOptions` from model_args values as lmms-eval parsed them (checked)."""
+    from visionthink.engines.factory import EngineOptions
+
+    memory = None
+    if gpu_memory_utilization not in (None, ""):
+        memory = float(gpu_memory_utilization)
+        if not 0 < memory <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
+    options = EngineOptions(
+        engine=str(engine), model=_as_text(pretrained), protocol=protocol, batch_size=batch_size,
+        device=_as_text(device), dtype=_as_text(dtype), attn_implementation=_as_text(attn_implementation),
+        device_map=_as_text(device_map), gpu_memory_utilization=memory,
+        tensor_parallel_size=None if tensor_parallel_size in (None, "") else _as_int(
+            tensor_parallel_size, "tensor_parallel_size", 1),
+        base_url=_as_text(base_url), api_key=_as_text(api_key), served_model=_as_text(served_model),
+        concurrency=_as_int(concurrency, "concurrency", 8))
+    options.check()
+    return options
+
+
 class VisionThinkLMM(_Base):
     """An lmms-eval "simple" model: each `generate_until` request becomes one VisionThink episode.
 
     Arguments (from `--model_args key=value,...`; lmms-eval adds `batch_size`, `max_batch_size` and
     `device` from its own flags, so give the batch size with `--batch_size`, not in `--model_args`):
 
-    - `pretrained`: model folder (default: the shipped `checkpoints/tiny-synth`);
+    - `pretrained`: model folder (default: the shipped `checkpoints/tiny-synth`); under `engine=remote`, the folder
+      the server serves, of which only the processor is read;
     - `mode`: `visionthink` (low-res first, the model may ask for full resolution), `full` or `low`;
+    - `protocol`: `visionthink` or `release` (the authors' prompts, for their released checkpoints);
     - `batch_size`: episodes run together (`auto` keeps the default, 8);
-    - `max_new_tokens`: generated tokens per assistant turn (default 64, the engine's default);
-    - `device`, `dtype`: passed to `visionthink.models.load_model`;
-    - `records_path`: a JSONL file to append `records` to (lmms-eval itself does not save them).
+    - `max_new_tokens`: generated tokens per assistant turn (default: the engine's, 64);
+    - `engine`: `transformers` (default), `vllm` or `remote` (from Python, also an engine object, used as it is);
+    - `device` (default: a GPU when visible), `dtype`, `attn_implementation`, `device_map`: `transformers`;
+      `dtype`, `tensor_parallel_size`, `gpu_memory_utilization`: `vllm`;
+    - `base_url`, `api_key` (default: $VISIONTHINK_REMOTE_API_KEY), `served_model`, `concurrency`: `remote`;
+    - `records_path`: a JSONL file to append `records` to.
 
-    The task's own `max_new_tokens` is not used (a VisionThink episode has its own turn budget); its
-    `until` stop sequences are applied to the final answer. What each request cost is kept in
-    `records`, in request order, and summed up by `cost_summary()`.
+    The task's own `max_new_tokens` is not used (a VisionThink episode has its own turn budget); its `until` stop
+    sequences are applied to the final answer. Each answer goes back as a `GenerationResult` whose `token_counts`
+    (`EpisodeTokenCounts`) hold the episode's prompt and generated tokens, visual tokens and resize. What each request
+    cost is also kept in `records`, in request order, and summed up by `cost_summary()`.
     """
 
     is_simple = True
 
-    def __init__(self, pretrained: str | None = None, mode: str = "visionthink", batch_size: Any = 8,
-                 max_new_tokens: Any = None, device: str | None = None, dtype: str = "auto",
-                 max_batch_size: Any = None, records_path: str | None = None, engine=None,
-                 **unknown: Any) -> None:
+    def __init__(self, pretrained: str | None = None, mode: str = "visionthink", protocol: str = "visionthink",
+                 batch_size: Any = 8, max_new_tokens: Any = None, engine: Any = "transformers",
+                 device: str | None = None, dtype: str | None = None, attn_implementation: str | None = None,
+                 device_map: str | None = None, tensor_parallel_size: Any = None, gpu_memory_utilization: Any = None,
+                 base_url: str | None = None, api_key: Any = None, served_model: Any = None, concurrency: Any = None,
+                 max_batch_size: Any = None, records_path: str | None = None, **unknown: Any) -> None:
         super().__init__()
         if unknown:
             raise ValueError(f"unknown model_args for {MODEL_NAME}: {', '.join(sorted(unknown))} (expected "
-                             "pretrained, mode, batch_size, max_new_tokens, device, dtype, records_path)")
+                             f"{', '.join(MODEL_ARGS)})")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         self.mode = mode
+        self.protocol = protocol
         self.batch_size = _as_int(batch_size, "batch_size", 8)
         self.records: list[dict[str, Any]] = []
-        """One dict per answered request, in request order: task, split, doc_id, answer, resized,
-        visual_tokens, full_res_visual_tokens, visual_tokens_per_turn, generated_tokens, seconds."""
-        if engine is None:
-            from visionthink.engines.kv_decoder import SamplingConfig
-            from visionthink.engines.transformers_engine import TransformersEngine
-            from visionthink.models import load_model
+        """One dict per answered request, in request order: task, split, doc_id, answer, resized, visual_tokens,
+        full_res_visual_tokens, visual_tokens_per_turn, prompt_tokens, generated_tokens, seconds."""
+        self.options = None
+        """The `EngineOptions` the engine was built from (None when an engine object was given)."""
+        if isinstance(engine, str):
+            from visionthink.engines import factory
 
-            default = SamplingConfig().max_new_tokens
-            sampling = SamplingConfig(max_new_tokens=_as_int(max_new_tokens, "max_new_tokens", default))
-            model, processor = load_model(pretrained or None, dtype=dtype, device=device or "cpu")
-            engine = TransformersEngine(model, processor, sampling=sampling, batch_size=self.batch_size)
+            self.options = engine_options(
+                pretrained=pretrained, protocol=protocol, batch_size=self.batch_size, engine=engine, device=device,
+                dtype=dtype, attn_implementation=attn_implementation, device_map=device_map,
+                tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+                base_url=base_url, api_key=api_key, served_model=served_model, concurrency=concurrency)
+            engine = factory.build_engine(self.options, sampling=self._sampling(max_new_tokens))
         self.engine = engine
+        self.protocol = getattr(getattr(engine, "protocol", None), "name", protocol)
         self.pretrained = pretrained
         self.records_path = Path(records_path) if records_path else None
 
+    @staticmethod
+    def _sampling(max_new_tokens: Any):
+        """Greedy decoding; None (the engine's default) unless `max_new_tokens` is given."""
+        if max_new_tokens in (None, "") or (isinstance(max_new_tokens, str) and max_new_tokens.startswith("auto")):
+            return None
+        from visionthink.engines.kv_decoder import SamplingConfig
+
+        return SamplingConfig(max_new_tokens=_as_int(max_new_tokens, "max_new_tokens", 1))
+
     # ------------------------------------------------------------------ lmms-eval API
 
-    def generate_until(self, requests: Sequence[Any]) -> list[str]:
-        """Final answers for lmms-eval `Instance`s whose `args` are
+    def generate_until(self, requests: Sequence[Any]) -> list[Any]:
+        """`GenerationResult`s (final answer and token counts) for lmms-eval `Instance`s whose `args` are
         `(context, gen_kwargs, doc_to_visual, doc_id, task, split)`, in request order."""
-        from visionthink.engines.transformers_engine import Request
+        from visionthink.engines.base import Request
 
-        answers: list[str] = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start : start + self.batch_size]
+        results: list[Any] = []
+        step = getattr(self.engine, "batch_size", None) or self.batch_size
+        for start in range(0, len(requests), step):
+            chunk = requests[start : start + step]
             unpacked = [self._unpack(instance) for instance in chunk]
-            batch = [Request(image, context) for context, _, image, _ in unpacked]
-            episodes = self.engine.run(batch, self.mode)
+            episodes = self.engine.run([Request(image, context) for context, _, image, _ in unpacked], self.mode)
+            new: list[dict[str, Any]] = []
             for (context, gen_kwargs, _, meta), episode in zip(unpacked, episodes, strict=True):
                 answer = _cut_at(self._final_text(episode), (gen_kwargs or {}).get("until")).strip()
-                answers.append(answer)
-                self.records.append({**meta, "answer": answer, "resized": episode.resized,
-                                     "visual_tokens": episode.visual_tokens,
-                                     "full_res_visual_tokens": episode.full_res_visual_tokens,
-                                     "visual_tokens_per_turn": list(episode.visual_tokens_per_turn),
-                                     "generated_tokens": episode.generated_tokens,
-                                     "seconds": episode.total_seconds})
+                results.append(GenerationResult(text=answer, token_counts=EpisodeTokenCounts(
+                    input_tokens=episode.prompt_tokens, output_tokens=episode.generated_tokens,
+                    visual_tokens=episode.visual_tokens, full_res_visual_tokens=episode.full_res_visual_tokens,
+                    resized=episode.resized)))
+                new.append({**meta, "answer": answer, "resized": episode.resized,
+                            "visual_tokens": episode.visual_tokens,
+                            "full_res_visual_tokens": episode.full_res_visual_tokens,
+                            "visual_tokens_per_turn": list(episode.visual_tokens_per_turn),
+                            "prompt_tokens": episode.prompt_tokens, "generated_tokens": episode.generated_tokens,
+                            "seconds": episode.total_seconds})
                 hook = getattr(self, "cache_hook", None)
                 if hook is not None and hasattr(hook, "add_partial"):
                     hook.add_partial("generate_until", (context, gen_kwargs), answer)
-        new = self.records[len(self.records) - len(answers):]
-        if self.records_path is not None and new:
-            self.records_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.records_path.open("a", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(record, default=str) + "\n" for record in new)
+            self.records.extend(new)
+            self._save(new)
         for task, numbers in self.cost_summary().items():
             logger.info("%s %s: %s", MODEL_NAME, task, numbers)
-        return answers
+        return results
 
     def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
         raise NotImplementedError(f"{MODEL_NAME}: loglikelihood is not supported; VisionThink only generates "
@@ -227,6 +331,14 @@ class VisionThinkLMM(_Base):
         return summary
 
     # ------------------------------------------------------------------ helpers
+
+    def _save(self, records: list[dict[str, Any]]) -> None:
+        """Append `records` to `records_path`, a batch at a time, so a long run keeps what it did."""
+        if self.records_path is None or not records:
+            return
+        self.records_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.records_path.open("a", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(record, default=str) + "\n" for record in records)
 
     def _unpack(self, instance: Any) -> tuple[str, dict, Image.Image, dict[str, Any]]:
         args = instance.args if hasattr(instance, "args") else instance
@@ -278,8 +390,9 @@ def register() -> type:
     evaluator since 0.5) and with the older `lmms_eval.api.registry.register_model` table.
     """
     if not HAS_LMMS_EVAL:
-        raise ImportError("lmms-eval is not installed (or failed to import); install it with "
-                          "`pip install -e '.[lmms-eval]'` on a machine with a CUDA torch")
+        raise ImportError("lmms-eval is not installed (or failed to import); install lmms-eval 0.7.3 with "
+                          "`pip install -e '.[lmms-eval]'` and then `pip uninstall -y torchvision` "
+                          "(docs/lmms-eval.md)")
     from lmms_eval.api.registry import register_model
 
     register_model(MODEL_NAME)(VisionThinkLMM)
