@@ -392,3 +392,45 @@ def test_serve_passes_device_and_dtype_to_the_model(shipped_model_dir, monkeypat
             "--device-map", "cpu"]
     assert main(argv) == 0
     assert loaded == [("float32", "cpu", {"attn_implementation": None, "device_map": "cpu"})]
+
+
+def test_ask_on_vllm_without_vllm_is_one_line_and_exit_2(item_png, capsys):
+    pytest.importorskip("visionthink.engines.vllm_engine")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("vLLM is installed here")
+    path, item = item_png
+    assert main(["ask", str(path), item.question, "--engine", "vllm"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the vLLM engine needs vLLM")
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--engine", "remote"], "--engine remote needs --base-url"),
+    (["--base-url", "http://127.0.0.1:9/v1"], "--base-url and --served-model belong to --engine remote"),
+])
+def test_engine_options_are_checked_before_any_work(item_png, capsys, argv, says):
+    path, item = item_png
+    assert main(["ask", str(path), item.question, *argv]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: {says}")
+
+
+def test_eval_on_the_remote_engine_equals_the_local_eval(shipped_model, tmp_path, capsys):
+    """`eval --engine remote` against a real server on loopback: the same answers, resizes and tokens."""
+    from visionthink.engines.transformers_engine import TransformersEngine
+    from visionthink.serve.app import BackgroundServer, ServeConfig, create_app
+
+    local = ["eval", "--bench", "synth", "--modes", "low,visionthink", "--limit", "12", "--json", "--no-progress"]
+    assert main([*local, "--out", str(tmp_path / "local")]) == 0
+    want = json.loads(capsys.readouterr().out)
+    app = create_app(TransformersEngine(*shipped_model), ServeConfig(model_name="tiny", max_batch=8))
+    with BackgroundServer(app) as server:
+        assert main([*local, "--out", str(tmp_path / "remote"), "--engine", "remote", "--base-url",
+                     server.url + "/v1", "--concurrency", "4"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    for mode in ("low", "visionthink"):
+        for key in ("score", "visual_tokens", "resize_ratio", "no_answer"):
+            assert got["synth"][mode][key] == want["synth"][mode][key], (mode, key)

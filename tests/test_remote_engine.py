@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import urllib.error
 import urllib.request
 
 import pytest
@@ -12,7 +13,7 @@ from conftest import full_tokens  # tests/ is on sys.path
 from PIL import Image
 
 from visionthink import protocol
-from visionthink.engines.remote import RemoteEngine, RemoteEngineError, reply_text
+from visionthink.engines.remote import RemoteEngine, RemoteEngineError, png_data_url, reply_text
 from visionthink.engines.transformers_engine import Request, TransformersEngine
 from visionthink.errors import VisionThinkError
 from visionthink.images import load_image, make_views
@@ -47,7 +48,8 @@ def post(server, body: dict) -> dict:
 
 @pytest.mark.parametrize("mode", ["visionthink", "oracle", "low", "full"])
 def test_remote_episodes_equal_local_ones(server, engine, requests_, mode):
-    remote = RemoteEngine(server.url, api_key=KEY, grid=engine.processor.grid, max_workers=6)
+    """With the served folder's processor: bans through logit_bias, and every reply's prompt length checked."""
+    remote = RemoteEngine(server.url, api_key=KEY, processor=engine.processor, max_workers=6)
     assert remote.model == "tiny-remote"  # asked from /v1/models
     got = remote.run(requests_, mode)
     want = engine.run(requests_, mode)
@@ -59,6 +61,7 @@ def test_remote_episodes_equal_local_ones(server, engine, requests_, mode):
         assert g.visual_tokens_per_turn == w.visual_tokens_per_turn
         assert g.full_res_visual_tokens == w.full_res_visual_tokens
         assert g.generated_tokens == w.generated_tokens
+        assert g.prompt_tokens == w.prompt_tokens
         assert [m["role"] for m in g.messages] == [m["role"] for m in w.messages]
 
 
@@ -167,3 +170,166 @@ def test_vllm_engine_explains_a_missing_vllm():
 
     with pytest.raises(VisionThinkError, match="pip install 'visionthink\\[vllm\\]'"):
         VLLMEngine.from_pretrained("/nonexistent")
+
+
+# ---------------------------------------------------------------- against a scripted server on loopback
+
+
+class ScriptedServer:
+    """An OpenAI-compatible endpoint on loopback that answers from a script and records what it was sent."""
+
+    def __init__(self, replies: list):
+        import http.server
+        import threading
+
+        self.replies = list(replies)
+        self.bodies: list[dict] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                outer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                status, reply = outer.replies.pop(0) if len(outer.replies) > 1 else outer.replies[0]
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def completion(content: str, prompt_tokens: int, completion_tokens: int = 5, **message) -> tuple[int, dict]:
+    return 200, {"choices": [{"message": {"role": "assistant", "content": content, **message},
+                              "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}}
+
+
+def first_prompt_tokens(engine, request) -> int:
+    remote = RemoteEngine("http://127.0.0.1:9", model="m", processor=engine.processor)
+    views = make_views(load_image(request.image, grid=engine.grid), engine.grid)
+    return remote.local_prompt_tokens(protocol.first_turn(request.question, views.low))
+
+
+def test_a_server_that_renders_otherwise_fails_loudly(engine, requests_):
+    """A server that drops the image (a tokenizer-only processor) reports fewer prompt tokens: the run stops."""
+    local = first_prompt_tokens(engine, requests_[0])
+    server = ScriptedServer([completion("<think>t</think>\n<answer>red</answer>", local - 6)])
+    try:
+        remote = RemoteEngine(server.url, model="m", processor=engine.processor)
+        with pytest.raises(RemoteEngineError, match=f"as {local - 6} prompt tokens, the local template as {local}"):
+            remote.run(requests_[:1], "low")
+    finally:
+        server.close()
+
+
+def test_transient_failures_are_retried_and_client_errors_are_not(engine, requests_):
+    local = first_prompt_tokens(engine, requests_[0])
+    busy = (503, {"error": {"message": "busy"}})
+    server = ScriptedServer([busy, busy, completion("<answer>red</answer>", local)])
+    try:
+        remote = RemoteEngine(server.url, model="m", processor=engine.processor)
+        remote._call = retry_fast(remote)
+        episode = remote.run(requests_[:1], "low")[0]
+        assert episode.answer == "red" and len(server.bodies) == 3
+    finally:
+        server.close()
+    server = ScriptedServer([(400, {"error": {"message": "bad request"}}), completion("<answer>red</answer>", local)])
+    try:
+        remote = RemoteEngine(server.url, model="m", processor=engine.processor)
+        with pytest.raises(RemoteEngineError, match="HTTP 400: bad request"):
+            remote.run(requests_[:1], "low")
+        assert len(server.bodies) == 1
+    finally:
+        server.close()
+
+
+def retry_fast(remote: RemoteEngine):
+    """`remote._call` with the same retry rule and no waiting."""
+    from tenacity import retry, retry_if_exception, stop_after_attempt
+
+    return retry(retry=retry_if_exception(lambda e: getattr(e, "transient", False)),
+                 stop=stop_after_attempt(remote.attempts), reraise=True)(remote._call_once)
+
+
+def test_split_replies_are_joined_back_and_bans_are_sent(engine, requests_):
+    """A server with reasoning and tool-call parsers (transformers serve, vLLM with parsers) splits the turn; the
+    engine rebuilds the text the model wrote, and bans the call and the image tokens through logit_bias."""
+    local = first_prompt_tokens(engine, requests_[0])
+    call = {"id": "c1", "type": "function", "function": {"name": "resize_image", "arguments": '{"action": "resize"}'}}
+    server = ScriptedServer([completion("", local, reasoning_content="Read the label.", tool_calls=[call]),
+                             completion("<answer>dots</answer>", 0, reasoning_content="Now it is clear.")])
+    try:
+        remote = RemoteEngine(server.url, model="m", processor=engine.processor)
+        episode = remote.run(requests_[:1], "visionthink")[0]
+    finally:
+        server.close()
+    texts = [protocol.assistant_text(m) for m in episode.messages if m["role"] == "assistant"]
+    assert texts == [protocol.resize_text("Read the label."), "<think>Now it is clear.</think>\n<answer>dots</answer>"]
+    assert episode.resized and episode.answer == "dots" and episode.well_formed
+    tool_call = str(engine.processor.tokenizer.convert_tokens_to_ids("<tool_call>"))
+    image_pad = str(engine.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+    first, second = server.bodies
+    assert first["tool_choice"] == "auto" and tool_call not in first["logit_bias"]
+    assert first["logit_bias"][image_pad] == -100
+    assert [m["role"] for m in second["messages"]] == ["system", "user", "assistant", "tool"]
+    assert second["messages"][2]["content"] == texts[0]
+
+
+def test_low_mode_bans_the_call_even_where_tool_choice_is_ignored(engine, requests_):
+    local = first_prompt_tokens(engine, requests_[0])
+    server = ScriptedServer([completion("<answer>red</answer>", local)])
+    try:
+        RemoteEngine(server.url, model="m", processor=engine.processor).run(requests_[:1], "low")
+    finally:
+        server.close()
+    tool_call = str(engine.processor.tokenizer.convert_tokens_to_ids("<tool_call>"))
+    assert server.bodies[0]["tool_choice"] == "none" and server.bodies[0]["logit_bias"][tool_call] == -100
+
+
+def test_raw_mode_takes_bans_only(server, engine, requests_):
+    episodes = engine.run(requests_, "visionthink")
+    resizing = next(r for r, e in zip(requests_, episodes, strict=True) if e.resized)
+    tool_call = engine.processor.tokenizer.convert_tokens_to_ids("<tool_call>")
+    reply = post(server, _raw_body(engine, resizing, logit_bias={str(tool_call): -100}))
+    assert reply["choices"][0]["finish_reason"] == "stop"  # the model wanted the call; the ban kept it out
+    assert "<tool_call>" not in reply["choices"][0]["message"]["content"]
+    for bias, why in (({str(tool_call): 5}, "only bans"), ({"x": -100}, "not a token id")):
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            post(server, _raw_body(engine, resizing, logit_bias=bias))
+        assert raised.value.code == 400 and why in json.loads(raised.value.read())["error"]["message"]
+
+
+def test_serve_on_the_remote_engine_runs_episodes_through_another_server(server, engine, requests_):
+    """`visionthink serve --engine remote` in front of another server: the same episodes, two hops."""
+    from visionthink.engines.factory import EngineOptions, build_engine
+
+    remote = build_engine(EngineOptions(engine="remote", base_url=server.url + "/v1", api_key=KEY, concurrency=4))
+    front = create_app(remote, ServeConfig(model_name="front"), context=4096)
+    want = engine.run(requests_[:4], "visionthink")
+    with BackgroundServer(front) as running:
+        for request, episode in zip(requests_[:4], want, strict=True):
+            body = {"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": png_data_url(load_image(request.image))}},
+                {"type": "text", "text": request.question}]}]}
+            request_ = urllib.request.Request(running.url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                              headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request_, timeout=60) as response:
+                reply = json.loads(response.read())
+            assert reply["choices"][0]["message"]["content"] == episode.answer
+            assert reply["usage"]["visual_tokens"] == episode.visual_tokens
+        raw = _raw_body(engine, requests_[0])
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(urllib.request.Request(running.url + "/v1/chat/completions",
+                                                          data=json.dumps(raw).encode(),
+                                                          headers={"Content-Type": "application/json"}), timeout=60)
+        assert raised.value.code == 400 and "model's own server" in json.loads(raised.value.read())["error"]["message"]

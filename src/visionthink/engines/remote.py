@@ -85,9 +85,12 @@ class RemoteEngine:
         (so `tool_choice` cannot keep a call out of a turn) and with its tool turns as user turns."""
         self.banned_ids: list[int] = []
         self.tool_call_id: int | None = None
+        self.stop_ids: list[int] = []
         if processor is not None:
-            self.banned_ids = never_write_ids(processor.tokenizer)
-            self.tool_call_id = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
+            tokenizer = processor.tokenizer
+            self.banned_ids = never_write_ids(tokenizer)
+            self.tool_call_id = tokenizer.convert_tokens_to_ids("<tool_call>")
+            self.stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
 
     # ------------------------------------------------------------ HTTP
 
