@@ -20,6 +20,27 @@ ImageSource = str | os.PathLike | bytes | bytearray | Image.Image
 DEFAULT_MAX_INPUT_PIXELS = 50_000_000
 """Images with more pixels than this are refused before decoding (decompression bombs)."""
 
+RELEASE_MIN_PIXELS = 512 * 512
+"""The authors' release scales smaller training images up to this many pixels (`clamp_to_pixel_range`)."""
+RELEASE_MAX_PIXELS = 2048 * 2048
+"""The authors' release scales larger training images down to this many pixels (`clamp_to_pixel_range`)."""
+
+
+def clamp_to_pixel_range(image: Image.Image, min_pixels: int = RELEASE_MIN_PIXELS,
+                         max_pixels: int = RELEASE_MAX_PIXELS) -> Image.Image:
+    """The image scaled, aspect kept, into about [min_pixels, max_pixels] as the release's dataset does
+    (`verl/utils/dataset/multimodal_dataset.py`, `process_image`): over `max_pixels`, both sides times
+    sqrt(max_pixels / area), truncated to ints; then under `min_pixels`, the same towards `min_pixels`; LANCZOS.
+    Truncation can leave the area a little under `min_pixels`, as in the release. An image in range is returned
+    as it is."""
+    for bound, outside in ((max_pixels, lambda area: area > max_pixels), (min_pixels, lambda area: area < min_pixels)):
+        area = image.width * image.height
+        if outside(area):
+            scale = math.sqrt(bound / area)
+            size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+            image = image.resize(size, Image.Resampling.LANCZOS)
+    return image
+
 
 @dataclass(frozen=True)
 class PixelGrid:
