@@ -339,3 +339,79 @@ def test_registration_with_lmms_eval():
     assert isinstance(result, LmmsResult) and isinstance(result.token_counts, TokenCounts)
     text, counts = unwrap_generation_output(result)  # what lmms-eval's evaluator does with each result
     assert (text, counts.input_tokens, counts.output_tokens, counts.to_dict()["visual_tokens"]) == ("blue", 0, 0, 4)
+
+
+TASK_YAML = """\
+task: vt_synth
+dataset_path: {data}
+dataset_kwargs:
+  load_from_disk: true
+test_split: test
+output_type: generate_until
+doc_to_visual: !function vt_synth_utils.doc_to_visual
+doc_to_text: !function vt_synth_utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 16
+  until: ["\\n\\n"]
+process_results: !function vt_synth_utils.process_results
+metric_list:
+  - metric: vt_match
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 0.0
+"""
+TASK_UTILS = """\
+def doc_to_visual(doc):
+    return [doc["image"].convert("RGB")]
+
+
+def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    return doc["question"]
+
+
+def process_results(doc, results):
+    return {"vt_match": float(results[0] == doc["answer"])}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LMMS, reason=NO_LMMS)
+def test_lmms_eval_evaluator_on_a_local_task(tmp_path, shipped_model_dir):
+    """lmms-eval's own `simple_evaluate` on a task of synthetic items saved to disk: the samples it logs hold the
+    episodes' answers, scores and token counts, equal to the engine's run on the same items."""
+    from lmms_eval import evaluator
+    from lmms_eval.tasks import TaskManager
+
+    from visionthink.data.export import write_synth_dataset
+    from visionthink.data.synth import split_items
+    from visionthink.engines.base import Request
+    from visionthink.engines.transformers_engine import TransformersEngine
+
+    n = 6
+    data = write_synth_dataset(tmp_path / "data", n=n, seed=0, splits=["test"])
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "vt_synth.yaml").write_text(TASK_YAML.format(data=data))
+    (tasks / "vt_synth_utils.py").write_text(TASK_UTILS)
+    lmms_eval_model.register()
+    out = evaluator.simple_evaluate(model="visionthink", model_args=f"pretrained={shipped_model_dir}",
+                                    tasks=["vt_synth"], batch_size=2, log_samples=True,
+                                    task_manager=TaskManager(include_path=str(tasks), include_defaults=False))
+    samples = sorted(out["samples"]["vt_synth"], key=lambda sample: sample["doc_id"])
+
+    items = split_items("test", n, seed=0)
+    engine = TransformersEngine.from_pretrained(shipped_model_dir, batch_size=2)
+    episodes = engine.run([Request(item.image, item.question) for item in items], "visionthink")
+    assert any(e.resized for e in episodes) and not all(e.resized for e in episodes)
+    for sample, episode, item in zip(samples, episodes, items, strict=True):
+        answer = VisionThinkLMM._final_text(episode).strip()
+        assert sample["filtered_resps"] == [answer]
+        assert sample["vt_match"] == float(answer == item.answer)
+        assert sample["token_counts"] == [{
+            "input_tokens": episode.prompt_tokens, "output_tokens": episode.generated_tokens,
+            "visual_tokens": episode.visual_tokens, "full_res_visual_tokens": episode.full_res_visual_tokens,
+            "resized": episode.resized}]
+    score = out["results"]["vt_synth"]["vt_match,none"]
+    assert score == pytest.approx(sum(s["vt_match"] for s in samples) / n)
