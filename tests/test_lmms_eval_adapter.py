@@ -188,6 +188,8 @@ def test_engine_options_from_model_args(built):
     ("protocol=visionthink-zoom", ValueError, "protocol must be one of"),
     ("engine=remote,base_url=http://127.0.0.1:9/v1,concurrency=0", ValueError, "concurrency"),
     ("engine=vllm,gpu_memory_utilization=1.5", ValueError, "gpu_memory_utilization"),
+    ("engine=vllm,gpu_memory_utilization=most", ValueError, "gpu_memory_utilization"),
+    ("engine=vllm,tensor_parallel_size=1.5", ValueError, "tensor_parallel_size"),
     ("max_new_tokens=0", ValueError, "max_new_tokens"),
 ])
 def test_bad_engine_options(built, args, error, match):

@@ -141,7 +141,7 @@ def _as_int(value: Any, name: str, default: int) -> int:
         number = int(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if number < 1 or number != value and not isinstance(value, str):
+    if number < 1 or (number != value and not isinstance(value, str)):  # 0, -1, 2.5
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return number
 
@@ -185,7 +185,10 @@ def engine_options(pretrained: Any = None, protocol: str = "visionthink", batch_
 
     memory = None
     if gpu_memory_utilization not in (None, ""):
-        memory = float(gpu_memory_utilization)
+        try:
+            memory = float(gpu_memory_utilization)
+        except (TypeError, ValueError):
+            memory = -1.0
         if not 0 < memory <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization!r}")
     options = EngineOptions(
