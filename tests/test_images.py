@@ -175,14 +175,11 @@ def test_plain_modes_convert_to_rgb(mode, colour, expected):
 @pytest.mark.parametrize(
     ("make", "fmt"),
     [
-        (lambda: Image.new("CMYK", (6, 4), (0, 255, 255, 0)), "TIFF"),
         (lambda: Image.new("1", (6, 4), 1), "PNG"),
         (lambda: Image.new("L", (6, 4), 77), "PNG"),
         (lambda: Image.new("LA", (6, 4), (10, 255)), "PNG"),
         (lambda: Image.new("RGBA", (6, 4), (1, 2, 3, 255)), "PNG"),
         (_i16_gradient, "PNG"),
-        (_int32_gradient, "TIFF"),
-        (_float_gradient, "TIFF"),
     ],
 )
 def test_every_mode_from_encoded_bytes_is_rgb(make, fmt):
@@ -193,6 +190,15 @@ def test_every_mode_from_encoded_bytes_is_rgb(make, fmt):
 
 
 # ---------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(("make", "fmt"), [
+    (lambda: Image.new("CMYK", (6, 4), (0, 255, 255, 0)), "TIFF"), (_int32_gradient, "TIFF"),
+    (_float_gradient, "TIFF"), (lambda: Image.new("RGB", (6, 4)), "BMP"), (lambda: Image.new("RGB", (16, 16)), "ICO"),
+])
+def test_formats_outside_the_allow_list_are_refused(make, fmt):
+    with pytest.raises(ImageError, match="not a recognised image format"):
+        load_image(encode(make(), fmt))
 
 
 def test_corrupt_bytes_are_refused():

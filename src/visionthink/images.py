@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import struct
 import warnings
 from collections.abc import Callable
@@ -19,6 +20,22 @@ ImageSource = str | os.PathLike | bytes | bytearray | Image.Image
 
 DEFAULT_MAX_INPUT_PIXELS = 50_000_000
 """Images with more pixels than this are refused before decoding (decompression bombs)."""
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+"""The formats decoded. Others (ICO, ICNS, EPS, TIFF, ...) are refused before Pillow parses them: some decode in
+full when opened, some run external programs, and their parsers were never bounded here."""
+MAX_JPEG_SCANS = 32
+"""Scans of one JPEG (libjpeg passes over every coefficient per scan, ~30 ms at 16 MP; a progressive JPEG has ten)."""
+MAX_JPEG_SEGMENTS = 1000
+"""Marker segments before a JPEG's first scan (Pillow parses each in Python; a camera JPEG has about twenty)."""
+MAX_JPEG_PADDING = 65536
+"""Fill and junk bytes between those segments (Pillow steps through them one at a time in Python)."""
+MAX_PNG_CHUNKS = 20000
+"""Chunks of one PNG (Pillow reads each in Python; encoders cut image data into 8-64 KB chunks)."""
+MAX_GIF_BLOCKS = 10000
+"""Extension sub-blocks and stray bytes before a GIF's first image (Pillow reads each in Python)."""
+
+_FILL = re.compile(rb"\xff+")
 
 RELEASE_MIN_PIXELS = 512 * 512
 """The authors' release scales smaller training images up to this many pixels (`clamp_to_pixel_range`)."""
@@ -117,9 +134,91 @@ def load_image(source: ImageSource, max_input_pixels: int = DEFAULT_MAX_INPUT_PI
     raise ImageError(f"cannot load an image from a {type(source).__name__}")
 
 
+def check_encoded(data: bytes, name: str = "image data") -> None:
+    """Refuse, with `ImageError` and before Pillow parses it, an image that is not PNG, JPEG, WebP or GIF, or whose
+    structure would make decoding slow: too many JPEG scans, segments or fill bytes, PNG chunks or GIF blocks.
+    Costs a few C-speed scans of the bytes and at most a few thousand Python steps."""
+    data = bytes(data)
+    if data.startswith(b"\xff\xd8\xff"):
+        _check_jpeg(data, name)
+    elif data.startswith(b"\x89PNG\r\n\x1a\n"):
+        _check_png(data, name)
+    elif data.startswith((b"GIF87a", b"GIF89a")):
+        _check_gif(data, name)
+    elif not (data.startswith(b"RIFF") and data[8:12] == b"WEBP"):
+        raise ImageError(f"{name}: not a recognised image format (PNG, JPEG, WebP and GIF are accepted)")
+
+
+def _check_jpeg(data: bytes, name: str) -> None:
+    position, segments, padding = 2, 0, 0
+    while position < len(data):
+        marker = data.find(b"\xff", position)
+        if marker < 0:
+            return
+        padding += marker - position
+        end = _FILL.match(data, marker).end()
+        padding += end - marker - 1
+        if padding > MAX_JPEG_PADDING:
+            raise ImageError(f"{name}: JPEG holds over {MAX_JPEG_PADDING} fill or junk bytes between its segments")
+        if end >= len(data):
+            return
+        kind = data[end]
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise ImageError(f"{name}: JPEG has over {MAX_JPEG_SEGMENTS} segments before its image data")
+        if kind == 0xDA:
+            break
+        if kind == 0x00 or kind == 0x01 or 0xD0 <= kind <= 0xD9:
+            position = end + 1
+        elif end + 3 <= len(data):
+            position = end + 1 + int.from_bytes(data[end + 1:end + 3], "big")
+        else:
+            return
+    scans = data.count(b"\xff\xda", position)
+    if scans > MAX_JPEG_SCANS:
+        raise ImageError(f"{name}: JPEG has {scans} scans, over the limit of {MAX_JPEG_SCANS}")
+
+
+def _check_png(data: bytes, name: str) -> None:
+    position, chunks = 8, 0
+    while position + 8 <= len(data):
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:
+            raise ImageError(f"{name}: PNG has over {MAX_PNG_CHUNKS} chunks")
+        if data[position + 4:position + 8] == b"IEND":
+            return
+        position += 12 + int.from_bytes(data[position:position + 4], "big")
+
+
+def _check_gif(data: bytes, name: str) -> None:
+    flags = data[10] if len(data) > 10 else 0
+    position = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    blocks = 0
+    while position < len(data) and data[position] not in b",;":
+        blocks += 1
+        if data[position] == 0x21:  # an extension: label, then sub-blocks up to an empty one
+            position += 2
+            while position < len(data) and data[position]:
+                blocks += 1
+                if blocks > MAX_GIF_BLOCKS:
+                    break
+                position += 1 + data[position]
+            position += 1
+        else:
+            position += 1
+        if blocks > MAX_GIF_BLOCKS:
+            raise ImageError(f"{name}: GIF has over {MAX_GIF_BLOCKS} blocks before its first image")
+
+
+def _open(stream: io.BytesIO, name: str) -> Image.Image:
+    """`Image.open` on the allowed formats, after `check_encoded`."""
+    check_encoded(stream.getvalue(), name)
+    return Image.open(stream, formats=ALLOWED_FORMATS)
+
+
 def _decode(stream: io.BytesIO, name: str, max_input_pixels: int, grid: PixelGrid | None = None) -> Image.Image:
     def decode() -> Image.Image:
-        image = Image.open(stream)
+        image = _open(stream, name)
         _check_size(image, max_input_pixels, name)
         image.seek(0)
         if grid is not None and image.format == "JPEG" and not _exif_swaps_axes(image):
@@ -300,7 +399,7 @@ def load_image_within(data: bytes, max_pixels: int, factor: int = 56,
         raise ImageError("image data is empty (0 bytes)")
 
     def decode() -> Image.Image:
-        image = Image.open(io.BytesIO(bytes(data)))
+        image = _open(io.BytesIO(bytes(data)), "image data")
         _check_size(image, max_input_pixels, "image data")
         image.seek(0)
         if image.width * image.height > max_pixels and image.format == "JPEG":
