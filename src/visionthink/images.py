@@ -59,11 +59,19 @@ def clamp_to_pixel_range(image: Image.Image, min_pixels: int = RELEASE_MIN_PIXEL
     return image
 
 
+NATIVE_RESAMPLE = Image.Resampling.BICUBIC
+"""The resampling filter of Qwen2-VL's image processor: a view resized with it to the processor's size is the
+processor's own resize, pixel for pixel (`tests/test_release_views.py`)."""
+RELEASE_MIN_SIDE = 28
+"""The release's evaluation enlarges a view with a side under this many pixels (aspect kept) before the processor."""
+
+
 @dataclass(frozen=True)
 class PixelGrid:
     """The model's pixel grid: sizes are multiples of `factor` with area in [min_pixels, max_pixels].
 
-    For Qwen2.5-VL one visual token covers 28x28 pixels (14 px patches merged 2x2).
+    For Qwen2.5-VL one visual token covers 28x28 pixels (14 px patches merged 2x2). `snap` is the processor's
+    smart resize (Qwen2VLImageProcessor's `smart_resize`).
     """
 
     factor: int = 28
@@ -73,15 +81,17 @@ class PixelGrid:
     def snap(self, width: int, height: int, factor: int | None = None,
              min_pixels: int | None = None) -> tuple[int, int]:
         """Nearest (width, height) on the grid (`factor`, default the grid's), aspect kept as far as the
-        grid allows, area within [min_pixels, max_pixels]. Never over max_pixels."""
+        grid allows, area within [min_pixels, max_pixels]: Qwen2-VL's `smart_resize`, step for step. Never over
+        max_pixels: where `smart_resize` itself would be (a budget of fewer tokens than the aspect ratio, so one side
+        stays one cell), the long side is shortened until it fits, so the processor keeps the size as it is."""
         if width < 1 or height < 1:
             raise ImageError(f"image size {width}x{height} is empty")
         if max(width, height) / min(width, height) > 200:
             raise ImageError(f"image aspect ratio {width}x{height} is too extreme (over 200:1)")
         f = factor or self.factor
         low = self.min_pixels if min_pixels is None else min_pixels
-        w = max(f, round(width / f) * f)
-        h = max(f, round(height / f) * f)
+        w = round(width / f) * f
+        h = round(height / f) * f
         if w * h > self.max_pixels:
             beta = math.sqrt(width * height / self.max_pixels)
             w = max(f, math.floor(width / beta / f) * f)
@@ -98,9 +108,16 @@ class PixelGrid:
         return w, h
 
     def high_size(self, width: int, height: int) -> tuple[int, int]:
-        """The full-resolution view's size: on a grid twice as coarse, so that half of it is exactly on
-        the grid (the low view is then a quarter of the visual tokens), within [4 * min_pixels, max_pixels]."""
-        return self.snap(width, height, factor=2 * self.factor, min_pixels=4 * self.min_pixels)
+        """The full-resolution view's size for an image of (width, height): the processor's own (`snap`)."""
+        return self.snap(width, height)
+
+    def low_size(self, width: int, height: int, halve_original: bool = False) -> tuple[int, int]:
+        """The low-resolution view's size for an image of (width, height): half the high view's sides, snapped;
+        with `halve_original` (the release), the image's sides halved as the release does, snapped."""
+        if halve_original:
+            return self.snap(*release_half_size(width, height))
+        high = self.high_size(width, height)
+        return self.snap(max(1, high[0] // 2), max(1, high[1] // 2))
 
     def tokens(self, width: int, height: int) -> int:
         """Visual tokens for an image already on the grid."""
@@ -296,42 +313,78 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 class Views:
     """The two resolutions of one image, both on the model's pixel grid. Given a `grid` instead of a `low`
-    view, the low view is made from the high one when first read (`full` mode never reads it)."""
+    view, the low view is made when first read (`full` mode never reads it): from the high view, or with
+    `original`, from that image as the release makes it (`release_low_view`)."""
 
     def __init__(self, low: Image.Image | None = None, high: Image.Image | None = None,
-                 grid: PixelGrid | None = None):
+                 grid: PixelGrid | None = None, original: Image.Image | None = None):
         if high is None or (low is None and grid is None):
             raise TypeError("Views needs the high view and either the low view or the grid to make it")
         self.high = high
         self._low = low
         self._grid = grid
+        self._original = original
 
     @property
     def low(self) -> Image.Image:
         if self._low is None:
-            self._low = low_view(self.high, self._grid)
+            if self._original is not None:
+                self._low = release_low_view(self._original, self._grid)
+                self._original = None
+            else:
+                self._low = low_view(self.high, self._grid)
         return self._low
 
 
 def high_view(image: Image.Image, grid: PixelGrid) -> Image.Image:
-    """The full-resolution view: the image snapped to `grid.high_size` (tiny images are upscaled)."""
+    """The full-resolution view: the processor's own resize of the image (`grid.high_size`, `NATIVE_RESAMPLE`),
+    pixel for pixel; an image already of that size is returned as it is."""
     size = grid.high_size(*image.size)
-    # reducing_gap: shrink by whole factors first when the image is over 3x larger (big inputs cost less)
-    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return image if image.size == size else image.resize(size, NATIVE_RESAMPLE)
 
 
 def low_view(high: Image.Image, grid: PixelGrid) -> Image.Image:
     """The low-resolution view: half width and half height of the high view (LANCZOS), on the grid.
 
-    For a high view of `high_size` the halves are exact; any other image is snapped after halving."""
+    Where the high view's sides are even numbers of cells the halves are exact (a quarter of the tokens);
+    otherwise the halves are snapped."""
     half = (max(1, high.width // 2), max(1, high.height // 2))
     size = grid.snap(*half)
     return high.resize(size, Image.Resampling.LANCZOS)
 
 
-def make_views(image: Image.Image, grid: PixelGrid) -> Views:
-    """Both views of an RGB image (the low one made when first read)."""
-    return Views(high=high_view(image, grid), grid=grid)
+def release_min_side_size(width: int, height: int) -> tuple[int, int]:
+    """The size the release's evaluation gives a view before the processor: as it is, or, with a side under
+    `RELEASE_MIN_SIDE`, both sides times the factor that brings the shorter one to it, truncated."""
+    if width >= RELEASE_MIN_SIDE and height >= RELEASE_MIN_SIDE:
+        return width, height
+    scale = max(RELEASE_MIN_SIDE / width, RELEASE_MIN_SIDE / height)
+    return int(width * scale), int(height * scale)
+
+
+def release_half_size(width: int, height: int) -> tuple[int, int]:
+    """The release's low view of a (width, height) image before the processor: each side halved, rounded down
+    (`scripts/vllm_tool.py`, `downsample_image`), then `release_min_side_size`."""
+    return release_min_side_size(max(1, width // 2), max(1, height // 2))
+
+
+def release_low_view(image: Image.Image, grid: PixelGrid) -> Image.Image:
+    """The release's low view: the image resized (LANCZOS) to `release_half_size`, then the processor's resize
+    (`high_view`)."""
+    half = image.resize(release_half_size(*image.size), Image.Resampling.LANCZOS)
+    return high_view(half, grid)
+
+
+def make_views(image: Image.Image, grid: PixelGrid, halve_original: bool = False) -> Views:
+    """Both views of an RGB image (the low one made when first read). The high view is the processor's view of
+    the image (`high_view`). The low view is half of the high view, snapped (`low_view`), or with `halve_original`
+    (the release), the image halved and then the processor's view of that (`release_low_view`); the release also
+    enlarges an image with a side under 28 px first (`release_min_side_size`)."""
+    if not halve_original:
+        return Views(high=high_view(image, grid), grid=grid)
+    size = release_min_side_size(*image.size)
+    shown = image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+    return Views(high=high_view(shown, grid), grid=grid, original=image)
 
 
 ZOOM_MIN_CELLS = 2

@@ -5,12 +5,31 @@
 - `release`: the authors' released prompts byte for byte (`visionthink.protocol_release`, with their origin):
   the tool block inside the system prompt, their user template around the question, the tool's answer as a user
   turn with their follow-up text, their error turn, their call parsing and `<answer>` split, and no newline
-  after an assistant's `<|im_end|>`. The released checkpoints were trained on this one.
+  after an assistant's `<|im_end|>`. The released checkpoints were trained on this one. Its evaluation's views
+  (the low view is the original image halved, then the processor's resize) and turn budget (8192 tokens).
 - `visionthink-zoom` (issue 12, docs/zoom.md): `visionthink` plus a `zoom_image` tool whose box (low-res pixels) returns
   that region of the high-res view; the `zoom` and `oracle-zoom` modes run on it (`with_zoom`).
 
 A profile is what the two-turn loop (`engines.base`), the renderers (`tokens.render_text`), the engines, eval,
 serve and GRPO are given; `get_profile(None)` is `visionthink`, so code that passes none is unchanged.
+
+Views (`views`): under every profile the full-resolution view is the processor's own resize of the image (Qwen2-VL's
+smart resize, `images.high_view`). The low view is half of the full view, snapped (`visionthink`: a quarter of the
+visual tokens wherever the full view's sides are even numbers of 28 px cells, as on the tiny model's images), or, under
+`release`, the original image halved (sides rounded down, LANCZOS) and then the processor's resize, as the release's
+evaluation (`scripts/vllm_tool.py`) and vLLM do.
+
+Answers (`episode_answer`), in order of what is tried:
+- `visionthink` (and its zoom variant): the final turn only, when it is an answer: the last complete
+  `<answer>..</answer>` block of that turn, `\\boxed{}` inside it unwrapped; else a bare `\\boxed{}`; else the text
+  before a lone `</answer>` (`protocol.extract_answer`). No answer when the final turn is a tool call or malformed.
+- `release`: as its evaluation (`scripts/eval_examples/utils_pope.py`): the whole reply, every assistant turn joined
+  as decoded with special tokens skipped, cut at its *first* `</answer>`, then what follows the last `<answer>` before
+  that cut (`split("</answer>")[0].split("<answer>")[-1]`), stripped, `\\boxed{}` unwrapped for the graders. A reply
+  without tags is its own answer, whatever its turns were. Where two answer blocks appear (a first turn that answers
+  and calls, then an answer) the first one wins; ours takes the final turn's. The release's reward code (and its
+  RealWorldQA filter) splits the other way round, `split("<answer>")[-1].split("</answer>")[0]`, which is what a
+  release turn's own `Turn.answer` keeps and what GRPO rollouts (`train.grpo_env`) score.
 """
 
 from __future__ import annotations
@@ -26,7 +45,7 @@ from PIL import Image
 
 from visionthink import protocol
 from visionthink import protocol_release as release
-from visionthink.images import PixelGrid, Views, zoom_crop
+from visionthink.images import PixelGrid, Views, make_views, zoom_crop
 from visionthink.protocol import Message, Turn, image_part, text_part
 
 __all__ = ["PROFILES", "RELEASE", "VISIONTHINK", "VISIONTHINK_ZOOM", "ProtocolProfile", "ReleaseProfile", "ZoomProfile",
@@ -50,6 +69,9 @@ class ProtocolProfile:
     turn_end_newline: bool
     """Whether a newline follows an assistant turn's `<|im_end|>` in the rendering."""
     source: str = "visionthink"
+    max_new_tokens: int = 64
+    """Tokens per assistant turn when none is given (engines' default `SamplingConfig`): 64 fits the tiny model's
+    turns; the release's evaluation gives each turn 8192."""
 
     # ------------------------------------------------------------ rendering
 
@@ -101,6 +123,18 @@ class ProtocolProfile:
     offers_zoom = False
     """Whether the profile offers `zoom_image` (`ZoomProfile`); a class attribute, not a field."""
 
+    halves_original = False
+    """Whether the low view is the original image halved (the release's) instead of half the full view; a class
+    attribute, not a field."""
+
+    def views(self, image: Image.Image, grid: PixelGrid) -> Views:
+        """Both views of an image under this profile (`images.make_views`)."""
+        return make_views(image, grid, halve_original=self.halves_original)
+
+    def episode_answer(self, messages: list[Message], turns: list[Turn]) -> str | None:
+        """The episode's answer (`protocol.make_episode`): the final turn's, when it is an answer."""
+        return protocol.final_answer(messages, turns)
+
     def check_turn(self, turn: Turn, views: Views) -> Turn:
         """The turn as the tool sees it once the views are known (a zoom outside the image becomes malformed)."""
         return turn
@@ -123,6 +157,13 @@ class ProtocolProfile:
 @dataclass(frozen=True)
 class ReleaseProfile(ProtocolProfile):
     """The authors' protocol (`visionthink.protocol_release`)."""
+
+    halves_original = True
+
+    def episode_answer(self, messages: list[Message], turns: list[Turn]) -> str | None:
+        """The release evaluation's answer: `split("</answer>")[0].split("<answer>")[-1]` over the whole reply."""
+        texts = [protocol.assistant_text(m) for m in messages if m["role"] == "assistant"]
+        return _release_eval_answer("".join(_skip_special(text) for text in texts)) if texts else None
 
     def first_turn(self, question: str, image: Image.Image) -> list[Message]:
         text = release.USER_TEMPLATE.format(Question=_with_image_mark(question))
@@ -202,8 +243,14 @@ def _release_action(objects: list[Any]) -> str:
 
 
 def _release_answer(text: str) -> str:
-    """`extract_answer_tags="split"`, then `\\boxed{}` unwrapped as the graders do."""
+    """The reward code's `extract_answer_tags="split"`, then `\\boxed{}` unwrapped as the graders do."""
     inner = text.split("<answer>")[-1].split("</answer>")[0].strip()
+    return protocol._unbox(inner)
+
+
+def _release_eval_answer(reply: str) -> str:
+    """The evaluation's split (`scripts/eval_examples/utils_pope.py`), then `\\boxed{}` unwrapped."""
+    inner = reply.split("</answer>")[0].split("<answer>")[-1].strip()
     return protocol._unbox(inner)
 
 
@@ -277,7 +324,7 @@ VISIONTHINK = ProtocolProfile(
 RELEASE = ReleaseProfile(
     name="release", system_prompt=release.SYSTEM_PROMPT, tool_schema=release.TOOL_SCHEMA, tools_in_template=False,
     template_file="chat_template_release.jinja", call_json=protocol.RESIZE_CALL_JSON, turn_end_newline=False,
-    source=release.SOURCE,
+    source=release.SOURCE, max_new_tokens=release.MAX_NEW_TOKENS,
 )
 VISIONTHINK_ZOOM = ZoomProfile(
     name="visionthink-zoom", system_prompt=protocol.SYSTEM_PROMPT, tool_schema=protocol.RESIZE_TOOL,

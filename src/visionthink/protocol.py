@@ -490,19 +490,20 @@ def make_episode(
     seconds: dict[str, float] | None = None,
     mode: str = "visionthink",
     fed_token_ids: list[int] | None = None,
+    answer_of: Callable[[list[Message], list[Turn]], str | None] | None = None,
 ) -> Episode:
     """The episode a conversation records, by one rule for every engine and for GRPO rollouts.
 
+    `answer`: `answer_of(messages, turns)` where given (`ProtocolProfile.episode_answer`), else `final_answer`.
     `resized`: a tool turn delivered the high-res view; `zoomed`: a `zoom_image` turn delivered a region of it.
     Visual tokens: those of every image in the conversation (a zoom's crop counted as the model receives it).
     `prompt_tokens`: the conversation's `sequence_tokens` less what the model wrote.
     """
-    final = turns[-1] if turns else None
     zoomed = any(m["role"] == "tool" and m.get("name") == ZOOM_TOOL_NAME and _has_image(m) for m in messages)
     zoom_turns = [t for t in turns if t.kind == "zoom"]
     return Episode(
         messages=messages,
-        answer=final.answer if final is not None and final.kind == "answer" else None,
+        answer=(answer_of or final_answer)(messages, turns),
         resized=any(m["role"] == "tool" and m.get("name") != ZOOM_TOOL_NAME and _has_image(m) for m in messages),
         turns=turns,
         visual_tokens_per_turn=[count_visual_tokens(image) for image in images_in(messages)],
@@ -515,6 +516,12 @@ def make_episode(
         zoomed=zoomed,
         zoom_box=zoom_turns[0].box if zoomed and zoom_turns else None,
     )
+
+
+def final_answer(messages: list[Message], turns: list[Turn]) -> str | None:
+    """This project's episode answer: the last turn's, when it is an answer (`extract_answer` of that turn)."""
+    final = turns[-1] if turns else None
+    return final.answer if final is not None and final.kind == "answer" else None
 
 
 def _has_image(message: Message) -> bool:

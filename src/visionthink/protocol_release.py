@@ -23,8 +23,14 @@ Origin: https://github.com/dvlab-research/VisionThink at commit 42afd8c34a4efffe
   (151645) and the next turn follows at once as `<|im_start|>user\\n...`, with no newline between; a reply
   without `<|im_end|>` gets its last token replaced by it; ids above 151664 are dropped. Replies are read
   with `skip_special_tokens=True` (`<tool_call>` is not special in Qwen2.5's vocabulary, so it stays).
-- Answers (`verl/utils/reward_score/general_qa_tool.py`, `rule_based_tool.py`, `extract_answer_tags="split"`):
-  `text.split("<answer>")[-1].split("</answer>")[0].strip()`, then graded with `\\boxed{}` taken out.
+- Answers: the reward code (`verl/utils/reward_score/general_qa_tool.py`, `rule_based_tool.py`,
+  `extract_answer_tags="split"`) takes `text.split("<answer>")[-1].split("</answer>")[0].strip()`, then grades with
+  `\\boxed{}` taken out; the evaluation (`scripts/eval_examples/utils_pope.py`) takes
+  `split("</answer>")[0].split("<answer>")[-1].strip()` of the whole reply (every assistant turn, decoded with
+  special tokens skipped). `profiles.ReleaseProfile` documents which is used where.
+- Views and budget (`scripts/vllm_tool.py`): the first image is the original halved (`width // 2`, `height // 2`,
+  LANCZOS), a resize call returns the original, a view with a side under 28 px is enlarged to 28 first, and vLLM's
+  processor resizes both (smart resize); each turn may write `MAX_NEW_TOKENS` tokens.
   Format checks: a direct answer matches `^<think>.*</think>.*<answer>.*</answer>$` with one of each tag and
   no tool call; a call matches `^<think>.*</think>.*<tool_call>.*</tool_call>$` with one think block and
   no answer tag.
@@ -115,6 +121,10 @@ SPECIAL_TOKENS_SKIPPED = (
     "<|image_pad|>", "<|video_pad|>",
 )
 """Qwen2.5's tokens marked special (dropped by `skip_special_tokens=True`); `<tool_call>` and the FIM tokens are not."""
+
+MAX_NEW_TOKENS = 8192
+"""Tokens per assistant turn in the evaluation model (`scripts/vllm_tool.py`: `"max_tokens": 8192`, whatever the
+task asks)."""
 
 MAX_TOKEN_ID = 151664
 """The rollout drops generated ids above this (Qwen2.5's last added token, `<|file_sep|>`)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from visionthink import protocol
-from visionthink.images import ImageSource, PixelGrid, Views, load_image, make_views
+from visionthink.images import ImageSource, PixelGrid, Views, load_image
 from visionthink.profiles import get_profile
 
 MODES = ("full", "low", "visionthink", "oracle")
@@ -136,7 +136,7 @@ def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Epi
     rows = []
     for request in requests:
         image = load_image(request.image, grid=backend.grid)
-        views = make_views(image, backend.grid)
+        views = profile.views(image, backend.grid)
         first_image = views.high if mode == "full" else views.low
         rows.append(_Row(request, views, profile.first_turn(request.question, first_image), grid=backend.grid,
                          source_size=image.size))
@@ -169,6 +169,7 @@ def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Epi
             row.messages, row.turns, count_visual_tokens=lambda image: grid.tokens(*image.size),
             full_res_visual_tokens=grid.tokens(*row.views.high.size), generated_tokens=row.generated_tokens,
             sequence_tokens=row.sequence_tokens, seconds=row.seconds, mode=mode, fed_token_ids=row.fed_token_ids,
+            answer_of=profile.episode_answer,
         )
         for row in rows
     ]

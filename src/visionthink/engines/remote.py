@@ -71,7 +71,8 @@ class RemoteEngine:
             raise ValueError("assistant_tool_calls must be 'inline' or 'structured'")
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         self.api_key = api_key
-        self.sampling = sampling or SamplingConfig()
+        self.sampling = sampling or SamplingConfig(max_new_tokens=get_profile(protocol).max_new_tokens)
+        """Default: greedy, the profile's turn budget (`ProtocolProfile.max_new_tokens`)."""
         self.processor = processor
         self.grid = grid or (processor.grid if processor is not None else PixelGrid())
         self.timeout = timeout

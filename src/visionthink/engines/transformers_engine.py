@@ -49,7 +49,8 @@ class TransformersEngine:
         """Prompt tokens computed by prefill so far (cached tokens are not counted)."""
         self.processor = processor
         self.grid = processor.grid
-        self.sampling = sampling or SamplingConfig()
+        self.sampling = sampling or SamplingConfig(max_new_tokens=self.protocol.max_new_tokens)
+        """Default: greedy, the profile's turn budget (`ProtocolProfile.max_new_tokens`)."""
         self.batch_size = batch_size
         tokenizer = processor.tokenizer
         self.tool_call_id = tokenizer.convert_tokens_to_ids("<tool_call>")

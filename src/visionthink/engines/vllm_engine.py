@@ -59,7 +59,8 @@ class VLLMEngine:
         """The conversation format (`profiles`; default `visionthink`)."""
         self.processor = processor
         self.grid = processor.grid
-        self.sampling = sampling or SamplingConfig()
+        self.sampling = sampling or SamplingConfig(max_new_tokens=self.protocol.max_new_tokens)
+        """Default: greedy, the profile's turn budget (`ProtocolProfile.max_new_tokens`)."""
         self.batch_size = batch_size
         tokenizer = processor.tokenizer
         self.tool_call_id = tokenizer.convert_tokens_to_ids("<tool_call>")
