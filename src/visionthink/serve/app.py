@@ -54,6 +54,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi import Request as HttpRequest
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from visionthink.engines.transformers_engine import TransformersEngine
 from visionthink.errors import VisionThinkError
@@ -68,7 +69,8 @@ from visionthink.serve.replies import (
     completion_json,
     split_tool_calls,  # noqa: F401 - part of this module's interface (engines.remote tests use it)
 )
-from visionthink.serve.security import require_api_key
+from visionthink.serve.security import HostGuardMiddleware, page_policy, require_api_key
+from visionthink.serve.server import BODY_TIMED_OUT
 from visionthink.serve.service import ChatService
 from visionthink.serve.worker import ModelWorker
 
@@ -105,7 +107,8 @@ api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 
 @public.get("/", response_class=HTMLResponse)
 async def index(state: State):
-    return HTMLResponse(state.page)
+    return HTMLResponse(state.page, headers={"Content-Security-Policy": page_policy(state.page),
+                                             "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"})
 
 
 @public.get("/health")
@@ -144,6 +147,12 @@ async def chat_completions(request: HttpRequest, state: State):
             counters["disconnects"] += 1
             raise ApiError(499, "the client closed the connection", "client_closed_request")
         chat, reply = work.result()
+    except ClientDisconnect:
+        if request.scope.get(BODY_TIMED_OUT):  # the connection was cut for sending its body too slowly
+            counters["timeouts"] += 1
+            raise ApiError(408, "the request body came too slowly", "body_timeout", "timeout_error") from None
+        counters["disconnects"] += 1
+        raise ApiError(499, "the client closed the connection", "client_closed_request") from None
     except TimeoutError:
         counters["timeouts"] += 1
         raise ApiError(408, f"request took longer than the server's limit of {config.timeout:g} s",
@@ -241,7 +250,9 @@ def create_app(engine: TransformersEngine, config: ServeConfig | None = None,
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes,
+                       max_inflight=config.max_inflight_body_bytes)
+    app.add_middleware(HostGuardMiddleware, api_key=config.api_key, allowed_hosts=config.allowed_hosts)
     return app
 
 

@@ -93,6 +93,45 @@ def check_unicode(body: Any) -> None:
                        "invalid_unicode") from None
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether JSON `value` nests objects and arrays deeper than `limit` (without recursing)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def check_structure(body: dict[str, Any], config: ServeConfig) -> None:
+    """Refuse, from the parsed JSON and before validation or templating, a request with too many messages, content
+    parts, tool calls or tools, or tools and tool calls nested too deep."""
+    messages, tools = body.get("messages"), body.get("tools")
+    counts = {"messages": 0, "content parts": 0, "tool calls": 0, "tools": len(tools) if isinstance(tools, list) else 0}
+    nested: list[Any] = list(tools) if isinstance(tools, list) else []
+    if isinstance(messages, list):
+        counts["messages"] = len(messages)
+        for message in messages[:config.max_messages]:
+            if not isinstance(message, dict):
+                continue
+            if isinstance(message.get("content"), list):
+                counts["content parts"] += len(message["content"])
+            if isinstance(message.get("tool_calls"), list):
+                counts["tool calls"] += len(message["tool_calls"])
+                nested.extend(message["tool_calls"])
+    limits = {"messages": config.max_messages, "content parts": config.max_content_parts,
+              "tool calls": config.max_tool_calls, "tools": config.max_tools}
+    for name, count in counts.items():
+        if count > limits[name]:
+            raise ApiError(400, f"too many {name}: {count}, at most {limits[name]} per request",
+                           f"too_many_{name.replace(' ', '_')}", param="tools" if name == "tools" else "messages")
+    if any(_too_deep(item, config.max_json_depth) for item in nested if isinstance(item, (dict, list))):
+        raise ApiError(400, f"a tool or tool call nests deeper than {config.max_json_depth} levels", "too_deep",
+                       param="tools")
+
+
 REFUSED = {
     "stop": "stop sequences are not supported; the model stops at the end of its turn",
     "logprobs": "logprobs are not supported",
@@ -212,7 +251,9 @@ def chat_request(request: ChatCompletionRequest, config: ServeConfig, default_sa
         if role == "assistant" and message.tool_calls:
             converted["tool_calls"] = [{"type": "function", "function": call.function.model_dump()}
                                        for call in message.tool_calls]
-            special.check(json.dumps(converted["tool_calls"], ensure_ascii=False), where, lenient=True)
+            calls_text = json.dumps(converted["tool_calls"], ensure_ascii=False)
+            special.check(calls_text, where, lenient=True)
+            text_chars += len(calls_text)
         chat.messages.append(converted)
     if text_chars > config.max_text_chars:
         raise ApiError(400, f"too much text: {text_chars} characters, the limit is {config.max_text_chars}",

@@ -32,7 +32,20 @@ class ServeConfig:
     max_new_tokens: int = 512
     """Upper bound for a request's `max_tokens` (per assistant turn)."""
     max_text_chars: int = 100_000
-    """Text in all messages and tools together, checked before the (exact) token count after templating."""
+    """Text in all messages, tool calls and tools together, checked before the (exact) token count after templating."""
+    max_messages: int = 512
+    """Messages of one request, counted before the request is validated or templated."""
+    max_content_parts: int = 1024
+    """Content parts of all messages together."""
+    max_tool_calls: int = 256
+    """Tool calls in all assistant messages together."""
+    max_tools: int = 128
+    """Tools a request offers."""
+    max_json_values: int = 200_000
+    """Objects, arrays and list items in a body, counted in its bytes before it is parsed (a body of 20 MB of
+    `{}` would otherwise become ~400 MB of dictionaries)."""
+    max_json_depth: int = 40
+    """Nesting of one tool or tool call (the chat template recurses through tool schemas)."""
     remote_fetch_timeout: float = 10.0
     """Seconds for a whole remote image fetch (connect, headers and body), not per read."""
     remote_fetch_concurrency: int = 4
@@ -43,5 +56,16 @@ class ServeConfig:
     """Open connections; more are closed as soon as they are accepted (file descriptors stay bounded)."""
     header_timeout: float = 10.0
     """Seconds a new connection may take to send its request headers before it is closed."""
+    body_timeout: float = 10.0
+    """Seconds a request body may take after its headers, plus a second for every `min_body_rate` bytes it has
+    delivered; a body slower than that is answered 408 and its connection closed."""
+    min_body_rate: int = 256 * 1024
+    """Bytes per second that earn a body more time (see `body_timeout`)."""
+    max_inflight_body_bytes: int = 512 * 1024 * 1024
+    """Request bodies held by the server at once (from their headers to their replies); more are refused with 503,
+    so the memory of bodies and what is parsed from them stays bounded at the connection cap."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names (besides IP addresses and localhost) a server without an API key answers; "*" for any. Other
+    Host headers are refused, so that a DNS-rebinding page cannot reach a keyless server through a browser."""
     keep_alive_timeout: float = 5.0
     """Seconds an idle keep-alive connection stays open."""

@@ -1,7 +1,9 @@
 """Image bytes behind an `image_url`: base64 data URLs, or (when allowed) http(s) fetches of public hosts.
 
 A fetch resolves the host once, refuses any non-public address (also one hidden inside an
-IPv6 form: IPv4-mapped, NAT64 64:ff9b::/96, 6to4 2002::/16, Teredo), connects to that very
+IPv6 form: IPv4-mapped, NAT64 64:ff9b::/96, 6to4 2002::/16, Teredo; IPv4-compatible ::/96,
+IPv4-translated ::ffff:0:0:0/96, local-use NAT64 64:ff9b:1::/48 and site-local fec0::/10 are
+refused whole), connects to that very
 address (no second resolution), follows no redirects, caps the size, and has one deadline for
 the whole fetch (connect, headers and every read), so a host trickling bytes cannot hold it.
 """
@@ -25,6 +27,13 @@ from visionthink.serve.errors import ApiError
 
 _DATA_URL = re.compile(r"data:(?P<media>[^;,]*)(?P<params>(;[^;,]*)*),", re.S)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_REFUSED_V6 = tuple(ipaddress.ip_network(block) for block in (
+    "::/96",  # IPv4-compatible (deprecated): ::a.b.c.d
+    "::ffff:0:0:0/96",  # IPv4-translated (SIIT): ::ffff:0:a.b.c.d
+    "64:ff9b:1::/48",  # local-use NAT64, whose prefix may put the IPv4 address anywhere
+    "fec0::/10",  # site-local (deprecated)
+))
+"""IPv6 blocks refused whole: they embed an IPv4 address, or are private, without `ipaddress` saying so."""
 _CHUNK = 64 * 1024
 
 
@@ -64,7 +73,9 @@ def is_public(address: str) -> bool:
     if not ip.is_global:
         return False
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = [ip.ipv4_mapped, ip.sixtofour, ip.teredo[1] if ip.teredo else None]
+        if any(ip in block for block in _REFUSED_V6):
+            return False
+        embedded = [ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())]
         if ip in _NAT64:
             embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
         return all(inner is None or inner.is_global for inner in embedded)
@@ -117,14 +128,17 @@ def fetch_remote_image(url: str, config: ServeConfig) -> bytes:
     """GET an image over http(s): public addresses only (unless configured), no redirects, size-capped,
     within `config.remote_fetch_timeout` seconds in all."""
     deadline = _Deadline(config.remote_fetch_timeout)
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:
+        raise ApiError(400, f"malformed remote image URL ({error})", "invalid_image_url") from None
     if not host:
         raise ApiError(400, "remote image URL has no host", "invalid_image_url")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, UnicodeError) as error:
         raise ApiError(400, f"cannot resolve the image host: {error}", "remote_image_failed") from None
     addresses = [info[4][0] for info in infos]
     if not config.allow_private_remote_images and not all(map(is_public, addresses)):

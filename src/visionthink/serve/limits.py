@@ -1,4 +1,5 @@
-"""The request body limit, as pure ASGI middleware: an oversized body is refused before it is buffered."""
+"""The request body limits, as pure ASGI middleware: an oversized body is refused before it is buffered, and the
+bodies held at once are bounded in bytes."""
 
 from __future__ import annotations
 
@@ -6,16 +7,21 @@ from visionthink.serve.errors import ApiError, send_error
 
 
 class BodyLimitMiddleware:
-    """Refuse request bodies over `max_bytes` with 413 (declared or counted while streaming in)."""
+    """Refuse request bodies over `max_bytes` with 413 (declared or counted while streaming in), and with 503 a body
+    that would take the bytes of all bodies held (from their headers to their replies) over `max_inflight`."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, max_inflight: int | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.max_inflight = max_inflight
+        self.inflight = 0
+        """Bytes of the bodies of requests being answered (declared, or received when more)."""
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
+        length = 0
         if declared is not None:
             try:
                 length = int(declared)
@@ -23,8 +29,17 @@ class BodyLimitMiddleware:
                 return await send_error(send, ApiError(400, "Content-Length is not a number", "invalid_header"))
             if length > self.max_bytes:
                 return await send_error(send, self._too_large())
-        received = 0
+        held = received = 0
         started = False
+
+        def hold(size: int) -> None:
+            nonlocal held
+            if self.max_inflight is not None and size > held and self.inflight + size - held > self.max_inflight:
+                raise BodyTooLarge(503, "the server holds as many request bodies as it can; retry shortly",
+                                   "server_busy", "rate_limit_error")
+            if size > held:
+                self.inflight += size - held
+                held = size
 
         async def limited_receive():
             nonlocal received
@@ -33,6 +48,7 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise self._too_large()
+                hold(received)
             return message
 
         async def tracking_send(message):
@@ -42,10 +58,13 @@ class BodyLimitMiddleware:
             await send(message)
 
         try:
+            hold(length)
             await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
+        except BodyTooLarge as error:
             if not started:
-                await send_error(send, self._too_large())
+                await send_error(send, error)
+        finally:
+            self.inflight -= held
 
     def _too_large(self) -> BodyTooLarge:
         return BodyTooLarge(413, f"request body is over the limit of {self.max_bytes} bytes", "body_too_large")

@@ -4,36 +4,106 @@ uvicorn's own limits act once a request's headers are in (`limit_concurrency` an
 then), so a client that opens many connections and never finishes its headers holds a file
 descriptor each. `GuardedH11Protocol` closes a connection beyond `max_connections` as soon as
 it is accepted and one whose request headers are not complete within `header_timeout` seconds
-(of connecting, or of the keep-alive wait after its previous reply). A server facing the
-internet should still sit behind a reverse proxy (docs/serving.md).
+(of connecting, or of the keep-alive wait after its previous reply). A request body gets
+`body_timeout` seconds after its headers, plus a second per `min_body_rate` bytes it delivers;
+a slower one is answered 408 and its connection closed. A connection whose reply went out before
+its body was read (a refusal) is closed at once rather than kept for a body nobody reads.
+Malformed HTTP is answered with a JSON 400. A server facing the internet should still sit
+behind a reverse proxy (docs/serving.md).
 """
 
 from __future__ import annotations
 
+import json
+
+import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from visionthink.serve.config import ServeConfig
+from visionthink.serve.errors import error_body
+
+BODY_TIMED_OUT = "visionthink.body_timed_out"
+"""Set in a request's ASGI scope when its connection was cut for a slow body (the app then counts a timeout)."""
 
 
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a connection cap and a deadline for the first request's headers."""
+    """uvicorn's h11 protocol with a connection cap, deadlines for headers and bodies, and JSON for bad HTTP."""
 
     max_connections = 256
     header_timeout = 10.0
+    body_timeout = 10.0
+    min_body_rate = 256 * 1024
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._header_timer = None
+        self._header_timer = self._body_timer = None
+        self._body_cycle = None
+        self._body_start = 0.0
+        self._body_bytes = 0
         if len(self.connections) > self.max_connections:
             transport.close()
             return
         self._arm(self.header_timeout)
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.more_body or self.transport.is_closing():
+            return
+        if cycle is self._body_cycle:
+            self._body_bytes += len(data)
+            return
+        self._body_cycle, self._body_start, self._body_bytes = cycle, self.loop.time(), 0
+        self._arm_body()
+
+    def _body_deadline(self) -> float:
+        return self._body_start + self.body_timeout + self._body_bytes / self.min_body_rate
+
+    def _arm_body(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+        self._body_timer = self.loop.call_at(self._body_deadline(), self._body_too_slow, self._body_cycle)
+
+    def _body_too_slow(self, cycle) -> None:
+        """Answer 408 and close unless the body has arrived (or earned more time) since the timer was armed."""
+        if (self.cycle is not cycle or not cycle.more_body or cycle.response_complete
+                or self.transport.is_closing()):
+            return
+        if self.loop.time() < self._body_deadline():
+            self._arm_body()
+            return
+        cycle.scope[BODY_TIMED_OUT] = True
+        if not cycle.response_started:
+            self._send_json(408, error_body(f"the request body did not arrive within {self.body_timeout:g} s (plus "
+                                            f"1 s per {self.min_body_rate} bytes received)", "timeout_error",
+                                            "body_timeout"))
+        cycle.response_started = cycle.disconnected = True
+        cycle.message_event.set()
+        self.transport.close()
+
+    def _send_json(self, status: int, body: dict) -> None:
+        payload = json.dumps(body).encode()
+        try:
+            for event in (h11.Response(status_code=status, headers=[
+                    (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                    (b"connection", b"close")]), h11.Data(data=payload), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+        except h11.LocalProtocolError:
+            pass  # h11 cannot answer in this state: the connection is just closed
+
+    def send_400_response(self, msg: str) -> None:
+        self._send_json(400, error_body(f"malformed HTTP request ({msg})", "invalid_request_error", "invalid_http"))
+        self.transport.close()
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():  # the next request's headers: after the keep-alive wait at most
-            self._arm(self.timeout_keep_alive + self.header_timeout)
+        if self.transport.is_closing():
+            return
+        if self.conn.their_state is not h11.DONE:  # answered before its body was read: nobody will read the rest
+            self.transport.close()
+            return
+        self._arm(self.timeout_keep_alive + self.header_timeout)  # the next request's headers: keep-alive wait at most
 
     def _arm(self, seconds: float) -> None:
         if self._header_timer is not None:
@@ -46,15 +116,17 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if getattr(self, "_header_timer", None) is not None:
-            self._header_timer.cancel()
+        for timer in (getattr(self, "_header_timer", None), getattr(self, "_body_timer", None)):
+            if timer is not None:
+                timer.cancel()
         super().connection_lost(exc)
 
 
 def guarded_protocol(config: ServeConfig) -> type[GuardedH11Protocol]:
     """The protocol class with `config`'s limits."""
     return type("GuardedH11Protocol", (GuardedH11Protocol,),
-                {"max_connections": config.max_connections, "header_timeout": config.header_timeout})
+                {"max_connections": config.max_connections, "header_timeout": config.header_timeout,
+                 "body_timeout": config.body_timeout, "min_body_rate": config.min_body_rate})
 
 
 def uvicorn_config(app, config: ServeConfig, host: str = "127.0.0.1", port: int = 8000,

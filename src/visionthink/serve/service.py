@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import io
 import json
+import re
 import warnings
 
 from PIL import Image
@@ -19,10 +20,10 @@ from visionthink.engines.remote import RemoteEngineError
 from visionthink.engines.transformers_engine import Request as EngineRequest
 from visionthink.engines.transformers_engine import TransformersEngine
 from visionthink.errors import VisionThinkError
-from visionthink.images import load_image_within, make_views
+from visionthink.images import ALLOWED_FORMATS, check_encoded, load_image_within, make_views
 from visionthink.profiles import ProtocolProfile, get_profile, with_zoom
 from visionthink.serve.batcher import Batcher
-from visionthink.serve.checks import ChatRequest, SpecialTokens, chat_request, check_unicode
+from visionthink.serve.checks import ChatRequest, SpecialTokens, chat_request, check_structure, check_unicode
 from visionthink.serve.config import ServeConfig
 from visionthink.serve.context import TokenBudget, context_length
 from visionthink.serve.errors import ApiError
@@ -31,22 +32,40 @@ from visionthink.serve.replies import Reply, raw_reply, visionthink_reply
 from visionthink.serve.schemas import parse_chat_request
 from visionthink.serve.worker import RawJob, VisionThinkJob
 
+HEAVY_DECODE_PIXELS = 2_000_000
+"""Images with more pixels than this decode in a pool of their own, so that they never delay small ones."""
 
-def parse_json_body(raw: bytes) -> object:
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""Where JSON text can spell a lone surrogate (raw UTF-8 cannot: decoding refuses it)."""
+
+
+def parse_json_body(raw: bytes, max_values: int | None = None) -> object:
+    """The parsed body; with `max_values`, one with more objects, arrays and list items (counted in its bytes: an
+    upper bound) is refused before it is parsed."""
     if not raw:
         raise ApiError(400, "request body is empty; expected a JSON object", "invalid_json")
+    if max_values is not None:
+        values = raw.count(b"{") + raw.count(b"[") + raw.count(b",")
+        if values > max_values:
+            raise ApiError(400, f"request body holds up to {values} JSON values, over the limit of {max_values}",
+                           "request_too_complex")
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise ApiError(400, f"request body is not valid JSON ({error})", "invalid_json") from None
+    except (ValueError, RecursionError) as error:  # also a number over Python's 4,300 digits
+        raise ApiError(400, f"request body is not valid JSON ({str(error)[:200]})", "invalid_json") from None
 
 
 def declared_pixels(data: bytes) -> int:
-    """Pixels an encoded image says it has (its header only; 0 when unreadable: decoding reports why)."""
+    """Pixels an encoded image says it has (its header only; 0 when unreadable: decoding reports why). An image
+    refused by `images.check_encoded` (format, structure) is refused here, before Pillow parses it."""
+    try:
+        check_encoded(data)
+    except VisionThinkError as error:
+        raise ApiError(400, str(error), "invalid_image") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
                 return image.width * image.height
     except Exception:  # noqa: BLE001 - any failure is reported by the decode that follows
         return 0
@@ -70,10 +89,13 @@ class ChatService:
         """The profile `visionthink_mode: zoom` runs on (None: the served protocol has no zoom variant)."""
         self.special = SpecialTokens.of(engine.processor.tokenizer)
         self.decode_pool = concurrent.futures.ThreadPoolExecutor(config.decode_concurrency, "visionthink-decode")
+        self.heavy_pool = concurrent.futures.ThreadPoolExecutor(max(1, config.decode_concurrency // 2),
+                                                                "visionthink-decode-large")
         self.fetch_pool = concurrent.futures.ThreadPoolExecutor(config.remote_fetch_concurrency, "visionthink-fetch")
 
     def close(self) -> None:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.heavy_pool.shutdown(wait=False, cancel_futures=True)
         self.fetch_pool.shutdown(wait=False, cancel_futures=True)
 
     async def complete(self, raw: bytes) -> tuple[ChatRequest, Reply]:
@@ -84,8 +106,11 @@ class ChatService:
 
     def parse(self, raw: bytes) -> ChatRequest:
         """The checked request of a raw body (JSON, valid Unicode, the request model, the server's limits)."""
-        body = parse_json_body(raw)
-        check_unicode(body)
+        body = parse_json_body(raw, self.config.max_json_values)
+        if isinstance(body, dict):
+            check_structure(body, self.config)
+        if _SURROGATE_ESCAPE.search(raw):
+            check_unicode(body)
         chat = chat_request(parse_chat_request(body), self.config, self.default_sampling, self.special)
         if chat.mode == "raw" and not self.local:
             raise ApiError(400, "this server runs its model through another server or vLLM: requests with tools (raw "
@@ -118,7 +143,11 @@ class ChatService:
         messages = [{**message, "content": [protocol.image_part(next(images)) if part["type"] == "image_url"
                                             else part for part in message["content"]]}
                     for message in chat.messages]
-        await self._in(self.decode_pool, self.budget.raw, messages, chat.tools, chat.sampling.max_new_tokens)
+        try:
+            await self._in(self.decode_pool, self.budget.raw, messages, chat.tools, chat.sampling.max_new_tokens)
+        except RecursionError:
+            raise ApiError(400, "the chat template cannot render this request (nested too deep)", "too_deep",
+                           param="tools") from None
         job = RawJob(messages, chat.tools, chat.ban_tool_calls, chat.banned_ids)
         result = await self.batcher.submit(chat.key, job)
         return raw_reply(result, chat)
@@ -135,8 +164,9 @@ class ChatService:
                            f"{self.config.max_request_pixels / 1e6:.1f} per request", "too_many_pixels",
                            param="messages")
         images = []
-        for data in encoded:
-            images.append(await self._in(self.decode_pool, self._decode, data))
+        for data, size in zip(encoded, sizes, strict=True):
+            pool = self.heavy_pool if size > HEAVY_DECODE_PIXELS else self.decode_pool
+            images.append(await self._in(pool, self._decode, data))
         return images
 
     async def _bytes(self, url: str) -> bytes:
