@@ -91,19 +91,22 @@ def test_qwen_arithmetic_by_hand():
 @pytest.mark.parametrize("size", [(1280, 960), (3000, 2000), (500, 4000)])
 def test_visual_tokens_equal_smart_resize(loaded, size):
     """The image processor (real settings) gives Qwen's count for the raw image and for both views, and the engine's
-    grid counts the views the same; the low view is a quarter of the high one."""
+    grid counts the views the same; the high view is the processor's own size, the low one about a quarter of it
+    (half of the high view under `visionthink`, the original halved under `release`)."""
     _, processor = loaded
     image = document(*size)
     grids = processor.image_processor(images=[image], return_tensors="pt")["image_grid_thw"]
     assert visual_tokens(processor, grids) == [qwen_tokens(*size)]
-    views = make_views(image, processor.grid)
-    for view in (views.high, views.low):
-        grid = processor.image_processor(images=[view], return_tensors="pt")["image_grid_thw"]
-        assert visual_tokens(processor, grid) == [qwen_tokens(*view.size)] == [processor.grid.tokens(*view.size)]
-    high, low = qwen_tokens(*views.high.size), qwen_tokens(*views.low.size)
-    assert 0.24 <= low / high <= 0.26
-    # the high view is on a 56 px grid (so that its half is on Qwen's): each side within 28 px of the image's
-    assert abs(views.high.width - size[0]) <= 28 and abs(views.high.height - size[1]) <= 28
+    for halve_original in (False, True):
+        views = make_views(image, processor.grid, halve_original=halve_original)
+        for view in (views.high, views.low):
+            grid = processor.image_processor(images=[view], return_tensors="pt")["image_grid_thw"]
+            assert visual_tokens(processor, grid) == [qwen_tokens(*view.size)] == [processor.grid.tokens(*view.size)]
+        high, low = qwen_tokens(*views.high.size), qwen_tokens(*views.low.size)
+        assert views.high.size == smart_resize(size[1], size[0])[::-1] and high == qwen_tokens(*size)
+        half = (size[0] // 2, size[1] // 2) if halve_original else (views.high.width // 2, views.high.height // 2)
+        assert low == qwen_tokens(*half)
+        assert 0.24 <= low / high <= 0.26
 
 
 @pytest.mark.slow

@@ -253,3 +253,92 @@ def test_protocol_options_reach_the_configs(tmp_path):
     assert VisionThinkGRPOConfig(output_dir=str(tmp_path), report_to="none").protocol == "visionthink"
     with pytest.raises(ValueError, match="unknown protocol"):
         VisionThinkGRPOConfig(output_dir=str(tmp_path), report_to="none", protocol="paper")
+
+
+# ---------------------------------------------------------------- answers and turn budget as the release evaluates
+
+
+def _episode_answer(profile, texts: list[str]) -> str | None:
+    messages = [*profile.first_turn(QUESTION, Image.new("RGB", (56, 56))), *map(protocol.assistant_turn, texts)]
+    return profile.episode_answer(messages, [profile.parse_turn(text) for text in texts])
+
+
+@pytest.mark.parametrize(("texts", "release", "ours"), [
+    (["<think>t</think>\n<answer>\\boxed{B}</answer>"], "B", "B"),
+    ([CALL, "<think>b</think>\n<answer> 42 </answer><|im_end|>"], "42", "42"),
+    # the whole reply is split at its first </answer>: a first turn that answers and calls wins over the second turn
+    (["<think>a</think><answer>first</answer>" + CALL, "<think>b</think><answer>second</answer>"], "first", "second"),
+    (["<think>a</think><answer>A</answer> then <answer>C</answer>"], "A", "C"),
+    (["no tags at all"], "no tags at all", None),  # a reply without tags is its own answer to the release
+    ([CALL, CALL], (CALL + CALL).strip(), None),  # so is one whose last turn calls again
+])
+def test_release_answer_is_the_evaluation_split_of_the_whole_reply(texts, release, ours):
+    """`scripts/eval_examples/utils_pope.py`: `pred.split("</answer>")[0].split("<answer>")[-1].strip()` over every
+    assistant turn joined, decoded with special tokens skipped; `visionthink` reads the final turn only."""
+    assert _episode_answer(RELEASE, texts) == release
+    assert _episode_answer(VISIONTHINK, texts) == ours
+
+
+def test_release_turn_keeps_the_reward_split():
+    """A turn's own answer (what GRPO rollouts score) is the reward code's `split("<answer>")[-1]` first."""
+    assert RELEASE.parse_turn("<think>a</think><answer>A</answer> then <answer>C</answer>").answer == "C"
+
+
+def test_turn_budget_is_the_profiles():
+    from visionthink.engines.kv_decoder import SamplingConfig
+    from visionthink.engines.remote import RemoteEngine
+    from visionthink.profiles import VISIONTHINK_ZOOM
+    from visionthink.protocol_release import MAX_NEW_TOKENS
+
+    assert (RELEASE.max_new_tokens, MAX_NEW_TOKENS) == (8192, 8192)
+    assert VISIONTHINK.max_new_tokens == VISIONTHINK_ZOOM.max_new_tokens == SamplingConfig().max_new_tokens == 64
+    for name, budget in (("release", 8192), ("visionthink", 64), (None, 64)):
+        assert RemoteEngine("http://127.0.0.1:9/v1", model="m", protocol=name).sampling.max_new_tokens == budget
+    given = SamplingConfig(max_new_tokens=300)
+    assert RemoteEngine("http://127.0.0.1:9/v1", model="m", protocol="release", sampling=given).sampling is given
+
+
+def test_local_engine_defaults_to_the_profiles_budget(random_tiny):
+    from visionthink.engines.transformers_engine import TransformersEngine
+
+    assert TransformersEngine(*random_tiny, protocol="release").sampling.max_new_tokens == 8192
+    assert TransformersEngine(*random_tiny).sampling.max_new_tokens == 64
+
+
+class _ReleaseBackend:
+    """Writes a scripted reply per turn; records the first image of each row."""
+
+    protocol = RELEASE
+    batch_size = 2
+
+    def __init__(self, replies: list[str]):
+        from visionthink.images import PixelGrid
+
+        self.grid = PixelGrid(28, 3136, 12845056)
+        self.replies = replies
+        self.first_images = []
+
+    def session(self):
+        return self
+
+    def generate(self, rows, conversations, forbid_call):
+        from visionthink.engines.base import Generated
+
+        outputs = []
+        for messages in conversations:
+            turn = sum(m["role"] == "assistant" for m in messages)
+            if turn == 0:
+                self.first_images.append(protocol.images_in(messages)[0])
+            outputs.append(Generated(self.replies[turn], generated_tokens=5))
+        return outputs
+
+
+def test_the_loop_gives_release_views_and_answers():
+    from visionthink.engines.base import Request, run_episodes
+
+    backend = _ReleaseBackend(["<think>a</think><answer>first</answer>" + CALL, "<think>b</think><answer>2</answer>"])
+    episode = run_episodes(backend, [Request(Image.new("RGB", (500, 4000), "white"), QUESTION)], "visionthink")[0]
+    assert backend.first_images[0].size == (252, 1988)  # 250x2000, the original halved, then the processor's resize
+    assert episode.resized and episode.visual_tokens_per_turn == [9 * 71, 18 * 143]
+    assert episode.full_res_visual_tokens == 18 * 143
+    assert episode.answer == "first"  # the release's evaluation reads the whole reply
