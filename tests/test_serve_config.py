@@ -21,3 +21,11 @@ def test_every_serve_flag_is_a_serve_config_field():
     assert {field for _, field, _, _ in SERVE_LIMITS} <= fields
     args = build_parser().parse_args(["serve", "--max-image-pixels", "1000", "--header-timeout", "2.5"])
     assert (args.max_image_pixels, args.header_timeout) == (1000, 2.5)
+
+
+def test_allowed_hosts_and_body_limits_from_the_command_line():
+    args = build_parser().parse_args(["serve", "--allowed-host", "vt.example", "--allowed-host", "box",
+                                      "--body-timeout", "3", "--max-inflight-body-bytes", "1000000"])
+    assert args.allowed_host == ["vt.example", "box"]
+    assert (args.body_timeout, args.max_inflight_body_bytes) == (3.0, 1_000_000)
+    assert build_parser().parse_args(["serve"]).allowed_host == []

@@ -25,7 +25,8 @@ PROTOCOLS = ("visionthink", "release", "visionthink-zoom")
 """`visionthink.profiles.NAMES`, written out so that parsing the command line imports nothing (a test compares)."""
 PROTOCOL_HELP = ("conversation format: visionthink (this project's) or release (the authors' prompts, for their "
                  "released checkpoints)")
-MAX_NEW_TOKENS_HELP = "tokens per assistant turn (default 64, the tiny model's; a 7B that thinks needs thousands)"
+MAX_NEW_TOKENS_HELP = ("tokens per assistant turn (default: the protocol's, 64 for visionthink, the tiny model's; "
+                       "8192 for release, its evaluation's)")
 PRESET_NAMES = ("tiny", "real-vocab-small", "7b-shape-2layer")
 """`visionthink.models.presets.NAMES`, written out for the same reason."""
 """`demo`'s two tables: the same items and images, asked in each question wording set."""
@@ -318,11 +319,14 @@ def _serve(args: argparse.Namespace) -> int:
     from visionthink.serve.config import ServeConfig
 
     api_key = args.api_key or os.environ.get("VISIONTHINK_API_KEY") or None
+    if args.api_key:
+        print("note: --api-key shows in the process list; set VISIONTHINK_API_KEY instead", file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"warning: serving on {args.host} without --api-key", file=sys.stderr)
+        print(f"warning: serving on {args.host} without an API key (VISIONTHINK_API_KEY)", file=sys.stderr)
     name = args.served_model_name or (Path(args.model).name if args.model else "tiny-synth")
     limits = {field: getattr(args, field) for _, field, _, _ in SERVE_LIMITS}
-    config = ServeConfig(model_name=name, api_key=api_key, allow_remote_images=args.allow_remote_images, **limits)
+    config = ServeConfig(model_name=name, api_key=api_key, allow_remote_images=args.allow_remote_images,
+                         allowed_hosts=tuple(args.allowed_host), **limits)
     serve(engine_options(args), host=args.host, port=args.port, config=config, log_level=args.log_level)
     return 0
 
@@ -387,6 +391,10 @@ SERVE_LIMITS = (
     ("--remote-fetch-timeout", "remote_fetch_timeout", positive_float, "seconds for a whole remote image fetch"),
     ("--max-connections", "max_connections", positive_int, "open connections; more are closed at once"),
     ("--header-timeout", "header_timeout", positive_float, "seconds a connection may take to send its headers"),
+    ("--body-timeout", "body_timeout", positive_float,
+     "seconds a request body may take after its headers, plus 1 s per 256 KiB received"),
+    ("--max-inflight-body-bytes", "max_inflight_body_bytes", positive_int,
+     "bytes of request bodies held at once; more are refused with 503"),
 )
 
 
@@ -505,7 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=port_number, default=8000)
     serve.add_argument("--served-model-name", default=None, help="model id in the API (default: folder name)")
     serve.add_argument("--api-key", default=None,
-                       help="require 'Authorization: Bearer KEY' on /v1/* (or set VISIONTHINK_API_KEY)")
+                       help="require 'Authorization: Bearer KEY' on /v1/*; better set VISIONTHINK_API_KEY, which "
+                       "the process list does not show")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a host name a server without an API key answers, besides IP addresses and localhost "
+                       "(repeatable; '*' for any)")
     serve.add_argument("--allow-remote-images", action="store_true",
                        help="fetch http(s) image URLs (public addresses only); default: data: URLs only")
     serve_defaults = ServeConfig()
