@@ -184,8 +184,8 @@ def banned_ids(logit_bias: dict[str, float] | None) -> tuple[int, ...]:
 def _sampling(request: ChatCompletionRequest, default: SamplingConfig, config: ServeConfig) -> SamplingConfig:
     sampling = SamplingConfig(**asdict(default))
     sampling.seed = request.seed
-    if request.new_tokens is not None:
-        sampling.max_new_tokens = min(request.new_tokens, config.max_new_tokens)
+    wanted = default.max_new_tokens if request.new_tokens is None else request.new_tokens
+    sampling.max_new_tokens = min(wanted, config.max_new_tokens)  # the engine's default (the profile's) too
     if request.temperature is not None:
         sampling.do_sample = request.temperature > 0
         sampling.temperature = float(request.temperature) if request.temperature > 0 else 1.0
