@@ -138,6 +138,37 @@ def test_a_progressive_jpeg_within_the_scan_cap_decodes():
         load_image(hostile.repeated_scan_jpeg(200, MAX_JPEG_SCANS))
 
 
+def _slow_jpeg() -> bytes:
+    """A 16 MP progressive JPEG within the scan cap: about a second of decoding, in a worker process."""
+    return hostile.repeated_scan_jpeg(4000, MAX_JPEG_SCANS - 12)
+
+
+def test_a_large_decode_past_its_deadline_is_killed(shipped_model, good):
+    running = start(shipped_model, decode_timeout=0.05)
+    try:
+        status, reply, _ = post(running, chat_body(encoded_url(_slow_jpeg(), "image/jpeg"), "what?"))
+        assert status == 400 and "deadline" in reply["error"]["message"], reply
+        assert health(running)["decoders_killed"] == 1
+        assert_good(running, good, within=5)
+    finally:
+        running.stop()
+
+
+def test_a_large_decode_stops_with_its_request(shipped_model, good):
+    running = start(shipped_model, timeout=0.5)
+    try:
+        status, reply, _ = post(running, chat_body(encoded_url(_slow_jpeg(), "image/jpeg"), "what?"))
+        assert status == 408, reply
+        deadline = time.monotonic() + 5
+        while health(running)["decoders_killed"] < 1:
+            assert time.monotonic() < deadline, health(running)
+            time.sleep(0.05)
+        running.config.timeout = 30
+        assert_good(running, good, within=5)
+    finally:
+        running.stop()
+
+
 # ---------------------------------------------------------------- request structure
 
 

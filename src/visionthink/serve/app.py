@@ -115,7 +115,7 @@ async def index(state: State):
 async def health(state: State):
     return {"status": "ok", "model": state.config.model_name, "uptime_s": round(time.time() - state.started, 1),
             "context_tokens": state.service.budget.context, "waiting": state.batcher.waiting, **state.counters,
-            "batching": state.batcher.stats.as_dict()}
+            "batching": state.batcher.stats.as_dict(), "decoders_killed": state.service.decoders.killed}
 
 
 @api.get("/models")

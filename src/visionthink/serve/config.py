@@ -51,7 +51,9 @@ class ServeConfig:
     remote_fetch_concurrency: int = 4
     """Remote fetches running at once, in a thread pool of their own."""
     decode_concurrency: int = 4
-    """Images decoded at once, in a thread pool of their own."""
+    """Images decoded at once, in a thread pool of their own; half as many large ones (over 2 MP), in processes."""
+    decode_timeout: float = 10.0
+    """Seconds one large image may take to decode; its worker process is killed then (and when its request is over)."""
     max_connections: int = 256
     """Open connections; more are closed as soon as they are accepted (file descriptors stay bounded)."""
     header_timeout: float = 10.0

@@ -9,6 +9,7 @@ import concurrent.futures
 import io
 import json
 import re
+import threading
 import warnings
 
 from PIL import Image
@@ -26,6 +27,7 @@ from visionthink.serve.batcher import Batcher
 from visionthink.serve.checks import ChatRequest, SpecialTokens, chat_request, check_structure, check_unicode
 from visionthink.serve.config import ServeConfig
 from visionthink.serve.context import TokenBudget, context_length
+from visionthink.serve.decoder import DecodeWorkers
 from visionthink.serve.errors import ApiError
 from visionthink.serve.fetch import data_url_bytes, fetch_remote_image, is_remote
 from visionthink.serve.replies import Reply, raw_reply, visionthink_reply
@@ -33,7 +35,8 @@ from visionthink.serve.schemas import parse_chat_request
 from visionthink.serve.worker import RawJob, VisionThinkJob
 
 HEAVY_DECODE_PIXELS = 2_000_000
-"""Images with more pixels than this decode in a pool of their own, so that they never delay small ones."""
+"""Images with more pixels than this decode in worker processes (`serve.decoder`), killed at `decode_timeout` or when
+their request is over, and never delay the decoding of small ones (which runs in threads)."""
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 """Where JSON text can spell a lone surrogate (raw UTF-8 cannot: decoding refuses it)."""
@@ -89,13 +92,15 @@ class ChatService:
         """The profile `visionthink_mode: zoom` runs on (None: the served protocol has no zoom variant)."""
         self.special = SpecialTokens.of(engine.processor.tokenizer)
         self.decode_pool = concurrent.futures.ThreadPoolExecutor(config.decode_concurrency, "visionthink-decode")
-        self.heavy_pool = concurrent.futures.ThreadPoolExecutor(max(1, config.decode_concurrency // 2),
-                                                                "visionthink-decode-large")
+        heavy = max(1, config.decode_concurrency // 2)
+        self.heavy_pool = concurrent.futures.ThreadPoolExecutor(heavy, "visionthink-decode-large")
+        self.decoders = DecodeWorkers(heavy, config.decode_timeout)
         self.fetch_pool = concurrent.futures.ThreadPoolExecutor(config.remote_fetch_concurrency, "visionthink-fetch")
 
     def close(self) -> None:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         self.heavy_pool.shutdown(wait=False, cancel_futures=True)
+        self.decoders.close()
         self.fetch_pool.shutdown(wait=False, cancel_futures=True)
 
     async def complete(self, raw: bytes) -> tuple[ChatRequest, Reply]:
@@ -163,10 +168,15 @@ class ChatService:
             raise ApiError(400, f"the request's images hold {sum(sizes) / 1e6:.1f} megapixels, over the limit of "
                            f"{self.config.max_request_pixels / 1e6:.1f} per request", "too_many_pixels",
                            param="messages")
-        images = []
-        for data, size in zip(encoded, sizes, strict=True):
-            pool = self.heavy_pool if size > HEAVY_DECODE_PIXELS else self.decode_pool
-            images.append(await self._in(pool, self._decode, data))
+        images, stop = [], threading.Event()
+        try:
+            for data, size in zip(encoded, sizes, strict=True):
+                if size > HEAVY_DECODE_PIXELS:
+                    images.append(await self._in(self.heavy_pool, self._decode_apart, data, stop))
+                else:
+                    images.append(await self._in(self.decode_pool, self._decode, data))
+        finally:
+            stop.set()  # a worker still decoding for this request (timed out, client gone) is killed
         return images
 
     async def _bytes(self, url: str) -> bytes:
@@ -181,6 +191,13 @@ class ChatService:
         try:
             return load_image_within(data, self.grid.max_pixels, factor=2 * self.grid.factor,
                                      max_input_pixels=self.config.max_image_pixels)
+        except VisionThinkError as error:
+            raise ApiError(400, str(error), "invalid_image") from None
+
+    def _decode_apart(self, data: bytes, stop: threading.Event) -> Image.Image:
+        try:
+            return self.decoders.decode(data, self.grid.max_pixels, 2 * self.grid.factor, self.config.max_image_pixels,
+                                        stop)
         except VisionThinkError as error:
             raise ApiError(400, str(error), "invalid_image") from None
 
