@@ -114,7 +114,7 @@ def test_an_episode_that_resizes_runs_through_the_stand_in(fake_vllm, shipped_mo
     for call in (first, second):
         params, = call.params
         assert params.kwargs == {
-            "max_tokens": SamplingConfig().max_new_tokens, "temperature": 0.0,
+            "max_tokens": profile.max_new_tokens, "temperature": 0.0,  # the profile's turn budget: 64, 8192
             "stop_token_ids": ids(processor, "<|im_end|>", "<|endoftext|>"), "skip_special_tokens": False,
             "logit_bias": dict.fromkeys(never, -100.0),
         }
