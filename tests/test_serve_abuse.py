@@ -289,6 +289,22 @@ def test_a_slow_body_is_answered_408_and_its_connection_closed(server, good):
     assert_good(server, good, within=5)
 
 
+def test_slow_bodies_at_the_connection_cap_make_way_for_a_new_client(shipped_model, good):
+    running = start(shipped_model, max_connections=8, body_timeout=60)
+    slow = [_open_post(running, 10_000) for _ in range(8)]
+    try:
+        for sock in slow:
+            sock.sendall(b"{")
+        time.sleep(1.3)  # each has now waited over a second for its client
+        assert_good(running, good, within=5)
+        replies = [read_reply(sock, 0.5) for sock in slow]
+        assert sum(reply.startswith(b"HTTP/1.1 408") for reply in replies) >= 1, replies
+    finally:
+        for sock in slow:
+            sock.close()
+        running.stop()
+
+
 def test_a_client_leaving_during_its_upload_is_a_disconnect(server, good):
     before = health(server)
     with _open_post(server, 10_000) as sock:

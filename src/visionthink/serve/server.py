@@ -2,9 +2,11 @@
 
 uvicorn's own limits act once a request's headers are in (`limit_concurrency` answers 503
 then), so a client that opens many connections and never finishes its headers holds a file
-descriptor each. `GuardedH11Protocol` closes a connection beyond `max_connections` as soon as
-it is accepted and one whose request headers are not complete within `header_timeout` seconds
-(of connecting, or of the keep-alive wait after its previous reply). A request body gets
+descriptor each. `GuardedH11Protocol` keeps at most `max_connections`: a connection beyond it
+replaces the one that has waited longest for its client (headers, body or next request), if
+that one has waited a second, and is closed at once otherwise. A connection whose request
+headers are not complete within `header_timeout` seconds (of connecting, or of the keep-alive
+wait after its previous reply) is closed. A request body gets
 `body_timeout` seconds after its headers, plus a second per `min_body_rate` bytes it delivers;
 a slower one is answered 408 and its connection closed. A connection whose reply went out before
 its body was read (a refusal) is closed at once rather than kept for a body nobody reads.
@@ -35,26 +37,56 @@ class GuardedH11Protocol(H11Protocol):
     body_timeout = 10.0
     min_body_rate = 256 * 1024
 
+    evict_after = 1.0
+    """Seconds a connection must have been waiting for its client before a new connection over the cap replaces it."""
+
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_timer = self._body_timer = None
         self._body_cycle = None
         self._body_start = 0.0
         self._body_bytes = 0
+        self._waiting_since: float | None = self.loop.time()
+        """When this connection began waiting for its client (headers, body, or the next request); None while the
+        server works on a request."""
         if len(self.connections) > self.max_connections:
-            transport.close()
-            return
+            stalest = self._stalest()
+            if stalest is None:
+                transport.close()
+                return
+            stalest._evict()
         self._arm(self.header_timeout)
+
+    def _stalest(self) -> GuardedH11Protocol | None:
+        """The connection that has waited longest for its client, if it has waited `evict_after` seconds."""
+        waiting = [c for c in self.connections if c is not self and getattr(c, "_waiting_since", None) is not None]
+        stalest = min(waiting, key=lambda c: c._waiting_since, default=None)
+        if stalest is None or self.loop.time() - stalest._waiting_since < self.evict_after:
+            return None
+        return stalest
+
+    def _evict(self) -> None:
+        """Close this connection for a newer one: a request whose body is still coming is answered 408 first."""
+        self._waiting_since = None
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
+            self._cut_body(cycle, "the request body was too slow for a server at its connection limit")
+        elif not self.transport.is_closing():
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.more_body or self.transport.is_closing():
+        if cycle is None or cycle.response_complete or self.transport.is_closing():
+            return
+        if not cycle.more_body:
+            self._waiting_since = None
             return
         if cycle is self._body_cycle:
             self._body_bytes += len(data)
             return
         self._body_cycle, self._body_start, self._body_bytes = cycle, self.loop.time(), 0
+        self._waiting_since = self._body_start
         self._arm_body()
 
     def _body_deadline(self) -> float:
@@ -73,11 +105,14 @@ class GuardedH11Protocol(H11Protocol):
         if self.loop.time() < self._body_deadline():
             self._arm_body()
             return
+        self._cut_body(cycle, f"the request body did not arrive within {self.body_timeout:g} s (plus 1 s per "
+                       f"{self.min_body_rate} bytes received)")
+
+    def _cut_body(self, cycle, message: str) -> None:
+        """Answer a request whose body is still coming with 408, close its connection, and tell the app why."""
         cycle.scope[BODY_TIMED_OUT] = True
         if not cycle.response_started:
-            self._send_json(408, error_body(f"the request body did not arrive within {self.body_timeout:g} s (plus "
-                                            f"1 s per {self.min_body_rate} bytes received)", "timeout_error",
-                                            "body_timeout"))
+            self._send_json(408, error_body(message, "timeout_error", "body_timeout"))
         cycle.response_started = cycle.disconnected = True
         cycle.message_event.set()
         self.transport.close()
@@ -98,6 +133,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._waiting_since = self.loop.time()
         if self.transport.is_closing():
             return
         if self.conn.their_state is not h11.DONE:  # answered before its body was read: nobody will read the rest
