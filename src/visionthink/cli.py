@@ -298,14 +298,37 @@ def _data_curate(args: argparse.Namespace) -> int:
     datasets.disable_progress_bars()
     curation = curate(args.model, args.data, args.out, k=args.k, split=args.split, seed=args.seed,
                       temperature=args.temperature, limit=args.limit, batch_size=args.batch_size,
-                      progress=not args.no_progress, engine_options=engine_options(args))
+                      progress=not args.no_progress, engine_options=engine_options(args),
+                      max_new_tokens=args.max_new_tokens, judge=args.judge,
+                      pixel_range=_pixel_range(args.pixel_range, args.protocol))
     print(format_confusion(curation))
     for note in curation.notes:
         print(f"note: {note}")
-    counts = curation.summary()["labels"]
-    print(f"wrote {curation.out} (train: {len(curation.labels) - counts['discard']} items, "
-          f"discarded: {counts['discard']})")
+    print(curation.counts_line())
+    items = curation.items()
+    print(f"wrote {curation.out} (train: {items['kept']} items, cut: {items['cut']}, discarded: {items['wrong']})")
     return 0
+
+
+def _pixel_range(text: str, protocol: str | None) -> tuple[int, int] | None:
+    """`data curate --pixel-range`: `release` (the release's [512^2, 2048^2]), `none`, `MIN,MAX`, or `auto`
+    (release under --protocol release, else none)."""
+    from visionthink.images import RELEASE_MAX_PIXELS, RELEASE_MIN_PIXELS
+
+    if text == "auto":
+        text = "release" if protocol == "release" else "none"
+    if text == "none":
+        return None
+    if text == "release":
+        return RELEASE_MIN_PIXELS, RELEASE_MAX_PIXELS
+    low, _, high = text.partition(",")
+    try:
+        bounds = positive_int(low), positive_int(high)
+    except argparse.ArgumentTypeError as error:
+        raise VisionThinkError(f"--pixel-range {text!r}: {error} (give release, none, auto or MIN,MAX)") from None
+    if bounds[0] > bounds[1]:
+        raise VisionThinkError(f"--pixel-range {text!r}: MIN is over MAX")
+    return bounds
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -485,6 +508,15 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--limit", type=positive_int, default=None, help="only the first N items")
     curate.add_argument("--batch-size", type=positive_int, default=64)
     curate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    curate.add_argument("--protocol", default=None, choices=PROTOCOLS, help=PROTOCOL_HELP)
+    curate.add_argument("--max-new-tokens", type=positive_int, default=None,
+                        help=MAX_NEW_TOKENS_HELP + "; a turn that hits it is counted as cut, not wrong")
+    curate.add_argument("--judge", default=None,
+                        help="judge spec as for eval (rule, http://host/v1#model, local:DIR; default: exact match)")
+    curate.add_argument("--pixel-range", default="auto", metavar="RANGE",
+                        help="scale every image into a pixel range before its views: release (the authors' "
+                        "[512^2, 2048^2], as their training data), none, MIN,MAX, or auto (default: release under "
+                        "--protocol release, else none)")
     add_engine_options(curate)
     curate.set_defaults(handler=_data_curate)
 

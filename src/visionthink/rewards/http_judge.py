@@ -24,6 +24,10 @@ BATCH_TIMEOUT = 600.0
 """Seconds one `HTTPJudge.grade()` call may take in all before unanswered requests fall back."""
 
 
+class JudgeUnavailable(RuntimeError):
+    """The judge refused or could not be reached when checked before a run (`HTTPJudge.check`)."""
+
+
 class FailedCall(Exception):
     """One attempt that did not produce a score; `retry` says whether trying again may help."""
 
@@ -149,6 +153,44 @@ class HTTPJudge(Judge):
         """``<base_url>/chat/completions`` unless `base_url` already ends with it."""
         url = base_url.rstrip("/")
         return url if url.endswith("/chat/completions") else f"{url}/chat/completions"
+
+    # ------------------------------------------------------------ start-up check
+
+    def check(self, timeout: float = 30.0) -> None:
+        """Ask one short question before a run. A refusal (401/403: the key; 404: the model name or the URL; any
+        other 4xx) or no answer at all raises `JudgeUnavailable` with the reason: such a judge would fail every
+        verdict, and `fallback` would grade them all without a word. 429 and 5xx are taken as passing trouble."""
+        httpx = _httpx()
+        body = {"model": self.model, "messages": [{"role": "user", "content": "Reply with: Score: 1"}],
+                "temperature": 0.0, "max_tokens": 8, **self.extra_body}
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            with httpx.Client(timeout=timeout, trust_env=self.trust_env) as client:
+                response = client.post(self.url, json=body, headers=headers)
+                status, text = response.status_code, response.text[:300]
+                served = self._served_models(client, headers) if status == 404 else []
+        except Exception as error:  # noqa: BLE001 - connection refused, DNS, timeouts, protocol errors
+            raise JudgeUnavailable(f"judge {self.url} cannot be reached ({type(error).__name__}: {error}); start "
+                                   "it, or train with `judge: rule`") from None
+        if status in (401, 403):
+            raise JudgeUnavailable(f"judge {self.url} answered HTTP {status} (the key is missing or wrong: set "
+                                   f"VISIONTHINK_JUDGE_API_KEY or judge_options.api_key): {text}")
+        if status == 404:
+            listed = f"; the server serves {', '.join(served)}" if served else ""
+            raise JudgeUnavailable(f"judge {self.url} answered HTTP 404 for model {self.model!r}{listed}: name the "
+                                   f"served model after '#' in the judge spec (http:<base_url>#<model>) and check "
+                                   f"the URL: {text}")
+        if 400 <= status < 500 and status != 429:
+            raise JudgeUnavailable(f"judge {self.url} refused a request for model {self.model!r} with HTTP "
+                                   f"{status}: {text}")
+
+    def _served_models(self, client, headers: dict[str, str]) -> list[str]:
+        """The model ids the server's `/models` lists (none when it cannot say)."""
+        try:
+            listing = client.get(self.url.removesuffix("/chat/completions") + "/models", headers=headers).json()
+            return [str(entry["id"]) for entry in listing["data"]][:10]
+        except Exception:  # noqa: BLE001 - only a hint for the error message
+            return []
 
     # ------------------------------------------------------------ grading
 
