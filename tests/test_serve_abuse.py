@@ -342,6 +342,10 @@ def test_bodies_held_at_once_are_bounded(shipped_model, good):
         time.sleep(0.3)
         status, reply, _ = call(running.url, "POST", CHAT, {**good, "padding": "x" * 400_000}, key=None)
         assert status == 200, reply
+        too_big = json.dumps({**good, "padding": "x" * 3_000_000}).encode()  # refused unread, yet the reply arrives
+        status, reply, _ = call(running.url, "POST", CHAT, too_big, key=None,
+                                headers={"Content-Type": "application/json"})
+        assert status == 503 and reply["error"]["code"] == "server_busy", reply
     finally:
         running.stop()
 

@@ -29,9 +29,9 @@ def error_body(message: str, kind: str, code: str, param: str | None = None) -> 
 
 
 async def send_error(send, error: ApiError) -> None:
-    """Send `error` as a whole response from plain ASGI (middleware that runs before routing)."""
+    """Send `error` as a whole response from plain ASGI (middleware that runs before routing). The server closes a
+    connection whose body was not read after a short linger (`serve.server`), so a client still sending reads this."""
     body = json.dumps(error.body()).encode()
     await send({"type": "http.response.start", "status": error.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

@@ -9,7 +9,8 @@ headers are not complete within `header_timeout` seconds (of connecting, or of t
 wait after its previous reply) is closed. A request body gets
 `body_timeout` seconds after its headers, plus a second per `min_body_rate` bytes it delivers;
 a slower one is answered 408 and its connection closed. A connection whose reply went out before
-its body was read (a refusal) is closed at once rather than kept for a body nobody reads.
+its body was read (a refusal) is half-closed at once and closed two seconds later (what still
+comes meanwhile is dropped), rather than kept for a body nobody reads.
 Malformed HTTP is answered with a JSON 400. A server facing the internet should still sit
 behind a reverse proxy (docs/serving.md).
 """
@@ -117,6 +118,18 @@ class GuardedH11Protocol(H11Protocol):
         cycle.message_event.set()
         self.transport.close()
 
+    linger = 2.0
+    """Seconds a connection answered before its body was read keeps reading (and dropping) what still comes."""
+
+    def _linger(self) -> None:
+        """Close after the reply: at once if the transport cannot half-close, else after `linger` seconds of dropping
+        the rest of the body, so that a client still sending reads the reply instead of a reset."""
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.loop.call_later(self.linger, self.transport.close)
+
     def _send_json(self, status: int, body: dict) -> None:
         payload = json.dumps(body).encode()
         try:
@@ -137,7 +150,7 @@ class GuardedH11Protocol(H11Protocol):
         if self.transport.is_closing():
             return
         if self.conn.their_state is not h11.DONE:  # answered before its body was read: nobody will read the rest
-            self.transport.close()
+            self._linger()
             return
         self._arm(self.timeout_keep_alive + self.header_timeout)  # the next request's headers: keep-alive wait at most
 
