@@ -22,7 +22,7 @@ from visionthink.data import synth
 from visionthink.profiles import get_profile
 from visionthink.rewards.judges import make_judge
 from visionthink.train import grpo_env, newest_checkpoint
-from visionthink.train.grpo_config import VisionThinkGRPOConfig
+from visionthink.train.grpo_config import VisionThinkGRPOConfig, pixel_range
 from visionthink.train.grpo_plots import plot_resize_ratio
 from visionthink.train.grpo_rewards import VisionThinkRewards
 from visionthink.train.grpo_trainer import VisionThinkGRPOTrainer
@@ -57,13 +57,14 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
         processor.chat_template = profile.chat_template
         processor.tokenizer.chat_template = profile.chat_template
     _set_response_template(processor)
+    pixels = pixel_range(config)
     if train_dataset is None and config.data == "synth":
         train_dataset = grpo_env.prompt_dataset(processor.grid, config.train_items, seed=config.data_seed,
-                                                protocol=profile)
+                                                protocol=profile, pixel_range=pixels)
     elif train_dataset is None:
-        train_dataset = grpo_env.disk_dataset(config.data, processor.grid, protocol=profile)
+        train_dataset = grpo_env.disk_dataset(config.data, processor.grid, protocol=profile, pixel_range=pixels)
     rewards = VisionThinkRewards(
-        processor, make_judge(config.judge, **_judge_kwargs(config)), config.num_generations,
+        processor, start_judge(config), config.num_generations,
         variant=config.penalty_variant, theta=config.theta, penalty=config.penalty,
         format_value=config.format_reward, drop_tied=config.drop_tied_groups, drop_failed=config.drop_failed_groups,
         protocol=profile, cost_weight=config.cost_weight,
@@ -75,10 +76,7 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
 
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                  target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
-    if not config.use_vllm:  # transformers generation: never sample vision placeholders or `<|im_start|>`, as the
-        # inference engine does (vLLM's sampling parameters have no `suppress_tokens`)
-        banned = never_write_ids(processor.tokenizer)
-        config.generation_kwargs = {**(config.generation_kwargs or {}), "suppress_tokens": banned}
+    config.generation_kwargs = rollout_generation_kwargs(config, never_write_ids(processor.tokenizer))
     anchor = None
     if config.anchor_weight > 0 or config.box_anchor_weight > 0:
         from accelerate import PartialState
@@ -113,6 +111,35 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
     output_dir.mkdir(parents=True, exist_ok=True)
     trainer.add_callback(JsonlLog(output_dir / "log.jsonl"))
     return trainer
+
+
+BAN_BIAS = -100.0
+"""The `logit_bias` that keeps a token out of vLLM rollouts (the OpenAI API's lowest)."""
+
+
+def rollout_generation_kwargs(config: VisionThinkGRPOConfig, banned: list[int]) -> dict[str, Any]:
+    """`config.generation_kwargs` with the `banned` ids (image and vision special tokens, `<|im_start|>`:
+    `engines.base.never_write_ids`) kept out of every rollout: `suppress_tokens` for transformers generation,
+    `logit_bias` for vLLM (TRL merges `generation_kwargs` into its `SamplingParams`, in colocate mode and in the
+    requests to `trl vllm-serve`). One sampled image token would make TRL drop the images of its whole micro-batch."""
+    kwargs = dict(config.generation_kwargs or {})
+    if config.use_vllm:
+        bias = {int(token): float(value) for token, value in (kwargs.get("logit_bias") or {}).items()}
+        kwargs["logit_bias"] = {**bias, **{int(token): BAN_BIAS for token in banned}}
+    else:
+        kwargs["suppress_tokens"] = sorted({*(kwargs.get("suppress_tokens") or []), *banned})
+    return kwargs
+
+
+def start_judge(config: VisionThinkGRPOConfig):
+    """The run's judge (`make_judge(config.judge)`); an HTTP judge is asked one question first (`judge_check`),
+    so that one that refuses or is not there stops the run with the reason (`http_judge.JudgeUnavailable`)."""
+    from visionthink.rewards.http_judge import HTTPJudge
+
+    judge = make_judge(config.judge, **_judge_kwargs(config))
+    if config.judge_check and isinstance(judge, HTTPJudge):
+        judge.check()
+    return judge
 
 
 def _judge_kwargs(config: VisionThinkGRPOConfig) -> dict[str, Any]:

@@ -86,6 +86,10 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
         "help": "Judge spec for `make_judge`: rule, http:<base_url>[#model], local:<path>."})
     judge_options: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "More keyword arguments for the judge (e.g. timeout, retries, concurrency, cache_path)."})
+    judge_check: bool = field(default=True, metadata={
+        "help": "Ask an HTTP judge one question before training: one that refuses (401/403: the key; 404: the model "
+                "name or URL; any other 4xx) or cannot be reached stops the run with the reason, instead of every "
+                "verdict falling back to `judge_fallback`."})
     judge_fallback: str = field(default="rule", metadata={
         "help": "What an LLM judge does when it cannot grade: `rule` grades by rule, `drop` scores 0."})
     drop_tied_groups: bool = field(default=True, metadata={
@@ -118,6 +122,12 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
     data: str = field(default="synth", metadata={
         "help": "`synth` (the synthetic world's train split) or a `save_to_disk` folder with "
                 "image/question/answer columns, e.g. the output of `visionthink data curate` (its `train` split)."})
+    image_min_pixels: int | None = field(default=None, metadata={
+        "help": "Training images with fewer pixels are scaled up to about this many before their views are made "
+                "(`images.clamp_to_pixel_range`; the release's 512^2 = 262144). None: as they are."})
+    image_max_pixels: int | None = field(default=None, metadata={
+        "help": "Training images with more pixels are scaled down to about this many before their views are made "
+                "(the release's 2048^2 = 4194304). None: only the processor's own cap."})
     train_items: int = field(default=4000, metadata={
         "help": "Items of the synthetic train split to draw prompts from (with `data: synth`)."})
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of every weight."})
@@ -155,8 +165,20 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
             raise ValueError(f"probe_loss must be none or positive, got {self.probe_loss!r}")
         if self.explore_direct and self.use_vllm:
             raise ValueError("explore_direct needs transformers generation (use_vllm: false)")
+        if (self.image_min_pixels is None) != (self.image_max_pixels is None):
+            raise ValueError("image_min_pixels and image_max_pixels go together (both set, or neither)")
+        if self.image_min_pixels is not None and not 0 < self.image_min_pixels <= self.image_max_pixels:
+            raise ValueError(f"need 0 < image_min_pixels <= image_max_pixels, got {self.image_min_pixels}, "
+                             f"{self.image_max_pixels}")
         if self.max_tool_calling_iterations != MAX_TOOL_CALLS:
             raise ValueError(f"max_tool_calling_iterations must be {MAX_TOOL_CALLS}: the protocol allows one resize")
+
+
+def pixel_range(config: VisionThinkGRPOConfig) -> tuple[int, int] | None:
+    """The (min, max) pixels training images are scaled into, or None."""
+    if config.image_min_pixels is None or config.image_max_pixels is None:
+        return None
+    return config.image_min_pixels, config.image_max_pixels
 
 
 def _tensorboard_available() -> bool:

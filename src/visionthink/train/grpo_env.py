@@ -25,7 +25,7 @@ from PIL import Image
 
 from visionthink import protocol
 from visionthink.data import synth
-from visionthink.images import PixelGrid, Views, make_views
+from visionthink.images import PixelGrid, Views, clamp_to_pixel_range, load_image, make_views
 from visionthink.profiles import VISIONTHINK, VISIONTHINK_ZOOM, ProtocolProfile, get_profile
 from visionthink.tokens import assistant_mask
 
@@ -42,9 +42,17 @@ def trl_prompt(question: str, protocol: str | ProtocolProfile | None = None) -> 
     return get_profile(protocol).trl_prompt(question)
 
 
-def prompt_row(item: synth.Item, grid: PixelGrid, protocol: str | ProtocolProfile | None = None) -> dict[str, Any]:
+def source_image(image, pixel_range: tuple[int, int] | None = None) -> Image.Image:
+    """The image the views are made from: loaded safely and, with `pixel_range` (min, max pixels), scaled into it
+    as the release's training data is (`images.clamp_to_pixel_range`)."""
+    image = load_image(image)
+    return image if pixel_range is None else clamp_to_pixel_range(image, *pixel_range)
+
+
+def prompt_row(item: synth.Item, grid: PixelGrid, protocol: str | ProtocolProfile | None = None,
+               pixel_range: tuple[int, int] | None = None) -> dict[str, Any]:
     """One dataset row: the prompt, the low-res view (`image`), the high-res view and the item's labels."""
-    views = make_views(item.image, grid)
+    views = make_views(item.image if pixel_range is None else source_image(item.image, pixel_range), grid)
     return {
         "prompt": trl_prompt(item.question, protocol),
         "image": views.low,
@@ -58,26 +66,26 @@ def prompt_row(item: synth.Item, grid: PixelGrid, protocol: str | ProtocolProfil
 
 
 def prompt_dataset(grid: PixelGrid, n: int, seed: int = 0, split: str = "train",
-                   protocol: str | ProtocolProfile | None = None):
+                   protocol: str | ProtocolProfile | None = None, pixel_range: tuple[int, int] | None = None):
     """The first `n` items of a synthetic split as TRL prompt rows (`datasets.Dataset`, images stored as PNG)."""
     import datasets
 
     items = synth.split_items(split, n, seed=seed)
-    return datasets.Dataset.from_list([prompt_row(item, grid, protocol) for item in items])
+    return datasets.Dataset.from_list([prompt_row(item, grid, protocol, pixel_range) for item in items])
 
 
 def disk_dataset(path: str, grid: PixelGrid, split: str = "train", limit: int | None = None,
-                 protocol: str | ProtocolProfile | None = None):
+                 protocol: str | ProtocolProfile | None = None, pixel_range: tuple[int, int] | None = None):
     """TRL prompt rows from a `save_to_disk` folder with `image`, `question`, `answer` columns (for example
-    what `visionthink data curate` writes); `family` (else `label`) and `uid` are kept when present."""
+    what `visionthink data curate` writes); `family` (else `label`) and `uid` are kept when present. With
+    `pixel_range`, each image is scaled into it before its views are made (`source_image`)."""
     from visionthink.data.curate import load_items
-    from visionthink.images import load_image
 
     dataset = load_items(path, split=split, limit=limit)
     columns = dataset.column_names
 
     def convert(row: dict[str, Any], index: int) -> dict[str, Any]:
-        views = make_views(load_image(row["image"]), grid)
+        views = make_views(source_image(row["image"], pixel_range), grid)
         return {
             "prompt": trl_prompt(str(row["question"]), protocol),
             "image": views.low,
