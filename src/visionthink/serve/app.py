@@ -62,7 +62,7 @@ from visionthink.serve.background import BackgroundServer  # noqa: F401 - kept i
 from visionthink.serve.batcher import Batcher, QueueFull
 from visionthink.serve.config import ServeConfig
 from visionthink.serve.errors import ApiError, error_body
-from visionthink.serve.limits import BodyLimitMiddleware
+from visionthink.serve.limits import BodyLimitMiddleware, return_large_buffers
 from visionthink.serve.replies import (
     Reply,
     completion_chunks,
@@ -139,8 +139,7 @@ async def chat_completions(request: HttpRequest, state: State):
     work = gone = None
     try:
         async with asyncio.timeout(config.timeout):
-            raw = await request.body()
-            work = asyncio.ensure_future(state.service.complete(raw))
+            work = asyncio.ensure_future(state.service.complete(await _body(request)))
             gone = asyncio.ensure_future(_client_gone(request))
             await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not work.done():
@@ -171,6 +170,12 @@ async def chat_completions(request: HttpRequest, state: State):
             if task is not None and not task.done():
                 task.cancel()  # cancelling the work cancels its queued or running model job
     return _respond(reply, chat.stream, chat.include_usage_chunk, config.model_name)
+
+
+async def _body(request: HttpRequest) -> bytes:
+    """The request body, not kept on the request (the service drops it once parsed)."""
+    chunks = [chunk async for chunk in request.stream()]
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _client_gone(request: HttpRequest) -> None:
@@ -224,6 +229,7 @@ def create_app(engine: TransformersEngine, config: ServeConfig | None = None,
     `engine` may also be a `VLLMEngine` or `RemoteEngine` (with a processor); `context` is then its model's context in
     tokens (a local model's is read from it)."""
     config = config or ServeConfig()
+    return_large_buffers()
     for served in (engine, zoom_engine):
         if served is not None:
             served.batch_size = max(served.batch_size, config.max_batch)

@@ -63,7 +63,7 @@ class ServeConfig:
     delivered; a body slower than that is answered 408 and its connection closed."""
     min_body_rate: int = 256 * 1024
     """Bytes per second that earn a body more time (see `body_timeout`)."""
-    max_inflight_body_bytes: int = 512 * 1024 * 1024
+    max_inflight_body_bytes: int = 256 * 1024 * 1024
     """Request bodies held by the server at once (from their headers to their replies); more are refused with 503,
     so the memory of bodies and what is parsed from them stays bounded at the connection cap."""
     allowed_hosts: tuple[str, ...] = ()

@@ -105,6 +105,7 @@ class ChatService:
 
     async def complete(self, raw: bytes) -> tuple[ChatRequest, Reply]:
         chat = await self._in(self.decode_pool, self.parse, raw)  # a 20 MB body takes a while: off the event loop
+        del raw  # the request holds its parsed form from here on, not both
         if chat.mode == "raw":
             return chat, await self._raw(chat)
         return chat, await self._visionthink(chat)
