@@ -498,7 +498,7 @@ def second_round(a: Server, good: dict, case, refused) -> None:
 def leave_early(server: Server) -> str:
     body = json.dumps({"messages": [{"role": "user", "content": "word " * 1150}], "visionthink_mode": "raw",
                        "max_tokens": 64, "temperature": 2.0, "seed": 2}).encode()
-    head = (f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = (f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.sendall(head + body)

@@ -9,8 +9,8 @@ headers are not complete within `header_timeout` seconds (of connecting, or of t
 wait after its previous reply) is closed. A request body gets
 `body_timeout` seconds after its headers, plus a second per `min_body_rate` bytes it delivers;
 a slower one is answered 408 and its connection closed. A connection whose reply went out before
-its body was read (a refusal) is half-closed at once and closed two seconds later (what still
-comes meanwhile is dropped), rather than kept for a body nobody reads.
+its body was read (a refusal) is half-closed at once and closed five seconds later (what still
+comes meanwhile is dropped unparsed), rather than kept for a body nobody reads.
 Malformed HTTP is answered with a JSON 400. A server facing the internet should still sit
 behind a reverse proxy (docs/serving.md).
 """
@@ -47,6 +47,7 @@ class GuardedH11Protocol(H11Protocol):
         self._body_cycle = None
         self._body_start = 0.0
         self._body_bytes = 0
+        self._lingering = False
         self._waiting_since: float | None = self.loop.time()
         """When this connection began waiting for its client (headers, body, or the next request); None while the
         server works on a request."""
@@ -76,6 +77,8 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # the rest of a body that was answered already: dropped unparsed
+            return
         super().data_received(data)
         cycle = self.cycle
         if cycle is None or cycle.response_complete or self.transport.is_closing():
@@ -118,7 +121,7 @@ class GuardedH11Protocol(H11Protocol):
         cycle.message_event.set()
         self.transport.close()
 
-    linger = 2.0
+    linger = 5.0
     """Seconds a connection answered before its body was read keeps reading (and dropping) what still comes."""
 
     def _linger(self) -> None:
@@ -127,6 +130,7 @@ class GuardedH11Protocol(H11Protocol):
         if not self.transport.can_write_eof():
             self.transport.close()
             return
+        self._lingering = True
         self.transport.write_eof()
         self.loop.call_later(self.linger, self.transport.close)
 

@@ -34,6 +34,8 @@ from visionthink.serve.replies import Reply, raw_reply, visionthink_reply
 from visionthink.serve.schemas import parse_chat_request
 from visionthink.serve.worker import RawJob, VisionThinkJob
 
+INLINE_PARSE_BYTES = 1 << 20
+"""Bodies up to this size are parsed on the event loop (a few ms), so they never queue behind large ones."""
 HEAVY_DECODE_PIXELS = 2_000_000
 """Images with more pixels than this decode in worker processes (`serve.decoder`), killed at `decode_timeout` or when
 their request is over, and never delay the decoding of small ones (which runs in threads)."""
@@ -104,7 +106,10 @@ class ChatService:
         self.fetch_pool.shutdown(wait=False, cancel_futures=True)
 
     async def complete(self, raw: bytes) -> tuple[ChatRequest, Reply]:
-        chat = await self._in(self.decode_pool, self.parse, raw)  # a 20 MB body takes a while: off the event loop
+        if len(raw) <= INLINE_PARSE_BYTES:
+            chat = self.parse(raw)
+        else:  # a 20 MB body takes a while: off the event loop
+            chat = await self._in(self.decode_pool, self.parse, raw)
         del raw  # the request holds its parsed form from here on, not both
         if chat.mode == "raw":
             return chat, await self._raw(chat)
