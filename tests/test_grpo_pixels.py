@@ -40,3 +40,15 @@ def test_synthetic_rows_are_unchanged_without_a_range():
     grid = PixelGrid(min_pixels=28 * 28, max_pixels=168 * 112)
     row, views = grpo_env.prompt_row(item, grid), make_views(item.image, grid)
     assert row["high_res_image"].tobytes() == views.high.tobytes() and row["image"].tobytes() == views.low.tobytes()
+
+
+def test_release_rows_show_the_original_halved(tmp_path):
+    from visionthink.profiles import RELEASE, VISIONTHINK
+
+    data = _folder(tmp_path, [(1000, 700)])
+    image = Image.new("RGB", (1000, 700), "white")
+    release = grpo_env.disk_dataset(data, QWEN, protocol="release")
+    plain = grpo_env.disk_dataset(data, QWEN)
+    assert release["image"][0].size == RELEASE.views(image, QWEN).low.size
+    assert plain["image"][0].size == VISIONTHINK.views(image, QWEN).low.size
+    assert release["high_res_image"][0].size == plain["high_res_image"][0].size

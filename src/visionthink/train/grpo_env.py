@@ -25,7 +25,7 @@ from PIL import Image
 
 from visionthink import protocol
 from visionthink.data import synth
-from visionthink.images import PixelGrid, Views, clamp_to_pixel_range, load_image, make_views
+from visionthink.images import PixelGrid, Views, clamp_to_pixel_range, load_image
 from visionthink.profiles import VISIONTHINK, VISIONTHINK_ZOOM, ProtocolProfile, get_profile
 from visionthink.tokens import assistant_mask
 
@@ -51,8 +51,10 @@ def source_image(image, pixel_range: tuple[int, int] | None = None) -> Image.Ima
 
 def prompt_row(item: synth.Item, grid: PixelGrid, protocol: str | ProtocolProfile | None = None,
                pixel_range: tuple[int, int] | None = None) -> dict[str, Any]:
-    """One dataset row: the prompt, the low-res view (`image`), the high-res view and the item's labels."""
-    views = make_views(item.image if pixel_range is None else source_image(item.image, pixel_range), grid)
+    """One dataset row: the prompt, the low-res view (`image`), the high-res view (both as the profile makes them:
+    `ProtocolProfile.views`) and the item's labels."""
+    views = get_profile(protocol).views(item.image if pixel_range is None else source_image(item.image, pixel_range),
+                                        grid)
     return {
         "prompt": trl_prompt(item.question, protocol),
         "image": views.low,
@@ -83,9 +85,10 @@ def disk_dataset(path: str, grid: PixelGrid, split: str = "train", limit: int | 
 
     dataset = load_items(path, split=split, limit=limit)
     columns = dataset.column_names
+    profile = get_profile(protocol)
 
     def convert(row: dict[str, Any], index: int) -> dict[str, Any]:
-        views = make_views(source_image(row["image"], pixel_range), grid)
+        views = profile.views(source_image(row["image"], pixel_range), grid)
         return {
             "prompt": trl_prompt(str(row["question"]), protocol),
             "image": views.low,
