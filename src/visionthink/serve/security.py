@@ -4,6 +4,7 @@ key, and the web page's security headers."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -28,6 +29,7 @@ def require_api_key(request: Request) -> None:
         raise ApiError(401, "invalid API key", "invalid_api_key", "authentication_error")
 
 
+@functools.lru_cache(maxsize=4)
 def page_policy(page: str) -> str:
     """The Content-Security-Policy of the web page: its one inline script (by hash), inline styles, images from data
     and blob URLs, requests to its own origin only, and no framing."""
