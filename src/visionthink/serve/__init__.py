@@ -4,10 +4,10 @@ Needs FastAPI and uvicorn (`pip install 'visionthink[serve]'`). `serve.config` (
 imports neither, so the command line reads its defaults without them.
 
 Modules: `config` settings, `schemas` request models, `checks` server-side checks,
-`security` the API key, `fetch` image URLs, `context` the token count, `service` one request's
-work, `batcher` and `worker` the model side, `replies` the OpenAI reply shapes, `limits` the
-body limit, `server` uvicorn and connection limits, `background` a server in a thread, `app`
-the routes.
+`security` the API key and Host checks, `fetch` image URLs, `context` the token count, `service`
+one request's work, `decoder` large images in worker processes, `batcher` and `worker` the model
+side, `replies` the OpenAI reply shapes, `limits` the body limits, `server` uvicorn and connection
+limits, `background` a server in a thread, `app` the routes.
 """
 
 from __future__ import annotations

@@ -30,11 +30,14 @@ Endpoints:
   the episode is computed first, so the concatenated deltas equal the non-streaming reply.
 - `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, and `GET /` (the web page).
 
-Limits (`ServeConfig`): body size, pixels per image and per request (checked from the image
-headers before decoding; images over the model's pixel grid are shrunk while decoded),
-images per request, prompt tokens after templating against the model's context, a
-per-request timeout (work whose caller timed out or disconnected is stopped), an optional
-Bearer key on `/v1/*`, a queue bound, and connection limits (`serve.server`). Every refusal
+Limits (`ServeConfig`): body size and the bytes of bodies held at once, image formats (PNG,
+JPEG, WebP, GIF) and their structure, pixels per image and per request (checked from the image
+headers before decoding; images over the model's pixel grid are shrunk while decoded, large ones
+in worker processes killed at a deadline), images per request, a request's structure (JSON
+values, messages, parts, tool calls, tools, nesting), prompt tokens after templating against the
+model's context, a per-request timeout (work whose caller timed out or disconnected is
+stopped), an optional Bearer key on `/v1/*` (without one, only IP, localhost and allowed Host
+names and same-origin POSTs), a queue bound, and connection limits (`serve.server`). Every refusal
 is a 4xx with an OpenAI-style body `{"error": {"message", "type", "code", "param"}}`; an
 unexpected failure is a JSON 500 for that request only.
 """
