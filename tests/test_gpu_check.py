@@ -64,3 +64,30 @@ def test_cpu_dry_run_writes_one_json_of_passing_steps(tmp_path):
     assert steps["grpo_lora"]["steps"] == 2 and steps["grpo_lora"]["adapter_saved"] is True
     remote = steps["serve_remote"]
     assert remote["n"] == 72 and remote["agree"] == remote["n"] and remote["visual_tokens_equal"] == remote["n"]
+
+
+def test_install_takes_missing_wheels_into_its_own_site(tmp_path):
+    """A wheel of a package this Python lacks goes into `<work>/site` (pip, no index, no dependencies)."""
+    import argparse
+    import zipfile
+
+    steps = _steps_module()
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    name, version = "vt_gpu_check_probe", "1.0"
+    info = f"{name}-{version}.dist-info"
+    with zipfile.ZipFile(wheels / f"{name}-{version}-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(f"{name}/__init__.py", "VALUE = 7\n")
+        wheel.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        wheel.writestr(f"{info}/WHEEL",
+                       "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{info}/RECORD", "")
+    args = argparse.Namespace(cpu_dry_run=True, work=str(tmp_path / "work"), wheels=str(wheels), json=None)
+    check = steps.Check(args)
+    check.install()
+    step = check.results["steps"]["install"]
+    assert step["ok"] and step["installed"] == ["vt-gpu-check-probe"], step
+    assert (tmp_path / "work" / "site" / name / "__init__.py").is_file()
+    probe = subprocess.run([sys.executable, "-c", f"import {name}; print({name}.VALUE)"], env=check.env(),
+                           capture_output=True, text=True)
+    assert probe.stdout.strip() == "7"
