@@ -113,3 +113,13 @@ def test_grpo_start_up_stops_on_a_refusing_judge(judge_server, tmp_path):
     judge = start_judge(config(good + "#judge"))
     assert isinstance(judge, HTTPJudge) and judge.model == "judge"
     assert start_judge(VisionThinkGRPOConfig(output_dir=str(tmp_path), report_to="none")).name == "rule"
+
+
+def test_build_trainer_asks_the_judge_before_loading_the_model(judge_server, tmp_path):
+    from visionthink.train.grpo import build_trainer
+    from visionthink.train.grpo_config import VisionThinkGRPOConfig
+
+    config = VisionThinkGRPOConfig(output_dir=str(tmp_path), judge=f"http:{judge_server(404)}#judge",
+                                   model=str(tmp_path / "no-such-model"), report_to="none")
+    with pytest.raises(JudgeUnavailable, match="HTTP 404 for model 'judge'"):
+        build_trainer(config)

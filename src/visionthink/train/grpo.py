@@ -49,6 +49,7 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
     if not torch.cuda.is_available():
         torch.set_num_threads(config.threads)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    judge = start_judge(config)  # before the model: a judge that refuses stops the run at once
     if model is None or processor is None:
         model, processor = load_model(config.model, dtype=torch.bfloat16 if config.bf16 else torch.float32)
     model.train()
@@ -64,7 +65,7 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
     elif train_dataset is None:
         train_dataset = grpo_env.disk_dataset(config.data, processor.grid, protocol=profile, pixel_range=pixels)
     rewards = VisionThinkRewards(
-        processor, start_judge(config), config.num_generations,
+        processor, judge, config.num_generations,
         variant=config.penalty_variant, theta=config.theta, penalty=config.penalty,
         format_value=config.format_reward, drop_tied=config.drop_tied_groups, drop_failed=config.drop_failed_groups,
         protocol=profile, cost_weight=config.cost_weight,
