@@ -169,6 +169,18 @@ def test_a_large_decode_stops_with_its_request(shipped_model, good):
         running.stop()
 
 
+def test_marker_bytes_inside_segments_and_many_image_chunks_are_not_counted():
+    """The walk skips segment payloads (an EXIF thumbnail holds scans of its own) and counts chunks, not bytes."""
+    data = hostile.jpeg(Image.new("RGB", (64, 64), (1, 2, 3)), progressive=True)
+    payload = b"Exif\x00\x00" + b"\xff\xda\xff\xef\xff\xff" * 5000
+    segment = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    assert load_image(data[:2] + segment + data[2:]).size == (64, 64)
+    noise = Image.effect_noise((1200, 1200), 40).convert("RGB")
+    buffer = io.BytesIO()
+    noise.save(buffer, format="PNG", compress_level=1)
+    assert buffer.getvalue().count(b"IDAT") > 20 and load_image(buffer.getvalue()).size == (1200, 1200)
+
+
 # ---------------------------------------------------------------- request structure
 
 
