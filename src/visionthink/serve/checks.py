@@ -91,6 +91,8 @@ def check_unicode(body: Any) -> None:
     except UnicodeEncodeError as error:
         raise ApiError(400, f"request text is not valid Unicode ({error.reason} at character {error.start})",
                        "invalid_unicode") from None
+    except RecursionError:
+        raise ApiError(400, "request body nests too deep", "too_deep") from None
 
 
 def _too_deep(value: Any, limit: int) -> bool:
