@@ -8,6 +8,7 @@ import json
 import os
 import random
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +159,9 @@ class HTTPJudge(Judge):
 
     def check(self, timeout: float = 30.0) -> None:
         """Ask one short question before a run. A refusal (401/403: the key; 404: the model name or the URL; any
-        other 4xx) or no answer at all raises `JudgeUnavailable` with the reason: such a judge would fail every
-        verdict, and `fallback` would grade them all without a word. 429 and 5xx are taken as passing trouble."""
+        other 4xx) or no server at the address raises `JudgeUnavailable` with the reason: such a judge would fail
+        every verdict, and `fallback` would grade them all without a word. 429, 5xx, timeouts and dropped
+        connections are taken as passing trouble (a warning)."""
         httpx = _httpx()
         body = {"model": self.model, "messages": [{"role": "user", "content": "Reply with: Score: 1"}],
                 "temperature": 0.0, "max_tokens": 8, **self.extra_body}
@@ -169,9 +171,13 @@ class HTTPJudge(Judge):
                 response = client.post(self.url, json=body, headers=headers)
                 status, text = response.status_code, response.text[:300]
                 served = self._served_models(client, headers) if status == 404 else []
-        except Exception as error:  # noqa: BLE001 - connection refused, DNS, timeouts, protocol errors
+        except httpx.ConnectError as error:  # nothing listens there, or the host name does not resolve
             raise JudgeUnavailable(f"judge {self.url} cannot be reached ({type(error).__name__}: {error}); start "
                                    "it, or train with `judge: rule`") from None
+        except Exception as error:  # noqa: BLE001 - a timeout or a dropped connection: passing trouble, retried later
+            warnings.warn(f"judge {self.url} did not answer the start-up question ({type(error).__name__}); going on",
+                          stacklevel=2)
+            return
         if status in (401, 403):
             raise JudgeUnavailable(f"judge {self.url} answered HTTP {status} (the key is missing or wrong: set "
                                    f"VISIONTHINK_JUDGE_API_KEY or judge_options.api_key): {text}")
