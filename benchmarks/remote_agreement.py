@@ -33,7 +33,9 @@ def free_port() -> int:
 def start_server(model: Path, port: int, log: Path) -> subprocess.Popen:
     command = [str(BIN / "transformers"), "serve", str(model), "--trust-remote-code", "--host", "127.0.0.1",
                "--port", str(port), "--device", "cpu", "--log-level", "warning"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cache = log.parent / "hf-cache"  # transformers 5.17 answers /v1/models with a 500 while it does not exist
+    cache.mkdir(exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_HUB_CACHE": str(cache)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

@@ -333,3 +333,15 @@ def test_serve_on_the_remote_engine_runs_episodes_through_another_server(server,
                                                           data=json.dumps(raw).encode(),
                                                           headers={"Content-Type": "application/json"}), timeout=60)
         assert raised.value.code == 400 and "model's own server" in json.loads(raised.value.read())["error"]["message"]
+
+
+def test_a_server_that_drops_part_of_the_turn_fails_loudly(engine, requests_):
+    """transformers 5.17's server drops the `<think>` text it parses out: the reply is shorter than what was written."""
+    local = first_prompt_tokens(engine, requests_[0])
+    server = ScriptedServer([completion("<answer>red</answer>", local, completion_tokens=15)])
+    try:
+        remote = RemoteEngine(server.url, model="m", processor=engine.processor)
+        with pytest.raises(RemoteEngineError, match="wrote 15 tokens but its reply holds only"):
+            remote.run(requests_[:1], "low")
+    finally:
+        server.close()

@@ -134,7 +134,8 @@ class RemoteEngine:
             try:
                 self._model = listing["data"][0]["id"]
             except (KeyError, IndexError, TypeError):
-                raise RemoteEngineError(f"{self.base_url}/v1/models lists no model") from None
+                raise RemoteEngineError(f"{self.base_url}/v1/models lists no model; name the served one "
+                                        "(--served-model)") from None
         return self._model
 
     # ------------------------------------------------------------ episodes
@@ -170,6 +171,19 @@ class RemoteEngine:
         else:
             body["temperature"] = 0
         return body
+
+    def check_reply_length(self, text: str, completion_tokens: int, reply: dict[str, Any]) -> None:
+        """Refuse a reply whose text is much shorter than what the model wrote (`usage.completion_tokens`): a server
+        whose parsers drop part of the turn (transformers 5.17's `transformers serve` drops the `<think>` text).
+        A token or two of slack: the model may write a text in other tokens than re-encoding it gives."""
+        finish = (reply.get("choices") or [{}])[0].get("finish_reason")
+        stop = 1 if finish in ("stop", "tool_calls") else 0
+        written = len(self.processor.tokenizer.encode(text, add_special_tokens=False)) + stop
+        if completion_tokens - written > max(2, completion_tokens // 20):
+            raise RemoteEngineError(
+                f"{self.base_url} wrote {completion_tokens} tokens but its reply holds only {written} tokens' worth "
+                "of text: the server drops part of the turn (e.g. a reasoning parser that keeps no "
+                "reasoning_content); serve without such parsers (docs/scale.md)")
 
     def local_prompt_tokens(self, messages: list[protocol.Message]) -> int:
         """The prompt's length as the local engines render it (text tokens plus each image's visual tokens)."""
@@ -243,8 +257,11 @@ class _RemoteSession:
                     f"template as {local}: serve the folder with the project's chat template and image processor "
                     "(docs/scale.md), and pass that folder as --model")
         generated = int(usage.get("completion_tokens") or 0)
+        text = reply_text(reply)
+        if self.engine.processor is not None and generated:
+            self.engine.check_reply_length(text, generated, reply)
         newline = int(self.engine.protocol.turn_end_newline)  # the template's newline after the end marker
-        return Generated(reply_text(reply), generated, sequence_tokens=prompt + generated + newline,
+        return Generated(text, generated, sequence_tokens=prompt + generated + newline,
                          seconds=time.perf_counter() - began)
 
 
