@@ -138,6 +138,27 @@ def test_a_progressive_jpeg_within_the_scan_cap_decodes():
         load_image(hostile.repeated_scan_jpeg(200, MAX_JPEG_SCANS))
 
 
+def _with_chunks(image: Image.Image, chunks: int) -> bytes:
+    """`image` as a PNG with `chunks` empty private chunks: parsed in a worker process, pixels counted there."""
+    data = hostile.png(image)
+    return data[:33] + hostile.private_chunks_png(chunks)[33:33 + 12 * chunks] + data[33:]
+
+
+def test_images_of_costly_structure_keep_the_pixel_limits(server, good):
+    big = encoded_url(_with_chunks(Image.new("1", (5000, 5000), 1), 1500))
+    status, reply, _ = post(server, chat_body(big, "q?"))
+    assert status == 400 and reply["error"]["code"] == "invalid_image", reply
+    assert "16.0 megapixels" in reply["error"]["message"]
+    part = {"type": "image_url", "image_url": {"url": encoded_url(_with_chunks(Image.new("1", (3500, 3500), 1), 1500))}}
+    three = {"messages": [{"role": "user", "content": [part] * 3 + [{"type": "text", "text": "q?"}]}],
+             "visionthink_mode": "raw"}
+    status, reply, _ = post(server, three)
+    assert status == 400 and reply["error"]["code"] == "too_many_pixels", reply
+    status, reply, _ = post(server, chat_body(encoded_url(_with_chunks(Image.new("RGB", (300, 200)), 1500)), "q?"))
+    assert status == 200, reply
+    assert_good(server, good, within=5)
+
+
 def _slow_jpeg() -> bytes:
     """A 16 MP progressive JPEG within the scan cap: about a second of decoding, in a worker process."""
     return hostile.repeated_scan_jpeg(4000, MAX_JPEG_SCANS - 12)

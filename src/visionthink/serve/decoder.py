@@ -1,10 +1,11 @@
 """Large images decode in worker processes: one that outlasts its deadline, or whose request is over, is killed.
 
 A worker is `python -m visionthink.serve.decoder`: it reads a request (limits and the encoded
-bytes) from stdin, decodes with `images.load_image_within` under an address-space limit, and
-writes the RGB pixels (or the error) to stdout, both in a fixed binary framing (no pickle: the
-worker handles hostile bytes, the server only reads sizes and pixels from it). Its memory is
-returned to the system when it is killed, so a costly decode leaves the server's RSS as it was.
+bytes) from stdin, decodes with `images.load_image_within` under an address-space limit (or only
+reads the size in the header), and writes the RGB pixels (or the error) to stdout, both in a
+fixed binary framing (no pickle: the worker handles hostile bytes, the server only reads sizes
+and pixels from it). Its memory is returned to the system when it is killed, so a costly decode
+leaves the server's RSS as it was.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ class DecodeWorkers:
                stop: threading.Event | None = None) -> Image.Image:
         """`images.load_image_within(data, ...)` in a worker; an `ImageError` past `deadline` seconds or once `stop`
         is set (the worker is killed then)."""
+        width, height, payload = self._ask(data, max_pixels, factor, max_input_pixels, stop)
+        if len(payload) != width * height * 3:
+            raise ImageError("image data: the decoder returned a malformed image")
+        return Image.frombytes("RGB", (width, height), payload)
+
+    def _ask(self, data: bytes, max_pixels: int, factor: int, max_input_pixels: int,
+             stop: threading.Event | None) -> tuple[int, int, bytes]:
+        """One request to an idle worker (`max_pixels` 0: the header's size only): (width, height, RGB pixels)."""
         worker = self._take()
         try:
             _write(worker, _REQUEST.pack(max_pixels, factor, max_input_pixels, len(data)) + data)
@@ -57,9 +66,13 @@ class DecodeWorkers:
         self._idle.put(worker)
         if status:
             raise ImageError(payload.decode("utf-8", "replace"))
-        if length != width * height * 3:
-            raise ImageError("image data: the decoder returned a malformed image")
-        return Image.frombytes("RGB", (width, height), payload)
+        return width, height, payload
+
+    def pixels(self, data: bytes, stop: threading.Event | None = None) -> int:
+        """The pixels `data`'s header declares, read in a worker (Pillow's parse of a costly structure holds the
+        GIL); an `ImageError` as for `decode`."""
+        image = self._ask(data, 0, 0, 0, stop)
+        return image[0] * image[1]
 
     def close(self) -> None:
         with self._lock:
@@ -124,9 +137,11 @@ def _read(worker: subprocess.Popen, size: int, end: float, stop: threading.Event
 
 def _serve_requests() -> None:
     """The worker's loop: one request, one reply, until stdin closes."""
+    import io
     import resource
+    import warnings
 
-    from visionthink.images import load_image_within
+    from visionthink.images import ALLOWED_FORMATS, load_image_within
 
     limit = int(os.environ.get("VISIONTHINK_DECODE_MEMORY", "0"))
     if limit:
@@ -136,9 +151,15 @@ def _serve_requests() -> None:
         max_pixels, factor, max_input_pixels, length = _REQUEST.unpack(header)
         data = source.read(length)
         try:
-            image = load_image_within(data, max_pixels, factor=factor, max_input_pixels=max_input_pixels)
-            pixels = image.tobytes()
-            sink.write(_REPLY.pack(0, image.width, image.height, len(pixels)) + pixels)
+            if not max_pixels:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+                        sink.write(_REPLY.pack(0, image.width, image.height, 0))
+            else:
+                image = load_image_within(data, max_pixels, factor=factor, max_input_pixels=max_input_pixels)
+                pixels = image.tobytes()
+                sink.write(_REPLY.pack(0, image.width, image.height, len(pixels)) + pixels)
         except Exception as error:  # noqa: BLE001 - every failure is the request's refusal
             message = (str(error) if isinstance(error, ImageError) else
                        f"image data: cannot decode ({type(error).__name__})").encode()

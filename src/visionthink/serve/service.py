@@ -39,6 +39,9 @@ INLINE_PARSE_BYTES = 1 << 20
 HEAVY_DECODE_PIXELS = 2_000_000
 """Images with more pixels than this decode in worker processes (`serve.decoder`), killed at `decode_timeout` or when
 their request is over, and never delay the decoding of small ones (which runs in threads)."""
+HEAVY_DECODE_STEPS = 1000
+"""So do images whose structure costs Pillow more Python steps than this (`images.check_encoded`): in a thread they
+would hold the GIL (a PNG of 20,000 chunks, 0.3 s)."""
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 """Where JSON text can spell a lone surrogate (raw UTF-8 cannot: decoding refuses it)."""
@@ -60,20 +63,23 @@ def parse_json_body(raw: bytes, max_values: int | None = None) -> object:
         raise ApiError(400, f"request body is not valid JSON ({str(error)[:200]})", "invalid_json") from None
 
 
-def declared_pixels(data: bytes) -> int:
-    """Pixels an encoded image says it has (its header only; 0 when unreadable: decoding reports why). An image
-    refused by `images.check_encoded` (format, structure) is refused here, before Pillow parses it."""
+def declared_pixels(data: bytes) -> tuple[int, int]:
+    """Pixels an encoded image says it has (its header only; 0 when unreadable: decoding reports why), and the Python
+    steps its structure costs Pillow. An image refused by `images.check_encoded` (format, structure) is refused here,
+    before Pillow parses it; one of many steps is not parsed here either (its worker process reads its size)."""
     try:
-        check_encoded(data)
+        steps = check_encoded(data)
     except VisionThinkError as error:
         raise ApiError(400, str(error), "invalid_image") from None
+    if steps > HEAVY_DECODE_STEPS:
+        return 0, steps
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
-                return image.width * image.height
+                return image.width * image.height, steps
     except Exception:  # noqa: BLE001 - any failure is reported by the decode that follows
-        return 0
+        return 0, steps
 
 
 class ChatService:
@@ -166,23 +172,30 @@ class ChatService:
     async def images(self, urls: list[str]) -> list[Image.Image]:
         """Decoded images, after the pixel limits were checked on all of their headers."""
         encoded = [await self._bytes(url) for url in urls]
-        sizes = [await self._in(self.decode_pool, declared_pixels, data) for data in encoded]
-        for data, size in zip(encoded, sizes, strict=True):
-            if size > self.config.max_image_pixels:
-                await self._in(self.decode_pool, self._decode, data)  # refuses it, saying why, before decoding
-        if sum(sizes) > self.config.max_request_pixels:
-            raise ApiError(400, f"the request's images hold {sum(sizes) / 1e6:.1f} megapixels, over the limit of "
-                           f"{self.config.max_request_pixels / 1e6:.1f} per request", "too_many_pixels",
-                           param="messages")
-        images, stop = [], threading.Event()
+        stop = threading.Event()
         try:
-            for data, size in zip(encoded, sizes, strict=True):
-                if size > HEAVY_DECODE_PIXELS:
+            declared = [await self._in(self.decode_pool, declared_pixels, data) for data in encoded]
+            apart = [size > HEAVY_DECODE_PIXELS or steps > HEAVY_DECODE_STEPS for size, steps in declared]
+            sizes = [await self._in(self.heavy_pool, self._pixels_apart, data, stop) if steps > HEAVY_DECODE_STEPS
+                     else size for data, (size, steps) in zip(encoded, declared, strict=True)]
+            for data, size, elsewhere in zip(encoded, sizes, apart, strict=True):
+                if size > self.config.max_image_pixels and elsewhere:
+                    raise ApiError(400, f"image data: {size / 1e6:.1f} megapixels is over the limit of "
+                                   f"{self.config.max_image_pixels / 1e6:.1f} megapixels", "invalid_image")
+                if size > self.config.max_image_pixels:
+                    await self._in(self.decode_pool, self._decode, data)  # refuses it, saying why, before decoding
+            if sum(sizes) > self.config.max_request_pixels:
+                raise ApiError(400, f"the request's images hold {sum(sizes) / 1e6:.1f} megapixels, over the limit of "
+                               f"{self.config.max_request_pixels / 1e6:.1f} per request", "too_many_pixels",
+                               param="messages")
+            images = []
+            for data, elsewhere in zip(encoded, apart, strict=True):
+                if elsewhere:
                     images.append(await self._in(self.heavy_pool, self._decode_apart, data, stop))
                 else:
                     images.append(await self._in(self.decode_pool, self._decode, data))
         finally:
-            stop.set()  # a worker still decoding for this request (timed out, client gone) is killed
+            stop.set()  # a worker still busy for this request (timed out, client gone) is killed
         return images
 
     async def _bytes(self, url: str) -> bytes:
@@ -197,6 +210,12 @@ class ChatService:
         try:
             return load_image_within(data, self.grid.max_pixels, factor=2 * self.grid.factor,
                                      max_input_pixels=self.config.max_image_pixels)
+        except VisionThinkError as error:
+            raise ApiError(400, str(error), "invalid_image") from None
+
+    def _pixels_apart(self, data: bytes, stop: threading.Event) -> int:
+        try:
+            return self.decoders.pixels(data, stop)
         except VisionThinkError as error:
             raise ApiError(400, str(error), "invalid_image") from None
 
