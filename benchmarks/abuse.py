@@ -453,6 +453,8 @@ def second_round(a: Server, good: dict, case, refused) -> None:
     chunks = image_body(hostile.private_chunks_png(1_170_000))
     case("R2. PNG with 1.17 M private chunks (14 MB)", a, sent(chunks), during=True)
     case("R2. 4 at once: the PNG with 1.17 M chunks", a, lambda: concurrently(a, chunks, 4), during=True)
+    within = image_body(hostile.private_chunks_png(19_990))
+    case("R2. 8 at once: PNGs of 19,990 chunks (within the cap)", a, lambda: concurrently(a, within, 8), during=True)
     case("R2. EPS with 14 MB of comment lines", a,
          sent(image_body(hostile.eps_comments(3_500_000), "image/x-eps")), during=True)
     icos = image_body(hostile.ico_holding_png(13_300), "image/x-icon", copies=8)
