@@ -27,6 +27,7 @@ from visionthink.errors import ImageError
 _REQUEST = struct.Struct("<QQQQ")  # max_pixels, factor, max_input_pixels, length of the data
 _REPLY = struct.Struct("<BIIQ")  # 0 ok / 1 refused, width, height, length of the pixels or the message
 _POLL = 0.05
+DECODER_NICENESS = 10
 
 
 class DecodeWorkers:
@@ -146,6 +147,7 @@ def _serve_requests() -> None:
     limit = int(os.environ.get("VISIONTHINK_DECODE_MEMORY", "0"))
     if limit:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    os.nice(DECODER_NICENESS)  # large decodes yield the CPU to the server's own work (small requests, the model)
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     while header := source.read(_REQUEST.size):
         max_pixels, factor, max_input_pixels, length = _REQUEST.unpack(header)
