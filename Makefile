@@ -1,7 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create .venv, install, run the demo on the shipped tiny model
 #   make test   - create .venv, install, run lint and the test suite; then the fast tests again in
-#                 .venv-gpustack, on the GPU stack's pins (transformers 5.17, trl 1.16) with CPU torch
+#                 .venv-gpustack, on the GPU stack's pins (transformers 5.17, trl 1.16) with CPU torch, and the
+#                 lmms-eval adapter's tests in .venv-lmms-eval, beside the real lmms-eval 0.7.3
 # constraints/cpu.txt and constraints/gpu.txt pin the two stacks (docs/stacks.md).
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,8 +11,11 @@ STAMP = $(VENV)/.installed
 GPUSTACK_VENV ?= .venv-gpustack
 GPUSTACK_BIN = $(GPUSTACK_VENV)/bin
 GPUSTACK_STAMP = $(GPUSTACK_VENV)/.installed
+LMMS_VENV ?= .venv-lmms-eval
+LMMS_BIN = $(LMMS_VENV)/bin
+LMMS_STAMP = $(LMMS_VENV)/.installed
 
-.PHONY: demo test test-gpustack lint install install-gpustack clean
+.PHONY: demo test test-gpustack test-lmms-eval lint install install-gpustack install-lmms-eval clean
 
 install: $(STAMP)
 
@@ -32,6 +36,18 @@ $(GPUSTACK_STAMP): pyproject.toml constraints/gpu.txt
 	$(GPUSTACK_BIN)/pip install -q -c constraints/gpu.txt -e ".[train,serve,test]"
 	touch $(GPUSTACK_STAMP)
 
+install-lmms-eval: $(LMMS_STAMP)
+
+# lmms-eval 0.7.3 beside CPU torch 2.13.0: its own pins (filelock<4) instead of constraints/cpu.txt, and PyPI's
+# torchvision, which it requires but which needs a CUDA torch, uninstalled again (docs/lmms-eval.md).
+$(LMMS_STAMP): pyproject.toml
+	test -x $(LMMS_BIN)/python || $(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_BIN)/pip install -q --upgrade pip
+	$(LMMS_BIN)/pip install -q -c constraints/cpu.txt torch==2.13.0
+	$(LMMS_BIN)/pip install -q -e ".[train,serve,test,lmms-eval]"
+	$(LMMS_BIN)/pip uninstall -q -y torchvision
+	touch $(LMMS_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/visionthink demo
 
@@ -41,9 +57,13 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/pytest -q
 	$(MAKE) test-gpustack
+	$(MAKE) test-lmms-eval
 
 test-gpustack: $(GPUSTACK_STAMP)
 	$(GPUSTACK_BIN)/pytest -q -m "not slow"
 
+test-lmms-eval: $(LMMS_STAMP)
+	$(LMMS_BIN)/pytest -q tests/test_lmms_eval_adapter.py
+
 clean:
-	rm -rf $(VENV) $(GPUSTACK_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(GPUSTACK_VENV) $(LMMS_VENV) .pytest_cache .ruff_cache
