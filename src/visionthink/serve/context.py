@@ -56,10 +56,10 @@ class TokenBudget:
         A `visionthink` or `zoom` episode may add a second turn: the tool turn with the full-resolution
         image (a zoom's crop is never larger) and another `max_new_tokens`, all counted.
         """
-        high = self.grid.high_size(*size)
-        low = self.grid.snap(max(1, high[0] // 2), max(1, high[1] // 2))
-        first_view = high if mode == "full" else low
         profile = profile or self.protocol
+        high = self.grid.high_size(*size)
+        low = self.grid.low_size(*size, halve_original=profile.halves_original)
+        first_view = high if mode == "full" else low
         messages = profile.first_turn(question, _PLACEHOLDER)
         prompt = self.count(render_text(self.processor, messages, add_generation_prompt=True, protocol=profile),
                             [self.grid.tokens(*first_view)])
