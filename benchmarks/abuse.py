@@ -450,6 +450,8 @@ def second_round(a: Server, good: dict, case, refused) -> None:
          during=True)
     case("R2. JPEG with 2.8 M APP15 segments (11 MB)", a,
          sent(image_body(hostile.app_segments_jpeg(2_800_000), "image/jpeg")), during=True)
+    case("R2. JPEG with 200,000 quantization tables (13 MB)", a,
+         sent(image_body(hostile.table_segments_jpeg(200), "image/jpeg")), during=True)
     chunks = image_body(hostile.private_chunks_png(1_170_000))
     case("R2. PNG with 1.17 M private chunks (14 MB)", a, sent(chunks), during=True)
     case("R2. 4 at once: the PNG with 1.17 M chunks", a, lambda: concurrently(a, chunks, 4), during=True)

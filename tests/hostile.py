@@ -56,6 +56,14 @@ def app_segments_jpeg(segments: int = 500_000) -> bytes:
     return data[:2] + b"\xff\xef\x00\x02" * segments + data[2:]
 
 
+def table_segments_jpeg(segments: int = 300) -> bytes:
+    """A JPEG with `segments` quantization-table segments of 1,000 tables each (Pillow reads each table in Python)."""
+    data = jpeg(Image.new("RGB", (64, 64), (120, 30, 30)))
+    payload = (b"\x00" + bytes(range(1, 65))) * 1000
+    segment = b"\xff\xdb" + (len(payload) + 2).to_bytes(2, "big") + payload
+    return data[:2] + segment * segments + data[2:]
+
+
 def _chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 

@@ -97,6 +97,7 @@ HOSTILE_IMAGES = {
     "repeated scan": (lambda: hostile.repeated_scan_jpeg(2000, 5000), "scans"),
     "fill bytes": (lambda: hostile.fill_padded_jpeg(2_000_000), "fill"),
     "APP15 segments": (lambda: hostile.app_segments_jpeg(500_000), "segments"),
+    "quantization tables": (lambda: hostile.table_segments_jpeg(200), "quantization tables"),
     "private chunks": (lambda: hostile.private_chunks_png(300_000), "chunks"),
     "comment blocks": (lambda: hostile.comment_blocks_gif(200_000), "blocks"),
     "ICO with a big PNG": (lambda: hostile.ico_holding_png(4000), "not a recognised image format"),

@@ -30,6 +30,9 @@ MAX_JPEG_SEGMENTS = 1000
 """Marker segments before a JPEG's first scan (Pillow parses each in Python; a camera JPEG has about twenty)."""
 MAX_JPEG_PADDING = 65536
 """Fill and junk bytes between those segments (Pillow steps through them one at a time in Python)."""
+MAX_JPEG_TABLE_BYTES = 65536
+"""Bytes of quantization tables and frame headers (Pillow reads them table by table and component by component in
+Python; a JPEG has about 600)."""
 MAX_PNG_CHUNKS = 20000
 """Chunks of one PNG (Pillow reads each in Python; encoders cut image data into 8-64 KB chunks)."""
 MAX_GIF_BLOCKS = 10000
@@ -169,18 +172,18 @@ def check_encoded(data: bytes, name: str = "image data") -> int:
 
 
 def _check_jpeg(data: bytes, name: str) -> int:
-    position, segments, padding = 2, 0, 0
+    position, segments, padding, tables = 2, 0, 0, 0
     while position < len(data):
         marker = data.find(b"\xff", position)
         if marker < 0:
-            return segments + padding
+            return segments + padding + tables // 64
         padding += marker - position
         end = _FILL.match(data, marker).end()
         padding += end - marker - 1
         if padding > MAX_JPEG_PADDING:
             raise ImageError(f"{name}: JPEG holds over {MAX_JPEG_PADDING} fill or junk bytes between its segments")
         if end >= len(data):
-            return segments + padding
+            return segments + padding + tables // 64
         kind = data[end]
         segments += 1
         if segments > MAX_JPEG_SEGMENTS:
@@ -190,13 +193,19 @@ def _check_jpeg(data: bytes, name: str) -> int:
         if kind == 0x00 or kind == 0x01 or 0xD0 <= kind <= 0xD9:
             position = end + 1
         elif end + 3 <= len(data):
-            position = end + 1 + int.from_bytes(data[end + 1:end + 3], "big")
+            length = int.from_bytes(data[end + 1:end + 3], "big")
+            position = end + 1 + length
+            if kind == 0xDB or (0xC0 <= kind <= 0xCF and kind not in (0xC4, 0xC8, 0xCC)):
+                tables += length
+                if tables > MAX_JPEG_TABLE_BYTES:
+                    raise ImageError(f"{name}: JPEG holds over {MAX_JPEG_TABLE_BYTES} bytes of quantization tables "
+                                     "and frame headers")
         else:
-            return segments + padding
+            return segments + padding + tables // 64
     scans = data.count(b"\xff\xda", position)
     if scans > MAX_JPEG_SCANS:
         raise ImageError(f"{name}: JPEG has {scans} scans, over the limit of {MAX_JPEG_SCANS}")
-    return segments + padding
+    return segments + padding + tables // 64
 
 
 def _check_png(data: bytes, name: str) -> int:
