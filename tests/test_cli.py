@@ -395,12 +395,9 @@ def test_serve_passes_device_and_dtype_to_the_model(shipped_model_dir, monkeypat
 
 
 def test_ask_on_vllm_without_vllm_is_one_line_and_exit_2(item_png, capsys):
-    pytest.importorskip("visionthink.engines.vllm_engine")
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        pass
-    else:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here")
     path, item = item_png
     assert main(["ask", str(path), item.question, "--engine", "vllm"]) == 2
