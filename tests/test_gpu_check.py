@@ -31,6 +31,8 @@ def test_wheels_are_chosen_by_name_and_version():
     assert steps._dist_of(wheel) == "pydantic-core" and steps._version_of(wheel) == "2.50.5"
     assert steps._older(None, "1.0") and steps._older("4.12.2", "4.16.0")
     assert not steps._older("4.16.0", "4.16.0") and not steps._older("5.0", "4.16.0")
+    assert steps._fits(Path("trl-1.16.0-py3-none-any.whl"))
+    assert not steps._fits(Path("jiter-0.19.0-cp27-cp27m-manylinux2014_x86_64.whl"))
 
 
 def test_fetch_script_names_one_version_of_each_package():
@@ -82,7 +84,7 @@ def test_install_takes_missing_wheels_into_its_own_site(tmp_path):
         wheel.writestr(f"{info}/WHEEL",
                        "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         wheel.writestr(f"{info}/RECORD", "")
-    args = argparse.Namespace(cpu_dry_run=True, work=str(tmp_path / "work"), wheels=str(wheels), json=None)
+    args = argparse.Namespace(cpu_dry_run=True, work=str(tmp_path / "work"), wheels=str(wheels), json=None, only=None)
     check = steps.Check(args)
     check.install()
     step = check.results["steps"]["install"]
