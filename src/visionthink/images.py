@@ -108,6 +108,9 @@ class PixelGrid:
                 w -= f
             else:
                 h -= f
+        if max(w, h) / min(w, h) > 200:  # the processor refuses such a view (e.g. 29x5615 comes to 28x5628)
+            raise ImageError(f"image {width}x{height} comes to {w}x{h} on the {f} px grid, over the processor's "
+                             "200:1 aspect limit")
         return w, h
 
     def high_size(self, width: int, height: int) -> tuple[int, int]:
