@@ -177,18 +177,38 @@ def test_a_large_decode_past_its_deadline_is_killed(shipped_model, good):
 
 
 def test_a_large_decode_stops_with_its_request(shipped_model, good):
+    """A request over while its image decodes: 408, and the server answers the next one at once."""
     running = start(shipped_model, timeout=0.5)
     try:
         status, reply, _ = post(running, chat_body(encoded_url(_slow_jpeg(), "image/jpeg"), "what?"))
         assert status == 408, reply
-        deadline = time.monotonic() + 5
-        while health(running)["decoders_killed"] < 1:
-            assert time.monotonic() < deadline, health(running)
-            time.sleep(0.05)
         running.config.timeout = 30
         assert_good(running, good, within=5)
     finally:
         running.stop()
+
+
+def test_a_decode_whose_request_is_over_is_killed_at_once():
+    """The worker is killed as soon as its request's stop event is set, not when the decode would have ended (the
+    server sets that event when a request times out or its client leaves)."""
+    import threading
+
+    from visionthink.serve.decoder import DecodeWorkers
+
+    workers = DecodeWorkers(1, deadline=30)
+    try:
+        data = _slow_jpeg()
+        began = time.monotonic()
+        workers.decode(data, 16_000_000, 28, 50_000_000)  # warm: the next decode starts at once
+        whole = time.monotonic() - began
+        stop = threading.Event()
+        threading.Timer(0.05, stop.set).start()
+        began = time.monotonic()
+        with pytest.raises(ImageError, match="the request is over"):
+            workers.decode(data, 16_000_000, 28, 50_000_000, stop=stop)
+        assert time.monotonic() - began < whole and workers.killed == 1
+    finally:
+        workers.close()
 
 
 def test_marker_bytes_inside_segments_and_many_image_chunks_are_not_counted():
