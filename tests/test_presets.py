@@ -23,6 +23,9 @@ QWEN25_SPECIAL_IDS = {
 def test_cli_choices_are_the_modules_names():
     assert cli.PRESET_NAMES == presets.NAMES
     assert cli.PROTOCOLS == profiles.NAMES
+    from visionthink.engines import factory
+
+    assert cli.ENGINES == factory.ENGINES
 
 
 def test_7b_shape_config_has_the_7b_widths_and_two_layers():

@@ -166,7 +166,8 @@ TurnKind = Literal["answer", "resize", "zoom", "malformed"]
 _THINK = re.compile(r"<think>(.*?)</think>", re.S)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
-_END_MARKERS = ("<|im_end|>", "<|endoftext|>")
+END_MARKERS = ("<|im_end|>", "<|endoftext|>")
+"""What ends an assistant turn (the first is the chat format's, the second the tokenizer's end of text)."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def _parse_turn(text: str, zoom: bool = False) -> Turn:
     if not isinstance(text, str):
         return Turn("malformed", error="turn is not text")
     body = text.strip()
-    for marker in _END_MARKERS:
+    for marker in END_MARKERS:
         body = body.removesuffix(marker).rstrip()
     thinks = _THINK.findall(body)
     think = thinks[0].strip() if thinks else None

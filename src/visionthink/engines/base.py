@@ -207,6 +207,13 @@ def oracle_box(box, source_size: tuple[int, int], low_size: tuple[int, int]) -> 
 
 
 SPECIAL_MARKERS = ("<|", "|>", "<tool_call>", "</tool_call>")
+BANNED_BIAS = -100.0
+"""The `logit_bias` that keeps a token out of a turn: vLLM's (and OpenAI's) lowest."""
+
+
+def stop_ids(tokenizer) -> list[int]:
+    """The ids of the tokens that end an assistant turn (`protocol.END_MARKERS`), in that order."""
+    return [tokenizer.convert_tokens_to_ids(marker) for marker in protocol.END_MARKERS]
 
 
 def never_write_ids(tokenizer) -> list[int]:

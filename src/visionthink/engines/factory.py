@@ -117,17 +117,3 @@ def is_local(engine) -> bool:
     """Whether the engine's model runs in this process through transformers (the server's raw mode needs one)."""
     return hasattr(engine, "model") and hasattr(engine.model, "register_forward_pre_hook")
 
-
-def served_context_length(options: EngineOptions) -> int:
-    """The context, in tokens, of the model folder `options` name (its config's position table)."""
-    import json
-
-    from visionthink.models.loading import default_model_dir
-
-    folder = Path(options.model) if options.model else default_model_dir()
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise VisionThinkError(f"{folder}: cannot read config.json ({error})") from None
-    text = config.get("text_config") or config
-    return int(text.get("max_position_embeddings") or config.get("max_position_embeddings"))

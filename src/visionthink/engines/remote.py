@@ -37,14 +37,12 @@ from PIL import Image
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from visionthink import protocol
-from visionthink.engines.base import Generated, never_write_ids, run_episodes
+from visionthink.engines.base import BANNED_BIAS, Generated, never_write_ids, run_episodes, stop_ids
 from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.errors import VisionThinkError
 from visionthink.images import PixelGrid
 from visionthink.profiles import ProtocolProfile, get_profile
 
-BAN = -100.0
-"""The `logit_bias` that keeps a token out (OpenAI's and vLLM's lowest)."""
 RETRIED_STATUS = (408, 429, 500, 502, 503, 504)
 
 
@@ -91,7 +89,7 @@ class RemoteEngine:
             tokenizer = processor.tokenizer
             self.banned_ids = never_write_ids(tokenizer)
             self.tool_call_id = tokenizer.convert_tokens_to_ids("<tool_call>")
-            self.stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+            self.stop_ids = stop_ids(tokenizer)
 
     # ------------------------------------------------------------ HTTP
 
@@ -162,7 +160,7 @@ class RemoteEngine:
         banned = [*self.banned_ids, self.tool_call_id] if forbid_call and self.tool_call_id is not None \
             else self.banned_ids
         if banned:
-            body["logit_bias"] = {str(token): BAN for token in banned}
+            body["logit_bias"] = {str(token): BANNED_BIAS for token in banned}
         if self.sampling.do_sample:
             body["temperature"] = self.sampling.temperature
             body["top_p"] = self.sampling.top_p

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from visionthink import protocol
-from visionthink.engines.base import MODES, Generated, Request, never_write_ids, run_episodes
+from visionthink.engines.base import MODES, Generated, Request, never_write_ids, run_episodes, stop_ids
 from visionthink.engines.kv_decoder import (
     Draft,
     KVDecoder,
@@ -56,7 +56,7 @@ class TransformersEngine:
         self.tool_call_id = tokenizer.convert_tokens_to_ids("<tool_call>")
         self.never_ids = never_write_ids(tokenizer)
         """Tokens a model may never write: image placeholders would break the next turn's rendering."""
-        self.stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        self.stop_ids = stop_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id
         self.draft: Draft | None = None
         """After `<tool_call>`, the rest of the profile's call is fed in one forward pass and kept where the model

@@ -26,16 +26,12 @@ import copy
 import random
 from pathlib import Path
 
-from visionthink.engines.base import Generated, never_write_ids, run_episodes
+from visionthink.engines.base import BANNED_BIAS, Generated, never_write_ids, run_episodes, stop_ids
 from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.errors import ModelError, VisionThinkError
 from visionthink.profiles import ProtocolProfile, get_profile
-from visionthink.protocol import MAX_ASSISTANT_TURNS, Episode, Message, images_in
+from visionthink.protocol import END_MARKERS, MAX_ASSISTANT_TURNS, Episode, Message, images_in
 from visionthink.tokens import render_text
-
-BANNED_BIAS = -100.0
-"""The logit bias of a banned token: vLLM's (and OpenAI's) lowest."""
-END_MARKERS = ("<|im_end|>", "<|endoftext|>")
 
 
 def _import_vllm():
@@ -65,7 +61,7 @@ class VLLMEngine:
         tokenizer = processor.tokenizer
         self.tool_call_id = tokenizer.convert_tokens_to_ids("<tool_call>")
         self.never_ids = never_write_ids(tokenizer)
-        self.stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in END_MARKERS]
+        self.stop_ids = stop_ids(tokenizer)
         self._seeds = random.Random(self.sampling.seed)
         """Draws one seed per sampled request, so equal prompts in a batch still sample apart, reproducibly."""
 

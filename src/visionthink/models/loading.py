@@ -61,12 +61,10 @@ def load_model(model_dir: str | Path | None = None, dtype: torch.dtype | str | N
     if device_map is not None:
         options["device_map"] = device_map
     try:
-        processor = VisionThinkProcessor.from_pretrained(str(path))
+        processor = _processor(path)
         model = AutoModelForImageTextToText.from_pretrained(str(path), **options)
     except (OSError, ValueError, ImportError) as error:
         raise ModelError(f"{path}: cannot load model ({_one_line(error)})") from error
-    processor.chat_template = chat_template()  # the protocol's rendering, whatever the folder ships
-    processor.tokenizer.chat_template = processor.chat_template
     use_linear_patch_embed(model)
     if device_map is None:
         model.to(device)
@@ -81,9 +79,14 @@ def load_processor(model_dir: str | Path | None = None) -> VisionThinkProcessor:
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: not a model folder (no config.json)")
     try:
-        processor = VisionThinkProcessor.from_pretrained(str(path))
+        return _processor(path)
     except (OSError, ValueError, ImportError) as error:
         raise ModelError(f"{path}: cannot load its processor ({_one_line(error)})") from error
+
+
+def _processor(path: Path) -> VisionThinkProcessor:
+    """The folder's processor with the project's chat template: the protocol's rendering, whatever the folder ships."""
+    processor = VisionThinkProcessor.from_pretrained(str(path))
     processor.chat_template = chat_template()
     processor.tokenizer.chat_template = processor.chat_template
     return processor

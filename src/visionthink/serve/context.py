@@ -15,6 +15,7 @@ import threading
 from PIL import Image
 
 from visionthink import protocol
+from visionthink.errors import VisionThinkError
 from visionthink.images import PixelGrid
 from visionthink.profiles import ProtocolProfile, get_profile
 from visionthink.serve.errors import ApiError
@@ -23,11 +24,23 @@ from visionthink.tokens import render_text
 _PLACEHOLDER = Image.new("RGB", (28, 28))
 
 
-def context_length(model) -> int:
-    """The model's context in tokens (its position table)."""
-    config = model.config
+def context_length(config) -> int:
+    """A model's context in tokens (its text config's position table), from its `config`."""
     text = getattr(config, "text_config", None) or config
     return int(text.max_position_embeddings)
+
+
+def folder_context_length(model_dir) -> int:
+    """`context_length` of a model folder's config (default: the shipped model), read without its weights."""
+    from transformers import AutoConfig
+
+    from visionthink.models.loading import default_model_dir
+
+    folder = model_dir or default_model_dir()
+    try:
+        return context_length(AutoConfig.from_pretrained(str(folder)))
+    except (OSError, ValueError) as error:
+        raise VisionThinkError(f"{folder}: cannot read its config ({error})") from None
 
 
 class TokenBudget:

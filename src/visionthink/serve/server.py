@@ -195,12 +195,13 @@ def serve(options=None, host: str = "127.0.0.1", port: int = 8000, config: Serve
     """Build the engine `options` name (`engines.factory.EngineOptions`; default: the shipped model on transformers)
     and serve it until interrupted. Under `vllm` or `remote` the server runs VisionThink episodes only: raw mode
     (requests with tools) belongs to the model's own server."""
-    from visionthink.engines.factory import EngineOptions, build_engine, is_local, served_context_length
+    from visionthink.engines.factory import EngineOptions, build_engine, is_local
     from visionthink.serve.app import create_app
+    from visionthink.serve.context import folder_context_length
 
     config = config or ServeConfig()
     options = options or EngineOptions()
     options.batch_size = max(options.batch_size, config.max_batch)
     engine = build_engine(options)
-    context = None if is_local(engine) else served_context_length(options)
+    context = None if is_local(engine) else folder_context_length(options.model)
     uvicorn.Server(uvicorn_config(create_app(engine, config, context=context), config, host, port, log_level)).run()

@@ -94,7 +94,7 @@ class ChatService:
         self.default_sampling = default_sampling
         self.batcher = batcher
         self.config = config
-        context = context if context is not None else context_length(engine.model)
+        context = context if context is not None else context_length(engine.model.config)
         self.budget = TokenBudget(engine.processor, context, getattr(engine, "protocol", None))
         self.zoom_profile = zoom_variant(getattr(engine, "protocol", None))
         """The profile `visionthink_mode: zoom` runs on (None: the served protocol has no zoom variant)."""
