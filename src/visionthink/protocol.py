@@ -419,6 +419,11 @@ class Episode:
     """A `zoom_image` turn delivered a region of the high-res view (`resized` stays: the whole view was delivered)."""
     zoom_box: tuple[float, float, float, float] | None = None
     """The box of the zoom call that ran, in the low-res view's pixels."""
+    p_tool: float | None = None
+    """The probability the model gave the tool path at its first-turn decision, normalised over answer and tool
+    (`engines.tool_decision`); None where it was not recorded (no decision met, a forbidden call, another engine)."""
+    tool_threshold: float | None = None
+    """The threshold that chose the path (None: the model's own choice)."""
 
     @property
     def action(self) -> str:
@@ -476,6 +481,8 @@ class Episode:
             "turns": [assistant_text(m) for m in self.messages if m["role"] == "assistant"],
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
             "mode": self.mode,
+            "p_tool": None if self.p_tool is None else round(self.p_tool, 6),
+            "tool_threshold": "inf" if self.tool_threshold == math.inf else self.tool_threshold,
             **({"zoom_box": list(self.zoom_box)} if self.zoom_box is not None else {}),
         }
 
@@ -492,6 +499,8 @@ def make_episode(
     mode: str = "visionthink",
     fed_token_ids: list[int] | None = None,
     answer_of: Callable[[list[Message], list[Turn]], str | None] | None = None,
+    p_tool: float | None = None,
+    tool_threshold: float | None = None,
 ) -> Episode:
     """The episode a conversation records, by one rule for every engine and for GRPO rollouts.
 
@@ -516,6 +525,8 @@ def make_episode(
         fed_token_ids=list(fed_token_ids or []),
         zoomed=zoomed,
         zoom_box=zoom_turns[0].box if zoomed and zoom_turns else None,
+        p_tool=p_tool,
+        tool_threshold=tool_threshold,
     )
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from visionthink import protocol
+from visionthink.errors import VisionThinkError
 from visionthink.images import ImageSource, PixelGrid, Views, load_image
 from visionthink.profiles import get_profile
 
@@ -33,6 +34,8 @@ MODES = ("full", "low", "visionthink", "oracle")
 ZOOM_MODES = ("zoom", "oracle-zoom")
 """Region zoom (issue 12): they need a profile that offers `zoom_image` (`profiles.with_zoom`)."""
 ALL_MODES = MODES + ZOOM_MODES
+DECIDING_MODES = ("visionthink", "zoom")
+"""The modes where the model's own first-turn decision stands, so that a tool threshold can steer it."""
 
 
 @dataclass
@@ -45,6 +48,9 @@ class Request:
     needs_high_res: bool | None = None
     box: tuple[float, float, float, float] | None = None
     """The region that holds the answer, (x1, y1, x2, y2) in the pixels of the image as given (x2, y2 exclusive)."""
+    tool_threshold: float | None = None
+    """Call the tool when P(tool) >= this at the first-turn decision (`engines.tool_decision`; 0: always, above 1:
+    never); None: the model's own choice. Only where the mode lets the model decide (`visionthink`, `zoom`)."""
 
 
 @dataclass
@@ -60,15 +66,19 @@ class Generated:
     """Every token the model read or wrote so far, where the backend knows them."""
     seconds: float | None = None
     """This row's own time for the turn; None: the batch's time is shared out evenly."""
+    p_tool: float | None = None
+    """P(tool) at this turn's decision between answering and calling the tool (None: not met, or not recorded)."""
 
 
 class Session(Protocol):
     """One batch's state across its turns (a KV cache, cached image URLs, ...)."""
 
     def generate(self, rows: list[int], conversations: list[list[protocol.Message]],
-                 forbid_call: list[bool]) -> list[Generated]:
+                 forbid_call: list[bool], tool_thresholds: list[float | None] | None = None) -> list[Generated]:
         """The next assistant turn of each conversation. `rows` name the batch rows still going (a later
-        call passes a subset, in order); `forbid_call[i]` keeps `<tool_call>` out of that turn."""
+        call passes a subset, in order); `forbid_call[i]` keeps `<tool_call>` out of that turn. `tool_thresholds`
+        (first turns only) asks for P(tool), and the path by the row's threshold where it is not None: only a
+        backend with `decides_by_threshold` is given one."""
         ...
 
 
@@ -94,6 +104,27 @@ def check_mode(mode: str, requests: list, profile=None) -> None:
     if mode in ZOOM_MODES and not get_profile(profile).offers_zoom:
         raise ValueError(f"{mode} mode needs a protocol that offers zoom_image (visionthink-zoom), "
                          f"not {get_profile(profile).name!r}")
+    for request in requests:
+        check_threshold(getattr(request, "tool_threshold", None))
+
+
+def check_threshold(value: float | None) -> float | None:
+    """A tool threshold as given, or a clear error: a number in [0, 1] (0: always call the tool, 1: only when
+    certain). `math.inf` (never call it) is let through for the accuracy-vs-tokens curve."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0.0 <= float(value) <= 1.0 or value == math.inf):
+        raise ValueError(f"the tool threshold must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def check_thresholds(backend, requests: list) -> None:
+    """Refuse a tool threshold on a backend that cannot choose the path by one (a clear error, never ignored)."""
+    if not getattr(backend, "decides_by_threshold", False) and any(
+            getattr(r, "tool_threshold", None) is not None for r in requests):
+        raise VisionThinkError(f"a tool threshold needs the transformers engine; {type(backend).__name__} cannot "
+                               "read P(tool) while it decodes")
 
 
 def forbids_call(mode: str, request, turn_index: int) -> bool:
@@ -106,6 +137,7 @@ def forbids_call(mode: str, request, turn_index: int) -> bool:
 def run_episodes(backend: Backend, requests: list, mode: str = "visionthink", progress=None) -> list[protocol.Episode]:
     """Episodes for all requests (objects with `image`, `question`, `needs_high_res`), in order."""
     check_mode(mode, requests, getattr(backend, "protocol", None))
+    check_thresholds(backend, requests)
     episodes: list[protocol.Episode] = []
     for start in range(0, len(requests), max(1, backend.batch_size)):
         batch = requests[start : start + max(1, backend.batch_size)]
@@ -128,6 +160,7 @@ class _Row:
     grid: PixelGrid = field(default_factory=PixelGrid)
     source_size: tuple[int, int] | None = None
     """The loaded image's (width, height): the frame of `Request.box`."""
+    p_tool: float | None = None
 
 
 def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Episode]:
@@ -147,8 +180,13 @@ def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Epi
     active = list(range(len(rows)))
     for turn_index in range(protocol.MAX_ASSISTANT_TURNS):
         turn_began = time.perf_counter()
-        outputs = session.generate(active, [rows[i].messages for i in active],
-                                   [forbids_call(mode, rows[i].request, turn_index) for i in active])
+        forbid = [forbids_call(mode, rows[i].request, turn_index) for i in active]
+        thresholds = None
+        if turn_index == 0 and getattr(backend, "decides_by_threshold", False):
+            thresholds = [getattr(rows[i].request, "tool_threshold", None) if mode in DECIDING_MODES else None
+                          for i in active]
+        outputs = session.generate(active, [rows[i].messages for i in active], forbid,
+                                   **({"tool_thresholds": thresholds} if thresholds is not None else {}))
         shared = (time.perf_counter() - turn_began) / len(active)
         still = []
         for index, output in zip(active, outputs, strict=True):
@@ -158,6 +196,8 @@ def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Epi
             row.sequence_tokens = output.sequence_tokens
             if output.fed_token_ids is not None:
                 row.fed_token_ids = output.fed_token_ids
+            if turn_index == 0:
+                row.p_tool = output.p_tool
             if _take_turn(row, output.text, mode, turn_index, profile):
                 still.append(index)
         active = still
@@ -169,7 +209,8 @@ def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Epi
             row.messages, row.turns, count_visual_tokens=lambda image: grid.tokens(*image.size),
             full_res_visual_tokens=grid.tokens(*row.views.high.size), generated_tokens=row.generated_tokens,
             sequence_tokens=row.sequence_tokens, seconds=row.seconds, mode=mode, fed_token_ids=row.fed_token_ids,
-            answer_of=profile.episode_answer,
+            answer_of=profile.episode_answer, p_tool=row.p_tool,
+            tool_threshold=getattr(row.request, "tool_threshold", None) if mode in DECIDING_MODES else None,
         )
         for row in rows
     ]

@@ -16,6 +16,7 @@ import torch
 from transformers import DynamicCache
 
 from visionthink.compat import cache_arg
+from visionthink.engines.tool_decision import Decisions
 from visionthink.pixels import join
 
 
@@ -152,7 +153,8 @@ class KVDecoder:
     @torch.no_grad()
     def decode(self, sampling: SamplingConfig, banned_ids: list[list[int]] | None = None,
                generator: torch.Generator | None = None, draft: Draft | None = None,
-               previous: list[list[int]] | None = None, memory: OutputMemory | None = None) -> list[list[int]]:
+               previous: list[list[int]] | None = None, memory: OutputMemory | None = None,
+               decisions: Decisions | None = None) -> list[list[int]]:
         """Generate for every row until a stop token (kept) or `max_new_tokens`.
 
         `banned_ids[row]` lists token ids that row may not produce. The tokens chosen at the last step are
@@ -162,7 +164,8 @@ class KVDecoder:
         (per row, what it wrote in its last turn), a row that is repeating that turn so far gets the next
         `REPEAT_GUESS` tokens of it as a guess, kept the same way (a second turn often restates the first's
         reasoning). With a `memory`, a row with no other guess gets what earlier rows wrote after its last tokens
-        (`OutputMemory`), kept the same way; the memory then learns what this call wrote.
+        (`OutputMemory`), kept the same way; the memory then learns what this call wrote. With `decisions`, every
+        token a row writes passes `Decisions.review` (P(tool) at the first-turn decision, the path by a threshold).
         """
         ban = Banned(banned_ids) if banned_ids and any(banned_ids) else None
         stops = set(self.stop_ids.tolist())
@@ -171,6 +174,10 @@ class KVDecoder:
         if sampling.do_sample and self.keep_on_device:
             generator = generator_on(generator, self.last_logits.device)
         tokens = self._choose_rows(self.last_logits, ban, sampling, generator)
+        if decisions is not None:
+            for row in active:
+                if decisions.pending(row):
+                    tokens[row] = decisions.review(row, self.last_logits[row], tokens[row], generated[row])
         while True:
             for row in active:
                 generated[row].append(tokens[row])
@@ -193,17 +200,23 @@ class KVDecoder:
                     feeds[row] += guess
             logits = self._feed_tokens(feeds)
             tokens = self._choose_rows(logits[:, -1], ban, sampling, generator)
+            departed = set()
             for row, guess in guesses.items():
                 accepted, departure = self._verify(row, logits[row, -len(feeds[row]) : -1], guess, ban, sampling,
-                                                   generator)
+                                                   generator, decisions, generated[row])
                 for token in guess[:accepted]:
                     generated[row].append(token)
                     self.history[row].append(token)
                 if accepted < len(guess):
                     tokens[row] = departure
+                    departed.add(row)
                     self._unfeed(row, len(guess) - accepted)
                 elif guess[-1] in stops or len(generated[row]) >= sampling.max_new_tokens:
                     active.remove(row)
+            if decisions is not None:
+                for row in active:
+                    if row not in departed and decisions.pending(row):  # a departure was reviewed where chosen
+                        tokens[row] = decisions.review(row, logits[row, -1], tokens[row], generated[row])
         self.last_logits = None
         if memory is not None:
             for row, written in enumerate(generated):
@@ -218,21 +231,24 @@ class KVDecoder:
         return _choose(logits, sampling, generator, self.keep_on_device).tolist()
 
     def _verify(self, row: int, logits: torch.Tensor, tail: list[int], ban: Banned | None,
-                sampling: SamplingConfig, generator: torch.Generator | None) -> tuple[int, int | None]:
+                sampling: SamplingConfig, generator: torch.Generator | None, decisions: Decisions | None = None,
+                written: list[int] | None = None) -> tuple[int, int | None]:
         """How many of `tail`'s tokens the model picks itself from `logits` (one row per tail token), and the
-        first choice that differs (the model's next token; None when the whole tail is kept).
+        first choice that differs (the model's next token; None when the whole tail is kept). With `decisions`,
+        each choice passes `Decisions.review` after `written` and the tail's tokens before it.
 
         Choosing each token as decoding would and keeping it while it equals the draft leaves greedy output
         unchanged and sampled output identically distributed.
         """
         if not sampling.do_sample:  # greedy: every position's choice in one call
             choices = self._choose_rows(logits, ban, sampling, generator, row)
-            for index, (choice, expected) in enumerate(zip(choices, tail, strict=True)):
-                if choice != expected:
-                    return index, choice
-            return len(tail), None
         for index, expected in enumerate(tail):
-            choice = self._choose_rows(logits[index : index + 1], ban, sampling, generator, row)[0]
+            if sampling.do_sample:
+                choice = self._choose_rows(logits[index : index + 1], ban, sampling, generator, row)[0]
+            else:
+                choice = choices[index]
+            if decisions is not None and decisions.pending(row):
+                choice = decisions.review(row, logits[index], choice, [*(written or []), *tail[:index]])
             if choice != expected:
                 return index, choice
         return len(tail), None

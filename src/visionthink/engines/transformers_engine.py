@@ -22,6 +22,7 @@ from visionthink.engines.kv_decoder import (
     common_prefix,
     input_device,
 )
+from visionthink.engines.tool_decision import Decisions, PathTokens
 from visionthink.models import load_model
 from visionthink.models.additive_mask import use_additive_mask
 from visionthink.models.patch_embed import use_linear_patch_embed
@@ -33,6 +34,9 @@ __all__ = ["MODES", "Request", "TransformersEngine", "never_write_ids"]
 
 class TransformersEngine:
     """Episodes on a local transformers VLM (the tiny model on CPU, Qwen2.5-VL on GPU)."""
+
+    decides_by_threshold = True
+    """It records P(tool) and honours `Request.tool_threshold` (`engines.tool_decision`)."""
 
     def __init__(self, model, processor, sampling: SamplingConfig | None = None, batch_size: int = 16,
                  reuse_cache: bool = True, draft_tool_call: bool = True, share_prefix: bool = True,
@@ -73,6 +77,7 @@ class TransformersEngine:
         self._prefix: SharedPrefix | None = None
         self.memory = OutputMemory() if draft_memory else None
         """What earlier turns wrote, guessed again where a turn starts to repeat it (outputs unchanged)."""
+        self._path_tokens: PathTokens | None = None
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path | None = None, device: str | None = None,
@@ -112,6 +117,13 @@ class TransformersEngine:
             length = min(length, types.index(1) if 1 in types else length)
             self._prefix = SharedPrefix.compute(self.model, ids[:length])
         return self._prefix
+
+    @property
+    def path_tokens(self) -> PathTokens:
+        """The tokens that open the answer and the tool call (`engines.tool_decision`), found once."""
+        if self._path_tokens is None:
+            self._path_tokens = PathTokens.of(self.processor.tokenizer)
+        return self._path_tokens
 
     def banned_ids(self, forbid_call: bool) -> list[int]:
         """Token ids a turn may not produce: vision placeholders, and the tool call where it is forbidden."""
@@ -158,7 +170,7 @@ class _KVSession:
         """The batch's images as patches: a second turn processes only its new image."""
 
     def generate(self, rows: list[int], conversations: list[list[protocol.Message]],
-                 forbid_call: list[bool]) -> list[Generated]:
+                 forbid_call: list[bool], tool_thresholds: list[float | None] | None = None) -> list[Generated]:
         engine = self.engine
         if self.decoder is None or not engine.reuse_cache:
             self.decoder = KVDecoder(engine.model, engine.pad_id, engine.stop_ids, prefix=engine.shared_prefix())
@@ -168,9 +180,13 @@ class _KVSession:
         decoder = self.decoder
         engine.feed(decoder, conversations, self.images)
         previous = [self.written.get(row, []) for row in rows] if engine.draft_repeats else None
+        decisions = None
+        if tool_thresholds is not None and not all(forbid_call):
+            decisions = Decisions(engine.path_tokens, tool_thresholds, [not f for f in forbid_call],
+                                  engine.processor.tokenizer.decode)
         outputs = decoder.decode(engine.sampling, banned_ids=[engine.banned_ids(f) for f in forbid_call],
                                  generator=engine.generator, draft=engine.draft, previous=previous,
-                                 memory=engine.memory)
+                                 memory=engine.memory, decisions=decisions)
         self.written = dict(zip(rows, outputs, strict=True))
         engine.prefill_tokens += decoder.fed_tokens
         decoder.fed_tokens = 0
@@ -179,6 +195,7 @@ class _KVSession:
         # rendering's length is known without encoding the conversation and its images once more.
         return [
             Generated(engine.decode_text(ids), len(ids), fed_token_ids=list(history),
-                      sequence_tokens=len(history) + int(engine.protocol.turn_end_newline))
-            for ids, history in zip(outputs, decoder.history, strict=True)
+                      sequence_tokens=len(history) + int(engine.protocol.turn_end_newline),
+                      p_tool=decisions.p_tool[index] if decisions is not None else None)
+            for index, (ids, history) in enumerate(zip(outputs, decoder.history, strict=True))
         ]
