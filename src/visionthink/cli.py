@@ -92,6 +92,18 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def tool_threshold(text: str) -> float:
+    """A tool threshold, 0-1: call the tool when P(tool) >= it."""
+    value = _finite(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
+TOOL_THRESHOLD_HELP = ("call the tool when the model's P(tool) at its first-turn decision is at least T (0: always, "
+                       "1: only when certain; default: the model's own greedy choice; transformers engine only)")
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -145,10 +157,10 @@ def _ask(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise VisionThinkError(str(error)) from None
     engine = build_engine(options, sampling=sampling, protocol=protocol)
-    episode = engine.run([Request(image, args.question)], args.mode)[0]
+    episode = engine.run([Request(image, args.question, tool_threshold=args.tool_threshold)], args.mode)[0]
     summary = episode.summary()
     result = {key: summary[key] for key in ("answer", "resized", "action", "visual_tokens", "full_res_visual_tokens",
-                                            "turns", "error")}
+                                            "p_tool", "tool_threshold", "turns", "error")}
     result["zoom_box"] = list(episode.zoom_box) if episode.zoomed else None
     return _print_answer(result, time.perf_counter() - began, args.json)
 
@@ -177,6 +189,10 @@ def _print_answer(result: dict, seconds: float, as_json: bool) -> int:
     else:
         print(f"answer: {result['answer']}")
         print(f"resized: {'yes' if result['resized'] else 'no'}")
+        if result.get("p_tool") is not None:
+            threshold = result.get("tool_threshold")
+            rule = "the model's own choice" if threshold is None else f"threshold {threshold}"
+            print(f"P(tool): {result['p_tool']:.3f} ({rule})")
         if result["zoom_box"] is not None:
             print(f"zoomed on: {result['zoom_box']} (low-res pixels)")
         share = 100 * result["visual_tokens"] / result["full_res_visual_tokens"]
@@ -273,6 +289,10 @@ def _eval(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         max_new_tokens=args.max_new_tokens,
         engine=engine_options(args),
+        tool_threshold=args.tool_threshold,
+        curve=args.curve,
+        token_budget=args.token_budget,
+        calibration_fraction=args.calibration_fraction,
     )
     result = run_eval(config)
     if args.json:
@@ -458,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--mode", default="visionthink", choices=["visionthink", "full", "low", "zoom"],
                      help="zoom: the model may also call zoom_image on a region (protocol visionthink-zoom)")
     ask.add_argument("--json", action="store_true", help="print one JSON object")
+    ask.add_argument("--tool-threshold", type=tool_threshold, default=None, metavar="T", help=TOOL_THRESHOLD_HELP)
     ask.add_argument("--protocol", default="visionthink", choices=PROTOCOLS, help=PROTOCOL_HELP)
     ask.add_argument("--max-new-tokens", type=positive_int, default=None, help=MAX_NEW_TOKENS_HELP)
     ask.add_argument("--max-input-pixels", type=positive_int, default=DEFAULT_MAX_INPUT_PIXELS,
@@ -537,6 +558,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--protocol", default="visionthink", choices=PROTOCOLS, help=PROTOCOL_HELP)
     evaluate.add_argument("--max-new-tokens", type=positive_int, default=None, help=MAX_NEW_TOKENS_HELP)
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    evaluate.add_argument("--tool-threshold", type=tool_threshold, default=None, metavar="T",
+                          help=TOOL_THRESHOLD_HELP + "; records are labelled visionthink@T=<T>")
+    evaluate.add_argument("--curve", action="store_true",
+                          help="also run every item with the tool forced and refused at the decision, and write the "
+                          "score-vs-tokens curve of every threshold (curve.json, curve_<bench>.png)")
+    evaluate.add_argument("--token-budget", type=positive_float, default=None, metavar="F",
+                          help="choose the threshold on a calibration part of each bench so that visual tokens come to "
+                          "F of full resolution's (0.25-1.25 for resize), then run the rest with it")
+    evaluate.add_argument("--calibration-fraction", type=positive_float, default=0.4, metavar="P",
+                          help="the share of items that calibrates --token-budget (default 0.4)")
     add_engine_options(evaluate)
     evaluate.set_defaults(handler=_eval)
     serve = commands.add_parser("serve", help="OpenAI-compatible VisionThink server with a web page")

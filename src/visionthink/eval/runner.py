@@ -16,7 +16,9 @@ The report folder holds:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from visionthink.errors import ImageError, VisionThinkError
+from visionthink.eval import curve
 from visionthink.eval.samples_log import SampleLog, read_samples, record_key  # noqa: F401 - re-exported
 from visionthink.eval.summary import (  # noqa: F401 - re-exported
     ORACLE_LABEL,
@@ -51,6 +54,7 @@ if TYPE_CHECKING:
     from visionthink.engines.factory import EngineOptions
 
 SAMPLES_FILE = "samples.jsonl"
+CURVE_FILE = "curve.json"
 SUMMARY_FILE = "summary.json"
 RUN_FILE = "run.json"
 JUDGE_CACHE_FILE = "judge_cache.jsonl"
@@ -84,6 +88,17 @@ class EvalConfig:
     engine: EngineOptions | None = None
     """Which engine runs the model (`engines.factory`; None: transformers, with `model`, `device`, `dtype` and
     `batch_size` above, which also fill the options' unset fields)."""
+    tool_threshold: float | None = None
+    """Run the modes where the model decides (`visionthink`, `zoom`) with this tool threshold (`engines.tool_decision`;
+    their records are labelled `visionthink@T=<threshold>`); None: the model's own choice."""
+    curve: bool = False
+    """Also record every item with the path forced both ways and write the score-vs-tokens curve of every threshold
+    (`eval.curve`: `curve.json`, `curve_<bench>.png`)."""
+    token_budget: float | None = None
+    """Choose the threshold on a calibration part of each bench so that visual tokens come to this fraction of full
+    resolution's, then run the rest of the bench with it (`curve.json` says what was reached)."""
+    calibration_fraction: float = 0.4
+    """The share of each bench's items (by a hash of the uid) that calibrates `token_budget`."""
 
 
 @dataclass
@@ -180,6 +195,8 @@ def episode_record(bench: str, mode: str, sample, episode, score: float | None, 
         "well_formed": False if episode is None else bool(episode.well_formed),
         "answer_error": None if episode is None else episode.error,
         "turns": [] if episode is None else episode.summary()["turns"],
+        "p_tool": None if episode is None or episode.p_tool is None else round(float(episode.p_tool), 6),
+        "tool_threshold": None if episode is None else episode.summary()["tool_threshold"],
         "meta": _jsonable(dict(sample.meta)),
     }
     if episode is not None and getattr(episode, "zoom_box", None) is not None:
@@ -345,12 +362,117 @@ class _Engines:
         return built
 
 
-def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None = None) -> EvalResult:
-    """Run every (bench, mode) still missing from the report folder, then summarise and write the report."""
+def _check_threshold_options(config: EvalConfig, engine=None) -> None:
+    """Refuse bad threshold, curve and budget settings, and an engine that cannot steer by a threshold, before any
+    work."""
+    from visionthink.engines.base import check_threshold
+
+    try:
+        check_threshold(config.tool_threshold)
+    except ValueError as error:
+        raise VisionThinkError(f"--tool-threshold: {error}") from None
+    if config.token_budget is not None and not 0 < config.token_budget:
+        raise VisionThinkError(f"--token-budget must be a positive fraction of full resolution's visual tokens, "
+                               f"got {config.token_budget}")
+    if not 0 < config.calibration_fraction < 1:
+        raise VisionThinkError(f"--calibration-fraction must lie in (0, 1), got {config.calibration_fraction}")
+    steering = config.tool_threshold is not None or config.curve or config.token_budget is not None
+    if not steering:
+        return
+    name = (config.engine.engine if config.engine is not None else "transformers") if engine is None else None
+    if (engine is not None and not getattr(engine, "decides_by_threshold", False)) or name not in (None,
+                                                                                                   "transformers"):
+        raise VisionThinkError("--tool-threshold, --curve and --token-budget need the transformers engine, which "
+                               "reads P(tool) while it decodes")
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one pass over a bench's items runs: the records' mode label, the engine's mode, the tool threshold."""
+
+    label: str
+    mode: str
+    threshold: float | None = None
+
+
+def _run_label(config: EvalConfig, engines: _Engines, samples_log: SampleLog, judge, bench, bench_name: str,
+               samples: list, what: Run) -> int:
+    """Run the items of `samples` that `samples_log` lacks under `what.label`, logging each batch; how many ran."""
     from tqdm import tqdm
 
+    from visionthink.engines.base import Request
+
+    pending = [s for s in samples if not samples_log.done(bench_name, what.label, str(s.uid))]
+    if not pending:
+        return 0
+    mode = what.mode
+    engine = engines.for_mode(mode)
+    # one chunk = one engine batch, so that a chunk's wall time is one batch's
+    chunk_size = min(config.batch_size, _engine_batch_size(engine) or config.batch_size)
+    with tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"{bench_name}/{what.label}",
+              unit="q", disable=not config.progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        for start in range(0, len(pending), chunk_size):
+            chunk = pending[start : start + chunk_size]
+            requests = [Request(s.image, s.question, s.meta.get(ORACLE_LABEL),
+                                box=_box(bench, s) if mode == "oracle-zoom" else None, tool_threshold=what.threshold)
+                        for s in chunk]
+            results = _run_chunk(engine, requests, mode, bar)
+            predictions = [None if e is None else e.answer for e, _, _ in results]
+            per_sample = bench.score(chunk, predictions, judge).per_sample
+            records = [
+                episode_record(bench_name, what.label, sample, episode, float(score), error, timing)
+                for sample, (episode, error, timing), score in zip(chunk, results, per_sample, strict=True)
+            ]
+            for sample, (episode, _, _), record in zip(chunk, results, records, strict=True):
+                if "zoom_box" in record and (truth := _box(bench, sample)) is not None:
+                    record["zoom_iou"] = round(zoom_iou(episode, truth, _source_size(sample.image)), 4)
+            samples_log.append(records)
+    return len(pending)
+
+
+def split_calibration(samples: list, fraction: float) -> tuple[list, list]:
+    """Calibration and test parts of a bench's items, by a hash of each uid (stable across runs and limits)."""
+    calibration, test = [], []
+    for sample in samples:
+        digest = hashlib.sha256(str(sample.uid).encode()).digest()
+        (calibration if int.from_bytes(digest[:4], "big") / 2**32 < fraction else test).append(sample)
+    return calibration, test
+
+
+def _curve_items(samples_log: SampleLog, bench_name: str, samples: list) -> list[curve.Item]:
+    never, always = samples_log.select(bench_name, curve.NEVER), samples_log.select(bench_name, curve.ALWAYS)
+    present = [s for s in samples if str(s.uid) in never and str(s.uid) in always]
+    return curve.items_from([never[str(s.uid)] for s in present], [always[str(s.uid)] for s in present],
+                            [s.meta.get(ORACLE_LABEL) for s in present])
+
+
+def _write_curves(out: Path, curves: dict[str, list], budgets: dict[str, dict], summary: dict) -> None:
+    """`curve.json` (per bench: the curve, its baselines, AUROC, the token budget's outcome) and `curve_<bench>.png`."""
+    result: dict[str, Any] = {}
+    for bench_name in dict.fromkeys([*curves, *budgets]):
+        entry: dict[str, Any] = {}
+        if bench_name in curves:
+            entry = curve.summarise_curve(curves[bench_name])
+            marks = {}
+            for mode in ("visionthink", "full", "low"):
+                m = summary.get(bench_name, {}).get(mode)
+                if m and m.get("full_res_visual_tokens"):
+                    marks[mode] = (m["visual_tokens"] / m["full_res_visual_tokens"], m["score"])
+            curve.plot_curve(bench_name, entry, out / f"curve_{_file_name(bench_name)}.png", marks)
+        if bench_name in budgets:
+            entry["token_budget"] = budgets[bench_name]
+        result[bench_name] = entry
+    (out / CURVE_FILE).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None = None) -> EvalResult:
+    """Run every (bench, mode) still missing from the report folder, then summarise and write the report."""
     from visionthink.engines.base import ALL_MODES as MODES
-    from visionthink.engines.transformers_engine import Request
+    from visionthink.engines.base import DECIDING_MODES
     from visionthink.eval.report import write_report
 
     log = log or (lambda message: print(message, file=sys.stderr))
@@ -369,6 +491,7 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
         raise VisionThinkError("give at least one --bench and one --mode")
     if config.batch_size < 1:
         raise VisionThinkError("--batch-size must be at least 1")
+    _check_threshold_options(config, engine)
     if not config.judge:  # before any folder, data or model is touched
         judged = []
         for name in config.benches:
@@ -385,6 +508,13 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
     notes: list[str] = []
     loaded: dict[str, tuple[Any, list, list[str]]] = {}
     computed: dict[str, int] = {}
+    curves: dict[str, list[curve.Item]] = {}
+    budgets: dict[str, dict[str, Any]] = {}
+
+    def run(bench, bench_name: str, samples: list, what: Run) -> None:
+        computed[f"{bench_name}/{what.label}"] = _run_label(config, engines, samples_log, judge, bench, bench_name,
+                                                            samples, what)
+
     began = time.perf_counter()
     for requested in config.benches:
         bench = _load_benchmark(requested)
@@ -414,33 +544,49 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
                 log(f"note: {note}")
                 continue
             modes.append(mode)
-        loaded[bench_name] = (bench, samples, modes)
+        labels = []
         for mode in modes:
-            pending = [s for s in samples if not samples_log.done(bench_name, mode, str(s.uid))]
-            computed[f"{bench_name}/{mode}"] = len(pending)
-            if not pending:
-                continue
-            engine = engines.for_mode(mode)
-            # one chunk = one engine batch, so that a chunk's wall time is one batch's
-            chunk_size = min(config.batch_size, _engine_batch_size(engine) or config.batch_size)
-            with tqdm(total=len(samples), initial=len(samples) - len(pending), desc=f"{bench_name}/{mode}",
-                      unit="q", disable=not config.progress, file=sys.stderr, dynamic_ncols=True) as bar:
-                for start in range(0, len(pending), chunk_size):
-                    chunk = pending[start : start + chunk_size]
-                    requests = [Request(s.image, s.question, s.meta.get(ORACLE_LABEL),
-                                        box=_box(bench, s) if mode == "oracle-zoom" else None) for s in chunk]
-                    results = _run_chunk(engine, requests, mode, bar)
-                    predictions = [None if e is None else e.answer for e, _, _ in results]
-                    per_sample = bench.score(chunk, predictions, judge).per_sample
-                    records = [
-                        episode_record(bench_name, mode, sample, episode, float(score), error, timing)
-                        for sample, (episode, error, timing), score in zip(chunk, results, per_sample, strict=True)
-                    ]
-                    for sample, (episode, _, _), record in zip(chunk, results, records, strict=True):
-                        if "zoom_box" in record and (truth := _box(bench, sample)) is not None:
-                            record["zoom_iou"] = round(zoom_iou(episode, truth, _source_size(sample.image)), 4)
-                    samples_log.append(records)
+            threshold = config.tool_threshold if mode in DECIDING_MODES else None
+            label = mode if threshold is None else curve.threshold_label(mode, threshold)
+            run(bench, bench_name, samples, Run(label, mode, threshold))
+            labels.append(label)
+        if config.curve or config.token_budget is not None:
+            calibration, test = split_calibration(samples, config.calibration_fraction)
+            measured_on = samples if config.curve else calibration
+            for label, threshold in ((curve.NEVER, math.inf), (curve.ALWAYS, 0.0)):
+                run(bench, bench_name, measured_on, Run(label, "visionthink", threshold))
+            if config.curve:
+                labels += [curve.NEVER, curve.ALWAYS]
+                curves[bench_name] = _curve_items(samples_log, bench_name, samples)
+            if config.token_budget is not None:
+                if not calibration or not test:
+                    raise VisionThinkError(f"{bench_name}: {len(samples)} items cannot be split into a calibration "
+                                           "and a test part; give more items (--limit)")
+                chosen = curve.choose_threshold(_curve_items(samples_log, bench_name, calibration),
+                                                config.token_budget)
+                threshold = chosen.threshold if chosen.threshold == math.inf else float(f"{chosen.threshold:.6g}")
+                label = curve.threshold_label("visionthink", threshold)
+                run(bench, bench_name, test, Run(label, "visionthink", threshold))
+                labels.append(label)
+                by_uid = samples_log.select(bench_name, label)
+                records = [by_uid[str(s.uid)] for s in test]
+                budgets[bench_name] = {
+                    "token_budget": config.token_budget, "threshold": "inf" if threshold == math.inf else threshold,
+                    "label": label, "calibration_items": len(calibration), "test_items": len(test),
+                    "calibration_token_fraction": chosen.token_fraction, "calibration_score": chosen.score,
+                    "test_token_fraction": sum(r["visual_tokens"] for r in records)
+                    / max(1, sum(r["full_res_visual_tokens"] for r in records)),
+                    "test_score": sum(float(r["score"] or 0.0) for r in records) / len(records),
+                }
+        loaded[bench_name] = (bench, samples, list(dict.fromkeys(labels)))
     summary = summarise(loaded, samples_log, judge)
+    for bench_name, entry in budgets.items():
+        notes.append(f"{bench_name}: token budget {entry['token_budget']:g} of full resolution: threshold "
+                     f"{entry['threshold']} chosen on {entry['calibration_items']} calibration items "
+                     f"({entry['calibration_token_fraction']:.3f} there); {entry['test_token_fraction']:.3f} reached "
+                     f"on {entry['test_items']} test items, score {100 * entry['test_score']:.1f}%")
+    if curves or budgets:
+        _write_curves(out, curves, budgets, summary)
     meta = {
         "model": _model_id(config.model),
         "benches": config.benches,
