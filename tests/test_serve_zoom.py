@@ -44,8 +44,8 @@ class _ZoomingSession:
     def __init__(self, inner, engine: FirstTurnZooms):
         self.inner, self.engine = inner, engine
 
-    def generate(self, rows, conversations, forbid_call) -> list[Generated]:
-        outputs = self.inner.generate(rows, conversations, forbid_call)
+    def generate(self, rows, conversations, forbid_call, **options) -> list[Generated]:
+        outputs = self.inner.generate(rows, conversations, forbid_call, **options)  # e.g. the first turn's thresholds
         for output, messages in zip(outputs, conversations, strict=True):
             question = protocol.assistant_text(messages[1]).split("\n")[0]
             if not any(m["role"] == "assistant" for m in messages) and question in self.engine.boxes:

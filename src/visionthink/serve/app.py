@@ -28,6 +28,11 @@ Endpoints:
     Images may appear in user and tool messages.
 - `stream: true` sends the same reply as server-sent events (`data: {chunk}` ... `data: [DONE]`);
   the episode is computed first, so the concatenated deltas equal the non-streaming reply.
+- `visionthink_tool_threshold` (a number in [0, 1], modes `visionthink` and `zoom`): the model calls its tool when
+  its probability of doing so at the first-turn decision is at least this; absent: the server's default
+  (`ServeConfig.tool_threshold`), null: the greedy decision. `visionthink.p_tool` is that probability and
+  `visionthink.tool_threshold` the threshold used. Only a model run here (the transformers engine) honours one: on
+  the vllm or remote engine a request with one is refused (400).
 - `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, and `GET /` (the web page).
 
 Limits (`ServeConfig`): body size and the bytes of bodies held at once, image formats (PNG,

@@ -54,6 +54,8 @@ class ChatRequest:
     image_urls: list[str] = field(default_factory=list)
     """Every image URL of the request, in order."""
     question: str = ""
+    tool_threshold: float | None = None
+    """VisionThink and zoom modes: call the tool when P(tool) >= this (None: the greedy decision)."""
 
     @property
     def key(self) -> BatchKey:
@@ -198,6 +200,24 @@ def _sampling(request: ChatCompletionRequest, default: SamplingConfig, config: S
     return sampling
 
 
+THRESHOLD_MODES = ("visionthink", "zoom")
+"""The modes whose first turn decides between answering and calling a tool (where a tool threshold applies)."""
+
+
+def tool_threshold(request: ChatCompletionRequest, mode: str, config: ServeConfig) -> float | None:
+    """The request's `visionthink_tool_threshold` (absent: the server's default; null: greedy); a threshold given for
+    a mode without a first-turn decision is refused, the server's default does not apply there."""
+    given = "visionthink_tool_threshold" in request.model_fields_set
+    threshold = request.visionthink_tool_threshold if given else config.tool_threshold
+    if mode in THRESHOLD_MODES:
+        return None if threshold is None else float(threshold)
+    if given and threshold is not None:
+        raise ApiError(400, f"visionthink_tool_threshold applies to the modes that decide whether to call a tool "
+                       f"({', '.join(THRESHOLD_MODES)}); mode {mode!r} makes no such decision",
+                       "invalid_parameter", param="visionthink_tool_threshold")
+    return None
+
+
 def chat_request(request: ChatCompletionRequest, config: ServeConfig, default_sampling: SamplingConfig,
                  special: SpecialTokens) -> ChatRequest:
     """Check `request` against the server's model, limits and vocabulary; images are located, not decoded."""
@@ -225,6 +245,7 @@ def chat_request(request: ChatCompletionRequest, config: ServeConfig, default_sa
         tools=tools, ban_tool_calls=request.tool_choice == "none", banned_ids=banned_ids(request.logit_bias),
         return_image=request.visionthink_return_image,
         include_usage_chunk=request.stream_options is not None and request.stream_options.include_usage,
+        tool_threshold=tool_threshold(request, mode, config),
     )
     text_chars = len(json.dumps(tools)) if tools else 0
     if tools:

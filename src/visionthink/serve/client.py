@@ -19,8 +19,10 @@ from visionthink.errors import VisionThinkError
 
 
 def ask_server(url: str, image_path: str, question: str, mode: str = "visionthink", api_key: str | None = None,
-               max_new_tokens: int | None = None, timeout: float = 300.0) -> dict[str, Any]:
-    """The server's episode for one image and question, as `ask --json` prints a local one (`seconds` excepted)."""
+               max_new_tokens: int | None = None, timeout: float = 300.0,
+               tool_threshold: float | None = None) -> dict[str, Any]:
+    """The server's episode for one image and question, as `ask --json` prints a local one (`seconds` excepted).
+    `tool_threshold` is sent as the request's `visionthink_tool_threshold` (None: the server's default)."""
     try:
         data = Path(image_path).read_bytes()
     except OSError as error:
@@ -32,6 +34,8 @@ def ask_server(url: str, image_path: str, question: str, mode: str = "visionthin
     body: dict[str, Any] = {"messages": [{"role": "user", "content": content}], "visionthink_mode": mode}
     if max_new_tokens is not None:
         body["max_tokens"] = max_new_tokens
+    if tool_threshold is not None:
+        body["visionthink_tool_threshold"] = tool_threshold
     reply = _post(url.rstrip("/") + "/v1/chat/completions", body, api_key, timeout)
     try:
         info, usage = reply["visionthink"], reply["usage"]
@@ -44,6 +48,8 @@ def ask_server(url: str, image_path: str, question: str, mode: str = "visionthin
             "full_res_visual_tokens": usage["full_res_visual_tokens"],
             "turns": info["turns"],
             "zoom_box": info.get("zoom_box"),
+            "p_tool": info.get("p_tool"),
+            "tool_threshold": info.get("tool_threshold"),
             "error": None if answer and answer.strip() else "the server's episode ended without an answer",
         }
     except (KeyError, TypeError):

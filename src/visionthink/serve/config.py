@@ -71,3 +71,7 @@ class ServeConfig:
     Host headers are refused, so that a DNS-rebinding page cannot reach a keyless server through a browser."""
     keep_alive_timeout: float = 5.0
     """Seconds an idle keep-alive connection stays open."""
+    tool_threshold: float | None = None
+    """The tool threshold of a request that names none (`visionthink_tool_threshold`): in [0, 1], the model calls its
+    tool when its P(tool) at the first-turn decision is at least this; None keeps the greedy decision. Only the
+    transformers engine honours one (the server refuses to start with one on another engine)."""

@@ -77,11 +77,15 @@ def finish_reason(episode: protocol.Episode, stop_ids: list[int]) -> str:
 
 def visionthink_reply(episode: protocol.Episode, chat: ChatRequest, stop_ids: list[int], views: Views | None = None,
                       grid: PixelGrid | None = None) -> Reply:
-    """The reply of a VisionThink episode; `views` and `grid` (needed when it zoomed) locate the crop."""
+    """The reply of a VisionThink episode; `views` and `grid` (needed when it zoomed) locate the crop. After a resize,
+    `visionthink.high_res_image_size` is the size of the view the model got (with `return_image`, that view as
+    `high_res_image`); `p_tool` is the probability the model gave the tool at its first-turn decision (None where
+    not recorded) and `tool_threshold` the threshold the decision was taken with (None: greedy)."""
     turns = [protocol.assistant_text(m) for m in episode.messages if m["role"] == "assistant"]
     reasoning = "\n".join(t.think for t in episode.turns if t.think)
     content = episode.answer if episode.answer is not None else (turns[-1] if turns else "")
-    first_image = protocol.images_in(episode.messages)[0]
+    images = protocol.images_in(episode.messages)
+    first_image = images[0]
     info: dict[str, Any] = {
         "mode": episode.mode,
         "resized": episode.resized,
@@ -93,9 +97,18 @@ def visionthink_reply(episode: protocol.Episode, chat: ChatRequest, stop_ids: li
         "first_image_size": list(first_image.size),
         "action": episode.action,
         "zoom_box": list(episode.zoom_box) if episode.zoomed and episode.zoom_box is not None else None,
+        "p_tool": episode.p_tool,
+        "tool_threshold": episode.tool_threshold,
+        "visual_tokens": episode.visual_tokens,
+        "full_res_visual_tokens": episode.full_res_visual_tokens,
     }
     if chat.return_image:
         info["low_res_image"] = image_data_url(first_image)
+    if episode.action == "resize" and len(images) > 1:
+        high = images[1]
+        info["high_res_image_size"] = list(high.size)
+        if chat.return_image:
+            info["high_res_image"] = image_data_url(high)
     if episode.zoomed:
         info.update(zoom_info(episode, views, grid, chat.return_image))
     usage = {

@@ -97,7 +97,8 @@ class StreamOptions(_Model):
 
 
 class ChatCompletionRequest(_Model):
-    """`POST /v1/chat/completions`: OpenAI's fields plus `visionthink_mode` and `visionthink_return_image`."""
+    """`POST /v1/chat/completions`: OpenAI's fields plus `visionthink_mode`, `visionthink_return_image` and
+    `visionthink_tool_threshold`."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
@@ -120,6 +121,8 @@ class ChatCompletionRequest(_Model):
     logit_bias: dict[str, float] | None = None
     visionthink_mode: str | None = None
     visionthink_return_image: StrictBool = False
+    visionthink_tool_threshold: Number | None = Field(default=None, ge=0, le=1)
+    """Call the tool when P(tool) >= this; absent: the server's default, null: the greedy decision."""
 
     @property
     def new_tokens(self) -> int | None:

@@ -89,7 +89,9 @@ class ChatService:
                  config: ServeConfig, context: int | None = None):
         self.engine = engine
         self.local = is_local(engine)
-        """The model runs here (raw mode needs it); else episodes go to a vLLM or remote engine."""
+        """The model runs here (raw mode and tool thresholds need it); else episodes go to a vLLM or remote engine."""
+        if config.tool_threshold is not None:
+            check_default_threshold(config.tool_threshold, self.local)
         self.grid = engine.processor.grid
         self.default_sampling = default_sampling
         self.batcher = batcher
@@ -132,6 +134,10 @@ class ChatService:
         if chat.mode == "raw" and not self.local:
             raise ApiError(400, "this server runs its model through another server or vLLM: requests with tools (raw "
                            "mode) go to the model's own server", "unsupported_parameter", param="tools")
+        if chat.tool_threshold is not None and not self.local:
+            raise ApiError(400, "visionthink_tool_threshold needs the model's probabilities, which only a server "
+                           "running it through transformers reads (this one runs it through another server or vLLM); "
+                           "send the request without it", "unsupported_parameter", param="visionthink_tool_threshold")
         if chat.mode == "zoom" and self.zoom_profile is None:
             name = get_profile(getattr(self.engine, "protocol", None)).name
             raise ApiError(400, f"visionthink_mode 'zoom' needs the zoom_image tool, which protocol {name!r} does not "
@@ -149,7 +155,8 @@ class ChatService:
         await self._in(self.decode_pool, self.budget.visionthink, chat.question, image.size, chat.mode,
                        chat.sampling.max_new_tokens, profile)
         try:
-            episode = await self.batcher.submit(chat.key, VisionThinkJob(EngineRequest(image, chat.question)))
+            episode = await self.batcher.submit(chat.key, VisionThinkJob(
+                EngineRequest(image, chat.question, tool_threshold=chat.tool_threshold)))
         except RemoteEngineError as error:
             raise ApiError(502, f"the model's server failed: {error}", "upstream_error") from None
         views = await self._in(self.decode_pool, make_views, image, self.grid) if episode.zoomed else None
@@ -229,6 +236,15 @@ class ChatService:
     @staticmethod
     async def _in(pool: concurrent.futures.Executor, function, *args):
         return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
+
+
+def check_default_threshold(threshold: float, local: bool) -> None:
+    """Refuse a server default tool threshold outside [0, 1], or on an engine that cannot honour one."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise VisionThinkError(f"the tool threshold must be a number in [0, 1], got {threshold!r}")
+    if not local:
+        raise VisionThinkError("a tool threshold needs the transformers engine (it reads the model's probabilities); "
+                               "the vllm and remote engines cannot honour one")
 
 
 def zoom_variant(profile: str | ProtocolProfile | None) -> ProtocolProfile | None:
