@@ -33,7 +33,8 @@ Endpoints:
   (`ServeConfig.tool_threshold`), null: the greedy decision. `visionthink.p_tool` is that probability and
   `visionthink.tool_threshold` the threshold used. Only a model run here (the transformers engine) honours one: on
   the vllm or remote engine a request with one is refused (400).
-- `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, and `GET /` (the web page).
+- `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `GET /` (the web page), and its example gallery:
+  `GET /examples` (the list: file, url, question, ...) and `GET /examples/{file}` (`serve.examples`).
 
 Limits (`ServeConfig`): body size and the bytes of bodies held at once, image formats (PNG,
 JPEG, WebP, GIF) and their structure, pixels per image and per request (checked from the image
@@ -60,7 +61,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi import Request as HttpRequest
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -70,6 +71,7 @@ from visionthink.serve.background import BackgroundServer  # noqa: F401 - kept i
 from visionthink.serve.batcher import Batcher, QueueFull
 from visionthink.serve.config import ServeConfig
 from visionthink.serve.errors import ApiError, error_body
+from visionthink.serve.examples import Example, gallery, load_examples
 from visionthink.serve.limits import BodyLimitMiddleware, return_large_buffers
 from visionthink.serve.replies import (
     Reply,
@@ -93,6 +95,8 @@ class ServerState:
     service: ChatService
     batcher: Batcher
     page: str
+    examples: dict[str, Example] = field(default_factory=dict)
+    """The web page's example gallery, by file name (`serve.examples`)."""
     started: float = field(default_factory=time.time)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("requests", "refused", "timeouts", "disconnects", "errors"), 0))
@@ -117,6 +121,19 @@ api = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
 async def index(state: State):
     return HTMLResponse(state.page, headers={"Content-Security-Policy": page_policy(state.page),
                                              "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"})
+
+
+@public.get("/examples")
+async def examples(state: State):
+    return {"examples": gallery(state.examples)}
+
+
+@public.get("/examples/{name}")
+async def example_image(name: str, state: State):
+    example = state.examples.get(name)
+    if example is None:
+        raise ApiError(404, f"no example {name[:80]!r} on this server", "not_found", "not_found_error")
+    return Response(example.data, media_type=example.media_type, headers={"Cache-Control": "public, max-age=3600"})
 
 
 @public.get("/health")
@@ -245,7 +262,7 @@ def create_app(engine: TransformersEngine, config: ServeConfig | None = None,
     batcher = Batcher(worker, max_batch=config.max_batch, wait_ms=config.batch_wait_ms, max_queue=config.max_queue)
     service = ChatService(engine, worker.default_sampling, batcher, config, context)
     page = resources.files("visionthink.serve").joinpath("page.html").read_text(encoding="utf-8")
-    state = ServerState(config, service, batcher, page)
+    state = ServerState(config, service, batcher, page, load_examples(config.examples_dir))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):

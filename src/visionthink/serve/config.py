@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from visionthink.serve.examples import default_examples_dir
 
 SERVED_MODES = ("visionthink", "low", "full", "zoom", "raw")
 """What `visionthink_mode` may ask for. `zoom` runs on the zoom variant of the served protocol (`profiles.with_zoom`);
@@ -75,3 +78,6 @@ class ServeConfig:
     """The tool threshold of a request that names none (`visionthink_tool_threshold`): in [0, 1], the model calls its
     tool when its P(tool) at the first-turn decision is at least this; None keeps the greedy decision. Only the
     transformers engine honours one (the server refuses to start with one on another engine)."""
+    examples_dir: Path | None = field(default_factory=default_examples_dir)
+    """The folder of the web page's example gallery (`serve.examples`): by default the checkout's `examples/` when
+    this package runs from a checkout, else None (no gallery)."""
