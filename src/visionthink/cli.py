@@ -176,7 +176,8 @@ def _ask_server(args: argparse.Namespace) -> int:
                                "(set them when starting `visionthink serve`)")
     began = time.perf_counter()
     api_key = args.remote_api_key or os.environ.get("VISIONTHINK_API_KEY") or None
-    result = ask_server(args.server, args.image, args.question, args.mode, api_key, args.max_new_tokens)
+    result = ask_server(args.server, args.image, args.question, args.mode, api_key, args.max_new_tokens,
+                        tool_threshold=args.tool_threshold)
     return _print_answer(result, time.perf_counter() - began, args.json)
 
 
@@ -366,10 +367,12 @@ def _serve(args: argparse.Namespace) -> int:
         print("note: --api-key shows in the process list; set VISIONTHINK_API_KEY instead", file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: serving on {args.host} without an API key (VISIONTHINK_API_KEY)", file=sys.stderr)
+    if args.tool_threshold is not None and args.engine != "transformers":
+        raise VisionThinkError("--tool-threshold needs the transformers engine, which reads P(tool) while it decodes")
     name = args.served_model_name or (Path(args.model).name if args.model else "tiny-synth")
     limits = {field: getattr(args, field) for _, field, _, _ in SERVE_LIMITS}
     config = ServeConfig(model_name=name, api_key=api_key, allow_remote_images=args.allow_remote_images,
-                         allowed_hosts=tuple(args.allowed_host), **limits)
+                         allowed_hosts=tuple(args.allowed_host), tool_threshold=args.tool_threshold, **limits)
     serve(engine_options(args), host=args.host, port=args.port, config=config, log_level=args.log_level)
     return 0
 
@@ -589,6 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, dest=field, type=kind, default=default, help=f"{text} (default: {default})")
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--protocol", default="visionthink", choices=PROTOCOLS, help=PROTOCOL_HELP)
+    serve.add_argument("--tool-threshold", type=tool_threshold, default=None, metavar="T",
+                       help=TOOL_THRESHOLD_HELP + "; a request's visionthink_tool_threshold overrides it")
     add_engine_options(serve, api_key="--remote-api-key")
     serve.set_defaults(handler=_serve)
     return parser
