@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import REPO  # tests/ is on sys.path
+from PIL import Image, ImageStat
 
 from visionthink.data import synth
 from visionthink.engines.transformers_engine import Request, TransformersEngine
@@ -18,6 +22,7 @@ from visionthink.serve.config import ServeConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
+EXAMPLES = REPO / "examples"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent "
                                 "(apt-get install -y chromium chromium-driver)")
@@ -25,7 +30,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium
 
 @pytest.fixture(scope="module")
 def server(shipped_model):
-    with BackgroundServer(create_app(TransformersEngine(*shipped_model), ServeConfig(model_name="tiny"))) as running:
+    config = ServeConfig(model_name="tiny", examples_dir=EXAMPLES)
+    with BackgroundServer(create_app(TransformersEngine(*shipped_model), config)) as running:
         yield running
 
 
@@ -175,3 +181,82 @@ def test_page_shows_the_zoom_crop_its_place_and_its_tokens(zooming_server, brows
     wait.until(lambda driver: driver.find_element(By.ID, "action").text == "answered from the first view")
     assert not browser.find_element(By.ID, "zoom-figure").is_displayed()
     assert not browser.find_element(By.ID, "zoom-outline").is_displayed()
+
+
+def _set_slider(browser, value: float) -> None:
+    """Move the threshold slider as a user's drag ends: its value, then `input` and `change`."""
+    browser.execute_script("const s = document.getElementById('threshold'); s.value = arguments[0];"
+                           "s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change'));", str(value))
+
+
+def test_gallery_and_threshold_slider_change_the_decision(server, browser, shipped_model, tmp_path):
+    """The gallery lists the examples; clicking `unsure` asks its question; the slider below P(tool) makes the model
+    ask for full resolution (the view it got is shown), above it makes it answer from the low view."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    entries = json.loads((EXAMPLES / "questions.json").read_text())
+    entry = next(e for e in entries if e["title"] == "unsure")
+    image = Image.open(EXAMPLES / entry["file"]).convert("RGB")
+    expected = TransformersEngine(*shipped_model).run([Request(image, entry["question"])])[0]
+
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda driver: driver.find_element(By.ID, "gallery").get_attribute("data-loaded"))
+    buttons = browser.find_elements(By.CSS_SELECTOR, "#gallery .example")
+    assert [b.get_attribute("data-file") for b in buttons] == [e["file"] for e in entries]
+    assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth",
+                                      b.find_element(By.TAG_NAME, "img")) in (112, 168) for b in buttons)
+    assert browser.find_element(By.ID, "gallery-block").is_displayed()
+
+    next(b for b in buttons if b.get_attribute("data-file") == entry["file"]).click()
+    wait.until(lambda driver: driver.find_element(By.ID, "answer").text.strip())
+    assert browser.find_element(By.ID, "error").text == ""
+    assert browser.find_element(By.ID, "question").get_attribute("value") == entry["question"]
+    assert browser.find_element(By.ID, "answer").text == expected.answer
+    assert browser.find_element(By.ID, "expected").text == entry["answer"]
+    assert browser.find_element(By.ID, "decision").text.startswith("greedy")
+    p_tool = float(browser.find_element(By.ID, "p-tool").text)
+    assert p_tool == pytest.approx(expected.p_tool, abs=1e-3) and 0.05 < p_tool < 0.95
+
+    below, above = math.floor((p_tool - 0.02) * 100) / 100, math.ceil((p_tool + 0.02) * 100) / 100
+    _set_slider(browser, below)
+    wait.until(lambda driver: f"threshold {below:.2f}" in driver.find_element(By.ID, "decision").text)
+    assert browser.find_element(By.ID, "threshold-value").text == f"{below:.2f}"
+    assert not browser.find_element(By.ID, "greedy").is_selected()
+    assert browser.find_element(By.ID, "resized").text == "yes"
+    assert browser.find_element(By.ID, "decision").text == (
+        f"P(tool) {p_tool:.3f} \u2265 threshold {below:.2f} \u2192 asked for full resolution")
+    high = browser.find_element(By.ID, "highres-img")
+    assert high.is_displayed()
+    assert browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", high) == \
+        list(image.size)
+    assert f"{image.width}\u00d7{image.height} px" in browser.find_element(By.ID, "highres-caption").text
+    full = expected.full_res_visual_tokens
+    assert browser.find_element(By.ID, "tokens").text.startswith(f"{full * 5 // 4} used vs {full} at full resolution")
+    assert browser.find_element(By.ID, "threshold-mark").is_displayed()
+    browser.save_screenshot(str(tmp_path / "resized.png"))
+
+    _set_slider(browser, above)
+    wait.until(lambda driver: f"threshold {above:.2f}" in driver.find_element(By.ID, "decision").text)
+    assert browser.find_element(By.ID, "resized").text == "no"
+    assert browser.find_element(By.ID, "decision").text == (
+        f"P(tool) {p_tool:.3f} < threshold {above:.2f} \u2192 answered from the first view")
+    assert not browser.find_element(By.ID, "highres-figure").is_displayed()
+    assert browser.find_element(By.ID, "tokens").text.startswith(f"{full // 4} used vs {full} at full resolution")
+
+    shot = tmp_path / "slider.png"
+    assert browser.save_screenshot(str(shot))
+    with Image.open(shot) as picture:
+        assert picture.format == "PNG" and picture.width >= 800 and picture.height >= 600
+        colours = picture.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 50  # text, images and bars, not a blank page
+        assert max(ImageStat.Stat(picture.convert("L")).stddev) > 10
+    with Image.open(tmp_path / "resized.png") as resized, Image.open(shot) as answered:
+        assert resized.tobytes() != answered.tobytes()  # the decision shown changed
+
+    mode = Select(browser.find_element(By.ID, "mode"))
+    mode.select_by_value("low")  # a mode without a decision takes no threshold
+    assert not browser.find_element(By.ID, "threshold").is_enabled()
+    mode.select_by_value("visionthink")
+    assert browser.find_element(By.ID, "threshold").is_enabled()
