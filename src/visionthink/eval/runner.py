@@ -446,8 +446,10 @@ def _curve_items(samples_log: SampleLog, bench_name: str, samples: list) -> list
                             [s.meta.get(ORACLE_LABEL) for s in present])
 
 
-def _write_curves(out: Path, curves: dict[str, list], budgets: dict[str, dict], summary: dict) -> None:
-    """`curve.json` (per bench: the curve, its baselines, AUROC, the token budget's outcome) and `curve_<bench>.png`."""
+def _write_curves(out: Path, curves: dict[str, list], budgets: dict[str, dict], summary: dict,
+                  notes: list[str]) -> None:
+    """`curve.json` (per bench: the curve, its baselines, AUROC, the token budget's outcome) and `curve_<bench>.png`;
+    a note per curve."""
     result: dict[str, Any] = {}
     for bench_name in dict.fromkeys([*curves, *budgets]):
         entry: dict[str, Any] = {}
@@ -458,7 +460,13 @@ def _write_curves(out: Path, curves: dict[str, list], budgets: dict[str, dict], 
                 m = summary.get(bench_name, {}).get(mode)
                 if m and m.get("full_res_visual_tokens"):
                     marks[mode] = (m["visual_tokens"] / m["full_res_visual_tokens"], m["score"])
-            curve.plot_curve(bench_name, entry, out / f"curve_{_file_name(bench_name)}.png", marks)
+            picture = curve.plot_curve(bench_name, entry, out / f"curve_{_file_name(bench_name)}.png", marks)
+            against = (("auroc_needs_high_res", "vs needs_high_res"),
+                       ("auroc_low_wrong_full_right", "vs low wrong, full right"))
+            aurocs = ", ".join(f"{name} {entry[key]:.3f}" for key, name in against if entry[key] is not None)
+            notes.append(f"{bench_name}: curve of every tool threshold over {entry['n']} items ({picture.name}); "
+                         f"AUROC of P(tool) {aurocs or 'undefined (one class only)'}; least margin over random "
+                         f"calls {100 * entry['margin_over_random']:+.1f} points")
         if bench_name in budgets:
             entry["token_budget"] = budgets[bench_name]
         result[bench_name] = entry
@@ -586,7 +594,7 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
                      f"({entry['calibration_token_fraction']:.3f} there); {entry['test_token_fraction']:.3f} reached "
                      f"on {entry['test_items']} test items, score {100 * entry['test_score']:.1f}%")
     if curves or budgets:
-        _write_curves(out, curves, budgets, summary)
+        _write_curves(out, curves, budgets, summary, notes)
     meta = {
         "model": _model_id(config.model),
         "benches": config.benches,
