@@ -150,3 +150,17 @@ def test_an_engine_that_cannot_honour_a_threshold_refuses_it(shipped_model, unsu
         assert reply["error"]["code"] == "unsupported_parameter"
         assert reply["error"]["param"] == "visionthink_tool_threshold"
         assert "transformers" in reply["error"]["message"]
+
+
+def test_zoom_mode_takes_a_threshold_too(server, unsure):
+    """In `zoom` mode the decision is between answering and either tool: T = 0 makes the first turn open a tool call
+    (the shipped model, never trained to zoom, may then write it badly), T = 1 an answer."""
+    image, question = unsure
+    status, reply = ask(server.url, image, question, visionthink_mode="zoom", visionthink_tool_threshold=0.0)
+    assert status == 200, reply
+    info = reply["visionthink"]
+    assert info["tool_threshold"] == 0.0 and 0 < info["p_tool"] < 1
+    assert "<tool_call>" in info["turns"][0] and "<answer>" not in info["turns"][0]
+    status, reply = ask(server.url, image, question, visionthink_mode="zoom", visionthink_tool_threshold=1.0)
+    assert status == 200, reply
+    assert reply["visionthink"]["action"] == "answer" and "<answer>" in reply["visionthink"]["turns"][0]
