@@ -565,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help=TOOL_THRESHOLD_HELP + "; records are labelled visionthink@T=<T>")
     evaluate.add_argument("--curve", action="store_true",
                           help="also run every item with the tool forced and refused at the decision, and write the "
-                          "score-vs-tokens curve of every threshold (curve.json, curve_<bench>.png)")
+                          "score-vs-tokens curve of every threshold (curve.json, curve.png)")
     evaluate.add_argument("--token-budget", type=positive_float, default=None, metavar="F",
                           help="choose the threshold on a calibration part of each bench so that visual tokens come to "
                           "F of full resolution's (0.25-1.25 for resize), then run the rest with it")

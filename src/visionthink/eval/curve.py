@@ -175,33 +175,34 @@ def _jsonable(point: Point) -> dict[str, Any]:
     return {**asdict(point), "threshold": "inf" if point.threshold == math.inf else point.threshold}
 
 
-def plot_curve(bench: str, result: dict[str, Any], path: Path, marks: dict[str, tuple[float, float]] | None = None
-               ) -> Path:
-    """Score against visual tokens (% of full resolution): the threshold curve, random calling, the oracle and
-    `marks` (label -> (token fraction, score), e.g. the greedy run)."""
+def plot_curves(results: dict[str, dict[str, Any]], path: Path,
+                marks: dict[str, dict[str, tuple[float, float]]] | None = None) -> Path:
+    """One panel per bench, side by side: score against visual tokens (% of full resolution) for every threshold,
+    random calling, the oracle and the bench's `marks` (label -> (token fraction, score), e.g. the greedy run)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6, 4.2))
-    points = sorted(result["points"], key=lambda p: p["token_fraction"])
-    axes.plot([100 * p["token_fraction"] for p in points], [100 * p["score"] for p in points], "-", lw=2,
-              label="tool threshold (every T)")
-    never, always = result["never"], result["always"]
-    axes.plot([100 * never["token_fraction"], 100 * always["token_fraction"]],
-              [100 * never["score"], 100 * always["score"]], "--", color="grey", label="random calls")
-    if result.get("oracle"):
-        axes.plot(100 * result["oracle"]["token_fraction"], 100 * result["oracle"]["score"], "*", ms=14,
-                  color="tab:green", label="oracle")
-    for label, (fraction, score) in (marks or {}).items():
-        axes.plot(100 * fraction, 100 * score, "o", ms=8, label=label)
-    axes.set_xlabel("visual tokens, % of full resolution")
-    axes.set_ylabel("score %")
-    axes.set_title(f"{bench}: score vs visual tokens")
-    axes.grid(alpha=0.3)
-    axes.legend(loc="lower right", fontsize=8)
+    figure, panels = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), sharey=True, squeeze=False)
+    for axes, (bench, result) in zip(panels[0], results.items(), strict=True):
+        points = sorted(result["points"], key=lambda p: p["token_fraction"])
+        axes.plot([100 * p["token_fraction"] for p in points], [100 * p["score"] for p in points], "-", lw=2,
+                  label="tool threshold (every T)")
+        never, always = result["never"], result["always"]
+        axes.plot([100 * never["token_fraction"], 100 * always["token_fraction"]],
+                  [100 * never["score"], 100 * always["score"]], "--", color="grey", label="random calls")
+        if result.get("oracle"):
+            axes.plot(100 * result["oracle"]["token_fraction"], 100 * result["oracle"]["score"], "*", ms=14,
+                      color="tab:green", label="oracle")
+        for label, (fraction, score) in (marks or {}).get(bench, {}).items():
+            axes.plot(100 * fraction, 100 * score, "o", ms=7, label=label)
+        axes.set_xlabel("visual tokens, % of full resolution")
+        axes.set_title(f"{bench} ({result['n']} items)")
+        axes.grid(alpha=0.3)
+        axes.legend(loc="lower right", fontsize=8)
+    panels[0][0].set_ylabel("score %")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
     return path

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 SAMPLES_FILE = "samples.jsonl"
 CURVE_FILE = "curve.json"
+CURVE_PICTURE = "curve.png"
 SUMMARY_FILE = "summary.json"
 RUN_FILE = "run.json"
 JUDGE_CACHE_FILE = "judge_cache.jsonl"
@@ -93,7 +94,7 @@ class EvalConfig:
     their records are labelled `visionthink@T=<threshold>`); None: the model's own choice."""
     curve: bool = False
     """Also record every item with the path forced both ways and write the score-vs-tokens curve of every threshold
-    (`eval.curve`: `curve.json`, `curve_<bench>.png`)."""
+    (`eval.curve`: `curve.json`, `curve.png`)."""
     token_budget: float | None = None
     """Choose the threshold on a calibration part of each bench so that visual tokens come to this fraction of full
     resolution's, then run the rest of the bench with it (`curve.json` says what was reached)."""
@@ -448,33 +449,28 @@ def _curve_items(samples_log: SampleLog, bench_name: str, samples: list) -> list
 
 def _write_curves(out: Path, curves: dict[str, list], budgets: dict[str, dict], summary: dict,
                   notes: list[str]) -> None:
-    """`curve.json` (per bench: the curve, its baselines, AUROC, the token budget's outcome) and `curve_<bench>.png`;
-    a note per curve."""
-    result: dict[str, Any] = {}
-    for bench_name in dict.fromkeys([*curves, *budgets]):
-        entry: dict[str, Any] = {}
-        if bench_name in curves:
-            entry = curve.summarise_curve(curves[bench_name])
-            marks = {}
-            for mode in ("visionthink", "full", "low"):
-                m = summary.get(bench_name, {}).get(mode)
-                if m and m.get("full_res_visual_tokens"):
-                    marks[mode] = (m["visual_tokens"] / m["full_res_visual_tokens"], m["score"])
-            picture = curve.plot_curve(bench_name, entry, out / f"curve_{_file_name(bench_name)}.png", marks)
-            against = (("auroc_needs_high_res", "vs needs_high_res"),
-                       ("auroc_low_wrong_full_right", "vs low wrong, full right"))
-            aurocs = ", ".join(f"{name} {entry[key]:.3f}" for key, name in against if entry[key] is not None)
-            notes.append(f"{bench_name}: curve of every tool threshold over {entry['n']} items ({picture.name}); "
-                         f"AUROC of P(tool) {aurocs or 'undefined (one class only)'}; least margin over random "
-                         f"calls {100 * entry['margin_over_random']:+.1f} points")
-        if bench_name in budgets:
-            entry["token_budget"] = budgets[bench_name]
-        result[bench_name] = entry
+    """`curve.json` (per bench: the curve, its baselines, AUROC, the token budget's outcome) and `curve.png` (a panel
+    per bench, the bench's full, low and visionthink runs marked); a note per curve."""
+    result: dict[str, Any] = {bench_name: {} for bench_name in dict.fromkeys([*curves, *budgets])}
+    marks: dict[str, dict[str, tuple[float, float]]] = {}
+    for bench_name, items in curves.items():
+        entry = result[bench_name] = curve.summarise_curve(items)
+        marks[bench_name] = {}
+        for mode in ("full", "low", "visionthink"):
+            m = summary.get(bench_name, {}).get(mode)
+            if m and m.get("full_res_visual_tokens"):
+                marks[bench_name][mode] = (m["visual_tokens"] / m["full_res_visual_tokens"], m["score"])
+        against = (("auroc_needs_high_res", "vs needs_high_res"),
+                   ("auroc_low_wrong_full_right", "vs low wrong, full right"))
+        aurocs = ", ".join(f"{name} {entry[key]:.3f}" for key, name in against if entry[key] is not None)
+        notes.append(f"{bench_name}: curve of every tool threshold over {entry['n']} items ({CURVE_PICTURE}); "
+                     f"AUROC of P(tool) {aurocs or 'undefined (one class only)'}; least margin over random "
+                     f"calls {100 * entry['margin_over_random']:+.1f} points")
+    if curves:
+        curve.plot_curves({name: result[name] for name in curves}, out / CURVE_PICTURE, marks)
+    for bench_name, budget in budgets.items():
+        result[bench_name]["token_budget"] = budget
     (out / CURVE_FILE).write_text(json.dumps(result, indent=2) + "\n")
-
-
-def _file_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None = None) -> EvalResult:
