@@ -116,9 +116,12 @@ def test_resize_turn_reuses_the_first_turns_cache(shipped_model, synth_items):
 def test_sampling_is_reproducible_with_a_seed(shipped_model, synth_items):
     model, processor = shipped_model
     sampling = SamplingConfig(do_sample=True, temperature=1.5, seed=7)
-    runs = [TransformersEngine(model, processor, sampling).run(requests_for(synth_items), "visionthink")
-            for _ in range(2)]
-    assert [e.summary()["turns"] for e in runs[0]] == [e.summary()["turns"] for e in runs[1]]
+    greedy = TransformersEngine(model, processor)
+    runs = [TransformersEngine(model, processor, sampling).run(requests_for(synth_items), "visionthink"),
+            *(greedy.run(requests_for(synth_items), "visionthink", sampling=sampling) for _ in range(2))]
+    turns = [[e.summary()["turns"] for e in run] for run in runs]
+    assert turns[0] == turns[1] == turns[2]  # per call as from the engine's own seeded sampling
+    assert not greedy.sampling.do_sample and greedy.generator is None  # the calls left the engine as it was
 
 
 def test_unknown_mode_is_refused(random_tiny):

@@ -13,6 +13,7 @@ from conftest import full_tokens  # tests/ is on sys.path
 from PIL import Image
 
 from visionthink import protocol
+from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.engines.remote import RemoteEngine, RemoteEngineError, png_data_url, reply_text
 from visionthink.engines.transformers_engine import Request, TransformersEngine
 from visionthink.errors import VisionThinkError
@@ -286,14 +287,20 @@ def test_split_replies_are_joined_back_and_bans_are_sent(engine, requests_):
 
 
 def test_low_mode_bans_the_call_even_where_tool_choice_is_ignored(engine, requests_):
+    """Also: a call's own sampling is posted, and the engine keeps its greedy default."""
     local = first_prompt_tokens(engine, requests_[0])
     server = ScriptedServer([completion("<answer>red</answer>", local)])
+    sampling = SamplingConfig(do_sample=True, temperature=0.7, seed=5)
     try:
-        RemoteEngine(server.url, model="m", processor=engine.processor).run(requests_[:1], "low")
+        remote = RemoteEngine(server.url, model="m", processor=engine.processor)
+        remote.run(requests_[:1], "low")
+        remote.run(requests_[:1], "low", sampling=sampling)
     finally:
         server.close()
     tool_call = str(engine.processor.tokenizer.convert_tokens_to_ids("<tool_call>"))
     assert server.bodies[0]["tool_choice"] == "none" and server.bodies[0]["logit_bias"][tool_call] == -100
+    assert [(b["temperature"], b.get("seed")) for b in server.bodies] == [(0, None), (0.7, 5)]
+    assert not remote.sampling.do_sample
 
 
 def test_raw_mode_takes_bans_only(server, engine, requests_):

@@ -202,10 +202,10 @@ def test_lone_surrogates_are_refused(server, item, good):
 class _FailingEngine(TransformersEngine):
     """The shipped model, failing on one question (a stand-in for any fault inside the model worker)."""
 
-    def run(self, requests, mode="visionthink", progress=None):
+    def run(self, requests, mode="visionthink", progress=None, sampling=None):
         if any("explode" in r.question for r in requests):
             raise RuntimeError("a fault inside the worker")
-        return super().run(requests, mode, progress)
+        return super().run(requests, mode, progress, sampling)
 
 
 def test_a_worker_error_is_a_json_500_for_that_request_only(shipped_model, item, good):

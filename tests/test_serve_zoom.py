@@ -36,8 +36,8 @@ class FirstTurnZooms(TransformersEngine):
         super().__init__(model, processor, protocol="visionthink-zoom")
         self.boxes = boxes
 
-    def session(self):
-        return _ZoomingSession(super().session(), self)
+    def session(self, call=None):
+        return _ZoomingSession(super().session(call), self)
 
 
 class _ZoomingSession:

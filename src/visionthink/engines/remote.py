@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import copy
 import io
 import json
 import time
@@ -138,9 +139,17 @@ class RemoteEngine:
 
     # ------------------------------------------------------------ episodes
 
-    def run(self, requests: list, mode: str = "visionthink", progress=None) -> list[protocol.Episode]:
-        """Episodes for all requests (any objects with `image`, `question`, `needs_high_res`), in order."""
-        return run_episodes(self, requests, mode, progress)
+    def run(self, requests: list, mode: str = "visionthink", progress=None,
+            sampling: SamplingConfig | None = None) -> list[protocol.Episode]:
+        """Episodes for all requests (any objects with `image`, `question`, `needs_high_res`), in order; `sampling`
+        replaces the engine's for this call."""
+        return run_episodes(self if sampling is None else self.with_sampling(sampling), requests, mode, progress)
+
+    def with_sampling(self, sampling: SamplingConfig) -> RemoteEngine:
+        """The same engine posting with `sampling` (the served model's id asked here, once for both)."""
+        engine = copy.copy(self)
+        engine._model, engine.sampling = self.model, sampling
+        return engine
 
     def session(self) -> _RemoteSession:
         return _RemoteSession(self, self.model)

@@ -97,12 +97,15 @@ class TransformersEngine:
         """Where the model reads its inputs: its input embeddings' device (under a device map, the first layers')."""
         return input_device(self.model)
 
-    def run(self, requests: list[Request], mode: str = "visionthink", progress=None) -> list[protocol.Episode]:
-        """Episodes for all requests, `batch_size` at a time, in order."""
-        return run_episodes(self, requests, mode, progress)
+    def run(self, requests: list[Request], mode: str = "visionthink", progress=None,
+            sampling: SamplingConfig | None = None) -> list[protocol.Episode]:
+        """Episodes for all requests, `batch_size` at a time, in order; `sampling` replaces the engine's for this
+        call (`_Call`; the engine is not changed)."""
+        return run_episodes(self if sampling is None else _Call(self, sampling), requests, mode, progress)
 
-    def session(self) -> _KVSession:
-        return _KVSession(self)
+    def session(self, call: _Call | None = None) -> _KVSession:
+        """A batch's session, decoding by `call`'s sampling (None: the engine's)."""
+        return _KVSession(self, self if call is None else call)
 
     def shared_prefix(self) -> SharedPrefix | None:
         """The text every first turn starts with (up to the first image), with its cache; computed once."""
@@ -157,11 +160,32 @@ class TransformersEngine:
         return self.processor.tokenizer.decode(ids, skip_special_tokens=False)
 
 
+class _Call:
+    """One `run` call with its own sampling, as `run_episodes` sees the engine. A seeded call draws from a generator
+    seeded for it and reads no output memory, so what other requests wrote cannot touch its replies, not even
+    through the rounding of a checked guess; an unseeded one shares the engine's generator and memory."""
+
+    def __init__(self, engine: TransformersEngine, sampling: SamplingConfig):
+        self.engine = engine
+        self.sampling = sampling
+        seeded = sampling.seed is not None
+        self.generator = torch.Generator().manual_seed(sampling.seed) if seeded else engine.generator
+        self.memory = None if seeded else engine.memory
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)  # the rest (protocol, grid, batch_size, ...) is the engine's
+
+    def session(self) -> _KVSession:
+        return self.engine.session(self)
+
+
 class _KVSession:
     """One batch: a `KVDecoder` whose cache carries the first turn into the second."""
 
-    def __init__(self, engine: TransformersEngine):
+    def __init__(self, engine: TransformersEngine, call: TransformersEngine | _Call):
         self.engine = engine
+        self.call = call
+        """Whose `sampling`, `generator` and output `memory` the turns decode by, read at each turn."""
         self.decoder: KVDecoder | None = None
         self.rows: list[int] = []
         self.written: dict[int, list[int]] = {}
@@ -184,9 +208,10 @@ class _KVSession:
         if tool_thresholds is not None and not all(forbid_call):
             decisions = Decisions(engine.path_tokens, tool_thresholds, [not f for f in forbid_call],
                                   engine.processor.tokenizer.decode)
-        outputs = decoder.decode(engine.sampling, banned_ids=[engine.banned_ids(f) for f in forbid_call],
-                                 generator=engine.generator, draft=engine.draft, previous=previous,
-                                 memory=engine.memory, decisions=decisions)
+        call = self.call
+        outputs = decoder.decode(call.sampling, banned_ids=[engine.banned_ids(f) for f in forbid_call],
+                                 generator=call.generator, draft=engine.draft, previous=previous,
+                                 memory=call.memory, decisions=decisions)
         self.written = dict(zip(rows, outputs, strict=True))
         engine.prefill_tokens += decoder.fed_tokens
         decoder.fed_tokens = 0

@@ -95,20 +95,9 @@ class ModelWorker:
                 hook.remove()
 
     def _run(self, kind: str, payloads: list[Any], sampling: SamplingConfig) -> list[Any]:
-        engine = self.engine_for(kind)
-        saved = {name: getattr(engine, name) for name in ("sampling", "generator", "memory") if hasattr(engine, name)}
-        if sampling.seed is not None and "generator" in saved:
-            engine.generator = torch.Generator().manual_seed(sampling.seed)
-            # what other requests wrote must not touch a seeded reply, not even through the rounding of a checked guess
-            engine.memory = None
-        try:
-            if kind == "raw":
-                return self.generate_raw(payloads, sampling)
-            engine.sampling = sampling  # vLLM and remote engines take the seed from the sampling itself
-            return engine.run([p.request for p in payloads], kind)
-        finally:
-            for name, value in saved.items():
-                setattr(engine, name, value)
+        if kind == "raw":
+            return self.generate_raw(payloads, sampling)
+        return self.engine_for(kind).run([p.request for p in payloads], kind, sampling=sampling)
 
     def generate_raw(self, jobs: list[RawJob], sampling: SamplingConfig) -> list[RawResult]:
         """One assistant turn per job, all rows in one batched prefill and decode."""
@@ -134,7 +123,9 @@ class ModelWorker:
         vocabulary = engine.model.get_output_embeddings().weight.shape[0]
         banned = [[*engine.never_ids, *([engine.tool_call_id] if job.ban_tool_calls else []),
                    *(i for i in job.banned_ids if i < vocabulary)] for job in jobs]
-        outputs = decoder.decode(sampling, banned_ids=banned, generator=engine.generator)
+        seeded = sampling.seed is not None
+        generator = torch.Generator().manual_seed(sampling.seed) if seeded else engine.generator
+        outputs = decoder.decode(sampling, banned_ids=banned, generator=generator)
         seconds = (time.perf_counter() - began) / len(jobs)
         results = []
         for ids, sequence, tokens in zip(outputs, sequences, visual, strict=True):
