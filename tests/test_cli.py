@@ -305,7 +305,8 @@ def test_help_imports_no_torch(argv):
 def running_server(shipped_model):
     """The shipped model behind a real server on loopback, with an API key."""
     from visionthink.engines.transformers_engine import TransformersEngine
-    from visionthink.serve.app import BackgroundServer, ServeConfig, create_app
+    from visionthink.serve.app import ServeConfig, create_app
+    from visionthink.serve.background import BackgroundServer
 
     config = ServeConfig(model_name="tiny-synth", api_key="ask-key")
     with BackgroundServer(create_app(TransformersEngine(*shipped_model), config)) as server:
@@ -418,7 +419,8 @@ def test_engine_options_are_checked_before_any_work(item_png, capsys, argv, says
 def test_eval_on_the_remote_engine_equals_the_local_eval(shipped_model, tmp_path, capsys):
     """`eval --engine remote` against a real server on loopback: the same answers, resizes and tokens."""
     from visionthink.engines.transformers_engine import TransformersEngine
-    from visionthink.serve.app import BackgroundServer, ServeConfig, create_app
+    from visionthink.serve.app import ServeConfig, create_app
+    from visionthink.serve.background import BackgroundServer
 
     local = ["eval", "--bench", "synth", "--modes", "low,visionthink", "--limit", "12", "--json", "--no-progress"]
     assert main([*local, "--out", str(tmp_path / "local")]) == 0

@@ -231,7 +231,8 @@ def test_release_protocol_through_the_factory(shipped_model_dir):
 def test_remote_engine_through_the_adapter(lmm, shipped_model, shipped_model_dir):
     """`engine=remote` against `visionthink serve` over loopback: the same answers and counts as the local engine."""
     from visionthink.engines.transformers_engine import TransformersEngine
-    from visionthink.serve.app import BackgroundServer, ServeConfig, create_app
+    from visionthink.serve.app import ServeConfig, create_app
+    from visionthink.serve.background import BackgroundServer
 
     docs = make_docs(4)
     config = ServeConfig(model_name="tiny-remote", api_key="lmms-key", max_batch=8)

@@ -18,7 +18,9 @@ from visionthink.engines.remote import RemoteEngine, RemoteEngineError, png_data
 from visionthink.engines.transformers_engine import Request, TransformersEngine
 from visionthink.errors import VisionThinkError
 from visionthink.images import load_image, make_views
-from visionthink.serve.app import BackgroundServer, ServeConfig, create_app, split_tool_calls
+from visionthink.serve.app import ServeConfig, create_app
+from visionthink.serve.background import BackgroundServer
+from visionthink.serve.replies import split_tool_calls
 
 KEY = "remote-key"
 

@@ -67,18 +67,12 @@ from starlette.requests import ClientDisconnect
 
 from visionthink.engines.transformers_engine import TransformersEngine
 from visionthink.errors import VisionThinkError
-from visionthink.serve.background import BackgroundServer  # noqa: F401 - kept importable from here for tests
 from visionthink.serve.batcher import Batcher, QueueFull
 from visionthink.serve.config import ServeConfig
 from visionthink.serve.errors import ApiError, error_body
 from visionthink.serve.examples import Example, gallery, load_examples
 from visionthink.serve.limits import BodyLimitMiddleware, return_large_buffers
-from visionthink.serve.replies import (
-    Reply,
-    completion_chunks,
-    completion_json,
-    split_tool_calls,  # noqa: F401 - part of this module's interface (engines.remote tests use it)
-)
+from visionthink.serve.replies import Reply, completion_chunks, completion_json
 from visionthink.serve.security import HostGuardMiddleware, page_policy, require_api_key
 from visionthink.serve.server import BODY_TIMED_OUT
 from visionthink.serve.service import ChatService
@@ -294,4 +288,4 @@ def serve(*args, **kwargs) -> None:
     run(*args, **kwargs)
 
 
-__all__ = ["ApiError", "BackgroundServer", "ServeConfig", "create_app", "serve"]
+__all__ = ["ApiError", "ServeConfig", "create_app", "serve"]
