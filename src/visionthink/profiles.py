@@ -7,8 +7,11 @@
   turn with their follow-up text, their error turn, their call parsing and `<answer>` split, and no newline
   after an assistant's `<|im_end|>`. The released checkpoints were trained on this one. Its evaluation's views
   (the low view is the original image halved, then the processor's resize) and turn budget (8192 tokens).
-- `visionthink-zoom` (issue 12, docs/zoom.md): `visionthink` plus a `zoom_image` tool whose box (low-res pixels) returns
-  that region of the high-res view; the `zoom` and `oracle-zoom` modes run on it (`with_zoom`).
+- `visionthink-zoom` (docs/zoom.md): `visionthink` plus a `zoom_image` tool whose box (low-res pixels) returns that
+  region of the high-res view; the `zoom` and `oracle-zoom` modes run on it (`with_tools`).
+
+A profile is its prompts plus a tuple of tools (`visionthink.tools`): the template renders their schemas, the parser
+checks a call with its tool, the reply is the tool's image.
 
 A profile is what the two-turn loop (`engines.base`), the renderers (`tokens.render_text`), the engines, eval,
 serve and GRPO are given; `get_profile(None)` is `visionthink`, so code that passes none is unchanged.
@@ -35,21 +38,24 @@ Answers (`episode_answer`), in order of what is tried:
 from __future__ import annotations
 
 import json
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from visionthink import protocol
 from visionthink import protocol_release as release
-from visionthink.images import PixelGrid, Views, make_views, zoom_crop
+from visionthink.images import PixelGrid, Views, make_views
 from visionthink.protocol import Message, Turn, image_part, text_part
+from visionthink.tools import RESIZE, ZOOM, Tool, ToolCall, codec
 
-__all__ = ["PROFILES", "RELEASE", "VISIONTHINK", "VISIONTHINK_ZOOM", "ProtocolProfile", "ReleaseProfile", "ZoomProfile",
-           "get_profile", "with_zoom"]
+__all__ = ["PROFILES", "RELEASE", "VISIONTHINK", "VISIONTHINK_ZOOM", "ProtocolProfile", "ReleaseProfile",
+           "get_profile", "with_tools", "with_zoom"]
 
 
 @dataclass(frozen=True)
@@ -58,20 +64,51 @@ class ProtocolProfile:
 
     name: str
     system_prompt: str
-    tool_schema: dict[str, Any]
-    """The `resize_image` tool as the model is shown it."""
+    tools: tuple[Tool, ...]
+    """The tools the model is offered, in the order the tool block lists them."""
     tools_in_template: bool
-    """True: the chat template renders `tool_schema` (`tools=[...]`); False: the system prompt already holds it."""
+    """True: the chat template renders the tools' schemas (`tools=[...]`); False: the system prompt holds them."""
     template_file: str | None
     """A chat template in `visionthink/models` for this profile; None: the project's (`chat_template.jinja`)."""
-    call_json: str | None
-    """The canonical call's JSON (what follows `<tool_call>\\n`); None where the profile has no fixed call text."""
     turn_end_newline: bool
     """Whether a newline follows an assistant turn's `<|im_end|>` in the rendering."""
+    instruction: str = protocol.USER_INSTRUCTION
+    """What follows the question in the first user turn."""
+    family: str = "visionthink"
+    """Profiles of one family differ only in their tools (`with_tools` moves between them)."""
     source: str = "visionthink"
     max_new_tokens: int = 64
     """Tokens per assistant turn when none is given (engines' default `SamplingConfig`): 64 fits the tiny model's
     turns; the release's evaluation gives each turn 8192."""
+    halves_original: bool = False
+    """Whether the low view is the original image halved (the release's) instead of half the full view."""
+
+    # ------------------------------------------------------------ tools
+
+    @property
+    def tool_names(self) -> tuple[str, ...]:
+        return tuple(tool.name for tool in self.tools)
+
+    def tool(self, name: str) -> Tool:
+        """The offered tool of that name (a KeyError for another)."""
+        return next(tool for tool in self.tools if tool.name == name) if name in self.tool_names else _missing(name)
+
+    def offers(self, name: str) -> bool:
+        """Whether the model is offered the tool `name`."""
+        return name in self.tool_names
+
+    @property
+    def offers_zoom(self) -> bool:
+        return self.offers(ZOOM.name)
+
+    @property
+    def call_json(self) -> str | None:
+        """The JSON of the first tool's call when its text never varies (what follows `<tool_call>\\n`: the engine
+        feeds it as a guess); None otherwise."""
+        first = self.tools[0] if self.tools else None
+        if first is None or first.fixed_arguments is None:
+            return None
+        return codec.call_json(first.name, first.fixed_arguments)
 
     # ------------------------------------------------------------ rendering
 
@@ -84,48 +121,44 @@ class ProtocolProfile:
 
     def template_tools(self) -> list[dict[str, Any]] | None:
         """`tools=` for `apply_chat_template`."""
-        return [self.tool_schema] if self.tools_in_template else None
+        return [tool.schema for tool in self.tools] if self.tools_in_template else None
 
     # ------------------------------------------------------------ turns
 
     def first_turn(self, question: str, image: Image.Image) -> list[Message]:
         """System prompt and the user turn holding the first (usually low-res) image."""
-        return protocol.first_turn(question, image)
+        return protocol.first_turn(question, image, self.instruction)
 
-    def tool_turn(self, image: Image.Image) -> Message:
-        """The tool's answer to a valid resize call: the high-res image."""
-        return protocol.tool_turn(image)
+    def tool_turn(self, tool: Tool, image: Image.Image) -> Message:
+        """The tool's answer to a call that ran: its image."""
+        return protocol.tool_turn(tool, image)
 
     def error_turn(self, error: str) -> Message:
         """The tool's answer to a call that could not run."""
         return protocol.error_turn(error)
 
-    def tool_reply(self, turn: Turn, text: str, high_res_image: Image.Image) -> Message | None:
-        """The turn after an assistant turn: the image, an error turn, or None (the episode ends)."""
-        if turn.kind == "resize":
-            return self.tool_turn(high_res_image)
-        if turn.kind == "malformed" and "<tool_call>" in text:
-            return self.error_turn(turn.error or "malformed tool call")
-        return None
+    def wrote_a_call(self, text: str, turn: Turn) -> bool:
+        """Whether a malformed turn tried to call a tool (it gets an error turn; otherwise the episode ends)."""
+        return codec.CALL_OPEN in text
 
     def parse_turn(self, text: str) -> Turn:
-        """Classify an assistant turn as an answer, a resize call or malformed. Never raises."""
-        return protocol.parse_turn(text)
-
-    def resize_text(self, think: str) -> str:
-        """The canonical resize-call turn."""
-        return protocol.resize_text(think)
+        """Classify an assistant turn as an answer, a call of an offered tool or malformed. Never raises."""
+        return protocol.parse_turn(text, self.tools)
 
     def answer_text(self, think: str, answer: str) -> str:
         """The canonical direct-answer turn."""
         return protocol.answer_text(think, answer)
 
-    offers_zoom = False
-    """Whether the profile offers `zoom_image` (`ZoomProfile`); a class attribute, not a field."""
+    def call_text(self, think: str, tool_name: str, arguments: dict[str, Any]) -> str:
+        """The canonical turn calling an offered tool."""
+        return protocol.call_text(think, self.tool(tool_name), arguments)
 
-    halves_original = False
-    """Whether the low view is the original image halved (the release's) instead of half the full view; a class
-    attribute, not a field."""
+    def call_turns(self, think: str, tool_name: str, arguments: dict[str, Any], views: Views,
+                   grid: PixelGrid | None = None) -> list[Message]:
+        """The canonical call of an offered tool and the tool's turn after it (what SFT teaches)."""
+        tool = self.tool(tool_name)
+        return [protocol.assistant_turn(self.call_text(think, tool_name, arguments)),
+                self.tool_turn(tool, tool.image(tool.check(arguments)[0], views, grid))]
 
     def views(self, image: Image.Image, grid: PixelGrid) -> Views:
         """Both views of an image under this profile (`images.make_views`)."""
@@ -137,11 +170,20 @@ class ProtocolProfile:
 
     def check_turn(self, turn: Turn, views: Views) -> Turn:
         """The turn as the tool sees it once the views are known (a zoom outside the image becomes malformed)."""
-        return turn
+        return protocol.check_in_view(turn, views)
 
     def reply(self, turn: Turn, text: str, views: Views, grid: PixelGrid) -> Message | None:
-        """`tool_reply` given both views (what a zoom call needs); the loop calls this one."""
-        return self.tool_reply(turn, text, views.high)
+        """The turn after an assistant turn: the called tool's image, an error turn for a call that cannot run, or
+        None (the episode ends)."""
+        if turn.call is not None:
+            tool = self.tool(turn.call.name)
+            error = tool.check_in_view(turn.call.arguments, views)
+            if error is not None:  # a turn the loop did not pass through check_turn
+                return self.error_turn(error)
+            return self.tool_turn(tool, tool.image(turn.call.arguments, views, grid))
+        if turn.kind == "malformed" and self.wrote_a_call(text, turn):
+            return self.error_turn(turn.error or "malformed tool call")
+        return None
 
     def trl_prompt(self, question: str) -> list[dict[str, Any]]:
         """`first_turn` for TRL's dataset rows: the image left out (TRL fills it in)."""
@@ -154,11 +196,13 @@ class ProtocolProfile:
         ]
 
 
+def _missing(name: str) -> Tool:
+    raise KeyError(f"no tool {name!r} in this profile")
+
+
 @dataclass(frozen=True)
 class ReleaseProfile(ProtocolProfile):
     """The authors' protocol (`visionthink.protocol_release`)."""
-
-    halves_original = True
 
     def episode_answer(self, messages: list[Message], turns: list[Turn]) -> str | None:
         """The release evaluation's answer: `split("</answer>")[0].split("<answer>")[-1]` over the whole reply."""
@@ -174,21 +218,17 @@ class ReleaseProfile(ProtocolProfile):
             {"role": "user", "content": user},
         ]
 
-    def tool_turn(self, image: Image.Image) -> Message:
-        return {"role": "tool", "name": protocol.TOOL_NAME, "content": [
+    def tool_turn(self, tool: Tool, image: Image.Image) -> Message:
+        return {"role": "tool", "name": tool.name, "content": [
             text_part(release.TOOL_RESPONSE_PREFIX), image_part(image),
             text_part(release.TOOL_RESPONSE_SUFFIX + release.FOLLOW_UP)]}
 
     def error_turn(self, error: str) -> Message:
         text = release.ERROR_PREFIX + error + release.ERROR_SUFFIX + release.ERROR_FOLLOW_UP
-        return {"role": "tool", "name": protocol.TOOL_NAME, "content": [text_part(text)]}
+        return {"role": "tool", "name": RESIZE.name, "content": [text_part(text)]}
 
-    def tool_reply(self, turn: Turn, text: str, high_res_image: Image.Image) -> Message | None:
-        if turn.kind == "resize":
-            return self.tool_turn(high_res_image)
-        if turn.kind == "malformed" and turn.error is not None and _CALL.search(_skip_special(text)):
-            return self.error_turn(turn.error)
-        return None
+    def wrote_a_call(self, text: str, turn: Turn) -> bool:
+        return turn.error is not None and bool(_CALL.search(_skip_special(text)))
 
     def parse_turn(self, text: str) -> Turn:
         try:
@@ -271,7 +311,7 @@ def _release_parse(text: str) -> Turn:
         well_formed = (bool(_CALL_FORMAT.match(stripped)) and stripped.count("<think>") == 1
                        and stripped.count("</think>") == 1 and one_call
                        and "<answer>" not in stripped and "</answer>" not in stripped)
-        return Turn("resize", think=think, well_formed=well_formed)
+        return Turn("resize", think=think, well_formed=well_formed, call=ToolCall(RESIZE.name, {"action": "resize"}))
     well_formed = (bool(_DIRECT_FORMAT.match(stripped)) and stripped.count("<think>") == 1
                    and stripped.count("</think>") == 1 and stripped.count("<answer>") == 1
                    and stripped.count("</answer>") == 1 and "<tool_call>" not in stripped
@@ -279,56 +319,18 @@ def _release_parse(text: str) -> Turn:
     return Turn("answer", answer=_release_answer(body), think=think, well_formed=well_formed)
 
 
-@dataclass(frozen=True)
-class ZoomProfile(ProtocolProfile):
-    """`visionthink` with a second tool, `zoom_image` (issue 12): its box [x1, y1, x2, y2] is in the low-res view's
-    pixels and the tool turn holds that region of the high-res view (`images.zoom_region`). The tool block lists
-    `resize_image` then `zoom_image`; the user instruction names both; everything else is `visionthink`'s."""
-
-    offers_zoom = True
-
-    def template_tools(self) -> list[dict[str, Any]] | None:
-        return [self.tool_schema, protocol.ZOOM_TOOL] if self.tools_in_template else None
-
-    def first_turn(self, question: str, image: Image.Image) -> list[Message]:
-        return protocol.first_turn(question, image, protocol.ZOOM_USER_INSTRUCTION)
-
-    def parse_turn(self, text: str) -> Turn:
-        return protocol.parse_turn(text, zoom=True)
-
-    def zoom_text(self, think: str, box) -> str:
-        """The canonical zoom-call turn."""
-        return protocol.zoom_text(think, box)
-
-    def check_turn(self, turn: Turn, views: Views) -> Turn:
-        return protocol.check_zoom_turn(turn, views.low.size)
-
-    def tool_reply(self, turn: Turn, text: str, high_res_image: Image.Image) -> Message | None:
-        if turn.kind == "zoom":
-            raise ValueError("a zoom_image call needs both views: call reply(turn, text, views, grid)")
-        return super().tool_reply(turn, text, high_res_image)
-
-    def reply(self, turn: Turn, text: str, views: Views, grid: PixelGrid) -> Message | None:
-        if turn.kind == "zoom":
-            _, error = protocol.zoom_box(turn.box, views.low.size)
-            if error is not None:  # a turn the loop did not pass through check_turn
-                return self.error_turn(error)
-            return protocol.zoom_turn(zoom_crop(turn.box, views, grid))
-        return super().tool_reply(turn, text, views.high)
-
-
 VISIONTHINK = ProtocolProfile(
-    name="visionthink", system_prompt=protocol.SYSTEM_PROMPT, tool_schema=protocol.RESIZE_TOOL, tools_in_template=True,
-    template_file=None, call_json=protocol.RESIZE_CALL_JSON, turn_end_newline=True,
+    name="visionthink", system_prompt=protocol.SYSTEM_PROMPT, tools=(RESIZE,), tools_in_template=True,
+    template_file=None, turn_end_newline=True,
 )
 RELEASE = ReleaseProfile(
-    name="release", system_prompt=release.SYSTEM_PROMPT, tool_schema=release.TOOL_SCHEMA, tools_in_template=False,
-    template_file="chat_template_release.jinja", call_json=protocol.RESIZE_CALL_JSON, turn_end_newline=False,
-    source=release.SOURCE, max_new_tokens=release.MAX_NEW_TOKENS,
+    name="release", system_prompt=release.SYSTEM_PROMPT, tools=(replace(RESIZE, shown_as=release.TOOL_SCHEMA),),
+    tools_in_template=False, template_file="chat_template_release.jinja", turn_end_newline=False, family="release",
+    source=release.SOURCE, max_new_tokens=release.MAX_NEW_TOKENS, halves_original=True,
 )
-VISIONTHINK_ZOOM = ZoomProfile(
-    name="visionthink-zoom", system_prompt=protocol.SYSTEM_PROMPT, tool_schema=protocol.RESIZE_TOOL,
-    tools_in_template=True, template_file=None, call_json=protocol.RESIZE_CALL_JSON, turn_end_newline=True,
+VISIONTHINK_ZOOM = ProtocolProfile(
+    name="visionthink-zoom", system_prompt=protocol.SYSTEM_PROMPT, tools=(RESIZE, ZOOM), tools_in_template=True,
+    template_file=None, turn_end_newline=True, instruction=protocol.ZOOM_USER_INSTRUCTION,
 )
 PROFILES: dict[str, ProtocolProfile] = {profile.name: profile for profile in (VISIONTHINK, RELEASE, VISIONTHINK_ZOOM)}
 NAMES = tuple(PROFILES)
@@ -345,13 +347,51 @@ def get_profile(profile: str | ProtocolProfile | None = None) -> ProtocolProfile
     return PROFILES[profile]
 
 
-def with_zoom(profile: str | ProtocolProfile | None = None) -> ProtocolProfile:
-    """The profile that offers `zoom_image` for a given one: itself when it does, `visionthink-zoom` for
-    `visionthink`; a ValueError for a profile with no zoom variant (`release`: the released checkpoints know one
-    tool)."""
+def with_tools(profile: str | ProtocolProfile | None, names: tuple[str, ...]) -> ProtocolProfile:
+    """The profile of `profile`'s family that offers exactly the tools `names` (itself when it does); a ValueError
+    naming what is missing when no registered profile does."""
     found = get_profile(profile)
-    if found.offers_zoom:
+    if found.tool_names == tuple(names):
         return found
-    if found.name == VISIONTHINK.name:
-        return VISIONTHINK_ZOOM
-    raise ValueError(f"protocol {found.name!r} has no zoom_image tool; zoom modes need {VISIONTHINK_ZOOM.name!r}")
+    for candidate in PROFILES.values():
+        if candidate.family == found.family and candidate.tool_names == tuple(names):
+            return candidate
+    missing = [name for name in names if name not in found.tool_names]
+    what = f"has no {' or '.join(missing)} tool" if missing else f"has no variant with only {', '.join(names)}"
+    raise ValueError(f"protocol {found.name!r} {what}")
+
+
+def with_zoom(profile: str | ProtocolProfile | None = None) -> ProtocolProfile:
+    """The profile that offers `zoom_image` beside `resize_image` for a given one (`with_tools`)."""
+    return with_tools(profile, (RESIZE.name, ZOOM.name))
+
+
+DECLARATION_FILE = "visionthink.json"
+"""A model folder's declaration of the profile it was trained on: `{"protocol": "visionthink-zoom"}`."""
+
+
+def declared_profile(model_dir: str | os.PathLike | None) -> ProtocolProfile:
+    """The profile a model folder declares (`DECLARATION_FILE`), `visionthink` where it declares none (the shipped
+    default, folders written before declarations, a hub id)."""
+    path = Path(model_dir) / DECLARATION_FILE if model_dir is not None else None
+    if path is None or not path.is_file():
+        return VISIONTHINK
+    try:
+        name = json.loads(path.read_text())["protocol"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a declaration of the form {{\"protocol\": NAME}}: {error}") from None
+    return get_profile(name)
+
+
+def declare_profile(model_dir: str | os.PathLike, profile: str | ProtocolProfile) -> None:
+    """Write the model folder's declaration (after training under `profile`)."""
+    (Path(model_dir) / DECLARATION_FILE).write_text(json.dumps({"protocol": get_profile(profile).name}) + "\n")
+
+
+def missing_tools_error(mode_name: str, mode_tools: tuple[str, ...], profile: ProtocolProfile) -> str | None:
+    """The one-line refusal of a mode whose tools the model's profile lacks (None: it offers them)."""
+    missing = [name for name in mode_tools if not profile.offers(name)]
+    if not missing:
+        return None
+    return (f"mode {mode_name} needs the {' and '.join(missing)} tool, which this model's protocol {profile.name!r} "
+            f"does not offer (a model trained with it declares it in its {DECLARATION_FILE})")

@@ -1,84 +1,33 @@
 """The VisionThink conversation, defined once for training, inference, evaluation and serving.
 
-Turn 1: system prompt listing the `resize_image` tool, user turn with the low-res image.
-The model answers (`<think>..</think><answer>..</answer>`) or calls the tool. On a valid
-call, a tool turn carries the high-res image and the model answers. At most 2 assistant turns.
+Turn 1: system prompt listing the profile's tools (`tools`), user turn with the low-res image.
+The model answers (`<think>..</think><answer>..</answer>`) or calls a tool. On a valid
+call, a tool turn carries the tool's image and the model answers. At most 2 assistant turns.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from PIL import Image
 
+from visionthink.tools import RESIZE, TOOLS, Tool, codec
+from visionthink.tools.codec import BadCall, ToolCall
+
 MAX_ASSISTANT_TURNS = 2
-TOOL_NAME = "resize_image"
-RESIZE_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": TOOL_NAME,
-        "description": (
-            "Double the resolution of the current image. Use it only if the critical information "
-            "cannot be obtained at the current resolution."
-        ),
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "action": {
-                    "type": "string",
-                    "enum": ["resize"],
-                    "description": "Always 'resize': returns the image at full resolution.",
-                }
-            },
-            "required": ["action"],
-        },
-    },
-}
 SYSTEM_PROMPT = "You are a helpful assistant."
 USER_INSTRUCTION = (
     "Think in <think> </think>, then give the final answer in <answer> </answer>. "
     "If the image is too small to answer, call resize_image instead of answering."
 )
-TOOL_RESPONSE_TEXT = "Full resolution. Think in <think> </think>, then answer in <answer> </answer>."
-RESIZE_CALL_JSON = json.dumps({"name": TOOL_NAME, "arguments": {"action": "resize"}})
-
-# Region zoom (issue 12; the `visionthink-zoom` profile). The box is in the low-res view's pixels; the tool turn
-# holds that region of the high-res view (`images.zoom_region`). The strings above are unchanged.
-ZOOM_TOOL_NAME = "zoom_image"
-ZOOM_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": ZOOM_TOOL_NAME,
-        "description": (
-            "Show one region of the current image at full resolution. Use it instead of resize_image when "
-            "the critical information is small and lies in one region."
-        ),
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "box": {
-                    "type": "array",
-                    "items": {"type": "number"},
-                    "minItems": 4,
-                    "maxItems": 4,
-                    "description": "[x1, y1, x2, y2]: left, top, right, bottom, in pixels of the current image.",
-                }
-            },
-            "required": ["box"],
-        },
-    },
-}
 ZOOM_USER_INSTRUCTION = (
     "Think in <think> </think>, then give the final answer in <answer> </answer>. "
     "If a small detail is unreadable, call zoom_image on its region; if the whole image is too small, "
     "call resize_image. Call a tool instead of answering."
 )
-ZOOM_RESPONSE_TEXT = "Region at full resolution. Think in <think> </think>, then answer in <answer> </answer>."
 
 Message = dict[str, Any]
 
@@ -104,29 +53,14 @@ def assistant_turn(text: str) -> Message:
     return {"role": "assistant", "content": [text_part(text)]}
 
 
-def tool_turn(image: Image.Image) -> Message:
-    """The tool's answer to a resize call: the high-res image and how to go on."""
-    return {"role": "tool", "name": TOOL_NAME, "content": [image_part(image), text_part(TOOL_RESPONSE_TEXT)]}
+def tool_turn(tool: Tool, image: Image.Image) -> Message:
+    """The tool's answer to a call that ran: its image and how to go on."""
+    return {"role": "tool", "name": tool.name, "content": [image_part(image), text_part(tool.response_text)]}
 
 
 def error_turn(error: str) -> Message:
-    """The tool's answer to a malformed call."""
-    return {"role": "tool", "name": TOOL_NAME, "content": [text_part(f"Error: {error}")]}
-
-
-def zoom_turn(crop: Image.Image) -> Message:
-    """The tool's answer to a zoom call: the region of the high-res view (`images.zoom_region`)."""
-    return {"role": "tool", "name": ZOOM_TOOL_NAME, "content": [image_part(crop), text_part(ZOOM_RESPONSE_TEXT)]}
-
-
-def tool_reply(turn: Turn, text: str, high_res_image: Image.Image) -> Message | None:
-    """The tool's turn after an assistant turn: the high-res image for a resize call, an error turn for a
-    call that cannot run, None when the turn called no tool (the episode ends)."""
-    if turn.kind == "resize":
-        return tool_turn(high_res_image)
-    if turn.kind == "malformed" and "<tool_call>" in text:
-        return error_turn(turn.error or "malformed tool call")
-    return None
+    """The tool's answer to a call that cannot run."""
+    return {"role": "tool", "name": RESIZE.name, "content": [text_part(f"Error: {error}")]}
 
 
 def answer_text(think: str, answer: str) -> str:
@@ -134,20 +68,9 @@ def answer_text(think: str, answer: str) -> str:
     return f"<think>{think}</think>\n<answer>{answer}</answer>"
 
 
-def resize_text(think: str) -> str:
-    """The canonical resize-call turn."""
-    return f"<think>{think}</think>\n<tool_call>\n{RESIZE_CALL_JSON}\n</tool_call>"
-
-
-def zoom_call_json(box) -> str:
-    """The canonical zoom call's JSON; whole numbers are written as integers."""
-    values = [int(v) if float(v).is_integer() else round(float(v), 1) for v in box]
-    return json.dumps({"name": ZOOM_TOOL_NAME, "arguments": {"box": values}})
-
-
-def zoom_text(think: str, box) -> str:
-    """The canonical zoom-call turn (`box`: [x1, y1, x2, y2] in the low-res view's pixels)."""
-    return f"<think>{think}</think>\n<tool_call>\n{zoom_call_json(box)}\n</tool_call>"
+def call_text(think: str, tool: Tool, arguments: dict[str, Any]) -> str:
+    """The canonical turn that calls `tool` with `arguments`."""
+    return f"<think>{think}</think>\n{codec.call_block(tool.name, tool.canonical(arguments))}"
 
 
 def images_in(messages: list[Message]) -> list[Image.Image]:
@@ -165,7 +88,6 @@ def images_in(messages: list[Message]) -> list[Image.Image]:
 TurnKind = Literal["answer", "resize", "zoom", "malformed"]
 _THINK = re.compile(r"<think>(.*?)</think>", re.S)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
-_TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 END_MARKERS = ("<|im_end|>", "<|endoftext|>")
 """What ends an assistant turn (the first is the chat format's, the second the tokenizer's end of text)."""
 
@@ -175,7 +97,7 @@ class Turn:
     """What one assistant turn says.
 
     `well_formed` is the paper's format check for the turn: one think block, then exactly
-    one answer block (direct answer) or exactly one tool call (resize), nothing else.
+    one answer block (direct answer) or exactly one tool call with exactly its arguments, nothing else.
     """
 
     kind: TurnKind
@@ -183,20 +105,25 @@ class Turn:
     think: str | None = None
     well_formed: bool = False
     error: str | None = None
-    box: tuple[float, float, float, float] | None = None
-    """A zoom call's box, [x1, y1, x2, y2] in the low-res view's pixels (only for `kind == "zoom"`)."""
+    call: ToolCall | None = None
+    """A tool call's tool and checked arguments (the kind is the tool's `kind`)."""
+
+    @property
+    def box(self) -> tuple[float, float, float, float] | None:
+        """A zoom call's box, [x1, y1, x2, y2] in the low-res view's pixels."""
+        box = self.call.arguments.get("box") if self.call is not None else None
+        return None if box is None else tuple(float(v) for v in box)
 
 
-def parse_turn(text: str, zoom: bool = False) -> Turn:
-    """Classify an assistant turn as an answer, a resize call or malformed (with `zoom`, also a `zoom_image`
-    call: the `visionthink-zoom` profile). Never raises."""
+def parse_turn(text: str, tools: Sequence[Tool] = (RESIZE,)) -> Turn:
+    """Classify an assistant turn as an answer, a call of one of `tools` or malformed. Never raises."""
     try:
-        return _parse_turn(text, zoom)
+        return _parse_turn(text, tools)
     except Exception as error:  # noqa: BLE001 - the parser must never raise on model output
         return Turn("malformed", error=f"unparseable turn ({type(error).__name__})")
 
 
-def _parse_turn(text: str, zoom: bool = False) -> Turn:
+def _parse_turn(text: str, tools: Sequence[Tool]) -> Turn:
     if not isinstance(text, str):
         return Turn("malformed", error="turn is not text")
     body = text.strip()
@@ -205,7 +132,7 @@ def _parse_turn(text: str, zoom: bool = False) -> Turn:
     thinks = _THINK.findall(body)
     think = thinks[0].strip() if thinks else None
     outside = _THINK.sub("", body, count=1)  # tags merely mentioned while thinking do not count
-    calls = _TOOL_CALL.findall(outside)
+    calls = codec.call_blocks(outside)
     answers = _ANSWER.findall(outside)
     starts_with_think = body.startswith("<think>") and len(thinks) == 1
     if calls and answers:
@@ -213,16 +140,9 @@ def _parse_turn(text: str, zoom: bool = False) -> Turn:
     if calls:
         if len(calls) > 1:
             return Turn("malformed", think=think, error="more than one tool call in a turn")
-        if zoom:
-            clean = starts_with_think and not _TOOL_CALL.sub("", outside).strip()
-            return _zoom_profile_call(calls[0], think, clean)
-        error = _check_resize_call(calls[0])
-        if error:
-            return Turn("malformed", think=think, error=error)
-        rest = _TOOL_CALL.sub("", outside).strip()
-        exact = _check_resize_call(calls[0], strict=True) is None
-        return Turn("resize", think=think, well_formed=starts_with_think and not rest and exact)
-    if "<tool_call>" in outside:
+        clean = starts_with_think and not codec.without_calls(outside).strip()
+        return _call_turn(calls[0], think, clean, tools)
+    if codec.CALL_OPEN in outside:
         return Turn("malformed", think=think, error="unterminated <tool_call>")
     answer = extract_answer(outside)
     if answer is None:
@@ -232,114 +152,34 @@ def _parse_turn(text: str, zoom: bool = False) -> Turn:
     return Turn("answer", answer=answer, think=think, well_formed=well_formed)
 
 
-def _check_resize_call(payload: str, strict: bool = False) -> str | None:
-    """None when the payload is a valid resize_image call, else why not.
-
-    A call is executed when it names the tool and any `action` it gives is "resize" (a missing
-    `action` or extra arguments are tolerated). With `strict`, the paper's format check: `action` is
-    required (as `RESIZE_TOOL` declares it) and no other argument is allowed, so a tolerated call
-    still runs but earns no format reward.
-    """
-    try:
-        call = json.loads(payload.strip())
-    except (json.JSONDecodeError, RecursionError):
-        return "tool call is not valid JSON"
-    if not isinstance(call, dict):
-        return "tool call is not a JSON object"
-    if call.get("name") != TOOL_NAME:
-        return f"unknown tool {str(call.get('name'))[:40]!r}; the only tool is {TOOL_NAME}"
-    arguments = call.get("arguments", call.get("parameters", {}))
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except (json.JSONDecodeError, RecursionError):
-            return "tool arguments are not valid JSON"
-    if not isinstance(arguments, dict):
-        return "tool arguments are not a JSON object"
-    action = arguments.get("action", "resize")
-    if action != "resize":
-        return f"unknown action {str(action)[:40]!r}; expected 'resize'"
-    if strict:
-        if "action" not in arguments:
-            return "resize_image call without its required argument 'action'"
-        extra = sorted(str(key)[:40] for key in arguments if key != "action")
-        if extra:
-            return f"resize_image call with unknown argument(s) {', '.join(map(repr, extra[:5]))}"
-    return None
-
-
-def _zoom_profile_call(payload: str, think: str | None, clean: bool) -> Turn:
-    """A call under the zoom profile: `resize_image` (checked as `_check_resize_call` does) or `zoom_image` with a
-    box of four finite numbers, x1 < x2 and y1 < y2 (where it lies is checked against the view by
-    `check_zoom_turn`). `clean`: the turn is one think block and the call, nothing else."""
-    try:
-        call = json.loads(payload.strip())
-    except (json.JSONDecodeError, RecursionError):
-        return Turn("malformed", think=think, error="tool call is not valid JSON")
-    if isinstance(call, dict) and call.get("name") == TOOL_NAME:
-        error = _check_resize_call(payload)
-        if error:
-            return Turn("malformed", think=think, error=error)
-        return Turn("resize", think=think, well_formed=clean and _check_resize_call(payload, strict=True) is None)
-    if not isinstance(call, dict):
-        return Turn("malformed", think=think, error="tool call is not a JSON object")
-    if call.get("name") != ZOOM_TOOL_NAME:
-        return Turn("malformed", think=think, error=(f"unknown tool {str(call.get('name'))[:40]!r}; "
-                                                     f"the tools are {TOOL_NAME} and {ZOOM_TOOL_NAME}"))
-    arguments = call.get("arguments", call.get("parameters", {}))
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except (json.JSONDecodeError, RecursionError):
-            return Turn("malformed", think=think, error="tool arguments are not valid JSON")
-    if not isinstance(arguments, dict):
-        return Turn("malformed", think=think, error="tool arguments are not a JSON object")
-    if "box" not in arguments:
-        return Turn("malformed", think=think, error="zoom_image call without its required argument 'box'")
-    box, error = zoom_box(arguments["box"])
-    if error:
+def _call_turn(payload: str, think: str | None, clean: bool, tools: Sequence[Tool]) -> Turn:
+    """A call's turn: the tool it names among `tools`, its arguments checked by that tool. `clean`: the turn is one
+    think block and the call, nothing else."""
+    decoded = codec.decode_call(payload)
+    by_name = {tool.name: tool for tool in tools}
+    name = decoded.name
+    if name is not None and name not in by_name:
+        names = [tool.name for tool in tools]
+        offered = (f"the only tool is {names[0]}" if len(names) == 1
+                   else f"the tools are {', '.join(names[:-1])} and {names[-1]}")
+        return Turn("malformed", think=think, error=f"unknown tool {name[:40]!r}; {offered}")
+    if isinstance(decoded, BadCall):
+        return Turn("malformed", think=think, error=decoded.error)
+    tool = by_name[decoded.name]
+    arguments, error = tool.check(decoded.arguments)
+    if error is not None:
         return Turn("malformed", think=think, error=error)
-    exact = set(arguments) == {"box"}
-    return Turn("zoom", think=think, well_formed=clean and exact, box=box)
+    return Turn(tool.kind, think=think, well_formed=clean and tool.exact(decoded.arguments),
+                call=ToolCall(tool.name, arguments))
 
 
-def zoom_box(value: Any, view_size: tuple[int, int] | None = None
-             ) -> tuple[tuple[float, float, float, float] | None, str | None]:
-    """`(box, None)` for a usable zoom box, else `(None, why not)`. Never raises.
-
-    A box is a list of four finite numbers [x1, y1, x2, y2] (not strings, not booleans) with x1 < x2 and
-    y1 < y2. With `view_size` (the low-res view's width, height) it must also overlap the view: a box partly
-    outside is clamped later (`images.zoom_region`), one wholly outside is refused."""
-    if not isinstance(value, (list, tuple)):
-        return None, f"box must be a list [x1, y1, x2, y2] of numbers, not {type(value).__name__}"
-    if len(value) != 4:
-        return None, f"box must have 4 numbers [x1, y1, x2, y2], not {len(value)}"
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return None, "box values must be numbers (pixels of the current image)"
-    try:
-        x1, y1, x2, y2 = (float(v) for v in value)
-    except (OverflowError, ValueError):
-        return None, "box values must be finite numbers"
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-        return None, "box values must be finite numbers"
-    if not (x1 < x2 and y1 < y2):
-        return None, "box is empty or inverted: it needs x1 < x2 and y1 < y2"
-    if view_size is not None:
-        width, height = view_size
-        if min(x2, width) <= max(x1, 0.0) or min(y2, height) <= max(y1, 0.0):
-            return None, f"box lies outside the image (the image is {width}x{height} pixels)"
-    return (x1, y1, x2, y2), None
-
-
-def check_zoom_turn(turn: Turn, view_size: tuple[int, int]) -> Turn:
-    """A zoom turn whose box lies wholly outside the view (`view_size`: the low-res view's width, height)
-    becomes a malformed call; any other turn is returned as it is."""
-    if turn.kind != "zoom":
+def check_in_view(turn: Turn, views) -> Turn:
+    """A call whose checked arguments cannot run on these views becomes a malformed turn (a zoom box wholly outside
+    the low view); any other turn is returned as it is."""
+    if turn.call is None:
         return turn
-    _, error = zoom_box(turn.box, view_size)
-    if error is None:
-        return turn
-    return Turn("malformed", think=turn.think, error=error)
+    error = TOOLS[turn.call.name].check_in_view(turn.call.arguments, views)
+    return turn if error is None else Turn("malformed", think=turn.think, error=error)
 
 
 def extract_answer(text: str) -> str | None:
@@ -405,20 +245,17 @@ class Episode:
 
     messages: list[Message]
     answer: str | None
-    resized: bool
     turns: list[Turn]
     visual_tokens_per_turn: list[int]
     full_res_visual_tokens: int
+    calls: list[ToolCall] = field(default_factory=list)
+    """The tool calls that ran (a tool turn with the tool's image followed them), in order."""
     prompt_tokens: int = 0
     generated_tokens: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     mode: str = "visionthink"
     fed_token_ids: list[int] = field(default_factory=list)
     """Every token the model read or wrote, in order (for checking against the rendering)."""
-    zoomed: bool = False
-    """A `zoom_image` turn delivered a region of the high-res view (`resized` stays: the whole view was delivered)."""
-    zoom_box: tuple[float, float, float, float] | None = None
-    """The box of the zoom call that ran, in the low-res view's pixels."""
     p_tool: float | None = None
     """The probability the model gave the tool path at its first-turn decision, normalised over answer and tool
     (`engines.tool_decision`); None where it was not recorded (no decision met, a forbidden call, another engine)."""
@@ -427,8 +264,24 @@ class Episode:
 
     @property
     def action(self) -> str:
-        """What the episode did for its answer: "zoom", "resize" or "answer" (no image was delivered)."""
-        return "zoom" if self.zoomed else "resize" if self.resized else "answer"
+        """What the episode did for its answer: the kind of the last tool that ran ("resize", "zoom"), else
+        "answer"."""
+        return TOOLS[self.calls[-1].name].kind if self.calls else "answer"
+
+    @property
+    def resized(self) -> bool:
+        """A `resize_image` call delivered the full-resolution view."""
+        return self.action == "resize"
+
+    @property
+    def zoomed(self) -> bool:
+        """A `zoom_image` call delivered a region of the full-resolution view."""
+        return self.action == "zoom"
+
+    @property
+    def zoom_box(self) -> tuple[float, float, float, float] | None:
+        """The box of the zoom call that ran, in the low-res view's pixels."""
+        return tuple(float(v) for v in self.calls[-1].arguments["box"]) if self.zoomed else None
 
     @property
     def visual_tokens(self) -> int:
@@ -440,7 +293,7 @@ class Episode:
         """The paper's format check over the whole episode."""
         if not self.turns or self.turns[-1].kind != "answer":
             return False
-        expected = ["zoom", "answer"] if self.zoomed else ["resize", "answer"] if self.resized else ["answer"]
+        expected = ["answer"] if self.action == "answer" else [self.action, "answer"]
         return [t.kind for t in self.turns] == expected and all(t.well_formed for t in self.turns)
 
     @property
@@ -453,10 +306,8 @@ class Episode:
         last = self.turns[-1]
         if last.kind == "malformed":
             return f"final turn malformed: {last.error or 'unparseable'}"
-        if last.kind == "resize":
-            return "final turn called resize_image instead of answering (no turn left to answer in)"
-        if last.kind == "zoom":
-            return "final turn called zoom_image instead of answering (no turn left to answer in)"
+        if last.call is not None:
+            return f"final turn called {last.call.name} instead of answering (no turn left to answer in)"
         if self.answer is not None or last.answer is not None:
             return "final answer is empty"
         return "final turn gave no answer"
@@ -482,7 +333,7 @@ class Episode:
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
             "mode": self.mode,
             "p_tool": None if self.p_tool is None else round(self.p_tool, 6),
-            "tool_threshold": "inf" if self.tool_threshold == math.inf else self.tool_threshold,
+            "tool_threshold": "inf" if self.tool_threshold == float("inf") else self.tool_threshold,
             **({"zoom_box": list(self.zoom_box)} if self.zoom_box is not None else {}),
         }
 
@@ -505,29 +356,40 @@ def make_episode(
     """The episode a conversation records, by one rule for every engine and for GRPO rollouts.
 
     `answer`: `answer_of(messages, turns)` where given (`ProtocolProfile.episode_answer`), else `final_answer`.
-    `resized`: a tool turn delivered the high-res view; `zoomed`: a `zoom_image` turn delivered a region of it.
-    Visual tokens: those of every image in the conversation (a zoom's crop counted as the model receives it).
-    `prompt_tokens`: the conversation's `sequence_tokens` less what the model wrote.
+    `calls`: the calls of the assistant turns that a tool turn with an image followed (`turns[i]` is the i-th
+    assistant turn's). Visual tokens: those of every image in the conversation (a zoom's crop counted as the model
+    receives it). `prompt_tokens`: the conversation's `sequence_tokens` less what the model wrote.
     """
-    zoomed = any(m["role"] == "tool" and m.get("name") == ZOOM_TOOL_NAME and _has_image(m) for m in messages)
-    zoom_turns = [t for t in turns if t.kind == "zoom"]
     return Episode(
         messages=messages,
         answer=(answer_of or final_answer)(messages, turns),
-        resized=any(m["role"] == "tool" and m.get("name") != ZOOM_TOOL_NAME and _has_image(m) for m in messages),
         turns=turns,
         visual_tokens_per_turn=[count_visual_tokens(image) for image in images_in(messages)],
         full_res_visual_tokens=full_res_visual_tokens,
+        calls=calls_that_ran(messages, turns),
         prompt_tokens=max(0, sequence_tokens - generated_tokens),
         generated_tokens=generated_tokens,
         seconds=dict(seconds or {}),
         mode=mode,
         fed_token_ids=list(fed_token_ids or []),
-        zoomed=zoomed,
-        zoom_box=zoom_turns[0].box if zoomed and zoom_turns else None,
         p_tool=p_tool,
         tool_threshold=tool_threshold,
     )
+
+
+def calls_that_ran(messages: list[Message], turns: list[Turn]) -> list[ToolCall]:
+    """The calls of the assistant turns that a tool turn holding an image answered."""
+    ran, index = [], -1
+    for position, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        index += 1
+        reply = messages[position + 1] if position + 1 < len(messages) else None
+        turn = turns[index] if index < len(turns) else None
+        if turn is not None and turn.call is not None and reply is not None and reply["role"] == "tool" \
+                and _has_image(reply):
+            ran.append(turn.call)
+    return ran
 
 
 def final_answer(messages: list[Message], turns: list[Turn]) -> str | None:

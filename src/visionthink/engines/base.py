@@ -1,20 +1,10 @@
 """The VisionThink loop, written once: every engine is a backend that generates one assistant turn.
 
-Modes:
-- `full`: one turn, full-resolution image, tool call forbidden.
-- `low`: one turn, low-resolution image, tool call forbidden.
-- `visionthink`: low-res first; the model decides whether to call `resize_image`.
-- `oracle`: low-res first; resizes exactly when the item needs high resolution (`needs_high_res`).
-- `zoom`: low-res first; the model answers, calls `resize_image` or calls `zoom_image` on a box (issue 12). It needs a
-  profile that offers `zoom_image` (`profiles.with_zoom`: `visionthink-zoom`).
-- `oracle-zoom`: low-res first; zooms exactly on the request's `box` (the true region, image pixels) when the item
-  needs high resolution, else answers directly. Same profile as `zoom`.
-
-`run_episodes(backend, requests, mode)` makes the two views, asks the backend for each turn of a
-batch, applies the protocol (parsing, the oracle's forced call, the tool's reply) and builds the
-`protocol.Episode`s. A backend only turns conversations into assistant text: `TransformersEngine`
-(local, KV cache kept across turns), `VLLMEngine` (in-process vLLM) and `RemoteEngine` (any
-OpenAI-compatible server).
+`run_episodes(backend, requests, mode)` runs a mode (`visionthink.modes`): it makes the two views, asks the backend
+for each turn of a batch, applies the protocol (parsing, the oracle's forced call, the tool's reply) and builds the
+`protocol.Episode`s. A backend only turns conversations into assistant text: `TransformersEngine` (local, KV cache
+kept across turns), `VLLMEngine` (in-process vLLM) and `RemoteEngine` (any OpenAI-compatible server). Its profile
+(`backend.protocol`) must offer the mode's tools (`profiles.with_tools` picks that profile).
 """
 
 from __future__ import annotations
@@ -27,15 +17,11 @@ from typing import Protocol
 from visionthink import protocol
 from visionthink.errors import VisionThinkError
 from visionthink.images import ImageSource, PixelGrid, Views, load_image
+from visionthink.modes import PAPER_MODES, Mode, get_mode
 from visionthink.profiles import get_profile
 
-MODES = ("full", "low", "visionthink", "oracle")
-"""The paper's modes (what `demo` runs)."""
+MODES = PAPER_MODES  # until the demo reads `visionthink.modes`
 ZOOM_MODES = ("zoom", "oracle-zoom")
-"""Region zoom (issue 12): they need a profile that offers `zoom_image` (`profiles.with_zoom`)."""
-ALL_MODES = MODES + ZOOM_MODES
-DECIDING_MODES = ("visionthink", "zoom")
-"""The modes where the model's own first-turn decision stands, so that a tool threshold can steer it."""
 
 
 @dataclass
@@ -92,20 +78,25 @@ class Backend(Protocol):
     def session(self) -> Session: ...
 
 
-def check_mode(mode: str, requests: list, profile=None) -> None:
-    """Refuse an unknown mode, the oracles without `needs_high_res` on every request (and `oracle-zoom` without a
-    `box` where it is needed), and a zoom mode on a profile without `zoom_image`, before any work."""
-    if mode not in ALL_MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(ALL_MODES)}")
-    if mode in ("oracle", "oracle-zoom") and any(getattr(r, "needs_high_res", None) is None for r in requests):
-        raise ValueError(f"{mode} mode needs `needs_high_res` on every request")
-    if mode == "oracle-zoom" and any(r.needs_high_res and getattr(r, "box", None) is None for r in requests):
-        raise ValueError("oracle-zoom mode needs `box` on every request that needs high resolution")
-    if mode in ZOOM_MODES and not get_profile(profile).offers_zoom:
-        raise ValueError(f"{mode} mode needs a protocol that offers zoom_image (visionthink-zoom), "
-                         f"not {get_profile(profile).name!r}")
+def check_mode(mode: str | Mode, requests: list, profile=None) -> Mode:
+    """The mode, after refusing an unknown one, an oracle without `needs_high_res` on every request (or without the
+    true `box` where its tool needs one) and a profile that lacks one of the mode's tools, before any work."""
+    try:
+        mode = get_mode(mode)
+    except ValueError as error:
+        raise ValueError(str(error)) from None
+    if mode.calls == "oracle" and any(getattr(r, "needs_high_res", None) is None for r in requests):
+        raise ValueError(f"{mode.name} mode needs `needs_high_res` on every request")
+    if mode.needs_box and any(r.needs_high_res and getattr(r, "box", None) is None for r in requests):
+        raise ValueError(f"{mode.name} mode needs `box` on every request that needs high resolution")
+    profile = get_profile(profile)
+    missing = [name for name in mode.tools if name not in profile.tool_names]
+    if missing and mode.calls != "never":
+        raise ValueError(f"{mode.name} mode needs the {' and '.join(missing)} tool, which protocol {profile.name!r} "
+                         "does not offer")
     for request in requests:
         check_threshold(getattr(request, "tool_threshold", None))
+    return mode
 
 
 def check_threshold(value: float | None) -> float | None:
@@ -127,16 +118,10 @@ def check_thresholds(backend, requests: list) -> None:
                                "read P(tool) while it decodes")
 
 
-def forbids_call(mode: str, request, turn_index: int) -> bool:
-    """Whether the mode keeps the tool call out of this turn."""
-    if mode in ("full", "low"):
-        return True
-    return mode in ("oracle", "oracle-zoom") and turn_index == 0 and not request.needs_high_res
-
-
-def run_episodes(backend: Backend, requests: list, mode: str = "visionthink", progress=None) -> list[protocol.Episode]:
+def run_episodes(backend: Backend, requests: list, mode: str | Mode = "visionthink",
+                 progress=None) -> list[protocol.Episode]:
     """Episodes for all requests (objects with `image`, `question`, `needs_high_res`), in order."""
-    check_mode(mode, requests, getattr(backend, "protocol", None))
+    mode = check_mode(mode, requests, getattr(backend, "protocol", None))
     check_thresholds(backend, requests)
     episodes: list[protocol.Episode] = []
     for start in range(0, len(requests), max(1, backend.batch_size)):
@@ -163,14 +148,14 @@ class _Row:
     p_tool: float | None = None
 
 
-def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Episode]:
+def _run_batch(backend: Backend, requests: list, mode: Mode) -> list[protocol.Episode]:
     began = time.perf_counter()
     profile = get_profile(getattr(backend, "protocol", None))
     rows = []
     for request in requests:
         image = load_image(request.image, grid=backend.grid)
         views = profile.views(image, backend.grid)
-        first_image = views.high if mode == "full" else views.low
+        first_image = views.high if mode.first_view == "high" else views.low
         rows.append(_Row(request, views, profile.first_turn(request.question, first_image), grid=backend.grid,
                          source_size=image.size))
     prepare = (time.perf_counter() - began) / len(rows)
@@ -180,15 +165,14 @@ def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Epi
     active = list(range(len(rows)))
     for turn_index in range(protocol.MAX_ASSISTANT_TURNS):
         turn_began = time.perf_counter()
-        forbid = [forbids_call(mode, rows[i].request, turn_index) for i in active]
+        forbid = [mode.forbids_call(rows[i].request.needs_high_res, turn_index) for i in active]
         thresholds = None
         if turn_index == 0 and getattr(backend, "decides_by_threshold", False):
-            thresholds = [getattr(rows[i].request, "tool_threshold", None) if mode in DECIDING_MODES else None
-                          for i in active]
+            thresholds = [getattr(rows[i].request, "tool_threshold", None) if mode.decides else None for i in active]
         outputs = session.generate(active, [rows[i].messages for i in active], forbid,
                                    **({"tool_thresholds": thresholds} if thresholds is not None else {}))
         shared = (time.perf_counter() - turn_began) / len(active)
-        still = []
+        going_on = []
         for index, output in zip(active, outputs, strict=True):
             row = rows[index]
             row.seconds[f"turn{turn_index + 1}"] = shared if output.seconds is None else output.seconds
@@ -199,8 +183,8 @@ def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Epi
             if turn_index == 0:
                 row.p_tool = output.p_tool
             if _take_turn(row, output.text, mode, turn_index, profile):
-                still.append(index)
-        active = still
+                going_on.append(index)
+        active = going_on
         if not active:
             break
     grid = backend.grid
@@ -208,43 +192,34 @@ def _run_batch(backend: Backend, requests: list, mode: str) -> list[protocol.Epi
         protocol.make_episode(
             row.messages, row.turns, count_visual_tokens=lambda image: grid.tokens(*image.size),
             full_res_visual_tokens=grid.tokens(*row.views.high.size), generated_tokens=row.generated_tokens,
-            sequence_tokens=row.sequence_tokens, seconds=row.seconds, mode=mode, fed_token_ids=row.fed_token_ids,
-            answer_of=profile.episode_answer, p_tool=row.p_tool,
-            tool_threshold=getattr(row.request, "tool_threshold", None) if mode in DECIDING_MODES else None,
+            sequence_tokens=row.sequence_tokens, seconds=row.seconds, mode=mode.name,
+            fed_token_ids=row.fed_token_ids, answer_of=profile.episode_answer, p_tool=row.p_tool,
+            tool_threshold=getattr(row.request, "tool_threshold", None) if mode.decides else None,
         )
         for row in rows
     ]
 
 
-def _take_turn(row: _Row, text: str, mode: str, turn_index: int, profile=None) -> bool:
+def _take_turn(row: _Row, text: str, mode: Mode, turn_index: int, profile=None) -> bool:
     """Record an assistant turn and the tool's reply to it; True when the model gets another turn."""
     profile = get_profile(profile)
     turn = profile.parse_turn(text)
-    if mode == "oracle" and turn_index == 0 and row.request.needs_high_res and turn.kind != "resize":
-        text = profile.resize_text(turn.think or "")  # the oracle resizes, keeping the model's reasoning
-        turn = profile.parse_turn(text)
-    if mode == "oracle-zoom" and turn_index == 0 and row.request.needs_high_res:
-        box = oracle_box(row.request.box, row.source_size or row.views.high.size, row.views.low.size)
-        if turn.kind != "zoom" or turn.box != box:
-            text = profile.zoom_text(turn.think or "", box)  # the oracle zooms on the true box, keeping the reasoning
+    if mode.oracle_calls(row.request.needs_high_res, turn_index):
+        tool = profile.tool(mode.oracle_tool)
+        arguments = tool.oracle_arguments(row.request, row.views, row.source_size or row.views.high.size)
+        if turn.call is None or turn.call.name != tool.name or turn.call.arguments != tool.check(arguments)[0]:
+            text = profile.call_text(turn.think or "", tool.name, arguments)  # the oracle calls, keeping the reasoning
             turn = profile.parse_turn(text)
     turn = profile.check_turn(turn, row.views)
     row.messages.append(protocol.assistant_turn(text))
     row.turns.append(turn)
-    if turn_index + 1 == protocol.MAX_ASSISTANT_TURNS or mode in ("full", "low"):
+    if turn_index + 1 == protocol.MAX_ASSISTANT_TURNS or mode.calls == "never":
         return False
     reply = profile.reply(turn, text, row.views, row.grid)
     if reply is None:
         return False
     row.messages.append(reply)
     return True
-
-
-def oracle_box(box, source_size: tuple[int, int], low_size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """A box in the source image's pixels as whole low-view pixels that cover it (floor the start, ceil the end)."""
-    sx, sy = low_size[0] / source_size[0], low_size[1] / source_size[1]
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return (math.floor(x1 * sx), math.floor(y1 * sy), math.ceil(x2 * sx), math.ceil(y2 * sy))
 
 
 SPECIAL_MARKERS = ("<|", "|>", "<tool_call>", "</tool_call>")

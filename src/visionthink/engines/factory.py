@@ -70,9 +70,17 @@ class EngineOptions:
 
 def build_engine(options: EngineOptions, sampling: SamplingConfig | None = None, protocol=None):
     """The engine `options` name, with `sampling` (default: greedy, the profile's turn budget); `protocol` overrides
-    `options.protocol` (a profile or a name)."""
+    `options.protocol` (a profile or a name); with neither, the profile the model folder declares
+    (`profiles.declared_profile`)."""
+    from visionthink.profiles import declared_profile
+
     options.check()
     protocol = protocol if protocol is not None else options.protocol
+    if protocol is None:
+        try:
+            protocol = declared_profile(options.model)
+        except ValueError as error:
+            raise VisionThinkError(str(error)) from None
     if options.engine == "transformers":
         from visionthink.engines.transformers_engine import TransformersEngine
 

@@ -43,6 +43,7 @@ from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.errors import VisionThinkError
 from visionthink.images import PixelGrid
 from visionthink.profiles import ProtocolProfile, get_profile
+from visionthink.tools import codec
 
 RETRIED_STATUS = (408, 429, 500, 502, 503, 504)
 
@@ -210,7 +211,7 @@ class RemoteEngine:
             role = message["role"]
             if role in ("system", "assistant"):
                 text = protocol.assistant_text(message)
-                if role == "assistant" and "<tool_call>" in text:
+                if role == "assistant" and codec.CALL_OPEN in text:
                     call_id = f"call_{uuid.uuid4().hex[:24]}"
                     if self.assistant_tool_calls == "structured":
                         out.append(_structured_call(text, call_id))
@@ -273,20 +274,11 @@ class _RemoteSession:
 
 
 def _structured_call(text: str, call_id: str) -> dict[str, Any]:
-    start = text.index("<tool_call>")
-    end = text.find("</tool_call>", start)
-    payload = text[start + len("<tool_call>"): end if end >= 0 else len(text)]
-    try:
-        call = json.loads(payload)
-        name, arguments = call["name"], call.get("arguments", {})
-    except (ValueError, KeyError, TypeError):
+    """An assistant turn with a call as OpenAI's structured form: the text before the block, and its first call."""
+    content, calls = codec.openai_tool_calls(text, lambda: call_id)
+    if not calls:
         return {"role": "assistant", "content": text}
-    return {
-        "role": "assistant",
-        "content": text[:start].rstrip() or None,
-        "tool_calls": [{"id": call_id, "type": "function", "function": {
-            "name": name, "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}}],
-    }
+    return {"role": "assistant", "content": (content or "").rstrip() or None, "tool_calls": calls[:1]}
 
 
 def reply_text(reply: dict[str, Any]) -> str:
@@ -307,10 +299,9 @@ def reply_text(reply: dict[str, Any]) -> str:
             arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
         except ValueError:
             pass
-        block = json.dumps({"name": function.get("name"), "arguments": arguments})
         if text and not text[-1].isspace():
             text += "\n"
-        text += f"<tool_call>\n{block}\n</tool_call>"
+        text += codec.call_block(function.get("name"), arguments)
     return text
 
 

@@ -52,6 +52,7 @@ from visionthink.rewards.judge_cache import CachedJudge
 
 if TYPE_CHECKING:
     from visionthink.engines.factory import EngineOptions
+    from visionthink.profiles import ProtocolProfile
 
 SAMPLES_FILE = "samples.jsonl"
 CURVE_FILE = "curve.json"
@@ -81,8 +82,9 @@ class EvalConfig:
     """Where the model runs (None: a GPU when visible)."""
     dtype: str | None = None
     """The weights' dtype (None: the checkpoint's own)."""
-    protocol: str = "visionthink"
-    """The conversation format (`visionthink.profiles`): visionthink or release (the authors' prompts)."""
+    protocol: str | None = None
+    """The conversation format (`visionthink.profiles`): visionthink or release (the authors' prompts); None: what the
+    model folder declares (`profiles.declared_profile`)."""
     max_new_tokens: int | None = None
     """Tokens per assistant turn (None: `SamplingConfig`'s default: enough for the tiny model, not for a 7B that
     thinks)."""
@@ -316,8 +318,8 @@ def _has_boxes(bench, samples: list) -> bool:
 
 
 class _Engines:
-    """The engine of each mode: the given or first-built one, and for the zoom modes one on the zoom variant of the
-    protocol (`profiles.with_zoom`) that shares the model and processor, so the other modes keep their prompts."""
+    """The engine of each mode: one per profile the modes need (the model's profile restricted to each mode's tools,
+    `profiles.with_tools`), all on the same weights or server."""
 
     def __init__(self, config: EvalConfig, engine=None):
         self.config = config
@@ -332,23 +334,44 @@ class _Engines:
         return replace(given, model=given.model or self.config.model, device=given.device or self.config.device,
                        dtype=given.dtype or self.config.dtype, batch_size=self.config.batch_size)
 
-    def for_mode(self, mode: str):
-        from visionthink.engines.base import ZOOM_MODES
-        from visionthink.profiles import get_profile, with_zoom
+    def model_profile(self) -> ProtocolProfile:
+        """The profile the model was trained on: the given engine's, `--protocol`'s, or the model folder's
+        declaration (`profiles.declared_profile`)."""
+        from visionthink.profiles import declared_profile, get_profile
 
-        if self.given is not None:  # a caller's engine runs every mode it can
-            profile = get_profile(getattr(self.given, "protocol", None))
-            if mode not in ZOOM_MODES or profile.offers_zoom or not hasattr(self.given, "processor"):
-                return self.given
-            base = self.given
-        else:
-            base = next(iter(self.by_profile.values()), None)
+        if self.given is not None:
+            return get_profile(getattr(self.given, "protocol", None))
+        if self.config.protocol is not None:
+            return get_profile(self.config.protocol)
         try:
-            wanted = with_zoom(self.config.protocol) if mode in ZOOM_MODES else get_profile(self.config.protocol)
+            return declared_profile(self.options().model)
         except ValueError as error:
             raise VisionThinkError(str(error)) from None
+
+    def check(self, modes: list[str]) -> None:
+        """Refuse, in one line, a mode whose tools the model's profile lacks."""
+        from visionthink.modes import get_mode
+        from visionthink.profiles import missing_tools_error
+
+        profile = self.model_profile()
+        for name in modes:
+            mode = get_mode(name)
+            error = missing_tools_error(mode.name, mode.tools, profile)
+            if error is not None:
+                raise VisionThinkError(error)
+
+    def for_mode(self, mode: str):
+        """The engine whose profile offers exactly the mode's tools (`profiles.with_tools`), on the same weights."""
+        from visionthink.modes import get_mode
+        from visionthink.profiles import get_profile, with_tools
+
+        self.check([mode])
+        wanted = with_tools(self.model_profile(), get_mode(mode).tools)
+        if self.given is not None and get_profile(getattr(self.given, "protocol", None)) is wanted:
+            return self.given
         if wanted.name in self.by_profile:
             return self.by_profile[wanted.name]
+        base = self.given if self.given is not None else next(iter(self.by_profile.values()), None)
         if base is not None:  # same weights (or server), another conversation format
             from visionthink.engines.factory import with_profile
 
@@ -402,6 +425,7 @@ def _run_label(config: EvalConfig, engines: _Engines, samples_log: SampleLog, ju
     from tqdm import tqdm
 
     from visionthink.engines.base import Request
+    from visionthink.modes import MODES
 
     pending = [s for s in samples if not samples_log.done(bench_name, what.label, str(s.uid))]
     if not pending:
@@ -415,7 +439,7 @@ def _run_label(config: EvalConfig, engines: _Engines, samples_log: SampleLog, ju
         for start in range(0, len(pending), chunk_size):
             chunk = pending[start : start + chunk_size]
             requests = [Request(s.image, s.question, s.meta.get(ORACLE_LABEL),
-                                box=_box(bench, s) if mode == "oracle-zoom" else None, tool_threshold=what.threshold)
+                                box=_box(bench, s) if MODES[mode].needs_box else None, tool_threshold=what.threshold)
                         for s in chunk]
             results = _run_chunk(engine, requests, mode, bar)
             predictions = [None if e is None else e.answer for e, _, _ in results]
@@ -475,22 +499,15 @@ def _write_curves(out: Path, curves: dict[str, list], budgets: dict[str, dict], 
 
 def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None = None) -> EvalResult:
     """Run every (bench, mode) still missing from the report folder, then summarise and write the report."""
-    from visionthink.engines.base import ALL_MODES as MODES
-    from visionthink.engines.base import DECIDING_MODES
     from visionthink.eval.report import write_report
+    from visionthink.modes import MODES
 
     log = log or (lambda message: print(message, file=sys.stderr))
     unknown = [m for m in config.modes if m not in MODES]
     if unknown:
         raise VisionThinkError(f"unknown mode(s) {', '.join(unknown)}; expected some of {', '.join(MODES)}")
     engines = _Engines(config, engine)
-    if engine is None and any(m in ("zoom", "oracle-zoom") for m in config.modes):
-        from visionthink.profiles import with_zoom
-
-        try:
-            with_zoom(config.protocol)
-        except ValueError as error:
-            raise VisionThinkError(str(error)) from None
+    engines.check(config.modes)
     if not config.benches or not config.modes:
         raise VisionThinkError("give at least one --bench and one --mode")
     if config.batch_size < 1:
@@ -535,13 +552,13 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
         samples = _unique_uids(bench.load(root, limit=config.limit), bench_name, notes)
         modes = []
         for mode in config.modes:
-            if mode == "oracle" and not all(s.meta.get(ORACLE_LABEL) is not None for s in samples):
+            if MODES[mode].calls == "oracle" and not all(s.meta.get(ORACLE_LABEL) is not None for s in samples):
                 note = (f"{bench_name}: oracle mode skipped: its samples carry no `{ORACLE_LABEL}` label "
                         "(only the synthetic world knows which items need high resolution)")
                 notes.append(note)
                 log(f"note: {note}")
                 continue
-            if mode == "oracle-zoom" and not _has_boxes(bench, samples):
+            if MODES[mode].needs_box and not _has_boxes(bench, samples):
                 note = (f"{bench_name}: oracle-zoom mode skipped: it needs `{ORACLE_LABEL}` and the true box of every "
                         "item that needs high resolution (only the synthetic world's generator knows them)")
                 notes.append(note)
@@ -550,7 +567,7 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
             modes.append(mode)
         labels = []
         for mode in modes:
-            threshold = config.tool_threshold if mode in DECIDING_MODES else None
+            threshold = config.tool_threshold if MODES[mode].decides else None
             label = mode if threshold is None else curve.threshold_label(mode, threshold)
             run(bench, bench_name, samples, Run(label, mode, threshold))
             labels.append(label)

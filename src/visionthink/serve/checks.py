@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from visionthink.engines.kv_decoder import SamplingConfig
+from visionthink.modes import MODES
 from visionthink.serve.config import SERVED_MODES, ServeConfig
 from visionthink.serve.errors import ApiError
 from visionthink.serve.schemas import ChatCompletionRequest, ImagePart
@@ -200,20 +201,17 @@ def _sampling(request: ChatCompletionRequest, default: SamplingConfig, config: S
     return sampling
 
 
-THRESHOLD_MODES = ("visionthink", "zoom")
-"""The modes whose first turn decides between answering and calling a tool (where a tool threshold applies)."""
-
-
 def tool_threshold(request: ChatCompletionRequest, mode: str, config: ServeConfig) -> float | None:
     """The request's `visionthink_tool_threshold` (absent: the server's default; null: greedy); a threshold given for
     a mode without a first-turn decision is refused, the server's default does not apply there."""
     given = "visionthink_tool_threshold" in request.model_fields_set
     threshold = request.visionthink_tool_threshold if given else config.tool_threshold
-    if mode in THRESHOLD_MODES:
+    if mode in MODES and MODES[mode].decides:
         return None if threshold is None else float(threshold)
     if given and threshold is not None:
+        deciding = ", ".join(name for name, m in MODES.items() if m.decides)
         raise ApiError(400, f"visionthink_tool_threshold applies to the modes that decide whether to call a tool "
-                       f"({', '.join(THRESHOLD_MODES)}); mode {mode!r} makes no such decision",
+                       f"({deciding}); mode {mode!r} makes no such decision",
                        "invalid_parameter", param="visionthink_tool_threshold")
     return None
 
@@ -227,7 +225,7 @@ def chat_request(request: ChatCompletionRequest, config: ServeConfig, default_sa
     _refuse_unsupported(request)
     tools = [tool.model_dump(exclude_unset=True) for tool in request.tools] if request.tools else None
     mode = request.visionthink_mode or ("raw" if tools else "visionthink")
-    if mode in ("oracle", "oracle-zoom"):
+    if mode in MODES and MODES[mode].calls == "oracle":
         raise ApiError(400, f"visionthink_mode {mode!r} is not served: an oracle needs the true answer (whether the "
                        "item needs high resolution, where the answer is), which a request does not carry; served "
                        f"modes: {', '.join(SERVED_MODES)}", "invalid_parameter", param="visionthink_mode")

@@ -17,6 +17,7 @@ from PIL import Image
 from visionthink import protocol
 from visionthink.errors import VisionThinkError
 from visionthink.images import PixelGrid
+from visionthink.modes import Mode, get_mode
 from visionthink.profiles import ProtocolProfile, get_profile
 from visionthink.serve.errors import ApiError
 from visionthink.tokens import render_text
@@ -61,27 +62,26 @@ class TokenBudget:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return len(ids) + sum(visual) - len(visual)
 
-    def visionthink(self, question: str, size: tuple[int, int], mode: str, max_new_tokens: int,
+    def visionthink(self, question: str, size: tuple[int, int], mode: str | Mode, max_new_tokens: int,
                     profile: ProtocolProfile | None = None) -> int:
         """Prompt tokens of the first turn (`prompt_tokens` of a one-turn episode) under `profile` (default: the
         engine's); refuses what cannot fit.
 
-        A `visionthink` or `zoom` episode may add a second turn: the tool turn with the full-resolution
-        image (a zoom's crop is never larger) and another `max_new_tokens`, all counted.
+        A `visionthink` or `zoom` episode may add a second turn: any offered tool's call and its turn with an image as
+        large as the full-resolution view (a zoom's crop is never larger), and another `max_new_tokens`, all counted.
         """
         profile = profile or self.protocol
         high = self.grid.high_size(*size)
         low = self.grid.low_size(*size, halve_original=profile.halves_original)
-        first_view = high if mode == "full" else low
+        mode = get_mode(mode)
+        first_view = high if mode.first_view == "high" else low
         messages = profile.first_turn(question, _PLACEHOLDER)
         prompt = self.count(render_text(self.processor, messages, add_generation_prompt=True, protocol=profile),
                             [self.grid.tokens(*first_view)])
         needed = prompt + max_new_tokens
-        if mode not in ("full", "low"):
-            tails = [[protocol.assistant_turn(profile.resize_text("")), profile.tool_turn(_PLACEHOLDER)]]
-            if profile.offers_zoom:  # the zoom call and reply, with a crop as large as the high view
-                box = (0, 0, *low)
-                tails.append([protocol.assistant_turn(profile.zoom_text("", box)), protocol.zoom_turn(_PLACEHOLDER)])
+        if mode.calls != "never":
+            tails = [[protocol.assistant_turn(profile.call_text("", tool.name, tool.widest_arguments(low))),
+                      profile.tool_turn(tool, _PLACEHOLDER)] for tool in profile.tools]
             whole = max(self.count(render_text(self.processor, [*messages, *tail], add_generation_prompt=True,
                                                protocol=profile), [self.grid.tokens(*low), self.grid.tokens(*high)])
                         for tail in tails)

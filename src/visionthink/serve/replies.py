@@ -16,6 +16,7 @@ from visionthink import protocol
 from visionthink.images import PixelGrid, Views, zoom_region
 from visionthink.serve.checks import ChatRequest
 from visionthink.serve.worker import RawResult
+from visionthink.tools import codec
 
 
 def image_data_url(image: Image.Image) -> str:
@@ -24,36 +25,9 @@ def image_data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-_TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
-
-
 def split_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
-    """(content, tool_calls) of a raw assistant turn, OpenAI-style.
-
-    Content is the text before the first `<tool_call>` (whitespace kept, so the turn can be
-    rebuilt exactly); a block that is not `{"name": ..., "arguments": {...}}` JSON leaves the
-    whole text as content and no tool calls.
-    """
-    blocks = _TOOL_CALL_BLOCK.findall(text)
-    if not blocks:
-        return text, []
-    calls = []
-    for block in blocks:
-        try:
-            payload = json.loads(block.strip())
-        except (json.JSONDecodeError, RecursionError):
-            return text, []
-        if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
-            return text, []
-        arguments = payload.get("arguments", payload.get("parameters", {}))
-        calls.append({
-            "id": f"call_{uuid.uuid4().hex[:24]}",
-            "type": "function",
-            "function": {"name": payload["name"],
-                         "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)},
-        })
-    content = text[: text.index("<tool_call>")]
-    return (content if content.strip() else None), calls
+    """(content, tool_calls) of a raw assistant turn, OpenAI-style (`tools.codec.openai_tool_calls`)."""
+    return codec.openai_tool_calls(text, lambda: f"call_{uuid.uuid4().hex[:24]}")
 
 
 @dataclass

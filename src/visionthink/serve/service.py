@@ -22,7 +22,8 @@ from visionthink.engines.transformers_engine import Request as EngineRequest
 from visionthink.engines.transformers_engine import TransformersEngine
 from visionthink.errors import VisionThinkError
 from visionthink.images import ALLOWED_FORMATS, check_encoded, load_image_within, make_views
-from visionthink.profiles import ProtocolProfile, get_profile, with_zoom
+from visionthink.modes import MODES
+from visionthink.profiles import ProtocolProfile, get_profile, missing_tools_error, with_tools
 from visionthink.serve.batcher import Batcher
 from visionthink.serve.checks import ChatRequest, SpecialTokens, chat_request, check_structure, check_unicode
 from visionthink.serve.config import ServeConfig
@@ -98,8 +99,8 @@ class ChatService:
         self.config = config
         context = context if context is not None else context_length(engine.model.config)
         self.budget = TokenBudget(engine.processor, context, getattr(engine, "protocol", None))
-        self.zoom_profile = zoom_variant(getattr(engine, "protocol", None))
-        """The profile `visionthink_mode: zoom` runs on (None: the served protocol has no zoom variant)."""
+        self.model_profile = get_profile(getattr(engine, "protocol", None))
+        """The profile the served model was trained on; a mode runs on it restricted to the mode's tools."""
         self.special = SpecialTokens.of(engine.processor.tokenizer)
         self.decode_pool = concurrent.futures.ThreadPoolExecutor(config.decode_concurrency, "visionthink-decode")
         heavy = max(1, config.decode_concurrency // 2)
@@ -138,12 +139,17 @@ class ChatService:
             raise ApiError(400, "visionthink_tool_threshold needs the model's probabilities, which only a server "
                            "running it through transformers reads (this one runs it through another server or vLLM); "
                            "send the request without it", "unsupported_parameter", param="visionthink_tool_threshold")
-        if chat.mode == "zoom" and self.zoom_profile is None:
-            name = get_profile(getattr(self.engine, "protocol", None)).name
-            raise ApiError(400, f"visionthink_mode 'zoom' needs the zoom_image tool, which protocol {name!r} does not "
-                           "have (the server was started with it); use another mode, or serve with --protocol "
-                           "visionthink or visionthink-zoom", "invalid_parameter", param="visionthink_mode")
+        if chat.mode in MODES:
+            mode = MODES[chat.mode]
+            error = missing_tools_error(mode.name, mode.tools, self.model_profile)
+            if error is not None:
+                raise ApiError(400, f"visionthink_{error}; use another mode", "invalid_parameter",
+                               param="visionthink_mode")
         return chat
+
+    def profile_for(self, mode: str) -> ProtocolProfile:
+        """The profile a VisionThink mode runs on: the served model's, restricted to the mode's tools."""
+        return with_tools(self.model_profile, MODES[mode].tools)
 
     async def _visionthink(self, chat: ChatRequest) -> Reply:
         image = (await self.images([chat.image_url]))[0]
@@ -151,9 +157,8 @@ class ChatService:
             self.grid.snap(*image.size)
         except VisionThinkError as error:
             raise ApiError(400, str(error), "invalid_image") from None
-        profile = self.zoom_profile if chat.mode == "zoom" else None
         await self._in(self.decode_pool, self.budget.visionthink, chat.question, image.size, chat.mode,
-                       chat.sampling.max_new_tokens, profile)
+                       chat.sampling.max_new_tokens, self.profile_for(chat.mode))
         try:
             episode = await self.batcher.submit(chat.key, VisionThinkJob(
                 EngineRequest(image, chat.question, tool_threshold=chat.tool_threshold)))
@@ -245,11 +250,3 @@ def check_default_threshold(threshold: float, local: bool) -> None:
     if not local:
         raise VisionThinkError("a tool threshold needs the transformers engine (it reads the model's probabilities); "
                                "the vllm and remote engines cannot honour one")
-
-
-def zoom_variant(profile: str | ProtocolProfile | None) -> ProtocolProfile | None:
-    """`profiles.with_zoom(profile)`, or None for a protocol without a zoom variant (`release`)."""
-    try:
-        return with_zoom(profile)
-    except ValueError:
-        return None

@@ -60,7 +60,8 @@ def box_anchor_messages(rng: np.random.Generator, grid: PixelGrid) -> list[proto
     scene = synth.make_scene(rng)
     views = make_views(scene.image, grid)
     question = synth.pick_wording(rng, "pattern", "train")
-    call = protocol.zoom_text(think_for(question, "pattern"), label_zoom_box(scene, views))
+    call = VISIONTHINK_ZOOM.call_text(think_for(question, "pattern"), "zoom_image",
+                                      {"box": label_zoom_box(scene, views)})
     return VISIONTHINK_ZOOM.first_turn(question, views.low) + [protocol.assistant_turn(call)]
 
 

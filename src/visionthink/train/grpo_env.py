@@ -1,16 +1,13 @@
-"""What GRPO rolls out on: synthetic prompts in TRL's format, the `resize_image` environment, episodes.
+"""What GRPO rolls out on: synthetic prompts in TRL's format, the tools' environment, episodes.
 
 - `prompt_dataset`: held-out-free train items of the synthetic world as a `datasets.Dataset`. Each row's
   `prompt` is `protocol.first_turn` with the image taken out into the `image` column (TRL puts it back
   in front of the user text, which is where `first_turn` has it); `high_res_image` feeds the environment.
-- `ResizeEnvironment`: TRL's `environment_factory` class. Its one public method, `resize_image`, is the
-  protocol's tool: its JSON schema is `protocol.RESIZE_TOOL` exactly (checked at import) and it answers
-  with `protocol.tool_turn(high_res_image)`'s content, or an error turn after the first call.
-- `ZoomEnvironment` (the `visionthink-zoom` profile, issue 12): `resize_image` and `zoom_image`, one call of
-  either per rollout; the zoom's crop is the profile's own reply (`profile.check_turn`, `profile.reply`), the
-  crop the inference loop returns. TRL renders a tool from its method's signature and docstring, which cannot
-  say `minItems`/`maxItems`: `use_profile_tools` makes the trainer render the profile's schemas instead
-  (`environment_tools` checks that the methods agree with them on everything else).
+- `environment_for(profile)`: TRL's `environment_factory` class, a `ToolEnvironment` with one method per tool of
+  the profile, generated from the tool (name, docstring and signature give its schema). A call answers with the
+  profile's tool turn, the one the inference loop gives; one call per rollout. TRL renders a tool from its
+  method's signature and docstring, which cannot say `minItems`/`maxItems`: `use_profile_tools` makes the trainer
+  render the profile's schemas instead (`environment_tools` checks that the methods agree with them otherwise).
 - `rollout_episode`: a TRL rollout (prompt, completion messages, completion ids) as a `protocol.Episode`,
   cut into assistant turns with `tokens.assistant_mask`, the same rule SFT trains on.
 """
@@ -26,8 +23,9 @@ from PIL import Image
 from visionthink import protocol
 from visionthink.data import synth
 from visionthink.images import PixelGrid, Views, clamp_to_pixel_range, load_image
-from visionthink.profiles import VISIONTHINK, VISIONTHINK_ZOOM, ProtocolProfile, get_profile
+from visionthink.profiles import VISIONTHINK, ProtocolProfile, get_profile
 from visionthink.tokens import assistant_mask
+from visionthink.tools import ZOOM
 
 # ---------------------------------------------------------------- prompts
 
@@ -103,153 +101,127 @@ def disk_dataset(path: str, grid: PixelGrid, split: str = "train", limit: int | 
     return dataset.map(convert, with_indices=True, remove_columns=[c for c in columns if c not in keep])
 
 
-# ---------------------------------------------------------------- the tool
+# ---------------------------------------------------------------- the tools
 
 
-class ResizeEnvironment:
-    """One rollout's world: the item's high-res view, returned by the first `resize_image` call.
-
-    TRL exposes every public method but `reset` as a tool, so this class has exactly one. Its turns are those of
-    `profile` (`environment_for` makes the class of another profile).
-    """
+class ToolEnvironment:
+    """One rollout's world: the item's two views, and one public method per tool of `profile` (`environment_for`
+    generates them from the tools; TRL exposes every public method but `reset` as a tool). One call per rollout,
+    the protocol's one tool turn; a call answers as the inference loop's reply does (`ProtocolProfile.reply`)."""
 
     profile: ProtocolProfile = VISIONTHINK
+    grid: PixelGrid | None = None
+    """The processor's grid (a zoom's crop is cut on it)."""
 
     def __init__(self) -> None:
+        self._low: Image.Image | None = None
         self._high: Image.Image | None = None
         self._calls = 0
         self._returned: list[Image.Image] = []
 
-    def reset(self, high_res_image: Image.Image | None = None, **_: Any) -> None:
-        """Start a rollout on a row (TRL passes the whole dataset row)."""
-        self._high = high_res_image
+    def reset(self, high_res_image: Image.Image | None = None, image: Image.Image | None = None, **_: Any) -> None:
+        """Start a rollout on a row (TRL passes the whole row): `image` is the low view the prompt shows,
+        `high_res_image` the full one."""
+        self._low, self._high = image, high_res_image
         self._calls = 0
         self._returned = []
 
-    def resize_image(self, action: str = "resize"):  # schema and docstring: see below
+    def _run(self, name: str, arguments: dict[str, Any]) -> list[dict[str, Any]]:
+        """The content of the tool turn that answers a call of `name`."""
         self._calls += 1
         if self._calls > 1:
-            return self.profile.error_turn("the image was already resized")["content"]
-        if action != "resize":
-            return self.profile.error_turn(f"unknown action {str(action)[:40]!r}; expected 'resize'")["content"]
+            return self.profile.error_turn("a tool was already called")["content"]
         if self._high is None:
-            return self.profile.error_turn("no image to resize")["content"]
-        self._returned.append(self._high)
-        return self.profile.tool_turn(self._high)["content"]
+            return self.profile.error_turn(f"no image for {name}")["content"]
+        tool = self.profile.tool(name)
+        checked, error = tool.check(arguments)
+        views = Views(low=self._low if self._low is not None else self._high, high=self._high)
+        if error is None:
+            error = tool.check_in_view(checked, views)
+        if error is not None:
+            return self.profile.error_turn(error)["content"]
+        image = tool.image(checked, views, self.grid)
+        self._returned.append(image)
+        return self.profile.tool_turn(tool, image)["content"]
 
     @property
     def returned_images(self) -> list[Image.Image]:
-        """Images the tool put into the conversation since `reset` (for tests and logs)."""
+        """Images the tools put into the conversation since `reset` (for tests and logs)."""
         return list(self._returned)
 
 
-def _tool_docstring(tool: dict[str, Any]) -> str:
-    """A Google-style docstring from which transformers' `get_json_schema` rebuilds `tool` exactly."""
-    function = tool["function"]
-    (name, spec), = function["parameters"]["properties"].items()
-    choices = f" (choices: {json.dumps(spec['enum'])})" if "enum" in spec else ""
-    return f"{function['description']}\n\nArgs:\n    {name}: {spec['description']}{choices}\n"
+_PYTHON_TYPES = {"string": str, "number": float, "integer": int, "boolean": bool}
 
 
-
-class ZoomEnvironment(ResizeEnvironment):
-    """One rollout's world under a profile that offers `zoom_image` (`visionthink-zoom`): the item's two views.
-
-    Two public methods, `resize_image` (inherited) and `zoom_image`; one call of either per rollout (the protocol's
-    one tool turn). A zoom's box is in the low view's pixels (the row's `image`); the crop is what the inference
-    loop returns for the same call: `profile.check_turn` refuses a box wholly outside the view, `profile.reply`
-    crops (`images.zoom_crop`). `grid` is the processor's (`environment_for` sets it)."""
-
-    profile: ProtocolProfile = VISIONTHINK_ZOOM
-    grid: PixelGrid | None = None
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._low: Image.Image | None = None
-
-    def reset(self, high_res_image: Image.Image | None = None, image: Image.Image | None = None, **_: Any) -> None:
-        """Start a rollout on a row: `image` is the low view the prompt shows, `high_res_image` the full one."""
-        super().reset(high_res_image)
-        self._low = image
-
-    def resize_image(self, action: str = "resize"):  # schema and docstring: those of ResizeEnvironment
-        if self._calls >= 1:
-            self._calls += 1
-            return self.profile.error_turn("a tool was already called")["content"]
-        return super().resize_image(action)
-
-    def zoom_image(self, box: list[float] = None):  # noqa: RUF013 - schema and docstring: see below
-        self._calls += 1
-        if self._calls > 1:
-            return self.profile.error_turn("a tool was already called")["content"]
-        if self._high is None or self._low is None or self.grid is None:
-            return self.profile.error_turn("no image to zoom")["content"]
-        if box is None:
-            return self.profile.error_turn("zoom_image call without its required argument 'box'")["content"]
-        checked, error = protocol.zoom_box(box)
-        if error is not None:
-            return self.profile.error_turn(error)["content"]
-        views = Views(low=self._low, high=self._high)
-        turn = self.profile.check_turn(protocol.Turn("zoom", box=checked), views)
-        if turn.kind != "zoom":
-            return self.profile.error_turn(turn.error or "the box cannot be zoomed")["content"]
-        reply = self.profile.reply(turn, "", views, self.grid)
-        self._returned.extend(protocol.images_in([reply]))
-        return reply["content"]
+def _annotation(spec: dict[str, Any]) -> Any:
+    """The Python type from which `transformers.utils.get_json_schema` writes `spec`'s type."""
+    if spec.get("type") == "array":
+        element = _PYTHON_TYPES[spec["items"]["type"]]
+        return list[element]
+    return _PYTHON_TYPES[spec["type"]]
 
 
-ResizeEnvironment.resize_image.__doc__ = _tool_docstring(protocol.RESIZE_TOOL)
-ZoomEnvironment.resize_image.__doc__ = _tool_docstring(protocol.RESIZE_TOOL)
-ZoomEnvironment.zoom_image.__doc__ = _tool_docstring(protocol.ZOOM_TOOL)
-# A default lets a call without arguments reach the method (an error turn for zoom_image), while the schema,
-# built from the signature, keeps the argument required as in the profile's schema.
-for _method in (ResizeEnvironment.resize_image, ZoomEnvironment.resize_image, ZoomEnvironment.zoom_image):
-    _signature = inspect.signature(_method)
-    _method.__signature__ = _signature.replace(
-        parameters=[p.replace(default=inspect.Parameter.empty) for p in _signature.parameters.values()]
-    )
+def _tool_docstring(schema: dict[str, Any]) -> str:
+    """A Google-style docstring from which `get_json_schema` rebuilds the schema's description and arguments."""
+    function = schema["function"]
+    lines = [function["description"], "", "Args:"]
+    for name, spec in function["parameters"]["properties"].items():
+        choices = f" (choices: {json.dumps(spec['enum'])})" if "enum" in spec else ""
+        lines.append(f"    {name}: {spec['description']}{choices}")
+    return "\n".join(lines) + "\n"
+
+
+def tool_method(schema: dict[str, Any]):
+    """The environment method of a tool: its name, docstring and signature say the schema to TRL. Every argument is
+    required in the signature, as in the schema, yet a call that leaves one out still reaches the tool (an error
+    turn)."""
+    function = schema["function"]
+    name, properties = function["name"], function["parameters"]["properties"]
+
+    def call(self: ToolEnvironment, **arguments: Any):  # noqa: ANN202 - the schema has no return
+        return self._run(name, arguments)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = _tool_docstring(schema)
+    call.__annotations__ = {key: _annotation(spec) for key, spec in properties.items()}
+    call.__signature__ = inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, annotation=call.__annotations__[key])
+           for key in properties])
+    return call
 
 
 def environment_for(protocol: str | ProtocolProfile | None = None,
-                    grid: PixelGrid | None = None) -> type[ResizeEnvironment]:
-    """`ResizeEnvironment` answering with the turns of `protocol` (the class itself for `visionthink`); for a
-    profile that offers `zoom_image`, a `ZoomEnvironment` cropping on `grid` (the processor's; required)."""
+                    grid: PixelGrid | None = None) -> type[ToolEnvironment]:
+    """The environment of `protocol`'s tools, a method each; `grid` (the processor's) is required where a tool cuts
+    crops (`zoom_image`)."""
     profile = get_profile(protocol)
-    if profile is VISIONTHINK:
-        return ResizeEnvironment
-    name = profile.name.replace("-", "_")
-    if profile.offers_zoom:
-        if grid is None:
-            raise ValueError(f"protocol {profile.name!r} offers zoom_image: its environment needs the pixel grid")
-        return type(f"ZoomEnvironment_{name}", (ZoomEnvironment,), {"profile": profile, "grid": grid})
-    return type(f"ResizeEnvironment_{name}", (ResizeEnvironment,), {"profile": profile})
+    if profile.offers(ZOOM.name) and grid is None:
+        raise ValueError(f"protocol {profile.name!r} offers zoom_image: its environment needs the pixel grid")
+    methods = {tool.name: tool_method(tool.schema) for tool in profile.tools}
+    return type(f"ToolEnvironment_{profile.name.replace('-', '_')}", (ToolEnvironment,),
+                {"profile": profile, "grid": grid, **methods})
 
 
-def tool_schema() -> dict[str, Any]:
-    """The schema TRL renders for the environment's tool (must equal `protocol.RESIZE_TOOL`)."""
-    from transformers.utils import get_json_schema
-
-    return get_json_schema(ResizeEnvironment().resize_image)
-
-
-_UNSAID = ("minItems", "maxItems")
+SCHEMA_KEYS_A_SIGNATURE_CANNOT_SAY = ("minItems", "maxItems")
 """JSON-schema keys a method's signature and docstring cannot give (`transformers.utils.get_json_schema`)."""
 
 
-def _sayable(schema: Any) -> Any:
+def _what_a_signature_can_say(schema: Any) -> Any:
     """`schema` without the keys `get_json_schema` cannot produce (what a method can agree with)."""
     if isinstance(schema, dict):
-        return {key: _sayable(value) for key, value in schema.items() if key not in _UNSAID}
+        return {key: _what_a_signature_can_say(value) for key, value in schema.items()
+                if key not in SCHEMA_KEYS_A_SIGNATURE_CANNOT_SAY}
     return schema
 
 
-def tool_methods(environment: type[ResizeEnvironment]) -> list[str]:
+def tool_methods(environment: type[ToolEnvironment]) -> list[str]:
     """The environment's tools as TRL lists them: every public function of the class but `reset`, by name."""
     return [name for name, _ in inspect.getmembers(environment, predicate=inspect.isfunction)
             if name not in ("reset", "get_reward") and not name.startswith("_")]
 
 
-def environment_tools(environment: type[ResizeEnvironment]) -> list[dict[str, Any]]:
+def environment_tools(environment: type[ToolEnvironment]) -> list[dict[str, Any]]:
     """The schemas of the environment's tools, in TRL's order: the profile's own (`profile.template_tools()`),
     after checking that each method's `get_json_schema` says the same wherever it can, and that the methods are
     exactly the profile's tools in the profile's order (a ValueError otherwise). A profile whose prompt holds its
@@ -267,12 +239,12 @@ def environment_tools(environment: type[ResizeEnvironment]) -> list[dict[str, An
                          f"{[schema['function']['name'] for schema in schemas]}")
     for name, schema in zip(names, schemas, strict=True):
         said = get_json_schema(getattr(instance, name))
-        if said != _sayable(schema):
+        if said != _what_a_signature_can_say(schema):
             raise ValueError(f"{environment.__name__}.{name}'s schema {said} differs from the profile's {schema}")
     return [dict(schema) for schema in schemas]
 
 
-def use_profile_tools(trainer, environment: type[ResizeEnvironment]) -> None:
+def use_profile_tools(trainer, environment: type[ToolEnvironment]) -> None:
     """Make TRL render the profile's tool schemas: in the trainer's tool lists (TRL 1.16's `tools` and
     `_env_tools`, what it passes to the chat template and the response parser), each environment method is
     replaced by its schema from `environment_tools` where the two differ. TRL still calls the methods: it takes
@@ -307,7 +279,7 @@ def split_turns(tokenizer, completion_ids: list[int]) -> list[list[int]]:
     start = tokenizer.convert_tokens_to_ids("<|im_start|>")
     header = [start, *tokenizer.encode("assistant\n", add_special_tokens=False)]
     ids = header + list(completion_ids)
-    mask = assistant_mask(_Wrap(tokenizer), torch.tensor(ids)).tolist()[len(header) :]
+    mask = assistant_mask(_TokenizerAsProcessor(tokenizer), torch.tensor(ids)).tolist()[len(header) :]
     turns: list[list[int]] = []
     previous = False
     for token, inside in zip(completion_ids, mask, strict=True):
@@ -319,7 +291,7 @@ def split_turns(tokenizer, completion_ids: list[int]) -> list[list[int]]:
     return turns
 
 
-class _Wrap:
+class _TokenizerAsProcessor:
     """`assistant_mask` takes a processor; this lends it a bare tokenizer."""
 
     def __init__(self, tokenizer):
@@ -348,18 +320,17 @@ def rollout_episode(
     `prompt` is the multimodal first turn (as `first_turn` makes it), `completion` TRL's completion messages
     (assistant, tool, assistant) and `completion_ids` the ids TRL trains on. Assistant texts come from the
     ids (TRL's parsed messages drop the think block and the tool-call text); tool turns from the messages.
-    Under a zoom profile each turn goes through `profile.check_turn` as in the inference loop (a box wholly
-    outside the low view is a malformed call), and the episode records the zoom (`zoomed`, `zoom_box`, the
-    crop's visual tokens) by `protocol.make_episode`'s rule.
+    With `high_res_image` each turn goes through `profile.check_turn` as in the inference loop (a zoom box wholly
+    outside the low view is a malformed call); the episode records the calls that ran (`protocol.make_episode`).
     """
     tokenizer = processor.tokenizer
     profile = get_profile(protocol_profile)
-    if profile.offers_zoom and high_res_image is None:
-        raise ValueError("a zoom profile's rollout needs high_res_image (its last image may be a crop)")
+    if high_res_image is None and not all(tool.returns_full_view for tool in profile.tools):
+        raise ValueError(f"a {profile.name} rollout needs high_res_image (its last image may be a crop)")
     texts = [turn_text(tokenizer, ids) for ids in split_turns(tokenizer, completion_ids)]
     tools = [message for message in completion if message.get("role") == "tool"]
     messages = [dict(m) for m in prompt]
-    low = (protocol.images_in(messages) or [None])[0] if profile.offers_zoom else None
+    low = (protocol.images_in(messages) or [None])[0]
     views = Views(low=low, high=high_res_image) if low is not None and high_res_image is not None else None
     turns = []
     for index, text in enumerate(texts):
@@ -369,7 +340,7 @@ def rollout_episode(
         if index < len(tools):
             tool = tools[index]
             content = tool["content"] if isinstance(tool["content"], list) else [protocol.text_part(tool["content"])]
-            messages.append({"role": "tool", "name": tool.get("name", protocol.TOOL_NAME), "content": content})
+            messages.append({"role": "tool", "name": tool.get("name", profile.tools[0].name), "content": content})
     grid = processor.grid
     reference = high_res_image or (protocol.images_in(messages) or [None])[-1]
     return protocol.make_episode(

@@ -15,9 +15,11 @@ import torch
 
 from visionthink import protocol
 from visionthink.data import synth
-from visionthink.engines.base import oracle_box
-from visionthink.images import PixelGrid, Views, make_views, zoom_crop, zoom_region
+from visionthink.images import PixelGrid, Views, make_views, zoom_region
+from visionthink.profiles import VISIONTHINK, VISIONTHINK_ZOOM
 from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
+from visionthink.tools import RESIZE, ZOOM
+from visionthink.tools.zoom import oracle_box
 
 THINK = {
     "colour": "Find the largest shape and its colour.",
@@ -39,11 +41,10 @@ def conversation(question: str, answer: str, views, start: Start, resize: bool,
                  question_type: str | None = None) -> list[protocol.Message]:
     """A protocol conversation with the canonical turns: direct answer, or resize then answer."""
     think = think_for(question, question_type)
-    first_image = views.low if start == "low" else views.high
-    messages = protocol.first_turn(question, first_image)
+    messages = VISIONTHINK.first_turn(question, views.low if start == "low" else views.high)
     if resize:
-        messages += [protocol.assistant_turn(protocol.resize_text(think)), protocol.tool_turn(views.high)]
-    messages.append(protocol.assistant_turn(protocol.answer_text(think, answer)))
+        messages += VISIONTHINK.call_turns(think, RESIZE.name, RESIZE.fixed_arguments, views)
+    messages.append(protocol.assistant_turn(VISIONTHINK.answer_text(think, answer)))
     return messages
 
 
@@ -66,7 +67,7 @@ def tokenizer_corpus(repeats: int = 20) -> list[str]:
         for resize in (False, True)
     ]
     rendered, _ = render_jinja_template(
-        conversations=conversations, tools=[protocol.RESIZE_TOOL], chat_template=chat_template()
+        conversations=conversations, tools=VISIONTHINK.template_tools(), chat_template=chat_template()
     )
     questions = [text for qtype in synth.QUESTION_TYPES for text in synth.wordings(qtype, "train")]
     return rendered * repeats + questions
@@ -248,18 +249,15 @@ def zoom_conversation(question: str, answer: str, views: Views, start: Start, ca
                       box: tuple[int, int, int, int] | None = None) -> list[protocol.Message]:
     """A `visionthink-zoom` conversation with canonical turns: direct answer, resize then answer, or zoom on `box`
     (low-view pixels) then answer on the crop."""
-    from visionthink.profiles import VISIONTHINK_ZOOM
-
     think = think_for(question, question_type)
     messages = VISIONTHINK_ZOOM.first_turn(question, views.low if start == "low" else views.high)
     if call == "resize":
-        messages += [protocol.assistant_turn(protocol.resize_text(think)), protocol.tool_turn(views.high)]
+        messages += VISIONTHINK_ZOOM.call_turns(think, RESIZE.name, RESIZE.fixed_arguments, views, grid)
     elif call == "zoom":
         if box is None:
             raise ValueError("a zoom conversation needs its box")
-        messages += [protocol.assistant_turn(protocol.zoom_text(think, box)),
-                     protocol.zoom_turn(zoom_crop(box, views, grid))]
-    messages.append(protocol.assistant_turn(protocol.answer_text(think, answer)))
+        messages += VISIONTHINK_ZOOM.call_turns(think, ZOOM.name, {"box": box}, views, grid)
+    messages.append(protocol.assistant_turn(VISIONTHINK_ZOOM.answer_text(think, answer)))
     return messages
 
 
@@ -294,7 +292,7 @@ def sample_grounding_example(rng: np.random.Generator, grid: PixelGrid) -> Examp
     scene, _, _, views, _, _, _ = _draw(rng, grid, 0.0)
     question = synth.pick_wording(rng, "pattern", "train")
     family = synth.family_of(scene, "pattern")
-    call = protocol.zoom_text(think_for(question, "pattern"), label_zoom_box(scene, views))
+    call = VISIONTHINK_ZOOM.call_text(think_for(question, "pattern"), ZOOM.name, {"box": label_zoom_box(scene, views)})
     messages = [{"role": "user", "content": [protocol.image_part(views.low), protocol.text_part(question)]},
                 protocol.assistant_turn(call)]
     return Example(messages, [aux_targets(scene, views.low.size, grid)], family, "low", False,

@@ -1,0 +1,77 @@
+"""The modes an episode runs in, as values: which view comes first, which tools the model is offered, and who
+decides whether one is called. CLI choices, the server's and eval's all come from `MODES`.
+
+- `full`: one turn on the full-resolution view, no call.
+- `low`: one turn on the low-resolution view, no call.
+- `visionthink`: low view first; the model decides whether to call `resize_image`.
+- `oracle`: low view first; `resize_image` exactly when the item needs high resolution (`needs_high_res`).
+- `zoom`: low view first; the model answers, calls `resize_image` or `zoom_image` on a box.
+- `oracle-zoom`: low view first; `zoom_image` on the request's true `box` exactly when the item needs high
+  resolution, else an answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One way to run an episode."""
+
+    name: str
+    help: str
+    first_view: Literal["low", "high"] = "low"
+    tools: tuple[str, ...] = ("resize_image",)
+    """The tools the prompt offers: the model's profile restricted to them (`profiles.with_tools`)."""
+    calls: Literal["never", "model", "oracle"] = "model"
+    """Who decides on a call: nobody (the call is banned), the model, or the oracle (on `needs_high_res`)."""
+    oracle_tool: str | None = None
+    """The tool the oracle calls on an item that needs high resolution."""
+
+    @property
+    def decides(self) -> bool:
+        """The model's own decision stands (a tool threshold can steer it)."""
+        return self.calls == "model"
+
+    @property
+    def needs_box(self) -> bool:
+        """Whether each request needs the true `box` of its answer (the oracle's tool is aimed with it)."""
+        from visionthink.tools import TOOLS
+
+        return self.oracle_tool is not None and TOOLS[self.oracle_tool].oracle_needs_box
+
+    def forbids_call(self, needs_high_res: bool | None, turn_index: int) -> bool:
+        """Whether this turn may not call a tool."""
+        if self.calls == "never":
+            return True
+        return self.calls == "oracle" and turn_index == 0 and not needs_high_res
+
+    def oracle_calls(self, needs_high_res: bool | None, turn_index: int) -> bool:
+        """Whether the oracle calls its tool in this turn."""
+        return self.calls == "oracle" and turn_index == 0 and bool(needs_high_res)
+
+
+ZOOM_TOOLS = ("resize_image", "zoom_image")
+MODES: dict[str, Mode] = {mode.name: mode for mode in (
+    Mode("full", "one turn on the full-resolution view", first_view="high", calls="never"),
+    Mode("low", "one turn on the low-resolution view", calls="never"),
+    Mode("visionthink", "low-res first, the model may call resize_image"),
+    Mode("oracle", "low-res first, resize_image exactly when the item needs it", calls="oracle",
+         oracle_tool="resize_image"),
+    Mode("zoom", "low-res first, the model may call resize_image or zoom_image", tools=ZOOM_TOOLS),
+    Mode("oracle-zoom", "low-res first, zoom_image on the true box exactly when the item needs it", tools=ZOOM_TOOLS,
+         calls="oracle", oracle_tool="zoom_image"),
+)}
+PAPER_MODES = ("full", "low", "visionthink", "oracle")
+"""The paper's modes (what `demo` and `eval` run by default)."""
+
+
+def get_mode(name: str | Mode) -> Mode:
+    """A mode by name (a mode passes through); a ValueError naming the choices for another."""
+    if isinstance(name, Mode):
+        return name
+    if name not in MODES:
+        raise ValueError(f"unknown mode {name!r}; expected one of {', '.join(MODES)}")
+    return MODES[name]
