@@ -418,7 +418,7 @@ def zoom_region(box: tuple[float, float, float, float], views: Views, grid: Pixe
     area, and kept inside the view. On the lattice, every visual token of the crop holds exactly the pixels of a
     token of the full view, so what the model reads in the full view it reads in the crop. The crop is never
     resampled or stretched; its visual tokens are `grid.tokens(width, height)`. The box must overlap the low view
-    (`protocol.zoom_box` checks that first)."""
+    (`tools.zoom.check_box` checks that first)."""
     high, low = views.high, views.low
     f = grid.factor
     sx, sy = high.width / low.width, high.height / low.height

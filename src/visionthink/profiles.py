@@ -14,7 +14,7 @@ A profile is its prompts plus a tuple of tools (`visionthink.tools`): the templa
 checks a call with its tool, the reply is the tool's image.
 
 A profile is what the two-turn loop (`engines.base`), the renderers (`tokens.render_text`), the engines, eval,
-serve and GRPO are given; `get_profile(None)` is `visionthink`, so code that passes none is unchanged.
+serve and GRPO are given; `get_profile(None)` is `visionthink`.
 
 Views (`views`): under every profile the full-resolution view is the processor's own resize of the image (Qwen2-VL's
 smart resize, `images.high_view`). The low view is half of the full view, snapped (`visionthink`: a quarter of the
@@ -272,14 +272,17 @@ def _release_call_error(calls: list[str]) -> str | None:
 
 
 def _release_action(objects: list[Any]) -> str:
-    """The release's check of the parsed calls, with its messages (an empty list fails as its code does)."""
+    """The release's check of the parsed calls, with its messages. With no call parsed, its code reads a variable
+    it never set: the error turn then holds Python's message for that (`release.NO_CALL_ERROR`)."""
+    if not objects:
+        raise UnboundLocalError(release.NO_CALL_ERROR)
     for obj in objects:
         action_type = obj["arguments"]["action"]
         if action_type not in release.ACTIONS:
             raise AssertionError(release.UNKNOWN_ACTION.format(action=action_type))
         if len(objects) != 1:
             raise AssertionError(release.ONE_CALL)
-    return action_type  # unbound when no call parsed: the release's error is then Python's own
+    return action_type
 
 
 def _release_answer(text: str) -> str:

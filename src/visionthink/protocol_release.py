@@ -114,6 +114,9 @@ JSON_PATTERN = r"\{.*?\}\}"  # compiled without flags: `.` stops at a newline
 ACTIONS = ("resize",)
 UNKNOWN_ACTION = "Unknown Tool Type: {action}. Available function tools are: `resize`"
 ONE_CALL = "You should only call function `resize` once per function call."
+NO_CALL_ERROR = "cannot access local variable 'action_type' where it is not associated with a value"
+"""What `prepare_tool_call_inputs` raises when no call parsed: it returns a variable its loop never set (Python 3.11's
+message)."""
 
 SPECIAL_TOKENS_SKIPPED = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",

@@ -1,7 +1,7 @@
 """Supervised conversations on the synthetic world, and the auxiliary perception targets.
 
 The resize decision stays uninformed: a low-res conversation calls the tool with a fixed
-probability whatever the item needs, so RL (issue 3) has to learn *when* to ask.
+probability whatever the item needs, so RL has to learn *when* to ask.
 """
 
 from __future__ import annotations
