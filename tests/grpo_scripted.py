@@ -173,7 +173,7 @@ def plan_second_turn(index: int) -> str:
 def record_rewards(trainer) -> list[dict]:
     """Wrap the trainer's reward scoring: every scored batch's per-row rewards, appended to the returned list."""
     seen: list[dict] = []
-    score = trainer.vt_rewards.score_batch
+    score = trainer.rewards.score_batch
 
     def recording(prompts, completions, completion_ids, rows, log_metric=None):
         scores = score(prompts, completions, completion_ids, rows, log_metric)
@@ -181,7 +181,7 @@ def record_rewards(trainer) -> list[dict]:
                      "keep": scores.keep, "uid": [row["uid"] for row in rows]})
         return scores
 
-    trainer.vt_rewards.score_batch = recording
+    trainer.rewards.score_batch = recording
     return seen
 
 

@@ -125,7 +125,7 @@ def test_trained_ids_are_the_protocol_rendering(tmp_path, tiny_dir):
     assert got[:, 1].tolist() == [0.5] * 4
     assert got[:, 2].tolist() == pytest.approx([-0.1, -0.1, 0.0, 0.0])
     # the loss pass saw both images of each resized episode: 4 prompt images + 2 tool images
-    assert trainer.vt_images_in_loss == [6]
+    assert trainer.images_in_loss == [6]
 
 
 def test_tied_groups_leave_the_loss(tmp_path, tiny_dir):
@@ -144,7 +144,7 @@ def test_tied_groups_leave_the_loss(tmp_path, tiny_dir):
     trainer._compute_loss = compute_loss
     trainer.train()
     assert seen == [0]  # one group, all rewards tie: nothing left in the loss
-    assert trainer.vt_rewards.history[-1]["groups/dropped"] == 1.0
+    assert trainer.rewards.history[-1]["groups/dropped"] == 1.0
 
 
 @pytest.mark.slow
@@ -165,7 +165,7 @@ def test_train_grpo_smoke(tmp_path, tiny_dir):
         resized = [i for i, c in enumerate(completions) if any(m["role"] == "tool" for m in c)]
         assert resized and all(tool_images[i] and tool_images[i][0].size in synth.IMAGE_SIZES for i in resized)
         assert all(c[-1]["role"] == "assistant" for i, c in enumerate(completions) if i in resized)
-    assert all(n > 4 for n in trainer.vt_images_in_loss)  # 4 low-res prompt images plus the tool's
+    assert all(n > 4 for n in trainer.images_in_loss)  # 4 low-res prompt images plus the tool's
     logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     steps = [r for r in logs if "rewards/accuracy/mean" in r]
     assert len(steps) == 2
@@ -392,7 +392,7 @@ def test_training_survives_a_misbehaving_judge(tmp_path, tiny_dir):
             script_turns(trainer, tokenizer, lambda i: protocol.answer_text("Look.", ANSWERS[i % 4]), lambda i: None)
             trainer.train()
             assert trainer.state.global_step == 2
-            logs = trainer.vt_rewards.history
+            logs = trainer.rewards.history
             assert sum(m["judge/failures"] for m in logs) > 0
             if fallback == "drop":
                 assert sum(m["groups/judge_failed"] for m in logs) > 0
@@ -434,7 +434,7 @@ def test_forced_direct_rows_never_call_the_tool(tmp_path, tiny_dir, probe_loss):
     else:  # the probes learn, but only upwards
         assert all(learns for learns, _, _ in rows)
         assert all(advantage >= 0 for _, probe, advantage in rows if probe)
-    assert trainer.vt_rewards.history  # the step was scored and trained
+    assert trainer.rewards.history  # the step was scored and trained
     with pytest.raises(ValueError, match="explore_direct"):
         build_trainer(recipe(tmp_path, tiny_dir, num_generations=4, explore_direct=5))
 

@@ -270,7 +270,7 @@ def test_zoom_trained_ids_are_the_profile_rendering(tmp_path, tiny_dir):
     expected = cost_penalties([True, True, True, False], [True, True, False, False], costs, [0] * 4, cost_weight=0.1)
     assert got[:, 2].tolist() == pytest.approx([-p for p in expected])
     assert expected[0] < expected[1]  # the zoom pays less than the resize (r = 1/3 >= theta: both pay Eq. 5)
-    history = trainer.vt_rewards.history[-1]
+    history = trainer.rewards.history[-1]
     assert history["zoom_ratio"] == 0.25 and history["tool_ratio"] == 0.5
 
 

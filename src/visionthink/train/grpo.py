@@ -78,7 +78,7 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                                  target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
     config.generation_kwargs = rollout_generation_kwargs(config, never_write_ids(processor.tokenizer))
-    anchor = None
+    anchors = None
     if config.anchor_weight > 0 or config.box_anchor_weight > 0:
         from accelerate import PartialState
 
@@ -93,7 +93,7 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
             if not profile.offers_zoom:
                 raise ValueError("box_anchor_weight needs a protocol with zoom_image (visionthink-zoom)")
             named["box_anchor"] = BoxAnchor(processor, config.box_anchor_weight, config.anchor_batch_size, seed=seed)
-        anchor = Anchors(named)
+        anchors = Anchors(named)
     trainer = VisionThinkGRPOTrainer(
         model=model,
         args=config,
@@ -101,11 +101,11 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
         processing_class=processor,
         environment_factory=environment,
         peft_config=peft_config,
-        vt_rewards=rewards,
-        vt_anchor=anchor,
-        vt_explore_direct=config.explore_direct,
-        vt_probe_loss=config.probe_loss,
-        vt_probe_decoding=config.probe_decoding,
+        rewards=rewards,
+        anchors=anchors,
+        explore_direct=config.explore_direct,
+        probe_loss=config.probe_loss,
+        probe_decoding=config.probe_decoding,
     )
     grpo_env.use_profile_tools(trainer, environment)  # a zoom_image schema says more than a signature can
     output_dir = Path(config.output_dir)

@@ -31,9 +31,6 @@ from visionthink.rewards.rewards import (
 )
 from visionthink.train import grpo_env
 
-ACCURACY_COLUMN, FORMAT_COLUMN, PENALTY_COLUMN = "vt_accuracy", "vt_format", "vt_penalty"
-"""The input columns that carry each row's reward terms from `score_batch` to the reward functions."""
-
 
 @dataclass
 class BatchScores:
@@ -48,8 +45,9 @@ class BatchScores:
     metrics: dict[str, float]
 
     def columns(self) -> list[dict[str, float]]:
-        """Per row, the reward terms as extra input columns for TRL's reward functions."""
-        return [{ACCURACY_COLUMN: a, FORMAT_COLUMN: f, PENALTY_COLUMN: p}
+        """Per row, the reward terms as extra input columns, named as the reward functions' parameters (TRL passes
+        columns by keyword, beside its own `prompts`, `completions`, `trainer_state`, ...)."""
+        return [{"accuracy_reward": a, "format_reward": f, "resize_penalty_value": p}
                 for a, f, p in zip(self.accuracy, self.format, self.penalty, strict=True)]
 
 
@@ -77,19 +75,19 @@ class VisionThinkRewards:
 
     # TRL names reward functions after `__name__`: these three names are the logged components.
     @staticmethod
-    def accuracy(vt_accuracy: list[float], **_: Any) -> list[float]:
+    def accuracy(accuracy_reward: list[float], **_: Any) -> list[float]:
         """R_acc: the judge's 0/1 grade of the final `<answer>`."""
-        return vt_accuracy
+        return accuracy_reward
 
     @staticmethod
-    def format(vt_format: list[float], **_: Any) -> list[float]:
+    def format(format_reward: list[float], **_: Any) -> list[float]:
         """R_format: 0.5 when every turn of the episode is well formed (the paper, section 3)."""
-        return vt_format
+        return format_reward
 
     @staticmethod
-    def resize_penalty(vt_penalty: list[float], **_: Any) -> list[float]:
+    def resize_penalty(resize_penalty_value: list[float], **_: Any) -> list[float]:
         """-P_control: the group resize penalty (variant `paper`, `release`, `none`, `flat` or `cost`)."""
-        return [-p for p in vt_penalty]
+        return [-p for p in resize_penalty_value]
 
     @property
     def reward_funcs(self) -> list[Callable[..., list[float]]]:

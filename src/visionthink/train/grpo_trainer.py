@@ -32,32 +32,34 @@ class VisionThinkGRPOTrainer(GRPOTrainer):
     have fewer (or no) rows that learn.
     """
 
-    def __init__(self, *args, vt_rewards: VisionThinkRewards, vt_anchor=None, vt_explore_direct: int = 0,
-                 vt_probe_loss: str = "none", vt_probe_decoding: str = "sample", **kwargs):
-        super().__init__(*args, reward_funcs=vt_rewards.reward_funcs, **kwargs)
-        self.vt_rewards = vt_rewards
-        self.vt_anchor = vt_anchor
+    def __init__(self, *args, rewards: VisionThinkRewards, anchors=None, explore_direct: int = 0,
+                 probe_loss: str = "none", probe_decoding: str = "sample", **kwargs):
+        """`rewards` scores each batch and gives TRL its reward functions; the others are the `VisionThinkGRPOConfig`
+        fields of the same names."""
+        super().__init__(*args, reward_funcs=rewards.reward_funcs, **kwargs)
+        self.rewards = rewards
+        self.anchors = anchors
         """`grpo_anchor.Anchors` or None: their loss is added to every training micro-step's."""
-        self.vt_explore_direct = vt_explore_direct
-        self.vt_probe_loss = vt_probe_loss
-        self.vt_probe_decoding = vt_probe_decoding
-        self.vt_images_in_loss: list[int] = []
+        self.explore_direct = explore_direct
+        self.probe_loss = probe_loss
+        self.probe_decoding = probe_decoding
+        self.images_in_loss: list[int] = []
         """Images per batch in the loss pass (prompt images plus those the tool returned)."""
-        self._vt_keep: list[bool] | None = None
+        self._keep_mask: list[bool] | None = None
         """The last scored batch's keep mask, until `_generate_and_score_completions` applies it."""
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        scores = self.vt_rewards.score_batch(prompts, completions, completion_ids_list, inputs, self._log_metric)
-        self._vt_keep = scores.keep
+        scores = self.rewards.score_batch(prompts, completions, completion_ids_list, inputs, self._log_metric)
+        self._keep_mask = scores.keep
         rows = [{**row, **terms} for row, terms in zip(inputs, scores.columns(), strict=True)]
         return super()._calculate_rewards(rows, prompts, completions, completion_ids_list)
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        keep, self._vt_keep = self._vt_keep, None
+        keep, self._keep_mask = self._keep_mask, None
         if self.model.training:
             grid = output.get("image_grid_thw")
-            self.vt_images_in_loss.append(0 if grid is None else int(grid.shape[0]))
+            self.images_in_loss.append(0 if grid is None else int(grid.shape[0]))
             rows_here = output["completion_ids"].shape[0]
             if keep is not None and len(keep) == rows_here:
                 self._leave_rows_out(output, self._probe_rule(output, keep, rows_here))
@@ -66,10 +68,10 @@ class VisionThinkGRPOTrainer(GRPOTrainer):
     def _probe_rule(self, output: dict[str, Any], keep: list[bool], rows_here: int) -> list[bool]:
         """The keep mask with the `explore_direct` probes applied: out of the loss (`probe_loss: none`) or kept
         with their advantages clamped at 0 (`positive`)."""
-        if not self.vt_explore_direct:
+        if not self.explore_direct:
             return keep
         forced = self._forced_direct_rows(rows_here)
-        if self.vt_probe_loss == "positive":  # learn only from probes that beat their group
+        if self.probe_loss == "positive":  # learn only from probes that beat their group
             index = torch.tensor(forced, device=output["advantages"].device)
             output["advantages"][index] = output["advantages"][index].clamp(min=0)
             return keep
@@ -96,7 +98,7 @@ class VisionThinkGRPOTrainer(GRPOTrainer):
 
         model = self.accelerator.unwrap_model(self.model)  # the module TRL generates with
         tool_id = self.processing_class.tokenizer.convert_tokens_to_ids("<tool_call>")
-        ban = RowTokenBan(forced, tool_id, greedy=self.vt_probe_decoding == "greedy")
+        ban = RowTokenBan(forced, tool_id, greedy=self.probe_decoding == "greedy")
         model.generate = functools.partial(type(model).generate, model, logits_processor=LogitsProcessorList([ban]))
         try:
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
@@ -109,13 +111,13 @@ class VisionThinkGRPOTrainer(GRPOTrainer):
         """Local rows whose place in their group is among the last `explore_direct`."""
         group = self.num_generations
         first = self.accelerator.process_index * n
-        return [i for i in range(n) if (first + i) % group >= group - self.vt_explore_direct]
+        return [i for i in range(n) if (first + i) % group >= group - self.explore_direct]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self.vt_anchor is not None and self.model.training:
-            anchor = self.vt_anchor(model)
-            for name, value in self.vt_anchor.last.items():
+        if self.anchors is not None and self.model.training:
+            anchor = self.anchors(model)
+            for name, value in self.anchors.last.items():
                 self._metrics["train"][f"{name}/loss"].append(value)
             loss = loss + anchor / self.args.gradient_accumulation_steps
         return loss
