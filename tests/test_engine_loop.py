@@ -16,10 +16,11 @@ from visionthink.engines.base import Generated, Request, run_episodes
 from visionthink.engines.transformers_engine import TransformersEngine
 from visionthink.engines.vllm_engine import VLLMEngine
 from visionthink.images import PixelGrid
+from visionthink.profiles import VISIONTHINK
 from visionthink.tokens import render_text
 
 GRID = PixelGrid(28, 28 * 28, 168 * 112)
-RESIZE = protocol.resize_text("small")
+RESIZE = VISIONTHINK.call_text("small", "resize_image", {"action": "resize"})
 ANSWER = protocol.answer_text("seen", "dots")
 BAD_CALL = '<think>x</think>\n<tool_call>\n{"name": "crop"}\n</tool_call>'
 

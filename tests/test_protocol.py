@@ -8,19 +8,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visionthink import protocol
+from visionthink.profiles import VISIONTHINK
 from visionthink.protocol import (
-    TOOL_NAME,
     Episode,
     Turn,
-    _check_resize_call,
     answer_text,
     extract_answer,
     parse_turn,
-    resize_text,
 )
+from visionthink.tools import RESIZE, ToolCall, codec
+
+TOOL_NAME = RESIZE.name
 
 KINDS = {"answer", "resize", "malformed"}
+
+
+def resize_text(think: str) -> str:
+    """The canonical resize-call turn."""
+    return VISIONTHINK.call_text(think, RESIZE.name, {"action": "resize"})
 
 
 def call(payload: object) -> str:
@@ -46,8 +51,12 @@ def test_canonical_answer_turn(think, answer):
 
 @pytest.mark.parametrize("think", ["I cannot read the label.", "", "line one\nline two"])
 def test_canonical_resize_turn(think):
-    turn = parse_turn(resize_text(think))
+    text = resize_text(think)
+    assert text == (f"<think>{think}</think>\n<tool_call>\n"
+                    '{"name": "resize_image", "arguments": {"action": "resize"}}\n</tool_call>')
+    turn = parse_turn(text)
     assert turn.kind == "resize"
+    assert turn.call == ToolCall(RESIZE.name, {"action": "resize"})
     assert turn.well_formed is True
     assert turn.answer is None
     assert turn.think == think.strip()
@@ -87,8 +96,8 @@ def test_unknown_arguments_run_but_are_not_well_formed():
     payload = {"name": TOOL_NAME, "arguments": {"action": "resize", "scale": 2, "note": "please"}}
     turn = parse_turn(call(payload))
     assert (turn.kind, turn.well_formed) == ("resize", False)
-    assert _check_resize_call(json.dumps(payload)) is None
-    assert "unknown argument(s) 'note', 'scale'" in _check_resize_call(json.dumps(payload), strict=True)
+    assert RESIZE.check(payload["arguments"]) == ({"action": "resize"}, None)
+    assert RESIZE.exact(payload["arguments"]) is False
 
 
 def test_tool_call_with_arguments_as_a_json_string():
@@ -110,8 +119,10 @@ def test_tool_call_without_action_runs_but_is_not_well_formed(payload):
     # (the engine and the GRPO tool accept it) but earns no format reward
     turn = parse_turn(call(payload))
     assert (turn.kind, turn.well_formed) == ("resize", False)
-    assert protocol.RESIZE_TOOL["function"]["parameters"]["required"] == ["action"]
-    assert "required argument 'action'" in _check_resize_call(json.dumps(payload), strict=True)
+    assert RESIZE.schema["function"]["parameters"]["required"] == ["action"]
+    arguments = codec.decode_call(json.dumps(payload)).arguments
+    assert RESIZE.check(arguments) == ({"action": "resize"}, None)
+    assert RESIZE.exact(arguments) is False
 
 
 def test_action_given_under_parameters_or_as_a_string_is_well_formed():
@@ -351,10 +362,10 @@ def episode(texts: list[str], resized: bool, tokens: list[int]) -> Episode:
     return Episode(
         messages=[{"role": "assistant", "content": [{"type": "text", "text": t}]} for t in texts],
         answer=turns[-1].answer if turns else None,
-        resized=resized,
         turns=turns,
         visual_tokens_per_turn=tokens,
         full_res_visual_tokens=16,
+        calls=[ToolCall(RESIZE.name, {"action": "resize"})] if resized else [],
     )
 
 
