@@ -11,7 +11,6 @@ from visionthink.rewards.judge_base import Judge, JudgeRequest, Verdict
 from visionthink.rewards.judges import RuleJudge
 from visionthink.rewards.rewards import (
     PENALTY_VARIANTS,
-    accuracy_rewards,
     direct_shares,
     episode_rewards,
     failed_groups,
@@ -278,24 +277,22 @@ class RecordingJudge(Judge):
         return [Verdict(self.scores[i], ok=i != 1) for i in range(len(requests))]
 
 
-def test_accuracy_rewards_pass_final_answers_to_the_judge_in_order():
+def test_judge_verdicts_pass_final_answers_to_the_judge_in_order():
     judge = RecordingJudge([1.0, 0.0, 1.0, 0.0])
     preds = [episode(RESIZE, answer_text("t", "\\boxed{B}")), "<think>x</think><answer> red </answer>", "blue", None]
-    got = accuracy_rewards(preds, ["B", "red", "blue", "x"], ["q1", "q2", "q3", "q4"], judge)
-    assert got == [1.0, 0.0, 1.0, 0.0]
+    verdicts = judge_verdicts(preds, ["B", "red", "blue", "x"], ["q1", "q2", "q3", "q4"], judge)
+    assert [(v.score, v.ok) for v in verdicts] == [(1.0, True), (0.0, False), (1.0, True), (0.0, True)]
     assert [r.prediction for r in judge.seen] == ["B", "red", "blue", None]
     assert [(r.question, r.truth) for r in judge.seen] == [("q1", "B"), ("q2", "red"), ("q3", "blue"), ("q4", "x")]
-    verdicts = judge_verdicts(preds, ["B", "red", "blue", "x"], ["q1", "q2", "q3", "q4"], RecordingJudge([1] * 4))
-    assert [v.ok for v in verdicts] == [True, False, True, True]
 
 
-def test_accuracy_rewards_with_rule_judge():
+def test_judge_verdicts_with_rule_judge():
     preds = [episode(DIRECT), episode(RESIZE, answer_text("t", "blue")), "<think>only a call</think>", "  "]
-    got = accuracy_rewards(preds, ["Red", "red", "red", "red"], ["q"] * 4, RuleJudge())
-    assert got == [1.0, 0.0, 0.0, 0.0]
-    assert accuracy_rewards([], [], [], RuleJudge()) == []
+    verdicts = judge_verdicts(preds, ["Red", "red", "red", "red"], ["q"] * 4, RuleJudge())
+    assert [v.score for v in verdicts] == [1.0, 0.0, 0.0, 0.0]
+    assert judge_verdicts([], [], [], RuleJudge()) == []
     with pytest.raises(ValueError, match="length"):
-        accuracy_rewards(["a"], ["a", "b"], ["q"], RuleJudge())
+        judge_verdicts(["a"], ["a", "b"], ["q"], RuleJudge())
 
 
 def test_prediction_text():

@@ -88,17 +88,6 @@ def judge_verdicts(
     return verdicts
 
 
-def accuracy_rewards(
-    predictions: Sequence[Prediction], truths: Sequence[str], questions: Sequence[str], judge: Judge
-) -> list[float]:
-    """R_acc per rollout: the judge's score (0 or 1) for the final answer of each episode or text.
-
-    A judge that could not grade has already applied its fallback (see `judges`); use
-    `judge_verdicts` to see which verdicts are not `ok`.
-    """
-    return [float(v.score) for v in judge_verdicts(predictions, truths, questions, judge)]
-
-
 # ---------------------------------------------------------------- format
 
 
