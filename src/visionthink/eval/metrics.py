@@ -1,9 +1,9 @@
 """The official metrics of the nine VQA benchmarks, as pure functions.
 
 Each function follows the rule the benchmark's reference scorer applies (lmms-eval, VLMEvalKit or
-the benchmark's own repository; /work/shared/BENCHMARKS.md records which and the traps). Where the
-reference pipeline calls an LLM to extract an answer (MathVista, MathVerse), a rule-based
-extraction stands in for it; a `Judge` can be added on top by the benchmark classes.
+the benchmark's own repository; each function's docstring names which). Where the reference
+pipeline calls an LLM to extract an answer (MathVista, MathVerse), a rule-based extraction stands
+in for it; a `Judge` can be added on top by the benchmark classes.
 """
 
 from __future__ import annotations

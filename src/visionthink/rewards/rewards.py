@@ -19,10 +19,10 @@ non-zero for a correct rollout):
 - ``"none"``: no penalty (the paper's ablation: collapses to always resizing).
 - ``"flat"``: every correct resized answer loses `penalty` (ablation: collapses to never resizing).
 
-Beyond the paper, for region zoom (issue 12; docs/zoom.md), ``"cost"`` (`COST_VARIANT`, `cost_penalties`;
-the GRPO config accepts it with `cost_weight`): Eq. 5 with any tool call
-(resize or zoom) counted as "high", plus `cost_weight` times the correct rollout's visual-token cost above the
-cheapest correct rollout of its group that Eq. 5 leaves unpenalised. With `cost_weight` 0 it is Eq. 5 alone.
+Beyond the paper, for region zoom (docs/zoom.md), ``"cost"`` (`COST_VARIANT`, `cost_penalties`; the GRPO config
+accepts it with `cost_weight`): Eq. 5 with any tool call (resize or zoom) counted as "high", plus `cost_weight` times
+the correct rollout's visual-token cost above the cheapest correct rollout of its group that Eq. 5 leaves
+unpenalised. With `cost_weight` 0 it is Eq. 5 alone.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ class SFTConfig:
     full_res_fraction: float = 0.25
     """Share of conversations that start at full resolution (what `full` mode shows the model)."""
     zoom_fraction: float = 0.0
-    """Region zoom (issue 12, docs/zoom.md): > 0 renders the protocol conversations in the `visionthink-zoom`
+    """Region zoom (docs/zoom.md): > 0 renders the protocol conversations in the `visionthink-zoom`
     profile, and this share of the low-res calls about the label zoom on its true box (`sample_zoom_example`);
     validation then also reports held-out direct answers at low resolution under the zoom prompts
     (`val_zoom_heldout/low/...`). 0: the recipe's conversations, byte for byte."""

@@ -1,6 +1,6 @@
 """Reading benchmarks in their published layouts, shared by the loader modules.
 
-Two layouts are understood (see /work/shared/BENCHMARKS.md):
+Two layouts are understood, as lmms-eval and VLMEvalKit download them:
 
 - Hugging Face datasets as published (what lmms-eval reads): parquet shards named
   `[<config>/]<split>-NNNNN-of-MMMMM[-hash].parquet` (or `data/<split>-...`, or the
