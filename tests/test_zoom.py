@@ -13,15 +13,30 @@ from PIL import Image
 
 from visionthink import protocol
 from visionthink.data import synth
-from visionthink.engines.base import ALL_MODES, MODES, ZOOM_MODES, Generated, Request, oracle_box, run_episodes
+from visionthink.engines.base import Generated, Request, run_episodes
 from visionthink.images import PixelGrid, make_views, zoom_crop, zoom_region
+from visionthink.modes import MODES, PAPER_MODES
 from visionthink.profiles import NAMES, RELEASE, VISIONTHINK, VISIONTHINK_ZOOM, get_profile, with_zoom
 from visionthink.tokens import IGNORE_INDEX, render_text
+from visionthink.tools import RESIZE as RESIZE_TOOL
+from visionthink.tools import ZOOM as ZOOM_TOOL
+from visionthink.tools import ToolCall, codec
+from visionthink.tools.zoom import oracle_box
 
 GRID = PixelGrid(28, 28 * 28, 168 * 112)
 """The tiny model's grid (the shipped checkpoint's processor)."""
 WORLD_SIZES = [(112, 112), (168, 112), (112, 168)]
 ANSWER = protocol.answer_text("seen", "dots")
+
+
+def zoom_text(think, box) -> str:
+    """The canonical zoom-call turn."""
+    return VISIONTHINK_ZOOM.call_text(think, ZOOM_TOOL.name, {"box": box})
+
+
+def resize_text(think) -> str:
+    """The canonical resize-call turn."""
+    return VISIONTHINK_ZOOM.call_text(think, RESIZE_TOOL.name, {"action": "resize"})
 
 
 def call(arguments, name="zoom_image") -> str:
@@ -42,8 +57,8 @@ def test_zoom_profile_is_registered_and_the_default_profiles_are_unchanged():
     assert with_zoom(None) is VISIONTHINK_ZOOM and with_zoom("visionthink-zoom") is VISIONTHINK_ZOOM
     with pytest.raises(ValueError, match="no zoom_image tool"):
         with_zoom("release")
-    assert VISIONTHINK.template_tools() == [protocol.RESIZE_TOOL]
-    assert VISIONTHINK_ZOOM.template_tools() == [protocol.RESIZE_TOOL, protocol.ZOOM_TOOL]
+    assert VISIONTHINK.template_tools() == [RESIZE_TOOL.schema]
+    assert VISIONTHINK_ZOOM.template_tools() == [RESIZE_TOOL.schema, ZOOM_TOOL.schema]
     image = Image.new("RGB", (56, 56))
     assert VISIONTHINK.first_turn("q?", image) == protocol.first_turn("q?", image)
     assert protocol.ZOOM_USER_INSTRUCTION in VISIONTHINK_ZOOM.first_turn("q?", image)[1]["content"][1]["text"]
@@ -63,10 +78,11 @@ def test_zoom_profile_renders_both_tools(shipped_model):
 
 
 def test_zoom_calls_parse():
-    text = protocol.zoom_text("the label is small", [10, 12, 24, 26])
+    text = zoom_text("the label is small", [10, 12, 24, 26])
     turn = VISIONTHINK_ZOOM.parse_turn(text)
     assert turn.kind == "zoom" and turn.box == (10.0, 12.0, 24.0, 26.0) and turn.well_formed
-    assert json.loads(protocol.zoom_call_json([1.0, 2.25, 3, 4]))["arguments"]["box"] == [1, 2.2, 3, 4]
+    canonical = codec.call_json(ZOOM_TOOL.name, ZOOM_TOOL.canonical({"box": [1.0, 2.25, 3, 4]}))
+    assert json.loads(canonical)["arguments"]["box"] == [1, 2.2, 3, 4]
     fractional = VISIONTHINK_ZOOM.parse_turn(call({"box": [0.5, 1.5, 20.25, 30]}))
     assert fractional.kind == "zoom" and fractional.box == (0.5, 1.5, 20.25, 30.0)
     extra = VISIONTHINK_ZOOM.parse_turn(call({"box": [1, 2, 30, 40], "zoom": 2}))
@@ -74,7 +90,7 @@ def test_zoom_calls_parse():
     as_string = VISIONTHINK_ZOOM.parse_turn(call(json.dumps({"name": "zoom_image",
                                                               "arguments": json.dumps({"box": [1, 2, 3, 4]})})))
     assert as_string.kind == "zoom"
-    resize = VISIONTHINK_ZOOM.parse_turn(protocol.resize_text("too small"))
+    resize = VISIONTHINK_ZOOM.parse_turn(resize_text("too small"))
     assert resize.kind == "resize" and resize.well_formed and resize.box is None
     sloppy = VISIONTHINK_ZOOM.parse_turn(call({}, name="resize_image"))
     assert sloppy.kind == "resize" and not sloppy.well_formed
@@ -166,10 +182,17 @@ def test_boxes_outside_the_view_are_malformed(box, inside):
         assert reply["content"][0]["text"].startswith("Error: box lies outside")
 
 
-def test_zoom_reply_needs_the_views():
-    turn = VISIONTHINK_ZOOM.parse_turn(call({"box": [1, 2, 30, 40]}))
-    with pytest.raises(ValueError, match="both views"):
-        VISIONTHINK_ZOOM.tool_reply(turn, "", Image.new("RGB", (112, 112)))
+def test_zoom_reply_is_made_from_the_views():
+    """A zoom's reply needs both views (the box is in the low view's pixels, the crop comes from the high view): the
+    only reply is `reply(turn, text, views, grid)`, and it is the crop, not the whole high view."""
+    assert not hasattr(VISIONTHINK_ZOOM, "tool_reply")
+    views = views_of(112, 112)
+    text = call({"box": [1, 2, 30, 40]})
+    reply = VISIONTHINK_ZOOM.reply(VISIONTHINK_ZOOM.parse_turn(text), text, views, GRID)
+    crop = zoom_crop((1, 2, 30, 40), views, GRID)
+    assert reply == protocol.tool_turn(ZOOM_TOOL, crop) and reply["name"] == "zoom_image"
+    assert reply["content"][1]["text"] == ZOOM_TOOL.response_text
+    assert protocol.images_in([reply])[0].tobytes() == crop.tobytes() and crop.size != views.high.size
 
 
 def test_parse_never_raises_on_odd_input():
@@ -255,7 +278,7 @@ def test_the_crop_is_what_the_model_receives(shipped_model):
         for box in box_cases(*size):
             crop = zoom_crop(box, views, processor.grid)
             messages = [*VISIONTHINK_ZOOM.first_turn("q?", views.low),
-                        protocol.assistant_turn(protocol.zoom_text("t", box)), protocol.zoom_turn(crop)]
+                        protocol.assistant_turn(zoom_text("t", box)), protocol.tool_turn(ZOOM_TOOL, crop)]
             batch = encode(processor, messages, add_generation_prompt=True, protocol=VISIONTHINK_ZOOM)
             received = visual_tokens(processor, batch["image_grid_thw"])
             assert received == [processor.grid.tokens(*views.low.size), processor.grid.tokens(*crop.size)], (size, box)
@@ -307,23 +330,26 @@ class ZoomBackend:
 
 
 def test_modes_are_listed():
-    assert MODES == ("full", "low", "visionthink", "oracle")  # what demo runs, unchanged
-    assert ZOOM_MODES == ("zoom", "oracle-zoom") and ALL_MODES == MODES + ZOOM_MODES
+    assert PAPER_MODES == ("full", "low", "visionthink", "oracle")  # what demo runs, unchanged
+    assert tuple(MODES) == PAPER_MODES + ("zoom", "oracle-zoom")
+    assert [MODES[name].tools for name in ("zoom", "oracle-zoom")] == [("resize_image", "zoom_image")] * 2
+    assert all(MODES[name].tools == ("resize_image",) for name in PAPER_MODES)
+    assert (MODES["oracle"].oracle_tool, MODES["oracle-zoom"].oracle_tool) == ("resize_image", "zoom_image")
 
 
 @pytest.mark.parametrize("size", WORLD_SIZES)
 def test_zoom_mode_runs_the_crop_and_counts_its_tokens(size):
     low_w, low_h = size[0] // 2, size[1] // 2
     script = {
-        "zooms": [protocol.zoom_text("small", [2, 3, 15, 16]), ANSWER],
-        "resizes": [protocol.resize_text("small"), ANSWER],
+        "zooms": [zoom_text("small", [2, 3, 15, 16]), ANSWER],
+        "resizes": [resize_text("small"), ANSWER],
         "answers": [ANSWER],
         "outside": [call({"box": [low_w + 1, 0, low_w + 20, 10]}), ANSWER],
         "nan": [call('{"name": "zoom_image", "arguments": {"box": [NaN, 0, 1, 1]}}'), ANSWER],
         "inverted": [call({"box": [20, 20, 10, 10]}), ANSWER],
         "arity": [call({"box": [1, 2, 3]}), ANSWER],
         "strings": [call({"box": ["a", "b", "c", "d"]}), ANSWER],
-        "zooms twice": [protocol.zoom_text("a", [0, 0, 10, 10]), protocol.zoom_text("b", [0, 0, 10, 10])],
+        "zooms twice": [zoom_text("a", [0, 0, 10, 10]), zoom_text("b", [0, 0, 10, 10])],
     }
     requests = [Request(Image.new("RGB", size, "white"), q) for q in script]
     episodes = dict(zip(script, run_episodes(ZoomBackend(script), requests, "zoom"), strict=True))
@@ -355,7 +381,7 @@ def test_zoom_mode_runs_the_crop_and_counts_its_tokens(size):
 
 def test_oracle_zoom_zooms_on_the_true_box_only_where_needed():
     script = {"needs": [ANSWER, ANSWER], "fine": [ANSWER],
-              "needs, zooms elsewhere": [protocol.zoom_text("x", [40, 40, 50, 50]), ANSWER]}
+              "needs, zooms elsewhere": [zoom_text("x", [40, 40, 50, 50]), ANSWER]}
     box = (60, 20, 90, 50)  # image pixels of the 168x112 image
     requests = [Request(Image.new("RGB", (168, 112)), "needs", True, box), Request(Image.new("RGB", (168, 112)),
                 "fine", False), Request(Image.new("RGB", (168, 112)), "needs, zooms elsewhere", True, box)]
@@ -371,7 +397,7 @@ def test_oracle_zoom_zooms_on_the_true_box_only_where_needed():
 
 def test_zoom_modes_refuse_what_they_cannot_run():
     requests = [Request(Image.new("RGB", (112, 112)), "q", True)]
-    with pytest.raises(ValueError, match="needs a protocol that offers zoom_image"):
+    with pytest.raises(ValueError, match="zoom mode needs the zoom_image tool, which protocol 'visionthink' does not"):
         run_episodes(ZoomBackend({}, protocol=VISIONTHINK), requests, "zoom")
     with pytest.raises(ValueError, match="needs `box`"):
         run_episodes(ZoomBackend({}), requests, "oracle-zoom")
@@ -427,7 +453,7 @@ def test_eval_runs_oracle_zoom(tmp_path, shipped_model):
     from visionthink.eval.runner import EvalConfig, run_eval
 
     model, processor = shipped_model
-    engine = TransformersEngine(model, processor, batch_size=6)
+    engine = TransformersEngine(model, processor, batch_size=6, protocol="visionthink-zoom")
     config = EvalConfig(model=None, benches=["synth"], modes=["oracle", "oracle-zoom"], out=tmp_path / "run",
                         limit=6, progress=False)
     result = run_eval(config, engine=engine, log=lambda message: None)
@@ -464,9 +490,10 @@ def test_zoom_iou_scales_the_truth_to_the_low_view():
 
     source = Image.new("RGB", (112, 168))
     views = make_views(source, GRID)
-    episode = protocol.Episode(messages=VISIONTHINK_ZOOM.first_turn("q", views.low), answer="x", resized=False,
-                               turns=[], visual_tokens_per_turn=[6], full_res_visual_tokens=24, zoomed=True,
-                               zoom_box=(14, 28, 28, 42))
+    episode = protocol.Episode(messages=VISIONTHINK_ZOOM.first_turn("q", views.low), answer="x", turns=[],
+                               visual_tokens_per_turn=[6], full_res_visual_tokens=24,
+                               calls=[ToolCall(ZOOM_TOOL.name, {"box": (14, 28, 28, 42)})])
+    assert episode.zoomed and not episode.resized and episode.zoom_box == (14.0, 28.0, 28.0, 42.0)
     assert zoom_iou(episode, (28, 56, 56, 84), source.size) == pytest.approx(1.0)  # the same box, halved
     assert zoom_iou(episode, (28, 56, 84, 84), source.size) == pytest.approx(0.5)
 
@@ -746,7 +773,7 @@ def test_cost_variant_through_episode_rewards():
         views = views_of(112, 112)
         crop = zoom_crop((10, 10, 24, 24), views, GRID)
         messages = [*VISIONTHINK_ZOOM.first_turn("What pattern?", views.low),
-                    protocol.assistant_turn(protocol.zoom_text("t", [10, 10, 24, 24])), protocol.zoom_turn(crop),
+                    protocol.assistant_turn(zoom_text("t", [10, 10, 24, 24])), protocol.tool_turn(ZOOM_TOOL, crop),
                     protocol.assistant_turn(protocol.answer_text("t", answer))]
         turns = [VISIONTHINK_ZOOM.parse_turn(protocol.assistant_text(m)) for m in messages if m["role"] == "assistant"]
         return protocol.make_episode(messages, turns, lambda image: GRID.tokens(*image.size), 16)
@@ -754,7 +781,7 @@ def test_cost_variant_through_episode_rewards():
     def resize_episode(answer):
         views = views_of(112, 112)
         messages = [*VISIONTHINK_ZOOM.first_turn("What pattern?", views.low),
-                    protocol.assistant_turn(protocol.resize_text("t")), protocol.tool_turn(views.high),
+                    protocol.assistant_turn(resize_text("t")), protocol.tool_turn(RESIZE_TOOL, views.high),
                     protocol.assistant_turn(protocol.answer_text("t", answer))]
         turns = [VISIONTHINK_ZOOM.parse_turn(protocol.assistant_text(m)) for m in messages if m["role"] == "assistant"]
         return protocol.make_episode(messages, turns, lambda image: GRID.tokens(*image.size), 16)
