@@ -222,10 +222,10 @@ def tool_methods(environment: type[ToolEnvironment]) -> list[str]:
 
 
 def environment_tools(environment: type[ToolEnvironment]) -> list[dict[str, Any]]:
-    """The schemas of the environment's tools, in TRL's order: the profile's own (`profile.template_tools()`),
-    after checking that each method's `get_json_schema` says the same wherever it can, and that the methods are
-    exactly the profile's tools in the profile's order (a ValueError otherwise). A profile whose prompt holds its
-    tool block (`release`: no tools in the template) renders no schema: the methods' own are returned."""
+    """The schemas of the environment's tools in the profile's order (`profile.template_tools()`), after checking
+    that the methods are exactly the profile's tools and that each method's `get_json_schema` says its schema
+    wherever it can (a ValueError otherwise). A profile whose prompt holds its tool block (`release`: no tools in
+    the template) renders no schema: the methods' own are returned."""
     from transformers.utils import get_json_schema
 
     profile = environment.profile
@@ -233,11 +233,12 @@ def environment_tools(environment: type[ToolEnvironment]) -> list[dict[str, Any]
     names = tool_methods(environment)
     instance = environment()
     if schemas is None:
-        return [get_json_schema(getattr(instance, name)) for name in names]
-    if names != [schema["function"]["name"] for schema in schemas]:
+        return [get_json_schema(getattr(instance, name)) for name in profile.tool_names]
+    if sorted(names) != sorted(schema["function"]["name"] for schema in schemas):
         raise ValueError(f"{environment.__name__} offers {names}, the profile {profile.name!r} "
                          f"{[schema['function']['name'] for schema in schemas]}")
-    for name, schema in zip(names, schemas, strict=True):
+    for schema in schemas:
+        name = schema["function"]["name"]
         said = get_json_schema(getattr(instance, name))
         if said != _what_a_signature_can_say(schema):
             raise ValueError(f"{environment.__name__}.{name}'s schema {said} differs from the profile's {schema}")
@@ -245,14 +246,17 @@ def environment_tools(environment: type[ToolEnvironment]) -> list[dict[str, Any]
 
 
 def use_profile_tools(trainer, environment: type[ToolEnvironment]) -> None:
-    """Make TRL render the profile's tool schemas: in the trainer's tool lists (TRL 1.16's `tools` and
-    `_env_tools`, what it passes to the chat template and the response parser), each environment method is
-    replaced by its schema from `environment_tools` where the two differ. TRL still calls the methods: it takes
-    them from the environment instances of each batch. Where every schema is the method's own (`visionthink`,
-    `release`) nothing changes."""
+    """Make TRL render the profile's tool block: in the trainer's tool lists (TRL 1.16's `tools` and `_env_tools`,
+    what it passes to the chat template and the response parser), each environment method is replaced by its
+    schema from `environment_tools` where the two differ, and the methods (which TRL lists by name) are put in the
+    profile's order. TRL still calls the methods: it takes them from the environment instances of each batch."""
     from transformers.utils import get_json_schema
 
-    schemas = dict(zip(tool_methods(environment), environment_tools(environment), strict=True))
+    profile = environment.profile
+    schemas = dict(zip(profile.tool_names, environment_tools(environment), strict=True))
+
+    def name_of(tool) -> str | None:
+        return getattr(tool, "__name__", None) if callable(tool) else tool.get("function", {}).get("name")
 
     def rendered(tool):
         if callable(tool) and getattr(tool, "__name__", None) in schemas:
@@ -260,9 +264,17 @@ def use_profile_tools(trainer, environment: type[ToolEnvironment]) -> None:
             return tool if get_json_schema(tool) == schema else schema
         return tool
 
-    trainer.tools = [rendered(tool) for tool in trainer.tools]
+    def in_profile_order(tools: list) -> list:
+        out = [rendered(tool) for tool in tools]
+        places = [i for i, tool in enumerate(out) if name_of(tool) in schemas]
+        ordered = sorted((out[i] for i in places), key=lambda tool: profile.tool_names.index(name_of(tool)))
+        for place, tool in zip(places, ordered, strict=True):
+            out[place] = tool
+        return out
+
+    trainer.tools = in_profile_order(trainer.tools)
     if getattr(trainer, "_env_tools", None) is not None:
-        trainer._env_tools = {name: [rendered(tool) for tool in tools] for name, tools in trainer._env_tools.items()}
+        trainer._env_tools = {name: in_profile_order(tools) for name, tools in trainer._env_tools.items()}
 
 
 # ---------------------------------------------------------------- episodes
