@@ -13,9 +13,11 @@ import pytest
 from PIL import Image
 
 from visionthink import protocol
+from visionthink.images import PixelGrid, Views
 from visionthink.models.processor import VisionThinkProcessor
 from visionthink.profiles import RELEASE, VISIONTHINK, get_profile
 from visionthink.tokens import render_text
+from visionthink.tools import RESIZE
 
 SYSTEM = (
     "<|im_start|>system\n"
@@ -81,6 +83,8 @@ ERROR = (
     "<|im_start|>assistant\n"
 )
 QUESTION = "What is the total on the receipt?"
+GRID = PixelGrid(28, 28 * 28, 168 * 112)
+"""The shipped tiny model's grid (a resize reply is the high view whatever the grid)."""
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +106,10 @@ def test_first_turn_renders_the_release_prompt(processor, image):
 def test_resize_and_answer_render_the_release_turns(processor, image):
     answer = "<think>It reads 42.</think>\n<answer>\\boxed{42}</answer>"
     messages = RELEASE.first_turn(QUESTION, image)
-    messages.append(protocol.assistant_turn(RELEASE.resize_text("The digits are too small.")))
+    messages.append(protocol.assistant_turn(RELEASE.call_text("The digits are too small.", "resize_image",
+                                                              {"action": "resize"})))
     turn = RELEASE.parse_turn(CALL)
-    messages.append(RELEASE.tool_reply(turn, CALL, image))
+    messages.append(RELEASE.reply(turn, CALL, Views(low=image, high=image), GRID))
     assert render_text(processor, messages, add_generation_prompt=True, protocol=RELEASE) == SYSTEM + USER + CALL + TOOL
     messages.append(protocol.assistant_turn(answer))
     assert render_text(processor, messages, protocol=RELEASE) == SYSTEM + USER + CALL + TOOL + answer + "<|im_end|>"
@@ -117,7 +122,7 @@ def test_bad_call_gets_the_release_error_turn(processor, image):
     assert turn.kind == "malformed"
     assert turn.error == "Unknown Tool Type: zoom. Available function tools are: `resize`"
     messages = [*RELEASE.first_turn(QUESTION, image), protocol.assistant_turn(bad),
-                RELEASE.tool_reply(turn, bad, image)]
+                RELEASE.reply(turn, bad, Views(low=image, high=image), GRID)]
     assert render_text(processor, messages, add_generation_prompt=True, protocol=RELEASE) == SYSTEM + USER + bad + ERROR
 
 
@@ -128,11 +133,12 @@ def test_question_with_its_own_image_mark_keeps_it_in_place(processor, image):
 
 
 def test_tool_schema_is_the_one_in_the_system_prompt():
-    schema = RELEASE.tool_schema["function"]
-    assert schema["name_for_human"] == "resize_image"
+    (tool,) = RELEASE.tools
+    schema = tool.schema["function"]
+    assert tool.name == schema["name"] == schema["name_for_human"] == "resize_image"
     assert schema["args_format"] == "Format the arguments as a JSON object."
     line = RELEASE.system_prompt.split("<tools>\n")[1].split("\n</tools>")[0]
-    assert line == json.dumps(RELEASE.tool_schema).replace("\\n", "\n")  # the release writes a raw newline
+    assert line == json.dumps(tool.schema).replace("\\n", "\n")  # the release writes a raw newline
     assert RELEASE.template_tools() is None  # the block is in the system text, never rendered from `tools`
 
 
@@ -180,9 +186,10 @@ def test_release_format_check_of_a_call():
 
 
 def test_visionthink_profile_renders_as_before(processor, image):
-    messages = protocol.first_turn("q?", image) + [protocol.assistant_turn(protocol.resize_text("t")),
-                                                  protocol.tool_turn(image)]
-    before = processor.apply_chat_template(messages, tools=[protocol.RESIZE_TOOL], tokenize=False,
+    messages = protocol.first_turn("q?", image) + [
+        protocol.assistant_turn(VISIONTHINK.call_text("t", "resize_image", {"action": "resize"})),
+        protocol.tool_turn(RESIZE, image)]
+    before = processor.apply_chat_template(messages, tools=[RESIZE.schema], tokenize=False,
                                            add_generation_prompt=True)
     assert render_text(processor, messages, add_generation_prompt=True) == before
     assert render_text(processor, messages, add_generation_prompt=True, protocol="visionthink") == before
@@ -215,7 +222,8 @@ def test_remote_engine_sends_the_release_turns_without_tools(image):
     from visionthink.engines.remote import RemoteEngine
 
     engine = RemoteEngine("http://127.0.0.1:9/v1", model="m", protocol="release")
-    messages = [*RELEASE.first_turn(QUESTION, image), protocol.assistant_turn(CALL), RELEASE.tool_turn(image)]
+    messages = [*RELEASE.first_turn(QUESTION, image), protocol.assistant_turn(CALL),
+                RELEASE.tool_turn(RELEASE.tool("resize_image"), image)]
     body = engine._body("m", messages, {}, forbid_call=False)
     assert "tools" not in body and "tool_choice" not in body
     sent = body["messages"]
@@ -224,17 +232,18 @@ def test_remote_engine_sends_the_release_turns_without_tools(image):
     assert sent[3]["content"][0] == {"type": "text", "text": "<tool_response>\nThe resized image is shown below:\n"}
     assert sent[3]["content"][1]["type"] == "image_url"
     default = RemoteEngine("http://127.0.0.1:9/v1", model="m")._body("m", protocol.first_turn("q", image), {}, True)
-    assert default["tools"] == [protocol.RESIZE_TOOL] and default["tool_choice"] == "none"
+    assert default["tools"] == [RESIZE.schema] and default["tool_choice"] == "none"
 
 
 def test_grpo_environment_answers_in_the_profile_turns(image):
     from visionthink.train import grpo_env
 
-    assert grpo_env.environment_for(None) is grpo_env.ResizeEnvironment
+    default = grpo_env.environment_for(None)
+    assert default.profile is VISIONTHINK and grpo_env.tool_methods(default) == ["resize_image"]
     env = grpo_env.environment_for("release")()
     env.reset(high_res_image=image)
     content = env.resize_image(action="resize")
-    assert content == RELEASE.tool_turn(image)["content"]
+    assert content == RELEASE.tool_turn(RELEASE.tool("resize_image"), image)["content"]
     assert env.resize_image(action="resize")[0]["text"].startswith("<tool_response>\nERROR occurs during the function")
 
 
@@ -246,7 +255,7 @@ def test_protocol_options_reach_the_configs(tmp_path):
     assert parser.parse_args(["train", "grpo", "--protocol", "release"]).protocol == "release"
     assert parser.parse_args(["train", "grpo"]).protocol is None  # the recipe's, else visionthink
     for command in (["ask", "x.png", "q"], ["eval", "--out", "o"], ["serve"]):
-        assert parser.parse_args(command).protocol == "visionthink"
+        assert parser.parse_args(command).protocol is None  # the model folder's declaration, else visionthink
         assert parser.parse_args([*command, "--protocol", "release"]).protocol == "release"
     with pytest.raises(SystemExit):
         parser.parse_args(["ask", "x.png", "q", "--protocol", "paper"])
