@@ -112,6 +112,7 @@ def test_sft_second_stage_starts_from_the_given_model(tmp_path, random_tiny):
     assert 0 < max(changes) < 0.01  # two small steps away from the start, not a fresh model
 
 
+@pytest.mark.slow
 def test_sft_resumes_from_the_newest_complete_checkpoint(tmp_path, random_tiny):
     """A second run with more steps goes on from the last complete save, passing over a folder whose save
     a kill cut short (no trainer_state.pt, which is written last), and logs only the steps left."""

@@ -43,6 +43,7 @@ def test_encode_for_training_renders_in_the_given_profile(random_tiny):
     assert json.dumps(protocol.ZOOM_TOOL) not in render_text(processor, example.messages)
 
 
+@pytest.mark.slow
 def test_sft_with_zoom_fraction_trains_on_the_zoom_rendering(tmp_path, random_tiny, monkeypatch):
     """Two SFT steps with `zoom_fraction` > 0: every protocol example is encoded in its own profile, the zoom
     conversations' trained ids are the `visionthink-zoom` rendering, and validation reports the zoom prompts."""
@@ -309,6 +310,7 @@ def test_box_anchor_needs_the_zoom_profile(tmp_path, tiny_dir):
                                   box_anchor_weight=1.0))
 
 
+@pytest.mark.slow
 def test_box_anchor_teaches_the_true_box_and_leaves_the_decision_alone(tiny_dir):
     """The anchor's call is the zoom on the label's true box under the zoom prompts; its loss is finite however
     strongly the model favours `<tool_call>` (which carries no loss), and a few steps on it lower it on other scenes."""
