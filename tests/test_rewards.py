@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visionthink.protocol import Episode, answer_text, parse_turn, resize_text
+from visionthink.profiles import VISIONTHINK
+from visionthink.protocol import Episode, answer_text, parse_turn
 from visionthink.rewards.judge_base import Judge, JudgeRequest, Verdict
 from visionthink.rewards.judges import RuleJudge
 from visionthink.rewards.rewards import (
@@ -25,6 +26,7 @@ from visionthink.rewards.rewards import (
     tied_groups,
     total_rewards,
 )
+from visionthink.tools import ToolCall
 
 T, F = True, False
 
@@ -35,13 +37,14 @@ def episode(*turn_texts: str, resized: bool | None = None) -> Episode:
         resized = any(turn.kind == "resize" for turn in turns)
     answer = turns[-1].answer if turns else None
     return Episode(
-        messages=[], answer=answer, resized=resized, turns=turns,
+        messages=[], answer=answer, turns=turns, calls=[RESIZE_CALL] if resized else [],
         visual_tokens_per_turn=[4, 16] if resized else [4], full_res_visual_tokens=16,
     )
 
 
+RESIZE_CALL = ToolCall("resize_image", {"action": "resize"})
 DIRECT = answer_text("the square is red", "red")
-RESIZE = resize_text("too small to read")
+RESIZE = VISIONTHINK.call_text("too small to read", "resize_image", {"action": "resize"})
 
 
 def penalties(correct, resized, groups, variant, **kw):
