@@ -243,8 +243,8 @@ def _internal_error(error: Exception) -> ApiError:
 
 def create_app(engine: TransformersEngine, config: ServeConfig | None = None,
                zoom_engine: TransformersEngine | None = None, context: int | None = None) -> FastAPI:
-    """The ASGI app serving `engine` (its batch size is raised to `config.max_batch`). `zoom` requests run on
-    `zoom_engine`, by default one built on first use over the same model (`serve.worker.zoom_engine`).
+    """The ASGI app serving `engine` (its batch size is raised to `config.max_batch`). `zoom_engine`, another model
+    (a zoom model), runs the modes whose tools `engine`'s profile lacks (`serve.worker.ModelWorker.engine_for`).
     `engine` may also be a `VLLMEngine` or `RemoteEngine` (with a processor); `context` is then its model's context in
     tokens (a local model's is read from it)."""
     config = config or ServeConfig()
@@ -254,7 +254,7 @@ def create_app(engine: TransformersEngine, config: ServeConfig | None = None,
             served.batch_size = max(served.batch_size, config.max_batch)
     worker = ModelWorker(engine, zoom_engine)
     batcher = Batcher(worker, max_batch=config.max_batch, wait_ms=config.batch_wait_ms, max_queue=config.max_queue)
-    service = ChatService(engine, worker.default_sampling, batcher, config, context)
+    service = ChatService(engine, worker.default_sampling, batcher, config, context, profiles=worker.profiles)
     page = resources.files("visionthink.serve").joinpath("page.html").read_text(encoding="utf-8")
     state = ServerState(config, service, batcher, page, load_examples(config.examples_dir))
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from visionthink.modes import MODES
 from visionthink.serve.examples import default_examples_dir
 
-SERVED_MODES = ("visionthink", "low", "full", "zoom", "raw")
-"""What `visionthink_mode` may ask for. `zoom` runs on the zoom variant of the served protocol (`profiles.with_zoom`);
-the oracles are not served: they need the truth (`needs_high_res`, the answer's box), which a request does not carry."""
+SERVED_MODES = (*(name for name, mode in MODES.items() if mode.calls != "oracle"), "raw")
+"""What `visionthink_mode` may ask for: the modes (`visionthink.modes`) where a served model's profile offers their
+tools, and `raw`. The oracles are not served: they need the truth (`needs_high_res`, the answer's box), which a
+request does not carry."""
 
 
 @dataclass

@@ -87,7 +87,7 @@ class ChatService:
     """The work behind `POST /v1/chat/completions` for one engine."""
 
     def __init__(self, engine: TransformersEngine, default_sampling: SamplingConfig, batcher: Batcher,
-                 config: ServeConfig, context: int | None = None):
+                 config: ServeConfig, context: int | None = None, profiles: list[ProtocolProfile] | None = None):
         self.engine = engine
         self.local = is_local(engine)
         """The model runs here (raw mode and tool thresholds need it); else episodes go to a vLLM or remote engine."""
@@ -99,8 +99,8 @@ class ChatService:
         self.config = config
         context = context if context is not None else context_length(engine.model.config)
         self.budget = TokenBudget(engine.processor, context, getattr(engine, "protocol", None))
-        self.model_profile = get_profile(getattr(engine, "protocol", None))
-        """The profile the served model was trained on; a mode runs on it restricted to the mode's tools."""
+        self.profiles = profiles or [get_profile(getattr(engine, "protocol", None))]
+        """The served models' profiles; a mode runs on one that offers its tools, restricted to them."""
         self.special = SpecialTokens.of(engine.processor.tokenizer)
         self.decode_pool = concurrent.futures.ThreadPoolExecutor(config.decode_concurrency, "visionthink-decode")
         heavy = max(1, config.decode_concurrency // 2)
@@ -139,17 +139,18 @@ class ChatService:
             raise ApiError(400, "visionthink_tool_threshold needs the model's probabilities, which only a server "
                            "running it through transformers reads (this one runs it through another server or vLLM); "
                            "send the request without it", "unsupported_parameter", param="visionthink_tool_threshold")
-        if chat.mode in MODES:
+        if chat.mode in MODES and self.profile_for(chat.mode) is None:
             mode = MODES[chat.mode]
-            error = missing_tools_error(mode.name, mode.tools, self.model_profile)
-            if error is not None:
-                raise ApiError(400, f"visionthink_{error}; use another mode", "invalid_parameter",
-                               param="visionthink_mode")
+            raise ApiError(400, f"visionthink_{missing_tools_error(mode.name, mode.tools, self.profiles[0])}; use "
+                           "another mode", "invalid_parameter", param="visionthink_mode")
         return chat
 
-    def profile_for(self, mode: str) -> ProtocolProfile:
-        """The profile a VisionThink mode runs on: the served model's, restricted to the mode's tools."""
-        return with_tools(self.model_profile, MODES[mode].tools)
+    def profile_for(self, mode: str) -> ProtocolProfile | None:
+        """The profile a VisionThink mode runs on: a served one that offers the mode's tools, restricted to them
+        (None: none offers them)."""
+        tools = MODES[mode].tools
+        offering = next((p for p in self.profiles if all(p.offers(tool) for tool in tools)), None)
+        return None if offering is None else with_tools(offering, tools)
 
     async def _visionthink(self, chat: ChatRequest) -> Reply:
         image = (await self.images([chat.image_url]))[0]

@@ -7,8 +7,8 @@ model raises `Abandoned` from the worker thread only). A request with a `seed` r
 batch of its own with a generator seeded for it, so the same seed gives the same reply
 whatever else is being served.
 
-A `zoom` group runs on a second engine over the same model and processor, on the zoom variant of
-the served protocol (`profiles.with_zoom`), built on first use.
+A group runs on the served engine whose profile offers its mode's tools, restricted to exactly those tools
+(`profiles.with_tools`; an engine on the same weights under that profile is built on first use).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from visionthink import protocol
 from visionthink.engines.factory import is_local, with_profile
 from visionthink.engines.kv_decoder import KVDecoder, SamplingConfig
 from visionthink.engines.transformers_engine import Request, TransformersEngine
+from visionthink.modes import MODES
 from visionthink.pixels import per_image
-from visionthink.profiles import with_zoom
+from visionthink.profiles import ProtocolProfile, missing_tools_error, with_tools
 from visionthink.serve.batcher import Abandon, Abandoned
 from visionthink.serve.checks import BatchKey
 from visionthink.tokens import visual_tokens
@@ -66,16 +67,27 @@ class ModelWorker:
     def __init__(self, engine: TransformersEngine, zoom_engine: TransformersEngine | None = None):
         self.engine = engine
         self.default_sampling = engine.sampling
-        self._zoom_engine = zoom_engine
+        self.served = [engine] + ([zoom_engine] if zoom_engine is not None else [])
+        """The engines given: the served model, and another for the modes whose tools it lacks (a zoom model)."""
+        self._by_profile = {served.protocol.name: served for served in self.served}
+
+    @property
+    def profiles(self) -> list[ProtocolProfile]:
+        """The profiles of the engines given."""
+        return [served.protocol for served in self.served]
 
     def engine_for(self, kind: str) -> TransformersEngine:
-        """The engine a batch of `kind` runs on: for `zoom`, the one on the zoom variant of the served protocol
-        (the served engine itself when its protocol offers zoom already), built once on first use."""
-        if kind != "zoom" or (self._zoom_engine is None and self.engine.protocol.offers_zoom):
-            return self.engine
-        if self._zoom_engine is None:
-            self._zoom_engine = zoom_engine(self.engine)
-        return self._zoom_engine
+        """The engine a VisionThink batch of mode `kind` runs on: a given engine whose profile offers the mode's
+        tools, under that profile restricted to them (built once, on the same weights); a ValueError when none
+        offers them."""
+        tools = MODES[kind].tools
+        base = next((served for served in self.served if all(served.protocol.offers(t) for t in tools)), None)
+        if base is None:
+            raise ValueError(missing_tools_error(kind, tools, self.engine.protocol))
+        wanted = with_tools(base.protocol, tools)
+        if wanted.name not in self._by_profile:
+            self._by_profile[wanted.name] = with_profile(base, wanted)
+        return self._by_profile[wanted.name]
 
     def __call__(self, key: BatchKey, payloads: list[Any], abandon: Abandon | None = None) -> list[Any]:
         sampling = key.sampling_config(self.default_sampling)
@@ -133,9 +145,3 @@ class ModelWorker:
             text = processor.tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=False)
             results.append(RawResult(text, len(sequence), len(ids), tokens, finished, seconds))
         return results
-
-
-def zoom_engine(engine: TransformersEngine) -> TransformersEngine:
-    """An engine on the same model (or server) under `profiles.with_zoom(engine.protocol)` (a ValueError for a
-    protocol without a zoom variant: `release`)."""
-    return with_profile(engine, with_zoom(engine.protocol))
