@@ -1,6 +1,6 @@
 """Multi-turn GRPO on TRL's `GRPOTrainer`: the resize decision, learned from R = R_acc + R_format - P_control.
 
-TRL does the rollouts (its tool loop runs `grpo_env.ResizeEnvironment.resize_image`, at most once),
+TRL does the rollouts (its tool loop runs the tools of `grpo_env.environment_for(profile)`, at most once),
 the masking (tool turns and image tokens are out of the loss via TRL's `tool_mask`), the GRPO loss, the
 checkpoints and the logs. This module puts the parts together: the config (`grpo_config`), the reward
 (`grpo_rewards`), the trainer subclass (`grpo_trainer`), then trains and writes the run's summary and plot
@@ -19,7 +19,7 @@ import torch
 from transformers import TrainerCallback
 
 from visionthink.data import synth
-from visionthink.profiles import get_profile
+from visionthink.profiles import declare_profile, get_profile
 from visionthink.rewards.judges import make_judge
 from visionthink.train import grpo_env, newest_checkpoint
 from visionthink.train.grpo_config import VisionThinkGRPOConfig, pixel_range
@@ -181,6 +181,7 @@ def train_grpo(config: VisionThinkGRPOConfig, model=None, processor=None, train_
         if config.lora and not trainer.is_deepspeed_enabled:  # a plain model folder, loadable everywhere
             trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(str(final))
         trainer.processing_class.save_pretrained(str(final))
+        declare_profile(final, config.protocol)
         _write_summary(output_dir, trainer)
         if config.export_dir:
             export = Path(config.export_dir)

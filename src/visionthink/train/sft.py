@@ -26,7 +26,7 @@ from visionthink.data import synth
 from visionthink.errors import VisionThinkError
 from visionthink.images import make_views
 from visionthink.models import TinyModelConfig, build_tiny_model, build_tiny_tokenizer, load_model
-from visionthink.profiles import VISIONTHINK_ZOOM, get_profile
+from visionthink.profiles import VISIONTHINK_ZOOM, declare_profile, get_profile
 from visionthink.recipes import to_dict
 from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
 from visionthink.train import newest_checkpoint
@@ -353,6 +353,7 @@ def train_sft(config: SFTConfig) -> Path:
     shutil.rmtree(final, ignore_errors=True)
     model.save_pretrained(final)
     processor.save_pretrained(final)
+    declare_profile(final, ZOOM_PROFILE if config.zoom_fraction > 0 else None)
     if config.export_dir:
         export = Path(config.export_dir)
         shutil.rmtree(export, ignore_errors=True)
