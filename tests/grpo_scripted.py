@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from visionthink import protocol
+from visionthink.profiles import VISIONTHINK
 
 NUM_GENERATIONS = 6
 TRUTH = "red"
@@ -161,7 +162,7 @@ def with_and_without_favour(model, token_id: int, amount: float, compute):
 def plan_first_turn(index: int) -> str:
     kind = PLAN[index % len(PLAN)]
     if kind.startswith("resize"):
-        return protocol.resize_text("The label is too small to read.")
+        return VISIONTHINK.call_text("The label is too small to read.", "resize_image", {"action": "resize"})
     return protocol.answer_text("I can see it.", TRUTH if kind == DIRECT_OK else "blue")
 
 

@@ -26,7 +26,9 @@ from visionthink import protocol
 from visionthink.data import synth
 from visionthink.errors import VisionThinkError
 from visionthink.images import make_views
+from visionthink.profiles import VISIONTHINK
 from visionthink.tokens import assistant_mask, encode
+from visionthink.tools import RESIZE
 from visionthink.train import grpo_env
 from visionthink.train.grpo import build_trainer
 from visionthink.train.grpo_config import VisionThinkGRPOConfig
@@ -58,14 +60,25 @@ def recipe(tmp_path, model_dir, **overrides) -> VisionThinkGRPOConfig:
     return VisionThinkGRPOConfig(**values)
 
 
+def resize_text(think: str) -> str:
+    """The canonical resize-call turn."""
+    return VISIONTHINK.call_text(think, RESIZE.name, {"action": "resize"})
+
+
 def test_tool_schema_and_answers_follow_the_protocol():
-    assert grpo_env.tool_schema() == protocol.RESIZE_TOOL
-    assert json.dumps(grpo_env.tool_schema()) == json.dumps(protocol.RESIZE_TOOL)  # key order renders too
+    from transformers.utils import get_json_schema
+
+    environment = grpo_env.environment_for(None)
+    schema = get_json_schema(environment().resize_image)  # what TRL renders from the method
+    assert schema == RESIZE.schema
+    assert json.dumps(schema) == json.dumps(RESIZE.schema)  # key order renders too
     item = synth.split_items("train", 1)[0]
-    env = grpo_env.ResizeEnvironment()
+    env = environment()
     env.reset(high_res_image=item.image)
-    assert env.resize_image(action="resize") == protocol.tool_turn(item.image)["content"]
-    assert env.resize_image(action="resize")[0]["text"].startswith("Error:")  # at most one resize
+    assert env.resize_image(action="resize") == protocol.tool_turn(RESIZE, item.image)["content"]
+    second = env.resize_image(action="resize")  # at most one call
+    assert second[0]["text"].startswith("Error:")
+    assert second == protocol.error_turn("a tool was already called")["content"]
     env.reset(high_res_image=item.image)
     assert env.resize_image()[0]["type"] == "image"  # a call without arguments is valid, as for the parser
     env.reset(high_res_image=item.image)
@@ -95,7 +108,7 @@ def test_trained_ids_are_the_protocol_rendering(tmp_path, tiny_dir):
     def answer_for(row):
         return protocol.answer_text(think, "dots" if row == 3 else "checker")
 
-    first = {0: protocol.resize_text(think), 1: protocol.resize_text(think)}
+    first = {0: resize_text(think), 1: resize_text(think)}
     recorded = script_turns(trainer, tokenizer, lambda i: first.get(i, answer_for(i)), answer_for)
     # the truth matches the scripted answer so rows 0-2 are correct ("checker" is one token of the tiny
     # vocabulary, so the resize episode fits max_completion_length)
@@ -153,7 +166,7 @@ def test_train_grpo_smoke(tmp_path, tiny_dir):
     second turn is sampled by the model with the high-res image in context; checkpoints and logs appear."""
     config = recipe(tmp_path, tiny_dir, max_steps=2, num_generations=2, per_device_train_batch_size=4,
                     save_steps=1, max_completion_length=128, save_total_limit=1)
-    call = protocol.resize_text("Look at the image.")
+    call = resize_text("Look at the image.")
     final, trainer, recorded = train_scripted(config, lambda i: call if i % 2 == 0 else None, lambda i: None)
     run = tmp_path / "run"
     assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
