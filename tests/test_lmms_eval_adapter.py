@@ -275,7 +275,7 @@ class ScriptedEngine:
             turn = protocol.parse_turn(text)
             episodes.append(protocol.Episode(
                 messages=[*protocol.first_turn(request.question, request.image), protocol.assistant_turn(text)],
-                answer=turn.answer if turn.kind == "answer" else None, resized=False, turns=[turn],
+                answer=turn.answer if turn.kind == "answer" else None, turns=[turn],
                 visual_tokens_per_turn=[4], full_res_visual_tokens=16, mode=mode))
         return episodes
 

@@ -16,7 +16,9 @@ from visionthink.images import make_views
 from visionthink.models import TinyModelConfig, chat_template, load_model
 from visionthink.models.patch_embed import use_linear_patch_embed
 from visionthink.models.processor import QWEN_SPECIAL_TOKENS
+from visionthink.profiles import VISIONTHINK
 from visionthink.tokens import encode, render_text
+from visionthink.tools import RESIZE
 from visionthink.train.sft_data import conversation
 
 
@@ -91,8 +93,8 @@ def test_no_protocol_line_or_question_is_one_token(random_tiny):
     _, processor = random_tiny
     text = render_text(processor, resize_conversation(processor))
     ids, spans = _pieces(processor.tokenizer, text)
-    lines = [json.dumps(protocol.RESIZE_TOOL), protocol.USER_INSTRUCTION, protocol.TOOL_RESPONSE_TEXT,
-             protocol.RESIZE_CALL_JSON, protocol.SYSTEM_PROMPT, "Read the pattern on the label."]
+    lines = [json.dumps(RESIZE.schema), protocol.USER_INSTRUCTION, RESIZE.response_text,
+             VISIONTHINK.call_json, protocol.SYSTEM_PROMPT, "Read the pattern on the label."]
     for line in lines:
         assert line in text
         assert _tokens_covering(spans, text, line) >= len(line.split()), line  # at least a token a word
@@ -172,8 +174,9 @@ def test_structured_tool_calls_render_like_the_protocols_inline_text(random_tiny
 
     _, processor = random_tiny
     image = Image.new("RGB", (56, 56))
-    inline = protocol.first_turn("q", image) + [protocol.assistant_turn(protocol.resize_text("Look."))]
-    call = {"type": "function", "function": {"name": protocol.TOOL_NAME, "arguments": {"action": "resize"}}}
+    inline = protocol.first_turn("q", image) + [
+        protocol.assistant_turn(VISIONTHINK.call_text("Look.", RESIZE.name, {"action": "resize"}))]
+    call = {"type": "function", "function": {"name": RESIZE.name, "arguments": {"action": "resize"}}}
     structured = protocol.first_turn("q", image) + [
         {"role": "assistant", "content": [protocol.text_part("<think>Look.</think>")], "tool_calls": [call]}
     ]
