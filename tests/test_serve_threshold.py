@@ -152,15 +152,25 @@ def test_an_engine_that_cannot_honour_a_threshold_refuses_it(shipped_model, unsu
         assert "transformers" in reply["error"]["message"]
 
 
-def test_zoom_mode_takes_a_threshold_too(server, unsure):
-    """In `zoom` mode the decision is between answering and either tool: T = 0 makes the first turn open a tool call
-    (the shipped model, never trained to zoom, may then write it badly), T = 1 an answer."""
+def test_zoom_mode_takes_a_threshold_too(shipped_model_dir, unsure):
+    """In `zoom` mode (on the zoom model, which declares visionthink-zoom) the decision is between answering and
+    either tool: T = 0 makes the first turn open a tool call, T = 1 an answer."""
     image, question = unsure
-    status, reply = ask(server.url, image, question, visionthink_mode="zoom", visionthink_tool_threshold=0.0)
-    assert status == 200, reply
-    info = reply["visionthink"]
-    assert info["tool_threshold"] == 0.0 and 0 < info["p_tool"] < 1
-    assert "<tool_call>" in info["turns"][0] and "<answer>" not in info["turns"][0]
-    status, reply = ask(server.url, image, question, visionthink_mode="zoom", visionthink_tool_threshold=1.0)
-    assert status == 200, reply
-    assert reply["visionthink"]["action"] == "answer" and "<answer>" in reply["visionthink"]["turns"][0]
+    engine = TransformersEngine.from_pretrained(shipped_model_dir.parent / "tiny-synth-zoom")
+    with BackgroundServer(create_app(engine, ServeConfig(model_name="zoom"))) as zooming:
+        status, reply = ask(zooming.url, image, question, visionthink_mode="zoom", visionthink_tool_threshold=0.0)
+        assert status == 200, reply
+        info = reply["visionthink"]
+        assert info["tool_threshold"] == 0.0 and 0 < info["p_tool"] <= 1
+        assert info["action"] in ("resize", "zoom") and "<answer>" not in info["turns"][0]
+        status, reply = ask(zooming.url, image, question, visionthink_mode="zoom", visionthink_tool_threshold=1.0)
+        assert status == 200, reply
+        assert reply["visionthink"]["action"] == "answer" and "<answer>" in reply["visionthink"]["turns"][0]
+
+
+def test_a_mode_whose_tool_the_served_model_lacks_is_refused(server, unsure):
+    image, question = unsure
+    status, reply = ask(server.url, image, question, visionthink_mode="zoom")
+    assert status == 400 and reply["error"]["param"] == "visionthink_mode"
+    assert reply["error"]["message"].startswith("visionthink_mode zoom needs the zoom_image tool, which this model's "
+                                                "protocol 'visionthink' does not offer")

@@ -76,7 +76,7 @@ def build_engine(options: EngineOptions, sampling: SamplingConfig | None = None,
 
     options.check()
     protocol = protocol if protocol is not None else options.protocol
-    if protocol is None:
+    if protocol is None and options.engine == "remote":  # the local engines read the declaration themselves
         try:
             protocol = declared_profile(options.model)
         except ValueError as error:

@@ -26,7 +26,7 @@ from visionthink.engines.tool_decision import Decisions, PathTokens
 from visionthink.models import load_model
 from visionthink.models.additive_mask import use_additive_mask
 from visionthink.models.patch_embed import use_linear_patch_embed
-from visionthink.profiles import ProtocolProfile, get_profile
+from visionthink.profiles import ProtocolProfile, declared_profile, get_profile
 from visionthink.tokens import ProcessedImages, encode_batch, encode_batch_reusing, visual_tokens
 
 __all__ = ["MODES", "Request", "TransformersEngine", "never_write_ids"]
@@ -83,13 +83,16 @@ class TransformersEngine:
     def from_pretrained(cls, model_dir: str | Path | None = None, device: str | None = None,
                         dtype: str | None = None, attn_implementation: str | None = None,
                         device_map: str | dict | None = None, **kwargs) -> TransformersEngine:
-        """The engine on a model folder (default: the shipped one); other arguments go to `__init__`.
+        """The engine on a model folder (default: the shipped one) under the profile it declares (unless `protocol` is
+        given: `profiles.declared_profile`); other arguments go to `__init__`.
 
         `attn_implementation` (`sdpa`, `flash_attention_2`, `eager`) and `device_map` (`auto` spreads a model larger
         than one GPU over the visible ones; `device` is then not used) go to `models.load_model`.
         """
         model, processor = load_model(model_dir, dtype=dtype, device=device, attn_implementation=attn_implementation,
                                       device_map=device_map)
+        if kwargs.get("protocol") is None:
+            kwargs["protocol"] = declared_profile(model_dir)
         return cls(model, processor, **kwargs)
 
     @property

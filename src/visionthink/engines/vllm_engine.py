@@ -29,7 +29,7 @@ from pathlib import Path
 from visionthink.engines.base import BANNED_BIAS, Generated, never_write_ids, run_episodes, stop_ids
 from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.errors import ModelError, VisionThinkError
-from visionthink.profiles import ProtocolProfile, get_profile
+from visionthink.profiles import ProtocolProfile, declared_profile, get_profile
 from visionthink.protocol import END_MARKERS, MAX_ASSISTANT_TURNS, Episode, Message, images_in
 from visionthink.tokens import render_text
 
@@ -71,7 +71,8 @@ class VLLMEngine:
                         **llm_kwargs) -> VLLMEngine:
         """Load `model_dir` into vLLM with the project's chat template applied (as `models.load_model` does).
 
-        `llm_kwargs` go to `vllm.LLM`: on GPUs typically `tensor_parallel_size`, `gpu_memory_utilization`,
+        `protocol` defaults to the folder's declaration (`profiles.declared_profile`). `llm_kwargs` go to `vllm.LLM`:
+        on GPUs typically `tensor_parallel_size`, `gpu_memory_utilization`,
         `max_model_len` and `dtype`. Prefix caching is on, and two images and no video per prompt are allowed (so
         vLLM reserves no memory for video), unless given otherwise. The image processor's pixel bounds are always
         passed as `mm_processor_kwargs` (other keys there pass through; different bounds are refused: they would
@@ -90,7 +91,8 @@ class VLLMEngine:
         llm_kwargs.setdefault("limit_mm_per_prompt", {"image": MAX_ASSISTANT_TURNS, "video": 0})
         llm_kwargs["mm_processor_kwargs"] = pixel_bounds(processor, llm_kwargs.get("mm_processor_kwargs"))
         llm = vllm.LLM(model=str(path), **llm_kwargs)
-        return cls(llm, processor, sampling, batch_size=batch_size, protocol=protocol)
+        return cls(llm, processor, sampling, batch_size=batch_size,
+                   protocol=protocol if protocol is not None else declared_profile(path))
 
     def run(self, requests: list, mode: str = "visionthink", progress=None,
             sampling: SamplingConfig | None = None) -> list[Episode]:
