@@ -18,11 +18,18 @@ from visionthink.engines.remote import RemoteEngine, RemoteEngineError, png_data
 from visionthink.engines.transformers_engine import Request, TransformersEngine
 from visionthink.errors import VisionThinkError
 from visionthink.images import load_image, make_views
+from visionthink.profiles import VISIONTHINK
 from visionthink.serve.app import ServeConfig, create_app
 from visionthink.serve.background import BackgroundServer
 from visionthink.serve.replies import split_tool_calls
+from visionthink.tools import RESIZE
 
 KEY = "remote-key"
+
+
+def resize_text(think: str) -> str:
+    """The canonical resize-call turn."""
+    return VISIONTHINK.call_text(think, RESIZE.name, {"action": "resize"})
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +102,7 @@ def _raw_body(engine, request, **extra) -> dict:
     views = make_views(load_image(request.image), engine.processor.grid)
     messages = RemoteEngine("http://127.0.0.1:9", model="m").openai_messages(
         protocol.first_turn(request.question, views.low))
-    return {"messages": messages, "tools": [protocol.RESIZE_TOOL], **extra}
+    return {"messages": messages, "tools": [RESIZE.schema], **extra}
 
 
 def test_raw_mode_returns_openai_tool_calls(server, engine, requests_):
@@ -139,7 +146,7 @@ def test_raw_mode_streams_tool_calls(server, engine, requests_):
 
 
 def test_split_tool_calls_keeps_malformed_text_as_content():
-    text = protocol.resize_text("look closer")
+    text = resize_text("look closer")
     content, calls = split_tool_calls(text)
     assert content == "<think>look closer</think>\n" and calls[0]["function"]["name"] == "resize_image"
     assert split_tool_calls("<think>x</think>\n<tool_call>\nnot json\n</tool_call>") == (
@@ -152,7 +159,7 @@ def test_images_travel_as_png_data_urls(engine, synth_items):
     remote = RemoteEngine("http://127.0.0.1:9", model="m")
     image = synth_items[0].image
     messages = remote.openai_messages(protocol.first_turn("q?", image) + [
-        protocol.assistant_turn(protocol.resize_text("t")), protocol.tool_turn(image)])
+        protocol.assistant_turn(resize_text("t")), protocol.tool_turn(RESIZE, image)])
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool"]
     url = messages[1]["content"][0]["image_url"]["url"]
     assert url.startswith("data:image/png;base64,")
@@ -277,7 +284,7 @@ def test_split_replies_are_joined_back_and_bans_are_sent(engine, requests_):
     finally:
         server.close()
     texts = [protocol.assistant_text(m) for m in episode.messages if m["role"] == "assistant"]
-    assert texts == [protocol.resize_text("Read the label."), "<think>Now it is clear.</think>\n<answer>dots</answer>"]
+    assert texts == [resize_text("Read the label."), "<think>Now it is clear.</think>\n<answer>dots</answer>"]
     assert episode.resized and episode.answer == "dots" and episode.well_formed
     tool_call = str(engine.processor.tokenizer.convert_tokens_to_ids("<tool_call>"))
     image_pad = str(engine.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
