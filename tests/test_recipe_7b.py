@@ -86,7 +86,8 @@ def test_completion_budget_has_room_for_the_largest_resize_under_the_server_cont
 
     image = Image.new("RGB", (28, 28))
     for profile in (VISIONTHINK, RELEASE):
-        tool_chars = sum(len(part.get("text", "")) for part in profile.tool_turn(image)["content"])
+        reply = profile.tool_turn(profile.tool("resize_image"), image)
+        tool_chars = sum(len(part.get("text", "")) for part in reply["content"])
         tool_turn = largest + tool_chars + TEMPLATE_TOKENS
         assert config.max_completion_length - tool_turn >= TEXT_ROOM, profile.name
         first = profile.first_turn("", image)

@@ -85,8 +85,8 @@ def test_an_episode_that_resizes_runs_through_the_stand_in(fake_vllm, shipped_mo
     llm, = fake_vllm.instances
     if protocol == "release":
         def reply(prompt, params):
-            turn = profile.resize_text("too small") if len(prompt["multi_modal_data"]["image"]) == 1 \
-                else profile.answer_text("seen", "dots")
+            turn = profile.call_text("too small", "resize_image", {"action": "resize"}) \
+                if len(prompt["multi_modal_data"]["image"]) == 1 else profile.answer_text("seen", "dots")
             return turn + "<|im_end|>"
         llm.reply = reply
     episode, = engine.run([request()], "visionthink")
