@@ -133,7 +133,8 @@ def test_release_episode_feeds_its_rendering(loaded, page):
     engine = TransformersEngine(model, processor, SamplingConfig(max_new_tokens=6), protocol="release")
     episode = engine.run([Request(str(page), "What is the total price?", needs_high_res=True)], "oracle")[0]
     assert episode.resized and episode.visual_tokens_per_turn == [391, 1564]
-    assert episode.messages[-2] == RELEASE.tool_turn(protocol.images_in(episode.messages)[1])
+    assert episode.messages[-2] == RELEASE.tool_turn(RELEASE.tool("resize_image"),
+                                                     protocol.images_in(episode.messages)[1])
     text = render_text(processor, episode.messages, protocol=RELEASE)
     assert "Here is the image and question:\n<|vision_start|><|image_pad|><|vision_end|>\nWhat is the total" in text
     assert "</tool_call><|im_end|><|im_start|>user\n<tool_response>\nThe resized image is shown below:\n" in text
@@ -168,7 +169,7 @@ def test_two_grpo_steps_with_lora_and_the_release_protocol(model_dir, tmp_path):
         report_to="none", resume=False, drop_tied_groups=False, lora=True, lora_r=4, lora_alpha=8,
         protocol="release",
     )
-    call = RELEASE.resize_text("The print is small.")
+    call = RELEASE.call_text("The print is small.", "resize_image", {"action": "resize"})
     final, trainer, recorded = train_scripted(config, lambda i: call if i % 2 == 0 else None,
                                               lambda i: RELEASE.answer_text("ok", "7"))
     assert trainer.state.global_step == 2
