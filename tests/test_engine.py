@@ -9,7 +9,9 @@ from conftest import full_tokens  # tests/ is on sys.path
 from visionthink import protocol
 from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.engines.transformers_engine import Request, TransformersEngine
+from visionthink.profiles import VISIONTHINK
 from visionthink.tokens import encode
+from visionthink.tools import RESIZE
 
 
 def requests_for(items):
@@ -207,7 +209,8 @@ def test_batched_encoding_equals_encoding_each_conversation(shipped_model):
         views = make_views(item.image, processor.grid)
         messages = protocol.first_turn(item.question + " please" * index, views.low)
         if index % 2:
-            messages += [protocol.assistant_turn(protocol.resize_text("look")), protocol.tool_turn(views.high)]
+            messages += [protocol.assistant_turn(VISIONTHINK.call_text("look", RESIZE.name, {"action": "resize"})),
+                         protocol.tool_turn(RESIZE, views.high)]
         conversations.append(messages)
     for messages, batched in zip(conversations, encode_batch(processor, conversations, True), strict=True):
         single = encode(processor, messages, add_generation_prompt=True)
@@ -320,7 +323,9 @@ def test_a_second_turn_processes_only_its_new_image_and_encodes_the_same(preset,
         views = make_views(item.image, processor.grid)
         messages = rules.first_turn(item.question + " please" * index, views.low)
         first.append(messages)
-        second.append([*messages, protocol.assistant_turn(rules.resize_text("look")), rules.tool_turn(views.high)])
+        call = rules.call_text("look", "resize_image", {"action": "resize"})
+        reply = rules.tool_turn(rules.tool("resize_image"), views.high)
+        second.append([*messages, protocol.assistant_turn(call), reply])
         lows.append(views.low.size)
         highs.append(views.high.size)
     seen: list[tuple[int, int]] = []
