@@ -4,9 +4,10 @@ size 1, else batch shares and the batches' wall times)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from numpy import percentile
 
 from visionthink.eval.samples_log import SampleLog
 from visionthink.rewards.judge_base import Judge
@@ -16,22 +17,6 @@ ORACLE_LABEL = "needs_high_res"
 
 
 # ---------------------------------------------------------------- small statistics
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The `q`-th percentile (0-100) with linear interpolation between order statistics (numpy's default).
-
-    Empty input gives 0.0.
-    """
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile {q} is outside [0, 100]")
-    ordered = sorted(float(v) for v in values)
-    if not ordered:
-        return 0.0
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def tokens_per_second(generated_tokens: float, seconds: float) -> float:
@@ -109,13 +94,16 @@ def item_seconds(record: dict[str, Any]) -> float:
     return float(record["seconds"])
 
 
-def timing_note(timing: str, batch_size: float | None = None) -> str:
+def timing_note(timing: str, batch_size: float | None = None, batch_seconds: Sequence[float] = ()) -> str:
+    """What the per-item times are: measured (every item ran alone) or shares of batches, then with the
+    batches' wall times (p50, p95) when given."""
     if timing == MEASURED:
-        return "per-item times measured: every item ran alone (batch size 1)"
+        return "per-item times measured: every item ran alone (batch size 1); p50/p95 are over items"
     size = f" (up to {batch_size:g} items per batch)" if batch_size else ""
-    return (f"per-item times are shares of a batch's wall time{size}, not measurements: per-item p50/p95 are "
-            "not given (null); batch_seconds_* are the measured wall times per batch; run with --batch-size 1 "
-            "for measured per-item times")
+    walls = (f"; wall time per batch: p50 {percentile(batch_seconds, 50):.3f} s, "
+             f"p95 {percentile(batch_seconds, 95):.3f} s") if len(batch_seconds) else ""
+    return (f"per-item times are shares of a batch's wall time{size}, not measurements: no per-item p50/p95 "
+            f"(--batch-size 1 measures them){walls}")
 
 
 def time_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -141,13 +129,13 @@ def time_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
         "seconds": total,
         "seconds_mean": total / len(records) if records else 0.0,
         "timing": MEASURED if is_measured else BATCH_SHARE,
-        "timing_note": timing_note(MEASURED if is_measured else BATCH_SHARE, largest),
-        "seconds_p50": percentile(per_item, 50) if is_measured else None,
-        "seconds_p95": percentile(per_item, 95) if is_measured else None,
+        "timing_note": timing_note(MEASURED if is_measured else BATCH_SHARE, largest, walls),
+        "seconds_p50": float(percentile(per_item, 50)) if is_measured else None,
+        "seconds_p95": float(percentile(per_item, 95)) if is_measured else None,
         "batches": len(batches),
         "batch_seconds_mean": _mean(walls) if walls else None,
-        "batch_seconds_p50": percentile(walls, 50) if walls else None,
-        "batch_seconds_p95": percentile(walls, 95) if walls else None,
+        "batch_seconds_p50": float(percentile(walls, 50)) if walls else None,
+        "batch_seconds_p95": float(percentile(walls, 95)) if walls else None,
     }
 
 
@@ -158,8 +146,8 @@ def family_time_metrics(records: list[dict[str, Any]], is_measured: bool) -> dic
     return {
         "seconds": sum(times),
         "seconds_mean": _mean(times),
-        "seconds_p50": percentile(times, 50) if is_measured else None,
-        "seconds_p95": percentile(times, 95) if is_measured else None,
+        "seconds_p50": float(percentile(times, 50)) if is_measured else None,
+        "seconds_p95": float(percentile(times, 95)) if is_measured else None,
     }
 
 
@@ -193,7 +181,7 @@ def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None 
     }
     if official:
         metrics["official"] = official
-    if any(r.get("action") == "zoom" for r in records):  # only where a zoom ran: other summaries are unchanged
+    if any(r.get("action") == "zoom" for r in records):  # zoom figures only where a zoom ran
         metrics["zoom_ratio"] = _mean(float(r.get("action") == "zoom") for r in records)
         metrics.update(zoom_box_metrics(records))
     labelled = all(s.meta.get(ORACLE_LABEL) is not None for s in samples)
