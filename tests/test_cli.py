@@ -133,10 +133,17 @@ def test_demo_prints_all_modes_for_both_wording_sets(shipped_model_dir, tmp_path
     for table in demo_tables(result.stdout):
         assert [row["mode"] for row in table] == ["full", "low", "visionthink", "oracle"]
         assert not any(column.startswith("zoom") for column in table[0])
-    off = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir), "--zoom-model", "none")
+    reports = tmp_path / "reports"
+    off = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir), "--zoom-model", "none", "--out",
+                      str(reports))
     assert off.returncode == 0, off.stderr
     assert not any("zoom" in line for line in off.stdout.splitlines())
     assert untimed(off.stdout) == untimed(result.stdout)  # no zoom model: the demo's output as before
+    assert off.stdout.splitlines()[-1] == f"report: {reports / 'model' / 'report.md'}"
+    summary = json.loads((reports / "model" / "summary.json").read_text())  # the tables print eval's scores
+    for bench, table in zip(("synth", "synth-heldout"), demo_tables(off.stdout), strict=True):
+        assert [row["acc all"] for row in table] == [f"{100 * summary[bench][row['mode']]['score']:.1f}%"
+                                                     for row in table]
 
 
 def untimed(stdout: str) -> list[dict[str, str]]:
@@ -208,7 +215,6 @@ def _usage_error(capsys, argv: list[str]) -> str:
         (["data", "synth", "--out", "x", "--n", "0"], "--n"),
         (["data", "synth", "--out", "x", "--n", "ten"], "--n"),
         (["demo", "--n", "-5"], "--n"),
-        (["demo", "--seed", "-3"], "--seed"),
         (["demo", "--batch-size", "0"], "--batch-size"),
         (["eval", "--out", "x", "--limit", "0"], "--limit"),
         (["eval", "--out", "x", "--batch-size", "-1"], "--batch-size"),

@@ -65,7 +65,7 @@ def test_rule_judge_and_eval_score_agree(question, truth, prediction, right):
     sample = Sample(uid="u", image=None, question=question, answer=truth)
     eval_score = Synth().score([sample], [prediction]).per_sample[0]
     assert verdict.ok and verdict.score == eval_score == float(right)
-    if question == "q":  # without options to read, exact_match (demo, curate) is the same grade
+    if question == "q":  # without options to read, exact_match (curate) is the same grade
         assert exact_match(prediction, truth) is right
 
 

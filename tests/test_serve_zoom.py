@@ -1,5 +1,6 @@
-"""`visionthink_mode: zoom` on the real server (uvicorn on 127.0.0.1) with the shipped tiny model: the second engine
-on the zoom profile, the reply's action, box, crop and token accounting, and the refusals."""
+"""`visionthink_mode: zoom` on the real server (uvicorn on 127.0.0.1) with the shipped tiny model served as a zoom
+model (or beside the default one): the engine per profile, the reply's action, box, crop and token accounting, and the
+refusals."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from test_serve import call, chat_body, data_url
 
 from visionthink import protocol
 from visionthink.data import synth
-from visionthink.engines.base import Generated, oracle_box
+from visionthink.engines.base import Generated
 from visionthink.engines.transformers_engine import Request, TransformersEngine
 from visionthink.images import make_views, zoom_region
 from visionthink.serve.app import create_app
 from visionthink.serve.background import BackgroundServer
 from visionthink.serve.config import ServeConfig
+from visionthink.tools.zoom import oracle_box
 
 KEY = "zoom-key"
 
@@ -50,7 +52,8 @@ class _ZoomingSession:
             question = protocol.assistant_text(messages[1]).split("\n")[0]
             if not any(m["role"] == "assistant" for m in messages) and question in self.engine.boxes:
                 think = self.engine.protocol.parse_turn(output.text).think or ""
-                output.text = self.engine.protocol.zoom_text(think, self.engine.boxes[question])
+                output.text = self.engine.protocol.call_text(think, "zoom_image",
+                                                             {"box": self.engine.boxes[question]})
         return outputs
 
 
@@ -64,7 +67,8 @@ def items():
 
 @pytest.fixture(scope="module")
 def server(shipped_model):
-    app = create_app(TransformersEngine(*shipped_model), config())
+    """The shipped weights served as a zoom model (a model declaring `visionthink-zoom`)."""
+    app = create_app(TransformersEngine(*shipped_model, protocol="visionthink-zoom"), config())
     with BackgroundServer(app) as running:
         running.app = app
         yield running
@@ -96,10 +100,11 @@ def test_zoom_requests_run_the_zoom_profile_on_the_shared_model(server, shipped_
         if episode.action == "answer":
             assert len(info["visual_tokens_per_turn"]) == 1
     worker = server.app.state.worker
-    zoom = worker.engine_for("zoom")
-    assert zoom is worker.engine_for("zoom") and zoom is not worker.engine  # built once
-    assert zoom.model is worker.engine.model and zoom.processor is worker.engine.processor
-    assert zoom.protocol.name == "visionthink-zoom" and worker.engine.protocol.name == "visionthink"
+    assert worker.engine_for("zoom") is worker.engine  # the served zoom model runs zoom itself
+    plain = worker.engine_for("visionthink")  # resize only: the same weights under visionthink
+    assert plain is worker.engine_for("visionthink") and plain is not worker.engine  # built once
+    assert plain.model is worker.engine.model and plain.processor is worker.engine.processor
+    assert worker.engine.protocol.name == "visionthink-zoom" and plain.protocol.name == "visionthink"
 
 
 def test_the_budget_counts_a_zoom_prompt_as_the_zoom_engine_feeds_it(server, items):
@@ -110,9 +115,10 @@ def test_the_budget_counts_a_zoom_prompt_as_the_zoom_engine_feeds_it(server, ite
     for item in items:
         episode = engine.run([Request(item.image, item.question)], "low")[0]
         fed_prompt = len(episode.fed_token_ids) - episode.generated_tokens
-        counted = service.budget.visionthink(item.question, item.image.size, "zoom", 8, service.zoom_profile)
+        counted = service.budget.visionthink(item.question, item.image.size, "zoom", 8, service.profile_for("zoom"))
         assert counted == fed_prompt
-        assert counted > service.budget.visionthink(item.question, item.image.size, "visionthink", 8)
+        assert counted > service.budget.visionthink(item.question, item.image.size, "visionthink", 8,
+                                                    service.profile_for("visionthink"))
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +184,17 @@ def test_oracles_are_not_served(server, items):
         status, reply = ask(server, items[0], mode=mode)
         assert status == 400 and reply["error"]["param"] == "visionthink_mode"
         assert "not served" in reply["error"]["message"]
+
+
+def test_a_model_without_zoom_refuses_zoom_with_400(shipped_model, items):
+    """The shipped model declares no zoom tool: a zoom request is refused in one line, not run untrained."""
+    with BackgroundServer(create_app(TransformersEngine(*shipped_model), config())) as running:
+        status, reply = ask(running, items[0])
+        assert status == 400, reply
+        error = reply["error"]
+        assert error["code"] == "invalid_parameter" and error["param"] == "visionthink_mode"
+        assert error["message"].startswith("visionthink_mode zoom needs the zoom_image tool, which this model's "
+                                           "protocol 'visionthink' does not offer") and "\n" not in error["message"]
 
 
 def test_release_protocol_refuses_zoom_with_400(shipped_model, items):

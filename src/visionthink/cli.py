@@ -18,7 +18,6 @@ ASK_EXIT_CODES = (
     "exit codes: 0 answered; 2 bad input (option value, image, model folder); "
     "3 the model gave no answer (malformed final turn: `error` in --json, else an `error: ...` line on stderr)"
 )
-DEMO_WORDINGS = (("train", "train wordings"), ("heldout", "held-out wordings (never trained)"))
 DEMO_ZOOM_MODEL = "checkpoints/tiny-synth-zoom"
 """`demo --zoom-model`'s default: the repository's zoom checkpoint (beside the shipped `checkpoints/tiny-synth`)."""
 PROTOCOLS = ("visionthink", "release", "visionthink-zoom")
@@ -29,7 +28,6 @@ MAX_NEW_TOKENS_HELP = ("tokens per assistant turn (default: the protocol's, 64 f
                        "8192 for release, its evaluation's)")
 PRESET_NAMES = ("tiny", "real-vocab-small", "7b-shape-2layer")
 """`visionthink.models.presets.NAMES`, written out for the same reason."""
-"""`demo`'s two tables: the same items and images, asked in each question wording set."""
 
 
 # ---------------------------------------------------------------- option values (argparse `type=`)
@@ -206,50 +204,44 @@ def _print_answer(result: dict, seconds: float, as_json: bool) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from visionthink.data import synth
-    from visionthink.engines.base import ZOOM_MODES
-    from visionthink.engines.transformers_engine import MODES, TransformersEngine
-    from visionthink.eval.synth_run import format_table, run_modes, timing_note
+    import tempfile
+    from pathlib import Path
 
-    engine = TransformersEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                                batch_size=args.batch_size)
-    print(f"{args.n} held-out synthetic test items (seed {args.seed}), each asked twice: in trained wordings and "
+    from visionthink.eval.synth_run import BENCH_TITLES, format_table, run_demo, timing_line
+
+    print(f"{args.n} held-out synthetic test items (seed 0), each asked twice: in trained wordings and "
           f"in held-out ones; greedy, model {args.model or 'shipped'}")
-    zoom_engine, line = _demo_zoom_engine(args)
+    zoom_model, line = _demo_zoom_model(args)
     if line:
         print(line)
-    for wordings, title in DEMO_WORDINGS:
-        items = synth.split_items("test", args.n, seed=args.seed, wordings=wordings)
+    with tempfile.TemporaryDirectory(prefix="visionthink-demo-") as scratch:
+        result = run_demo(Path(args.out or scratch), args.n, args.model, zoom_model, args.batch_size,
+                          device=args.device, dtype=args.dtype)
+    for bench, title in BENCH_TITLES.items():
         print(f"\n{title}\n")
-        results = run_modes(engine, items, list(MODES))
-        if zoom_engine is not None:
-            results += run_modes(zoom_engine, items, list(ZOOM_MODES))
-        print(format_table(results))
-        print(f"\n{timing_note(results)}")
+        print(format_table(result.summary[bench]))
+        print(f"\n{timing_line(result.records[bench])}")
+    if args.out:
+        print("\n" + "\n".join(f"report: {report}" for report in result.reports))
     return 0
 
 
-def _demo_zoom_engine(args: argparse.Namespace):
-    """(the engine of the zoom rows or None, the line that says which model runs them or why they are skipped)."""
+def _demo_zoom_model(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(the folder of the model that runs the zoom rows or None, the line that says which model or why none)."""
     from pathlib import Path
 
     if args.zoom_model.lower() == "none":
         return None, ""
+    from visionthink.eval.synth_run import ZOOM_PROTOCOL
     from visionthink.models.loading import default_model_dir
-    from visionthink.profiles import with_zoom
 
     shipped = args.zoom_model == DEMO_ZOOM_MODEL  # the repository's, wherever demo runs from
     path = default_model_dir().parent / Path(DEMO_ZOOM_MODEL).name if shipped else Path(args.zoom_model)
     if not (path / "config.json").is_file():
         return None, (f"zoom rows skipped: no zoom-trained model at {args.zoom_model} (give --zoom-model PATH, or "
                       "--zoom-model none to leave them out)")
-    from visionthink.engines.transformers_engine import TransformersEngine
-
-    profile = with_zoom("visionthink")
-    engine = TransformersEngine.from_pretrained(path, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                                                protocol=profile)
-    return engine, (f"zoom rows (zoom; oracle-zoom on the true label box): model {args.zoom_model}, "
-                    f"protocol {profile.name}")
+    return str(path), (f"zoom rows (zoom; oracle-zoom on the true label box): model {args.zoom_model}, "
+                       f"protocol {ZOOM_PROTOCOL}")
 
 
 def _model_init(args: argparse.Namespace) -> int:
@@ -497,11 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default=None)
     demo.add_argument("--n", type=positive_int, default=300,
                       help="test items per wording set (the same items are asked in both)")
-    demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument("--batch-size", type=positive_int, default=32)
     demo.add_argument("--zoom-model", default=DEMO_ZOOM_MODEL,
                       help="a zoom-trained model: adds the rows zoom and oracle-zoom, run on it under the zoom "
                       f"protocol (default {DEMO_ZOOM_MODEL}, skipped with a note when absent; none: leave them out)")
+    demo.add_argument("--out", default=None, metavar="DIR",
+                      help="keep the reports (eval's, a folder per model) in DIR, new or empty (default: a temporary "
+                      "folder)")
     demo.set_defaults(handler=_demo)
 
     model = commands.add_parser("model", help="model folders").add_subparsers(dest="model_command", required=True)
