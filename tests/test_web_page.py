@@ -116,7 +116,7 @@ def zooming_server(shipped_model, zoom_item):
     """A server whose zoom engine zooms on the item's label (the shipped model was never trained to zoom)."""
     from test_serve_zoom import FirstTurnZooms  # tests/ is on sys.path
 
-    from visionthink.engines.base import oracle_box
+    from visionthink.tools.zoom import oracle_box
 
     low = make_views(zoom_item.image, shipped_model[1].grid).low
     zoom = FirstTurnZooms(*shipped_model, {zoom_item.question: oracle_box(zoom_item.label_box, zoom_item.image.size,
