@@ -14,6 +14,8 @@ from visionthink.data import synth
 from visionthink.images import PixelGrid, Views, make_views, zoom_crop
 from visionthink.profiles import VISIONTHINK_ZOOM
 from visionthink.tokens import IGNORE_INDEX, assistant_mask, encode, encode_for_training, render_text
+from visionthink.tools import RESIZE, ZOOM
+from visionthink.tools.zoom import check_box
 from visionthink.train import grpo_env
 
 # ---------------------------------------------------------------- SFT
@@ -35,12 +37,12 @@ def test_encode_for_training_renders_in_the_given_profile(random_tiny):
     mask = assistant_mask(processor, ids)
     assert trained["labels"][0].tolist() == torch.where(mask, ids, torch.full_like(ids, IGNORE_INDEX)).tolist()
     text = render_text(processor, example.messages, protocol=VISIONTHINK_ZOOM)
-    assert json.dumps(protocol.ZOOM_TOOL) in text and protocol.ZOOM_USER_INSTRUCTION in text
+    assert json.dumps(ZOOM.schema) in text and protocol.ZOOM_USER_INSTRUCTION in text
     trained_text = processor.tokenizer.decode(ids[mask])
-    assert protocol.ZOOM_TOOL_NAME in trained_text  # the zoom call (with the label box) is trained on
+    assert ZOOM.name in trained_text  # the zoom call (with the label box) is trained on
     default = encode_for_training(processor, example.messages)
     assert default["input_ids"].tolist() == encode(processor, example.messages)["input_ids"].tolist()
-    assert json.dumps(protocol.ZOOM_TOOL) not in render_text(processor, example.messages)
+    assert json.dumps(ZOOM.schema) not in render_text(processor, example.messages)
 
 
 @pytest.mark.slow
@@ -71,7 +73,7 @@ def test_sft_with_zoom_fraction_trains_on_the_zoom_rendering(tmp_path, random_ti
     assert (final / "config.json").is_file()
     assert len(seen) == 16 and all(p == "visionthink-zoom" for _, p, _ in seen)
     zoomed = [(messages, ids) for messages, _, ids in seen
-              if any(m["role"] == "tool" and m.get("name") == protocol.ZOOM_TOOL_NAME for m in messages)]
+              if any(m["role"] == "tool" and m.get("name") == ZOOM.name for m in messages)]
     assert zoomed  # label questions zoom (zoom_fraction 1), coarse ones resize
     for messages, ids in zoomed:
         assert ids == encode(processor, messages, protocol=VISIONTHINK_ZOOM)["input_ids"][0].tolist()
@@ -109,6 +111,11 @@ GRID = PixelGrid(factor=28, min_pixels=784, max_pixels=18816)  # the tiny model'
 THINK = "Look at the image."
 
 
+def zoom_text(think: str, box) -> str:
+    """The canonical zoom-call turn."""
+    return VISIONTHINK_ZOOM.call_text(think, ZOOM.name, {"box": box})
+
+
 def zoom_env(item):
     environment = grpo_env.environment_for(VISIONTHINK_ZOOM, GRID)
     views = make_views(item.image, GRID)
@@ -123,10 +130,11 @@ def test_zoom_environment_schemas_are_the_profiles():
     environment = grpo_env.environment_for("visionthink-zoom", GRID)
     assert grpo_env.tool_methods(environment) == ["resize_image", "zoom_image"]
     tools = grpo_env.environment_tools(environment)
-    assert tools == VISIONTHINK_ZOOM.template_tools() == [protocol.RESIZE_TOOL, protocol.ZOOM_TOOL]
-    assert json.dumps(tools) == json.dumps([protocol.RESIZE_TOOL, protocol.ZOOM_TOOL])
-    assert grpo_env.environment_tools(grpo_env.ResizeEnvironment) == [protocol.RESIZE_TOOL]
-    assert grpo_env.environment_for(None) is grpo_env.ResizeEnvironment
+    assert tools == VISIONTHINK_ZOOM.template_tools() == [RESIZE.schema, ZOOM.schema]
+    assert json.dumps(tools) == json.dumps([RESIZE.schema, ZOOM.schema])
+    default = grpo_env.environment_for(None)
+    assert grpo_env.tool_methods(default) == ["resize_image"]
+    assert grpo_env.environment_tools(default) == [RESIZE.schema]
     with pytest.raises(ValueError, match="pixel grid"):
         grpo_env.environment_for("visionthink-zoom")
 
@@ -135,12 +143,12 @@ def test_zoom_environment_answers_as_the_profile():
     item = synth.split_items("train", 1)[0]
     env, views = zoom_env(item)
     box = [4, 6, 30, 28]
-    assert env.zoom_image(box=box) == protocol.zoom_turn(zoom_crop(tuple(box), views, GRID))["content"]
+    assert env.zoom_image(box=box) == protocol.tool_turn(ZOOM, zoom_crop(tuple(box), views, GRID))["content"]
     assert env.returned_images[0].tobytes() == zoom_crop(tuple(box), views, GRID).tobytes()
     assert env.resize_image(action="resize")[0]["text"].startswith("Error:")  # one tool call per rollout
     assert env.zoom_image(box=box)[0]["text"].startswith("Error:")
     env, views = zoom_env(item)
-    assert env.resize_image(action="resize") == protocol.tool_turn(views.high)["content"]
+    assert env.resize_image(action="resize") == protocol.tool_turn(RESIZE, views.high)["content"]
     assert env.zoom_image(box=box)[0]["text"].startswith("Error:")
     width, height = views.low.size
     bad = {"outside": [width + 5, 0, width + 20, 10], "inverted": [20, 20, 10, 30], "arity": [1, 2, 3],
@@ -152,7 +160,7 @@ def test_zoom_environment_answers_as_the_profile():
         assert env.returned_images == []
     env, _ = zoom_env(item)
     outside = env.zoom_image(box=bad["outside"])
-    assert outside == VISIONTHINK_ZOOM.error_turn(protocol.zoom_box(bad["outside"], (width, height))[1])["content"]
+    assert outside == VISIONTHINK_ZOOM.error_turn(check_box(bad["outside"], (width, height))[1])["content"]
 
 
 def test_rollout_episode_checks_zoom_boxes_against_the_view(random_tiny):
@@ -165,7 +173,7 @@ def test_rollout_episode_checks_zoom_boxes_against_the_view(random_tiny):
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     kinds = []
     for box in ([2, 2, 20, 20], [views.low.width + 4, 0, views.low.width + 30, 20]):
-        ids = tokenizer.encode(protocol.zoom_text(THINK, box), add_special_tokens=False) + [end]
+        ids = tokenizer.encode(zoom_text(THINK, box), add_special_tokens=False) + [end]
         episode = grpo_env.rollout_episode(processor, prompt, [{"role": "assistant", "content": ""}], ids,
                                            views.high, protocol_profile=VISIONTHINK_ZOOM)
         kinds.append(episode.turns[0].kind)
@@ -231,9 +239,9 @@ def test_zoom_trained_ids_are_the_profile_rendering(tmp_path, tiny_dir):
     from transformers.utils import get_json_schema
 
     rendered_tools = [tool if isinstance(tool, dict) else get_json_schema(tool) for tool in trainer.tools]
-    assert rendered_tools == [protocol.RESIZE_TOOL, protocol.ZOOM_TOOL]  # what TRL passes to the chat template
+    assert rendered_tools == [RESIZE.schema, ZOOM.schema]  # what TRL passes to the chat template
     box = [3, 5, 31, 33]
-    first = {0: protocol.zoom_text(THINK, box), 1: protocol.resize_text(THINK)}
+    first = {0: zoom_text(THINK, box), 1: VISIONTHINK_ZOOM.call_text(THINK, RESIZE.name, {"action": "resize"})}
 
     def answer_for(row):
         return protocol.answer_text(THINK, "dots" if row == 3 else "checker")
@@ -284,7 +292,7 @@ def test_train_grpo_zoom_smoke(tmp_path, tiny_dir):
 
     config = grpo_recipe(tmp_path, tiny_dir, max_steps=2, num_generations=2, per_device_train_batch_size=4,
                          save_total_limit=1, box_anchor_weight=1.0, anchor_batch_size=2)
-    call = protocol.zoom_text(THINK, [0, 0, 28, 28])
+    call = zoom_text(THINK, [0, 0, 28, 28])
     final, trainer, recorded = train_scripted(config, lambda i: call if i % 2 == 0 else None, lambda i: None)
     run = tmp_path / "run"
     assert (final / "config.json").is_file() and (run / "checkpoint-2" / "model.safetensors").is_file()
@@ -324,7 +332,7 @@ def test_box_anchor_teaches_the_true_box_and_leaves_the_decision_alone(tiny_dir)
     rng = np.random.default_rng(5)
     scene = synth.make_scene(np.random.default_rng(5))
     messages = box_anchor_messages(rng, processor.grid)
-    turn = protocol.parse_turn(messages[-1]["content"][0]["text"], zoom=True)
+    turn = VISIONTHINK_ZOOM.parse_turn(messages[-1]["content"][0]["text"])
     assert turn.kind == "zoom" and tuple(turn.box) == label_zoom_box(scene, make_views(scene.image, processor.grid))
     held_out = [box_anchor_messages(np.random.default_rng(100 + i), processor.grid) for i in range(4)]
     tool_call = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
