@@ -7,6 +7,7 @@ import os
 import sys
 
 from visionthink.errors import VisionThinkError
+from visionthink.modes import MODES, PAPER_MODES
 
 DEFAULT_MAX_INPUT_PIXELS = 50_000_000
 """`visionthink.images.DEFAULT_MAX_INPUT_PIXELS`, written out so that `--help` loads no PIL (a test compares)."""
@@ -22,8 +23,9 @@ DEMO_ZOOM_MODEL = "checkpoints/tiny-synth-zoom"
 """`demo --zoom-model`'s default: the repository's zoom checkpoint (beside the shipped `checkpoints/tiny-synth`)."""
 PROTOCOLS = ("visionthink", "release", "visionthink-zoom")
 """`visionthink.profiles.NAMES`, written out so that parsing the command line imports nothing (a test compares)."""
-PROTOCOL_HELP = ("conversation format: visionthink (this project's) or release (the authors' prompts, for their "
-                 "released checkpoints)")
+PROTOCOL_HELP = ("conversation format: visionthink (this project's), visionthink-zoom (with zoom_image) or release "
+                 "(the authors' prompts, for their released checkpoints); default: what the model folder declares in "
+                 "its visionthink.json, else visionthink")
 MAX_NEW_TOKENS_HELP = ("tokens per assistant turn (default: the protocol's, 64 for visionthink, the tiny model's; "
                        "8192 for release, its evaluation's)")
 PRESET_NAMES = ("tiny", "real-vocab-small", "7b-shape-2layer")
@@ -138,23 +140,20 @@ def _ask(args: argparse.Namespace) -> int:
     from visionthink.engines.factory import build_engine
     from visionthink.images import load_image
 
-    if args.mode == "oracle":
-        raise VisionThinkError("`ask` has no oracle: an arbitrary image carries no needs-high-res label")
     options = engine_options(args, batch_size=1)
     began = time.perf_counter()
     image = load_image(args.image, max_input_pixels=args.max_input_pixels)
     from visionthink.engines.kv_decoder import SamplingConfig
+    from visionthink.modes import get_mode
+    from visionthink.profiles import declared_profile, get_profile, missing_tools_error, with_tools
 
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens) if args.max_new_tokens else None
-    protocol = args.protocol
-    if args.mode == "zoom":  # the model is offered zoom_image beside resize_image (`visionthink-zoom`)
-        from visionthink.profiles import with_zoom
-
-        try:
-            protocol = with_zoom(args.protocol)
-        except ValueError as error:
-            raise VisionThinkError(str(error)) from None
-    engine = build_engine(options, sampling=sampling, protocol=protocol)
+    model_profile = get_profile(args.protocol) if args.protocol else declared_profile(options.model)
+    mode = get_mode(args.mode)
+    error = missing_tools_error(mode.name, mode.tools, model_profile)
+    if error is not None:
+        raise VisionThinkError(error)
+    engine = build_engine(options, sampling=sampling, protocol=with_tools(model_profile, mode.tools))
     episode = engine.run([Request(image, args.question, tool_threshold=args.tool_threshold)], args.mode)[0]
     summary = episode.summary()
     result = {key: summary[key] for key in ("answer", "resized", "action", "visual_tokens", "full_res_visual_tokens",
@@ -169,7 +168,7 @@ def _ask_server(args: argparse.Namespace) -> int:
 
     from visionthink.serve.client import ask_server
 
-    if args.model is not None or args.protocol != "visionthink" or args.engine != "transformers":
+    if args.model is not None or args.protocol is not None or args.engine != "transformers":
         raise VisionThinkError("--model, --protocol and --engine choose a model; with --server the server's answers "
                                "(set them when starting `visionthink serve`)")
     began = time.perf_counter()
@@ -470,11 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("image", help="image file")
     ask.add_argument("question")
     ask.add_argument("--model", default=None, help="model folder (default: the shipped tiny checkpoint)")
-    ask.add_argument("--mode", default="visionthink", choices=["visionthink", "full", "low", "zoom"],
-                     help="zoom: the model may also call zoom_image on a region (protocol visionthink-zoom)")
+    asked = [mode for mode in MODES.values() if mode.calls != "oracle"]  # an arbitrary image has no label
+    ask.add_argument("--mode", default="visionthink", choices=[mode.name for mode in asked],
+                     help="; ".join(f"{mode.name}: {mode.help}" for mode in asked))
     ask.add_argument("--json", action="store_true", help="print one JSON object")
     ask.add_argument("--tool-threshold", type=tool_threshold, default=None, metavar="T", help=TOOL_THRESHOLD_HELP)
-    ask.add_argument("--protocol", default="visionthink", choices=PROTOCOLS, help=PROTOCOL_HELP)
+    ask.add_argument("--protocol", default=None, choices=PROTOCOLS, help=PROTOCOL_HELP)
     ask.add_argument("--max-new-tokens", type=positive_int, default=None, help=MAX_NEW_TOKENS_HELP)
     ask.add_argument("--max-input-pixels", type=positive_int, default=DEFAULT_MAX_INPUT_PIXELS,
                      help="refuse larger images (decompression bombs)")
@@ -543,16 +543,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bench", default="synth",
                           help="comma-separated benchmarks (synth, synth-heldout: the same images in held-out "
                           "question wordings, chartqa, ...)")
-    evaluate.add_argument("--modes", default="full,low,visionthink,oracle",
-                          help="comma-separated modes: full, low, visionthink, oracle, zoom, oracle-zoom (the zoom "
-                          "modes run on the zoom variant of --protocol)")
+    evaluate.add_argument("--modes", default=",".join(PAPER_MODES),
+                          help="comma-separated modes: " + "; ".join(f"{m.name}: {m.help}" for m in MODES.values()))
     evaluate.add_argument("--out", required=True, help="report folder (rerun with the same folder to resume)")
     evaluate.add_argument("--limit", type=positive_int, default=None, help="only the first N samples of each bench")
     evaluate.add_argument("--data-root", default="data", help="benchmark folders live in DATA_ROOT/<bench>")
     evaluate.add_argument("--judge", default=None, help="judge spec for judge-scored benchmarks")
     evaluate.add_argument("--batch-size", type=positive_int, default=32)
     evaluate.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    evaluate.add_argument("--protocol", default="visionthink", choices=PROTOCOLS, help=PROTOCOL_HELP)
+    evaluate.add_argument("--protocol", default=None, choices=PROTOCOLS, help=PROTOCOL_HELP)
     evaluate.add_argument("--max-new-tokens", type=positive_int, default=None, help=MAX_NEW_TOKENS_HELP)
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     evaluate.add_argument("--tool-threshold", type=tool_threshold, default=None, metavar="T",
@@ -585,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(serve_defaults, field)
         serve.add_argument(flag, dest=field, type=kind, default=default, help=f"{text} (default: {default})")
     serve.add_argument("--log-level", default="info")
-    serve.add_argument("--protocol", default="visionthink", choices=PROTOCOLS, help=PROTOCOL_HELP)
+    serve.add_argument("--protocol", default=None, choices=PROTOCOLS, help=PROTOCOL_HELP)
     serve.add_argument("--tool-threshold", type=tool_threshold, default=None, metavar="T",
                        help=TOOL_THRESHOLD_HELP + "; a request's visionthink_tool_threshold overrides it")
     add_engine_options(serve, api_key="--remote-api-key")
