@@ -255,7 +255,7 @@ class _OneTurnEngine:
         turn = protocol.parse_turn(self.text)
         return [protocol.Episode(
             messages=[protocol.assistant_turn(self.text)], answer=turn.answer if turn.kind == "answer" else None,
-            resized=False, turns=[turn], visual_tokens_per_turn=[4], full_res_visual_tokens=16, mode=mode)
+            turns=[turn], visual_tokens_per_turn=[4], full_res_visual_tokens=16, mode=mode)
             for _ in requests]
 
 

@@ -29,6 +29,7 @@ from visionthink.eval.runner import (
 )
 from visionthink.rewards.judge_base import Judge, JudgeRequest, Verdict
 from visionthink.rewards.judge_cache import CachedJudge
+from visionthink.tools import ToolCall
 
 ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
 FAMILIES = ("coarse", "fine_small", "fine_large")
@@ -319,7 +320,8 @@ class FakeEngine:
             self.ran.append((mode, request.question))
             resized = mode == "visionthink" or (mode == "oracle" and request.needs_high_res)
             episodes.append(protocol.Episode(
-                messages=[], answer=f"a{index}" if index % 2 == 0 else "wrong", resized=resized, turns=[],
+                messages=[], answer=f"a{index}" if index % 2 == 0 else "wrong", turns=[],
+                calls=[ToolCall("resize_image", {"action": "resize"})] if resized else [],
                 visual_tokens_per_turn=[16] if mode == "full" else ([4, 16] if resized else [4]),
                 full_res_visual_tokens=16, generated_tokens=5, seconds={"turn1": 0.01 * (index + 1)}, mode=mode))
         if progress is not None:
@@ -533,7 +535,7 @@ def test_runner_reports_synth_and_synth_heldout_side_by_side(tmp_path):
 
         def run(self, requests, mode, progress=None):
             seen.setdefault(mode, []).extend(r.question for r in requests)
-            return [protocol.Episode(messages=[], answer="dots", resized=False, turns=[],
+            return [protocol.Episode(messages=[], answer="dots", turns=[],
                                      visual_tokens_per_turn=[4], full_res_visual_tokens=16, mode=mode)
                     for _ in requests]
 
