@@ -16,7 +16,7 @@ from visionthink.data import synth
 from visionthink.engines.base import Generated, Request, run_episodes
 from visionthink.images import PixelGrid, make_views, zoom_crop, zoom_region
 from visionthink.modes import MODES, PAPER_MODES
-from visionthink.profiles import NAMES, RELEASE, VISIONTHINK, VISIONTHINK_ZOOM, get_profile, with_zoom
+from visionthink.profiles import NAMES, RELEASE, VISIONTHINK, VISIONTHINK_ZOOM, get_profile, with_tools
 from visionthink.tokens import IGNORE_INDEX, render_text
 from visionthink.tools import RESIZE as RESIZE_TOOL
 from visionthink.tools import ZOOM as ZOOM_TOOL
@@ -53,10 +53,12 @@ def views_of(width, height):
 
 def test_zoom_profile_is_registered_and_the_default_profiles_are_unchanged():
     assert "visionthink-zoom" in NAMES and get_profile("visionthink-zoom") is VISIONTHINK_ZOOM
-    assert VISIONTHINK_ZOOM.offers_zoom and not VISIONTHINK.offers_zoom and not RELEASE.offers_zoom
-    assert with_zoom(None) is VISIONTHINK_ZOOM and with_zoom("visionthink-zoom") is VISIONTHINK_ZOOM
+    zoom = ("resize_image", "zoom_image")
+    assert VISIONTHINK_ZOOM.offers("zoom_image") and not VISIONTHINK.offers("zoom_image")
+    assert not RELEASE.offers("zoom_image")
+    assert with_tools(None, zoom) is VISIONTHINK_ZOOM and with_tools("visionthink-zoom", zoom) is VISIONTHINK_ZOOM
     with pytest.raises(ValueError, match="no zoom_image tool"):
-        with_zoom("release")
+        with_tools("release", zoom)
     assert VISIONTHINK.template_tools() == [RESIZE_TOOL.schema]
     assert VISIONTHINK_ZOOM.template_tools() == [RESIZE_TOOL.schema, ZOOM_TOOL.schema]
     image = Image.new("RGB", (56, 56))

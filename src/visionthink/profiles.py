@@ -55,7 +55,7 @@ from visionthink.protocol import Message, Turn, image_part, text_part
 from visionthink.tools import RESIZE, ZOOM, Tool, ToolCall, codec
 
 __all__ = ["PROFILES", "RELEASE", "VISIONTHINK", "VISIONTHINK_ZOOM", "ProtocolProfile", "ReleaseProfile",
-           "get_profile", "with_tools", "with_zoom"]
+           "get_profile", "with_tools"]
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,6 @@ class ProtocolProfile:
         """Whether the model is offered the tool `name`."""
         return name in self.tool_names
 
-    @property
-    def offers_zoom(self) -> bool:
-        return self.offers(ZOOM.name)
 
     @property
     def call_json(self) -> str | None:
@@ -362,11 +359,6 @@ def with_tools(profile: str | ProtocolProfile | None, names: tuple[str, ...]) ->
     missing = [name for name in names if name not in found.tool_names]
     what = f"has no {' or '.join(missing)} tool" if missing else f"has no variant with only {', '.join(names)}"
     raise ValueError(f"protocol {found.name!r} {what}")
-
-
-def with_zoom(profile: str | ProtocolProfile | None = None) -> ProtocolProfile:
-    """The profile that offers `zoom_image` beside `resize_image` for a given one (`with_tools`)."""
-    return with_tools(profile, (RESIZE.name, ZOOM.name))
 
 
 DECLARATION_FILE = "visionthink.json"

@@ -17,11 +17,8 @@ from typing import Protocol
 from visionthink import protocol
 from visionthink.errors import VisionThinkError
 from visionthink.images import ImageSource, PixelGrid, Views, load_image
-from visionthink.modes import PAPER_MODES, Mode, get_mode
+from visionthink.modes import Mode, get_mode
 from visionthink.profiles import get_profile
-
-MODES = PAPER_MODES  # until the demo reads `visionthink.modes`
-ZOOM_MODES = ("zoom", "oracle-zoom")
 
 
 @dataclass

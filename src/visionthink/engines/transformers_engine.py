@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from visionthink import protocol
-from visionthink.engines.base import MODES, Generated, Request, never_write_ids, run_episodes, stop_ids
+from visionthink.engines.base import Generated, Request, never_write_ids, run_episodes, stop_ids
 from visionthink.engines.kv_decoder import (
     Draft,
     KVDecoder,
@@ -29,7 +29,7 @@ from visionthink.models.patch_embed import use_linear_patch_embed
 from visionthink.profiles import ProtocolProfile, declared_profile, get_profile
 from visionthink.tokens import ProcessedImages, encode_batch, encode_batch_reusing, visual_tokens
 
-__all__ = ["MODES", "Request", "TransformersEngine", "never_write_ids"]
+__all__ = ["Request", "TransformersEngine", "never_write_ids"]
 
 
 class TransformersEngine:

@@ -13,7 +13,7 @@ from visionthink.errors import VisionThinkError
 from visionthink.eval.runner import SAMPLES_FILE, EvalConfig, read_samples, run_eval
 from visionthink.eval.summary import time_metrics
 from visionthink.modes import MODES, PAPER_MODES
-from visionthink.profiles import with_zoom
+from visionthink.profiles import VISIONTHINK_ZOOM
 
 BENCH_TITLES = {"synth": "train wordings", "synth-heldout": "held-out wordings (never trained)"}
 """The demo's two benches, the same items and images asked in each question wording set, and their tables' titles."""
@@ -21,7 +21,7 @@ MODEL_FOLDER, ZOOM_MODEL_FOLDER = "model", "zoom-model"
 """The report folders (under the demo's) of the model's modes and of the zoom model's."""
 ZOOM_MODES = tuple(name for name, mode in MODES.items() if "zoom_image" in mode.tools)
 """The modes of the zoom rows, run on the zoom model."""
-ZOOM_PROTOCOL = with_zoom("visionthink").name
+ZOOM_PROTOCOL = VISIONTHINK_ZOOM.name
 """The zoom rows' conversation format, whatever the zoom model's folder declares."""
 
 

@@ -90,7 +90,7 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
             named["anchor"] = AnswerAnchor(train_dataset, processor, config.anchor_weight, config.anchor_batch_size,
                                            seed=seed)
         if config.box_anchor_weight > 0:
-            if not profile.offers_zoom:
+            if not profile.offers("zoom_image"):
                 raise ValueError("box_anchor_weight needs a protocol with zoom_image (visionthink-zoom)")
             named["box_anchor"] = BoxAnchor(processor, config.box_anchor_weight, config.anchor_batch_size, seed=seed)
         anchors = Anchors(named)

@@ -114,7 +114,7 @@ class VisionThinkRewards:
         scores = combine_groups(everything, state.process_index, len(rows), self.num_generations, self.variant,
                                 self.theta, self.penalty, self.drop_tied, self.drop_failed, self.cost_weight)
         families = [row.get("family", "all") for row in rows]
-        zoom = get_profile(self.protocol).offers_zoom
+        zoom = get_profile(self.protocol).offers("zoom_image")
         scores.metrics = {**batch_metrics(episodes, scores, families, graded),
                           **(zoom_metrics(episodes, families) if zoom else {}), **scores.metrics}
         self.history.append(scores.metrics)

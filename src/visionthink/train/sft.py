@@ -194,7 +194,7 @@ def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: st
     """
     model.eval()
     hits: dict[str, list[bool]] = {}
-    zoom = profile is not None and get_profile(profile).offers_zoom
+    zoom = profile is not None and get_profile(profile).offers("zoom_image")
     for chunk in range(0, len(items), 32):
         part = items[chunk : chunk + 32]
         views = [make_views(item.image, processor.grid) for item in part]
