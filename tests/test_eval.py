@@ -11,22 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
+from numpy import percentile
 
 from visionthink import protocol
 from visionthink.errors import VisionThinkError
 from visionthink.eval import runner
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
 from visionthink.eval.report import table2
-from visionthink.eval.runner import (
-    EvalConfig,
-    SampleLog,
-    mode_metrics,
-    percentile,
-    read_samples,
-    resize_precision_recall,
-    run_eval,
-    tokens_per_second,
-)
+from visionthink.eval.runner import EvalConfig, run_eval
+from visionthink.eval.samples_log import SampleLog, read_samples
+from visionthink.eval.summary import mode_metrics, resize_precision_recall, tokens_per_second
 from visionthink.rewards.judge_base import Judge, JudgeRequest, Verdict
 from visionthink.rewards.judge_cache import CachedJudge
 from visionthink.tools import ToolCall
@@ -575,11 +569,11 @@ def test_report_shows_each_benchmarks_native_figures():
            for i in range(4)]
     summary = {
         # POPE: TP 1, FP 1, FN 1, TN 1 -> P = R = F1 = 50, accuracy 50, yes-ratio 2/4 = 50
-        "pope": {"visionthink": runner.mode_metrics(BENCHMARKS["pope"], pope, _records(["Yes", "no", "yes", "No"]))},
+        "pope": {"visionthink": mode_metrics(BENCHMARKS["pope"], pope, _records(["Yes", "no", "yes", "No"]))},
         # MME: existence 2/2 + 1/1 image = 200; code_reasoning 1/2 + 0/1 = 50
-        "mme": {"full": runner.mode_metrics(BENCHMARKS["mme"], mme, _records(["Yes", "No", "Yes", "Yes"]))},
+        "mme": {"full": mode_metrics(BENCHMARKS["mme"], mme, _records(["Yes", "No", "Yes", "Yes"]))},
         # OCRBench: 3 of the 4 items run -> 750 / 1000 scaled
-        "ocrbench": {"low": runner.mode_metrics(BENCHMARKS["ocrbench"], ocr,
+        "ocrbench": {"low": mode_metrics(BENCHMARKS["ocrbench"], ocr,
                                                 _records(["a cat", "CAT", "dog", "cat!"]))},
     }
     assert native_figures("pope", summary["pope"]["visionthink"]) == (

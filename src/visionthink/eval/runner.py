@@ -32,20 +32,8 @@ from PIL import Image
 
 from visionthink.errors import ImageError, VisionThinkError
 from visionthink.eval import curve
-from visionthink.eval.samples_log import SampleLog, read_samples, record_key  # noqa: F401 - re-exported
-from visionthink.eval.summary import (  # noqa: F401 - re-exported
-    ORACLE_LABEL,
-    item_seconds,
-    measured,
-    mode_metrics,
-    no_answer,
-    percentile,
-    resize_precision_recall,
-    summarise,
-    time_metrics,
-    timing_note,
-    tokens_per_second,
-)
+from visionthink.eval.samples_log import SampleLog
+from visionthink.eval.summary import ORACLE_LABEL, summarise
 from visionthink.protocol import images_in
 from visionthink.rewards.judge_base import Judge
 from visionthink.rewards.judge_cache import CachedJudge

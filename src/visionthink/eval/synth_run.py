@@ -10,7 +10,8 @@ from typing import Any
 
 from visionthink.data.synth import FAMILIES
 from visionthink.errors import VisionThinkError
-from visionthink.eval.runner import SAMPLES_FILE, EvalConfig, read_samples, run_eval
+from visionthink.eval.runner import SAMPLES_FILE, EvalConfig, run_eval
+from visionthink.eval.samples_log import read_samples
 from visionthink.eval.summary import time_metrics
 from visionthink.modes import MODES, PAPER_MODES
 from visionthink.profiles import VISIONTHINK_ZOOM
