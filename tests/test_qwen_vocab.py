@@ -12,10 +12,11 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from visionthink import protocol
 from visionthink.data import synth
 from visionthink.engines.kv_decoder import SamplingConfig
-from visionthink.engines.transformers_engine import MODES, Request, TransformersEngine
+from visionthink.engines.transformers_engine import Request, TransformersEngine
 from visionthink.images import make_views
 from visionthink.models import TinyModelConfig, build_qwen25_tokenizer, build_tiny_model, chat_template, load_model
 from visionthink.models.processor import QWEN_SPECIAL_TOKENS
+from visionthink.modes import PAPER_MODES
 from visionthink.tokens import assistant_mask, encode, encode_for_training, render_text, visual_tokens
 from visionthink.train.sft_data import conversation
 
@@ -208,7 +209,7 @@ def test_engine_runs_every_mode_on_the_real_vocabulary(qwen_tiny, items):
     model, processor = qwen_tiny
     engine = TransformersEngine(model, processor, SamplingConfig(max_new_tokens=4))
     requests = [Request(item.image, item.question, item.needs_high_res) for item in items]
-    for mode in MODES:
+    for mode in PAPER_MODES:
         episodes = engine.run(requests, mode)
         assert len(episodes) == len(items)
         for item, episode in zip(items, episodes, strict=True):
