@@ -130,7 +130,7 @@ def test_curate_missing_split_is_a_clear_error(tmp_path, capsys):
 def test_a_rollout_that_cannot_run_counts_as_wrong():
     from types import SimpleNamespace
 
-    from visionthink.data.curate import rollout_answers
+    from visionthink.data.curate import rollout_outcomes
 
     class Flaky:
         def run(self, requests, mode, progress=None):
@@ -139,10 +139,10 @@ def test_a_rollout_that_cannot_run_counts_as_wrong():
             return [SimpleNamespace(answer=f"{mode}:{r}") for r in requests]
 
     failures: list[str] = []
-    assert rollout_answers(Flaky(), ["a", "bad", "c"], "low", failures) == ["low:a", None, "low:c"]
+    assert [o.answer for o in rollout_outcomes(Flaky(), ["a", "bad", "c"], "low", failures)] == ["low:a", None, "low:c"]
     assert len(failures) == 2 and failures[0].startswith("batch low: ValueError")
     assert failures[1].startswith("rollout low: ValueError")
-    assert rollout_answers(Flaky(), ["a"], "full") == ["full:a"]
+    assert [o.answer for o in rollout_outcomes(Flaky(), ["a"], "full")] == ["full:a"]
 
 
 @pytest.mark.parametrize(("low", "high", "low_cut", "high_cut", "label"), [

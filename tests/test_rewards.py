@@ -13,15 +13,15 @@ from visionthink.rewards.judges import RuleJudge
 from visionthink.rewards.rewards import (
     PENALTY_VARIANTS,
     direct_shares,
-    episode_rewards,
     failed_groups,
     filter_tied_groups,
     format_reward,
     format_rewards,
+    grade_episodes,
+    group_rewards,
     judge_verdicts,
     prediction_text,
     release_hits,
-    resize_factors,
     resize_penalties,
     tied_groups,
     total_rewards,
@@ -144,8 +144,6 @@ def test_release_penalty_hand_computed(case, expected):
     correct, resized = case
     groups = ["q"] * len(correct)
     assert penalties(correct, resized, groups, "release") == pytest.approx(expected)
-    factors = resize_factors(correct, resized, groups)
-    assert factors == pytest.approx([0.9 if p else 1.0 for p in expected])
     assert release_hits(correct, resized, groups) == [bool(p) for p in expected]
 
 
@@ -169,8 +167,8 @@ def test_release_with_a_non_default_theta_and_penalty():
     assert release_hits(correct, resized, groups, theta=1 / 3) == [F, T, T, F]
     assert penalties(correct, resized, groups, "release", theta=0.5, penalty=0.25) == pytest.approx([0.25] * 3 + [0])
     assert penalties(correct, resized, groups, "release", theta=0.3, penalty=0.25) == pytest.approx([0, 0.25, 0.25, 0])
-    assert resize_factors(correct, resized, groups, theta=0.5, scale=0.75) == pytest.approx([0.75] * 3 + [1.0])
-    assert resize_factors(correct, resized, groups, theta=0.3, scale=0.75) == pytest.approx([1.0, 0.75, 0.75, 1.0])
+    assert release_hits(correct, resized, groups, theta=0.5) == [T, T, T, F]
+    assert release_hits(correct, resized, groups, theta=0.3) == [F, T, T, F]
     parts = total_rewards([1.0, 1.0, 1.0, 0.0], [0.5] * 4, resized, groups, "release", theta=0.5, penalty=0.25)
     assert parts.penalty == pytest.approx([0.25, 0.25, 0.25, 0.0])
     assert parts.total == pytest.approx([1.25, 1.25, 1.25, 0.5])  # 1 x (1 - 0.25) + 0.5
@@ -342,7 +340,7 @@ def test_total_rewards_two_groups_interleaved():
 
 def test_episode_rewards_end_to_end():
     eps = [episode(DIRECT), episode(RESIZE, DIRECT), episode("<answer>red</answer>"), episode(RESIZE, DIRECT)]
-    out = episode_rewards(eps, ["red", "red", "red", "blue"], ["q"] * 4, [0, 0, 0, 1], RuleJudge())
+    out = group_rewards(grade_episodes(eps, ["red", "red", "red", "blue"], ["q"] * 4, RuleJudge()), [0, 0, 0, 1])
     # group 0: all three correct, one resized -> r = 2/3 -> resized loses 0.1; group 1: wrong, nothing.
     assert out.accuracy == [1.0, 1.0, 1.0, 0.0]
     assert out.format == [0.5, 0.5, 0.0, 0.5]

@@ -23,7 +23,6 @@ from visionthink.data.synth import (
     make_item,
     make_scene,
     question_type_of,
-    scene_items,
     split_items,
     wordings,
 )
@@ -198,16 +197,6 @@ def test_labels_vary_in_position_and_size_within_their_range():
         assert min(sides) >= LABEL_SIDES[label_size][0] and max(sides) <= LABEL_SIDES[label_size][1]
         assert len(sides) >= 5
         assert len({(x1 // 28, y1 // 28) for x1, y1, _, _ in boxes}) > 6  # not pinned to a corner
-
-
-def test_scene_items_cover_every_question():
-    scene = make_scene(np.random.default_rng(0), label_size="small")
-    items = scene_items(scene, "u")
-    assert [i.question_type for i in items] == ["colour", "shape", "count", "pattern"]
-    assert [i.needs_high_res for i in items] == [False, False, False, True]
-    assert items[3].family == "fine_small" and items[3].answer == scene.pattern
-    large = scene_items(make_scene(np.random.default_rng(0), label_size="large"), "v")
-    assert large[3].family == "fine_large" and large[3].needs_high_res is False
 
 
 def test_label_size_is_forced_and_patterns_vary():

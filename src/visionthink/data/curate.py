@@ -291,11 +291,6 @@ def rollout_outcomes(engine, requests: list, mode: str, failures: list[str] | No
         return outcomes
 
 
-def rollout_answers(engine, requests: list, mode: str, failures: list[str] | None = None) -> list[str | None]:
-    """Final answers of one batch of rollouts (`rollout_outcomes` without the cut flags)."""
-    return [o.answer for o in rollout_outcomes(engine, requests, mode, failures)]
-
-
 def save_splits(splits, path: Path) -> None:
     """`splits.save_to_disk(path)`, also when a split is empty (datasets writes it as zero shards and then
     cannot load it back: a good model discards nothing)."""

@@ -357,16 +357,6 @@ def pick_wording(rng: np.random.Generator, question_type: str, wording_set: Word
     return options[int(rng.integers(len(options)))]
 
 
-def scene_items(scene: Scene, uid: str) -> list[Item]:
-    """Every question one scene answers, in the canonical wordings: three coarse ones and the label question."""
-    items = []
-    for qtype in QUESTION_TYPES:
-        family = family_of(scene, qtype)
-        items.append(Item(scene.image, QUESTIONS[qtype], answer_for(scene, qtype), family, qtype,
-                          family == "fine_small", f"{uid}-{qtype}", label_box=scene.label_box))
-    return items
-
-
 def make_item(seed: int, index: int, wording_set: WordingSet = "train") -> Item:
     """Item `index` of the stream `seed`: families cycle coarse, fine_small, fine_large.
 

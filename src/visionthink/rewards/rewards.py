@@ -13,7 +13,7 @@ non-zero for a correct rollout):
   correct rollout gets nothing.
 - ``"release"`` (what the public release does): every correct resized answer's accuracy is scaled
   by ``1 - penalty`` (0.9); when 0 < r < theta, correct direct answers are scaled by it too, so
-  below the threshold both actions tie. `resize_factors` returns these multiplicative factors;
+  below the threshold both actions tie (`release_hits` marks the scaled rollouts);
   `resize_penalties` returns the equivalent subtraction ``R_acc * penalty`` = `penalty` for a
   correct answer (R_acc = 1), so R_acc - P = 0.9 exactly as in the release.
 - ``"none"``: no penalty (the paper's ablation: collapses to always resizing).
@@ -134,17 +134,6 @@ def release_hits(
         r = shares[group]
         hits.append(bool(ok) and (bool(big) or (r is not None and 0 < r < theta)))
     return hits
-
-
-def resize_factors(
-    correct: Sequence[bool],
-    resized: Sequence[bool],
-    group_ids: Sequence[Hashable],
-    theta: float = THETA,
-    scale: float = 1.0 - PENALTY,
-) -> list[float]:
-    """The release's multiplicative factors on R_acc: `scale` (0.9) where `release_hits`, else 1.0."""
-    return [scale if hit else 1.0 for hit in release_hits(correct, resized, group_ids, theta)]
 
 
 def resize_penalties(
@@ -400,27 +389,3 @@ def group_rewards(
     kept = set(filter_tied_groups(parts.total, group_ids, drop_tied, also_drop=failed if drop_failed else ()))
     return EpisodeRewards(**vars(parts), verdicts=[g.verdict for g in graded],
                           keep=[i in kept for i in range(len(graded))], tied=tied, failed=failed)
-
-
-def episode_rewards(
-    episodes: Sequence[Episode],
-    truths: Sequence[str],
-    questions: Sequence[str],
-    group_ids: Sequence[Hashable],
-    judge: Judge,
-    variant: str = "paper",
-    theta: float = THETA,
-    penalty: float = PENALTY,
-    format_value: float = FORMAT_REWARD,
-    drop_tied: bool = True,
-    drop_failed: bool = False,
-    cost_weight: float = COST_WEIGHT,
-) -> EpisodeRewards:
-    """All of the reward for a batch of episodes: `grade_episodes`, then `group_rewards`.
-
-    GRPO training runs the same two steps with a gather in between, so a group may span processes
-    (`visionthink.train.grpo_rewards`).
-    """
-    _check_lengths(episodes=episodes, group_ids=group_ids)
-    graded = grade_episodes(episodes, truths, questions, judge, format_value)
-    return group_rewards(graded, group_ids, variant, theta, penalty, drop_tied, drop_failed, cost_weight)

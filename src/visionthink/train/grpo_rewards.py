@@ -2,7 +2,7 @@
 
 `VisionThinkRewards.score_batch` scores a batch once: it rebuilds each rollout's `protocol.Episode`, grades
 it (`rewards.grade_episodes`), gathers the graded rollouts of every process and assembles the reward over
-whole groups (`rewards.group_rewards`, the same assembly as `rewards.episode_rewards`). The trainer
+whole groups (`rewards.group_rewards`, after `rewards.grade_episodes`). The trainer
 (`grpo_trainer`) calls it before TRL's reward loop and passes each row's terms to TRL as input columns
 (`BatchScores.columns`); the three reward functions `accuracy`, `format` and `resize_penalty` (weight 1
 each, the last one <= 0, named as TRL logs them) only read those columns.
