@@ -767,7 +767,7 @@ def test_cost_variant_through_episode_rewards():
     """Zoom episodes through the reward assembly: the cost variant reads each episode's visual tokens; the paper's
     variants are untouched (a zoom is not `resized` for them)."""
     from visionthink.rewards.judges import RuleJudge
-    from visionthink.rewards.rewards import PENALTY_VARIANTS, episode_rewards, visual_cost
+    from visionthink.rewards.rewards import PENALTY_VARIANTS, grade_episodes, group_rewards, visual_cost
 
     assert "cost" not in PENALTY_VARIANTS
 
@@ -792,10 +792,11 @@ def test_cost_variant_through_episode_rewards():
     assert [visual_cost(e) for e in episodes] == [0.5, 1.25, 0.5]
     assert [e.action for e in episodes] == ["zoom", "resize", "zoom"] and all(e.well_formed for e in episodes)
     truths, questions, groups = ["dots"] * 3, ["What pattern?"] * 3, [0, 0, 0]
-    cost = episode_rewards(episodes, truths, questions, groups, RuleJudge(), variant="cost")
+    graded = grade_episodes(episodes, truths, questions, RuleJudge())
+    cost = group_rewards(graded, groups, variant="cost")
     assert cost.penalty == pytest.approx([0.0, 0.075, 0.0])
     assert cost.total == pytest.approx([1.5, 1.5 - 0.075, 0.5])
-    alone = episode_rewards(episodes, truths, questions, groups, RuleJudge(), variant="cost", cost_weight=0.0)
+    alone = group_rewards(graded, groups, variant="cost", cost_weight=0.0)
     assert alone.penalty == [0.0, 0.0, 0.0] and alone.total == pytest.approx([1.5, 1.5, 0.5])
-    paper = episode_rewards(episodes, truths, questions, groups, RuleJudge(), variant="paper")
+    paper = group_rewards(graded, groups, variant="paper")
     assert paper.penalty == pytest.approx([0.0, 0.1, 0.0])  # unchanged: a zoom counts as direct there
