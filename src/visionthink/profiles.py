@@ -154,8 +154,11 @@ class ProtocolProfile:
                    grid: PixelGrid | None = None) -> list[Message]:
         """The canonical call of an offered tool and the tool's turn after it (what SFT teaches)."""
         tool = self.tool(tool_name)
+        checked, error = tool.check(arguments)
+        if error is not None:
+            raise ValueError(f"a canonical {tool_name} call cannot run: {error}")
         return [protocol.assistant_turn(self.call_text(think, tool_name, arguments)),
-                self.tool_turn(tool, tool.image(tool.check(arguments)[0], views, grid))]
+                self.tool_turn(tool, tool.image(checked, views, grid))]
 
     def views(self, image: Image.Image, grid: PixelGrid) -> Views:
         """Both views of an image under this profile (`images.make_views`)."""
@@ -167,7 +170,10 @@ class ProtocolProfile:
 
     def check_turn(self, turn: Turn, views: Views) -> Turn:
         """The turn as the tool sees it once the views are known (a zoom outside the image becomes malformed)."""
-        return protocol.check_in_view(turn, views)
+        if turn.call is None:
+            return turn
+        error = self.tool(turn.call.name).check_in_view(turn.call.arguments, views)
+        return turn if error is None else Turn("malformed", think=turn.think, error=error)
 
     def reply(self, turn: Turn, text: str, views: Views, grid: PixelGrid) -> Message | None:
         """The turn after an assistant turn: the called tool's image, an error turn for a call that cannot run, or

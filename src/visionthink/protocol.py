@@ -173,15 +173,6 @@ def _call_turn(payload: str, think: str | None, clean: bool, tools: Sequence[Too
                 call=ToolCall(tool.name, arguments))
 
 
-def check_in_view(turn: Turn, views) -> Turn:
-    """A call whose checked arguments cannot run on these views becomes a malformed turn (a zoom box wholly outside
-    the low view); any other turn is returned as it is."""
-    if turn.call is None:
-        return turn
-    error = TOOLS[turn.call.name].check_in_view(turn.call.arguments, views)
-    return turn if error is None else Turn("malformed", think=turn.think, error=error)
-
-
 def extract_answer(text: str) -> str | None:
     """The final answer: the last `<answer>` block, `\\boxed{}` inside it unwrapped; else a bare `\\boxed{}`;
     else, when no `<answer>` opens anywhere, the text before a lone `</answer>` (see `_lone_close_answer`)."""
