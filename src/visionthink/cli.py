@@ -42,30 +42,6 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1 (counts, sizes, limits)."""
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive (give 1 or more)")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """An integer >= 0 (seeds)."""
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative (give 0 or more)")
-    return value
-
-
-def port_number(text: str) -> int:
-    """A TCP port, 1-65535."""
-    value = _integer(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port (give 1-65535)")
-    return value
-
-
 def _finite(text: str) -> float:
     try:
         value = float(text)
@@ -76,28 +52,29 @@ def _finite(text: str) -> float:
     return value
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0 (timeouts, temperatures)."""
-    value = _finite(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not positive")
-    return value
+def _checked(parse, ok, message: str):
+    """An argparse `type=`: `parse` the text, then refuse a value that is not `ok` with `message` (formatted with
+    `text` and `value`)."""
+    def check(text: str):
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(message.format(text=text, value=value))
+        return value
+
+    return check
 
 
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0 (waits)."""
-    value = _finite(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
-def tool_threshold(text: str) -> float:
-    """A tool threshold, 0-1: call the tool when P(tool) >= it."""
-    value = _finite(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
-    return value
+positive_int = _checked(_integer, lambda v: v >= 1, "{value} is not positive (give 1 or more)")
+"""An integer >= 1 (counts, sizes, limits)."""
+non_negative_int = _checked(_integer, lambda v: v >= 0, "{value} is negative (give 0 or more)")
+"""An integer >= 0 (seeds)."""
+port_number = _checked(_integer, lambda v: 1 <= v <= 65535, "{value} is not a port (give 1-65535)")
+positive_float = _checked(_finite, lambda v: v > 0, "{text} is not positive")
+"""A finite number > 0 (timeouts, temperatures)."""
+non_negative_float = _checked(_finite, lambda v: v >= 0, "{text} is negative")
+"""A finite number >= 0 (waits)."""
+tool_threshold = _checked(_finite, lambda v: 0 <= v <= 1, "{text} is not in [0, 1]")
+"""A tool threshold, 0-1: call the tool when P(tool) >= it."""
 
 
 TOOL_THRESHOLD_HELP = ("call the tool when the model's P(tool) at its first-turn decision is at least T (0: always, "
