@@ -20,15 +20,15 @@ import binascii
 import csv
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from visionthink.errors import VisionThinkError
-from visionthink.eval.benchmarks.base import Sample
+from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
 from visionthink.images import ImageSource
-from visionthink.rewards.judge_base import Judge, JudgeRequest, Verdict
+from visionthink.rewards.judge_base import Judge, JudgeRequest
 
 LMMS_SHORT_ANSWER = "\nAnswer the question using a single word or phrase."
 """The post-prompt lmms-eval appends to short-answer VQA questions (DocVQA, POPE, MME)."""
@@ -46,31 +46,43 @@ class Source:
     """"hf" (parquet / save_to_disk, raw `datasets` rows) or "tsv" (VLMEvalKit, text cells)."""
     path: Path
     """The folder or file the rows were read from (relative image paths resolve against it)."""
+    name: str
+    """The benchmark's name, for error messages."""
+
+    def each(self, key: str | None = None, images: Sequence[str] = ("image",),
+             optional: bool = False) -> Iterator[tuple[Any, ImageSource | None, dict[str, Any]]]:
+        """(uid, image, row) per row. A TSV row: its `index`, its base64 `image`. A Hugging Face row: its `key`
+        column (its position if None), the first non-empty of `images` (None if `optional` and it holds none)."""
+        for i, row in enumerate(self.rows):
+            if self.kind == "tsv":
+                yield row["index"], tsv_image(row, self.path, self.name), row
+                continue
+            uid = i if key is None else row[key]
+            cell = next((row[column] for column in images if row.get(column)), row.get(images[-1]))
+            where = f"row {i}" if key is None else f"{key} {uid}"
+            yield uid, hf_image(cell, self.path, self.name, where, optional), row
+
+
+def published(dataset: str, files: str, columns: str, tsv: str, tsv_columns: str) -> str:
+    """The layout text of a benchmark read as a Hugging Face dataset or as a VLMEvalKit TSV."""
+    return (f"either the Hugging Face dataset {dataset} as published:\n  <root>/{files}  columns: {columns}\n"
+            f"or the VLMEvalKit TSV: <root>/{tsv}.tsv (or <root> = that file)\n  columns: {tsv_columns}")
 
 
 def fail(name: str, layout: str, why: str) -> VisionThinkError:
     return VisionThinkError(f"{name}: {why}.\nExpected layout:\n{layout}")
 
 
-def open_source(
-    root: str | os.PathLike | None,
-    *,
-    name: str,
-    layout: str,
-    splits: Sequence[Sequence[str]],
-    tsv_names: Sequence[str],
-    hf_columns: Iterable[str],
-    tsv_columns: Iterable[str],
-    limit: int | None,
-    configs: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-) -> Source:
+def open_source(root: str | os.PathLike | None, benchmark: Benchmark, limit: int | None, *, tsv_names: Sequence[str],
+                hf_columns: Iterable[str], tsv_columns: Iterable[str], splits: Sequence[Sequence[str]] = (("test",),),
+                configs: Sequence[str] = (), exclude: Sequence[str] = ()) -> Source:
     """Find and read a benchmark under `root` (HF parquet, `save_to_disk`, or a VLMEvalKit TSV).
 
     `splits` lists alternatives, each a list of split names read one after the other (POPE's
     `test`, or its `Full` config's `adversarial`/`popular`/`random`). Parquet files under a folder
     named in `configs` are preferred; those under a folder named in `exclude` are ignored.
     """
+    name, layout = benchmark.name, benchmark.layout
     if limit is not None and limit < 0:
         raise VisionThinkError(f"{name}: limit must be >= 0, got {limit}")
     if root is None or str(root) == "":
@@ -82,17 +94,17 @@ def open_source(
     if tsv is not None:
         rows = _read_tsv(tsv, name, layout, limit)
         _require(rows, tsv_columns, name, layout, tsv)
-        return Source(rows, "tsv", tsv.parent)
+        return Source(rows, "tsv", tsv.parent, name)
     if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
         rows = _read_saved(path, splits, name, layout, limit)
         _require(rows, hf_columns, name, layout, path)
-        return Source(rows, "hf", path)
+        return Source(rows, "hf", path, name)
     for alternative in splits:
         files = {split: _parquet_files(path, split, configs, exclude) for split in alternative}
         if all(files.values()):
             rows = _read_parquet(files, name, layout, limit)
             _require(rows, hf_columns, name, layout, path)
-            return Source(rows, "hf", path if path.is_dir() else path.parent)
+            return Source(rows, "hf", path if path.is_dir() else path.parent, name)
     raise fail(name, layout, f"found no {' or '.join(n + '.tsv' for n in tsv_names)} and no parquet shards "
                              f"for split {' / '.join('+'.join(a) for a in splits)} under {path}")
 
@@ -165,8 +177,9 @@ def _read_saved(path: Path, splits: Sequence[Sequence[str]], name: str, layout: 
     return rows
 
 
-def hf_image(value: Any, base: Path, name: str, where: str) -> ImageSource:
-    """An image cell of a `datasets` row: the `{bytes, path}` struct, raw bytes, a PIL image or a path."""
+def hf_image(value: Any, base: Path, name: str, where: str, optional: bool = False) -> ImageSource | None:
+    """An image cell of a `datasets` row: the `{bytes, path}` struct, raw bytes, a PIL image or a path;
+    None for a cell that holds no path nor bytes (None, blank) when `optional`."""
     if isinstance(value, dict):
         if value.get("bytes"):
             return bytes(value["bytes"])
@@ -181,6 +194,8 @@ def hf_image(value: Any, base: Path, name: str, where: str) -> ImageSource:
         raise VisionThinkError(f"{name}: {where}: image {value!r} is not embedded and not found under {base}")
     if value is not None and hasattr(value, "convert"):  # a decoded PIL image
         return value
+    if optional and (value is None or isinstance(value, str)):
+        return None
     raise VisionThinkError(f"{name}: {where}: no image")
 
 
@@ -301,12 +316,27 @@ def group_scores(per_sample: list[float], groups: list[Iterable[str]], prefix: s
     return {f"{prefix}{group}": mean(values) for group, values in sorted(members.items())}
 
 
-def ask_judge(name: str, judge: Judge, requests: list[JudgeRequest]) -> list[Verdict]:
+def truth(answer: str | list[str]) -> str:
+    """An answer as the judge reads it: several accepted answers joined by " <OR> "."""
+    return answer if isinstance(answer, str) else " <OR> ".join(answer)
+
+
+def regrade(name: str, judge: Judge, samples: list[Sample], predictions: list[str | None], grades: list[float],
+            indices: Iterable[int]) -> tuple[list[float], int]:
+    """`grades` with the answers at `indices` graded again by `judge` (a failing verdict keeps the grade it
+    had), and the number of failing verdicts."""
+    indices = list(indices)
+    requests = [JudgeRequest(samples[i].meta.get("raw_question", samples[i].question), truth(samples[i].answer),
+                             predictions[i]) for i in indices]
     verdicts = judge.grade(requests)
     if len(verdicts) != len(requests):
         raise VisionThinkError(f"{name}: judge {judge.name!r} returned {len(verdicts)} verdicts "
                                f"for {len(requests)} requests")
-    return verdicts
+    regraded = list(grades)
+    for i, verdict in zip(indices, verdicts, strict=True):
+        if verdict.ok:
+            regraded[i] = clip01(verdict.score)
+    return regraded, sum(not v.ok for v in verdicts)
 
 
 def clip01(value: float) -> float:
@@ -317,17 +347,15 @@ def clip01(value: float) -> float:
     return min(1.0, max(0.0, value)) if value == value else 0.0
 
 
-def judge_misses(name: str, samples: list[Sample], predictions: list[str | None], per_sample: list[float],
-                 judge: Judge | None, summary: dict[str, float]) -> list[float]:
-    """Send the answers the rules mark wrong to `judge` (if any); a failing verdict keeps the rule's 0."""
-    if judge is None:
-        return per_sample
-    missed = [i for i, ok in enumerate(per_sample) if ok < 1.0 and predictions[i]]
-    verdicts = ask_judge(name, judge, [JudgeRequest(samples[i].meta.get("raw_question", samples[i].question),
-                                                    str(samples[i].answer), predictions[i]) for i in missed])
-    rescored = list(per_sample)
-    for i, verdict in zip(missed, verdicts, strict=True):
-        if verdict.ok:
-            rescored[i] = clip01(verdict.score)
-    summary["judge_failures"] = sum(not v.ok for v in verdicts)
-    return rescored
+def rules_then_judge(name: str, samples: list[Sample], predictions: list[str | None], rules: list[float],
+                     judge: Judge | None, groups: list[Iterable[str]]) -> Scores:
+    """The rules' per-sample grades, the answers they mark wrong graded again by `judge` if any:
+    summary `rules`, `judge_failures` (with a judge), `score` and `score/<group>`."""
+    summary: dict[str, float] = {"n": len(samples), "rules": mean(rules)}
+    per_sample = rules
+    if judge is not None:
+        missed = [i for i, ok in enumerate(rules) if ok < 1.0 and predictions[i]]
+        per_sample, summary["judge_failures"] = regrade(name, judge, samples, predictions, rules, missed)
+    summary["score"] = mean(per_sample)
+    summary.update(group_scores(per_sample, groups))
+    return Scores(per_sample, summary)

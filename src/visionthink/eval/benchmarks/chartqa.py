@@ -6,18 +6,16 @@ import os
 
 from visionthink.eval.benchmarks._io import (
     answers_of,
-    ask_judge,
     check_predictions,
-    clip01,
     group_scores,
-    hf_image,
     mean,
     open_source,
-    tsv_image,
+    published,
+    regrade,
 )
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
 from visionthink.eval.metrics import relaxed_accuracy
-from visionthink.rewards.judge_base import Judge, JudgeRequest
+from visionthink.rewards.judge_base import Judge
 
 
 def _split_name(value: object) -> str:
@@ -33,28 +31,21 @@ class ChartQA(Benchmark):
     """
 
     name = "chartqa"
-    layout = (
-        "either the Hugging Face dataset lmms-lab/ChartQA (or lmms-lab-encoder/ChartQA) as published:\n"
-        "  <root>/data/test-*.parquet  columns: type (human_test|augmented_test), question, answer, image\n"
-        "or the VLMEvalKit TSV: <root>/ChartQA_TEST.tsv (or <root> = that file)\n"
-        "  columns: index, image (base64), question, answer, split (test_human|test_augmented)"
-    )
+    layout = published("lmms-lab/ChartQA (or lmms-lab-encoder/ChartQA)", "data/test-*.parquet",
+                       "type (human_test|augmented_test), question, answer, image", "ChartQA_TEST",
+                       "index, image (base64), question, answer, split (test_human|test_augmented)")
     post_prompt = "\nAnswer the question with a single word."
     """lmms-eval's ChartQA prompt suffix."""
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
-        source = open_source(root, name=self.name, layout=self.layout, splits=[["test"]], tsv_names=["ChartQA_TEST"],
+        source = open_source(root, self, limit, tsv_names=["ChartQA_TEST"],
                              hf_columns=["type", "question", "answer", "image"],
-                             tsv_columns=["index", "image", "question", "answer"], limit=limit)
+                             tsv_columns=["index", "image", "question", "answer"])
         samples = []
-        for i, row in enumerate(source.rows):
-            if source.kind == "tsv":
-                uid, image, split = f"chartqa-{row['index']}", tsv_image(row, source.path, self.name), row.get("split")
-            else:
-                uid, split = f"chartqa-{i}", row["type"]
-                image = hf_image(row["image"], source.path, self.name, f"row {i}")
+        for uid, image, row in source.each():
+            split = row.get("split") if source.kind == "tsv" else row["type"]
             question = str(row["question"])
-            samples.append(Sample(uid, image, question + self.post_prompt, answers_of(row["answer"]),
+            samples.append(Sample(f"chartqa-{uid}", image, question + self.post_prompt, answers_of(row["answer"]),
                                   {"split": _split_name(split), "raw_question": question}))
         return samples
 
@@ -64,16 +55,8 @@ class ChartQA(Benchmark):
         per_sample = relaxed
         summary: dict[str, float] = {"n": len(samples), "relaxed": mean(relaxed)}
         if judge is not None:
-            requests = [JudgeRequest(s.meta.get("raw_question", s.question), _truth(s.answer), p)
-                        for s, p in zip(samples, predictions, strict=True)]
-            verdicts = ask_judge(self.name, judge, requests)
-            per_sample = [clip01(v.score) if v.ok else r for v, r in zip(verdicts, relaxed, strict=True)]
-            summary["judge"] = mean(per_sample)
-            summary["judge_failures"] = sum(not v.ok for v in verdicts)
+            per_sample, failures = regrade(self.name, judge, samples, predictions, relaxed, range(len(samples)))
+            summary.update(judge=mean(per_sample), judge_failures=failures)
         summary["score"] = mean(per_sample)
         summary.update(group_scores(per_sample, [[s.meta.get("split", "")] for s in samples]))
         return Scores(per_sample, summary)
-
-
-def _truth(answer: str | list[str]) -> str:
-    return answer if isinstance(answer, str) else " <OR> ".join(answer)

@@ -6,14 +6,14 @@ import os
 
 from visionthink.errors import VisionThinkError
 from visionthink.eval.benchmarks._io import (
+    LMMS_SHORT_ANSWER,
     answers_of,
     check_predictions,
     group_scores,
-    hf_image,
     mean,
     open_source,
     parse_list,
-    tsv_image,
+    published,
 )
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
 from visionthink.eval.metrics import anls
@@ -24,27 +24,20 @@ class DocVQA(Benchmark):
     """ANLS (threshold 0.5) against every accepted answer; `score/<question type>` breakdowns."""
 
     name = "docvqa"
-    layout = (
-        "either the Hugging Face dataset lmms-lab/DocVQA (or lmms-lab-encoder/DocVQA), config DocVQA, as published:\n"
-        "  <root>/DocVQA/validation-*.parquet  columns: questionId, question, question_types, image, docId,\n"
-        "  ucsf_document_id, ucsf_document_page_no, answers (list), data_split\n"
-        "or the VLMEvalKit TSV: <root>/DocVQA_VAL.tsv (or <root> = that file)\n"
-        "  columns: index, image (base64), question, answer (Python-repr list, e.g. \"['0.28']\")"
-    )
-    post_prompt = "\nAnswer the question using a single word or phrase."
+    layout = published("lmms-lab/DocVQA (or lmms-lab-encoder/DocVQA), config DocVQA,", "DocVQA/validation-*.parquet",
+                       "questionId, question, question_types, image, docId,\n  ucsf_document_id, "
+                       "ucsf_document_page_no, answers (list), data_split", "DocVQA_VAL",
+                       "index, image (base64), question, answer (Python-repr list, e.g. \"['0.28']\")")
+    post_prompt = LMMS_SHORT_ANSWER
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
-        source = open_source(root, name=self.name, layout=self.layout, splits=[["validation"]],
-                             tsv_names=["DocVQA_VAL"], configs=["DocVQA"], exclude=["InfographicVQA"],
-                             hf_columns=["questionId", "question", "image", "answers"],
-                             tsv_columns=["index", "image", "question", "answer"], limit=limit)
+        source = open_source(root, self, limit, tsv_names=["DocVQA_VAL"], splits=[["validation"]], configs=["DocVQA"],
+                             exclude=["InfographicVQA"], hf_columns=["questionId", "question", "image", "answers"],
+                             tsv_columns=["index", "image", "question", "answer"])
         samples = []
-        for i, row in enumerate(source.rows):
-            if source.kind == "tsv":
-                uid, image, answers, types = row["index"], tsv_image(row, source.path, self.name), row["answer"], []
-            else:
-                uid, answers, types = row["questionId"], row["answers"], row.get("question_types") or []
-                image = hf_image(row["image"], source.path, self.name, f"questionId {uid}")
+        for i, (uid, image, row) in enumerate(source.each(key="questionId")):
+            answers = row["answer"] if source.kind == "tsv" else row["answers"]
+            types = [] if source.kind == "tsv" else row.get("question_types") or []
             answer = answers_of(answers)
             if answers is None or answer in ("", []):
                 raise VisionThinkError(f"{self.name}: question {uid} has no answers (the test split is unanswered; "

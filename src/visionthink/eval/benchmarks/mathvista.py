@@ -6,14 +6,11 @@ import os
 
 from visionthink.eval.benchmarks._io import (
     check_predictions,
-    group_scores,
-    hf_image,
-    judge_misses,
-    mean,
     open_source,
     parse_dict,
     parse_list,
-    tsv_image,
+    published,
+    rules_then_judge,
 )
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
 from visionthink.eval.metrics import mathvista_match
@@ -52,37 +49,26 @@ class MathVista(Benchmark):
     Breakdowns: `score/<metadata.task>` and `score/<question_type>`."""
 
     name = "mathvista"
-    layout = (
-        "either the Hugging Face dataset AI4Math/MathVista as published:\n"
-        "  <root>/data/testmini-*.parquet  columns: pid, question, image (path), decoded_image, choices (list|null),\n"
-        "  unit, precision, answer, question_type (multi_choice|free_form), answer_type\n"
-        "  (text|integer|float|list), metadata (struct: category, context, grade, language, skills, source,\n"
-        "  split, task, ...), query\n"
-        "or the VLMEvalKit TSV: <root>/MathVista_MINI.tsv (or <root> = that file)\n"
-        "  columns: index, image (base64), question (the full query), answer, [answer_option], choices (repr\n"
-        "  list), question_type, answer_type, [task], [skills], [precision], [unit]"
-    )
+    layout = published("AI4Math/MathVista", "data/testmini-*.parquet",
+                       "pid, question, image (path), decoded_image, choices (list|null),\n  unit, precision, answer, "
+                       "question_type (multi_choice|free_form), answer_type\n  (text|integer|float|list), metadata "
+                       "(struct: category, context, grade, language, skills, source,\n  split, task, ...), query",
+                       "MathVista_MINI", "index, image (base64), question (the full query), answer, [answer_option], "
+                       "choices (repr\n  list), question_type, answer_type, [task], [skills], [precision], [unit]")
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
-        source = open_source(root, name=self.name, layout=self.layout, splits=[["testmini"]],
-                             tsv_names=["MathVista_MINI"],
+        source = open_source(root, self, limit, tsv_names=["MathVista_MINI"], splits=[["testmini"]],
                              hf_columns=["pid", "question", "decoded_image", "choices", "answer", "question_type",
                                          "answer_type"],
-                             tsv_columns=["index", "image", "question", "answer", "question_type", "answer_type"],
-                             limit=limit)
+                             tsv_columns=["index", "image", "question", "answer", "question_type", "answer_type"])
         samples = []
-        for row in source.rows:
+        for uid, image, row in source.each(key="pid", images=("decoded_image", "image")):
             choices = parse_list(row.get("choices")) or None
             precision = _precision(row.get("precision"))
             question_type, answer_type = str(row["question_type"]), str(row["answer_type"])
             if source.kind == "tsv":
-                uid, image = row["index"], tsv_image(row, source.path, self.name)
-                question = str(row["question"])
-                task = row.get("task") or ""
+                question, task = str(row["question"]), row.get("task") or ""
             else:
-                uid = row["pid"]
-                decoded = row.get("decoded_image")
-                image = hf_image(decoded if decoded else row.get("image"), source.path, self.name, f"pid {uid}")
                 question = lmms_prompt(str(row["question"]), row.get("unit"), choices, question_type, answer_type,
                                        precision)
                 task = parse_dict(row.get("metadata")).get("task") or ""
@@ -94,14 +80,11 @@ class MathVista(Benchmark):
 
     def score(self, samples: list[Sample], predictions: list[str | None], judge: Judge | None = None) -> Scores:
         check_predictions(self.name, samples, predictions)
-        per_sample = [float(mathvista_match(p, str(s.answer), s.meta["question_type"], s.meta["answer_type"],
-                                            s.meta.get("choices"), s.meta.get("precision")))
-                      for s, p in zip(samples, predictions, strict=True)]
-        summary: dict[str, float] = {"n": len(samples), "rules": mean(per_sample)}
-        per_sample = judge_misses(self.name, samples, predictions, per_sample, judge, summary)
-        summary["score"] = mean(per_sample)
-        summary.update(group_scores(per_sample, [[s.meta.get("task", ""), s.meta["question_type"]] for s in samples]))
-        return Scores(per_sample, summary)
+        rules = [float(mathvista_match(p, str(s.answer), s.meta["question_type"], s.meta["answer_type"],
+                                       s.meta.get("choices"), s.meta.get("precision")))
+                 for s, p in zip(samples, predictions, strict=True)]
+        return rules_then_judge(self.name, samples, predictions, rules, judge,
+                                [[s.meta.get("task", ""), s.meta["question_type"]] for s in samples])
 
 
 def _precision(value: object) -> int | None:

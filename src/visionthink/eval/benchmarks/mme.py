@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from visionthink.eval.benchmarks._io import LMMS_SHORT_ANSWER, check_predictions, hf_image, open_source, tsv_image
+from visionthink.eval.benchmarks._io import LMMS_SHORT_ANSWER, check_predictions, open_source, published
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
 from visionthink.eval.metrics import mme_category_kind, mme_scores, mme_yes_no
 from visionthink.rewards.judge_base import Judge
@@ -20,14 +20,10 @@ class MME(Benchmark):
     """
 
     name = "mme"
-    layout = (
-        "either the Hugging Face dataset lmms-lab/MME (or lmms-lab-encoder/MME) as published:\n"
-        "  <root>/data/test-*.parquet  columns: question_id (image key, shared by its 2 questions), image,\n"
-        "  question, answer (Yes|No), category\n"
-        "or the VLMEvalKit TSV: <root>/MME.tsv (or <root> = that file)\n"
-        "  columns: index, image (base64, or the index of the row holding it), question, answer (Yes|No),\n"
-        "  category, [image_path]"
-    )
+    layout = published("lmms-lab/MME (or lmms-lab-encoder/MME)", "data/test-*.parquet",
+                       "question_id (image key, shared by its 2 questions), image,\n  question, answer (Yes|No), "
+                       "category", "MME", "index, image (base64, or the index of the row holding it), question, "
+                       "answer (Yes|No),\n  category, [image_path]")
     replace_prompt = " Please answer yes or no."
     post_prompt = LMMS_SHORT_ANSWER
     """lmms-eval replaces `replace_prompt` with `post_prompt`."""
@@ -47,18 +43,15 @@ class MME(Benchmark):
             window *= 4  # pairs further apart than the window: read more
 
     def _read(self, root: str | os.PathLike | None, limit: int | None) -> list[Sample]:
-        source = open_source(root, name=self.name, layout=self.layout, splits=[["test"]], tsv_names=["MME"],
+        source = open_source(root, self, limit, tsv_names=["MME"],
                              hf_columns=["question_id", "image", "question", "answer", "category"],
-                             tsv_columns=["index", "image", "question", "answer", "category"], limit=limit)
+                             tsv_columns=["index", "image", "question", "answer", "category"])
         samples = []
-        for i, row in enumerate(source.rows):
+        for i, (uid, image, row) in enumerate(source.each(key="question_id")):
             if source.kind == "tsv":
-                uid, image = row["index"], tsv_image(row, source.path, self.name)
                 image_id = row.get("image_path") or row["__image_key__"]
             else:
-                image_id = str(row["question_id"])
-                uid = f"{image_id}#{i}"
-                image = hf_image(row["image"], source.path, self.name, f"question_id {image_id}")
+                image_id, uid = str(uid), f"{uid}#{i}"
             raw = str(row["question"]).strip()
             question = raw.replace(self.replace_prompt, "") + self.post_prompt if self.post_prompt else raw
             category = str(row["category"])

@@ -6,18 +6,16 @@ import os
 
 from visionthink.errors import VisionThinkError
 from visionthink.eval.benchmarks._io import (
-    ask_judge,
     check_predictions,
-    clip01,
     group_scores,
-    hf_image,
     mean,
     open_source,
     parse_list,
-    tsv_image,
+    published,
+    regrade,
 )
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
-from visionthink.rewards.judge_base import Judge, JudgeRequest
+from visionthink.rewards.judge_base import Judge
 
 
 def _capabilities(cell: object) -> list[str]:
@@ -35,31 +33,24 @@ class MMVet(Benchmark):
 
     name = "mmvet"
     needs_judge = True
-    layout = (
-        "either the Hugging Face dataset lmms-lab/MMVet (or lmms-lab-encoder/MMVet) as published:\n"
-        "  <root>/data/test-*.parquet  columns: question_id (v1_0...), image, question, answer (may hold\n"
-        "  <AND>/<OR>), image_source, capability (comma-joined, e.g. ocr,math)\n"
-        "or the VLMEvalKit TSV: <root>/MMVet.tsv (or <root> = that file)\n"
-        "  columns: index, image (base64), question, answer, category (comma-joined capabilities)"
-    )
+    layout = published("lmms-lab/MMVet (or lmms-lab-encoder/MMVet)", "data/test-*.parquet",
+                       "question_id (v1_0...), image, question, answer (may hold\n  <AND>/<OR>), image_source, "
+                       "capability (comma-joined, e.g. ocr,math)", "MMVet",
+                       "index, image (base64), question, answer, category (comma-joined capabilities)")
     pre_prompt = ("First please perform reasoning, and think step by step to provide best answer to the "
                   "following question: \n\n")
     """lmms-eval's MM-Vet pre-prompt."""
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
-        source = open_source(root, name=self.name, layout=self.layout, splits=[["test"]], tsv_names=["MMVet"],
+        source = open_source(root, self, limit, tsv_names=["MMVet"],
                              hf_columns=["question_id", "image", "question", "answer", "capability"],
-                             tsv_columns=["index", "image", "question", "answer", "category"], limit=limit)
+                             tsv_columns=["index", "image", "question", "answer", "category"])
         samples = []
-        for row in source.rows:
-            if source.kind == "tsv":
-                uid, image, capabilities = row["index"], tsv_image(row, source.path, self.name), row["category"]
-            else:
-                uid, capabilities = row["question_id"], row["capability"]
-                image = hf_image(row["image"], source.path, self.name, f"question_id {uid}")
+        for uid, image, row in source.each(key="question_id"):
+            capabilities = _capabilities(row["category"] if source.kind == "tsv" else row["capability"])
             question = str(row["question"])
             samples.append(Sample(f"mmvet-{uid}", image, self.pre_prompt + question, str(row["answer"]),
-                                  {"capabilities": _capabilities(capabilities), "raw_question": question}))
+                                  {"capabilities": capabilities, "raw_question": question}))
         return samples
 
     def score(self, samples: list[Sample], predictions: list[str | None], judge: Judge | None = None) -> Scores:
@@ -67,11 +58,8 @@ class MMVet(Benchmark):
         if judge is None:
             raise VisionThinkError("mmvet: MM-Vet is graded by an LLM judge (the official GPT grader); pass a judge "
                                    "(visionthink.rewards.judge_base.Judge) to score it")
-        requests = [JudgeRequest(s.meta.get("raw_question", s.question), str(s.answer), p)
-                    for s, p in zip(samples, predictions, strict=True)]
-        verdicts = ask_judge(self.name, judge, requests)
-        per_sample = [clip01(v.score) if v.ok else 0.0 for v in verdicts]
-        summary: dict[str, float] = {"n": len(samples), "score": mean(per_sample),
-                                     "judge_failures": sum(not v.ok for v in verdicts)}
+        per_sample, failures = regrade(self.name, judge, samples, predictions, [0.0] * len(samples),
+                                       range(len(samples)))
+        summary: dict[str, float] = {"n": len(samples), "score": mean(per_sample), "judge_failures": failures}
         summary.update(group_scores(per_sample, [s.meta.get("capabilities", []) for s in samples]))
         return Scores(per_sample, summary)

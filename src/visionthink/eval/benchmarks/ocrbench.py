@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import os
 
-from visionthink.eval.benchmarks._io import (
-    answers_of,
-    check_predictions,
-    group_scores,
-    hf_image,
-    mean,
-    open_source,
-    tsv_image,
-)
+from visionthink.eval.benchmarks._io import answers_of, check_predictions, group_scores, mean, open_source, published
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
 from visionthink.eval.metrics import OCRBENCH_HME_CATEGORY, ocrbench_match
 from visionthink.rewards.judge_base import Judge
@@ -25,26 +17,21 @@ class OCRBench(Benchmark):
     """
 
     name = "ocrbench"
-    layout = (
-        "either the Hugging Face dataset echo840/OCRBench as published:\n"
-        "  <root>/data/test-*.parquet  columns: dataset, question, question_type, answer (list), image\n"
-        "or the VLMEvalKit TSV: <root>/OCRBench.tsv (or <root> = that file)\n"
-        "  columns: index, image (base64), question, answer (Python-repr list), category"
-    )
+    layout = published("echo840/OCRBench", "data/test-*.parquet",
+                       "dataset, question, question_type, answer (list), image", "OCRBench",
+                       "index, image (base64), question, answer (Python-repr list), category")
     post_prompt = ""
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
-        source = open_source(root, name=self.name, layout=self.layout, splits=[["test"]], tsv_names=["OCRBench"],
+        source = open_source(root, self, limit, tsv_names=["OCRBench"],
                              hf_columns=["dataset", "question", "question_type", "answer", "image"],
-                             tsv_columns=["index", "image", "question", "answer", "category"], limit=limit)
+                             tsv_columns=["index", "image", "question", "answer", "category"])
         samples = []
-        for i, row in enumerate(source.rows):
+        for uid, image, row in source.each():
             if source.kind == "tsv":
-                uid, image = row["index"], tsv_image(row, source.path, self.name)
                 category, dataset = row["category"], row.get("dataset") or ""
             else:
-                uid, category, dataset = str(i), row["question_type"], row["dataset"] or ""
-                image = hf_image(row["image"], source.path, self.name, f"row {i}")
+                category, dataset = row["question_type"], row["dataset"] or ""
             hme = dataset == "HME100k" or category == OCRBENCH_HME_CATEGORY
             question = str(row["question"])
             samples.append(Sample(f"ocrbench-{uid}", image, question + self.post_prompt, answers_of(row["answer"]),

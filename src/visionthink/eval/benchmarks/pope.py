@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from visionthink.eval.benchmarks._io import LMMS_SHORT_ANSWER, check_predictions, hf_image, open_source, tsv_image
+from visionthink.eval.benchmarks._io import LMMS_SHORT_ANSWER, check_predictions, open_source, published
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
 from visionthink.eval.metrics import pope_metrics, pope_yes_no
 from visionthink.rewards.judge_base import Judge
@@ -17,31 +17,25 @@ class POPE(Benchmark):
     only the exact words and aggregates as lmms-eval 75571cf does (`metrics.pope_metrics`)."""
 
     name = "pope"
-    layout = (
-        "either the Hugging Face dataset lmms-lab/POPE (or lmms-lab-encoder/POPE) as published:\n"
-        "  <root>/data/test-*.parquet (default config) or <root>/Full/{adversarial,popular,random}-*.parquet\n"
-        "  columns: id, question_id, question, answer (yes|no), image_source, image, category\n"
-        "or the VLMEvalKit TSV: <root>/POPE.tsv (or <root> = that file)\n"
-        "  columns: index, image (base64), question, answer (Yes|No), category (may be comma-joined)"
-    )
+    layout = published("lmms-lab/POPE (or lmms-lab-encoder/POPE)",
+                       "data/test-*.parquet (default config) or <root>/Full/{adversarial,popular,random}-*.parquet\n",
+                       "id, question_id, question, answer (yes|no), image_source, image, category", "POPE",
+                       "index, image (base64), question, answer (Yes|No), category (may be comma-joined)")
     post_prompt = LMMS_SHORT_ANSWER
     rule = "official"
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
-        source = open_source(root, name=self.name, layout=self.layout,
-                             splits=[["test"], ["adversarial", "popular", "random"]], tsv_names=["POPE"],
+        source = open_source(root, self, limit, tsv_names=["POPE"],
+                             splits=[["test"], ["adversarial", "popular", "random"]],
                              hf_columns=["question_id", "question", "answer", "image", "category"],
-                             tsv_columns=["index", "image", "question", "answer", "category"], limit=limit)
+                             tsv_columns=["index", "image", "question", "answer", "category"])
         samples = []
-        for i, row in enumerate(source.rows):
+        for i, (uid, image, row) in enumerate(source.each(key="question_id")):
             if source.kind == "tsv":
-                uid, image = row["index"], tsv_image(row, source.path, self.name)
                 categories = [c.strip() for c in str(row["category"]).split(",") if c.strip()]
                 image_source = row.get("image_path") or ""
             else:
-                uid = f"{row['__split__']}-{row.get('id', i)}"
-                image = hf_image(row["image"], source.path, self.name, f"question_id {row['question_id']}")
-                categories = [str(row["category"])]
+                uid, categories = f"{row['__split__']}-{row.get('id', i)}", [str(row["category"])]
                 image_source = row.get("image_source") or ""
             question = str(row["question"])
             samples.append(Sample(f"pope-{uid}", image, question + self.post_prompt, str(row["answer"]).strip().lower(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from visionthink.eval.benchmarks._io import check_predictions, hf_image, mean, open_source, tsv_image
+from visionthink.eval.benchmarks._io import check_predictions, mean, open_source, published
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
 from visionthink.eval.metrics import realworldqa_match
 from visionthink.grading import parse_options
@@ -21,30 +21,23 @@ class RealWorldQA(Benchmark):
     exact match ignoring case and punctuation."""
 
     name = "realworldqa"
-    layout = (
-        "either the Hugging Face dataset lmms-lab/RealWorldQA (or lmms-lab-encoder/RealWorldQA) as published:\n"
-        "  <root>/data/test-*.parquet  columns: image, question (options inline as \"\\nA. ...\" lines and the\n"
-        "  answering instruction), answer, [image_path]\n"
-        "or the VLMEvalKit TSV: <root>/RealWorldQA.tsv (or <root> = that file)\n"
-        "  columns: index, image (base64), question, answer (letter), A, B, C, [D]"
-    )
+    layout = published("lmms-lab/RealWorldQA (or lmms-lab-encoder/RealWorldQA)", "data/test-*.parquet",
+                       "image, question (options inline as \"\\nA. ...\" lines and the\n  answering instruction), "
+                       "answer, [image_path]", "RealWorldQA",
+                       "index, image (base64), question, answer (letter), A, B, C, [D]")
     rule = "lmms-eval"
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
-        source = open_source(root, name=self.name, layout=self.layout, splits=[["test"]], tsv_names=["RealWorldQA"],
-                             hf_columns=["image", "question", "answer"],
-                             tsv_columns=["index", "image", "question", "answer", "A", "B"], limit=limit)
+        source = open_source(root, self, limit, tsv_names=["RealWorldQA"], hf_columns=["image", "question", "answer"],
+                             tsv_columns=["index", "image", "question", "answer", "A", "B"])
         samples = []
-        for i, row in enumerate(source.rows):
+        for uid, image, row in source.each():
             if source.kind == "tsv":
-                uid, image = row["index"], tsv_image(row, source.path, self.name)
                 options = {k: str(row[k]) for k in "ABCDEFGH" if (row.get(k) or "").strip()}
                 lines = "".join(f"\n{k}. {v}" for k, v in options.items())
                 question = f"{str(row['question']).strip()}{lines}\n{LETTER_INSTRUCTION}"
             else:
-                uid = str(row.get("image_path") or i)
-                image = hf_image(row["image"], source.path, self.name, f"row {i}")
-                question = str(row["question"])
+                uid, question = row.get("image_path") or uid, str(row["question"])
                 options = parse_options(question)
             samples.append(Sample(f"realworldqa-{uid}", image, question, str(row["answer"]).strip(),
                                   {"options": options}))

@@ -37,8 +37,7 @@ class Synth(Benchmark):
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
         if root is None or str(root) == BUILTIN:
             return self.generate(limit)
-        source = open_source(root, name=self.name, layout=self.layout, splits=[["test"]], tsv_names=[],
-                             hf_columns=COLUMNS, tsv_columns=COLUMNS, limit=limit)
+        source = open_source(root, self, limit, tsv_names=[], hf_columns=COLUMNS, tsv_columns=COLUMNS)
         return [Sample(str(row["uid"]), hf_image(row["image"], Path(source.path), self.name, f"uid {row['uid']}"),
                        str(row["question"]), str(row["answer"]),
                        {"family": str(row["family"]), "needs_high_res": bool(row["needs_high_res"]),
