@@ -1,4 +1,4 @@
-"""Shared fixtures: the shipped checkpoint, a random tiny model, one CPU thread per test process."""
+"""Shared fixtures: the shipped checkpoint, a random tiny model (in memory and on disk), one CPU thread per process."""
 
 from __future__ import annotations
 
@@ -50,6 +50,16 @@ def random_tiny():
 
     model, processor = build_tiny_model(build_tiny_tokenizer(tokenizer_corpus()))
     return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(random_tiny, tmp_path_factory) -> Path:
+    """`random_tiny` saved to a folder, for what loads a model by path (training loads its own copy from it)."""
+    model, processor = random_tiny
+    path = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="session")

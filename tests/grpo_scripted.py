@@ -31,6 +31,44 @@ PLAN = [
 ]
 
 
+def recipe(tmp_path, model_dir, **overrides):
+    """A one-step GRPO config on `model_dir` for the tests: one group of 4 rows, written under `tmp_path / "run"`."""
+    from visionthink.train.grpo_config import VisionThinkGRPOConfig
+
+    values = dict(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=1, num_generations=4,
+                  per_device_train_batch_size=4, train_items=6, save_steps=1, threads=1, max_completion_length=128,
+                  report_to="none", resume=False, drop_tied_groups=False)
+    return VisionThinkGRPOConfig(**{**values, **overrides})
+
+
+def trained_episodes(processor, recorded, high_res_image=None, profile=None, cut_off: bool = False) -> list:
+    """The episodes of one recorded generation (`record_generations`), each checked against what TRL trained on:
+    its prompt + completion ids are `tokens.encode` of the episode in `profile` (the template closes the last turn
+    with "<|im_end|>\n"; with `cut_off`, a completion that ends without it may be a prefix of the rendering), and
+    TRL's loss mask (`tool_mask`) is the protocol's assistant mask."""
+    import torch
+
+    from visionthink.tokens import assistant_mask, encode
+    from visionthink.train import grpo_env
+
+    prompts, (prompt_ids, completion_ids, tool_mask, completions) = recorded[0], recorded[1][:4]
+    newline = processor.tokenizer.encode("\n", add_special_tokens=False)
+    episodes = []
+    for i, prompt in enumerate(prompts):
+        episode = grpo_env.rollout_episode(processor, prompt, completions[i], completion_ids[i], high_res_image,
+                                           protocol_profile=profile)
+        trained = list(prompt_ids[i]) + list(completion_ids[i])
+        rendered = encode(processor, episode.messages, protocol=profile)["input_ids"][0].tolist()
+        if cut_off and completion_ids[i][-1] != processor.tokenizer.eos_token_id:
+            assert rendered[: len(trained)] == trained  # cut by the budget: the rendering closes the turn
+        else:
+            assert rendered == trained + newline
+        mask = assistant_mask(processor, torch.tensor(rendered)).tolist()[len(prompt_ids[i]) : len(trained)]
+        assert [bool(m) for m in tool_mask[i]] == mask
+        episodes.append(episode)
+    return episodes
+
+
 def script_turns(trainer, tokenizer, first_turn, second_turn, offset: int = 0):
     """Replace generation by scripted turns: `first_turn(row)` / `second_turn(row)` give the text of row
     `offset + i` of the batch (None keeps the model's own sampling for that turn); the second turn is asked

@@ -16,10 +16,12 @@ import torch
 from grpo_scripted import (  # tests/ is on sys.path
     capture_rewards,
     favoured,
+    recipe,
     record_first_turns,
     record_generations,
     script_turns,
     train_scripted,
+    trained_episodes,
 )
 
 from visionthink import protocol
@@ -27,7 +29,6 @@ from visionthink.data import synth
 from visionthink.errors import VisionThinkError
 from visionthink.images import make_views
 from visionthink.profiles import VISIONTHINK
-from visionthink.tokens import assistant_mask, encode
 from visionthink.tools import RESIZE
 from visionthink.train import grpo_env
 from visionthink.train.grpo import build_trainer
@@ -37,27 +38,6 @@ from visionthink.train.grpo_trainer import RowTokenBan
 pytest.importorskip("trl")
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A random tiny model saved to disk (each test loads its own copy: training changes weights)."""
-    from visionthink.models import build_tiny_model, build_tiny_tokenizer
-    from visionthink.train.sft_data import tokenizer_corpus
-
-    model, processor = build_tiny_model(build_tiny_tokenizer(tokenizer_corpus()))
-    path = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
-def recipe(tmp_path, model_dir, **overrides) -> VisionThinkGRPOConfig:
-    values = dict(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=1, num_generations=4,
-                  per_device_train_batch_size=4, train_items=6, save_steps=1, threads=1, max_completion_length=128,
-                  report_to="none", resume=False, drop_tied_groups=False)
-    values.update(overrides)
-    return VisionThinkGRPOConfig(**values)
 
 
 def resize_text(think: str) -> str:
@@ -115,23 +95,13 @@ def test_trained_ids_are_the_protocol_rendering(tmp_path, tiny_dir):
     rewards_seen = capture_rewards(trainer, "checker")
     trainer.train()
 
-    prompts, out = recorded[0]
-    prompt_ids, completion_ids, tool_mask, completions = out[0], out[1], out[2], out[3]
-    assert len(prompt_ids) == 4
-    resized_rows = 0
-    for i in range(4):
-        episode = grpo_env.rollout_episode(processor, prompts[i], completions[i], completion_ids[i])
-        trained = list(prompt_ids[i]) + list(completion_ids[i])
-        rendered = encode(processor, episode.messages)["input_ids"][0].tolist()
-        newline = tokenizer.encode("\n", add_special_tokens=False)
-        assert rendered == trained + newline  # the template closes the last turn with "<|im_end|>\n"
-        mask = assistant_mask(processor, torch.tensor(rendered)).tolist()[len(prompt_ids[i]) : len(trained)]
-        assert [bool(m) for m in tool_mask[i]] == mask
-        assert episode.well_formed and episode.messages[:2] == prompts[i]
-        resized_rows += episode.resized
-        if episode.resized:
-            assert len(protocol.images_in(episode.messages)) == 2
-    assert resized_rows == 2
+    prompts = recorded[0][0]
+    episodes = trained_episodes(processor, recorded[0])
+    assert len(episodes) == 4
+    for prompt, episode in zip(prompts, episodes, strict=True):
+        assert episode.well_formed and episode.messages[:2] == prompt
+        assert len(protocol.images_in(episode.messages)) == (2 if episode.resized else 1)
+    assert sum(episode.resized for episode in episodes) == 2
     # rewards per function (accuracy, format, -penalty): r = 1/3 >= theta, so correct resized answers lose 0.1
     got = rewards_seen[0]
     assert got[:, 0].tolist() == [1.0, 1.0, 1.0, 0.0]
@@ -259,33 +229,15 @@ def test_reward_functions_read_the_scored_batch():
     assert [f(prompts=[], completions=[], **columns) for f in funcs] == [[1.0, 0.0], [0.5, 0.0], [-0.1, 0.0]]
 
 @pytest.mark.slow
-def test_sampled_rollouts_render_as_the_protocol(tmp_path):
+def test_sampled_rollouts_render_as_the_protocol(tmp_path, shipped_model_dir):
     """With the trained checkpoint (its rollouts are well-formed text, unlike a random model's), every
     sampled rollout's trained ids are the protocol's rendering of the episode, resized or not."""
-    import os
-    from pathlib import Path
-
-    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-synth"
-    model_dir = Path(os.environ.get("VISIONTHINK_TEST_MODEL", shipped))
-    if not (model_dir / "config.json").is_file():
-        pytest.skip("no shipped checkpoint")
-    config = recipe(tmp_path, model_dir, num_generations=8, per_device_train_batch_size=16, train_items=8)
+    config = recipe(tmp_path, shipped_model_dir, num_generations=8, per_device_train_batch_size=16, train_items=8)
     trainer = build_trainer(config)
-    processor = trainer.processing_class
     recorded = record_generations(trainer)
     trainer.train()
-    newline = processor.tokenizer.encode("\n", add_special_tokens=False)
-    (prompts, out), = recorded
-    for i in range(len(prompts)):
-        episode = grpo_env.rollout_episode(processor, prompts[i], out[3][i], out[1][i])
-        trained = list(out[0][i]) + list(out[1][i])
-        rendered = encode(processor, episode.messages)["input_ids"][0].tolist()
-        if out[1][i][-1] == processor.tokenizer.eos_token_id:
-            assert rendered == trained + newline
-        else:  # truncated: the rendering closes the turn, the completion does not
-            assert rendered[: len(trained)] == trained
-        mask = assistant_mask(processor, torch.tensor(rendered)).tolist()[len(out[0][i]) : len(trained)]
-        assert [bool(m) for m in out[2][i]] == mask
+    (generation,) = recorded
+    assert trained_episodes(trainer.processing_class, generation, cut_off=True)  # each rollout checked there
 
 
 # ---------------------------------------------------------------- real runs: two processes, kill and resume, bad judge

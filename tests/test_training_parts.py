@@ -92,12 +92,9 @@ def test_label_token_says_whether_the_view_resolves_the_pattern(random_tiny):
         assert (at_high["pattern"][graded] == synth.PATTERNS.index(scene.pattern)).all()
 
 
-def test_sft_second_stage_starts_from_the_given_model(tmp_path, random_tiny):
+def test_sft_second_stage_starts_from_the_given_model(tmp_path, random_tiny, tiny_dir):
     model, processor = random_tiny
-    start = tmp_path / "start"
-    model.save_pretrained(start)
-    processor.save_pretrained(start)
-    config = SFTConfig(init_from=str(start), output_dir=str(tmp_path / "run"), steps=2, batch_size=4,
+    config = SFTConfig(init_from=str(tiny_dir), output_dir=str(tmp_path / "run"), steps=2, batch_size=4,
                        learning_rate=1e-4, warmup_steps=1, save_every=2, eval_every=2, eval_items=6, threads=1,
                        mask_illegible_first_turns=True, legibility_weight=1.0)
     final = train_sft(config)
@@ -113,14 +110,11 @@ def test_sft_second_stage_starts_from_the_given_model(tmp_path, random_tiny):
 
 
 @pytest.mark.slow
-def test_sft_resumes_from_the_newest_complete_checkpoint(tmp_path, random_tiny):
+def test_sft_resumes_from_the_newest_complete_checkpoint(tmp_path, tiny_dir):
     """A second run with more steps goes on from the last complete save, passing over a folder whose save
     a kill cut short (no trainer_state.pt, which is written last), and logs only the steps left."""
-    model, processor = random_tiny
-    start, run = tmp_path / "start", tmp_path / "run"
-    model.save_pretrained(start)
-    processor.save_pretrained(start)
-    base = dict(init_from=str(start), output_dir=str(run), batch_size=4, learning_rate=1e-4, warmup_steps=1,
+    run = tmp_path / "run"
+    base = dict(init_from=str(tiny_dir), output_dir=str(run), batch_size=4, learning_rate=1e-4, warmup_steps=1,
                 save_every=1, eval_every=100, eval_items=6, threads=1)
     train_sft(SFTConfig(steps=2, **base))
     (run / "checkpoint-3").mkdir()

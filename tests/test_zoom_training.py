@@ -46,16 +46,13 @@ def test_encode_for_training_renders_in_the_given_profile(random_tiny):
 
 
 @pytest.mark.slow
-def test_sft_with_zoom_fraction_trains_on_the_zoom_rendering(tmp_path, random_tiny, monkeypatch):
+def test_sft_with_zoom_fraction_trains_on_the_zoom_rendering(tmp_path, random_tiny, tiny_dir, monkeypatch):
     """Two SFT steps with `zoom_fraction` > 0: every protocol example is encoded in its own profile, the zoom
     conversations' trained ids are the `visionthink-zoom` rendering, and validation reports the zoom prompts."""
     from visionthink.train import sft
     from visionthink.train.sft import SFTConfig, train_sft
 
-    model, processor = random_tiny
-    start = tmp_path / "start"
-    model.save_pretrained(start)
-    processor.save_pretrained(start)
+    _, processor = random_tiny
     seen = []
     real = sft.encode_for_training
 
@@ -65,7 +62,7 @@ def test_sft_with_zoom_fraction_trains_on_the_zoom_rendering(tmp_path, random_ti
         return batch
 
     monkeypatch.setattr(sft, "encode_for_training", recording)
-    config = SFTConfig(init_from=str(start), output_dir=str(tmp_path / "run"), steps=2, batch_size=8,
+    config = SFTConfig(init_from=str(tiny_dir), output_dir=str(tmp_path / "run"), steps=2, batch_size=8,
                        learning_rate=1e-4, warmup_steps=1, save_every=2, eval_every=2, eval_items=4, threads=1,
                        resize_fraction=1.0, full_res_fraction=0.0, zoom_fraction=1.0, grounding_weight=1.0,
                        box_head_weight=1.0, grounding_fraction=0.25)
@@ -184,26 +181,11 @@ def test_rollout_episode_checks_zoom_boxes_against_the_view(random_tiny):
 
 
 def grpo_recipe(tmp_path, model_dir, **overrides):
-    from visionthink.train.grpo_config import VisionThinkGRPOConfig
+    """`grpo_scripted.recipe` under `visionthink-zoom` with the cost penalty."""
+    from grpo_scripted import recipe  # tests/ is on sys.path
 
-    values = dict(model=str(model_dir), output_dir=str(tmp_path / "run"), max_steps=1, num_generations=4,
-                  per_device_train_batch_size=4, train_items=6, save_steps=1, threads=1, max_completion_length=128,
-                  report_to="none", resume=False, drop_tied_groups=False, protocol="visionthink-zoom",
-                  penalty_variant="cost", cost_weight=0.1)
-    values.update(overrides)
-    return VisionThinkGRPOConfig(**values)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from visionthink.models import build_tiny_model, build_tiny_tokenizer
-    from visionthink.train.sft_data import tokenizer_corpus
-
-    model, processor = build_tiny_model(build_tiny_tokenizer(tokenizer_corpus()))
-    path = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return recipe(tmp_path, model_dir, **{"protocol": "visionthink-zoom", "penalty_variant": "cost",
+                                          "cost_weight": 0.1, **overrides})
 
 
 def test_grpo_config_accepts_the_cost_penalty(tmp_path, tiny_dir):
@@ -228,7 +210,7 @@ def test_zoom_trained_ids_are_the_profile_rendering(tmp_path, tiny_dir):
     completion ids are `tokens.encode` of the episode in the zoom profile (the schemas rendered are the
     profile's), the loss mask is the assistant mask, the episodes record the zoom and its crop, and the `cost`
     penalty is `rewards.cost_penalties` of the episodes' visual costs."""
-    from grpo_scripted import capture_rewards, script_turns  # tests/ is on sys.path
+    from grpo_scripted import capture_rewards, script_turns, trained_episodes  # tests/ is on sys.path
 
     from visionthink.rewards.rewards import cost_penalties, visual_cost
     from visionthink.train.grpo import build_trainer
@@ -250,23 +232,11 @@ def test_zoom_trained_ids_are_the_profile_rendering(tmp_path, tiny_dir):
     rewards_seen = capture_rewards(trainer, "checker")
     trainer.train()
 
-    prompts, out = recorded[0]
-    prompt_ids, completion_ids, tool_mask, completions = out[0], out[1], out[2], out[3]
-    newline = tokenizer.encode("\n", add_special_tokens=False)
-    episodes = []
-    low = protocol.images_in(prompts[0])[0]
+    low = protocol.images_in(recorded[0][0][0])[0]
     row = next(r for r in trainer.train_dataset if r["image"].tobytes() == low.tobytes())  # the group's item
     views = Views(low=low, high=row["high_res_image"])
-    for i in range(4):
-        episode = grpo_env.rollout_episode(processor, prompts[i], completions[i], completion_ids[i], views.high,
-                                           protocol_profile=VISIONTHINK_ZOOM)
-        episodes.append(episode)
-        trained = list(prompt_ids[i]) + list(completion_ids[i])
-        rendered = encode(processor, episode.messages, protocol=VISIONTHINK_ZOOM)["input_ids"][0].tolist()
-        assert rendered == trained + newline
-        mask = assistant_mask(processor, torch.tensor(rendered)).tolist()[len(prompt_ids[i]) : len(trained)]
-        assert [bool(m) for m in tool_mask[i]] == mask
-        assert episode.well_formed
+    episodes = trained_episodes(processor, recorded[0], views.high, VISIONTHINK_ZOOM)
+    assert len(episodes) == 4 and all(e.well_formed for e in episodes)
     assert [e.action for e in episodes] == ["zoom", "resize", "answer", "answer"]
     zoomed = episodes[0]
     assert tuple(zoomed.zoom_box) == tuple(float(v) for v in box)
