@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
 
+from visionthink import protocol
+from visionthink.engines.base import Generated
+from visionthink.images import PixelGrid
+
 torch.set_num_threads(int(os.environ.get("VISIONTHINK_TEST_THREADS", "1")))
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_GRID = PixelGrid(28, 28 * 28, 168 * 112)
+"""The tiny models' grid (the shipped checkpoint's processor): 24 visual tokens at most."""
 
 
 def _pick_free_port() -> int:
@@ -72,3 +79,29 @@ def synth_items():
 def full_tokens(image) -> int:
     """Full-resolution visual tokens of a synthetic world image (its sizes are on the 56 px grid already)."""
     return (image.width // 28) * (image.height // 28)
+
+
+@dataclass
+class ScriptedBackend:
+    """A backend of the loop (`engines.base.run_episodes`) that writes each turn from a script: question (the first
+    line of the user's text) -> the texts of its turns, or one list of texts for every row. It records
+    (question, turn, forbid_call) per row and turn; each turn reports 7 tokens written over `100 + turn` in all."""
+
+    script: dict[str, list[str]] | list[str]
+    protocol: object = None
+    grid: PixelGrid = TINY_GRID
+    batch_size: int = 4
+    calls: list[tuple[str, int, bool]] = field(default_factory=list)
+
+    def session(self):
+        return self
+
+    def generate(self, rows, conversations, forbid_call):
+        outputs = []
+        for messages, forbid in zip(conversations, forbid_call, strict=True):
+            question = protocol.assistant_text(messages[1]).split("\n")[0]
+            turn = sum(m["role"] == "assistant" for m in messages)
+            self.calls.append((question, turn, forbid))
+            texts = self.script if isinstance(self.script, list) else self.script[question]
+            outputs.append(Generated(texts[turn], generated_tokens=7, sequence_tokens=100 + turn))
+        return outputs

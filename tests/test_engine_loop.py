@@ -4,49 +4,22 @@ from __future__ import annotations
 
 import sys
 import types
-from dataclasses import dataclass
 
 import pytest
-from conftest import full_tokens  # tests/ is on sys.path
+from conftest import ScriptedBackend, full_tokens  # tests/ is on sys.path
 from PIL import Image
 
 from visionthink import protocol
 from visionthink.data import synth
-from visionthink.engines.base import Generated, Request, run_episodes
+from visionthink.engines.base import Request, run_episodes
 from visionthink.engines.transformers_engine import TransformersEngine
 from visionthink.engines.vllm_engine import VLLMEngine
-from visionthink.images import PixelGrid
 from visionthink.profiles import VISIONTHINK
 from visionthink.tokens import render_text
 
-GRID = PixelGrid(28, 28 * 28, 168 * 112)
 RESIZE = VISIONTHINK.call_text("small", "resize_image", {"action": "resize"})
 ANSWER = protocol.answer_text("seen", "dots")
 BAD_CALL = '<think>x</think>\n<tool_call>\n{"name": "crop"}\n</tool_call>'
-
-
-@dataclass
-class ScriptedBackend:
-    """Answers each turn from a script: question -> the texts of its turns, in order."""
-
-    script: dict[str, list[str]]
-    grid: PixelGrid = GRID
-    batch_size: int = 3
-
-    def __post_init__(self):
-        self.calls: list[tuple[str, int, bool]] = []
-
-    def session(self):
-        return self
-
-    def generate(self, rows, conversations, forbid_call):
-        outputs = []
-        for _row, messages, forbid in zip(rows, conversations, forbid_call, strict=True):
-            question = protocol.assistant_text(messages[1]).split("\n")[0]
-            turn = sum(m["role"] == "assistant" for m in messages)
-            self.calls.append((question, turn, forbid))
-            outputs.append(Generated(self.script[question][turn], generated_tokens=7, sequence_tokens=100 + turn))
-        return outputs
 
 
 def image(width=112, height=112):

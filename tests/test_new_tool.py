@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from conftest import TINY_GRID as GRID  # tests/ is on sys.path
+from conftest import ScriptedBackend
 from PIL import Image
 
 from visionthink import protocol, tools
-from visionthink.engines.base import Generated, Request, run_episodes
+from visionthink.engines.base import Request, run_episodes
 from visionthink.images import PixelGrid, Views
 from visionthink.modes import Mode
 from visionthink.profiles import VISIONTHINK, ProtocolProfile
@@ -19,7 +21,6 @@ from visionthink.serve.replies import split_tool_calls
 from visionthink.tools import RESIZE, Tool
 from visionthink.train import grpo_env
 
-GRID = PixelGrid(28, 28 * 28, 168 * 112)
 QUARTERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 
@@ -60,31 +61,10 @@ def registered(monkeypatch):
     monkeypatch.setitem(tools.TOOLS, QUARTER.name, QUARTER)  # the one registration line
 
 
-@dataclass
-class Scripted:
-    """Writes each turn from a script: question -> texts of its turns."""
-
-    script: dict[str, list[str]]
-    protocol: ProtocolProfile = PROFILE
-    grid: PixelGrid = GRID
-    batch_size: int = 4
-
-    def session(self):
-        return self
-
-    def generate(self, rows, conversations, forbid_call):
-        texts = []
-        for messages in conversations:
-            question = protocol.assistant_text(messages[1]).split("\n")[0]
-            turn = sum(m["role"] == "assistant" for m in messages)
-            texts.append(Generated(self.script[question][turn], generated_tokens=5, sequence_tokens=50))
-        return texts
-
-
 def test_the_loop_runs_a_new_tool_and_the_episode_records_its_call():
     answer = protocol.answer_text("seen", "dots")
-    backend = Scripted({"crop": [CALL, answer], "bad": [CALL.replace("bottom-right", "middle"), answer],
-                        "answer": [answer]})
+    backend = ScriptedBackend({"crop": [CALL, answer], "bad": [CALL.replace("bottom-right", "middle"), answer],
+                               "answer": [answer]}, PROFILE)
     image = Image.new("RGB", (168, 112), "white")
     image.paste((255, 0, 0), (84, 56, 168, 112))  # the bottom-right quarter is red
     episodes = run_episodes(backend, [Request(image, q) for q in ("crop", "bad", "answer")], MODE)

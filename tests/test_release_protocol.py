@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TINY_GRID as GRID  # tests/ is on sys.path; a resize reply is the high view whatever the grid
 from PIL import Image
 
 from visionthink import protocol
@@ -83,8 +84,6 @@ ERROR = (
     "<|im_start|>assistant\n"
 )
 QUESTION = "What is the total on the receipt?"
-GRID = PixelGrid(28, 28 * 28, 168 * 112)
-"""The shipped tiny model's grid (a resize reply is the high view whatever the grid)."""
 
 
 @pytest.fixture(scope="module")
@@ -314,40 +313,16 @@ def test_local_engine_defaults_to_the_profiles_budget(random_tiny):
     assert TransformersEngine(*random_tiny).sampling.max_new_tokens == 64
 
 
-class _ReleaseBackend:
-    """Writes a scripted reply per turn; records the first image of each row."""
-
-    protocol = RELEASE
-    batch_size = 2
-
-    def __init__(self, replies: list[str]):
-        from visionthink.images import PixelGrid
-
-        self.grid = PixelGrid(28, 3136, 12845056)
-        self.replies = replies
-        self.first_images = []
-
-    def session(self):
-        return self
-
-    def generate(self, rows, conversations, forbid_call):
-        from visionthink.engines.base import Generated
-
-        outputs = []
-        for messages in conversations:
-            turn = sum(m["role"] == "assistant" for m in messages)
-            if turn == 0:
-                self.first_images.append(protocol.images_in(messages)[0])
-            outputs.append(Generated(self.replies[turn], generated_tokens=5))
-        return outputs
-
-
 def test_the_loop_gives_release_views_and_answers():
+    from conftest import ScriptedBackend
+
     from visionthink.engines.base import Request, run_episodes
 
-    backend = _ReleaseBackend(["<think>a</think><answer>first</answer>" + CALL, "<think>b</think><answer>2</answer>"])
+    backend = ScriptedBackend(["<think>a</think><answer>first</answer>" + CALL, "<think>b</think><answer>2</answer>"],
+                              RELEASE, PixelGrid(28, 3136, 12845056))
     episode = run_episodes(backend, [Request(Image.new("RGB", (500, 4000), "white"), QUESTION)], "visionthink")[0]
-    assert backend.first_images[0].size == (252, 1988)  # 250x2000, the original halved, then the processor's resize
+    first_view = protocol.images_in(episode.messages)[0]  # the view the model saw first
+    assert first_view.size == (252, 1988)  # 250x2000, the original halved, then the processor's resize
     assert episode.resized and episode.visual_tokens_per_turn == [9 * 71, 18 * 143]
     assert episode.full_res_visual_tokens == 18 * 143
     assert episode.answer == "first"  # the release's evaluation reads the whole reply

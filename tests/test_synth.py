@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import TINY_GRID as PROBE_GRID  # tests/ is on sys.path
 
 from visionthink.data.synth import (
     COLOURS,
@@ -26,7 +27,7 @@ from visionthink.data.synth import (
     split_items,
     wordings,
 )
-from visionthink.images import PixelGrid, make_views
+from visionthink.images import make_views
 
 ANSWER_SETS = {
     "colour": set(COLOURS),
@@ -208,7 +209,6 @@ def test_label_size_is_forced_and_patterns_vary():
 
 # ---------------------------------------------------------------- legibility probe
 
-PROBE_GRID = PixelGrid(28, 28 * 28, 168 * 112)
 PROBE_TRAIN, PROBE_TEST = 3000, 800
 
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from conftest import TINY_GRID as GRID  # tests/ is on sys.path
+from conftest import ScriptedBackend
 from PIL import Image
 
 from visionthink import protocol
 from visionthink.data import synth
-from visionthink.engines.base import Generated, Request, run_episodes
+from visionthink.engines.base import Request, run_episodes
 from visionthink.images import PixelGrid, make_views, zoom_crop, zoom_region
 from visionthink.modes import MODES, PAPER_MODES
 from visionthink.profiles import NAMES, RELEASE, VISIONTHINK, VISIONTHINK_ZOOM, get_profile, with_tools
@@ -23,8 +24,6 @@ from visionthink.tools import ZOOM as ZOOM_TOOL
 from visionthink.tools import ToolCall, codec
 from visionthink.tools.zoom import oracle_box
 
-GRID = PixelGrid(28, 28 * 28, 168 * 112)
-"""The tiny model's grid (the shipped checkpoint's processor)."""
 WORLD_SIZES = [(112, 112), (168, 112), (112, 168)]
 ANSWER = protocol.answer_text("seen", "dots")
 
@@ -306,31 +305,6 @@ def test_oracle_box_covers_the_true_box():
 # ---------------------------------------------------------------- the loop
 
 
-@dataclass
-class ZoomBackend:
-    """Answers each turn from a script (question -> its turns) under the zoom profile."""
-
-    script: dict[str, list[str]]
-    grid: PixelGrid = GRID
-    batch_size: int = 4
-    protocol: object = VISIONTHINK_ZOOM
-
-    def __post_init__(self):
-        self.calls: list[tuple[str, int, bool]] = []
-
-    def session(self):
-        return self
-
-    def generate(self, rows, conversations, forbid_call):
-        outputs = []
-        for messages, forbid in zip(conversations, forbid_call, strict=True):
-            question = protocol.assistant_text(messages[1]).split("\n")[0]
-            turn = sum(m["role"] == "assistant" for m in messages)
-            self.calls.append((question, turn, forbid))
-            outputs.append(Generated(self.script[question][turn], generated_tokens=5, sequence_tokens=90 + turn))
-        return outputs
-
-
 def test_modes_are_listed():
     assert PAPER_MODES == ("full", "low", "visionthink", "oracle")  # what demo runs, unchanged
     assert tuple(MODES) == PAPER_MODES + ("zoom", "oracle-zoom")
@@ -354,7 +328,7 @@ def test_zoom_mode_runs_the_crop_and_counts_its_tokens(size):
         "zooms twice": [zoom_text("a", [0, 0, 10, 10]), zoom_text("b", [0, 0, 10, 10])],
     }
     requests = [Request(Image.new("RGB", size, "white"), q) for q in script]
-    episodes = dict(zip(script, run_episodes(ZoomBackend(script), requests, "zoom"), strict=True))
+    episodes = dict(zip(script, run_episodes(ScriptedBackend(script, VISIONTHINK_ZOOM), requests, "zoom"), strict=True))
     low_tokens, full = GRID.tokens(low_w, low_h), GRID.tokens(*size)
     zoomed = episodes["zooms"]
     assert zoomed.zoomed and not zoomed.resized and zoomed.action == "zoom" and zoomed.well_formed
@@ -387,7 +361,7 @@ def test_oracle_zoom_zooms_on_the_true_box_only_where_needed():
     box = (60, 20, 90, 50)  # image pixels of the 168x112 image
     requests = [Request(Image.new("RGB", (168, 112)), "needs", True, box), Request(Image.new("RGB", (168, 112)),
                 "fine", False), Request(Image.new("RGB", (168, 112)), "needs, zooms elsewhere", True, box)]
-    backend = ZoomBackend(script)
+    backend = ScriptedBackend(script, VISIONTHINK_ZOOM)
     episodes = run_episodes(backend, requests, "oracle-zoom")
     assert [e.action for e in episodes] == ["zoom", "answer", "zoom"]
     assert episodes[0].zoom_box == (30.0, 10.0, 45.0, 25.0) == episodes[2].zoom_box
@@ -400,13 +374,11 @@ def test_oracle_zoom_zooms_on_the_true_box_only_where_needed():
 def test_zoom_modes_refuse_what_they_cannot_run():
     requests = [Request(Image.new("RGB", (112, 112)), "q", True)]
     with pytest.raises(ValueError, match="zoom mode needs the zoom_image tool, which protocol 'visionthink' does not"):
-        run_episodes(ZoomBackend({}, protocol=VISIONTHINK), requests, "zoom")
+        run_episodes(ScriptedBackend({}, VISIONTHINK), requests, "zoom")
     with pytest.raises(ValueError, match="needs `box`"):
-        run_episodes(ZoomBackend({}), requests, "oracle-zoom")
+        run_episodes(ScriptedBackend({}, VISIONTHINK_ZOOM), requests, "oracle-zoom")
     with pytest.raises(ValueError, match="needs `needs_high_res`"):
-        run_episodes(ZoomBackend({}), [Request(Image.new("RGB", (112, 112)), "q")], "oracle-zoom")
-    with pytest.raises(ValueError, match="unknown mode"):
-        run_episodes(ZoomBackend({}), requests, "zoomed")
+        run_episodes(ScriptedBackend({}, VISIONTHINK_ZOOM), [Request(Image.new("RGB", (112, 112)), "q")], "oracle-zoom")
 
 
 def test_oracle_zoom_on_the_shipped_model(shipped_model):

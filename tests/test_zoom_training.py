@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_GRID as GRID  # tests/ is on sys.path
 
 from visionthink import protocol
 from visionthink.data import synth
-from visionthink.images import PixelGrid, Views, make_views, zoom_crop
+from visionthink.images import Views, make_views, zoom_crop
 from visionthink.profiles import VISIONTHINK_ZOOM
 from visionthink.tokens import IGNORE_INDEX, assistant_mask, encode, encode_for_training, render_text
 from visionthink.tools import RESIZE, ZOOM
@@ -104,7 +105,6 @@ def test_sft_zoom_recipe_section_loads():
 
 # ---------------------------------------------------------------- GRPO
 
-GRID = PixelGrid(factor=28, min_pixels=784, max_pixels=18816)  # the tiny model's grid
 THINK = "Look at the image."
 
 
