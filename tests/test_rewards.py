@@ -61,7 +61,7 @@ def test_direct_shares_count_only_correct_rollouts():
     assert direct_shares(correct, resized, groups) == {"a": 0.5, "b": 0.0, "c": None}
 
 
-# ---------------------------------------------------------------- paper (Eq. 5)
+# ---------------------------------------------------------------- the variants on hand-made groups
 
 # r = 1/6 < 0.2: six correct rollouts, one direct -> the correct direct answer is penalised.
 BELOW = ([T, T, T, T, T, T, F], [F, T, T, T, T, T, F])
@@ -80,22 +80,31 @@ MOSTLY_DIRECT = ([T, T, T, F], [F, F, T, F])
 
 
 @pytest.mark.parametrize(
-    ("case", "expected"),
+    ("case", "paper", "release", "flat"),
     [
-        (BELOW, [0.1, 0, 0, 0, 0, 0, 0]),
-        (AT, [0, 0.1, 0.1, 0.1, 0.1, 0]),
-        (ZERO, [0, 0, 0, 0]),
-        (ALL_RESIZED, [0, 0, 0, 0]),
-        (NONE_CORRECT, [0, 0, 0, 0]),
-        (ALL_DIRECT, [0, 0, 0]),
-        (MOSTLY_DIRECT, [0, 0, 0.1, 0]),
+        # 0 < r < 0.2: `paper` hits the correct direct answer, `release` direct AND resized correct answers (-> 0.9)
+        (BELOW, [0.1, 0, 0, 0, 0, 0, 0], [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0], [0, 0.1, 0.1, 0.1, 0.1, 0.1, 0]),
+        (AT, [0, 0.1, 0.1, 0.1, 0.1, 0], [0, 0.1, 0.1, 0.1, 0.1, 0], [0, 0.1, 0.1, 0.1, 0.1, 0]),  # r = 0.2
+        (ZERO, [0, 0, 0, 0], [0.1, 0.1, 0, 0], [0.1, 0.1, 0, 0]),  # r = 0 is not in (0, 0.2) for `release`
+        (ALL_RESIZED, [0, 0, 0, 0], [0.1, 0, 0.1, 0], [0.1, 0, 0.1, 0]),
+        (NONE_CORRECT, [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]),
+        (ALL_DIRECT, [0, 0, 0], [0, 0, 0], [0, 0, 0]),
+        (MOSTLY_DIRECT, [0, 0, 0.1, 0], [0, 0, 0.1, 0], [0, 0, 0.1, 0]),
     ],
     ids=["r=1/6", "r=theta", "r=0", "all-resized", "none-correct", "r=1", "r=2/3"],
 )
-def test_paper_penalty_hand_computed(case, expected):
+def test_penalty_variants_hand_computed(case, paper, release, flat):
+    """Every variant on the same groups: `paper` (Eq. 5), `release`, `flat` (every correct resized answer), `none`."""
     correct, resized = case
-    got = penalties(correct, resized, ["q"] * len(correct), "paper")
-    assert got == pytest.approx(expected)
+    groups = ["q"] * len(correct)
+    assert penalties(correct, resized, groups, "paper") == pytest.approx(paper)
+    assert penalties(correct, resized, groups, "release") == pytest.approx(release)
+    assert release_hits(correct, resized, groups) == [bool(p) for p in release]
+    assert penalties(correct, resized, groups, "flat") == pytest.approx(flat)
+    assert penalties(correct, resized, groups, "none") == [0.0] * len(correct)
+
+
+# ---------------------------------------------------------------- paper (Eq. 5)
 
 
 def test_paper_penalty_custom_theta_and_amount():
@@ -127,26 +136,6 @@ def test_paper_penalty_interleaved_groups_match_separate_groups():
 # ---------------------------------------------------------------- release
 
 
-@pytest.mark.parametrize(
-    ("case", "expected"),
-    [
-        (BELOW, [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0]),  # 0 < r < 0.2: direct AND resized correct answers -> 0.9
-        (AT, [0, 0.1, 0.1, 0.1, 0.1, 0]),  # r = 0.2: only resized
-        (ZERO, [0.1, 0.1, 0, 0]),  # r = 0 is not in (0, 0.2): only the correct resized ones
-        (ALL_RESIZED, [0.1, 0, 0.1, 0]),
-        (NONE_CORRECT, [0, 0, 0, 0]),
-        (ALL_DIRECT, [0, 0, 0]),
-        (MOSTLY_DIRECT, [0, 0, 0.1, 0]),
-    ],
-    ids=["r=1/6", "r=theta", "r=0", "all-resized", "none-correct", "r=1", "r=2/3"],
-)
-def test_release_penalty_hand_computed(case, expected):
-    correct, resized = case
-    groups = ["q"] * len(correct)
-    assert penalties(correct, resized, groups, "release") == pytest.approx(expected)
-    assert release_hits(correct, resized, groups) == [bool(p) for p in expected]
-
-
 def test_release_ties_below_threshold_and_matches_scaling():
     correct, resized = BELOW
     groups = ["q"] * len(correct)
@@ -167,7 +156,6 @@ def test_release_with_a_non_default_theta_and_penalty():
     assert release_hits(correct, resized, groups, theta=1 / 3) == [F, T, T, F]
     assert penalties(correct, resized, groups, "release", theta=0.5, penalty=0.25) == pytest.approx([0.25] * 3 + [0])
     assert penalties(correct, resized, groups, "release", theta=0.3, penalty=0.25) == pytest.approx([0, 0.25, 0.25, 0])
-    assert release_hits(correct, resized, groups, theta=0.5) == [T, T, T, F]
     assert release_hits(correct, resized, groups, theta=0.3) == [F, T, T, F]
     parts = total_rewards([1.0, 1.0, 1.0, 0.0], [0.5] * 4, resized, groups, "release", theta=0.5, penalty=0.25)
     assert parts.penalty == pytest.approx([0.25, 0.25, 0.25, 0.0])
@@ -176,29 +164,7 @@ def test_release_with_a_non_default_theta_and_penalty():
     assert default.total == pytest.approx([1.5, 1.25, 1.25, 0.5])
 
 
-# ---------------------------------------------------------------- flat and none
-
-
-@pytest.mark.parametrize(
-    ("case", "expected"),
-    [
-        (BELOW, [0, 0.1, 0.1, 0.1, 0.1, 0.1, 0]),
-        (AT, [0, 0.1, 0.1, 0.1, 0.1, 0]),
-        (ZERO, [0.1, 0.1, 0, 0]),
-        (ALL_RESIZED, [0.1, 0, 0.1, 0]),
-        (NONE_CORRECT, [0, 0, 0, 0]),
-        (ALL_DIRECT, [0, 0, 0]),
-    ],
-)
-def test_flat_penalty_hits_every_correct_resized_answer(case, expected):
-    correct, resized = case
-    assert penalties(correct, resized, ["q"] * len(correct), "flat") == pytest.approx(expected)
-
-
-@pytest.mark.parametrize("case", [BELOW, AT, ZERO, ALL_RESIZED, NONE_CORRECT, ALL_DIRECT])
-def test_none_penalty_is_zero(case):
-    correct, resized = case
-    assert penalties(correct, resized, ["q"] * len(correct), "none") == [0.0] * len(correct)
+# ---------------------------------------------------------------- any variant
 
 
 def test_penalty_rejects_bad_input():
