@@ -46,6 +46,16 @@ def chat_body(url: str, question: str, **extra) -> dict:
         {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question}]}], **extra}
 
 
+def serving(engine, config: ServeConfig | None = None, **app_options) -> BackgroundServer:
+    """`engine` behind the app on a loopback port, started by `with` (or `.start()`): `.app` is the app and `.config`
+    the config it runs with (a test may change its timeout)."""
+    config = config or ServeConfig()
+    app = create_app(engine, config, **app_options)
+    server = BackgroundServer(app)
+    server.app, server.config = app, config
+    return server
+
+
 def call(base: str, method: str, path: str, body=None, key: str | None = KEY, headers: dict | None = None):
     """(status, parsed JSON or text, headers) of one request over a fresh loopback connection."""
     parts = urllib.parse.urlsplit(base)
@@ -98,11 +108,9 @@ def items():
 
 @pytest.fixture(scope="module")
 def server(shipped_model):
-    engine = TransformersEngine(*shipped_model)
     config = ServeConfig(model_name="tiny", api_key=KEY, max_body_bytes=MAX_BODY, max_images=8, max_batch=16,
                          batch_wait_ms=10, timeout=30)
-    with BackgroundServer(create_app(engine, config)) as running:
-        running.config = config
+    with serving(TransformersEngine(*shipped_model), config) as running:
         yield running
 
 
@@ -112,11 +120,17 @@ def good(items):
     return chat_body(data_url(item.image), item.question)
 
 
-def assert_good(server, good) -> dict:
-    status, reply, _ = call(server.url, "POST", "/v1/chat/completions", good)
+def assert_good(server, good, key: str | None = KEY, within: float = 60.0) -> dict:
+    """The server still answers a good request, with content, within `within` seconds."""
+    began = time.monotonic()
+    status, reply, _ = call(server.url, "POST", "/v1/chat/completions", good, key=key)
     assert status == 200, reply
-    assert reply["choices"][0]["message"]["content"]
+    assert reply["choices"][0]["message"]["content"] and time.monotonic() - began < within
     return reply
+
+
+def health(server) -> dict:
+    return call(server.url, "GET", "/health", key=None)[1]
 
 
 def test_reply_is_openai_shaped_with_visionthink_fields(server, items, shipped_model):
@@ -319,12 +333,11 @@ def test_remote_images_only_with_the_flag_and_never_private_by_default(shipped_m
     try:
         engine = TransformersEngine(*shipped_model)
         # With the flag, public hosts only: a loopback URL is an SSRF attempt.
-        with BackgroundServer(create_app(engine, ServeConfig(allow_remote_images=True))) as public_only:
+        with serving(engine, ServeConfig(allow_remote_images=True)) as public_only:
             status, reply, _ = call(public_only.url, "POST", "/v1/chat/completions",
                                     chat_body(f"{url}/image.png", item.question))
             assert status == 400 and reply["error"]["code"] == "remote_image_refused"
-        config = ServeConfig(allow_remote_images=True, allow_private_remote_images=True)
-        with BackgroundServer(create_app(engine, config)) as fetching:
+        with serving(engine, ServeConfig(allow_remote_images=True, allow_private_remote_images=True)) as fetching:
             status, reply, _ = call(fetching.url, "POST", "/v1/chat/completions",
                                     chat_body(f"{url}/image.png", item.question))
             assert status == 200 and reply["visionthink"]["answer"], reply
