@@ -49,10 +49,15 @@ class Source:
     name: str
     """The benchmark's name, for error messages."""
 
-    def each(self, key: str | None = None, images: Sequence[str] = ("image",),
+    def each(self, key: str | None = None, hf: dict[str, str] | None = None, images: Sequence[str] = ("image",),
              optional: bool = False) -> Iterator[tuple[Any, ImageSource | None, dict[str, Any]]]:
-        """(uid, image, row) per row. A TSV row: its `index`, its base64 `image`. A Hugging Face row: its `key`
-        column (its position if None), the first non-empty of `images` (None if `optional` and it holds none)."""
+        """(uid, image, row) for every row, whatever the layout.
+
+        A TSV row gives its `index` and its base64 `image`. A Hugging Face row gives its `key` column (its
+        position when None) and the first non-empty of its `images` (None when `optional` and the cell holds
+        none); `hf` maps a field to the column that holds it there, so that both layouts read it under one
+        name (DocVQA's {"answer": "answers"}).
+        """
         for i, row in enumerate(self.rows):
             if self.kind == "tsv":
                 yield row["index"], tsv_image(row, self.path, self.name), row
@@ -60,13 +65,8 @@ class Source:
             uid = i if key is None else row[key]
             cell = next((row[column] for column in images if row.get(column)), row.get(images[-1]))
             where = f"row {i}" if key is None else f"{key} {uid}"
-            yield uid, hf_image(cell, self.path, self.name, where, optional), row
-
-
-def published(dataset: str, files: str, columns: str, tsv: str, tsv_columns: str) -> str:
-    """The layout text of a benchmark read as a Hugging Face dataset or as a VLMEvalKit TSV."""
-    return (f"either the Hugging Face dataset {dataset} as published:\n  <root>/{files}  columns: {columns}\n"
-            f"or the VLMEvalKit TSV: <root>/{tsv}.tsv (or <root> = that file)\n  columns: {tsv_columns}")
+            renamed = {field: row.get(column) for field, column in (hf or {}).items()}
+            yield uid, hf_image(cell, self.path, self.name, where, optional), {**row, **renamed}
 
 
 def fail(name: str, layout: str, why: str) -> VisionThinkError:
@@ -78,9 +78,9 @@ def open_source(root: str | os.PathLike | None, benchmark: Benchmark, limit: int
                 configs: Sequence[str] = (), exclude: Sequence[str] = ()) -> Source:
     """Find and read a benchmark under `root` (HF parquet, `save_to_disk`, or a VLMEvalKit TSV).
 
-    `splits` lists alternatives, each a list of split names read one after the other (POPE's
-    `test`, or its `Full` config's `adversarial`/`popular`/`random`). Parquet files under a folder
-    named in `configs` are preferred; those under a folder named in `exclude` are ignored.
+    `splits` lists alternatives (by default `test`), each a list of split names read one after the
+    other (POPE's `test`, or its `Full` config's `adversarial`/`popular`/`random`). Parquet files under
+    a folder named in `configs` are preferred; those under a folder named in `exclude` are ignored.
     """
     name, layout = benchmark.name, benchmark.layout
     if limit is not None and limit < 0:
@@ -205,11 +205,7 @@ def hf_image(value: Any, base: Path, name: str, where: str, optional: bool = Fal
 def _tsv_file(path: Path, names: Sequence[str]) -> Path | None:
     if path.is_file():
         return path if path.suffix.lower() == ".tsv" else None
-    for candidate in names:
-        file = path / f"{candidate}.tsv"
-        if file.is_file():
-            return file
-    return None
+    return next((file for file in (path / f"{name}.tsv" for name in names) if file.is_file()), None)
 
 
 def _read_tsv(path: Path, name: str, layout: str, limit: int | None) -> list[dict[str, Any]]:
@@ -253,27 +249,24 @@ def parse_list(cell: Any) -> list[str] | None:
     """A list cell: a real list, or (TSV) a Python-repr list such as "['0.28']"; None if not a list."""
     if isinstance(cell, (list, tuple)):
         return [str(item) for item in cell]
-    if isinstance(cell, str) and cell.strip().startswith("[") and cell.strip().endswith("]"):
-        try:
-            value = ast.literal_eval(cell.strip())
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return None
-        if isinstance(value, (list, tuple)):
-            return [str(item) for item in value]
-    return None
+    text = cell.strip() if isinstance(cell, str) else ""
+    value = _literal(text) if text.startswith("[") and text.endswith("]") else None
+    return [str(item) for item in value] if isinstance(value, (list, tuple)) else None
 
 
 def parse_dict(cell: Any) -> dict[str, Any]:
     """A dict cell: a real dict (HF struct), or (TSV) a Python-repr dict; {} otherwise."""
     if isinstance(cell, dict):
         return cell
-    if isinstance(cell, str) and cell.strip().startswith("{"):
-        try:
-            value = ast.literal_eval(cell.strip())
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return {}
-        return value if isinstance(value, dict) else {}
-    return {}
+    value = _literal(cell.strip()) if isinstance(cell, str) and cell.strip().startswith("{") else None
+    return value if isinstance(value, dict) else {}
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
 
 
 def answers_of(cell: Any) -> str | list[str]:
@@ -316,17 +309,11 @@ def group_scores(per_sample: list[float], groups: list[Iterable[str]], prefix: s
     return {f"{prefix}{group}": mean(values) for group, values in sorted(members.items())}
 
 
-def truth(answer: str | list[str]) -> str:
-    """An answer as the judge reads it: several accepted answers joined by " <OR> "."""
-    return answer if isinstance(answer, str) else " <OR> ".join(answer)
-
-
 def regrade(name: str, judge: Judge, samples: list[Sample], predictions: list[str | None], grades: list[float],
-            indices: Iterable[int]) -> tuple[list[float], int]:
+            indices: Sequence[int]) -> tuple[list[float], int]:
     """`grades` with the answers at `indices` graded again by `judge` (a failing verdict keeps the grade it
     had), and the number of failing verdicts."""
-    indices = list(indices)
-    requests = [JudgeRequest(samples[i].meta.get("raw_question", samples[i].question), truth(samples[i].answer),
+    requests = [JudgeRequest(samples[i].meta.get("raw_question", samples[i].question), _truth(samples[i].answer),
                              predictions[i]) for i in indices]
     verdicts = judge.grade(requests)
     if len(verdicts) != len(requests):
@@ -337,6 +324,11 @@ def regrade(name: str, judge: Judge, samples: list[Sample], predictions: list[st
         if verdict.ok:
             regraded[i] = clip01(verdict.score)
     return regraded, sum(not v.ok for v in verdicts)
+
+
+def _truth(answer: str | list[str]) -> str:
+    """Several accepted answers as the judge reads them: joined by " <OR> "."""
+    return answer if isinstance(answer, str) else " <OR> ".join(answer)
 
 
 def clip01(value: float) -> float:

@@ -47,3 +47,9 @@ class Benchmark(ABC):
     @abstractmethod
     def score(self, samples: list[Sample], predictions: list[str | None], judge: Judge | None = None) -> Scores:
         """The official metric over `predictions` (final answer texts, None when the model gave none)."""
+
+
+def published(dataset: str, files: str, columns: str, tsv: str, tsv_columns: str) -> str:
+    """The `layout` of a benchmark read as its Hugging Face dataset or as its VLMEvalKit TSV."""
+    return (f"either the Hugging Face dataset {dataset} as published:\n  <root>/{files}  columns: {columns}\n"
+            f"or the VLMEvalKit TSV: <root>/{tsv}.tsv (or <root> = that file)\n  columns: {tsv_columns}")

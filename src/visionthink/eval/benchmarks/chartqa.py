@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import os
 
-from visionthink.eval.benchmarks._io import (
-    answers_of,
-    check_predictions,
-    group_scores,
-    mean,
-    open_source,
-    published,
-    regrade,
-)
-from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
+from visionthink.eval.benchmarks._io import answers_of, check_predictions, group_scores, mean, open_source, regrade
+from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores, published
 from visionthink.eval.metrics import relaxed_accuracy
 from visionthink.rewards.judge_base import Judge
 
@@ -31,9 +23,10 @@ class ChartQA(Benchmark):
     """
 
     name = "chartqa"
-    layout = published("lmms-lab/ChartQA (or lmms-lab-encoder/ChartQA)", "data/test-*.parquet",
-                       "type (human_test|augmented_test), question, answer, image", "ChartQA_TEST",
-                       "index, image (base64), question, answer, split (test_human|test_augmented)")
+    layout = published(
+        "lmms-lab/ChartQA (or lmms-lab-encoder/ChartQA)", "data/test-*.parquet",
+        "type (human_test|augmented_test), question, answer, image",
+        "ChartQA_TEST", "index, image (base64), question, answer, split (test_human|test_augmented)")
     post_prompt = "\nAnswer the question with a single word."
     """lmms-eval's ChartQA prompt suffix."""
 
@@ -42,17 +35,15 @@ class ChartQA(Benchmark):
                              hf_columns=["type", "question", "answer", "image"],
                              tsv_columns=["index", "image", "question", "answer"])
         samples = []
-        for uid, image, row in source.each():
-            split = row.get("split") if source.kind == "tsv" else row["type"]
+        for uid, image, row in source.each(hf={"split": "type"}):
             question = str(row["question"])
             samples.append(Sample(f"chartqa-{uid}", image, question + self.post_prompt, answers_of(row["answer"]),
-                                  {"split": _split_name(split), "raw_question": question}))
+                                  {"split": _split_name(row.get("split")), "raw_question": question}))
         return samples
 
     def score(self, samples: list[Sample], predictions: list[str | None], judge: Judge | None = None) -> Scores:
         check_predictions(self.name, samples, predictions)
-        relaxed = [relaxed_accuracy(p, s.answer) for s, p in zip(samples, predictions, strict=True)]
-        per_sample = relaxed
+        per_sample = relaxed = [relaxed_accuracy(p, s.answer) for s, p in zip(samples, predictions, strict=True)]
         summary: dict[str, float] = {"n": len(samples), "relaxed": mean(relaxed)}
         if judge is not None:
             per_sample, failures = regrade(self.name, judge, samples, predictions, relaxed, range(len(samples)))

@@ -13,9 +13,8 @@ from visionthink.eval.benchmarks._io import (
     mean,
     open_source,
     parse_list,
-    published,
 )
-from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
+from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores, published
 from visionthink.eval.metrics import anls
 from visionthink.rewards.judge_base import Judge
 
@@ -24,10 +23,11 @@ class DocVQA(Benchmark):
     """ANLS (threshold 0.5) against every accepted answer; `score/<question type>` breakdowns."""
 
     name = "docvqa"
-    layout = published("lmms-lab/DocVQA (or lmms-lab-encoder/DocVQA), config DocVQA,", "DocVQA/validation-*.parquet",
-                       "questionId, question, question_types, image, docId,\n  ucsf_document_id, "
-                       "ucsf_document_page_no, answers (list), data_split", "DocVQA_VAL",
-                       "index, image (base64), question, answer (Python-repr list, e.g. \"['0.28']\")")
+    layout = published(
+        "lmms-lab/DocVQA (or lmms-lab-encoder/DocVQA), config DocVQA,", "DocVQA/validation-*.parquet",
+        "questionId, question, question_types, image, docId,\n"
+        "  ucsf_document_id, ucsf_document_page_no, answers (list), data_split",
+        "DocVQA_VAL", "index, image (base64), question, answer (Python-repr list, e.g. \"['0.28']\")")
     post_prompt = LMMS_SHORT_ANSWER
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
@@ -35,11 +35,10 @@ class DocVQA(Benchmark):
                              exclude=["InfographicVQA"], hf_columns=["questionId", "question", "image", "answers"],
                              tsv_columns=["index", "image", "question", "answer"])
         samples = []
-        for i, (uid, image, row) in enumerate(source.each(key="questionId")):
-            answers = row["answer"] if source.kind == "tsv" else row["answers"]
+        for i, (uid, image, row) in enumerate(source.each(key="questionId", hf={"answer": "answers"})):
             types = [] if source.kind == "tsv" else row.get("question_types") or []
-            answer = answers_of(answers)
-            if answers is None or answer in ("", []):
+            answer = answers_of(row["answer"])
+            if row["answer"] is None or answer in ("", []):
                 raise VisionThinkError(f"{self.name}: question {uid} has no answers (the test split is unanswered; "
                                        f"use validation)")
             question = str(row["question"])

@@ -6,8 +6,8 @@ import os
 
 from PIL import Image
 
-from visionthink.eval.benchmarks._io import check_predictions, open_source, parse_dict, published, rules_then_judge
-from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
+from visionthink.eval.benchmarks._io import check_predictions, open_source, parse_dict, rules_then_judge
+from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores, published
 from visionthink.eval.metrics import mathverse_match
 from visionthink.grading import parse_options
 from visionthink.rewards.judge_base import Judge
@@ -25,12 +25,14 @@ class MathVerse(Benchmark):
     Breakdowns: `score/<problem_version>` and `score/<subject>`."""
 
     name = "mathverse"
-    layout = published("CaraJ/MathVerse-lmmseval, config testmini,", "testmini/testmini-*.parquet",
-                       "sample_index, problem_index, problem_version, question,\n  image (may be empty for "
-                       "text-only), answer (a letter for multi-choice), question_type\n  (multi-choice|free-form), "
-                       "metadata (split, source, subject, subfield), query_wo, query_cot,\n  question_for_eval",
-                       "MathVerse_MINI", "index, image (base64), question, answer, question_for_eval, "
-                       "problem_version, metadata\n  (dict repr), [query_cot]")
+    layout = published(
+        "CaraJ/MathVerse-lmmseval, config testmini,", "testmini/testmini-*.parquet",
+        "sample_index, problem_index, problem_version, question,\n"
+        "  image (may be empty for text-only), answer (a letter for multi-choice), question_type\n"
+        "  (multi-choice|free-form), metadata (split, source, subject, subfield), query_wo, query_cot,\n"
+        "  question_for_eval",
+        "MathVerse_MINI", "index, image (base64), question, answer, question_for_eval, problem_version, metadata\n"
+        "  (dict repr), [query_cot]")
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
         source = open_source(root, self, limit, tsv_names=["MathVerse_MINI"], splits=[["testmini"]],

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import os
 
-from visionthink.eval.benchmarks._io import (
-    check_predictions,
-    open_source,
-    parse_dict,
-    parse_list,
-    published,
-    rules_then_judge,
-)
-from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
+from visionthink.eval.benchmarks._io import check_predictions, open_source, parse_dict, parse_list, rules_then_judge
+from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores, published
 from visionthink.eval.metrics import mathvista_match
 from visionthink.rewards.judge_base import Judge
 
@@ -49,12 +42,14 @@ class MathVista(Benchmark):
     Breakdowns: `score/<metadata.task>` and `score/<question_type>`."""
 
     name = "mathvista"
-    layout = published("AI4Math/MathVista", "data/testmini-*.parquet",
-                       "pid, question, image (path), decoded_image, choices (list|null),\n  unit, precision, answer, "
-                       "question_type (multi_choice|free_form), answer_type\n  (text|integer|float|list), metadata "
-                       "(struct: category, context, grade, language, skills, source,\n  split, task, ...), query",
-                       "MathVista_MINI", "index, image (base64), question (the full query), answer, [answer_option], "
-                       "choices (repr\n  list), question_type, answer_type, [task], [skills], [precision], [unit]")
+    layout = published(
+        "AI4Math/MathVista", "data/testmini-*.parquet",
+        "pid, question, image (path), decoded_image, choices (list|null),\n"
+        "  unit, precision, answer, question_type (multi_choice|free_form), answer_type\n"
+        "  (text|integer|float|list), metadata (struct: category, context, grade, language, skills, source,\n"
+        "  split, task, ...), query",
+        "MathVista_MINI", "index, image (base64), question (the full query), answer, [answer_option], choices (repr\n"
+        "  list), question_type, answer_type, [task], [skills], [precision], [unit]")
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
         source = open_source(root, self, limit, tsv_names=["MathVista_MINI"], splits=[["testmini"]],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from visionthink.eval.benchmarks._io import LMMS_SHORT_ANSWER, check_predictions, open_source, published
-from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
+from visionthink.eval.benchmarks._io import LMMS_SHORT_ANSWER, check_predictions, open_source
+from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores, published
 from visionthink.eval.metrics import mme_category_kind, mme_scores, mme_yes_no
 from visionthink.rewards.judge_base import Judge
 
@@ -20,10 +20,12 @@ class MME(Benchmark):
     """
 
     name = "mme"
-    layout = published("lmms-lab/MME (or lmms-lab-encoder/MME)", "data/test-*.parquet",
-                       "question_id (image key, shared by its 2 questions), image,\n  question, answer (Yes|No), "
-                       "category", "MME", "index, image (base64, or the index of the row holding it), question, "
-                       "answer (Yes|No),\n  category, [image_path]")
+    layout = published(
+        "lmms-lab/MME (or lmms-lab-encoder/MME)", "data/test-*.parquet",
+        "question_id (image key, shared by its 2 questions), image,\n"
+        "  question, answer (Yes|No), category",
+        "MME", "index, image (base64, or the index of the row holding it), question, answer (Yes|No),\n"
+        "  category, [image_path]")
     replace_prompt = " Please answer yes or no."
     post_prompt = LMMS_SHORT_ANSWER
     """lmms-eval replaces `replace_prompt` with `post_prompt`."""

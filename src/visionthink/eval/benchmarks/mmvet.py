@@ -5,16 +5,8 @@ from __future__ import annotations
 import os
 
 from visionthink.errors import VisionThinkError
-from visionthink.eval.benchmarks._io import (
-    check_predictions,
-    group_scores,
-    mean,
-    open_source,
-    parse_list,
-    published,
-    regrade,
-)
-from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
+from visionthink.eval.benchmarks._io import check_predictions, group_scores, mean, open_source, parse_list, regrade
+from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores, published
 from visionthink.rewards.judge_base import Judge
 
 
@@ -33,10 +25,11 @@ class MMVet(Benchmark):
 
     name = "mmvet"
     needs_judge = True
-    layout = published("lmms-lab/MMVet (or lmms-lab-encoder/MMVet)", "data/test-*.parquet",
-                       "question_id (v1_0...), image, question, answer (may hold\n  <AND>/<OR>), image_source, "
-                       "capability (comma-joined, e.g. ocr,math)", "MMVet",
-                       "index, image (base64), question, answer, category (comma-joined capabilities)")
+    layout = published(
+        "lmms-lab/MMVet (or lmms-lab-encoder/MMVet)", "data/test-*.parquet",
+        "question_id (v1_0...), image, question, answer (may hold\n"
+        "  <AND>/<OR>), image_source, capability (comma-joined, e.g. ocr,math)",
+        "MMVet", "index, image (base64), question, answer, category (comma-joined capabilities)")
     pre_prompt = ("First please perform reasoning, and think step by step to provide best answer to the "
                   "following question: \n\n")
     """lmms-eval's MM-Vet pre-prompt."""
@@ -46,11 +39,10 @@ class MMVet(Benchmark):
                              hf_columns=["question_id", "image", "question", "answer", "capability"],
                              tsv_columns=["index", "image", "question", "answer", "category"])
         samples = []
-        for uid, image, row in source.each(key="question_id"):
-            capabilities = _capabilities(row["category"] if source.kind == "tsv" else row["capability"])
+        for uid, image, row in source.each(key="question_id", hf={"category": "capability"}):
             question = str(row["question"])
             samples.append(Sample(f"mmvet-{uid}", image, self.pre_prompt + question, str(row["answer"]),
-                                  {"capabilities": capabilities, "raw_question": question}))
+                                  {"capabilities": _capabilities(row["category"]), "raw_question": question}))
         return samples
 
     def score(self, samples: list[Sample], predictions: list[str | None], judge: Judge | None = None) -> Scores:

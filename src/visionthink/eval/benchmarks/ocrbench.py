@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from visionthink.eval.benchmarks._io import answers_of, check_predictions, group_scores, mean, open_source, published
-from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
+from visionthink.eval.benchmarks._io import answers_of, check_predictions, group_scores, mean, open_source
+from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores, published
 from visionthink.eval.metrics import OCRBENCH_HME_CATEGORY, ocrbench_match
 from visionthink.rewards.judge_base import Judge
 
@@ -17,9 +17,10 @@ class OCRBench(Benchmark):
     """
 
     name = "ocrbench"
-    layout = published("echo840/OCRBench", "data/test-*.parquet",
-                       "dataset, question, question_type, answer (list), image", "OCRBench",
-                       "index, image (base64), question, answer (Python-repr list), category")
+    layout = published(
+        "echo840/OCRBench", "data/test-*.parquet",
+        "dataset, question, question_type, answer (list), image",
+        "OCRBench", "index, image (base64), question, answer (Python-repr list), category")
     post_prompt = ""
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:
@@ -27,11 +28,8 @@ class OCRBench(Benchmark):
                              hf_columns=["dataset", "question", "question_type", "answer", "image"],
                              tsv_columns=["index", "image", "question", "answer", "category"])
         samples = []
-        for uid, image, row in source.each():
-            if source.kind == "tsv":
-                category, dataset = row["category"], row.get("dataset") or ""
-            else:
-                category, dataset = row["question_type"], row["dataset"] or ""
+        for uid, image, row in source.each(hf={"category": "question_type"}):
+            category, dataset = row["category"], row.get("dataset") or ""
             hme = dataset == "HME100k" or category == OCRBENCH_HME_CATEGORY
             question = str(row["question"])
             samples.append(Sample(f"ocrbench-{uid}", image, question + self.post_prompt, answers_of(row["answer"]),

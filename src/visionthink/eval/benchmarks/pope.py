@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from visionthink.eval.benchmarks._io import LMMS_SHORT_ANSWER, check_predictions, open_source, published
-from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
+from visionthink.eval.benchmarks._io import LMMS_SHORT_ANSWER, check_predictions, open_source
+from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores, published
 from visionthink.eval.metrics import pope_metrics, pope_yes_no
 from visionthink.rewards.judge_base import Judge
 
@@ -17,10 +17,11 @@ class POPE(Benchmark):
     only the exact words and aggregates as lmms-eval 75571cf does (`metrics.pope_metrics`)."""
 
     name = "pope"
-    layout = published("lmms-lab/POPE (or lmms-lab-encoder/POPE)",
-                       "data/test-*.parquet (default config) or <root>/Full/{adversarial,popular,random}-*.parquet\n",
-                       "id, question_id, question, answer (yes|no), image_source, image, category", "POPE",
-                       "index, image (base64), question, answer (Yes|No), category (may be comma-joined)")
+    layout = published(
+        "lmms-lab/POPE (or lmms-lab-encoder/POPE)",
+        "data/test-*.parquet (default config) or <root>/Full/{adversarial,popular,random}-*.parquet\n",
+        "id, question_id, question, answer (yes|no), image_source, image, category",
+        "POPE", "index, image (base64), question, answer (Yes|No), category (may be comma-joined)")
     post_prompt = LMMS_SHORT_ANSWER
     rule = "official"
 
@@ -30,16 +31,15 @@ class POPE(Benchmark):
                              hf_columns=["question_id", "question", "answer", "image", "category"],
                              tsv_columns=["index", "image", "question", "answer", "category"])
         samples = []
-        for i, (uid, image, row) in enumerate(source.each(key="question_id")):
+        for i, (uid, image, row) in enumerate(source.each(key="question_id", hf={"image_path": "image_source"})):
             if source.kind == "tsv":
                 categories = [c.strip() for c in str(row["category"]).split(",") if c.strip()]
-                image_source = row.get("image_path") or ""
             else:
                 uid, categories = f"{row['__split__']}-{row.get('id', i)}", [str(row["category"])]
-                image_source = row.get("image_source") or ""
             question = str(row["question"])
             samples.append(Sample(f"pope-{uid}", image, question + self.post_prompt, str(row["answer"]).strip().lower(),
-                                  {"categories": categories, "image_source": image_source, "raw_question": question}))
+                                  {"categories": categories, "image_source": row.get("image_path") or "",
+                                   "raw_question": question}))
         return samples
 
     def score(self, samples: list[Sample], predictions: list[str | None], judge: Judge | None = None) -> Scores:

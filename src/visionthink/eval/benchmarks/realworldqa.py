@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from visionthink.eval.benchmarks._io import check_predictions, mean, open_source, published
-from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
+from visionthink.eval.benchmarks._io import check_predictions, mean, open_source
+from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores, published
 from visionthink.eval.metrics import realworldqa_match
 from visionthink.grading import parse_options
 from visionthink.rewards.judge_base import Judge
@@ -21,10 +21,11 @@ class RealWorldQA(Benchmark):
     exact match ignoring case and punctuation."""
 
     name = "realworldqa"
-    layout = published("lmms-lab/RealWorldQA (or lmms-lab-encoder/RealWorldQA)", "data/test-*.parquet",
-                       "image, question (options inline as \"\\nA. ...\" lines and the\n  answering instruction), "
-                       "answer, [image_path]", "RealWorldQA",
-                       "index, image (base64), question, answer (letter), A, B, C, [D]")
+    layout = published(
+        "lmms-lab/RealWorldQA (or lmms-lab-encoder/RealWorldQA)", "data/test-*.parquet",
+        "image, question (options inline as \"\\nA. ...\" lines and the\n"
+        "  answering instruction), answer, [image_path]",
+        "RealWorldQA", "index, image (base64), question, answer (letter), A, B, C, [D]")
     rule = "lmms-eval"
 
     def load(self, root: str | os.PathLike | None, limit: int | None = None) -> list[Sample]:

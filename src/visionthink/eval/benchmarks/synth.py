@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 from visionthink.data import synth
 from visionthink.errors import VisionThinkError
@@ -38,7 +37,7 @@ class Synth(Benchmark):
         if root is None or str(root) == BUILTIN:
             return self.generate(limit)
         source = open_source(root, self, limit, tsv_names=[], hf_columns=COLUMNS, tsv_columns=COLUMNS)
-        return [Sample(str(row["uid"]), hf_image(row["image"], Path(source.path), self.name, f"uid {row['uid']}"),
+        return [Sample(str(row["uid"]), hf_image(row["image"], source.path, self.name, f"uid {row['uid']}"),
                        str(row["question"]), str(row["answer"]),
                        {"family": str(row["family"]), "needs_high_res": bool(row["needs_high_res"]),
                         "question_type": str(row["question_type"])})
