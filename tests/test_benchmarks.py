@@ -587,3 +587,28 @@ def test_synth_heldout_same_images_and_answers_other_wordings(tmp_path):
     assert len(BENCHMARKS["synth-heldout"].load(None)) == 600
     with pytest.raises(VisionThinkError, match="reads no folder"):
         BENCHMARKS["synth-heldout"].load(tmp_path)
+
+
+# ---------------------------------------------------------------- image cells
+
+
+def test_image_cells_fall_back_or_name_the_row(tmp_path):
+    """MathVista reads `image` (a path under the folder) where `decoded_image` is empty; a row without an
+    image is refused naming its key column, or its position when the benchmark has none."""
+    (tmp_path / "mv" / "images").mkdir(parents=True)
+    (tmp_path / "mv" / "images" / "2.png").write_bytes(png("blue"))
+    write_parquet(tmp_path / "mv" / "data" / "testmini-00000-of-00001.parquet", {
+        "pid": ["1", "2"], "question": ["a?", "b?"], "image": ["images/1.png", "images/2.png"],
+        "decoded_image": [hf_image(), None], "choices": [None, None], "answer": ["1", "2"],
+        "question_type": ["free_form"] * 2, "answer_type": ["integer"] * 2,
+    }, image_columns=("decoded_image",))
+    samples = BENCHMARKS["mathvista"].load(tmp_path / "mv")
+    assert isinstance(samples[0].image, bytes) and samples[1].image == tmp_path / "mv" / "images" / "2.png"
+    write_parquet(tmp_path / "chartqa" / "data" / "test-00000-of-00001.parquet", {
+        "type": ["human_test"] * 2, "question": ["q", "q"], "answer": ["1", "2"], "image": [hf_image(), None]})
+    with pytest.raises(VisionThinkError, match="chartqa: row 1: no image"):
+        BENCHMARKS["chartqa"].load(tmp_path / "chartqa")
+    write_parquet(tmp_path / "mmvet" / "data" / "test-00000-of-00001.parquet", {
+        "question_id": ["v1_0"], "image": [None], "question": ["q"], "answer": ["a"], "capability": ["ocr"]})
+    with pytest.raises(VisionThinkError, match="mmvet: question_id v1_0: no image"):
+        BENCHMARKS["mmvet"].load(tmp_path / "mmvet")
