@@ -230,13 +230,14 @@ def test_release_protocol_through_the_factory(shipped_model_dir):
 
 def test_remote_engine_through_the_adapter(lmm, shipped_model, shipped_model_dir):
     """`engine=remote` against `visionthink serve` over loopback: the same answers and counts as the local engine."""
+    from test_serve import serving  # tests/ is on sys.path
+
     from visionthink.engines.transformers_engine import TransformersEngine
-    from visionthink.serve.app import ServeConfig, create_app
-    from visionthink.serve.background import BackgroundServer
+    from visionthink.serve.app import ServeConfig
 
     docs = make_docs(4)
     config = ServeConfig(model_name="tiny-remote", api_key="lmms-key", max_batch=8)
-    with BackgroundServer(create_app(TransformersEngine(*shipped_model), config)) as server:
+    with serving(TransformersEngine(*shipped_model), config) as server:
         remote = VisionThinkLMM.create_from_arg_string(
             f"engine=remote,base_url={server.url}/v1,api_key=lmms-key,concurrency=2,pretrained={shipped_model_dir}",
             LMMS_ADDS)

@@ -188,10 +188,8 @@ def test_two_grpo_steps_with_lora_and_the_release_protocol(model_dir, tmp_path):
 
 
 def test_one_served_request(loaded, page):
-    from test_serve import call  # tests/ is on sys.path
+    from test_serve import call, serving  # tests/ is on sys.path
 
-    from visionthink.serve.app import create_app
-    from visionthink.serve.background import BackgroundServer
     from visionthink.serve.config import ServeConfig
 
     model, processor = loaded
@@ -199,7 +197,7 @@ def test_one_served_request(loaded, page):
     url = "data:image/png;base64," + base64.b64encode(page.read_bytes()).decode()
     body = {"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is the total price?"}]}]}
-    with BackgroundServer(create_app(engine, ServeConfig(model_name="real-vocab-small", timeout=120))) as server:
+    with serving(engine, ServeConfig(model_name="real-vocab-small", timeout=120)) as server:
         status, reply, _ = call(server.url, "POST", "/v1/chat/completions", body, key=None)
     assert status == 200, reply
     usage = reply["usage"]

@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO  # tests/ is on sys.path
 from PIL import Image
-from test_serve import call
+from test_serve import call, serving
 
 from visionthink.engines.transformers_engine import Request, TransformersEngine
-from visionthink.serve.app import create_app
-from visionthink.serve.background import BackgroundServer
 from visionthink.serve.config import ServeConfig
 from visionthink.serve.examples import MAX_EXAMPLE_BYTES, default_examples_dir, load_examples
 
@@ -93,7 +91,7 @@ def test_load_examples_keeps_only_plain_files_of_the_folder(tmp_path):
 @pytest.fixture(scope="module")
 def server(shipped_model):
     config = ServeConfig(model_name="tiny", api_key=KEY, examples_dir=EXAMPLES)
-    with BackgroundServer(create_app(TransformersEngine(*shipped_model), config)) as running:
+    with serving(TransformersEngine(*shipped_model), config) as running:
         yield running
 
 
@@ -120,8 +118,7 @@ def test_nothing_but_the_listed_images_is_served(server, path):
 
 
 def test_a_server_without_examples_lists_none(shipped_model):
-    app = create_app(TransformersEngine(*shipped_model), ServeConfig(examples_dir=None))
-    with BackgroundServer(app) as running:
+    with serving(TransformersEngine(*shipped_model), ServeConfig(examples_dir=None)) as running:
         assert call(running.url, "GET", "/examples", key=None)[:2] == (200, {"examples": []})
         assert call(running.url, "GET", "/examples/colour.png", key=None)[0] == 404
 

@@ -11,15 +11,13 @@ import json
 import pytest
 from conftest import full_tokens  # tests/ is on sys.path
 from PIL import Image
-from test_serve import call, chat_body, data_url
+from test_serve import call, chat_body, data_url, serving
 
 from visionthink import protocol
 from visionthink.data import synth
 from visionthink.engines.base import Generated
 from visionthink.engines.transformers_engine import Request, TransformersEngine
 from visionthink.images import make_views, zoom_region
-from visionthink.serve.app import create_app
-from visionthink.serve.background import BackgroundServer
 from visionthink.serve.config import ServeConfig
 from visionthink.tools.zoom import oracle_box
 
@@ -68,9 +66,7 @@ def items():
 @pytest.fixture(scope="module")
 def server(shipped_model):
     """The shipped weights served as a zoom model (a model declaring `visionthink-zoom`)."""
-    app = create_app(TransformersEngine(*shipped_model, protocol="visionthink-zoom"), config())
-    with BackgroundServer(app) as running:
-        running.app = app
+    with serving(TransformersEngine(*shipped_model, protocol="visionthink-zoom"), config()) as running:
         yield running
 
 
@@ -129,7 +125,7 @@ def zooming_server(shipped_model, items):
         low = make_views(item.image, shipped_model[1].grid).low
         boxes[item.question] = oracle_box(item.label_box, item.image.size, low.size)
     zoom = FirstTurnZooms(*shipped_model, boxes)
-    with BackgroundServer(create_app(TransformersEngine(*shipped_model), config(), zoom_engine=zoom)) as running:
+    with serving(TransformersEngine(*shipped_model), config(), zoom_engine=zoom) as running:
         yield running
 
 
@@ -186,24 +182,16 @@ def test_oracles_are_not_served(server, items):
         assert "not served" in reply["error"]["message"]
 
 
-def test_a_model_without_zoom_refuses_zoom_with_400(shipped_model, items):
-    """The shipped model declares no zoom tool: a zoom request is refused in one line, not run untrained."""
-    with BackgroundServer(create_app(TransformersEngine(*shipped_model), config())) as running:
+@pytest.mark.parametrize(("protocol", "name"), [(None, "visionthink"), ("release", "release")])
+def test_a_model_without_zoom_refuses_zoom_with_400(shipped_model, items, protocol, name):
+    """The shipped model declares no zoom tool, nor does `release`: a zoom request is refused in one line, not run
+    untrained, and the other modes still run."""
+    with serving(TransformersEngine(*shipped_model, protocol=protocol), config()) as running:
         status, reply = ask(running, items[0])
         assert status == 400, reply
         error = reply["error"]
         assert error["code"] == "invalid_parameter" and error["param"] == "visionthink_mode"
         assert error["message"].startswith("visionthink_mode zoom needs the zoom_image tool, which this model's "
-                                           "protocol 'visionthink' does not offer") and "\n" not in error["message"]
-
-
-def test_release_protocol_refuses_zoom_with_400(shipped_model, items):
-    engine = TransformersEngine(*shipped_model, protocol="release")
-    with BackgroundServer(create_app(engine, config())) as running:
-        status, reply = ask(running, items[0])
-        assert status == 400, reply
-        error = reply["error"]
-        assert error["code"] == "invalid_parameter" and error["param"] == "visionthink_mode"
-        assert "zoom_image" in error["message"] and "'release'" in error["message"]
+                                           f"protocol {name!r} does not offer") and "\n" not in error["message"]
         status, reply = ask(running, items[0], mode="low")
         assert status == 200, reply

@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO  # tests/ is on sys.path
 from PIL import Image, ImageStat
+from test_serve import serving
 
 from visionthink.data import synth
 from visionthink.engines.transformers_engine import Request, TransformersEngine
 from visionthink.images import make_views
-from visionthink.serve.app import create_app
-from visionthink.serve.background import BackgroundServer
 from visionthink.serve.config import ServeConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -30,8 +29,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium
 
 @pytest.fixture(scope="module")
 def server(shipped_model):
-    config = ServeConfig(model_name="tiny", examples_dir=EXAMPLES)
-    with BackgroundServer(create_app(TransformersEngine(*shipped_model), config)) as running:
+    with serving(TransformersEngine(*shipped_model), ServeConfig(model_name="tiny", examples_dir=EXAMPLES)) as running:
         yield running
 
 
@@ -121,8 +119,7 @@ def zooming_server(shipped_model, zoom_item):
     low = make_views(zoom_item.image, shipped_model[1].grid).low
     zoom = FirstTurnZooms(*shipped_model, {zoom_item.question: oracle_box(zoom_item.label_box, zoom_item.image.size,
                                                                             low.size)})
-    app = create_app(TransformersEngine(*shipped_model), ServeConfig(model_name="tiny"), zoom_engine=zoom)
-    with BackgroundServer(app) as running:
+    with serving(TransformersEngine(*shipped_model), ServeConfig(model_name="tiny"), zoom_engine=zoom) as running:
         yield running
 
 
