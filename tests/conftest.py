@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,7 @@ TINY_GRID = PixelGrid(28, 28 * 28, 168 * 112)
 """The tiny models' grid (the shipped checkpoint's processor): 24 visual tokens at most."""
 
 
-def _pick_free_port() -> int:
+def pick_free_port() -> int:
     import socket
 
     with socket.socket() as sock:
@@ -31,7 +35,7 @@ def _pick_free_port() -> int:
 @pytest.fixture
 def free_port():
     """A function that returns a loopback port nothing listens on (call it once per server or launch)."""
-    return _pick_free_port
+    return pick_free_port
 
 
 @pytest.fixture(scope="session")
@@ -105,3 +109,31 @@ class ScriptedBackend:
             texts = self.script if isinstance(self.script, list) else self.script[question]
             outputs.append(Generated(texts[turn], generated_tokens=7, sequence_tokens=100 + turn))
         return outputs
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A handler for the tests' loopback HTTP servers: it logs nothing, and `reply` sends a whole response."""
+
+    def reply(self, status: int, body: bytes | dict | list, content_type: str = "application/json") -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]):
+    """`handler` serving on a loopback port from a thread; yields the server (`url`: its http://127.0.0.1:port)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -9,11 +9,10 @@ reported apart.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from conftest import QuietHandler, http_server  # tests/ is on sys.path
 from PIL import Image, ImageDraw
 
 from visionthink import cli
@@ -51,32 +50,19 @@ def give_stop_chance(path, logit: float = STOP_LOGIT, seed: int = 0) -> None:
     model.save_pretrained(path)
 
 
-class _Judge(BaseHTTPRequestHandler):
+class _Judge(QuietHandler):
     """An OpenAI-compatible judge: `Score: 1` when the question carries `[right]`, else `Score: 0`."""
 
     def do_POST(self):  # noqa: N802 - http.server's name
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["messages"][-1]["content"]
-        score = 1 if "[right]" in prompt else 0
-        reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": f"Score: {score}"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, *args):
-        pass
+        score = 1 if "[right]" in body["messages"][-1]["content"] else 0
+        self.reply(200, {"choices": [{"message": {"role": "assistant", "content": f"Score: {score}"}}]})
 
 
 @pytest.fixture()
 def judge_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1#stub-judge"
-    server.shutdown()
-    server.server_close()
+    with http_server(_Judge) as server:
+        yield server.url + "/v1#stub-judge"
 
 
 def _pages(n: int):

@@ -3,62 +3,44 @@ verdict falling back to the rule grade without a word."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import QuietHandler, http_server  # tests/ is on sys.path
 
 from visionthink.rewards.http_judge import HTTPJudge, JudgeUnavailable
 
 
-class _Handler(BaseHTTPRequestHandler):
-    status = 200
-    """What `/v1/chat/completions` answers (the test sets it per server)."""
-
-    def _send(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+class _Handler(QuietHandler):
+    """Lists two models; `/v1/chat/completions` answers with the server's `status` (the test sets it per server)."""
 
     def do_GET(self):  # noqa: N802 - http.server's name
-        self._send(200, {"object": "list", "data": [{"id": "Qwen2.5-72B-Instruct"}, {"id": "judge"}]})
+        self.reply(200, {"object": "list", "data": [{"id": "Qwen2.5-72B-Instruct"}, {"id": "judge"}]})
 
     def do_POST(self):  # noqa: N802
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.bodies.append(request)
-        if self.server.status == 401 and self.headers.get("Authorization") == "Bearer right-key":
-            self._send(200, {"choices": [{"message": {"role": "assistant", "content": "Score: 1"}}]})
-        elif self.server.status != 200:
+        let_in = self.server.status == 401 and self.headers.get("Authorization") == "Bearer right-key"
+        if self.server.status == 200 or let_in:
+            self.reply(200, {"choices": [{"message": {"role": "assistant", "content": "Score: 1"}}]})
+        else:
             message = {404: f"The model `{request['model']}` does not exist.", 401: "Unauthorized",
                        503: "busy", 400: "bad request"}[self.server.status]
-            self._send(self.server.status, {"error": {"message": message}})
-        else:
-            self._send(200, {"choices": [{"message": {"role": "assistant", "content": "Score: 1"}}]})
-
-    def log_message(self, *args):
-        pass
+            self.reply(self.server.status, {"error": {"message": message}})
 
 
 @pytest.fixture()
 def judge_server():
-    servers = []
+    """Starts a judge answering with a given status; gives its /v1 base. All stop when the test ends."""
+    with contextlib.ExitStack() as servers:
 
-    def start(status: int) -> str:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.status = status
-        server.bodies = []
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/v1"
+        def start(status: int) -> str:
+            server = servers.enter_context(http_server(_Handler))
+            server.status, server.bodies = status, []
+            return server.url + "/v1"
 
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+        yield start
 
 
 def test_a_judge_that_answers_404_is_refused_with_the_served_models(judge_server):
@@ -85,14 +67,9 @@ def test_a_working_judge_passes_and_passing_trouble_only_passes(judge_server):
         HTTPJudge(judge_server(400), model="judge").check()
 
 
-def test_a_judge_that_is_not_there_is_refused():
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def test_a_judge_that_is_not_there_is_refused(free_port):
     with pytest.raises(JudgeUnavailable, match="cannot be reached"):
-        HTTPJudge(f"http://127.0.0.1:{port}/v1", model="judge").check(timeout=5)
+        HTTPJudge(f"http://127.0.0.1:{free_port()}/v1", model="judge").check(timeout=5)
 
 
 def test_grpo_start_up_stops_on_a_refusing_judge(judge_server, tmp_path):

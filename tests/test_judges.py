@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
+from conftest import QuietHandler, pick_free_port  # tests/ is on sys.path
 
 from visionthink.rewards.judge_base import JudgeRequest, Verdict
 from visionthink.rewards.judges import (
@@ -59,10 +59,7 @@ class JudgeServer:
         return action(body) if callable(action) else action
 
 
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep test output quiet
-        pass
-
+class Handler(QuietHandler):
     def do_POST(self):  # noqa: N802 - the http.server API
         state: JudgeServer = self.server.state
         try:
@@ -83,24 +80,16 @@ class Handler(BaseHTTPRequestHandler):
                 state.stop.wait(value)  # bounded: released when the test ends
                 return
             if kind == "status":
-                self._send(value, b'{"error": "boom"}')
+                self.reply(value, b'{"error": "boom"}')
             elif kind == "raw":
-                self._send(200, value.encode())
+                self.reply(200, value.encode())
             else:  # "reply": a well-formed chat completion with `value` as its text
-                completion = {"choices": [{"index": 0, "message": {"role": "assistant", "content": value}}]}
-                self._send(200, json.dumps(completion).encode())
+                self.reply(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": value}}]})
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
             with state.lock:
                 state.active -= 1
-
-    def _send(self, status: int, payload: bytes):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
 
 
 class _Server(ThreadingHTTPServer):
@@ -132,10 +121,7 @@ def server():
 
 
 def closed_port_url() -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
+    return f"http://127.0.0.1:{pick_free_port()}/v1"
 
 
 def judge_for(url: str, **kw) -> HTTPJudge:

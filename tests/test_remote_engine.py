@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import urllib.error
-import urllib.request
+from contextlib import contextmanager
 
 import pytest
-from conftest import full_tokens  # tests/ is on sys.path
+from conftest import QuietHandler, full_tokens, http_server  # tests/ is on sys.path
 from PIL import Image
+from test_serve import call, serving
 
 from visionthink import protocol
 from visionthink.engines.kv_decoder import SamplingConfig
@@ -19,12 +19,12 @@ from visionthink.engines.transformers_engine import Request, TransformersEngine
 from visionthink.errors import VisionThinkError
 from visionthink.images import load_image, make_views
 from visionthink.profiles import VISIONTHINK
-from visionthink.serve.app import ServeConfig, create_app
-from visionthink.serve.background import BackgroundServer
+from visionthink.serve.app import ServeConfig
 from visionthink.serve.replies import split_tool_calls
 from visionthink.tools import RESIZE
 
 KEY = "remote-key"
+CHAT = "/v1/chat/completions"
 
 
 def resize_text(think: str) -> str:
@@ -39,8 +39,8 @@ def engine(shipped_model):
 
 @pytest.fixture(scope="module")
 def server(shipped_model):
-    config = ServeConfig(model_name="tiny-remote", api_key=KEY, max_batch=8)
-    with BackgroundServer(create_app(TransformersEngine(*shipped_model), config)) as running:
+    with serving(TransformersEngine(*shipped_model), ServeConfig(model_name="tiny-remote", api_key=KEY, max_batch=8)) \
+            as running:
         yield running
 
 
@@ -50,10 +50,9 @@ def requests_(synth_items):
 
 
 def post(server, body: dict) -> dict:
-    request = urllib.request.Request(server.url + "/v1/chat/completions", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
+    status, reply, _ = call(server.url, "POST", CHAT, body, key=KEY)
+    assert status == 200, reply
+    return reply
 
 
 @pytest.mark.parametrize("mode", ["visionthink", "oracle", "low", "full"])
@@ -131,11 +130,8 @@ def test_raw_mode_streams_tool_calls(server, engine, requests_):
     episodes = engine.run(requests_, "visionthink")
     resizing = next(r for r, e in zip(requests_, episodes, strict=True) if e.resized)
     plain = post(server, _raw_body(engine, resizing))
-    request = urllib.request.Request(server.url + "/v1/chat/completions",
-                                     data=json.dumps(_raw_body(engine, resizing, stream=True)).encode(),
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        events = [line[6:] for line in response.read().decode().split("\n") if line.startswith("data: ")]
+    _, stream, _ = call(server.url, "POST", CHAT, _raw_body(engine, resizing, stream=True), key=KEY)
+    events = [line[6:] for line in stream.split("\n") if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     deltas = [c["choices"][0]["delta"] for c in chunks]
@@ -185,37 +181,20 @@ def test_vllm_engine_explains_a_missing_vllm():
 # ---------------------------------------------------------------- against a scripted server on loopback
 
 
-class ScriptedServer:
-    """An OpenAI-compatible endpoint on loopback that answers from a script and records what it was sent."""
+@contextmanager
+def scripted_server(replies: list):
+    """An OpenAI-compatible endpoint on loopback that answers from a script of (status, body), the last one
+    repeated; yields the server: `url` is its /v1 base, `bodies` the requests it was sent."""
+    replies = list(replies)
 
-    def __init__(self, replies: list):
-        import http.server
-        import threading
+    class Handler(QuietHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.server.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.reply(*(replies.pop(0) if len(replies) > 1 else replies[0]))
 
-        self.replies = list(replies)
-        self.bodies: list[dict] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                outer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                status, reply = outer.replies.pop(0) if len(outer.replies) > 1 else outer.replies[0]
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
+    with http_server(Handler) as server:
+        server.bodies, server.url = [], server.url + "/v1"
+        yield server
 
 
 def completion(content: str, prompt_tokens: int, completion_tokens: int = 5, **message) -> tuple[int, dict]:
@@ -233,34 +212,26 @@ def first_prompt_tokens(engine, request) -> int:
 def test_a_server_that_renders_otherwise_fails_loudly(engine, requests_):
     """A server that drops the image (a tokenizer-only processor) reports fewer prompt tokens: the run stops."""
     local = first_prompt_tokens(engine, requests_[0])
-    server = ScriptedServer([completion("<think>t</think>\n<answer>red</answer>", local - 6)])
-    try:
+    with scripted_server([completion("<think>t</think>\n<answer>red</answer>", local - 6)]) as server:
         remote = RemoteEngine(server.url, model="m", processor=engine.processor)
         with pytest.raises(RemoteEngineError, match=f"as {local - 6} prompt tokens, the local template as {local}"):
             remote.run(requests_[:1], "low")
-    finally:
-        server.close()
 
 
 def test_transient_failures_are_retried_and_client_errors_are_not(engine, requests_):
     local = first_prompt_tokens(engine, requests_[0])
     busy = (503, {"error": {"message": "busy"}})
-    server = ScriptedServer([busy, busy, completion("<answer>red</answer>", local)])
-    try:
+    with scripted_server([busy, busy, completion("<answer>red</answer>", local)]) as server:
         remote = RemoteEngine(server.url, model="m", processor=engine.processor)
         remote._call = retry_fast(remote)
         episode = remote.run(requests_[:1], "low")[0]
         assert episode.answer == "red" and len(server.bodies) == 3
-    finally:
-        server.close()
-    server = ScriptedServer([(400, {"error": {"message": "bad request"}}), completion("<answer>red</answer>", local)])
-    try:
+    with scripted_server([(400, {"error": {"message": "bad request"}}), completion("<answer>red</answer>", local)]) \
+            as server:
         remote = RemoteEngine(server.url, model="m", processor=engine.processor)
         with pytest.raises(RemoteEngineError, match="HTTP 400: bad request"):
             remote.run(requests_[:1], "low")
         assert len(server.bodies) == 1
-    finally:
-        server.close()
 
 
 def retry_fast(remote: RemoteEngine):
@@ -276,13 +247,9 @@ def test_split_replies_are_joined_back_and_bans_are_sent(engine, requests_):
     engine rebuilds the text the model wrote, and bans the call and the image tokens through logit_bias."""
     local = first_prompt_tokens(engine, requests_[0])
     call = {"id": "c1", "type": "function", "function": {"name": "resize_image", "arguments": '{"action": "resize"}'}}
-    server = ScriptedServer([completion("", local, reasoning_content="Read the label.", tool_calls=[call]),
-                             completion("<answer>dots</answer>", 0, reasoning_content="Now it is clear.")])
-    try:
-        remote = RemoteEngine(server.url, model="m", processor=engine.processor)
-        episode = remote.run(requests_[:1], "visionthink")[0]
-    finally:
-        server.close()
+    with scripted_server([completion("", local, reasoning_content="Read the label.", tool_calls=[call]),
+                          completion("<answer>dots</answer>", 0, reasoning_content="Now it is clear.")]) as server:
+        episode = RemoteEngine(server.url, model="m", processor=engine.processor).run(requests_[:1], "visionthink")[0]
     texts = [protocol.assistant_text(m) for m in episode.messages if m["role"] == "assistant"]
     assert texts == [resize_text("Read the label."), "<think>Now it is clear.</think>\n<answer>dots</answer>"]
     assert episode.resized and episode.answer == "dots" and episode.well_formed
@@ -298,14 +265,11 @@ def test_split_replies_are_joined_back_and_bans_are_sent(engine, requests_):
 def test_low_mode_bans_the_call_even_where_tool_choice_is_ignored(engine, requests_):
     """Also: a call's own sampling is posted, and the engine keeps its greedy default."""
     local = first_prompt_tokens(engine, requests_[0])
-    server = ScriptedServer([completion("<answer>red</answer>", local)])
     sampling = SamplingConfig(do_sample=True, temperature=0.7, seed=5)
-    try:
+    with scripted_server([completion("<answer>red</answer>", local)]) as server:
         remote = RemoteEngine(server.url, model="m", processor=engine.processor)
         remote.run(requests_[:1], "low")
         remote.run(requests_[:1], "low", sampling=sampling)
-    finally:
-        server.close()
     tool_call = str(engine.processor.tokenizer.convert_tokens_to_ids("<tool_call>"))
     assert server.bodies[0]["tool_choice"] == "none" and server.bodies[0]["logit_bias"][tool_call] == -100
     assert [(b["temperature"], b.get("seed")) for b in server.bodies] == [(0, None), (0.7, 5)]
@@ -320,9 +284,8 @@ def test_raw_mode_takes_bans_only(server, engine, requests_):
     assert reply["choices"][0]["finish_reason"] == "stop"  # the model wanted the call; the ban kept it out
     assert "<tool_call>" not in reply["choices"][0]["message"]["content"]
     for bias, why in (({str(tool_call): 5}, "only bans"), ({"x": -100}, "not a token id")):
-        with pytest.raises(urllib.error.HTTPError) as raised:
-            post(server, _raw_body(engine, resizing, logit_bias=bias))
-        assert raised.value.code == 400 and why in json.loads(raised.value.read())["error"]["message"]
+        status, refused, _ = call(server.url, "POST", CHAT, _raw_body(engine, resizing, logit_bias=bias), key=KEY)
+        assert status == 400 and why in refused["error"]["message"]
 
 
 def test_serve_on_the_remote_engine_runs_episodes_through_another_server(server, engine, requests_):
@@ -330,34 +293,23 @@ def test_serve_on_the_remote_engine_runs_episodes_through_another_server(server,
     from visionthink.engines.factory import EngineOptions, build_engine
 
     remote = build_engine(EngineOptions(engine="remote", base_url=server.url + "/v1", api_key=KEY, concurrency=4))
-    front = create_app(remote, ServeConfig(model_name="front"), context=4096)
     want = engine.run(requests_[:4], "visionthink")
-    with BackgroundServer(front) as running:
+    with serving(remote, ServeConfig(model_name="front"), context=4096) as running:
         for request, episode in zip(requests_[:4], want, strict=True):
             body = {"messages": [{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": png_data_url(load_image(request.image))}},
                 {"type": "text", "text": request.question}]}]}
-            request_ = urllib.request.Request(running.url + "/v1/chat/completions", data=json.dumps(body).encode(),
-                                              headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request_, timeout=60) as response:
-                reply = json.loads(response.read())
-            assert reply["choices"][0]["message"]["content"] == episode.answer
+            status, reply, _ = call(running.url, "POST", CHAT, body, key=None)
+            assert status == 200 and reply["choices"][0]["message"]["content"] == episode.answer, reply
             assert reply["usage"]["visual_tokens"] == episode.visual_tokens
-        raw = _raw_body(engine, requests_[0])
-        with pytest.raises(urllib.error.HTTPError) as raised:
-            urllib.request.urlopen(urllib.request.Request(running.url + "/v1/chat/completions",
-                                                          data=json.dumps(raw).encode(),
-                                                          headers={"Content-Type": "application/json"}), timeout=60)
-        assert raised.value.code == 400 and "model's own server" in json.loads(raised.value.read())["error"]["message"]
+        status, reply, _ = call(running.url, "POST", CHAT, _raw_body(engine, requests_[0]), key=None)
+        assert status == 400 and "model's own server" in reply["error"]["message"]
 
 
 def test_a_server_that_drops_part_of_the_turn_fails_loudly(engine, requests_):
     """transformers 5.17's server drops the `<think>` text it parses out: the reply is shorter than what was written."""
     local = first_prompt_tokens(engine, requests_[0])
-    server = ScriptedServer([completion("<answer>red</answer>", local, completion_tokens=15)])
-    try:
+    with scripted_server([completion("<answer>red</answer>", local, completion_tokens=15)]) as server:
         remote = RemoteEngine(server.url, model="m", processor=engine.processor)
         with pytest.raises(RemoteEngineError, match="wrote 15 tokens but its reply holds only"):
             remote.run(requests_[:1], "low")
-    finally:
-        server.close()

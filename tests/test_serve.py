@@ -5,20 +5,18 @@ from __future__ import annotations
 import base64
 import functools
 import http.client
-import http.server
 import io
 import json
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import full_tokens  # tests/ is on sys.path
+from conftest import QuietHandler, full_tokens, http_server  # tests/ is on sys.path
 from PIL import Image
 
 from visionthink.data import synth
@@ -305,7 +303,7 @@ def test_concurrent_requests_are_all_answered_in_batches(server, items, shipped_
     assert after["largest_batch"] > 1
 
 
-class _ImageHandler(http.server.BaseHTTPRequestHandler):
+class _ImageHandler(QuietHandler):
     image = b""
 
     def do_GET(self):  # noqa: N802 - http.server's naming
@@ -314,24 +312,14 @@ class _ImageHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", "/image.png")
             self.end_headers()
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        self.send_header("Content-Length", str(len(self.image)))
-        self.end_headers()
-        self.wfile.write(self.image)
-
-    def log_message(self, *args):
-        pass
+        self.reply(200, self.image, "image/png")
 
 
 def test_remote_images_only_with_the_flag_and_never_private_by_default(shipped_model, items):
     item = items[2]
     _ImageHandler.image = png(item.image)
-    images = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler)
-    threading.Thread(target=images.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{images.server_address[1]}"
-    try:
-        engine = TransformersEngine(*shipped_model)
+    with http_server(_ImageHandler) as images:
+        url, engine = images.url, TransformersEngine(*shipped_model)
         # With the flag, public hosts only: a loopback URL is an SSRF attempt.
         with serving(engine, ServeConfig(allow_remote_images=True)) as public_only:
             status, reply, _ = call(public_only.url, "POST", "/v1/chat/completions",
@@ -344,9 +332,6 @@ def test_remote_images_only_with_the_flag_and_never_private_by_default(shipped_m
             status, reply, _ = call(fetching.url, "POST", "/v1/chat/completions",
                                     chat_body(f"{url}/redirect", item.question))
             assert status == 400 and reply["error"]["code"] == "remote_image_failed"
-    finally:
-        images.shutdown()
-        images.server_close()
 
 
 @pytest.mark.slow

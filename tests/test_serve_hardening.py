@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
-import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import QuietHandler, http_server  # tests/ is on sys.path
 from PIL import Image
-from test_serve import KEY, assert_good, call, chat_body, data_url, health, png, serving  # tests/ is on sys.path
+from test_serve import KEY, assert_good, call, chat_body, data_url, health, png, serving
 
 from visionthink.data import synth
 from visionthink.engines.transformers_engine import Request, TransformersEngine
@@ -184,7 +183,7 @@ def test_a_worker_error_is_a_json_500_for_that_request_only(shipped_model, item,
 # ---------------------------------------------------------------- 4: remote fetches
 
 
-class _TrickleHandler(http.server.BaseHTTPRequestHandler):
+class _TrickleHandler(QuietHandler):
     """An image host sending its body one byte per 0.3 s."""
 
     image = b""
@@ -202,17 +201,12 @@ class _TrickleHandler(http.server.BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def log_message(self, *args):
-        pass
-
 
 @pytest.mark.slow
 def test_a_trickling_host_meets_the_whole_fetch_deadline_and_does_not_starve_others(shipped_model, item, good):
     _TrickleHandler.image = png(item.image)
-    host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TrickleHandler)
-    threading.Thread(target=host.serve_forever, daemon=True).start()
-    slow = chat_body(f"http://127.0.0.1:{host.server_address[1]}/image.png", item.question)
-    try:
+    with http_server(_TrickleHandler) as host:
+        slow = chat_body(f"{host.url}/image.png", item.question)
         with start(shipped_model, timeout=30, allow_remote_images=True, allow_private_remote_images=True,
                    remote_fetch_timeout=1.5, remote_fetch_concurrency=2) as running, ThreadPoolExecutor(6) as pool:
             fetches = [pool.submit(call, running.url, "POST", CHAT, slow) for _ in range(6)]
@@ -223,9 +217,6 @@ def test_a_trickling_host_meets_the_whole_fetch_deadline_and_does_not_starve_oth
             assert time.monotonic() - began < 6  # 6 fetches, 2 at a time, 1.5 s each
         assert all(status == 400 and reply["error"]["code"] == "remote_image_failed" for status, reply, _ in results)
         assert "longer than 1.5 s" in results[0][1]["error"]["message"]
-    finally:
-        host.shutdown()
-        host.server_close()
 
 
 # ---------------------------------------------------------------- 5: slow headers
