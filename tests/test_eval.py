@@ -14,15 +14,13 @@ import pytest
 from numpy import percentile
 
 from visionthink import protocol
-from visionthink.errors import VisionThinkError
+from visionthink.errors import ImageError, VisionThinkError
 from visionthink.eval import runner
 from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
 from visionthink.eval.report import table2
 from visionthink.eval.runner import EvalConfig, run_eval
 from visionthink.eval.samples_log import SampleLog, read_samples
 from visionthink.eval.summary import mode_metrics, resize_precision_recall, tokens_per_second
-from visionthink.rewards.judge_base import Judge, JudgeRequest, Verdict
-from visionthink.rewards.judge_cache import CachedJudge
 from visionthink.tools import ToolCall
 
 ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
@@ -300,12 +298,17 @@ def test_mode_metrics_in_batches_gives_batch_walls_not_item_percentiles():
 
 
 class FakeEngine:
-    """Answers `a<i>` for even questions, resizes in visionthink mode; counts the requests it ran."""
+    """Answers `a<i>` for even questions, resizes in visionthink mode; counts the requests it ran. With `broken`,
+    question 3's image cannot be read (a batch holding it fails as a whole); the questions in `unanswered` end in a
+    turn with no <answer> and no tool call."""
 
-    def __init__(self):
+    def __init__(self, broken: bool = False, unanswered: tuple[str, ...] = ()):
         self.ran: list[tuple[str, str]] = []
+        self.broken, self.unanswered = broken, unanswered
 
     def run(self, requests, mode, progress=None):
+        if self.broken and any(r.question == "question 3" for r in requests):
+            raise ImageError("batch has a broken image" if len(requests) > 1 else "question 3: corrupt image")
         episodes = []
         for request in requests:
             if mode == "oracle":
@@ -318,6 +321,8 @@ class FakeEngine:
                 calls=[ToolCall("resize_image", {"action": "resize"})] if resized else [],
                 visual_tokens_per_turn=[16] if mode == "full" else ([4, 16] if resized else [4]),
                 full_res_visual_tokens=16, generated_tokens=5, seconds={"turn1": 0.01 * (index + 1)}, mode=mode))
+            if request.question in self.unanswered:
+                episodes[-1].answer, episodes[-1].turns = None, [protocol.parse_turn("<think>hmm</think>")]
         if progress is not None:
             progress.update(len(requests))
         return episodes
@@ -348,50 +353,20 @@ def test_runner_resumes_and_skips_oracle_without_labels(tmp_path, monkeypatch):
                  engine=FakeEngine(), log=lambda m: None)
 
 
-def test_runner_oracle_and_image_errors(tmp_path, monkeypatch):
+def test_runner_counts_broken_images_and_samples_without_an_answer(tmp_path, monkeypatch):
+    """Question 3's image is broken (its batch is run again item by item), questions 1 and 4 end unanswered."""
     monkeypatch.setattr(runner, "_load_benchmark", lambda name: ExactBench(6))
-
-    class BrokenImage(FakeEngine):
-        def run(self, requests, mode, progress=None):
-            from visionthink.errors import ImageError
-
-            if any(r.question == "question 3" for r in requests):
-                if len(requests) > 1:
-                    raise ImageError("batch has a broken image")
-                raise ImageError("question 3: corrupt image")
-            return super().run(requests, mode, progress)
-
-    result = run_eval(_config(tmp_path, ["oracle"], batch_size=4), engine=BrokenImage(), log=lambda m: None)
+    engine = FakeEngine(broken=True, unanswered=("question 1", "question 4"))
+    result = run_eval(_config(tmp_path, ["oracle", "full", "low"], batch_size=4), engine=engine, log=lambda m: None)
     oracle = result.summary["fake"]["oracle"]
     assert oracle["n"] == 6 and oracle["resize_precision"] == 1 and oracle["resize_recall"] == 1
-    broken = [r for r in read_samples(tmp_path / "samples.jsonl") if r["uid"] == "q3"]
-    assert broken[0]["prediction"] is None and "corrupt" in broken[0]["error"] and broken[0]["score"] == 0
-
-
-def test_runner_counts_samples_without_an_answer(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "_load_benchmark", lambda name: ExactBench(6))
-
-    class Malformed(FakeEngine):
-        """Question 1 and 4 end in a turn with no <answer> and no tool call; question 3 cannot run."""
-
-        def run(self, requests, mode, progress=None):
-            from visionthink.errors import ImageError
-
-            if any(r.question == "question 3" for r in requests):
-                if len(requests) > 1:
-                    raise ImageError("batch has a broken image")
-                raise ImageError("question 3: corrupt image")
-            episodes = super().run(requests, mode, progress)
-            for request, episode in zip(requests, episodes, strict=True):
-                if request.question in ("question 1", "question 4"):
-                    episode.answer, episode.turns = None, [protocol.parse_turn("<think>hmm</think>")]
-            return episodes
-
-    result = run_eval(_config(tmp_path, ["full", "low"], batch_size=4), engine=Malformed(), log=lambda m: None)
     for mode in ("full", "low"):
         metrics = result.summary["fake"][mode]
         assert (metrics["no_answer"], metrics["errors"], metrics["n"]) == (2, 1, 6)
         assert metrics["score"] == pytest.approx(2 / 6)  # a0 and a2 right; q4 had no answer, q3 did not run
+    broken = [r for r in read_samples(tmp_path / "samples.jsonl") if r["uid"] == "q3"]
+    assert len(broken) == 3 and all(r["prediction"] is None and "corrupt" in r["error"] and r["score"] == 0
+                                    for r in broken)
     records = {r["uid"]: r for r in read_samples(tmp_path / "samples.jsonl") if r["mode"] == "full"}
     assert records["q1"]["answer_error"] == "final turn malformed: no <answer> and no tool call"
     assert records["q1"]["score"] == 0 and records["q0"]["answer_error"] is None
@@ -472,16 +447,12 @@ def test_runner_times_each_sample_alone_after_a_batch_fails(tmp_path, monkeypatc
     clock = Clock()
     monkeypatch.setattr(runner, "clock", clock)
 
-    class Broken(FakeEngine):
+    class Slow(FakeEngine):  # a second of wall time per item
         def run(self, requests, mode, progress=None):
-            from visionthink.errors import ImageError
-
             clock.now += 1.0 * len(requests)
-            if any(r.question == "question 3" for r in requests):
-                raise ImageError("broken image")
             return super().run(requests, mode, progress)
 
-    result = run_eval(_config(tmp_path, ["low"], batch_size=4), engine=Broken(), log=lambda m: None)
+    result = run_eval(_config(tmp_path, ["low"], batch_size=4), engine=Slow(broken=True), log=lambda m: None)
     records = read_samples(tmp_path / "samples.jsonl")
     assert [r["batch_size"] for r in records] == [1] * 4 and [r["batch_seconds"] for r in records] == [1.0] * 4
     assert result.summary["fake"]["low"]["timing"] == "measured"
@@ -498,26 +469,6 @@ def test_samples_log_drops_torn_and_duplicate_lines(tmp_path):
     log.append([{"bench": "b", "mode": "full", "uid": "3"}, {"bench": "b", "mode": "full", "uid": "0"}])
     assert [r["uid"] for r in read_samples(path)] == ["0", "1", "2", "3"]
     assert log.done("b", "full", "3") and not log.done("b", "low", "3")
-
-
-def test_cached_judge_asks_once(tmp_path):
-    class Counting(Judge):
-        def __init__(self):
-            self.asked = []
-
-        def grade(self, requests):
-            self.asked += requests
-            return [Verdict(1.0) if r.prediction == "yes" else Verdict(0.0, ok=False) for r in requests]
-
-    inner = Counting()
-    judge = CachedJudge(inner, tmp_path / "cache.jsonl")
-    yes, down = JudgeRequest("q", "t", "yes"), JudgeRequest("q", "t", "no")
-    assert [v.score for v in judge.grade([yes, down, yes])] == [1.0, 0.0, 1.0]
-    assert len(inner.asked) == 2
-    assert judge.grade([yes])[0].ok and len(inner.asked) == 2
-    assert not judge.grade([down])[0].ok and len(inner.asked) == 3  # failures are asked again
-    again = CachedJudge(inner, tmp_path / "cache.jsonl")  # the cache survives a restart
-    assert again.grade([yes])[0].score == 1.0 and len(inner.asked) == 3
 
 
 def test_runner_reports_synth_and_synth_heldout_side_by_side(tmp_path):

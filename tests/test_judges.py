@@ -303,18 +303,28 @@ def test_cache_appends_jsonl_per_batch(server, tmp_path):
 
 def test_cached_judge_wraps_any_judge(tmp_path):
     class Counting(RuleJudge):
-        calls = 0
+        """The rule grade, but a failed verdict for the prediction "fail"; keeps what it was asked."""
+
+        def __init__(self):
+            super().__init__()
+            self.asked = []
 
         def grade(self, requests):
-            Counting.calls += len(requests)
-            return super().grade(requests)
+            self.asked += requests
+            return [Verdict(0.0, ok=False) if r.prediction == "fail" else verdict
+                    for r, verdict in zip(requests, super().grade(requests), strict=True)]
 
-    path = tmp_path / "cache.jsonl"
+    path, inner = tmp_path / "cache.jsonl", Counting()
     requests = [JudgeRequest("q", "3/4", "0.75"), JudgeRequest("q", "red", "red"), JudgeRequest("q", "red", "red")]
-    first = CachedJudge(Counting(), path).grade(requests)
-    assert [v.score for v in first] == [1.0, 1.0, 1.0] and Counting.calls == 2  # duplicates asked once
-    again = CachedJudge(Counting(), path).grade(requests)
-    assert again == first and Counting.calls == 2  # a resumed run reads the file
+    failing = JudgeRequest("q", "red", "fail")
+    judge = CachedJudge(inner, path)
+    first = judge.grade([*requests, failing])
+    assert [(v.score, v.ok) for v in first] == [(1.0, True)] * 3 + [(0.0, False)]
+    assert len(inner.asked) == 3  # duplicates asked once
+    assert judge.grade(requests[:1]) == first[:1] and len(inner.asked) == 3
+    assert not judge.grade([failing])[0].ok and len(inner.asked) == 4  # failures are asked again
+    resumed = Counting()  # a resumed run reads the file
+    assert CachedJudge(resumed, path).grade(requests) == first[:3] and resumed.asked == []
     assert len(path.read_text().splitlines()) == 2
 
 
