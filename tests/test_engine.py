@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 from conftest import full_tokens  # tests/ is on sys.path
@@ -16,6 +18,18 @@ from visionthink.tools import RESIZE
 
 def requests_for(items):
     return [Request(item.image, item.question, item.needs_high_res) for item in items]
+
+
+@contextmanager
+def counted_forwards(model):
+    """Inside the block, every forward pass of `model` is counted in the list it yields."""
+    calls = []
+    original = model.forward
+    model.forward = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+    try:
+        yield calls
+    finally:
+        del model.forward
 
 
 def reference_turn(model, processor, messages, max_new_tokens: int, banned: list[int]) -> list[int]:
@@ -139,20 +153,10 @@ def test_decode_runs_no_forward_pass_on_the_last_tokens(shipped_model, synth_ite
     model, processor = shipped_model
     engine = TransformersEngine(model, processor)
     messages = protocol.first_turn(synth_items[0].question, synth_items[0].image)
-    calls = []
-    original = model.forward
-
-    def counting_forward(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape)
-        return original(*args, **kwargs)
-
     decoder = KVDecoder(model, engine.pad_id, engine.stop_ids)
     engine.feed(decoder, [messages])
-    model.forward = counting_forward
-    try:
+    with counted_forwards(model) as calls:
         written, = decoder.decode(SamplingConfig(max_new_tokens=40), banned_ids=[engine.never_ids])
-    finally:
-        del model.forward
     assert written[-1] in engine.stop_ids and len(calls) == len(written) - 1
     assert decoder.cached == [len(decoder.history[0]) - 1]
 
@@ -175,16 +179,11 @@ def test_drafted_tool_call_leaves_greedy_turns_unchanged(shipped_model, tail):
         draft = Draft(draft.trigger, (*draft.tail[:cut], draft.tail[cut] + 1, *draft.tail[cut + 1 :]))
 
     def decode(with_draft):
-        calls = []
-        original = model.forward
-        model.forward = lambda *a, **k: calls.append(1) or original(*a, **k)
-        try:
+        with counted_forwards(model) as calls:
             decoder = KVDecoder(model, engine.pad_id, engine.stop_ids)
             engine.feed(decoder, conversations)
             sampling = SamplingConfig(max_new_tokens=64)
             written = decoder.decode(sampling, banned_ids=[engine.never_ids] * len(items), draft=with_draft)
-        finally:
-            del model.forward
         return written, len(calls), decoder
 
     plain, plain_calls, _ = decode(None)
@@ -251,13 +250,8 @@ def test_second_turn_repeating_the_first_is_guessed_not_decoded(shipped_model, s
     runs = {}
     for repeats in (False, True):
         engine = TransformersEngine(model, processor, batch_size=8, draft_repeats=repeats, draft_memory=False)
-        calls = []
-        original = model.forward
-        model.forward = lambda *a, calls=calls, original=original, **k: calls.append(1) or original(*a, **k)
-        try:
+        with counted_forwards(model) as calls:
             episodes = engine.run(requests, "oracle")
-        finally:
-            del model.forward
         runs[repeats] = ([e.summary() | {"seconds": 0} for e in episodes], len(calls))
     assert runs[True][0] == runs[False][0]
     second = [e for e in runs[True][0] if len(e["turns"]) == 2]
@@ -291,13 +285,8 @@ def test_output_memory_changes_no_episode_and_saves_forward_passes(shipped_model
     for memory in (False, True):
         engine = TransformersEngine(model, processor, batch_size=8, draft_memory=memory)
         engine.run(requests[8:], "visionthink")  # earlier batches teach the memory
-        calls = []
-        original = model.forward
-        model.forward = lambda *a, calls=calls, original=original, **k: calls.append(1) or original(*a, **k)
-        try:
+        with counted_forwards(model) as calls:
             episodes = engine.run(requests[:8], "visionthink")
-        finally:
-            del model.forward
         runs[memory] = ([(e.summary() | {"seconds": 0}, e.fed_token_ids) for e in episodes], len(calls))
     assert runs[True][0] == runs[False][0]
     assert runs[True][1] <= runs[False][1] - 4  # measured: 16 forward passes instead of 20
