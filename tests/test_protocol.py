@@ -79,16 +79,15 @@ def test_surrounding_whitespace_is_tolerated():
 # ---------------------------------------------------------------- tool-call tolerance
 
 
-def test_tool_call_with_whitespace_and_newlines_inside_the_json():
-    payload = '{\n   "name" :\n "resize_image",\n\t"arguments"  : {\n "action" : "resize" }\n}'
+@pytest.mark.parametrize("payload", [
+    '{\n   "name" :\n "resize_image",\n\t"arguments"  : {\n "action" : "resize" }\n}',  # whitespace in the JSON
+    {"name": TOOL_NAME, "id": "call_0", "type": "function", "arguments": {"action": "resize"}},  # extra keys
+    {"name": TOOL_NAME, "parameters": {"action": "resize"}},  # the action under `parameters`
+    {"name": TOOL_NAME, "arguments": json.dumps({"action": "resize"})},  # the arguments as a JSON string
+])
+def test_tolerated_spellings_of_the_call_are_well_formed(payload):
     turn = parse_turn(call(payload))
     assert (turn.kind, turn.well_formed, turn.error) == ("resize", True, None)
-
-
-def test_tool_call_with_extra_keys_around_the_arguments():
-    payload = {"name": TOOL_NAME, "id": "call_0", "type": "function", "arguments": {"action": "resize"}}
-    turn = parse_turn(call(payload))
-    assert (turn.kind, turn.well_formed) == ("resize", True)
 
 
 def test_unknown_arguments_run_but_are_not_well_formed():
@@ -98,11 +97,6 @@ def test_unknown_arguments_run_but_are_not_well_formed():
     assert (turn.kind, turn.well_formed) == ("resize", False)
     assert RESIZE.check(payload["arguments"]) == ({"action": "resize"}, None)
     assert RESIZE.exact(payload["arguments"]) is False
-
-
-def test_tool_call_with_arguments_as_a_json_string():
-    payload = {"name": TOOL_NAME, "arguments": json.dumps({"action": "resize"})}
-    assert parse_turn(call(payload)).kind == "resize"
 
 
 @pytest.mark.parametrize(
@@ -123,15 +117,6 @@ def test_tool_call_without_action_runs_but_is_not_well_formed(payload):
     arguments = codec.decode_call(json.dumps(payload)).arguments
     assert RESIZE.check(arguments) == ({"action": "resize"}, None)
     assert RESIZE.exact(arguments) is False
-
-
-def test_action_given_under_parameters_or_as_a_string_is_well_formed():
-    for payload in ({"name": TOOL_NAME, "parameters": {"action": "resize"}},
-                    {"name": TOOL_NAME, "arguments": json.dumps({"action": "resize"})}):
-        turn = parse_turn(call(payload))
-        assert (turn.kind, turn.well_formed) == ("resize", True), payload
-    episode_turns = [parse_turn(call({"name": TOOL_NAME})), parse_turn(answer_text("t", "red"))]
-    assert [t.kind for t in episode_turns] == ["resize", "answer"]
 
 
 # ---------------------------------------------------------------- malformed turns
@@ -176,29 +161,20 @@ def test_non_text_turn_is_malformed():
 # ---------------------------------------------------------------- format check
 
 
-def test_text_before_think_is_not_well_formed():
-    answer = parse_turn("Sure! " + answer_text("t", "red"))
-    assert (answer.kind, answer.answer, answer.well_formed) == ("answer", "red", False)
-    resize = parse_turn("Let me see. " + resize_text("t"))
-    assert (resize.kind, resize.well_formed) == ("resize", False)
-
-
-def test_text_after_the_answer_or_call_is_not_well_formed():
-    assert parse_turn(answer_text("t", "red") + " Hope this helps!").well_formed is False
-    assert parse_turn(resize_text("t") + " brb").well_formed is False
-
-
-def test_missing_or_repeated_think_is_not_well_formed():
-    assert parse_turn("<answer>red</answer>").kind == "answer"
-    assert parse_turn("<answer>red</answer>").well_formed is False
-    twice = "<think>a</think><think>b</think><answer>red</answer>"
-    assert parse_turn(twice).well_formed is False
-    assert parse_turn("<think>a</think>" + resize_text("b")).well_formed is False
-
-
-def test_two_answer_blocks_are_not_well_formed_and_the_last_wins():
-    turn = parse_turn("<think>t</think>\n<answer>red</answer>\n<answer>blue</answer>")
-    assert (turn.kind, turn.answer, turn.well_formed) == ("answer", "blue", False)
+@pytest.mark.parametrize(("text", "kind", "answer"), [
+    ("Sure! " + answer_text("t", "red"), "answer", "red"),  # text before <think>
+    ("Let me see. " + resize_text("t"), "resize", None),
+    (answer_text("t", "red") + " Hope this helps!", "answer", "red"),  # text after the answer or the call
+    (resize_text("t") + " brb", "resize", None),
+    ("<answer>red</answer>", "answer", "red"),  # no <think>, or two
+    ("<think>a</think><think>b</think><answer>red</answer>", "answer", "red"),
+    ("<think>a</think>" + resize_text("b"), "resize", None),
+    ("<think>t</think>\n<answer>red</answer>\n<answer>blue</answer>", "answer", "blue"),  # two answers: the last wins
+    ("<think>t</think> so it is \\boxed{42}", "answer", "42"),  # a bare \boxed{} answers
+])
+def test_answers_and_calls_that_are_not_well_formed(text, kind, answer):
+    turn = parse_turn(text)
+    assert (turn.kind, turn.answer, turn.well_formed) == (kind, answer, False)
 
 
 def test_think_inside_answer_is_not_well_formed():
@@ -222,11 +198,6 @@ def test_answer_or_call_hidden_inside_think_is_malformed():
     hidden_call = parse_turn("<think><tool_call>" + json.dumps({"name": TOOL_NAME}) + "</tool_call></think>")
     assert hidden_call.kind == "malformed"
     assert parse_turn("<think>it is \\boxed{3}</think>").kind == "malformed"
-
-
-def test_bare_boxed_turn_is_an_answer_but_not_well_formed():
-    turn = parse_turn("<think>t</think> so it is \\boxed{42}")
-    assert (turn.kind, turn.answer, turn.well_formed) == ("answer", "42", False)
 
 
 # ---------------------------------------------------------------- extract_answer
@@ -371,8 +342,8 @@ def episode(texts: list[str], resized: bool, tokens: list[int]) -> Episode:
 
 def test_direct_answer_episode():
     ep = episode([answer_text("clear", "red")], resized=False, tokens=[4])
-    assert ep.well_formed is True
-    assert ep.visual_tokens == 4
+    assert ep.well_formed is True and ep.visual_tokens == 4
+    assert ep.error is None and ep.summary()["error"] is None
 
 
 def test_resize_then_answer_episode():
@@ -411,11 +382,6 @@ def test_visual_tokens_is_the_sum_over_turns(tokens):
 
 
 # ---------------------------------------------------------------- episode errors
-
-
-def test_episode_with_an_answer_has_no_error():
-    ep = episode([answer_text("t", "red")], resized=False, tokens=[4])
-    assert ep.error is None and ep.summary()["error"] is None
 
 
 def test_lone_closing_tag_after_a_resize_is_the_answer_but_not_well_formed():
