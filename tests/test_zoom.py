@@ -743,24 +743,16 @@ def test_cost_variant_through_episode_rewards():
 
     assert "cost" not in PENALTY_VARIANTS
 
-    def zoom_episode(answer):
-        views = views_of(112, 112)
-        crop = zoom_crop((10, 10, 24, 24), views, GRID)
-        messages = [*VISIONTHINK_ZOOM.first_turn("What pattern?", views.low),
-                    protocol.assistant_turn(zoom_text("t", [10, 10, 24, 24])), protocol.tool_turn(ZOOM_TOOL, crop),
-                    protocol.assistant_turn(protocol.answer_text("t", answer))]
+    def episode(call_text, tool, image, answer):
+        messages = [*VISIONTHINK_ZOOM.first_turn("What pattern?", views.low), protocol.assistant_turn(call_text),
+                    protocol.tool_turn(tool, image), protocol.assistant_turn(protocol.answer_text("t", answer))]
         turns = [VISIONTHINK_ZOOM.parse_turn(protocol.assistant_text(m)) for m in messages if m["role"] == "assistant"]
         return protocol.make_episode(messages, turns, lambda image: GRID.tokens(*image.size), 16)
 
-    def resize_episode(answer):
-        views = views_of(112, 112)
-        messages = [*VISIONTHINK_ZOOM.first_turn("What pattern?", views.low),
-                    protocol.assistant_turn(resize_text("t")), protocol.tool_turn(RESIZE_TOOL, views.high),
-                    protocol.assistant_turn(protocol.answer_text("t", answer))]
-        turns = [VISIONTHINK_ZOOM.parse_turn(protocol.assistant_text(m)) for m in messages if m["role"] == "assistant"]
-        return protocol.make_episode(messages, turns, lambda image: GRID.tokens(*image.size), 16)
-
-    episodes = [zoom_episode("dots"), resize_episode("dots"), zoom_episode("checker")]
+    views = views_of(112, 112)
+    zoom = zoom_text("t", [10, 10, 24, 24]), ZOOM_TOOL, zoom_crop((10, 10, 24, 24), views, GRID)
+    episodes = [episode(*zoom, "dots"), episode(resize_text("t"), RESIZE_TOOL, views.high, "dots"),
+                episode(*zoom, "checker")]
     assert [visual_cost(e) for e in episodes] == [0.5, 1.25, 0.5]
     assert [e.action for e in episodes] == ["zoom", "resize", "zoom"] and all(e.well_formed for e in episodes)
     truths, questions, groups = ["dots"] * 3, ["What pattern?"] * 3, [0, 0, 0]
