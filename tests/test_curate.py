@@ -22,34 +22,27 @@ from visionthink.data.curate import (
 from visionthink.data.export import write_synth_dataset
 
 
-@pytest.mark.parametrize(("low", "high", "label"), [
-    (8, 8, LOW_RES_ENOUGH),
-    (0, 6, NEEDS_HIGH_RES),  # exactly 6 more
-    (2, 8, NEEDS_HIGH_RES),
-    (0, 8, NEEDS_HIGH_RES),
-    (1, 6, DISCARD),  # only 5 more
-    (3, 8, DISCARD),
-    (7, 8, DISCARD),  # not all correct at low res
-    (8, 7, DISCARD),
-    (0, 0, DISCARD),
-    (8, 0, DISCARD),
+@pytest.mark.parametrize(("k", "low", "high", "label"), [
+    (8, 8, 8, LOW_RES_ENOUGH),
+    (8, 0, 6, NEEDS_HIGH_RES),  # k = 8: exactly 6 more
+    (8, 2, 8, NEEDS_HIGH_RES),
+    (8, 0, 8, NEEDS_HIGH_RES),
+    (8, 1, 6, DISCARD),  # only 5 more
+    (8, 3, 8, DISCARD),
+    (8, 7, 8, DISCARD),  # not all correct at low res
+    (8, 8, 7, DISCARD),
+    (8, 0, 0, DISCARD),
+    (8, 8, 0, DISCARD),
+    (4, 4, 4, LOW_RES_ENOUGH),
+    (4, 0, 3, NEEDS_HIGH_RES),  # k = 4: ceil(0.75 * 4) = 3 more
+    (4, 1, 4, NEEDS_HIGH_RES),
+    (4, 1, 3, DISCARD),
+    (4, 0, 2, DISCARD),
+    (4, 3, 4, DISCARD),
 ])
-def test_labels_for_k8(low, high, label):
-    assert high_res_margin(8) == 6
-    assert label_item(low, high, 8) == label
-
-
-@pytest.mark.parametrize(("low", "high", "label"), [
-    (4, 4, LOW_RES_ENOUGH),
-    (0, 3, NEEDS_HIGH_RES),  # ceil(0.75 * 4) = 3 more
-    (1, 4, NEEDS_HIGH_RES),
-    (1, 3, DISCARD),
-    (0, 2, DISCARD),
-    (3, 4, DISCARD),
-])
-def test_labels_for_k4(low, high, label):
-    assert high_res_margin(4) == 3
-    assert label_item(low, high, 4) == label
+def test_labels_for_k8_and_k4(k, low, high, label):
+    """The margins (6 of 8, 3 of 4) are `test_margin_scales_with_k_and_counts_are_checked`'s."""
+    assert label_item(low, high, k) == label
 
 
 def test_margin_scales_with_k_and_counts_are_checked():
