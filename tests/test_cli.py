@@ -2,23 +2,52 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
 
 import pytest
 from PIL import Image
+from test_serve import png  # tests/ is on sys.path
 
 from visionthink import protocol
 from visionthink.cli import EXIT_NO_ANSWER, build_parser, main
 from visionthink.data import synth
 
+ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+HEAVY = ("torch", "transformers", "datasets", "trl", "PIL.Image")
+
 
 def visionthink(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     return subprocess.run([sys.executable, "-m", "visionthink", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+                          timeout=timeout, env=ENV)
+
+
+def in_a_fresh_interpreter(argv: list[str]) -> list[str]:
+    """`cli.main(argv)` run in a new Python: its stdout lines, the last one its exit code and which of `HEAVY` it
+    imported."""
+    script = (f"import sys\nfrom visionthink import cli\ntry:\n    code = cli.main({argv!r})\n"
+              "except SystemExit as stop:\n    code = stop.code\n"
+              f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=ENV)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+@pytest.fixture
+def loads(monkeypatch) -> list[tuple]:
+    """The models the CLI loads: (dtype, device, other options, the model) per call of the loader."""
+    from visionthink.engines import transformers_engine
+
+    loaded, real = [], transformers_engine.load_model
+
+    def spy(model_dir, dtype=None, device=None, **options):
+        model, processor = real(model_dir, dtype=dtype, device=device, **options)
+        loaded.append((dtype, device, options, model))
+        return model, processor
+
+    monkeypatch.setattr(transformers_engine, "load_model", spy)
+    return loaded
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +74,11 @@ def test_ask_prints_answer_and_cost(item_png, shipped_model_dir):
     assert "answer:" in plain.stdout and f"visual tokens: {full // 4} (full resolution: {full}, 25%)" in plain.stdout
 
 
-def _png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 BAD_IMAGES = {
     "corrupt": lambda: b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
-    "truncated": lambda: _png_bytes(synth.make_item(0, 0).image)[:300],
+    "truncated": lambda: png(synth.make_item(0, 0).image)[:300],
     "zero-byte": lambda: b"",
-    "100-megapixel": lambda: _png_bytes(Image.new("1", (10_000, 10_000))),
+    "100-megapixel": lambda: png(Image.new("1", (10_000, 10_000))),
     "not-an-image": lambda: b"just some text, not pixels\n" * 10,
 }
 
@@ -84,28 +107,18 @@ def test_missing_model_is_a_clear_error(item_png, tmp_path, capsys):
     assert "not a model folder" in line
 
 
-def test_device_and_dtype_reach_the_model(item_png, shipped_model_dir, monkeypatch, capsys):
+def test_device_and_dtype_reach_the_model(item_png, shipped_model_dir, loads, capsys):
     """`--device`/`--dtype`/`--attn-implementation` are arguments of the model loader, not environment variables."""
     import os
 
     import torch
 
-    from visionthink.engines import transformers_engine
-
-    loaded = []
-    real = transformers_engine.load_model
-
-    def spy(model_dir, dtype=None, device=None, **options):
-        model, processor = real(model_dir, dtype=dtype, device=device, **options)
-        loaded.append((dtype, device, model.dtype, str(model.device), model.config._attn_implementation))
-        return model, processor
-
-    monkeypatch.setattr(transformers_engine, "load_model", spy)
     path, item = item_png
     argv = ["--device", "cpu", "--dtype", "bfloat16", "ask", str(path), item.question,
             "--model", str(shipped_model_dir), "--attn-implementation", "eager"]
     assert main(argv) == 0, capsys.readouterr().err
-    assert loaded == [("bfloat16", "cpu", torch.bfloat16, "cpu", "eager")]
+    assert [(dtype, device, model.dtype, str(model.device), model.config._attn_implementation)
+            for dtype, device, _, model in loads] == [("bfloat16", "cpu", torch.bfloat16, "cpu", "eager")]
     assert not any(key.startswith("VISIONTHINK_D") for key in os.environ)
 
 def demo_tables(stdout: str) -> list[list[dict[str, str]]]:
@@ -293,29 +306,22 @@ def test_ask_answer_has_null_error_and_exit_0(fake_ask, capsys):
 
 # ---------------------------------------------------------------- cold start: import only what a command needs
 
-HEAVY = ("torch", "transformers", "datasets", "trl", "PIL.Image")
-
-
 @pytest.mark.parametrize("argv", [["--help"], ["ask", "--help"], ["eval", "--help"], ["demo", "--help"]])
 def test_help_imports_no_torch(argv):
-    script = (f"import sys\nfrom visionthink import cli\ntry:\n    cli.main({argv!r})\nexcept SystemExit:\n    pass\n"
-              f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    assert result.returncode == 0, result.stderr
-    assert "usage: visionthink" in result.stdout
-    assert result.stdout.splitlines()[-1] == "[]", result.stdout
+    *printed, last = in_a_fresh_interpreter(argv)
+    assert any("usage: visionthink" in line for line in printed)
+    assert last == "0 []", printed
 
 
 @pytest.fixture(scope="module")
 def running_server(shipped_model):
     """The shipped model behind a real server on loopback, with an API key."""
-    from visionthink.engines.transformers_engine import TransformersEngine
-    from visionthink.serve.app import ServeConfig, create_app
-    from visionthink.serve.background import BackgroundServer
+    from test_serve import serving  # tests/ is on sys.path
 
-    config = ServeConfig(model_name="tiny-synth", api_key="ask-key")
-    with BackgroundServer(create_app(TransformersEngine(*shipped_model), config)) as server:
+    from visionthink.engines.transformers_engine import TransformersEngine
+    from visionthink.serve.app import ServeConfig
+
+    with serving(TransformersEngine(*shipped_model), ServeConfig(model_name="tiny-synth", api_key="ask-key")) as server:
         yield server
 
 
@@ -326,14 +332,8 @@ def test_ask_server_gives_the_local_episode_and_imports_no_torch(running_server,
     from visionthink.engines.transformers_engine import Request, TransformersEngine
 
     path, item = item_png
-    argv = ["ask", str(path), item.question, "--server", running_server.url, "--api-key", "ask-key", "--json",
-            "--mode", mode]
-    script = (f"import sys\nfrom visionthink import cli\ncode = cli.main({argv!r})\n"
-              f"print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    assert result.returncode == 0, result.stderr
-    *reply, last = result.stdout.splitlines()
+    *reply, last = in_a_fresh_interpreter(["ask", str(path), item.question, "--server", running_server.url,
+                                           "--api-key", "ask-key", "--json", "--mode", mode])
     assert last == "0 []"
     record = json.loads(reply[-1])
     local = TransformersEngine(*shipped_model).run([Request(item.image, item.question)], mode)[0].summary()
@@ -381,24 +381,15 @@ def test_ask_from_the_command_line_leaves_at_once_after_flushing(fake_ask, monke
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["error"].startswith("final turn malformed")
 
 
-def test_serve_passes_device_and_dtype_to_the_model(shipped_model_dir, monkeypatch):
+def test_serve_passes_device_and_dtype_to_the_model(shipped_model_dir, loads, monkeypatch):
     import uvicorn
 
-    from visionthink.engines import transformers_engine
-
-    loaded = []
-    real = transformers_engine.load_model
-
-    def spy(model_dir, dtype=None, device=None, **options):
-        loaded.append((dtype, device, options))
-        return real(model_dir, dtype=dtype, device=device, **options)
-
-    monkeypatch.setattr(transformers_engine, "load_model", spy)
     monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)  # load, build the app, do not listen
     argv = ["--device", "cpu", "--dtype", "float32", "serve", "--model", str(shipped_model_dir), "--port", "8765",
             "--device-map", "cpu"]
     assert main(argv) == 0
-    assert loaded == [("float32", "cpu", {"attn_implementation": None, "device_map": "cpu"})]
+    assert [(dtype, device, options) for dtype, device, options, _ in loads] == [
+        ("float32", "cpu", {"attn_implementation": None, "device_map": "cpu"})]
 
 
 def test_ask_on_vllm_without_vllm_is_one_line_and_exit_2(item_png, capsys):
@@ -424,15 +415,15 @@ def test_engine_options_are_checked_before_any_work(item_png, capsys, argv, says
 
 def test_eval_on_the_remote_engine_equals_the_local_eval(shipped_model, tmp_path, capsys):
     """`eval --engine remote` against a real server on loopback: the same answers, resizes and tokens."""
+    from test_serve import serving  # tests/ is on sys.path
+
     from visionthink.engines.transformers_engine import TransformersEngine
-    from visionthink.serve.app import ServeConfig, create_app
-    from visionthink.serve.background import BackgroundServer
+    from visionthink.serve.app import ServeConfig
 
     local = ["eval", "--bench", "synth", "--modes", "low,visionthink", "--limit", "12", "--json", "--no-progress"]
     assert main([*local, "--out", str(tmp_path / "local")]) == 0
     want = json.loads(capsys.readouterr().out)
-    app = create_app(TransformersEngine(*shipped_model), ServeConfig(model_name="tiny", max_batch=8))
-    with BackgroundServer(app) as server:
+    with serving(TransformersEngine(*shipped_model), ServeConfig(model_name="tiny", max_batch=8)) as server:
         assert main([*local, "--out", str(tmp_path / "remote"), "--engine", "remote", "--base-url",
                      server.url + "/v1", "--concurrency", "4"]) == 0
     got = json.loads(capsys.readouterr().out)
