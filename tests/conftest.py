@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from contextlib import contextmanager
@@ -78,6 +79,20 @@ def synth_items():
     from visionthink.data import synth
 
     return synth.split_items("test", 12, seed=0)
+
+
+def qwen_smart_resize(width: int, height: int) -> tuple[int, int]:
+    """Qwen2.5-VL's smart-resize rule, written out again (not taken from the code under test): both sides multiples
+    of 28, the area within [3136, 12845056] pixels, the aspect kept. Returns (width, height)."""
+    factor, low, high = 28, 3136, 12845056
+    w, h = max(factor, round(width / factor) * factor), max(factor, round(height / factor) * factor)
+    if w * h > high:
+        beta = math.sqrt(width * height / high)
+        w, h = math.floor(width / beta / factor) * factor, math.floor(height / beta / factor) * factor
+    elif w * h < low:
+        beta = math.sqrt(low / (width * height))
+        w, h = math.ceil(width * beta / factor) * factor, math.ceil(height * beta / factor) * factor
+    return w, h
 
 
 def full_tokens(image) -> int:

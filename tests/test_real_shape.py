@@ -11,10 +11,10 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 
 import pytest
 import torch
+from conftest import qwen_smart_resize  # tests/ is on sys.path
 from PIL import Image, ImageDraw
 
 from visionthink import protocol
@@ -26,30 +26,12 @@ from visionthink.models import load_model
 from visionthink.profiles import RELEASE
 from visionthink.tokens import encode, render_text, visual_tokens
 
-FACTOR = 28  # 14 px patches merged 2 x 2
-MIN_PIXELS = 3136
-MAX_PIXELS = 12845056
-
-
-def smart_resize(height: int, width: int) -> tuple[int, int]:
-    """Qwen2.5-VL's rule: both sides multiples of 28, area within [min_pixels, max_pixels], aspect kept."""
-    h_bar = max(FACTOR, round(height / FACTOR) * FACTOR)
-    w_bar = max(FACTOR, round(width / FACTOR) * FACTOR)
-    if h_bar * w_bar > MAX_PIXELS:
-        beta = math.sqrt((height * width) / MAX_PIXELS)
-        h_bar = math.floor(height / beta / FACTOR) * FACTOR
-        w_bar = math.floor(width / beta / FACTOR) * FACTOR
-    elif h_bar * w_bar < MIN_PIXELS:
-        beta = math.sqrt(MIN_PIXELS / (height * width))
-        h_bar = math.ceil(height * beta / FACTOR) * FACTOR
-        w_bar = math.ceil(width * beta / FACTOR) * FACTOR
-    return h_bar, w_bar
-
 
 def qwen_tokens(width: int, height: int) -> int:
-    """Visual tokens Qwen2.5-VL gives an image of this size: one per 28 x 28 px of its smart-resized size."""
-    h_bar, w_bar = smart_resize(height, width)
-    return (h_bar // FACTOR) * (w_bar // FACTOR)
+    """Visual tokens Qwen2.5-VL gives an image of this size: one per 28 x 28 px (14 px patches merged 2 x 2) of its
+    smart-resized size."""
+    w, h = qwen_smart_resize(width, height)
+    return (w // 28) * (h // 28)
 
 
 def document(width: int, height: int) -> Image.Image:
@@ -103,7 +85,7 @@ def test_visual_tokens_equal_smart_resize(loaded, size):
             grid = processor.image_processor(images=[view], return_tensors="pt")["image_grid_thw"]
             assert visual_tokens(processor, grid) == [qwen_tokens(*view.size)] == [processor.grid.tokens(*view.size)]
         high, low = qwen_tokens(*views.high.size), qwen_tokens(*views.low.size)
-        assert views.high.size == smart_resize(size[1], size[0])[::-1] and high == qwen_tokens(*size)
+        assert views.high.size == qwen_smart_resize(*size) and high == qwen_tokens(*size)
         half = (size[0] // 2, size[1] // 2) if halve_original else (views.high.width // 2, views.high.height // 2)
         assert low == qwen_tokens(*half)
         assert 0.24 <= low / high <= 0.26

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import qwen_smart_resize as smart_resize  # tests/ is on sys.path
 
 from visionthink.images import RELEASE_MAX_PIXELS, RELEASE_MIN_PIXELS
 from visionthink.recipes import load_recipe
@@ -28,18 +29,6 @@ QUESTION_CHARS = 512
 """The longest question the prompt bound allows for."""
 TEMPLATE_TOKENS = 16
 """`<|im_start|>`, role names, `<|im_end|>`, the vision markers and newlines around a turn (fewer than this)."""
-
-
-def smart_resize(width: int, height: int) -> tuple[int, int]:
-    factor, low, high = 28, 3136, 12845056
-    w, h = max(factor, round(width / factor) * factor), max(factor, round(height / factor) * factor)
-    if w * h > high:
-        beta = math.sqrt(width * height / high)
-        w, h = math.floor(width / beta / factor) * factor, math.floor(height / beta / factor) * factor
-    elif w * h < low:
-        beta = math.sqrt(low / (width * height))
-        w, h = math.ceil(width * beta / factor) * factor, math.ceil(height * beta / factor) * factor
-    return w, h
 
 
 def most_tokens(max_pixels: int, halve: bool = False) -> int:
