@@ -95,6 +95,13 @@ def qwen_smart_resize(width: int, height: int) -> tuple[int, int]:
     return w, h
 
 
+def resize_text(think: str) -> str:
+    """The canonical resize-call turn of the `visionthink` profile."""
+    from visionthink.profiles import VISIONTHINK
+
+    return VISIONTHINK.call_text(think, "resize_image", {"action": "resize"})
+
+
 def full_tokens(image) -> int:
     """Full-resolution visual tokens of a synthetic world image (its sizes are on the 56 px grid already)."""
     return (image.width // 28) * (image.height // 28)

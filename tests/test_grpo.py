@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from grpo_scripted import (  # tests/ is on sys.path
+from conftest import resize_text  # tests/ is on sys.path
+from grpo_scripted import (
     capture_rewards,
     favoured,
     recipe,
@@ -28,7 +29,6 @@ from visionthink import protocol
 from visionthink.data import synth
 from visionthink.errors import VisionThinkError
 from visionthink.images import make_views
-from visionthink.profiles import VISIONTHINK
 from visionthink.tools import RESIZE
 from visionthink.train import grpo_env
 from visionthink.train.grpo import build_trainer
@@ -38,11 +38,6 @@ from visionthink.train.grpo_trainer import RowTokenBan
 pytest.importorskip("trl")
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def resize_text(think: str) -> str:
-    """The canonical resize-call turn."""
-    return VISIONTHINK.call_text(think, RESIZE.name, {"action": "resize"})
 
 
 def test_tool_schema_and_answers_follow_the_protocol():

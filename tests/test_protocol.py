@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import resize_text  # tests/ is on sys.path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visionthink.profiles import VISIONTHINK
 from visionthink.protocol import (
     Episode,
     Turn,
@@ -21,11 +21,6 @@ from visionthink.tools import RESIZE, ToolCall, codec
 TOOL_NAME = RESIZE.name
 
 KINDS = {"answer", "resize", "malformed"}
-
-
-def resize_text(think: str) -> str:
-    """The canonical resize-call turn."""
-    return VISIONTHINK.call_text(think, RESIZE.name, {"action": "resize"})
 
 
 def call(payload: object) -> str:

@@ -8,7 +8,7 @@ import json
 from contextlib import contextmanager
 
 import pytest
-from conftest import QuietHandler, full_tokens, http_server  # tests/ is on sys.path
+from conftest import QuietHandler, full_tokens, http_server, resize_text  # tests/ is on sys.path
 from PIL import Image
 from test_serve import call, serving
 
@@ -18,18 +18,12 @@ from visionthink.engines.remote import RemoteEngine, RemoteEngineError, png_data
 from visionthink.engines.transformers_engine import Request, TransformersEngine
 from visionthink.errors import VisionThinkError
 from visionthink.images import load_image, make_views
-from visionthink.profiles import VISIONTHINK
 from visionthink.serve.app import ServeConfig
 from visionthink.serve.replies import split_tool_calls
 from visionthink.tools import RESIZE
 
 KEY = "remote-key"
 CHAT = "/v1/chat/completions"
-
-
-def resize_text(think: str) -> str:
-    """The canonical resize-call turn."""
-    return VISIONTHINK.call_text(think, RESIZE.name, {"action": "resize"})
 
 
 @pytest.fixture(scope="module")
