@@ -17,10 +17,12 @@ import argparse
 
 from visionthink import protocol
 from visionthink.data import synth
-from visionthink.engines.base import oracle_box
 from visionthink.engines.transformers_engine import TransformersEngine
 from visionthink.grading import grade_answer
 from visionthink.images import make_views, zoom_crop
+from visionthink.profiles import VISIONTHINK
+from visionthink.tools import RESIZE
+from visionthink.tools.zoom import oracle_box
 from visionthink.train.sft_data import think_for
 
 
@@ -53,8 +55,9 @@ def main() -> None:
             crop = zoom_crop(box, views, grid)
             think = think_for(item.question, item.question_type)
             for name, image in (("high", views.high), ("crop", crop)):
-                rows[name].append([*protocol.first_turn(item.question, views.low),
-                                   protocol.assistant_turn(protocol.resize_text(think)), protocol.tool_turn(image)])
+                call = VISIONTHINK.call_text(think, RESIZE.name, {"action": "resize"})
+                rows[name].append([*protocol.first_turn(item.question, views.low), protocol.assistant_turn(call),
+                                   protocol.tool_turn(RESIZE, image)])
                 tokens[name] += grid.tokens(*image.size)
         scores = {}
         for name, conversations in rows.items():

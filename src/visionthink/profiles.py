@@ -1,7 +1,7 @@
 """Protocol profiles: the strings, tool schema, chat template and parsing of one VisionThink conversation format.
 
 - `visionthink` (the default): this project's protocol, `visionthink.protocol` (the tool rendered by the chat
-  template from `protocol.RESIZE_TOOL`, a `tool` turn with the high-res image).
+  template from `tools.RESIZE.schema`, a `tool` turn with the high-res image).
 - `release`: the authors' released prompts byte for byte (`visionthink.protocol_release`, with their origin):
   the tool block inside the system prompt, their user template around the question, the tool's answer as a user
   turn with their follow-up text, their error turn, their call parsing and `<answer>` split, and no newline
