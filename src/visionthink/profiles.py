@@ -97,6 +97,10 @@ class ProtocolProfile:
         """Whether the model is offered the tool `name`."""
         return name in self.tool_names
 
+    def lacks(self, names: tuple[str, ...]) -> list[str]:
+        """Those of the tools `names` this profile does not offer."""
+        return [name for name in names if not self.offers(name)]
+
 
     @property
     def call_json(self) -> str | None:
@@ -362,7 +366,7 @@ def with_tools(profile: str | ProtocolProfile | None, names: tuple[str, ...]) ->
     for candidate in PROFILES.values():
         if candidate.family == found.family and candidate.tool_names == tuple(names):
             return candidate
-    missing = [name for name in names if name not in found.tool_names]
+    missing = found.lacks(names)
     what = f"has no {' or '.join(missing)} tool" if missing else f"has no variant with only {', '.join(names)}"
     raise ValueError(f"protocol {found.name!r} {what}")
 
@@ -391,7 +395,7 @@ def declare_profile(model_dir: str | os.PathLike, profile: str | ProtocolProfile
 
 def missing_tools_error(mode_name: str, mode_tools: tuple[str, ...], profile: ProtocolProfile) -> str | None:
     """The one-line refusal of a mode whose tools the model's profile lacks (None: it offers them)."""
-    missing = [name for name in mode_tools if not profile.offers(name)]
+    missing = profile.lacks(mode_tools)
     if not missing:
         return None
     return (f"mode {mode_name} needs the {' and '.join(missing)} tool, which this model's protocol {profile.name!r} "

@@ -87,7 +87,7 @@ def check_mode(mode: str | Mode, requests: list, profile=None) -> Mode:
     if mode.needs_box and any(r.needs_high_res and getattr(r, "box", None) is None for r in requests):
         raise ValueError(f"{mode.name} mode needs `box` on every request that needs high resolution")
     profile = get_profile(profile)
-    missing = [name for name in mode.tools if name not in profile.tool_names]
+    missing = profile.lacks(mode.tools)
     if missing and mode.calls != "never":
         raise ValueError(f"{mode.name} mode needs the {' and '.join(missing)} tool, which protocol {profile.name!r} "
                          "does not offer")

@@ -254,7 +254,7 @@ def create_app(engine: TransformersEngine, config: ServeConfig | None = None,
             served.batch_size = max(served.batch_size, config.max_batch)
     worker = ModelWorker(engine, zoom_engine)
     batcher = Batcher(worker, max_batch=config.max_batch, wait_ms=config.batch_wait_ms, max_queue=config.max_queue)
-    service = ChatService(engine, worker.default_sampling, batcher, config, context, profiles=worker.profiles)
+    service = ChatService(engine, worker.default_sampling, batcher, config, context, profile_for=worker.profile_for)
     page = resources.files("visionthink.serve").joinpath("page.html").read_text(encoding="utf-8")
     state = ServerState(config, service, batcher, page, load_examples(config.examples_dir))
 

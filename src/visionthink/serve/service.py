@@ -11,6 +11,7 @@ import json
 import re
 import threading
 import warnings
+from collections.abc import Callable
 
 from PIL import Image
 
@@ -23,7 +24,7 @@ from visionthink.engines.transformers_engine import TransformersEngine
 from visionthink.errors import VisionThinkError
 from visionthink.images import ALLOWED_FORMATS, check_encoded, load_image_within, make_views
 from visionthink.modes import MODES
-from visionthink.profiles import ProtocolProfile, get_profile, missing_tools_error, with_tools
+from visionthink.profiles import ProtocolProfile, get_profile, missing_tools_error
 from visionthink.serve.batcher import Batcher
 from visionthink.serve.checks import ChatRequest, SpecialTokens, chat_request, check_structure, check_unicode
 from visionthink.serve.config import ServeConfig
@@ -33,7 +34,7 @@ from visionthink.serve.errors import ApiError
 from visionthink.serve.fetch import data_url_bytes, fetch_remote_image, is_remote
 from visionthink.serve.replies import Reply, raw_reply, visionthink_reply
 from visionthink.serve.schemas import parse_chat_request
-from visionthink.serve.worker import RawJob, VisionThinkJob
+from visionthink.serve.worker import ModelWorker, RawJob, VisionThinkJob
 
 INLINE_PARSE_BYTES = 1 << 20
 """Bodies up to this size are parsed on the event loop (a few ms), so they never queue behind large ones."""
@@ -87,7 +88,8 @@ class ChatService:
     """The work behind `POST /v1/chat/completions` for one engine."""
 
     def __init__(self, engine: TransformersEngine, default_sampling: SamplingConfig, batcher: Batcher,
-                 config: ServeConfig, context: int | None = None, profiles: list[ProtocolProfile] | None = None):
+                 config: ServeConfig, context: int | None = None,
+                 profile_for: Callable[[str], ProtocolProfile | None] | None = None):
         self.engine = engine
         self.local = is_local(engine)
         """The model runs here (raw mode and tool thresholds need it); else episodes go to a vLLM or remote engine."""
@@ -99,8 +101,8 @@ class ChatService:
         self.config = config
         context = context if context is not None else context_length(engine.model.config)
         self.budget = TokenBudget(engine.processor, context, getattr(engine, "protocol", None))
-        self.profiles = profiles or [get_profile(getattr(engine, "protocol", None))]
-        """The served models' profiles; a mode runs on one that offers its tools, restricted to them."""
+        self.profile_for = profile_for or ModelWorker(engine).profile_for
+        """The profile a VisionThink mode runs on (`ModelWorker.profile_for`; None: no served model offers it)."""
         self.special = SpecialTokens.of(engine.processor.tokenizer)
         self.decode_pool = concurrent.futures.ThreadPoolExecutor(config.decode_concurrency, "visionthink-decode")
         heavy = max(1, config.decode_concurrency // 2)
@@ -140,17 +142,10 @@ class ChatService:
                            "running it through transformers reads (this one runs it through another server or vLLM); "
                            "send the request without it", "unsupported_parameter", param="visionthink_tool_threshold")
         if chat.mode in MODES and self.profile_for(chat.mode) is None:
-            mode = MODES[chat.mode]
-            raise ApiError(400, f"visionthink_{missing_tools_error(mode.name, mode.tools, self.profiles[0])}; use "
+            mode, served = MODES[chat.mode], get_profile(getattr(self.engine, "protocol", None))
+            raise ApiError(400, f"visionthink_{missing_tools_error(mode.name, mode.tools, served)}; use "
                            "another mode", "invalid_parameter", param="visionthink_mode")
         return chat
-
-    def profile_for(self, mode: str) -> ProtocolProfile | None:
-        """The profile a VisionThink mode runs on: a served one that offers the mode's tools, restricted to them
-        (None: none offers them)."""
-        tools = MODES[mode].tools
-        offering = next((p for p in self.profiles if all(p.offers(tool) for tool in tools)), None)
-        return None if offering is None else with_tools(offering, tools)
 
     async def _visionthink(self, chat: ChatRequest) -> Reply:
         image = (await self.images([chat.image_url]))[0]

@@ -71,20 +71,22 @@ class ModelWorker:
         """The engines given: the served model, and another for the modes whose tools it lacks (a zoom model)."""
         self._by_profile = {served.protocol.name: served for served in self.served}
 
-    @property
-    def profiles(self) -> list[ProtocolProfile]:
-        """The profiles of the engines given."""
-        return [served.protocol for served in self.served]
+    def _offering(self, kind: str) -> TransformersEngine | None:
+        """The first given engine whose profile offers the tools of mode `kind`."""
+        return next((served for served in self.served if not served.protocol.lacks(MODES[kind].tools)), None)
+
+    def profile_for(self, kind: str) -> ProtocolProfile | None:
+        """The profile mode `kind` runs on: the offering engine's, restricted to the mode's tools (None: no given
+        engine offers them)."""
+        base = self._offering(kind)
+        return None if base is None else with_tools(base.protocol, MODES[kind].tools)
 
     def engine_for(self, kind: str) -> TransformersEngine:
-        """The engine a VisionThink batch of mode `kind` runs on: a given engine whose profile offers the mode's
-        tools, under that profile restricted to them (built once, on the same weights); a ValueError when none
-        offers them."""
-        tools = MODES[kind].tools
-        base = next((served for served in self.served if all(served.protocol.offers(t) for t in tools)), None)
+        """The engine a VisionThink batch of mode `kind` runs on, under `profile_for(kind)` (built once, on the
+        offering engine's weights); a ValueError when no given engine offers the mode's tools."""
+        base, wanted = self._offering(kind), self.profile_for(kind)
         if base is None:
-            raise ValueError(missing_tools_error(kind, tools, self.engine.protocol))
-        wanted = with_tools(base.protocol, tools)
+            raise ValueError(missing_tools_error(kind, MODES[kind].tools, self.engine.protocol))
         if wanted.name not in self._by_profile:
             self._by_profile[wanted.name] = with_profile(base, wanted)
         return self._by_profile[wanted.name]
