@@ -176,8 +176,7 @@ class KVDecoder:
         tokens = self._choose_rows(self.last_logits, ban, sampling, generator)
         if decisions is not None:
             for row in active:
-                if decisions.pending(row):
-                    tokens[row] = decisions.review(row, self.last_logits[row], tokens[row], generated[row])
+                tokens[row] = decisions.review(row, self.last_logits[row], tokens[row], generated[row])
         while True:
             for row in active:
                 generated[row].append(tokens[row])
@@ -215,7 +214,7 @@ class KVDecoder:
                     active.remove(row)
             if decisions is not None:
                 for row in active:
-                    if row not in departed and decisions.pending(row):  # a departure was reviewed where chosen
+                    if row not in departed:  # a departure was reviewed where it was chosen
                         tokens[row] = decisions.review(row, logits[row, -1], tokens[row], generated[row])
         self.last_logits = None
         if memory is not None:

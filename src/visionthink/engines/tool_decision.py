@@ -77,7 +77,7 @@ class Decisions:
 
     def review(self, row: int, logits: torch.Tensor, token: int, written: list[int]) -> int:
         """The token `row` writes after `written`, given the decoder chose `token` from `logits` (one position)."""
-        if not self.watch[row] or self.p_tool[row] is not None or token not in self._openers:
+        if not self.pending(row) or token not in self._openers:
             return token
         if THINK_CLOSE not in self.decode(written):
             return token

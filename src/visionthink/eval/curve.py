@@ -104,7 +104,11 @@ def curve(items: list[Item]) -> list[Point]:
 
 def random_score(items: list[Item], token_fraction: float) -> float:
     """The expected score of calling the tool on random items at the rate that spends `token_fraction`."""
-    never, always = point_at(items, math.inf), point_at(items, 0.0)
+    return _random_line(point_at(items, math.inf), point_at(items, 0.0), token_fraction)
+
+
+def _random_line(never: Point, always: Point, token_fraction: float) -> float:
+    """Random calling's score at `token_fraction`: the line from never calling to always calling."""
     span = always.token_fraction - never.token_fraction
     rate = 0.0 if span <= 0 else min(1.0, max(0.0, (token_fraction - never.token_fraction) / span))
     return never.score + rate * (always.score - never.score)
@@ -112,7 +116,8 @@ def random_score(items: list[Item], token_fraction: float) -> float:
 
 def margin_over_random(items: list[Item], points: list[Point]) -> float:
     """The least (curve score - random calling's score at the same tokens) over the curve's points."""
-    return min((p.score - random_score(items, p.token_fraction) for p in points), default=0.0)
+    never, always = point_at(items, math.inf), point_at(items, 0.0)
+    return min((p.score - _random_line(never, always, p.token_fraction) for p in points), default=0.0)
 
 
 def oracle_point(items: list[Item]) -> Point | None:
