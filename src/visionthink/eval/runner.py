@@ -391,9 +391,11 @@ def _check_threshold_options(config: EvalConfig, engine=None) -> None:
     steering = config.tool_threshold is not None or config.curve or config.token_budget is not None
     if not steering:
         return
-    name = (config.engine.engine if config.engine is not None else "transformers") if engine is None else None
-    if (engine is not None and not getattr(engine, "decides_by_threshold", False)) or name not in (None,
-                                                                                                   "transformers"):
+    if engine is not None:
+        steerable = getattr(engine, "decides_by_threshold", False)
+    else:
+        steerable = config.engine is None or config.engine.engine == "transformers"
+    if not steerable:
         raise VisionThinkError("--tool-threshold, --curve and --token-budget need the transformers engine, which "
                                "reads P(tool) while it decodes")
 
