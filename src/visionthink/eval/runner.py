@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -167,6 +168,7 @@ def episode_record(bench: str, mode: str, sample, episode, score: float | None, 
     `batch_seconds` is the wall time of the whole engine call (`batch_size` samples, image loading
     included, `batch_id` naming it): for a batch of one, the sample's own measured time."""
     truth = sample.answer if isinstance(sample.answer, str) else [str(a) for a in sample.answer]
+    summary = {} if episode is None else episode.summary()
     record = {
         "bench": bench,
         "mode": mode,
@@ -185,9 +187,9 @@ def episode_record(bench: str, mode: str, sample, episode, score: float | None, 
         "seconds_detail": {} if episode is None else {k: round(float(v), 6) for k, v in episode.seconds.items()},
         "well_formed": False if episode is None else bool(episode.well_formed),
         "answer_error": None if episode is None else episode.error,
-        "turns": [] if episode is None else episode.summary()["turns"],
-        "p_tool": None if episode is None or episode.p_tool is None else round(float(episode.p_tool), 6),
-        "tool_threshold": None if episode is None else episode.summary()["tool_threshold"],
+        "turns": summary.get("turns", []),
+        "p_tool": summary.get("p_tool"),
+        "tool_threshold": summary.get("tool_threshold"),
         "meta": _jsonable(dict(sample.meta)),
     }
     if episode is not None and getattr(episode, "zoom_box", None) is not None:
@@ -322,6 +324,7 @@ class _Engines:
         return replace(given, model=given.model or self.config.model, device=given.device or self.config.device,
                        dtype=given.dtype or self.config.dtype, batch_size=self.config.batch_size)
 
+    @cached_property
     def model_profile(self) -> ProtocolProfile:
         """The profile the model was trained on: the given engine's, `--protocol`'s, or the model folder's
         declaration (`profiles.declared_profile`)."""
@@ -341,7 +344,7 @@ class _Engines:
         from visionthink.modes import get_mode
         from visionthink.profiles import missing_tools_error
 
-        profile = self.model_profile()
+        profile = self.model_profile
         for name in modes:
             mode = get_mode(name)
             error = missing_tools_error(mode.name, mode.tools, profile)
@@ -354,7 +357,7 @@ class _Engines:
         from visionthink.profiles import get_profile, with_tools
 
         self.check([mode])
-        wanted = with_tools(self.model_profile(), get_mode(mode).tools)
+        wanted = with_tools(self.model_profile, get_mode(mode).tools)
         if self.given is not None and get_profile(getattr(self.given, "protocol", None)) is wanted:
             return self.given
         if wanted.name in self.by_profile:
