@@ -91,7 +91,10 @@ class ProtocolProfile:
 
     def tool(self, name: str) -> Tool:
         """The offered tool of that name (a KeyError for another)."""
-        return next(tool for tool in self.tools if tool.name == name) if name in self.tool_names else _missing(name)
+        for tool in self.tools:
+            if tool.name == name:
+                return tool
+        raise KeyError(f"no tool {name!r} in protocol {self.name!r}")
 
     def offers(self, name: str) -> bool:
         """Whether the model is offered the tool `name`."""
@@ -201,10 +204,6 @@ class ProtocolProfile:
             {"role": m["role"], "content": "".join(p["text"] for p in m["content"] if p["type"] == "text")}
             for m in messages
         ]
-
-
-def _missing(name: str) -> Tool:
-    raise KeyError(f"no tool {name!r} in this profile")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from visionthink.data import synth
 from visionthink.images import PixelGrid, Views, clamp_to_pixel_range, load_image
 from visionthink.profiles import VISIONTHINK, ProtocolProfile, get_profile
 from visionthink.tokens import assistant_mask
-from visionthink.tools import ZOOM
+from visionthink.tools import ToolCall
 
 # ---------------------------------------------------------------- prompts
 
@@ -135,14 +135,12 @@ class ToolEnvironment:
             return self.profile.error_turn(f"no image for {name}")["content"]
         tool = self.profile.tool(name)
         checked, error = tool.check(arguments)
-        views = Views(low=self._low if self._low is not None else self._high, high=self._high)
-        if error is None:
-            error = tool.check_in_view(checked, views)
         if error is not None:
             return self.profile.error_turn(error)["content"]
-        image = tool.image(checked, views, self.grid)
-        self._returned.append(image)
-        return self.profile.tool_turn(tool, image)["content"]
+        views = Views(low=self._low if self._low is not None else self._high, high=self._high)
+        reply = self.profile.reply(protocol.Turn(tool.kind, call=ToolCall(name, checked)), "", views, self.grid)
+        self._returned.extend(protocol.images_in([reply]))
+        return reply["content"]
 
     @property
     def returned_images(self) -> list[Image.Image]:
@@ -196,8 +194,9 @@ def environment_for(protocol: str | ProtocolProfile | None = None,
     """The environment of `protocol`'s tools, a method each; `grid` (the processor's) is required where a tool cuts
     crops (`zoom_image`)."""
     profile = get_profile(protocol)
-    if profile.offers(ZOOM.name) and grid is None:
-        raise ValueError(f"protocol {profile.name!r} offers zoom_image: its environment needs the pixel grid")
+    if grid is None and not all(tool.returns_full_view for tool in profile.tools):
+        raise ValueError(f"protocol {profile.name!r} offers a tool that cuts the full view: its environment needs the "
+                         "pixel grid")
     methods = {tool.name: tool_method(tool.schema) for tool in profile.tools}
     return type(f"ToolEnvironment_{profile.name.replace('-', '_')}", (ToolEnvironment,),
                 {"profile": profile, "grid": grid, **methods})
