@@ -122,15 +122,12 @@ def _ask(args: argparse.Namespace) -> int:
     image = load_image(args.image, max_input_pixels=args.max_input_pixels)
     from visionthink.engines.kv_decoder import SamplingConfig
     from visionthink.modes import get_mode
-    from visionthink.profiles import declared_profile, get_profile, missing_tools_error, with_tools
+    from visionthink.profiles import declared_profile, get_profile, mode_profile
 
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens) if args.max_new_tokens else None
     model_profile = get_profile(args.protocol) if args.protocol else declared_profile(options.model)
     mode = get_mode(args.mode)
-    error = missing_tools_error(mode.name, mode.tools, model_profile)
-    if error is not None:
-        raise VisionThinkError(error)
-    engine = build_engine(options, sampling=sampling, protocol=with_tools(model_profile, mode.tools))
+    engine = build_engine(options, sampling=sampling, protocol=mode_profile(model_profile, mode.name, mode.tools))
     episode = engine.run([Request(image, args.question, tool_threshold=args.tool_threshold)], args.mode)[0]
     summary = episode.summary()
     result = {key: summary[key] for key in ("answer", "resized", "action", "visual_tokens", "full_res_visual_tokens",

@@ -50,6 +50,7 @@ from PIL import Image
 
 from visionthink import protocol
 from visionthink import protocol_release as release
+from visionthink.errors import VisionThinkError
 from visionthink.images import PixelGrid, Views, make_views
 from visionthink.protocol import Message, Turn, image_part, text_part
 from visionthink.tools import RESIZE, ZOOM, Tool, ToolCall, codec
@@ -399,3 +400,12 @@ def missing_tools_error(mode_name: str, mode_tools: tuple[str, ...], profile: Pr
         return None
     return (f"mode {mode_name} needs the {' and '.join(missing)} tool, which this model's protocol {profile.name!r} "
             f"does not offer (a model trained with it declares it in its {DECLARATION_FILE})")
+
+
+def mode_profile(profile: ProtocolProfile, mode_name: str, mode_tools: tuple[str, ...]) -> ProtocolProfile:
+    """The profile a mode runs on for a model trained under `profile`: it restricted to the mode's tools; a
+    VisionThinkError with the one-line refusal (`missing_tools_error`) when it lacks one."""
+    error = missing_tools_error(mode_name, mode_tools, profile)
+    if error is not None:
+        raise VisionThinkError(error)
+    return with_tools(profile, mode_tools)

@@ -339,25 +339,18 @@ class _Engines:
         except ValueError as error:
             raise VisionThinkError(str(error)) from None
 
-    def check(self, modes: list[str]) -> None:
-        """Refuse, in one line, a mode whose tools the model's profile lacks."""
+    def profile_for(self, mode: str) -> ProtocolProfile:
+        """The profile `mode` runs on (`profiles.mode_profile`): a one-line refusal when the model lacks its tools."""
         from visionthink.modes import get_mode
-        from visionthink.profiles import missing_tools_error
+        from visionthink.profiles import mode_profile
 
-        profile = self.model_profile
-        for name in modes:
-            mode = get_mode(name)
-            error = missing_tools_error(mode.name, mode.tools, profile)
-            if error is not None:
-                raise VisionThinkError(error)
+        return mode_profile(self.model_profile, mode, get_mode(mode).tools)
 
     def for_mode(self, mode: str):
         """The engine whose profile offers exactly the mode's tools (`profiles.with_tools`), on the same weights."""
-        from visionthink.modes import get_mode
-        from visionthink.profiles import get_profile, with_tools
+        from visionthink.profiles import get_profile
 
-        self.check([mode])
-        wanted = with_tools(self.model_profile, get_mode(mode).tools)
+        wanted = self.profile_for(mode)
         if self.given is not None and get_profile(getattr(self.given, "protocol", None)) is wanted:
             return self.given
         if wanted.name in self.by_profile:
@@ -500,7 +493,8 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
     if unknown:
         raise VisionThinkError(f"unknown mode(s) {', '.join(unknown)}; expected some of {', '.join(MODES)}")
     engines = _Engines(config, engine)
-    engines.check(config.modes)
+    for mode in config.modes:  # refused in one line before any work
+        engines.profile_for(mode)
     if not config.benches or not config.modes:
         raise VisionThinkError("give at least one --bench and one --mode")
     if config.batch_size < 1:
