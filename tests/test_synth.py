@@ -13,27 +13,37 @@ from conftest import TINY_GRID as PROBE_GRID  # tests/ is on sys.path
 from visionthink.data.synth import (
     COLOURS,
     FAMILIES,
+    HELDOUT_TEMPLATES,
     IMAGE_SIZES,
     LABEL_SIDES,
+    LADDER_FAMILIES,
+    LADDER_MIX,
+    LADDER_TRAIN_MIX,
     PATTERNS,
     QUESTION_TYPES,
     QUESTIONS,
+    RIGHT_ACTION,
     SHAPES,
+    SPREAD_LABELS,
     answer_for,
     is_held_out,
+    ladder_items,
     make_item,
+    make_ladder_item,
     make_scene,
+    make_spread_scene,
     question_type_of,
     split_items,
     wordings,
 )
-from visionthink.images import make_views
+from visionthink.images import Views, make_views, zoom_budget_cells, zoom_region
 
 ANSWER_SETS = {
     "colour": set(COLOURS),
     "shape": set(SHAPES),
     "count": {"1", "2", "3"},
     "pattern": set(PATTERNS),
+    "majority": set(PATTERNS),
 }
 
 
@@ -99,7 +109,7 @@ def test_answers_are_in_the_documented_sets():
         if item.family == "coarse":
             assert item.question_type in {"colour", "shape", "count"}
         seen_types.add(item.question_type)
-    assert seen_types == set(QUESTIONS) == set(QUESTION_TYPES)
+    assert seen_types | {"majority"} == set(QUESTIONS) == set(QUESTION_TYPES)  # majority: the ladder world
 
 
 # ---------------------------------------------------------------- wordings
@@ -242,6 +252,10 @@ def _standardised(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _probe_accuracy(kind: str, train_x, train_y, test_x, test_y, epochs: int) -> float:
+    return float((_probe_predictions(kind, train_x, train_y, test_x, epochs) == test_y).mean())
+
+
+def _probe_predictions(kind: str, train_x, train_y, test_x, epochs: int) -> np.ndarray:
     import torch
     from torch import nn
 
@@ -270,8 +284,7 @@ def _probe_accuracy(kind: str, train_x, train_y, test_x, test_y, epochs: int) ->
             loss.backward()
             optimiser.step()
     with torch.no_grad():
-        predicted = model(torch.tensor(np.ascontiguousarray(test_x))).argmax(1).numpy()
-    return float((predicted == test_y).mean())
+        return model(torch.tensor(np.ascontiguousarray(test_x))).argmax(1).numpy()
 
 
 @pytest.fixture
@@ -308,3 +321,124 @@ def test_small_label_is_illegible_at_low_res(one_thread):
     assert accuracy["large", "low", "mlp"] > 0.90
     assert accuracy["large", "low", "cnn"] > 0.90
     assert accuracy["small", "high", "mlp"] > 0.90
+
+
+# ---------------------------------------------------------------- the ladder world (issue 27)
+
+
+def test_ladder_items_follow_the_mix_and_know_their_right_action():
+    items = ladder_items("test", 48)
+    assert [item.family for item in items] == [LADDER_MIX[i % len(LADDER_MIX)] for i in range(48)]
+    assert {f: LADDER_MIX.count(f) for f in LADDER_FAMILIES} == {"coarse": 5, "fine_small": 2, "fine_large": 4,
+                                                                 "fine_spread": 1}
+    assert RIGHT_ACTION == {"coarse": "answer", "fine_large": "answer", "fine_small": "zoom", "fine_spread": "resize"}
+    for item in items:
+        assert item.right_action == RIGHT_ACTION[item.family]
+        assert item.needs_high_res == (item.right_action != "answer")
+        assert item.answer in ANSWER_SETS[item.question_type]
+        assert (item.label_box is not None) == (item.family == "fine_small")  # the box a zoom oracle aims at
+        assert item.uid.startswith("l6-") and question_type_of(item.question) == item.question_type
+    train = ladder_items("train", 8)
+    assert [item.family for item in train] == list(LADDER_TRAIN_MIX) * 2  # training sees each family equally
+    assert not {image_hash(i.image) for i in train} & {image_hash(i.image) for i in items}
+    again = make_ladder_item(6, 5)
+    assert image_hash(again.image) == image_hash(items[5].image) and again.question == items[5].question
+    with pytest.raises(ValueError, match="never for training"):
+        ladder_items("train", 4, wordings="heldout-templates")
+    with pytest.raises(ValueError, match="never for training"):
+        split_items("train", 4, wordings="heldout-templates")
+
+
+def _cells(box: tuple[int, int, int, int]) -> tuple[int, int]:
+    return box[0] // 28, box[1] // 28
+
+
+@pytest.mark.parametrize("size", IMAGE_SIZES)
+def test_spread_labels_need_a_resize_no_zoom_covers_them(size):
+    rng = np.random.default_rng([7, size[0]])
+    for _ in range(20):
+        scene = make_spread_scene(rng, size)
+        assert len(scene.labels) == SPREAD_LABELS and scene.label_size == "small"
+        patterns = [pattern for pattern, _ in scene.labels]
+        assert patterns.count(scene.pattern) == 2 and len(set(patterns)) == 2  # a majority of two
+        assert answer_for(scene, "majority") == scene.pattern
+        cells = [_cells(box) for _, box in scene.labels]
+        assert len(set(cells)) == SPREAD_LABELS
+        for _, (x1, y1, x2, y2) in scene.labels:
+            assert x1 % 28 == 0 and y1 % 28 == 0 and 22 <= x2 - x1 == y2 - y1 <= 28
+        columns, rows = size[0] // 28, size[1] // 28
+        budget = zoom_budget_cells(columns, rows)
+        for wide in range(1, columns + 1):  # every block of cells a zoom may return misses a label
+            for tall in range(1, rows + 1):
+                if wide * tall > budget:
+                    continue
+                for left in range(columns - wide + 1):
+                    for top in range(rows - tall + 1):
+                        assert not all(left <= c < left + wide and top <= r < top + tall for c, r in cells)
+        views = make_views(scene.image, PROBE_GRID)  # the widest zoom: a box around all the labels
+        xs = [v for _, box in scene.labels for v in (box[0], box[2])]
+        ys = [v for _, box in scene.labels for v in (box[1], box[3])]
+        region = zoom_region((min(xs) / 2, min(ys) / 2, max(xs) / 2, max(ys) / 2), Views(views.low, views.high),
+                             PROBE_GRID)
+        inside = [region[0] <= box[0] and box[2] <= region[2] and region[1] <= box[1] and box[3] <= region[3]
+                  for _, box in scene.labels]
+        assert not all(inside)
+
+
+def test_held_out_templates_are_new_sentence_structures():
+    openings = ("describe", "i would like to know", "looking at")
+    for question_type in QUESTION_TYPES:
+        held = wordings(question_type, "heldout-templates")
+        assert len(held) >= 30
+        trained = wordings(question_type, "train") + wordings(question_type, "heldout")
+        assert not set(held) & set(trained)
+        assert all(h.lower().startswith(openings) for h in held)
+        assert not any(t.lower().startswith(("i would like", "looking at")) for t in trained)
+        assert not any("in one word" in t.lower() for t in trained)
+        assert all(question_type_of(h) == question_type for h in held)
+        assert len(HELDOUT_TEMPLATES[question_type]) == 3
+    for family_items in (split_items("test", 6, wordings="heldout-templates"),
+                         ladder_items("test", 12, wordings="heldout-templates")):
+        plain = {item.uid: item for item in (split_items("test", 6) if family_items[0].uid.startswith("s")
+                                             else ladder_items("test", 12))}
+        for item in family_items:  # the same images and answers, another sentence structure
+            assert image_hash(item.image) == image_hash(plain[item.uid].image)
+            assert item.answer == plain[item.uid].answer and item.question != plain[item.uid].question
+
+
+@functools.cache
+def spread_probe_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Crops of each of a spread scene's labels from the low and high views (3 per scene, in order), each label's
+    pattern, and each scene's majority."""
+    rng = np.random.default_rng([seed, 27])
+    side = LABEL_SIDES["small"][0]
+    low, high, patterns, majority = [], [], [], []
+    for _ in range(n):
+        scene = make_spread_scene(rng)
+        views = make_views(scene.image, PROBE_GRID)
+        low_px, high_px = np.asarray(views.low, dtype=np.float32), np.asarray(views.high, dtype=np.float32)
+        for pattern, box in scene.labels:
+            low.append(_centred_crop(low_px, box, 0.5, side // 2))
+            high.append(_centred_crop(high_px, box, 1.0, side))
+            patterns.append(PATTERNS.index(pattern))
+        majority.append(PATTERNS.index(scene.pattern))
+    return np.stack(low), np.stack(high), np.array(patterns), np.array(majority)
+
+
+def _majority(predicted: np.ndarray) -> np.ndarray:
+    """Each scene's most read pattern from its labels' predictions (3 per scene; a three-way tie: the first)."""
+    votes = predicted.reshape(-1, SPREAD_LABELS)
+    return np.array([np.bincount(row, minlength=4).argmax() if len(set(row)) < 3 else row[0] for row in votes])
+
+
+@pytest.mark.slow
+def test_spread_majority_is_at_chance_at_low_res_and_legible_at_full_res(one_thread):
+    """Each label read by a probe, then the majority of the three readings."""
+    train_low, train_high, train_y, _ = spread_probe_data(PROBE_TRAIN // 3, seed=1)
+    test_low, test_high, _, test_majority = spread_probe_data(PROBE_TEST // 3, seed=2)
+    low = max((_majority(_probe_predictions(kind, train_low, train_y, test_low, epochs)) == test_majority).mean()
+              for kind, epochs in (("mlp", 40), ("cnn", 10)))
+    high = (_majority(_probe_predictions("mlp", train_high, train_y, test_high, 25)) == test_majority).mean()
+    print(f"spread probe (majority of three readings): low {low:.3f}, high {high:.3f}")
+    assert low < 0.40, f"the majority is legible at low resolution ({low:.3f})"
+    assert high > 0.90, f"the majority is not legible at full resolution ({high:.3f})"

@@ -15,7 +15,7 @@ from PIL import Image
 from visionthink import protocol
 from visionthink.data import synth
 from visionthink.engines.base import Request, run_episodes
-from visionthink.images import PixelGrid, make_views, zoom_crop, zoom_region
+from visionthink.images import PixelGrid, make_views, zoom_budget_cells, zoom_crop, zoom_region
 from visionthink.modes import MODES, PAPER_MODES
 from visionthink.profiles import NAMES, RELEASE, VISIONTHINK, VISIONTHINK_ZOOM, get_profile, with_tools
 from visionthink.tokens import IGNORE_INDEX, render_text
@@ -221,22 +221,29 @@ def box_cases(width, height):
 
 
 @pytest.mark.parametrize("size", WORLD_SIZES)
-def test_crop_is_on_the_grid_inside_the_image_and_covers_the_box(size):
+def test_crop_is_on_the_grid_inside_the_image_and_covers_the_box_within_the_budget(size):
     views = views_of(*size)
     assert views.high.size == size and views.low.size == (size[0] // 2, size[1] // 2)
+    budget = zoom_budget_cells(size[0] // 28, size[1] // 28)
+    assert budget == max(4, size[0] // 28 * size[1] // 28 // 4)
     for box in box_cases(*size):
         left, top, right, bottom = zoom_region(box, views, GRID)
         width, height = right - left, bottom - top
         assert width % 28 == 0 and height % 28 == 0, box
         assert width >= 56 and height >= 56, box  # at least 2x2 visual tokens
+        assert (width // 28) * (height // 28) <= budget, box  # never more than the zoom budget
         assert 0 <= left and 0 <= top and right <= size[0] and bottom <= size[1], box
         x1, y1 = max(0, box[0]) * 2, max(0, box[1]) * 2
         x2, y2 = min(size[0] // 2, box[2]) * 2, min(size[1] // 2, box[3]) * 2
-        assert left <= x1 + 1e-9 and top <= y1 + 1e-9 and right >= x2 - 1e-9 and bottom >= y2 - 1e-9, box
         assert left % 28 == 0 and top % 28 == 0, box  # on the high view's token lattice
         touched_x = math.ceil(x2 / 28) - math.floor(x1 / 28)  # lattice cells the box touches
         touched_y = math.ceil(y2 / 28) - math.floor(y1 / 28)
-        assert width == max(56, touched_x * 28) and height == max(56, touched_y * 28), box
+        if max(2, touched_x) * max(2, touched_y) <= budget:  # the box fits the budget: covered exactly
+            assert left <= x1 + 1e-9 and top <= y1 + 1e-9 and right >= x2 - 1e-9 and bottom >= y2 - 1e-9, box
+            assert width == max(56, touched_x * 28) and height == max(56, touched_y * 28), box
+        else:  # too large: the budget's worth around the box's centre
+            assert (width // 28) * (height // 28) > budget - max(width, height) // 28, box
+            assert left <= (x1 + x2) / 2 <= right and top <= (y1 + y2) / 2 <= bottom, box
         crop = zoom_crop(box, views, GRID)
         assert crop.size == (width, height)
         assert crop.tobytes() == views.high.crop((left, top, right, bottom)).tobytes()  # not resampled
@@ -307,8 +314,9 @@ def test_oracle_box_covers_the_true_box():
 
 def test_modes_are_listed():
     assert PAPER_MODES == ("full", "low", "visionthink", "oracle")  # what demo runs, unchanged
-    assert tuple(MODES) == PAPER_MODES + ("zoom", "oracle-zoom")
-    assert [MODES[name].tools for name in ("zoom", "oracle-zoom")] == [("resize_image", "zoom_image")] * 2
+    assert tuple(MODES) == PAPER_MODES + ("zoom", "oracle-zoom", "oracle-ladder")
+    zoom_modes = ("zoom", "oracle-zoom", "oracle-ladder")
+    assert [MODES[name].tools for name in zoom_modes] == [("resize_image", "zoom_image")] * 3
     assert all(MODES[name].tools == ("resize_image",) for name in PAPER_MODES)
     assert (MODES["oracle"].oracle_tool, MODES["oracle-zoom"].oracle_tool) == ("resize_image", "zoom_image")
 

@@ -406,6 +406,14 @@ def make_views(image: Image.Image, grid: PixelGrid, halve_original: bool = False
 
 ZOOM_MIN_CELLS = 2
 """A zoom's crop is at least this many visual tokens wide and high (2x2 = 4 tokens)."""
+ZOOM_MAX_FRACTION = 0.25
+"""The zoom budget: a crop holds at most this share of the full view's visual tokens (at least 2x2), so a zoom
+always costs less than a resize and cannot stand in for one."""
+
+
+def zoom_budget_cells(columns: int, rows: int, min_cells: int = ZOOM_MIN_CELLS) -> int:
+    """The most cells of a `columns` x `rows` full-view lattice that one zoom crop may hold."""
+    return max(min_cells * min_cells, int(columns * rows * ZOOM_MAX_FRACTION))
 
 
 def zoom_region(box: tuple[float, float, float, float], views: Views, grid: PixelGrid,
@@ -431,6 +439,12 @@ def zoom_region(box: tuple[float, float, float, float], views: Views, grid: Pixe
     first_x, first_y = math.floor(x1 / f), math.floor(y1 / f)
     wide = min(columns, max(min_cells, math.ceil(x2 / f) - first_x))
     tall = min(rows, max(min_cells, math.ceil(y2 / f) - first_y))
+    budget = zoom_budget_cells(columns, rows, min_cells)
+    while wide * tall > budget and max(wide, tall) > min_cells:
+        if wide >= tall:
+            wide -= 1
+        else:
+            tall -= 1
     while wide * tall * f * f < grid.min_pixels and (wide < columns or tall < rows):
         if (wide <= tall and wide < columns) or tall >= rows:
             wide += 1

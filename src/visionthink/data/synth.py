@@ -13,7 +13,14 @@ ratios (`IMAGE_SIZES`), each a multiple of 56 px so that the half-size low view 
 
 Every question type is asked in many wordings (`wordings`): templates crossed with synonyms, case
 and punctuation. A fixed rule (`is_held_out`) keeps about a quarter of them out of training, so a
-model can be measured on wordings it never saw. `needs_high_res` is true exactly for small labels.
+model can be measured on wordings it never saw; whole sentence structures (`HELDOUT_TEMPLATES`) are
+held out too. `needs_high_res` is true exactly for small labels.
+
+The ladder world (`ladder_items`, issue 27) adds a fourth family whose detail is spread out:
+- `fine_spread`: three small labels in token cells far apart; "which pattern do most labels show?".
+  No zoom within its budget (`images.ZOOM_MAX_FRACTION`) covers all three, so only a resize is enough.
+Each family has one cheapest action that is enough (`RIGHT_ACTION`): coarse and large labels are
+answered at low resolution, a small label is zoomed, spread labels need the whole image.
 The label's mean brightness does not depend on the pattern, so the low-res view carries (almost)
 no trace of a small pattern; `tests/test_synth.py` checks this with a probe.
 Generation is deterministic in (seed, index).
@@ -30,6 +37,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from visionthink.images import zoom_budget_cells
+
 IMAGE_SIZES = ((112, 112), (168, 112), (112, 168))
 """(width, height) of the generated images: full resolution, 16 or 24 visual tokens."""
 LABEL_SIDES = {"small": (22, 28), "large": (24, 28)}
@@ -39,6 +48,12 @@ tower did not learn to read their patterns at all; docs/world-v2.md.)"""
 LABEL_CELL = 28
 """Labels start at a multiple of this (the full-resolution token grid)."""
 FAMILIES = ("coarse", "fine_small", "fine_large")
+LADDER_FAMILIES = (*FAMILIES, "fine_spread")
+RIGHT_ACTION = {"coarse": "answer", "fine_large": "answer", "fine_small": "zoom", "fine_spread": "resize"}
+"""The cheapest action that shows the answer, per family: true by construction of the scenes."""
+SPREAD_LABELS = 3
+"""Labels in a `fine_spread` scene: two show the answer's pattern, one another."""
+
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -49,11 +64,13 @@ COLOURS = {
 }
 SHAPES = ("circle", "ring", "triangle")
 PATTERNS = ("horizontal", "vertical", "checker", "dots")
-QUESTION_TYPES = ("colour", "shape", "count", "pattern")
+QUESTION_TYPES = ("colour", "shape", "count", "pattern", "majority")
 SPLIT_SEEDS = {"train": 1, "validation": 2, "test": 3}
 """Held-out splits: each split draws from its own seed stream, so no image repeats across splits."""
-WordingSet = Literal["train", "heldout"]
-WORDING_SETS = ("train", "heldout")
+WordingSet = Literal["train", "heldout", "heldout-templates"]
+WORDING_SETS = ("train", "heldout", "heldout-templates")
+"""`train`: trained templates, trained words; `heldout`: trained templates, held-out words (`is_held_out`);
+`heldout-templates`: every wording of the held-out sentence structures (`HELDOUT_TEMPLATES`)."""
 
 # ---------------------------------------------------------------- wordings
 
@@ -112,7 +129,49 @@ _TEMPLATES = {
         "The {label}: what {pattern} is on it?",
         "Name the {pattern} on the {label}.",
     ],
+    "majority": [
+        "Which {pattern} appears on most {labels}?",
+        "Which {pattern} do most {labels} show?",
+        "What {pattern} is on most of the {labels}?",
+        "What is the most common {pattern} among the {labels}?",
+        "Most {labels} show which {pattern}?",
+        "Tell me the {pattern} that most {labels} have.",
+        "Name the {pattern} shared by most {labels}.",
+        "Which {pattern} do two of the {labels} share?",
+        "{labels}: which {pattern} is most common?",
+        "Could you tell me which {pattern} most {labels} show, please?",
+        "What {pattern} do most {labels} have?",
+    ],
 }
+HELDOUT_TEMPLATES = {
+    "colour": [
+        "Describe the {colour} of the {largest} {shape} in one word.",
+        "I would like to know the {colour} of the {largest} {shape}.",
+        "Looking at the {largest} {shape}, what {colour} do you see?",
+    ],
+    "shape": [
+        "Describe the kind of the {largest} {shape} in one word.",
+        "I would like to know what kind of shape the {largest} {shape} is.",
+        "Looking at the {largest} {shape}, which kind is it?",
+    ],
+    "count": [
+        "Describe the number of {shapes} in one word.",
+        "I would like to know how many {shapes} the {image} has.",
+        "Looking at the {image}, how many {shapes} do you see?",
+    ],
+    "pattern": [
+        "Describe the {pattern} on the {label} in one word.",
+        "I would like to know the {pattern} on the {label}.",
+        "Looking at the {label}, which {pattern} do you see?",
+    ],
+    "majority": [
+        "Describe in one word the {pattern} most {labels} show.",
+        "I would like to know which {pattern} most {labels} have.",
+        "Looking at the {labels}, which {pattern} do most of them show?",
+    ],
+}
+"""Sentence structures held out whole (the fixed rule: these three forms, "Describe ... in one word", "I would like
+to know ..." and "Looking at ..., ...?", appear in no trained template). No training sees any of their wordings."""
 _SLOTS = {
     "colour": ["colour", "color"],
     "largest": ["largest", "biggest"],
@@ -121,6 +180,7 @@ _SLOTS = {
     "image": ["image", "picture"],
     "pattern": ["pattern", "texture", "design"],
     "label": ["label", "tag", "sticker"],
+    "labels": ["labels", "tags", "stickers"],
 }
 _CASES = ("as written", "lower", "upper")
 
@@ -156,6 +216,9 @@ def wordings(question_type: str, wording_set: WordingSet = "train") -> tuple[str
     """Every wording of `question_type` in one wording set, in a fixed order."""
     if wording_set not in WORDING_SETS:
         raise ValueError(f"unknown wording set {wording_set!r}; expected one of {WORDING_SETS}")
+    if wording_set == "heldout-templates":
+        bases = [base for template in HELDOUT_TEMPLATES[question_type] for base in _fill(template)]
+        return tuple(text for base in bases for text in _styled(base))
     held = wording_set == "heldout"
     bases = [base for template in _TEMPLATES[question_type] for base in _fill(template)]
     return tuple(text for base in bases if is_held_out(base) == held for text in _styled(base))
@@ -194,8 +257,14 @@ class Scene:
     pattern: str
     label_size: str  # "small" or "large"
     label_box: tuple[int, int, int, int]
-    """(x1, y1, x2, y2) of the label in image pixels, x2/y2 exclusive."""
+    """(x1, y1, x2, y2) of the label in image pixels, x2/y2 exclusive (a spread scene: its first label)."""
     image: Image.Image = field(repr=False)
+    labels: list[tuple[str, tuple[int, int, int, int]]] = field(default_factory=list)
+    """(pattern, box) of every label; empty means the one label (`pattern`, `label_box`)."""
+
+    @property
+    def all_labels(self) -> list[tuple[str, tuple[int, int, int, int]]]:
+        return self.labels or [(self.pattern, self.label_box)]
 
     @property
     def largest(self) -> Shape:
@@ -216,6 +285,11 @@ class Item:
     wording: str = "train"
     """Which wording set the question comes from: "train" or "heldout" (never trained on)."""
     label_box: tuple[int, int, int, int] | None = None
+
+    @property
+    def right_action(self) -> str:
+        """The cheapest action that shows the answer: "answer", "zoom" or "resize" (`RIGHT_ACTION`)."""
+        return RIGHT_ACTION[self.family]
 
 
 def pattern_array(pattern: str, size: str, rng: np.random.Generator, side: int) -> np.ndarray:
@@ -276,7 +350,7 @@ def _overlaps_box(cx: float, cy: float, radius: float, box: tuple[int, int, int,
 
 
 def _place_shapes(rng: np.random.Generator, count: int, width: int, height: int,
-                  label_box: tuple[int, int, int, int]) -> list[Shape] | None:
+                  boxes: list[tuple[int, int, int, int]]) -> list[Shape] | None:
     for _attempt in range(100):
         radii = sorted(rng.uniform(11, 17, size=count), reverse=True)
         radii[0] = rng.uniform(21, 26) if count > 1 else rng.uniform(14, 26)
@@ -285,7 +359,7 @@ def _place_shapes(rng: np.random.Generator, count: int, width: int, height: int,
             for _try in range(60):
                 cx = rng.uniform(radius + 2, width - radius - 2)
                 cy = rng.uniform(radius + 2, height - radius - 2)
-                if _overlaps_box(cx, cy, radius, label_box, 3):
+                if any(_overlaps_box(cx, cy, radius, box, 3) for box in boxes):
                     continue
                 if all((cx - s.cx) ** 2 + (cy - s.cy) ** 2 > (radius + s.radius + 3) ** 2 for s in shapes):
                     shapes.append(Shape(str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS))), cx, cy, radius))
@@ -321,7 +395,7 @@ def make_scene(rng: np.random.Generator, label_size: str | None = None,
         x = LABEL_CELL * int(rng.integers(width // LABEL_CELL))
         y = LABEL_CELL * int(rng.integers(height // LABEL_CELL))
         box = (x, y, x + side, y + side)
-        shapes = _place_shapes(rng, count, width, height, box)
+        shapes = _place_shapes(rng, count, width, height, [box])
         if shapes:
             break
     else:  # pragma: no cover - a free spot is always found
@@ -338,6 +412,43 @@ def make_scene(rng: np.random.Generator, label_size: str | None = None,
                  image=Image.fromarray(pixels))
 
 
+def make_spread_scene(rng: np.random.Generator, size: tuple[int, int] | None = None) -> Scene:
+    """A scene with `SPREAD_LABELS` small labels in token cells whose bounding block holds more cells than a zoom
+    may (`zoom_budget_cells`): two labels share the answer's pattern, one shows another. Shapes as `make_scene`'s."""
+    width, height = size or IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
+    background = tuple(int(v) for v in rng.integers(215, 250, size=3))
+    count = int(rng.integers(1, 4))
+    columns, rows = width // LABEL_CELL, height // LABEL_CELL
+    budget = zoom_budget_cells(columns, rows)  # the tools' zoom budget
+    for _attempt in range(500):
+        cells = rng.choice(columns * rows, size=SPREAD_LABELS, replace=False)
+        xs, ys = cells % columns, cells // columns
+        if (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1) <= budget:
+            continue
+        sides = rng.integers(LABEL_SIDES["small"][0], LABEL_SIDES["small"][1] + 1, size=SPREAD_LABELS)
+        boxes = [(int(x) * LABEL_CELL, int(y) * LABEL_CELL, int(x) * LABEL_CELL + int(side),
+                  int(y) * LABEL_CELL + int(side)) for x, y, side in zip(xs, ys, sides, strict=True)]
+        shapes = _place_shapes(rng, count, width, height, boxes)
+        if shapes:
+            break
+    else:  # pragma: no cover - a free spot is always found
+        raise RuntimeError("could not place the labels and shapes")
+    majority, minority = (str(p) for p in rng.choice(PATTERNS, size=2, replace=False))
+    patterns = [majority] * (SPREAD_LABELS - 1) + [minority]
+    rng.shuffle(patterns)
+    canvas = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(canvas)
+    for shape in shapes:
+        _draw_shape(draw, shape, background)
+    for pattern, box in zip(patterns, boxes, strict=True):
+        side = box[2] - box[0]
+        canvas.paste(Image.fromarray(render_label(pattern, "small", rng, side)), box[:2])
+    noise = rng.normal(0, 3, (height, width, 3))
+    pixels = (np.asarray(canvas, dtype=np.float64) + noise).clip(0, 255).astype(np.uint8)
+    return Scene(shapes=shapes, pattern=majority, label_size="small", label_box=boxes[0],
+                 image=Image.fromarray(pixels), labels=list(zip(patterns, boxes, strict=True)))
+
+
 def answer_for(scene: Scene, question_type: str) -> str:
     if question_type == "colour":
         return scene.largest.colour
@@ -349,6 +460,8 @@ def answer_for(scene: Scene, question_type: str) -> str:
 
 
 def family_of(scene: Scene, question_type: str) -> str:
+    if question_type == "majority":
+        return "fine_spread"
     return "coarse" if question_type != "pattern" else f"fine_{scene.label_size}"
 
 
@@ -388,7 +501,65 @@ def split_items(split: str, n: int, seed: int = 0, wordings: WordingSet = "train
     `wordings` set ("train", or "heldout": wordings no training ever sees)."""
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SEEDS)}")
-    if split == "train" and wordings == "heldout":
+    if split == "train" and wordings != "train":
         raise ValueError("held-out wordings are for evaluation splits only, never for training")
     stream = seed * 10 + SPLIT_SEEDS[split]
     return [make_item(stream, index, wordings) for index in range(n)]
+
+
+# ---------------------------------------------------------------- the ladder world (issue 27)
+
+LADDER_MIX = ("coarse", "fine_large", "fine_small", "coarse", "fine_large", "fine_spread",
+              "coarse", "fine_large", "coarse", "fine_small", "fine_large", "coarse")
+"""The evaluation mix, item `index` is of family `LADDER_MIX[index % 12]`: 5 coarse, 4 large labels, 2 small, 1
+spread. A resize costs 1.25x the full view's tokens (both views stay in context), so the mix's oracle spends about
+0.37x: most questions need no more than the low view, as in real use."""
+LADDER_TRAIN_MIX = LADDER_FAMILIES
+"""The training mix: each family equally often (the rare spread family would barely be seen otherwise)."""
+LADDER_SPLIT_SEEDS = {"train": 4, "validation": 5, "test": 6}
+
+
+def scene_for(rng: np.random.Generator, family: str) -> tuple[Scene, str]:
+    """A scene of `family` and a question type asked of it."""
+    if family == "coarse":
+        return make_scene(rng), str(rng.choice(["colour", "shape", "count"]))
+    if family == "fine_spread":
+        return make_spread_scene(rng), "majority"
+    return make_scene(rng, label_size=family.removeprefix("fine_")), "pattern"
+
+
+def make_ladder_item(seed: int, index: int, wording_set: WordingSet = "train",
+                     mix: tuple[str, ...] = LADDER_MIX) -> Item:
+    """Item `index` of the ladder stream `seed`, of family `mix[index % len(mix)]`; the image does not depend on
+    `wording_set`."""
+    rng = np.random.default_rng([seed, index, 27])
+    family = mix[index % len(mix)]
+    scene, question_type = scene_for(rng, family)
+    wording_rng = np.random.default_rng([seed, index, 1 + WORDING_SETS.index(wording_set)])
+    return Item(
+        image=scene.image,
+        question=pick_wording(wording_rng, question_type, wording_set),
+        answer=answer_for(scene, question_type),
+        family=family,
+        question_type=question_type,
+        needs_high_res=family in ("fine_small", "fine_spread"),
+        uid=f"l{seed}-{index}",
+        wording=wording_set,
+        label_box=scene.label_box if family == "fine_small" else None,
+    )
+
+
+def ladder_items(split: str, n: int, seed: int = 0, wordings: WordingSet = "train") -> list[Item]:
+    """The first `n` items of a ladder split: evaluation splits in `LADDER_MIX`, the train split in
+    `LADDER_TRAIN_MIX`; only the train wordings may be trained on."""
+    if split not in LADDER_SPLIT_SEEDS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(LADDER_SPLIT_SEEDS)}")
+    if split == "train" and wordings != "train":
+        raise ValueError("held-out wordings are for evaluation splits only, never for training")
+    stream = seed * 10 + LADDER_SPLIT_SEEDS[split]
+    mix = LADDER_TRAIN_MIX if split == "train" else LADDER_MIX
+    return [make_ladder_item(stream, index, wordings, mix) for index in range(n)]
+
+
+WORLDS = {"synth": split_items, "ladder": ladder_items}
+"""The generated worlds training can draw from, by name: each a `(split, n, seed, wordings)` items function."""
