@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from visionthink import cli
+from visionthink.engines.base import Request, check_mode
 from visionthink.modes import MODES, PAPER_MODES, get_mode
 from visionthink.profiles import (
     DECLARATION_FILE,
@@ -27,12 +28,30 @@ REFUSAL = ("error: mode zoom needs the zoom_image tool, which this model's proto
 def test_who_decides_on_a_call_in_each_mode():
     assert [name for name, mode in MODES.items() if mode.decides] == ["visionthink", "zoom"]
     assert MODES["full"].first_view == "high" and all(MODES[m].first_view == "low" for m in MODES if m != "full")
+    needs, fine = Request(None, "q", needs_high_res=True), Request(None, "q", needs_high_res=False)
     for name in ("full", "low"):
-        assert MODES[name].forbids_call(True, 0) and MODES[name].forbids_call(False, 1)
+        assert MODES[name].forbids_call(needs, 0) and MODES[name].forbids_call(fine, 1)
     oracle = MODES["oracle"]
-    assert oracle.forbids_call(False, 0) and not oracle.forbids_call(True, 0) and not oracle.forbids_call(False, 1)
-    assert oracle.oracle_calls(True, 0) and not oracle.oracle_calls(True, 1) and not oracle.oracle_calls(False, 0)
-    assert MODES["oracle-zoom"].needs_box and not oracle.needs_box
+    assert oracle.forbids_call(fine, 0) and not oracle.forbids_call(needs, 0) and not oracle.forbids_call(fine, 1)
+    assert oracle.oracle_calls(needs, 0) == "resize_image"
+    assert oracle.oracle_calls(needs, 1) is None and oracle.oracle_calls(fine, 0) is None
+    assert MODES["oracle-zoom"].oracle_calls(needs, 0) == "zoom_image"
+    assert MODES["oracle-zoom"].needs_box and MODES["oracle-ladder"].needs_box and not oracle.needs_box
+
+
+@pytest.mark.parametrize(("action", "tool"), [("answer", None), ("zoom", "zoom_image"), ("resize", "resize_image")])
+def test_the_ladder_oracle_takes_each_items_right_action(action, tool):
+    ladder = MODES["oracle-ladder"]
+    request = Request(None, "q", needs_high_res=action != "answer", right_action=action, box=(0, 0, 2, 2))
+    assert ladder.oracle_label == "right_action" and ladder.tools == ("resize_image", "zoom_image")
+    assert ladder.oracle_calls(request, 0) == tool and ladder.oracle_calls(request, 1) is None
+    assert ladder.forbids_call(request, 0) == (tool is None) and not ladder.forbids_call(request, 1)
+    with pytest.raises(ValueError, match="oracle-ladder mode needs `right_action` on every request"):
+        check_mode("oracle-ladder", [Request(None, "q", needs_high_res=True)], VISIONTHINK_ZOOM)
+    zooms = Request(None, "q", right_action="zoom")
+    with pytest.raises(ValueError, match="needs `box` on every request its oracle zooms into"):
+        check_mode("oracle-ladder", [zooms], VISIONTHINK_ZOOM)
+    assert check_mode("oracle-ladder", [request, Request(None, "q", right_action="answer")], VISIONTHINK_ZOOM) is ladder
     assert PAPER_MODES == ("full", "low", "visionthink", "oracle")
     with pytest.raises(ValueError, match="unknown mode 'zoomed'; expected one of full, low, visionthink"):
         get_mode("zoomed")

@@ -8,6 +8,8 @@ decides whether one is called. CLI choices, the server's and eval's all come fro
 - `zoom`: low view first; the model answers, calls `resize_image` or `zoom_image` on a box.
 - `oracle-zoom`: low view first; `zoom_image` on the request's true `box` exactly when the item needs high
   resolution, else an answer.
+- `oracle-ladder`: low view first; each item's `right_action` (issue 27): an answer, `zoom_image` on the true
+  `box`, or `resize_image`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ class Mode:
     """Who decides on a call: nobody (the call is banned), the model, or the oracle (on `needs_high_res`)."""
     oracle_tool: str | None = None
     """The tool the oracle calls on an item that needs high resolution."""
+    oracle_label: Literal["needs_high_res", "right_action"] = "needs_high_res"
+    """What the oracle reads off each request: `needs_high_res` (then it calls `oracle_tool`), or `right_action`
+    (then it takes that action: an answer, or the tool of that kind)."""
 
     @property
     def decides(self) -> bool:
@@ -37,20 +42,32 @@ class Mode:
 
     @property
     def needs_box(self) -> bool:
-        """Whether each request needs the true `box` of its answer (the oracle's tool is aimed with it)."""
+        """Whether requests may need the true `box` of their answer (an oracle tool is aimed with it)."""
         from visionthink.tools import TOOLS
 
-        return self.oracle_tool is not None and TOOLS[self.oracle_tool].oracle_needs_box
+        tools = self.tools if self.oracle_label == "right_action" else (self.oracle_tool,)
+        return self.calls == "oracle" and any(TOOLS[name].oracle_needs_box for name in tools if name)
 
-    def forbids_call(self, needs_high_res: bool | None, turn_index: int) -> bool:
-        """Whether this turn may not call a tool."""
+    def oracle_tool_for(self, request) -> str | None:
+        """The tool the oracle calls for `request` (an object with `needs_high_res` / `right_action`), or None."""
+        if self.calls != "oracle":
+            return None
+        if self.oracle_label == "right_action":
+            from visionthink.tools import TOOLS
+
+            action = getattr(request, "right_action", None)
+            return next((name for name in self.tools if TOOLS[name].kind == action), None)
+        return self.oracle_tool if getattr(request, "needs_high_res", None) else None
+
+    def forbids_call(self, request, turn_index: int) -> bool:
+        """Whether this turn of `request` may not call a tool."""
         if self.calls == "never":
             return True
-        return self.calls == "oracle" and turn_index == 0 and not needs_high_res
+        return self.calls == "oracle" and turn_index == 0 and self.oracle_tool_for(request) is None
 
-    def oracle_calls(self, needs_high_res: bool | None, turn_index: int) -> bool:
-        """Whether the oracle calls its tool in this turn."""
-        return self.calls == "oracle" and turn_index == 0 and bool(needs_high_res)
+    def oracle_calls(self, request, turn_index: int) -> str | None:
+        """The tool the oracle calls in this turn of `request`, or None."""
+        return self.oracle_tool_for(request) if turn_index == 0 else None
 
 
 ZOOM_TOOLS = ("resize_image", "zoom_image")
@@ -63,6 +80,8 @@ MODES: dict[str, Mode] = {mode.name: mode for mode in (
     Mode("zoom", "low-res first, the model may call resize_image or zoom_image", tools=ZOOM_TOOLS),
     Mode("oracle-zoom", "low-res first, zoom_image on the true box exactly when the item needs it", tools=ZOOM_TOOLS,
          calls="oracle", oracle_tool="zoom_image"),
+    Mode("oracle-ladder", "low-res first, each item's right action: answer, zoom_image on the true box, or "
+         "resize_image", tools=ZOOM_TOOLS, calls="oracle", oracle_label="right_action"),
 )}
 PAPER_MODES = ("full", "low", "visionthink", "oracle")
 """The paper's modes (what `demo` and `eval` run by default)."""

@@ -23,14 +23,16 @@ from visionthink.profiles import get_profile
 
 @dataclass
 class Request:
-    """One question about one image. `needs_high_res` is only read by the `oracle` modes, `box` only by
-    `oracle-zoom`."""
+    """One question about one image. `needs_high_res` and `right_action` are only read by the oracle modes, `box`
+    only where an oracle zooms."""
 
     image: ImageSource
     question: str
     needs_high_res: bool | None = None
     box: tuple[float, float, float, float] | None = None
     """The region that holds the answer, (x1, y1, x2, y2) in the pixels of the image as given (x2, y2 exclusive)."""
+    right_action: str | None = None
+    """The cheapest action that shows the answer ("answer", "zoom" or "resize"), for `oracle-ladder`."""
     tool_threshold: float | None = None
     """Call the tool when P(tool) >= this at the first-turn decision (`engines.tool_decision`; 0: always, above 1:
     never); None: the model's own choice. Only where the mode lets the model decide (`visionthink`, `zoom`)."""
@@ -75,17 +77,26 @@ class Backend(Protocol):
     def session(self) -> Session: ...
 
 
+def _aims(mode: Mode, request) -> bool:
+    """Whether the oracle's tool for `request` is aimed with its true box."""
+    from visionthink.tools import TOOLS
+
+    tool = mode.oracle_tool_for(request)
+    return tool is not None and TOOLS[tool].oracle_needs_box
+
+
 def check_mode(mode: str | Mode, requests: list, profile=None) -> Mode:
-    """The mode, after refusing an unknown one, an oracle without `needs_high_res` on every request (or without the
-    true `box` where its tool needs one) and a profile that lacks one of the mode's tools, before any work."""
+    """The mode, after refusing an unknown one, an oracle without its label (`Mode.oracle_label`) on every request (or
+    without the true `box` where its tool needs one) and a profile that lacks one of the mode's tools, before any
+    work."""
     try:
         mode = get_mode(mode)
     except ValueError as error:
         raise ValueError(str(error)) from None
-    if mode.calls == "oracle" and any(getattr(r, "needs_high_res", None) is None for r in requests):
-        raise ValueError(f"{mode.name} mode needs `needs_high_res` on every request")
-    if mode.needs_box and any(r.needs_high_res and getattr(r, "box", None) is None for r in requests):
-        raise ValueError(f"{mode.name} mode needs `box` on every request that needs high resolution")
+    if mode.calls == "oracle" and any(getattr(r, mode.oracle_label, None) is None for r in requests):
+        raise ValueError(f"{mode.name} mode needs `{mode.oracle_label}` on every request")
+    if mode.needs_box and any(getattr(r, "box", None) is None and _aims(mode, r) for r in requests):
+        raise ValueError(f"{mode.name} mode needs `box` on every request its oracle zooms into")
     profile = get_profile(profile)
     missing = profile.lacks(mode.tools)
     if missing and mode.calls != "never":
@@ -162,7 +173,7 @@ def _run_batch(backend: Backend, requests: list, mode: Mode) -> list[protocol.Ep
     active = list(range(len(rows)))
     for turn_index in range(protocol.MAX_ASSISTANT_TURNS):
         turn_began = time.perf_counter()
-        forbid = [mode.forbids_call(rows[i].request.needs_high_res, turn_index) for i in active]
+        forbid = [mode.forbids_call(rows[i].request, turn_index) for i in active]
         thresholds = None
         if turn_index == 0 and getattr(backend, "decides_by_threshold", False):
             thresholds = [getattr(rows[i].request, "tool_threshold", None) if mode.decides else None for i in active]
@@ -201,8 +212,8 @@ def _take_turn(row: _Row, text: str, mode: Mode, turn_index: int, profile=None) 
     """Record an assistant turn and the tool's reply to it; True when the model gets another turn."""
     profile = get_profile(profile)
     turn = profile.parse_turn(text)
-    if mode.oracle_calls(row.request.needs_high_res, turn_index):
-        tool = profile.tool(mode.oracle_tool)
+    if oracle_tool := mode.oracle_calls(row.request, turn_index):
+        tool = profile.tool(oracle_tool)
         arguments = tool.oracle_arguments(row.request, row.views, row.source_size or row.views.high.size)
         if turn.call is None or turn.call.name != tool.name or turn.call.arguments != tool.check(arguments)[0]:
             text = profile.call_text(turn.think or "", tool.name, arguments)  # the oracle calls, keeping the reasoning

@@ -34,7 +34,7 @@ from PIL import Image
 from visionthink.errors import ImageError, VisionThinkError
 from visionthink.eval import curve
 from visionthink.eval.samples_log import SampleLog
-from visionthink.eval.summary import ORACLE_LABEL, summarise
+from visionthink.eval.summary import ACTION_LABEL, ORACLE_LABEL, summarise
 from visionthink.protocol import images_in
 from visionthink.rewards.judge_base import Judge
 from visionthink.rewards.judge_cache import CachedJudge
@@ -301,10 +301,31 @@ def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _has_boxes(bench, samples: list) -> bool:
-    if not all(s.meta.get(ORACLE_LABEL) is not None for s in samples):
+def _request(bench, sample, mode: str, threshold: float | None = None):
+    """The engine's request for `sample` in `mode`, with the oracle's labels and, where its tool is aimed, the box."""
+    from visionthink.engines.base import Request
+    from visionthink.modes import MODES
+    from visionthink.tools import TOOLS
+
+    request = Request(sample.image, sample.question, sample.meta.get(ORACLE_LABEL),
+                      right_action=sample.meta.get(ACTION_LABEL), tool_threshold=threshold)
+    tool = MODES[mode].oracle_tool_for(request)
+    if tool is not None and TOOLS[tool].oracle_needs_box:
+        request.box = _box(bench, sample)
+    return request
+
+
+def _oracle_ready(bench, samples: list, mode: str) -> bool:
+    """Whether every sample carries the mode's oracle label and, where its oracle zooms, the true box."""
+    from visionthink.modes import MODES
+    from visionthink.tools import TOOLS
+
+    label = MODES[mode].oracle_label
+    if not all(s.meta.get(label) is not None for s in samples):
         return False
-    return all(_box(bench, s) is not None for s in samples if s.meta[ORACLE_LABEL])
+    requests = [_request(bench, s, mode) for s in samples]
+    return all(r.box is not None for r in requests
+               if (tool := MODES[mode].oracle_tool_for(r)) is not None and TOOLS[tool].oracle_needs_box)
 
 
 class _Engines:
@@ -410,8 +431,6 @@ def _run_label(config: EvalConfig, engines: _Engines, samples_log: SampleLog, ju
     """Run the items of `samples` that `samples_log` lacks under `what.label`, logging each batch; how many ran."""
     from tqdm import tqdm
 
-    from visionthink.engines.base import Request
-    from visionthink.modes import MODES
 
     pending = [s for s in samples if not samples_log.done(bench_name, what.label, str(s.uid))]
     if not pending:
@@ -424,9 +443,7 @@ def _run_label(config: EvalConfig, engines: _Engines, samples_log: SampleLog, ju
               unit="q", disable=not config.progress, file=sys.stderr, dynamic_ncols=True) as bar:
         for start in range(0, len(pending), chunk_size):
             chunk = pending[start : start + chunk_size]
-            requests = [Request(s.image, s.question, s.meta.get(ORACLE_LABEL),
-                                box=_box(bench, s) if MODES[mode].needs_box else None, tool_threshold=what.threshold)
-                        for s in chunk]
+            requests = [_request(bench, s, mode, what.threshold) for s in chunk]
             results = _run_chunk(engine, requests, mode, bar)
             predictions = [None if e is None else e.answer for e, _, _ in results]
             per_sample = bench.score(chunk, predictions, judge).per_sample
@@ -539,15 +556,11 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
         samples = _unique_uids(bench.load(root, limit=config.limit), bench_name, notes)
         modes = []
         for mode in config.modes:
-            if MODES[mode].calls == "oracle" and not all(s.meta.get(ORACLE_LABEL) is not None for s in samples):
-                note = (f"{bench_name}: oracle mode skipped: its samples carry no `{ORACLE_LABEL}` label "
-                        "(only the synthetic world knows which items need high resolution)")
-                notes.append(note)
-                log(f"note: {note}")
-                continue
-            if MODES[mode].needs_box and not _has_boxes(bench, samples):
-                note = (f"{bench_name}: oracle-zoom mode skipped: it needs `{ORACLE_LABEL}` and the true box of every "
-                        "item that needs high resolution (only the synthetic world's generator knows them)")
+            if MODES[mode].calls == "oracle" and not _oracle_ready(bench, samples, mode):
+                label = MODES[mode].oracle_label
+                note = (f"{bench_name}: {mode} mode skipped: it needs the `{label}` label of every item"
+                        + (" and the true box of every item its oracle zooms into" if MODES[mode].needs_box else "")
+                        + " (only the synthetic world's generator knows them)")
                 notes.append(note)
                 log(f"note: {note}")
                 continue

@@ -14,6 +14,19 @@ from visionthink.rewards.judge_base import Judge
 
 ORACLE_LABEL = "needs_high_res"
 """The sample `meta` key that the oracle mode (and resize precision/recall) needs."""
+ACTION_LABEL = "right_action"
+"""The sample `meta` key with the cheapest action that shows the answer (`oracle-ladder`, the action match)."""
+ACTIONS = ("answer", "zoom", "resize")
+
+
+def action_metrics(records: Sequence[dict], right: Sequence[str] | None) -> dict[str, Any]:
+    """The share of each first action (`action_mix`) and, with the items' right actions, the share that took it
+    (`action_match`)."""
+    mix = {action: _mean(float(r.get("action") == action) for r in records) for action in ACTIONS}
+    out: dict[str, Any] = {"action_mix": mix}
+    if right is not None:
+        out["action_match"] = _mean(float(r.get("action") == a) for r, a in zip(records, right, strict=True))
+    return out
 
 
 # ---------------------------------------------------------------- small statistics
@@ -185,6 +198,9 @@ def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None 
         metrics["zoom_ratio"] = _mean(float(r.get("action") == "zoom") for r in records)
         metrics.update(zoom_box_metrics(records))
     labelled = all(s.meta.get(ORACLE_LABEL) is not None for s in samples)
+    ranked = all(s.meta.get(ACTION_LABEL) is not None for s in samples)
+    if ranked:
+        metrics.update(action_metrics(records, [s.meta[ACTION_LABEL] for s in samples]))
     if labelled:
         needed = [bool(s.meta[ORACLE_LABEL]) for s in samples]
         precision, recall = resize_precision_recall([bool(r["resized"]) for r in records], needed)
@@ -206,6 +222,8 @@ def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None 
             if "zoom_ratio" in metrics:
                 entry["zoom_ratio"] = _mean(float(r.get("action") == "zoom") for r in rows)
                 entry.update(zoom_box_metrics(rows))
+            if ranked:
+                entry.update(action_metrics(rows, [s.meta[ACTION_LABEL] for s in subset]))
             if labelled:
                 precision, recall = resize_precision_recall([bool(r["resized"]) for r in rows],
                                                             [bool(s.meta[ORACLE_LABEL]) for s in subset])

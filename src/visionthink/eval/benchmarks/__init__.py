@@ -13,12 +13,20 @@ from visionthink.eval.benchmarks.mmvet import MMVet
 from visionthink.eval.benchmarks.ocrbench import OCRBench
 from visionthink.eval.benchmarks.pope import POPE
 from visionthink.eval.benchmarks.realworldqa import RealWorldQA
-from visionthink.eval.benchmarks.synth import Synth, SynthHeldout
+from visionthink.eval.benchmarks.synth import (
+    Ladder,
+    LadderHeldout,
+    LadderHeldoutTemplates,
+    Synth,
+    SynthHeldout,
+    SynthHeldoutTemplates,
+)
 
 BENCHMARKS: dict[str, Benchmark] = {
     benchmark.name: benchmark
     for benchmark in (ChartQA(), OCRBench(), DocVQA(), MME(), MMVet(), RealWorldQA(), POPE(), MathVista(),
-                      MathVerse(), Synth(), SynthHeldout())
+                      MathVerse(), Synth(), SynthHeldout(), SynthHeldoutTemplates(), Ladder(), LadderHeldout(),
+                      LadderHeldoutTemplates())
 }
 
 

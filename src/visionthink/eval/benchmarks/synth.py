@@ -40,25 +40,34 @@ class Synth(Benchmark):
         return [Sample(str(row["uid"]), hf_image(row["image"], source.path, self.name, f"uid {row['uid']}"),
                        str(row["question"]), str(row["answer"]),
                        {"family": str(row["family"]), "needs_high_res": bool(row["needs_high_res"]),
-                        "question_type": str(row["question_type"])})
+                        "question_type": str(row["question_type"]),
+                        "right_action": synth.RIGHT_ACTION.get(str(row["family"]))})
                 for row in source.rows]
+
+    def items(self, n: int) -> list[synth.Item]:
+        """The first `n` generated test items of seed 0, in this benchmark's wordings."""
+        return synth.split_items("test", n, seed=0, wordings=self.wordings)
 
     def generate(self, limit: int | None = None) -> list[Sample]:
         """The first `limit` (default 600) test items of seed 0, asked in this benchmark's wordings."""
-        n = DEFAULT_SIZE if limit is None else limit
-        items = synth.split_items("test", n, seed=0, wordings=self.wordings)
+        items = self.items(DEFAULT_SIZE if limit is None else limit)
         return [Sample(item.uid, item.image, item.question, item.answer,
                        {"family": item.family, "needs_high_res": item.needs_high_res,
-                        "question_type": item.question_type}) for item in items]
+                        "question_type": item.question_type, "right_action": item.right_action}) for item in items]
+
+    uid_pattern = r"s(\d+)-(\d+)"
+
+    def regenerate(self, stream: int, index: int) -> synth.Item:
+        return synth.make_item(stream, index)
 
     def label_box(self, sample: Sample) -> tuple[int, int, int, int] | None:
-        """The label's true box (x1, y1, x2, y2 in image pixels, x2/y2 exclusive) for `oracle-zoom`, from the
-        generator: items are deterministic in (stream, index), which the uid `s{stream}-{index}` names (a saved
-        folder keeps it). None for another uid, or when the regenerated item's answer differs."""
-        match = re.fullmatch(r"s(\d+)-(\d+)", str(sample.uid))
+        """The label's true box (x1, y1, x2, y2 in image pixels, x2/y2 exclusive) for the zooming oracles, from the
+        generator: items are deterministic in (stream, index), which the uid (`uid_pattern`) names (a saved folder
+        keeps it). None for another uid, or when the regenerated item's answer differs."""
+        match = re.fullmatch(self.uid_pattern, str(sample.uid))
         if match is None:
             return None
-        item = synth.make_item(int(match[1]), int(match[2]))
+        item = self.regenerate(int(match[1]), int(match[2]))
         if item.answer != str(sample.answer) or item.label_box is None:
             return None
         return tuple(int(v) for v in item.label_box)
@@ -88,3 +97,50 @@ class SynthHeldout(Synth):
             raise VisionThinkError(f"{self.name} reads no folder (got {root}); it is generated.\n"
                                    f"Expected layout: {self.layout}")
         return self.generate(limit)
+
+
+class SynthHeldoutTemplates(SynthHeldout):
+    """The `synth` test images and answers, asked in held-out sentence structures (`synth.HELDOUT_TEMPLATES`)."""
+
+    name = "synth-heldout-templates"
+    wordings = "heldout-templates"
+    layout = (
+        f"none: always generated, synth.split_items(\"test\", limit or {DEFAULT_SIZE}, seed=0, "
+        "wordings=\"heldout-templates\")\n  (the same images as `synth`, questions in sentence structures no training "
+        "sees)"
+    )
+
+
+class Ladder(SynthHeldout):
+    """The ladder world's test items (issue 27): coarse, large-label, small-label and spread-label questions in
+    `synth.LADDER_MIX`, each with its `right_action`; `score/<family>` per family."""
+
+    name = "ladder"
+    wordings = "train"
+    layout = (f"none: always generated, synth.ladder_items(\"test\", limit or {DEFAULT_SIZE}, seed=0) "
+              "in the trained wordings")
+    uid_pattern = r"l(\d+)-(\d+)"
+
+    def items(self, n: int) -> list[synth.Item]:
+        return synth.ladder_items("test", n, seed=0, wordings=self.wordings)
+
+    def regenerate(self, stream: int, index: int) -> synth.Item:
+        return synth.make_ladder_item(stream, index)
+
+
+class LadderHeldout(Ladder):
+    """The `ladder` test images, asked in held-out wordings of the trained templates."""
+
+    name = "ladder-heldout"
+    wordings = "heldout"
+    layout = (f"none: always generated, synth.ladder_items(\"test\", limit or {DEFAULT_SIZE}, seed=0, "
+              "wordings=\"heldout\")")
+
+
+class LadderHeldoutTemplates(Ladder):
+    """The `ladder` test images, asked in held-out sentence structures (`synth.HELDOUT_TEMPLATES`)."""
+
+    name = "ladder-heldout-templates"
+    wordings = "heldout-templates"
+    layout = (f"none: always generated, synth.ladder_items(\"test\", limit or {DEFAULT_SIZE}, seed=0, "
+              "wordings=\"heldout-templates\")")
