@@ -59,9 +59,9 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
         processor.tokenizer.chat_template = profile.chat_template
     _set_response_template(processor)
     pixels = pixel_range(config)
-    if train_dataset is None and config.data == "synth":
+    if train_dataset is None and config.data in synth.WORLDS:
         train_dataset = grpo_env.prompt_dataset(processor.grid, config.train_items, seed=config.data_seed,
-                                                protocol=profile, pixel_range=pixels)
+                                                protocol=profile, pixel_range=pixels, world=config.data)
     elif train_dataset is None:
         train_dataset = grpo_env.disk_dataset(config.data, processor.grid, protocol=profile, pixel_range=pixels)
     rewards = VisionThinkRewards(
@@ -195,6 +195,6 @@ def _write_summary(output_dir: Path, trainer) -> None:
     last: dict[str, Any] = {}
     for record in trainer.state.log_history:
         last.update(record)
-    families = {f"resize_ratio/{name}": last.get(f"resize_ratio/{name}") for name in synth.FAMILIES}
+    families = {f"resize_ratio/{name}": last.get(f"resize_ratio/{name}") for name in synth.LADDER_FAMILIES}
     (output_dir / "summary.json").write_text(json.dumps({"last": last, "families": families}, indent=2))
     plot_resize_ratio(trainer.state.log_history, output_dir / "resize_ratio.png")

@@ -120,7 +120,8 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
                 "prompts and chat turns, for training from their checkpoints) or visionthink-zoom (the `zoom_image` "
                 "tool as well, docs/zoom.md)."})
     data: str = field(default="synth", metadata={
-        "help": "`synth` (the synthetic world's train split) or a `save_to_disk` folder with "
+        "help": "`synth` (the synthetic world's train split), `ladder` (the ladder world's, issue 27) or a "
+                "`save_to_disk` folder with "
                 "image/question/answer columns, e.g. the output of `visionthink data curate` (its `train` split)."})
     image_min_pixels: int | None = field(default=None, metadata={
         "help": "Training images with fewer pixels are scaled up to about this many before their views are made "

@@ -66,11 +66,13 @@ def prompt_row(item: synth.Item, grid: PixelGrid, protocol: str | ProtocolProfil
 
 
 def prompt_dataset(grid: PixelGrid, n: int, seed: int = 0, split: str = "train",
-                   protocol: str | ProtocolProfile | None = None, pixel_range: tuple[int, int] | None = None):
-    """The first `n` items of a synthetic split as TRL prompt rows (`datasets.Dataset`, images stored as PNG)."""
+                   protocol: str | ProtocolProfile | None = None, pixel_range: tuple[int, int] | None = None,
+                   world: str = "synth"):
+    """The first `n` items of a split of a generated world (`synth.WORLDS`) as TRL prompt rows (`datasets.Dataset`,
+    images stored as PNG)."""
     import datasets
 
-    items = synth.split_items(split, n, seed=seed)
+    items = synth.WORLDS[world](split, n, seed=seed)
     return datasets.Dataset.from_list([prompt_row(item, grid, protocol, pixel_range) for item in items])
 
 

@@ -28,7 +28,7 @@ def plot_resize_ratio(log_history: list[dict[str, Any]], path: Path, window: int
     except ImportError:
         return None
     figure, axes = plt.subplots(figsize=(6, 3.5))
-    for name in (*synth.FAMILIES, None):
+    for name in (*synth.LADDER_FAMILIES, None):
         key = f"resize_ratio/{name}" if name else "resize_ratio"
         points = [(r["step"], float(r[key])) for r in log_history if key in r and "step" in r]
         if points:

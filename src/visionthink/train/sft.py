@@ -26,19 +26,21 @@ from visionthink.data import synth
 from visionthink.errors import VisionThinkError
 from visionthink.images import make_views
 from visionthink.models import TinyModelConfig, build_tiny_model, build_tiny_tokenizer, load_model
-from visionthink.profiles import VISIONTHINK_ZOOM, declare_profile, get_profile
+from visionthink.profiles import declare_profile, get_profile
 from visionthink.recipes import to_dict
 from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
 from visionthink.train import newest_checkpoint
 from visionthink.train.sft_data import (
     AUX_HEADS,
     GROUNDING_CLASSES,
+    ZOOM_PROFILE,
     box_position,
     conversation,
     decision_position,
     direct_answer_logits,
     mask_first_turn,
     sample_example,
+    sample_ladder_example,
     tokenizer_corpus,
     zoom_conversation,
 )
@@ -111,6 +113,14 @@ class SFTConfig:
     """With `zoom_fraction` > 0: the share of low-res label questions that call a tool (None: `resize_fraction`).
     Small and large labels alike, so it says nothing about when a call is needed; more calls give the box more
     examples."""
+    world: str = "synth"
+    """`synth`: the world of the shipped models (`sample_example`). `ladder`: the ladder world's four families in
+    the `visionthink-zoom` profile (`sft_data.sample_ladder_example`, issue 27), with `right_action_fraction`,
+    `perception_fraction`, `grounding_fraction` and `full_res_fraction`; validation then reads the ladder's
+    families."""
+    right_action_fraction: float = 0.0
+    """With `world: ladder`: the share of low-res starts that take the family's right action; the rest take an
+    action at random."""
     vocab_size: int = 2048
     save_every: int = 200
     eval_every: int = 200
@@ -213,8 +223,6 @@ def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: st
     return {family: sum(v) / len(v) for family, v in sorted(hits.items())}
 
 
-ZOOM_PROFILE = VISIONTHINK_ZOOM.name
-"""The profile of `zoom_fraction` > 0 conversations (`sample_zoom_example`)."""
 
 STATE_FILE = "trainer_state.pt"
 """Step, optimizer and heads of an SFT checkpoint; written last, so its presence marks a complete save."""
@@ -271,7 +279,11 @@ def train_sft(config: SFTConfig) -> Path:
     tool_call_id = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
     digit_ids = processor.tokenizer.convert_tokens_to_ids([str(d) for d in range(10)])
     decision_ids = processor.tokenizer.convert_tokens_to_ids(["<answer>", "<tool_call>"])
-    validation = {wording: synth.split_items("validation", config.eval_items, seed=config.seed, wordings=wording)
+    ladder = config.world == "ladder"
+    if config.world not in synth.WORLDS:
+        raise VisionThinkError(f"unknown world {config.world!r}; expected one of {', '.join(synth.WORLDS)}")
+    validation = {wording: synth.WORLDS[config.world]("validation", config.eval_items, seed=config.seed,
+                                                      wordings=wording)
                   for wording in synth.WORDING_SETS}
     grid = processor.grid
     log = (output_dir / "log.jsonl").open("a")
@@ -280,10 +292,15 @@ def train_sft(config: SFTConfig) -> Path:
     began = time.time()
     for step in progress:
         rng = np.random.default_rng([config.seed, 9173, step])
-        examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,
-                                   config.perception_only, config.zoom_fraction, config.label_call_fraction,
-                                   config.grounding_fraction, config.perception_fraction)
-                    for _ in range(config.batch_size)]
+        if ladder:
+            examples = [sample_ladder_example(rng, grid, config.full_res_fraction, config.right_action_fraction,
+                                              config.perception_fraction, config.grounding_fraction)
+                        for _ in range(config.batch_size)]
+        else:
+            examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,
+                                       config.perception_only, config.zoom_fraction, config.label_call_fraction,
+                                       config.grounding_fraction, config.perception_fraction)
+                        for _ in range(config.batch_size)]
         encoded = [encode_for_training(processor, e.messages, e.with_tools, protocol=e.protocol) for e in examples]
         if teach_legibility:  # before the mask below, which can hide the first turn's choice
             positions = torch.tensor([decision_position(e["labels"][0], decision_ids) for e in encoded])
@@ -331,9 +348,13 @@ def train_sft(config: SFTConfig) -> Path:
                   "lr": learning_rate(config, step), "elapsed_s": round(time.time() - began, 1), **extra}
         done = step + 1 == last
         if (step + 1) % config.eval_every == 0 or done:
-            for name, start_view in (("train", "high"), ("train", "low"), ("heldout", "low")):
-                prefix_name = "val" if name == "train" else "val_heldout"
-                for family, accuracy in teacher_forced_accuracy(model, processor, validation[name], start_view).items():
+            checks = (("train", "high"), ("train", "low"), ("heldout", "low"))
+            if ladder:
+                checks = (("train", "high"), ("heldout", "high"), ("heldout-templates", "high"))
+            for name, start_view in checks:
+                prefix_name = {"train": "val", "heldout": "val_heldout", "heldout-templates": "val_templates"}[name]
+                for family, accuracy in teacher_forced_accuracy(model, processor, validation[name], start_view,
+                                                                ZOOM_PROFILE if ladder else None).items():
                     record[f"{prefix_name}/{start_view}/{family}"] = accuracy
             if config.zoom_fraction > 0 and not config.perception_only:  # the prompts the zoom modes run on
                 for family, accuracy in teacher_forced_accuracy(model, processor, validation["heldout"], "low",
@@ -353,7 +374,7 @@ def train_sft(config: SFTConfig) -> Path:
     shutil.rmtree(final, ignore_errors=True)
     model.save_pretrained(final)
     processor.save_pretrained(final)
-    declare_profile(final, ZOOM_PROFILE if config.zoom_fraction > 0 else None)
+    declare_profile(final, ZOOM_PROFILE if config.zoom_fraction > 0 or ladder else None)
     if config.export_dir:
         export = Path(config.export_dir)
         shutil.rmtree(export, ignore_errors=True)

@@ -21,11 +21,15 @@ from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
 from visionthink.tools import RESIZE, ZOOM
 from visionthink.tools.zoom import oracle_box
 
+ZOOM_PROFILE = VISIONTHINK_ZOOM.name
+"""The profile of the zoom and ladder conversations."""
+
 THINK = {
     "colour": "Find the largest shape and its colour.",
     "shape": "Find the largest shape and its kind.",
     "count": "Count the shapes.",
     "pattern": "Read the pattern on the label.",
+    "majority": "Read the patterns on the labels.",
 }
 """The short reasoning the tiny model is taught for each question type."""
 
@@ -58,7 +62,7 @@ def tokenizer_corpus(repeats: int = 20) -> list[str]:
     no_images = SimpleNamespace(low=None, high=None)
     answers = {
         "colour": list(synth.COLOURS), "shape": list(synth.SHAPES), "count": ["1", "2", "3"],
-        "pattern": list(synth.PATTERNS),
+        "pattern": list(synth.PATTERNS), "majority": list(synth.PATTERNS),
     }
     conversations = [
         conversation(question, answer, no_images, "low", resize)
@@ -157,10 +161,13 @@ def aux_targets(scene: synth.Scene, view_size: tuple[int, int], grid: PixelGrid)
     pattern = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
     legible = torch.full((n,), IGNORE_INDEX, dtype=torch.long)
     readable = pattern_legible(scene.label_size, width >= scene.image.width)
-    tokens = label_tokens(scene.label_box, scale, grid.factor, cols, rows)
-    legible[tokens] = int(readable)
-    if readable:
-        pattern[tokens] = synth.PATTERNS.index(scene.pattern)
+    for label_pattern, (x1, y1, x2, y2) in scene.all_labels:
+        if x2 * scale <= 0 or y2 * scale <= 0 or x1 * scale >= width or y1 * scale >= height:
+            continue  # outside this view (a crop)
+        tokens = label_tokens((x1, y1, x2, y2), scale, grid.factor, cols, rows)
+        legible[tokens] = int(readable)
+        if readable:
+            pattern[tokens] = synth.PATTERNS.index(label_pattern)
     return {"count": count.clamp(max=3), "shape": shape, "colour": colour, "largest": largest, "pattern": pattern,
             "legible": legible, **grounding_targets(scene.label_box, scale, grid.factor, cols, rows)}
 
@@ -268,8 +275,9 @@ def region_aux_targets(scene: synth.Scene, region: tuple[int, int, int, int], gr
     left, top, right, bottom = region
     inside = [shape for shape in scene.shapes if left <= shape.cx < right and top <= shape.cy < bottom]
     x1, y1, x2, y2 = scene.label_box
+    labels = [(pattern, (a - left, b - top, c - left, d - top)) for pattern, (a, b, c, d) in scene.labels]
     crop = replace(scene, shapes=[replace(s, cx=s.cx - left, cy=s.cy - top) for s in inside],
-                   label_box=(x1 - left, y1 - top, x2 - left, y2 - top), image=scene.image.crop(region))
+                   label_box=(x1 - left, y1 - top, x2 - left, y2 - top), image=scene.image.crop(region), labels=labels)
     index = next((i for i, shape in enumerate(inside) if shape is scene.largest), None)
     return aux_targets(_WithLargest(crop, None if index is None else crop.shapes[index]), crop.image.size, grid)
 
@@ -369,3 +377,55 @@ def direct_answer_logits(model, processor, conversations: list[list[protocol.Mes
     logits = model(**batch).logits[:, :-1].float()
     tool_call = processor.tokenizer.convert_tokens_to_ids("<tool_call>")
     return logits.index_fill(-1, torch.tensor([tool_call], device=device), float("-inf")), labels[:, 1:]
+
+
+LADDER_ACTIONS = {"coarse": ("answer", "resize"), "fine_large": ("answer", "zoom", "resize"),
+                  "fine_small": ("answer", "zoom", "resize"), "fine_spread": ("answer", "zoom", "resize")}
+"""The first-turn actions a ladder conversation may take per family (a coarse question has no box to zoom on)."""
+_CALLS = {"answer": "none", "zoom": "zoom", "resize": "resize"}
+
+
+def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fraction: float,
+                          right_action_fraction: float, perception_fraction: float = 0.0,
+                          grounding_fraction: float = 0.0) -> Example:
+    """A conversation of the ladder world (`synth.ladder_items`' four families, equally often) in the
+    `visionthink-zoom` profile. A low-res start takes the family's right action (`synth.RIGHT_ACTION`) with
+    probability `right_action_fraction`, else one of `LADDER_ACTIONS` at random: a soft warm start that GRPO
+    sharpens. A zoom aims at the (first) label's true box. Of all examples, a `grounding_fraction` share about a
+    label is the short form of the zoom call, a `perception_fraction` share the short form of a direct answer on a
+    view that shows it."""
+    family = synth.LADDER_TRAIN_MIX[int(rng.integers(len(synth.LADDER_TRAIN_MIX)))]
+    scene, question_type = synth.scene_for(rng, family)
+    views = make_views(scene.image, grid)
+    answer = synth.answer_for(scene, question_type)
+    question = synth.pick_wording(rng, question_type, "train")
+    think = think_for(question, question_type)
+    form = rng.random()
+    if form < grounding_fraction and question_type == "pattern":
+        call = VISIONTHINK_ZOOM.call_text(think, ZOOM.name, {"box": label_zoom_box(scene, views)})
+        messages = [{"role": "user", "content": [protocol.image_part(views.low), protocol.text_part(question)]},
+                    protocol.assistant_turn(call)]
+        return Example(messages, [aux_targets(scene, views.low.size, grid)], family, "low", False,
+                       pattern_legible(scene.label_size, False), with_tools=False, protocol=ZOOM_PROFILE, zoomed=True)
+    start: Start = "high" if rng.random() < full_res_fraction else "low"
+    if form < grounding_fraction + perception_fraction:
+        start = "high" if synth.RIGHT_ACTION[family] != "answer" else start
+        image = views.high if start == "high" else views.low
+        messages = perception_conversation(question, answer, image, question_type)
+        return Example(messages, [aux_targets(scene, image.size, grid)], family, start, False, True, False)
+    action = "answer"
+    if start == "low":
+        right = rng.random() < right_action_fraction
+        options = LADDER_ACTIONS[family]
+        action = synth.RIGHT_ACTION[family] if right else str(options[int(rng.integers(len(options)))])
+    call = _CALLS[action]
+    box = label_zoom_box(scene, views) if call == "zoom" else None
+    messages = zoom_conversation(question, answer, views, start, call, grid, question_type, box)
+    aux = [aux_targets(scene, (views.low if start == "low" else views.high).size, grid)]
+    if call == "resize":
+        aux.append(aux_targets(scene, views.high.size, grid))
+    elif call == "zoom":
+        aux.append(region_aux_targets(scene, zoom_region(box, views, grid), grid))
+    legible = start == "high" or synth.RIGHT_ACTION[family] == "answer"
+    return Example(messages, aux, family, start, call == "resize", legible, protocol=ZOOM_PROFILE,
+                   zoomed=call == "zoom")
