@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
+from conftest import REPO  # tests/ is on sys.path
 from PIL import Image
-from test_serve import png  # tests/ is on sys.path
+from test_serve import png
 
 from visionthink import protocol
 from visionthink.cli import EXIT_NO_ANSWER, build_parser, main
@@ -121,70 +123,49 @@ def test_device_and_dtype_reach_the_model(item_png, shipped_model_dir, loads, ca
             for dtype, device, _, model in loads] == [("bfloat16", "cpu", torch.bfloat16, "cpu", "eager")]
     assert not any(key.startswith("VISIONTHINK_D") for key in os.environ)
 
-def demo_tables(stdout: str) -> list[list[dict[str, str]]]:
-    """The demo's two tables (train, then held-out wordings), each a list of rows {column: cell}."""
-    lines = stdout.splitlines()
-    train, heldout = lines.index("train wordings"), lines.index("held-out wordings (never trained)")
-    assert train < heldout
-    tables = []
-    for block in (lines[train:heldout], lines[heldout:]):
-        table = [[cell.strip() for cell in line.strip().strip("|").split("|")]
-                 for line in block if line.startswith("|")]
-        header, rows = table[0], table[2:]
-        tables.append([dict(zip(header, row, strict=True)) for row in rows])
-    return tables
+def demo_tables(stdout: str) -> dict[str, list[dict[str, str]]]:
+    """The demo's tables, one per wording set in the order printed: {bench: rows {column: cell}}."""
+    tables: dict[str, list[dict[str, str]]] = {}
+    bench = None
+    for line in stdout.splitlines():
+        if re.fullmatch(r"[a-z-]+: .+", line) and not line.startswith("report:"):
+            bench, tables[line.split(":")[0]] = line.split(":")[0], []
+        elif line.startswith("|") and bench is not None:
+            tables[bench].append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return {name: [dict(zip(rows[0], row, strict=True)) for row in rows[2:]] for name, rows in tables.items()}
 
 
 @pytest.mark.slow
-def test_demo_prints_all_modes_for_both_wording_sets(shipped_model_dir, tmp_path):
-    result = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir), "--zoom-model", str(tmp_path / "no"))
+def test_demo_prints_the_papers_modes_for_a_resize_model(shipped_model_dir, tmp_path):
+    reports = tmp_path / "reports"
+    result = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir), "--out", str(reports))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("9 held-out synthetic test items")
-    assert lines[1] == (f"zoom rows skipped: no zoom-trained model at {tmp_path / 'no'} (give --zoom-model PATH, or "
-                        "--zoom-model none to leave them out)")
-    for table in demo_tables(result.stdout):
+    assert lines[0].startswith("9 held-out synthetic test items (seed 0), each asked in 2 wording sets")
+    tables = demo_tables(result.stdout)
+    assert list(tables) == ["synth", "synth-heldout"]
+    summary = json.loads((reports / "summary.json").read_text())  # the tables print eval's scores
+    for bench, table in tables.items():
         assert [row["mode"] for row in table] == ["full", "low", "visionthink", "oracle"]
-        assert not any(column.startswith("zoom") for column in table[0])
-    reports = tmp_path / "reports"
-    off = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir), "--zoom-model", "none", "--out",
-                      str(reports))
-    assert off.returncode == 0, off.stderr
-    assert not any("zoom" in line for line in off.stdout.splitlines())
-    assert untimed(off.stdout) == untimed(result.stdout)  # no zoom model: the demo's output as before
-    assert off.stdout.splitlines()[-1] == f"report: {reports / 'model' / 'report.md'}"
-    summary = json.loads((reports / "model" / "summary.json").read_text())  # the tables print eval's scores
-    for bench, table in zip(("synth", "synth-heldout"), demo_tables(off.stdout), strict=True):
         assert [row["acc all"] for row in table] == [f"{100 * summary[bench][row['mode']]['score']:.1f}%"
                                                      for row in table]
-
-
-def untimed(stdout: str) -> list[dict[str, str]]:
-    """Every row of the demo's tables without its time cells (they differ from run to run)."""
-    return [{k: v for k, v in row.items() if "s/item" not in k and k != "seconds"}
-            for table in demo_tables(stdout) for row in table]
+        assert table[3]["zoom/resize fine_small"] == "0% / 100%" and table[3]["right action"].endswith("%")
+    assert lines[-1] == f"report: {reports / 'report.md'}"
 
 
 @pytest.mark.slow
-def test_demo_adds_the_zoom_rows_run_on_the_zoom_model(shipped_model_dir):
-    """The shipped model stands in for a zoom-trained one: it was never trained to zoom, so `zoom` rarely does,
-    but `oracle-zoom` zooms on the true label of every small-label item and nowhere else."""
-    plain = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir), "--zoom-model", "none")
-    result = visionthink("demo", "--n", "9", "--model", str(shipped_model_dir), "--zoom-model", str(shipped_model_dir))
+def test_demo_prints_the_ladder_rows_for_a_model_that_can_zoom():
+    """The oracle takes every item's right action: zoom on small labels, resize on spread ones, else answer."""
+    result = visionthink("demo", "--n", "12", "--model", str(REPO / "checkpoints" / "tiny-synth-zoom"))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[1] == (f"zoom rows (zoom; oracle-zoom on the true label box): model "
-                                             f"{shipped_model_dir}, protocol visionthink-zoom")
-    for table, before in zip(demo_tables(result.stdout), demo_tables(plain.stdout), strict=True):
-        assert [row["mode"] for row in table] == ["full", "low", "visionthink", "oracle", "zoom", "oracle-zoom"]
-        for row, old in zip(table[:4], before, strict=True):  # the paper's four rows: the same figures, no zoom share
-            assert {k: row[k] for k in ("acc all", "visual tokens", "% full-res", "resize fine_small")} == \
-                {k: old[k] for k in ("acc all", "visual tokens", "% full-res", "resize fine_small")}
-            assert row["zoom coarse"] == row["zoom fine_small"] == row["zoom fine_large"] == "-"
-        oracle_zoom = table[5]
-        assert oracle_zoom["zoom fine_small"] == "100.0%"
-        assert oracle_zoom["zoom coarse"] == oracle_zoom["zoom fine_large"] == "0.0%"
-        assert float(oracle_zoom["% full-res"].rstrip("%")) < float(table[3]["% full-res"].rstrip("%"))
-        assert table[4]["zoom fine_small"].endswith("%")
+    tables = demo_tables(result.stdout)
+    assert list(tables) == ["ladder", "ladder-heldout", "ladder-heldout-templates"]
+    for table in tables.values():
+        assert [row["mode"] for row in table] == ["full", "low", "zoom (ladder)", "oracle-ladder"]
+        oracle = table[3]
+        assert oracle["right action"] == "100.0%"
+        assert (oracle["zoom/resize fine_small"], oracle["zoom/resize fine_spread"]) == ("100% / 0%", "0% / 100%")
+        assert oracle["zoom/resize coarse"] == oracle["zoom/resize fine_large"] == "0% / 0%"
 
 
 @pytest.mark.slow

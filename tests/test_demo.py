@@ -1,5 +1,6 @@
-"""`visionthink demo` without a model: `run_demo` runs `run_eval` on both synthetic benches (the zoom modes on the
-zoom model), and its tables and timing line are made from eval's summary and records."""
+"""`visionthink demo` without a model: `run_demo` runs `run_eval` on the benches and modes of the model's plan (the
+ladder world for a model that can zoom, the paper's modes for a resize-only one), and its tables and timing line are
+made from eval's summary and records."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from visionthink.engines import factory
 from visionthink.errors import VisionThinkError
 from visionthink.eval.benchmarks.synth import Synth
 from visionthink.eval.summary import mode_metrics
-from visionthink.eval.synth_run import BENCH_TITLES, ZOOM_PROTOCOL, format_table, run_demo, timing_line
+from visionthink.eval.synth_run import LADDER_PLAN, PAPER_PLAN, demo_plan, format_table, run_demo, timing_line
 from visionthink.grading import grade_answer
 from visionthink.modes import PAPER_MODES
+from visionthink.profiles import declare_profile
 
 
 class VerticalEngine:
@@ -50,42 +52,50 @@ def table_rows(table: str) -> dict[str, dict[str, str]]:
     return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
 
 
-def test_demo_runs_eval_on_both_benches_with_the_zoom_modes_on_the_zoom_model(tmp_path, engines):
-    n = 6
-    result = run_demo(tmp_path / "out", n, "main-model", "zoom-model", batch_size=4, progress=False)
-    assert [(e.model, e.protocol_name) for e in engines] == [("main-model", "visionthink"),
-                                                             ("zoom-model", ZOOM_PROTOCOL)]
-    assert engines[0].asked == {mode: 2 * n for mode in PAPER_MODES}  # both benches
-    assert engines[1].asked == {"zoom": 2 * n, "oracle-zoom": 2 * n}
-    assert [report.parent.name for report in result.reports] == ["model", "zoom-model"]
-    assert all(report.is_file() for report in result.reports)
-    for bench, wordings in zip(BENCH_TITLES, ("train", "heldout"), strict=True):
-        items = synth.split_items("test", n, wordings=wordings)
+def test_demo_runs_the_ladder_world_on_a_model_that_can_zoom(tmp_path, engines):
+    n = 12
+    model = tmp_path / "ladder-model"
+    model.mkdir()
+    declare_profile(model, "visionthink-zoom")
+    assert demo_plan(str(model)) is LADDER_PLAN
+    result = run_demo(tmp_path / "out", n, str(model), batch_size=4, progress=False)
+    # every mode on the model's own profile: full and low never call, zoom and the oracle offer both tools
+    assert [(e.model, e.protocol_name) for e in engines] == [(str(model), "visionthink-zoom")]
+    assert engines[0].asked == {mode: 3 * n for mode in LADDER_PLAN.modes}  # three wording sets
+    assert result.report.is_file() and result.plan is LADDER_PLAN
+    for bench, wordings in zip(LADDER_PLAN.benches, ("train", "heldout", "heldout-templates"), strict=True):
+        items = synth.ladder_items("test", n, wordings=wordings)
         right = [grade_answer(item.answer, "vertical", item.question)[0] for item in items]  # the bench's own grade
         rows = table_rows(format_table(result.summary[bench]))
-        assert list(rows) == [*PAPER_MODES, "zoom", "oracle-zoom"]
-        assert sum(right) == 2 and rows["full"]["acc all"] == "33.3%"  # the two fine_small items
-        assert rows["zoom"]["acc fine_small"] == "100.0%" and rows["zoom"]["acc coarse"] == "0.0%"
+        assert list(rows) == ["full", "low", "zoom (ladder)", "oracle-ladder"]
+        assert rows["full"]["acc all"] == f"{100 * sum(right) / n:.1f}%"
         assert rows["low"]["acc all"] == "0.0%" and rows["low"]["no answer"] == str(n)
         assert rows["full"]["% full-res"] == "100.0%" and rows["low"]["% full-res"] == "25.0%"
-        assert rows["full"]["zoom coarse"] == "-" and rows["zoom"]["zoom coarse"] == "0.0%"  # it never zoomed
+        assert rows["full"]["zoom/resize fine_spread"] == "0% / 0%"  # no call was made
+        # every episode answered at once: right for the coarse and large-label items (9 of the mix's 12)
+        assert rows["zoom (ladder)"]["right action"] == "75.0%"
         assert rows["full"]["p50 s/item"] == "-"  # batches of 4: no per-item percentiles
-        assert len(result.records[bench]) == 6 * n
+        assert len(result.records[bench]) == 4 * n
         line = timing_line(result.records[bench])
         assert "(up to 4 items per batch)" in line and "wall time per batch: p50" in line
 
 
-def test_demo_without_a_zoom_model_runs_the_papers_modes_only(tmp_path, engines):
-    result = run_demo(tmp_path / "out", 3, None, None, batch_size=4, progress=False)
-    assert len(engines) == 1 and engines[0].model is None
-    assert all(list(result.summary[bench]) == list(PAPER_MODES) for bench in BENCH_TITLES)
-    assert "zoom coarse" not in format_table(result.summary["synth"]).splitlines()[0]
+def test_demo_on_a_resize_only_model_runs_the_papers_modes(tmp_path, engines):
+    model = tmp_path / "resize-model"
+    model.mkdir()
+    declare_profile(model, "visionthink")
+    assert demo_plan(str(model)) is PAPER_PLAN
+    result = run_demo(tmp_path / "out", 3, str(model), batch_size=4, progress=False)
+    assert len(engines) == 1 and engines[0].protocol_name == "visionthink"
+    assert all(list(result.summary[bench]) == list(PAPER_MODES) for bench in PAPER_PLAN.benches)
+    header = format_table(result.summary["synth"]).splitlines()[0]
+    assert "zoom/resize fine_small" in header and "fine_spread" not in header and "right action" in header
 
 
 def test_demo_refuses_a_report_folder_that_holds_files(tmp_path, engines):
     (tmp_path / "samples.jsonl").write_text("")
     with pytest.raises(VisionThinkError, match="not empty"):
-        run_demo(tmp_path, 3, None, None, batch_size=4, progress=False)
+        run_demo(tmp_path, 3, None, batch_size=4, progress=False)
     assert engines == []
 
 
@@ -100,7 +110,8 @@ def test_table_cells_come_from_eval_figures_measured_or_shared():
     rows = table_rows(format_table({"oracle": alone, "oracle-zoom": alone}))
     row = rows["oracle-zoom"]
     assert (row["acc coarse"], row["acc fine_small"], row["acc all"]) == ("0.0%", "100.0%", "66.7%")
-    assert (row["zoom coarse"], row["zoom fine_small"], rows["oracle"]["zoom fine_small"]) == ("0.0%", "100.0%", "-")
+    assert (row["zoom/resize coarse"], row["zoom/resize fine_small"]) == ("0% / 0%", "100% / 0%")
+    assert row["right action"] == "100.0%"  # the small label zoomed, the others answered
     assert (row["seconds"], row["s/item fine_large"], row["p50 s/item"]) == ("1.2", "0.600", "0.400")
     assert timing_line(records).startswith("per-item times measured")
     shared = [{**r, "batch_id": "one", "batch_size": 3, "batch_seconds": 0.9} for r in records]

@@ -19,8 +19,6 @@ ASK_EXIT_CODES = (
     "exit codes: 0 answered; 2 bad input (option value, image, model folder); "
     "3 the model gave no answer (malformed final turn: `error` in --json, else an `error: ...` line on stderr)"
 )
-DEMO_ZOOM_MODEL = "checkpoints/tiny-synth-zoom"
-"""`demo --zoom-model`'s default: the repository's zoom checkpoint (beside the shipped `checkpoints/tiny-synth`)."""
 PROTOCOLS = ("visionthink", "release", "visionthink-zoom")
 """`visionthink.profiles.NAMES`, written out so that parsing the command line imports nothing (a test compares)."""
 PROTOCOL_HELP = ("conversation format: visionthink (this project's), visionthink-zoom (with zoom_image) or release "
@@ -121,14 +119,14 @@ def _ask(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     image = load_image(args.image, max_input_pixels=args.max_input_pixels)
     from visionthink.engines.kv_decoder import SamplingConfig
-    from visionthink.modes import get_mode
+    from visionthink.modes import get_mode, own_mode
     from visionthink.profiles import declared_profile, get_profile, mode_profile
 
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens) if args.max_new_tokens else None
     model_profile = get_profile(args.protocol) if args.protocol else declared_profile(options.model)
-    mode = get_mode(args.mode)
-    engine = build_engine(options, sampling=sampling, protocol=mode_profile(model_profile, mode.name, mode.tools))
-    episode = engine.run([Request(image, args.question, tool_threshold=args.tool_threshold)], args.mode)[0]
+    mode = get_mode(args.mode or own_mode(model_profile))
+    engine = build_engine(options, sampling=sampling, protocol=mode_profile(model_profile, mode))
+    episode = engine.run([Request(image, args.question, tool_threshold=args.tool_threshold)], mode.name)[0]
     summary = episode.summary()
     result = {key: summary[key] for key in ("answer", "resized", "action", "visual_tokens", "full_res_visual_tokens",
                                             "p_tool", "tool_threshold", "turns", "error")}
@@ -180,41 +178,21 @@ def _demo(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from visionthink.eval.synth_run import BENCH_TITLES, format_table, run_demo, timing_line
+    from visionthink.eval.synth_run import demo_plan, format_table, run_demo, timing_line
 
-    print(f"{args.n} held-out synthetic test items (seed 0), each asked twice: in trained wordings and "
-          f"in held-out ones; greedy, model {args.model or 'shipped'}")
-    zoom_model, line = _demo_zoom_model(args)
-    if line:
-        print(line)
+    plan = demo_plan(args.model)
+    print(f"{args.n} held-out synthetic test items (seed 0), each asked in {len(plan.benches)} wording sets "
+          f"({', '.join(plan.benches)}); greedy, model {args.model or 'shipped'}")
     with tempfile.TemporaryDirectory(prefix="visionthink-demo-") as scratch:
-        result = run_demo(Path(args.out or scratch), args.n, args.model, zoom_model, args.batch_size,
-                          device=args.device, dtype=args.dtype)
-    for bench, title in BENCH_TITLES.items():
-        print(f"\n{title}\n")
+        result = run_demo(Path(args.out or scratch), args.n, args.model, args.batch_size, device=args.device,
+                          dtype=args.dtype, plan=plan)
+    for bench, title in plan.benches.items():
+        print(f"\n{bench}: {title}\n")
         print(format_table(result.summary[bench]))
         print(f"\n{timing_line(result.records[bench])}")
     if args.out:
-        print("\n" + "\n".join(f"report: {report}" for report in result.reports))
+        print(f"\nreport: {result.report}")
     return 0
-
-
-def _demo_zoom_model(args: argparse.Namespace) -> tuple[str | None, str]:
-    """(the folder of the model that runs the zoom rows or None, the line that says which model or why none)."""
-    from pathlib import Path
-
-    if args.zoom_model.lower() == "none":
-        return None, ""
-    from visionthink.eval.synth_run import ZOOM_PROTOCOL
-    from visionthink.models.loading import default_model_dir
-
-    shipped = args.zoom_model == DEMO_ZOOM_MODEL  # the repository's, wherever demo runs from
-    path = default_model_dir().parent / Path(DEMO_ZOOM_MODEL).name if shipped else Path(args.zoom_model)
-    if not (path / "config.json").is_file():
-        return None, (f"zoom rows skipped: no zoom-trained model at {args.zoom_model} (give --zoom-model PATH, or "
-                      "--zoom-model none to leave them out)")
-    return str(path), (f"zoom rows (zoom; oracle-zoom on the true label box): model {args.zoom_model}, "
-                       f"protocol {ZOOM_PROTOCOL}")
 
 
 def _model_init(args: argparse.Namespace) -> int:
@@ -444,8 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument("--model", default=None, help="model folder (default: the shipped tiny checkpoint)")
     asked = [mode for mode in MODES.values() if mode.calls != "oracle"]  # an arbitrary image has no label
-    ask.add_argument("--mode", default="visionthink", choices=[mode.name for mode in asked],
-                     help="; ".join(f"{mode.name}: {mode.help}" for mode in asked))
+    ask.add_argument("--mode", default=None, choices=[mode.name for mode in asked],
+                     help="; ".join(f"{mode.name}: {mode.help}" for mode in asked) + " (default: the model's own, "
+                     "zoom for a model whose protocol offers zoom_image, else visionthink)")
     ask.add_argument("--json", action="store_true", help="print one JSON object")
     ask.add_argument("--tool-threshold", type=tool_threshold, default=None, metavar="T", help=TOOL_THRESHOLD_HELP)
     ask.add_argument("--protocol", default=None, choices=PROTOCOLS, help=PROTOCOL_HELP)
@@ -458,18 +437,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_options(ask)
     ask.set_defaults(handler=_ask)
 
-    demo = commands.add_parser("demo", help="all four modes on held-out synthetic test items, in trained and in "
-                               "held-out question wordings (and zoom, oracle-zoom on a zoom-trained model)")
-    demo.add_argument("--model", default=None)
+    demo = commands.add_parser("demo", help="the shipped model on held-out synthetic test items in trained wordings "
+                               "and in held-out ones: full, low, the model's own choice (answer, zoom or resize) and "
+                               "the oracle (a resize-only model: the paper's four modes)")
+    demo.add_argument("--model", default=None, help="model folder (default: the shipped tiny checkpoint)")
     demo.add_argument("--n", type=positive_int, default=300,
-                      help="test items per wording set (the same items are asked in both)")
+                      help="test items per wording set (the same items are asked in each)")
     demo.add_argument("--batch-size", type=positive_int, default=32)
-    demo.add_argument("--zoom-model", default=DEMO_ZOOM_MODEL,
-                      help="a zoom-trained model: adds the rows zoom and oracle-zoom, run on it under the zoom "
-                      f"protocol (default {DEMO_ZOOM_MODEL}, skipped with a note when absent; none: leave them out)")
     demo.add_argument("--out", default=None, metavar="DIR",
-                      help="keep the reports (eval's, a folder per model) in DIR, new or empty (default: a temporary "
-                      "folder)")
+                      help="keep eval's report in DIR, new or empty (default: a temporary folder)")
     demo.set_defaults(handler=_demo)
 
     model = commands.add_parser("model", help="model folders").add_subparsers(dest="model_command", required=True)

@@ -87,6 +87,14 @@ PAPER_MODES = ("full", "low", "visionthink", "oracle")
 """The paper's modes (what `demo` and `eval` run by default)."""
 
 
+def own_mode(profile) -> str:
+    """The mode in which a model trained under `profile` decides with every tool it offers: `zoom` for
+    visionthink-zoom (answer, zoom or resize), `visionthink` for visionthink and release. What `ask` and a server
+    run when no mode is asked for."""
+    deciding = [mode for mode in MODES.values() if mode.decides and not profile.lacks(mode.tools)]
+    return max(deciding, key=lambda mode: len(mode.tools)).name
+
+
 def get_mode(name: str | Mode) -> Mode:
     """A mode by name (a mode passes through); a ValueError naming the choices for another."""
     if isinstance(name, Mode):

@@ -402,10 +402,13 @@ def missing_tools_error(mode_name: str, mode_tools: tuple[str, ...], profile: Pr
             f"does not offer (a model trained with it declares it in its {DECLARATION_FILE})")
 
 
-def mode_profile(profile: ProtocolProfile, mode_name: str, mode_tools: tuple[str, ...]) -> ProtocolProfile:
-    """The profile a mode runs on for a model trained under `profile`: it restricted to the mode's tools; a
-    VisionThinkError with the one-line refusal (`missing_tools_error`) when it lacks one."""
-    error = missing_tools_error(mode_name, mode_tools, profile)
+def mode_profile(profile: ProtocolProfile, mode) -> ProtocolProfile:
+    """The profile a mode (`modes.Mode`) runs on for a model trained under `profile`: `profile` itself for a mode that
+    never calls (full, low: the prompts the model was trained on, calls banned), else `profile` restricted to the
+    mode's tools; a VisionThinkError with the one-line refusal (`missing_tools_error`) when it lacks one."""
+    if mode.calls == "never":
+        return profile
+    error = missing_tools_error(mode.name, mode.tools, profile)
     if error is not None:
         raise VisionThinkError(error)
-    return with_tools(profile, mode_tools)
+    return with_tools(profile, mode.tools)

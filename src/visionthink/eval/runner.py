@@ -365,7 +365,7 @@ class _Engines:
         from visionthink.modes import get_mode
         from visionthink.profiles import mode_profile
 
-        return mode_profile(self.model_profile, mode, get_mode(mode).tools)
+        return mode_profile(self.model_profile, get_mode(mode))
 
     def for_mode(self, mode: str):
         """The engine whose profile offers exactly the mode's tools (`profiles.with_tools`), on the same weights."""

@@ -224,7 +224,7 @@ def chat_request(request: ChatCompletionRequest, config: ServeConfig, default_sa
                        f"{config.model_name!r}", "model_not_found", param="model")
     _refuse_unsupported(request)
     tools = [tool.model_dump(exclude_unset=True) for tool in request.tools] if request.tools else None
-    mode = request.visionthink_mode or ("raw" if tools else "visionthink")
+    mode = request.visionthink_mode or ("raw" if tools else config.default_mode or "visionthink")
     if mode in MODES and MODES[mode].calls == "oracle":
         raise ApiError(400, f"visionthink_mode {mode!r} is not served: an oracle needs the true answer (whether the "
                        "item needs high resolution, where the answer is), which a request does not carry; served "

@@ -18,11 +18,12 @@ from typing import Any
 from visionthink.errors import VisionThinkError
 
 
-def ask_server(url: str, image_path: str, question: str, mode: str = "visionthink", api_key: str | None = None,
+def ask_server(url: str, image_path: str, question: str, mode: str | None = None, api_key: str | None = None,
                max_new_tokens: int | None = None, timeout: float = 300.0,
                tool_threshold: float | None = None) -> dict[str, Any]:
     """The server's episode for one image and question, as `ask --json` prints a local one (`seconds` excepted).
-    `tool_threshold` is sent as the request's `visionthink_tool_threshold` (None: the server's default)."""
+    `mode` is sent as `visionthink_mode` (None: the server's default, the served model's own mode); `tool_threshold`
+    as `visionthink_tool_threshold` (None: the server's default)."""
     try:
         data = Path(image_path).read_bytes()
     except OSError as error:
@@ -31,7 +32,9 @@ def ask_server(url: str, image_path: str, question: str, mode: str = "visionthin
     media = media if media.startswith("image/") else "image/png"  # the server decodes whatever the bytes are
     content = [{"type": "image_url", "image_url": {"url": f"data:{media};base64,{base64.b64encode(data).decode()}"}},
                {"type": "text", "text": question}]
-    body: dict[str, Any] = {"messages": [{"role": "user", "content": content}], "visionthink_mode": mode}
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": content}]}
+    if mode is not None:
+        body["visionthink_mode"] = mode
     if max_new_tokens is not None:
         body["max_tokens"] = max_new_tokens
     if tool_threshold is not None:

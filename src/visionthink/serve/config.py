@@ -76,6 +76,9 @@ class ServeConfig:
     Host headers are refused, so that a DNS-rebinding page cannot reach a keyless server through a browser."""
     keep_alive_timeout: float = 5.0
     """Seconds an idle keep-alive connection stays open."""
+    default_mode: str | None = None
+    """The mode of a request that names none (`visionthink_mode`) and offers no tools; None: the served model's own
+    (`modes.own_mode`: zoom for a model that can zoom, else visionthink)."""
     tool_threshold: float | None = None
     """The tool threshold of a request that names none (`visionthink_tool_threshold`): in [0, 1], the model calls its
     tool when its P(tool) at the first-turn decision is at least this; None keeps the greedy decision. Only the

@@ -12,6 +12,7 @@ import re
 import threading
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 
 from PIL import Image
 
@@ -23,7 +24,7 @@ from visionthink.engines.transformers_engine import Request as EngineRequest
 from visionthink.engines.transformers_engine import TransformersEngine
 from visionthink.errors import VisionThinkError
 from visionthink.images import ALLOWED_FORMATS, check_encoded, load_image_within, make_views
-from visionthink.modes import MODES
+from visionthink.modes import MODES, own_mode
 from visionthink.profiles import ProtocolProfile, get_profile, missing_tools_error
 from visionthink.serve.batcher import Batcher
 from visionthink.serve.checks import ChatRequest, SpecialTokens, chat_request, check_structure, check_unicode
@@ -98,6 +99,8 @@ class ChatService:
         self.grid = engine.processor.grid
         self.default_sampling = default_sampling
         self.batcher = batcher
+        if config.default_mode is None:
+            config = replace(config, default_mode=own_mode(get_profile(getattr(engine, "protocol", None))))
         self.config = config
         context = context if context is not None else context_length(engine.model.config)
         self.budget = TokenBudget(engine.processor, context, getattr(engine, "protocol", None))

@@ -7,8 +7,9 @@ model raises `Abandoned` from the worker thread only). A request with a `seed` r
 batch of its own with a generator seeded for it, so the same seed gives the same reply
 whatever else is being served.
 
-A group runs on the served engine whose profile offers its mode's tools, restricted to exactly those tools
-(`profiles.with_tools`; an engine on the same weights under that profile is built on first use).
+A group runs on the served engine whose profile offers its mode's tools, restricted to exactly those tools (a mode
+that never calls: the served model's own profile; `profiles.mode_profile`; an engine on the same weights under that
+profile is built on first use).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from visionthink.engines.kv_decoder import KVDecoder, SamplingConfig
 from visionthink.engines.transformers_engine import Request, TransformersEngine
 from visionthink.modes import MODES
 from visionthink.pixels import per_image
-from visionthink.profiles import ProtocolProfile, missing_tools_error, with_tools
+from visionthink.profiles import ProtocolProfile, missing_tools_error, mode_profile
 from visionthink.serve.batcher import Abandon, Abandoned
 from visionthink.serve.checks import BatchKey
 from visionthink.tokens import visual_tokens
@@ -75,16 +76,20 @@ class ModelWorker:
         """The first given engine whose profile offers the tools of mode `kind`."""
         return next((served for served in self.served if not served.protocol.lacks(MODES[kind].tools)), None)
 
+    def _base(self, kind: str) -> TransformersEngine | None:
+        """The served model for a mode that never calls, else the first engine that offers the mode's tools."""
+        return self.engine if MODES[kind].calls == "never" else self._offering(kind)
+
     def profile_for(self, kind: str) -> ProtocolProfile | None:
-        """The profile mode `kind` runs on: the offering engine's, restricted to the mode's tools (None: no given
-        engine offers them)."""
-        base = self._offering(kind)
-        return None if base is None else with_tools(base.protocol, MODES[kind].tools)
+        """The profile mode `kind` runs on (`profiles.mode_profile` of the base engine's; None: no given engine
+        offers the mode's tools)."""
+        base = self._base(kind)
+        return None if base is None else mode_profile(base.protocol, MODES[kind])
 
     def engine_for(self, kind: str) -> TransformersEngine:
         """The engine a VisionThink batch of mode `kind` runs on, under `profile_for(kind)` (built once, on the
-        offering engine's weights); a ValueError when no given engine offers the mode's tools."""
-        base, wanted = self._offering(kind), self.profile_for(kind)
+        base engine's weights); a ValueError when no given engine offers the mode's tools."""
+        base, wanted = self._base(kind), self.profile_for(kind)
         if base is None:
             raise ValueError(missing_tools_error(kind, MODES[kind].tools, self.engine.protocol))
         if wanted.name not in self._by_profile:
