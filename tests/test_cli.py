@@ -394,14 +394,15 @@ def test_engine_options_are_checked_before_any_work(item_png, capsys, argv, says
     assert capsys.readouterr().err.strip().startswith(f"error: {says}")
 
 
-def test_eval_on_the_remote_engine_equals_the_local_eval(shipped_model, tmp_path, capsys):
+def test_eval_on_the_remote_engine_equals_the_local_eval(shipped_model, shipped_model_dir, tmp_path, capsys):
     """`eval --engine remote` against a real server on loopback: the same answers, resizes and tokens."""
     from test_serve import serving  # tests/ is on sys.path
 
     from visionthink.engines.transformers_engine import TransformersEngine
     from visionthink.serve.app import ServeConfig
 
-    local = ["eval", "--bench", "synth", "--modes", "low,visionthink", "--limit", "12", "--json", "--no-progress"]
+    local = ["eval", "--bench", "synth", "--modes", "low,visionthink", "--limit", "12", "--json", "--no-progress",
+             "--model", str(shipped_model_dir)]
     assert main([*local, "--out", str(tmp_path / "local")]) == 0
     want = json.loads(capsys.readouterr().out)
     with serving(TransformersEngine(*shipped_model), ServeConfig(model_name="tiny", max_batch=8)) as server:

@@ -350,7 +350,7 @@ def train_sft(config: SFTConfig) -> Path:
         if (step + 1) % config.eval_every == 0 or done:
             checks = (("train", "high"), ("train", "low"), ("heldout", "low"))
             if ladder:
-                checks = (("train", "high"), ("heldout", "high"), ("heldout-templates", "high"))
+                checks = (("train", "high"), ("train", "low"), ("heldout", "high"), ("heldout-templates", "high"))
             for name, start_view in checks:
                 prefix_name = {"train": "val", "heldout": "val_heldout", "heldout-templates": "val_templates"}[name]
                 for family, accuracy in teacher_forced_accuracy(model, processor, validation[name], start_view,

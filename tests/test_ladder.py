@@ -1,0 +1,138 @@
+"""The resolution ladder (issue 27): its training examples, the `oracle-ladder` mode through the real loop, eval's
+action figures, and the model's own mode as the default of `ask` and a server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TINY_GRID  # tests/ is on sys.path
+
+from visionthink.data import synth
+from visionthink.eval.benchmarks import get_benchmark
+from visionthink.eval.summary import mode_metrics
+from visionthink.modes import MODES, own_mode
+from visionthink.profiles import RELEASE, VISIONTHINK, VISIONTHINK_ZOOM, mode_profile
+from visionthink.tokens import IGNORE_INDEX
+from visionthink.train.sft_data import sample_ladder_example
+
+ZOOM_MODEL = REPO / "checkpoints" / "tiny-synth-zoom"
+
+
+def _calls(example) -> list[str]:
+    """The tools that answered an example's calls (its tool turns)."""
+    return [m["name"] for m in example.messages if m["role"] == "tool"]
+
+
+def test_ladder_examples_take_the_right_action_when_told_and_mark_every_label():
+    rng = np.random.default_rng(0)
+    examples = [sample_ladder_example(rng, TINY_GRID, full_res_fraction=0.0, right_action_fraction=1.0)
+                for _ in range(80)]
+    assert {e.family for e in examples} == set(synth.LADDER_FAMILIES)
+    for example in examples:
+        assert example.protocol == "visionthink-zoom" and example.start == "low"
+        tool = {"answer": [], "zoom": ["zoom_image"], "resize": ["resize_image"]}[synth.RIGHT_ACTION[example.family]]
+        assert _calls(example) == tool, example.family
+        assert example.zoomed == (tool == ["zoom_image"]) and example.resized == (tool == ["resize_image"])
+        assert example.legible == (synth.RIGHT_ACTION[example.family] == "answer")
+        if example.family == "fine_spread":  # the full view after the resize: a pattern target on all three labels
+            after = example.aux[1]
+            assert int((after["pattern"] != IGNORE_INDEX).sum()) == synth.SPREAD_LABELS
+            assert int((example.aux[0]["pattern"] != IGNORE_INDEX).sum()) == 0  # illegible at low resolution
+    uninformed = [sample_ladder_example(rng, TINY_GRID, 0.0, right_action_fraction=0.0) for _ in range(120)]
+    spread = [tuple(_calls(e)) for e in uninformed if e.family == "fine_spread"]
+    assert len(set(spread)) == 3  # answer, zoom and resize, at random
+    short = [sample_ladder_example(rng, TINY_GRID, 0.0, 0.0, perception_fraction=1.0) for _ in range(20)]
+    assert all(not e.with_tools and len(e.messages) == 2 for e in short)
+    assert all(e.start == "high" for e in short if synth.RIGHT_ACTION[e.family] != "answer")  # a view that shows it
+
+
+def test_the_models_own_mode_and_the_profile_each_mode_runs_on():
+    assert own_mode(VISIONTHINK_ZOOM) == "zoom"
+    assert own_mode(VISIONTHINK) == own_mode(RELEASE) == "visionthink"
+    for name in ("full", "low"):  # never calls: the prompts the model was trained on
+        assert mode_profile(VISIONTHINK_ZOOM, MODES[name]) is VISIONTHINK_ZOOM
+        assert mode_profile(RELEASE, MODES[name]) is RELEASE
+    assert mode_profile(VISIONTHINK_ZOOM, MODES["visionthink"]) is VISIONTHINK
+    assert mode_profile(VISIONTHINK_ZOOM, MODES["oracle-ladder"]) is VISIONTHINK_ZOOM
+
+
+def test_action_figures_per_family_from_the_records():
+    bench = get_benchmark("ladder")
+    samples = bench.load(None, limit=12)  # one whole mix: 5 coarse, 4 large, 2 small, 1 spread
+    actions = {"coarse": "answer", "fine_large": "zoom", "fine_small": "zoom", "fine_spread": "resize"}
+    records = [{"prediction": s.answer, "visual_tokens": 4, "full_res_visual_tokens": 16, "generated_tokens": 1,
+                "resized": actions[s.meta["family"]] == "resize", "well_formed": True,
+                "action": actions[s.meta["family"]], "seconds": 0.1} for s in samples]
+    metrics = mode_metrics(bench, samples, records)
+    assert metrics["action_match"] == pytest.approx(8 / 12)  # every large label zoomed for nothing
+    assert metrics["action_mix"] == pytest.approx({"answer": 5 / 12, "zoom": 6 / 12, "resize": 1 / 12})
+    family = metrics["per_family"]
+    assert [family[f]["action_match"] for f in synth.LADDER_FAMILIES] == [1.0, 1.0, 0.0, 1.0]
+    assert family["fine_large"]["action_mix"] == {"answer": 0.0, "zoom": 1.0, "resize": 0.0}
+    for sample in samples:  # items that do not know their right action get no action figures
+        sample.meta.pop("right_action")
+    unranked = mode_metrics(bench, samples, records)
+    assert "action_match" not in unranked and "action_match" not in unranked["per_family"]["coarse"]
+
+
+def test_ladder_benches_ask_the_same_images_in_three_wording_sets():
+    loaded = {name: get_benchmark(name).load(None, limit=12)
+              for name in ("ladder", "ladder-heldout", "ladder-heldout-templates")}
+    plain = loaded["ladder"]
+    for samples in loaded.values():
+        assert [s.uid for s in samples] == [s.uid for s in plain]
+        assert [s.meta["right_action"] for s in samples] == [synth.RIGHT_ACTION[f] for f in
+                                                            (synth.LADDER_MIX[i] for i in range(12))]
+    assert len({s.question for group in loaded.values() for s in group if s.uid == plain[0].uid}) == 3
+    bench = get_benchmark("ladder")
+    small = next(s for s in plain if s.meta["family"] == "fine_small")
+    assert bench.label_box(small) == synth.make_ladder_item(6, int(small.uid.split("-")[1])).label_box
+    with pytest.raises(Exception, match="reads no folder"):
+        bench.load("some/folder")
+
+
+@pytest.fixture(scope="module")
+def zoom_engine():
+    from visionthink.engines.transformers_engine import TransformersEngine
+
+    torch.manual_seed(0)
+    return TransformersEngine.from_pretrained(ZOOM_MODEL)
+
+
+def test_oracle_ladder_takes_each_items_right_action_through_the_loop(zoom_engine):
+    from visionthink.engines.base import Request
+
+    items = synth.ladder_items("test", 12)
+    requests = [Request(item.image, item.question, item.needs_high_res, box=item.label_box,
+                        right_action=item.right_action) for item in items]
+    episodes = zoom_engine.run(requests, "oracle-ladder")
+    assert [e.action for e in episodes] == [item.right_action for item in items]
+    for item, episode in zip(items, episodes, strict=True):
+        high = TINY_GRID.tokens(*item.image.size)
+        low = high // 4
+        if item.right_action == "resize":
+            assert episode.visual_tokens == low + high
+        elif item.right_action == "answer":
+            assert episode.visual_tokens == low
+        else:  # a crop of 2x2 cells around the true label
+            assert episode.visual_tokens == low + 4
+            x1, y1, x2, y2 = item.label_box
+            bx1, by1, bx2, by2 = episode.zoom_box
+            assert bx1 <= x1 / 2 and by1 <= y1 / 2 and bx2 >= x2 / 2 and by2 >= y2 / 2
+
+
+def test_a_server_of_a_model_that_can_zoom_runs_zoom_when_no_mode_is_asked(zoom_engine):
+    from test_serve import call, chat_body, data_url, serving  # tests/ is on sys.path
+
+    from visionthink.serve.config import ServeConfig
+
+    item = next(i for i in synth.ladder_items("test", 12) if i.family == "fine_small")
+    with serving(zoom_engine, ServeConfig(model_name="tiny", api_key="k", max_batch=4)) as server:
+        body = chat_body(data_url(item.image), item.question)
+        status, reply, _ = call(server.url, "POST", "/v1/chat/completions", body, key="k")
+        assert status == 200, reply
+        assert reply["visionthink"]["mode"] == "zoom"  # the model's own mode, not the paper's resize-only one
+        body = chat_body(data_url(item.image), item.question, visionthink_mode="visionthink")
+        status, reply, _ = call(server.url, "POST", "/v1/chat/completions", body, key="k")
+        assert status == 200 and reply["visionthink"]["mode"] == "visionthink"
