@@ -3,10 +3,12 @@
     .venv/bin/python examples/make_examples.py            # rewrites examples/
     .venv/bin/python examples/make_examples.py --out DIR  # somewhere else
 
-Each example is an item of the synthetic test split (`synth.split_items("test", n, seed=0)`), asked in its own
-(trained) wording. They were picked to show the three cases of the decision with the shipped `checkpoints/tiny-synth`:
-a small label it cannot read at low resolution (it asks for more), coarse questions it answers from the low view,
-and a large label where it is unsure (P(tool) near 0.37), where the web page's threshold slider flips the decision.
+Each example is an item of the synthetic test split (`synth.split_items("test", n, seed=0)`) or of the ladder world's
+(`synth.ladder_items`), asked in its own (trained) wording. They show the cases of the decision: a small label that
+cannot be read at low resolution (the ladder model zooms on it, the resize model `checkpoints/tiny-synth` asks for the
+whole image), labels spread over the image (only a resize shows them all), coarse questions answered from the low
+view, and a large label where `tiny-synth` is unsure (P(tool) near 0.37), where the web page's threshold slider flips
+the decision.
 """
 
 from __future__ import annotations
@@ -29,19 +31,25 @@ EXAMPLES = (
     ("colour.png", 0, "colour", "a coarse question: answered from the low view"),
     ("count.png", 3, "count", "a coarse question: answered from the low view"),
 )
+LADDER_EXAMPLES = (
+    ("spread-labels.png", 5, "spread labels",
+     "three small labels far apart: no zoom covers them all, so the ladder model asks for the whole image"),
+)
 
 
 def build(out: Path) -> list[dict]:
     """Write the example images and `questions.json` into `out`; return the index written."""
     out.mkdir(parents=True, exist_ok=True)
     items = synth.split_items(SPLIT, max(index for _, index, _, _ in EXAMPLES) + 1, seed=SEED)
+    ladder = synth.ladder_items(SPLIT, max(index for _, index, _, _ in LADDER_EXAMPLES) + 1, seed=SEED)
     index = []
-    for file, position, title, why in EXAMPLES:
-        item = items[position]
-        item.image.save(out / file, format="PNG")
-        index.append({"file": file, "question": item.question, "answer": item.answer, "title": title,
-                      "family": item.family, "needs_high_res": item.needs_high_res,
-                      "source": f"synth {SPLIT} split, seed {SEED}, item {position} ({item.uid})", "note": why})
+    for world, chosen, examples in (("synth", items, EXAMPLES), ("ladder", ladder, LADDER_EXAMPLES)):
+        for file, position, title, why in examples:
+            item = chosen[position]
+            item.image.save(out / file, format="PNG")
+            index.append({"file": file, "question": item.question, "answer": item.answer, "title": title,
+                          "family": item.family, "needs_high_res": item.needs_high_res,
+                          "source": f"{world} {SPLIT} split, seed {SEED}, item {position} ({item.uid})", "note": why})
     (out / "questions.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return index
 

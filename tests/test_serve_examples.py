@@ -36,7 +36,8 @@ def test_make_examples_regenerates_the_folder(tmp_path):
     written = script.build(tmp_path)
     assert written == index()
     assert json.loads((tmp_path / "questions.json").read_text()) == index()
-    assert 3 <= len(written) <= 5
+    assert 3 <= len(written) <= 6
+    assert {e["family"] for e in written} == {"coarse", "fine_small", "fine_large", "fine_spread"}
     for entry in written:
         with Image.open(tmp_path / entry["file"]) as fresh, Image.open(EXAMPLES / entry["file"]) as shipped:
             assert fresh.size == shipped.size and fresh.tobytes() == shipped.tobytes(), entry["file"]
