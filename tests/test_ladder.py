@@ -136,3 +136,32 @@ def test_a_server_of_a_model_that_can_zoom_runs_zoom_when_no_mode_is_asked(zoom_
         body = chat_body(data_url(item.image), item.question, visionthink_mode="visionthink")
         status, reply, _ = call(server.url, "POST", "/v1/chat/completions", body, key="k")
         assert status == 200 and reply["visionthink"]["mode"] == "visionthink"
+
+
+def test_the_ladder_recipe_is_one_chain_that_exports_the_shipped_model():
+    from visionthink.recipes import load_recipe
+    from visionthink.train.grpo_config import VisionThinkGRPOConfig
+    from visionthink.train.sft import SFTConfig
+
+    recipe = str(REPO / "recipes" / "tiny-synth.yaml")
+    stages = [load_recipe(recipe, section, SFTConfig) for section in ("sft_ladder", "sft_ladder_read",
+                                                                       "sft_ladder_refresh")]
+    grpo = load_recipe(recipe, "grpo_ladder", VisionThinkGRPOConfig)
+    assert stages[0].init_from == "checkpoints/tiny-synth-zoom"
+    for before, after in zip(stages, stages[1:], strict=False):
+        assert after.init_from == f"{before.output_dir}/final"
+    assert grpo.model == f"{stages[-1].output_dir}/final"
+    assert all(stage.world == "ladder" and stage.export_dir is None for stage in stages)
+    assert stages[1].perception_fraction == 1.0 and stages[2].grounding_weight == 0.0
+    assert (grpo.data, grpo.protocol, grpo.penalty_variant) == ("ladder", "visionthink-zoom", "cost")
+    assert grpo.export_dir == "checkpoints/tiny-ladder" and grpo.cost_weight > 0
+
+
+def test_grpo_prompts_from_the_ladder_world():
+    from visionthink.train.grpo_env import prompt_dataset
+
+    rows = prompt_dataset(TINY_GRID, 8, world="ladder", protocol="visionthink-zoom")
+    assert list(rows["family"]) == list(synth.LADDER_TRAIN_MIX) * 2
+    assert all(uid.startswith("l4-") for uid in rows["uid"])  # the ladder's train stream
+    with pytest.raises(KeyError):
+        prompt_dataset(TINY_GRID, 2, world="moon")
