@@ -476,24 +476,34 @@ def make_item(seed: int, index: int, wording_set: WordingSet = "train") -> Item:
     The image does not depend on `wording_set`: both sets ask about the same images."""
     rng = np.random.default_rng([seed, index])
     family = FAMILIES[index % 3]
-    if family == "coarse":
-        scene = make_scene(rng)
-        question_type = str(rng.choice(["colour", "shape", "count"]))
-    else:
-        scene = make_scene(rng, label_size=family.removeprefix("fine_"))
-        question_type = "pattern"
-    wording_rng = np.random.default_rng([seed, index, 1 + WORDING_SETS.index(wording_set)])
+    scene, question_type = scene_for(rng, family)
+    return _item(scene, question_type, family, (seed, index), wording_set, f"s{seed}-{index}", scene.label_box)
+
+
+def _item(scene: Scene, question_type: str, family: str, key: tuple[int, int], wording_set: WordingSet, uid: str,
+          label_box: tuple[int, int, int, int] | None) -> Item:
+    """The item asking `question_type` of `scene`, in a wording drawn from its own stream (`key` and the set)."""
+    wording_rng = np.random.default_rng([*key, 1 + WORDING_SETS.index(wording_set)])
     return Item(
         image=scene.image,
         question=pick_wording(wording_rng, question_type, wording_set),
         answer=answer_for(scene, question_type),
         family=family,
         question_type=question_type,
-        needs_high_res=family == "fine_small",
-        uid=f"s{seed}-{index}",
+        needs_high_res=RIGHT_ACTION[family] != "answer",
+        uid=uid,
         wording=wording_set,
-        label_box=scene.label_box,
+        label_box=label_box,
     )
+
+
+def scene_for(rng: np.random.Generator, family: str) -> tuple[Scene, str]:
+    """A scene of `family` and a question type asked of it."""
+    if family == "coarse":
+        return make_scene(rng), str(rng.choice(["colour", "shape", "count"]))
+    if family == "fine_spread":
+        return make_spread_scene(rng), "majority"
+    return make_scene(rng, label_size=family.removeprefix("fine_")), "pattern"
 
 
 def split_items(split: str, n: int, seed: int = 0, wordings: WordingSet = "train") -> list[Item]:
@@ -519,15 +529,6 @@ LADDER_TRAIN_MIX = LADDER_FAMILIES
 LADDER_SPLIT_SEEDS = {"train": 4, "validation": 5, "test": 6}
 
 
-def scene_for(rng: np.random.Generator, family: str) -> tuple[Scene, str]:
-    """A scene of `family` and a question type asked of it."""
-    if family == "coarse":
-        return make_scene(rng), str(rng.choice(["colour", "shape", "count"]))
-    if family == "fine_spread":
-        return make_spread_scene(rng), "majority"
-    return make_scene(rng, label_size=family.removeprefix("fine_")), "pattern"
-
-
 def make_ladder_item(seed: int, index: int, wording_set: WordingSet = "train",
                      mix: tuple[str, ...] = LADDER_MIX) -> Item:
     """Item `index` of the ladder stream `seed`, of family `mix[index % len(mix)]`; the image does not depend on
@@ -535,18 +536,8 @@ def make_ladder_item(seed: int, index: int, wording_set: WordingSet = "train",
     rng = np.random.default_rng([seed, index, 27])
     family = mix[index % len(mix)]
     scene, question_type = scene_for(rng, family)
-    wording_rng = np.random.default_rng([seed, index, 1 + WORDING_SETS.index(wording_set)])
-    return Item(
-        image=scene.image,
-        question=pick_wording(wording_rng, question_type, wording_set),
-        answer=answer_for(scene, question_type),
-        family=family,
-        question_type=question_type,
-        needs_high_res=family in ("fine_small", "fine_spread"),
-        uid=f"l{seed}-{index}",
-        wording=wording_set,
-        label_box=scene.label_box if family == "fine_small" else None,
-    )
+    return _item(scene, question_type, family, (seed, index), wording_set, f"l{seed}-{index}",
+                 scene.label_box if family == "fine_small" else None)
 
 
 def ladder_items(split: str, n: int, seed: int = 0, wordings: WordingSet = "train") -> list[Item]:

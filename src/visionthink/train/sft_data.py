@@ -307,6 +307,20 @@ def sample_grounding_example(rng: np.random.Generator, grid: PixelGrid) -> Examp
                    pattern_legible(scene.label_size, False), with_tools=False, protocol="visionthink-zoom", zoomed=True)
 
 
+def zoom_example_parts(scene: synth.Scene, question: str, answer: str, views: Views, start: Start,
+                       call: Literal["none", "resize", "zoom"], grid: PixelGrid, question_type: str,
+                       box: tuple[int, int, int, int] | None) -> tuple[list[protocol.Message], list[dict]]:
+    """A `visionthink-zoom` conversation (`zoom_conversation`) and the perception targets of each image it shows:
+    the first view, then the full view after a resize or the crop after a zoom."""
+    messages = zoom_conversation(question, answer, views, start, call, grid, question_type, box)
+    aux = [aux_targets(scene, (views.low if start == "low" else views.high).size, grid)]
+    if call == "resize":
+        aux.append(aux_targets(scene, views.high.size, grid))
+    elif call == "zoom":
+        aux.append(region_aux_targets(scene, zoom_region(box, views, grid), grid))
+    return messages, aux
+
+
 def sample_zoom_example(rng: np.random.Generator, grid: PixelGrid, resize_fraction: float, full_res_fraction: float,
                         zoom_fraction: float, label_call_fraction: float | None = None) -> Example:
     """`sample_example`'s protocol conversation in the `visionthink-zoom` profile: a low-res start calls a tool with
@@ -320,12 +334,7 @@ def sample_zoom_example(rng: np.random.Generator, grid: PixelGrid, resize_fracti
     zoom = calls and question_type == "pattern" and rng.random() < zoom_fraction
     box = label_zoom_box(scene, views) if zoom else None
     call = "zoom" if zoom else "resize" if calls else "none"
-    messages = zoom_conversation(question, answer, views, start, call, grid, question_type, box)
-    aux = [aux_targets(scene, (views.low if start == "low" else views.high).size, grid)]
-    if call == "resize":
-        aux.append(aux_targets(scene, views.high.size, grid))
-    elif call == "zoom":
-        aux.append(region_aux_targets(scene, zoom_region(box, views, grid), grid))
+    messages, aux = zoom_example_parts(scene, question, answer, views, start, call, grid, question_type, box)
     legible = question_type != "pattern" or pattern_legible(scene.label_size, start == "high")
     return Example(messages, aux, family, start, call == "resize", legible, protocol="visionthink-zoom",
                    zoomed=zoom)
@@ -420,12 +429,7 @@ def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fr
         action = synth.RIGHT_ACTION[family] if right else str(options[int(rng.integers(len(options)))])
     call = _CALLS[action]
     box = label_zoom_box(scene, views) if call == "zoom" else None
-    messages = zoom_conversation(question, answer, views, start, call, grid, question_type, box)
-    aux = [aux_targets(scene, (views.low if start == "low" else views.high).size, grid)]
-    if call == "resize":
-        aux.append(aux_targets(scene, views.high.size, grid))
-    elif call == "zoom":
-        aux.append(region_aux_targets(scene, zoom_region(box, views, grid), grid))
+    messages, aux = zoom_example_parts(scene, question, answer, views, start, call, grid, question_type, box)
     legible = start == "high" or synth.RIGHT_ACTION[family] == "answer"
     return Example(messages, aux, family, start, call == "resize", legible, protocol=ZOOM_PROFILE,
                    zoomed=call == "zoom")
