@@ -253,6 +253,7 @@ def test_gallery_and_threshold_slider_change_the_decision(server, browser, shipp
         assert resized.tobytes() != answered.tobytes()  # the decision shown changed
 
     mode = Select(browser.find_element(By.ID, "mode"))
+    assert mode.first_selected_option.get_attribute("value") == ""  # the served model's own mode
     mode.select_by_value("low")  # a mode without a decision takes no threshold
     assert not browser.find_element(By.ID, "threshold").is_enabled()
     mode.select_by_value("visionthink")
