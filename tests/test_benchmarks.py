@@ -82,14 +82,15 @@ def images_load(samples) -> None:
 
 def test_registry_names_and_lookup():
     assert set(BENCHMARKS) == {"chartqa", "ocrbench", "docvqa", "mme", "mmvet", "realworldqa", "pope", "mathvista",
-                               "mathverse", "synth", "synth-heldout"}
+                               "mathverse", "synth", "synth-heldout", "synth-heldout-templates", "ladder",
+                               "ladder-heldout", "ladder-heldout-templates"}
     assert get_benchmark("RealWorld-QA") is BENCHMARKS["realworldqa"]
     assert get_benchmark("synth_heldout") is get_benchmark("SynthHeldout") is BENCHMARKS["synth-heldout"]
     with pytest.raises(VisionThinkError, match="valid names: chartqa"):
         get_benchmark("nope")
 
 
-@pytest.mark.parametrize("name", [n for n in BENCHMARKS if not n.startswith("synth")])
+@pytest.mark.parametrize("name", [n for n, b in BENCHMARKS.items() if not getattr(b, "generated", False)])
 def test_missing_folder_names_the_layout(tmp_path, name):
     benchmark = BENCHMARKS[name]
     with pytest.raises(VisionThinkError, match="does not exist") as error:

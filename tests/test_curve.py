@@ -8,6 +8,7 @@ import math
 import random
 
 import pytest
+from conftest import REPO  # tests/ is on sys.path
 
 from visionthink import cli
 from visionthink.eval import curve
@@ -88,7 +89,7 @@ def test_summary_is_strict_json():
 
 def _eval(out, *extra) -> int:
     return cli.main(["eval", "--bench", "synth-heldout", "--limit", "36", "--out", str(out), "--no-progress",
-                     "--batch-size", "12", *extra])
+                     "--batch-size", "12", "--model", str(REPO / "checkpoints" / "tiny-synth"), *extra])
 
 
 def test_eval_curve_predicts_a_threshold_run(tmp_path):
