@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   - create .venv, install, run the demo on the shipped tiny model
+#   make demo   - create .venv, install, run the demo on the shipped tiny models (the paper's, then the ladder)
 #   make test   - create .venv, install, run lint and the test suite; then the fast tests again in
 #                 .venv-gpustack, on the GPU stack's pins (transformers 5.17, trl 1.16) with CPU torch, and the
 #                 lmms-eval adapter's tests in .venv-lmms-eval, beside the real lmms-eval 0.7.3
@@ -49,7 +49,8 @@ $(LMMS_STAMP): pyproject.toml
 	touch $(LMMS_STAMP)
 
 demo: $(STAMP)
-	$(BIN)/visionthink demo
+	$(BIN)/visionthink demo --n 240
+	$(BIN)/visionthink demo --n 240 --model checkpoints/tiny-ladder
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
