@@ -77,7 +77,7 @@ class Backend(Protocol):
     def session(self) -> Session: ...
 
 
-def _aims(mode: Mode, request) -> bool:
+def oracle_aims(mode: Mode, request) -> bool:
     """Whether the oracle's tool for `request` is aimed with its true box."""
     from visionthink.tools import TOOLS
 
@@ -95,7 +95,7 @@ def check_mode(mode: str | Mode, requests: list, profile=None) -> Mode:
         raise ValueError(str(error)) from None
     if mode.calls == "oracle" and any(getattr(r, mode.oracle_label, None) is None for r in requests):
         raise ValueError(f"{mode.name} mode needs `{mode.oracle_label}` on every request")
-    if mode.needs_box and any(getattr(r, "box", None) is None and _aims(mode, r) for r in requests):
+    if mode.needs_box and any(getattr(r, "box", None) is None and oracle_aims(mode, r) for r in requests):
         raise ValueError(f"{mode.name} mode needs `box` on every request its oracle zooms into")
     profile = get_profile(profile)
     missing = profile.lacks(mode.tools)

@@ -303,29 +303,26 @@ def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 def _request(bench, sample, mode: str, threshold: float | None = None):
     """The engine's request for `sample` in `mode`, with the oracle's labels and, where its tool is aimed, the box."""
-    from visionthink.engines.base import Request
+    from visionthink.engines.base import Request, oracle_aims
     from visionthink.modes import MODES
-    from visionthink.tools import TOOLS
 
     request = Request(sample.image, sample.question, sample.meta.get(ORACLE_LABEL),
                       right_action=sample.meta.get(ACTION_LABEL), tool_threshold=threshold)
-    tool = MODES[mode].oracle_tool_for(request)
-    if tool is not None and TOOLS[tool].oracle_needs_box:
+    if oracle_aims(MODES[mode], request):
         request.box = _box(bench, sample)
     return request
 
 
 def _oracle_ready(bench, samples: list, mode: str) -> bool:
     """Whether every sample carries the mode's oracle label and, where its oracle zooms, the true box."""
+    from visionthink.engines.base import oracle_aims
     from visionthink.modes import MODES
-    from visionthink.tools import TOOLS
 
     label = MODES[mode].oracle_label
     if not all(s.meta.get(label) is not None for s in samples):
         return False
     requests = [_request(bench, s, mode) for s in samples]
-    return all(r.box is not None for r in requests
-               if (tool := MODES[mode].oracle_tool_for(r)) is not None and TOOLS[tool].oracle_needs_box)
+    return all(r.box is not None for r in requests if oracle_aims(MODES[mode], r))
 
 
 class _Engines:
@@ -430,7 +427,6 @@ def _run_label(config: EvalConfig, engines: _Engines, samples_log: SampleLog, ju
                samples: list, what: Run) -> int:
     """Run the items of `samples` that `samples_log` lacks under `what.label`, logging each batch; how many ran."""
     from tqdm import tqdm
-
 
     pending = [s for s in samples if not samples_log.done(bench_name, what.label, str(s.uid))]
     if not pending:
