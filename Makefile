@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create .venv, install, run the demo on the shipped tiny models (the paper's, then the ladder)
-#   make test   - create .venv, install, run lint and the test suite; then the fast tests again in
+#   make test   - create .venv, install, run lint and the test suite; beside it the fast tests again in
 #                 .venv-gpustack, on the GPU stack's pins (transformers 5.17, trl 1.16) with CPU torch, and the
 #                 lmms-eval adapter's tests in .venv-lmms-eval, beside the real lmms-eval 0.7.3
 # constraints/cpu.txt and constraints/gpu.txt pin the two stacks (docs/stacks.md).
