@@ -19,14 +19,11 @@ ACTION_LABEL = "right_action"
 ACTIONS = ("answer", "zoom", "resize")
 
 
-def action_metrics(records: Sequence[dict], right: Sequence[str] | None) -> dict[str, Any]:
-    """The share of each first action (`action_mix`) and, with the items' right actions, the share that took it
+def action_metrics(records: Sequence[dict], right: Sequence[str]) -> dict[str, Any]:
+    """The share of each first action (`action_mix`) and the share that took the item's right action
     (`action_match`)."""
-    mix = {action: _mean(float(r.get("action") == action) for r in records) for action in ACTIONS}
-    out: dict[str, Any] = {"action_mix": mix}
-    if right is not None:
-        out["action_match"] = _mean(float(r.get("action") == a) for r, a in zip(records, right, strict=True))
-    return out
+    return {"action_mix": {action: _mean(float(r.get("action") == action) for r in records) for action in ACTIONS},
+            "action_match": _mean(float(r.get("action") == a) for r, a in zip(records, right, strict=True))}
 
 
 # ---------------------------------------------------------------- small statistics
