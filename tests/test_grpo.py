@@ -318,6 +318,19 @@ def test_killed_run_resumes_and_ends_at_the_same_step(tmp_path, tiny_dir):
     second_run = (out / "log.jsonl").read_text().splitlines()[logged_before:]
     steps = [json.loads(line)["step"] for line in second_run if "rewards/accuracy/mean" in line]
     assert steps == list(range(killed_at + 1, 7))  # the second run did only the steps left
+    # started once more, the finished run trains no further step (transformers would train a seventh)
+    (out / "final").rename(out / "final-before")
+    logged_before = len((out / "log.jsonl").read_text().splitlines())
+    third = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert not (out / "checkpoint-7").exists()
+    assert len((out / "log.jsonl").read_text().splitlines()) == logged_before
+    import torch
+    from safetensors.torch import load_file
+
+    again = load_file(out / "final" / "model.safetensors")
+    before = load_file(out / "final-before" / "model.safetensors")
+    assert again.keys() == before.keys() and all(torch.equal(again[k], before[k]) for k in again)
 
 
 ANSWERS = ["red", "blue", "square", "2"]

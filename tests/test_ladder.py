@@ -47,6 +47,35 @@ def test_ladder_examples_take_the_right_action_when_told_and_mark_every_label():
     assert all(e.start == "high" for e in short if synth.RIGHT_ACTION[e.family] != "answer")  # a view that shows it
 
 
+def test_family_weights_draw_the_families_in_their_shares():
+    rng = np.random.default_rng(1)
+    drawn = [sample_ladder_example(rng, TINY_GRID, 0.0, 1.0, family_weights={"coarse": 3, "fine_small": 1}).family
+             for _ in range(400)]
+    assert set(drawn) == {"coarse", "fine_small"}
+    assert 0.68 < drawn.count("coarse") / len(drawn) < 0.82  # 3 in 4
+    for bad in ({"moon": 1.0}, {"coarse": -1.0}, {"coarse": 0.0}):
+        with pytest.raises(ValueError, match="family_weights"):
+            sample_ladder_example(rng, TINY_GRID, 0.0, 1.0, family_weights=bad)
+
+
+def test_a_ladder_stage_trains_only_the_grounding_heads_it_names(tmp_path, tiny_dir):
+    import json
+
+    from visionthink.errors import VisionThinkError
+    from visionthink.train.sft import SFTConfig, train_sft
+
+    config = SFTConfig(init_from=str(tiny_dir), output_dir=str(tmp_path / "run"), world="ladder", steps=2,
+                       batch_size=8, warmup_steps=1, eval_every=2, save_every=2, eval_items=4, threads=1,
+                       right_action_fraction=1.0, grounding_fraction=0.5, grounding_weight=1.0,
+                       grounding_heads=["token_position"], family_weights={"fine_small": 1.0})
+    train_sft(config)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all("grounding/token_position_acc" in r and "grounding/label_cell_acc" not in r for r in log)
+    with pytest.raises(VisionThinkError, match="unknown grounding heads"):
+        train_sft(SFTConfig(init_from=str(tiny_dir), output_dir=str(tmp_path / "bad"), world="ladder", steps=1,
+                            grounding_weight=1.0, grounding_heads=["label_everywhere"], threads=1))
+
+
 def test_the_models_own_mode_and_the_profile_each_mode_runs_on():
     assert own_mode(VISIONTHINK_ZOOM) == "zoom"
     assert own_mode(VISIONTHINK) == own_mode(RELEASE) == "visionthink"

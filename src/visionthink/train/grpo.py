@@ -164,13 +164,19 @@ def _set_response_template(processor) -> None:
 
 def train_grpo(config: VisionThinkGRPOConfig, model=None, processor=None, train_dataset=None) -> Path:
     """Run (or resume) GRPO; returns the folder of the final model."""
-    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer import TRAINER_STATE_NAME, TrainerState
 
     trainer = build_trainer(config, model, processor, train_dataset)
     output_dir = Path(config.output_dir)
     (output_dir / "recipe.json").write_text(config.to_json_string())
     resume = newest_checkpoint(output_dir, TRAINER_STATE_NAME) if config.resume else None
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    state = TrainerState.load_from_json(str(resume / TRAINER_STATE_NAME)) if resume else None
+    if state is not None and 0 < trainer.args.max_steps <= state.global_step:
+        # the run ended there: transformers' Trainer, resumed at exactly max_steps, trains one step more
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state = state
+    else:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     final = output_dir / "final"
     if trainer.accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)

@@ -96,6 +96,11 @@ class SFTConfig:
     sits in the image, and where the label is to within half a token. They make the tokens carry what a zoom's box
     must say. Privileged generator labels, dropped after training, like `aux_weight`'s heads (docs/zoom.md). 0: off
     (no head is built)."""
+    grounding_heads: list[str] | None = None
+    """Which grounding heads `grounding_weight` trains (names of `sft_data.GROUNDING_CLASSES`); None: all three.
+    `label_where` makes every image token say where the label is, and that cost the ladder model its coarse
+    questions; `token_position` and `label_cell` ask only where a token sits and, on the label's token, where in it
+    the label is (docs/ladder.md)."""
     box_head_weight: float = 0.0
     """Weight of a head on the last hidden state where a zoom call's box starts (the token before its first digit),
     trained to name the label's half-token cell (`label_where`): it makes the text model gather from the image what
@@ -118,6 +123,9 @@ class SFTConfig:
     the `visionthink-zoom` profile (`sft_data.sample_ladder_example`, issue 27), with `right_action_fraction`,
     `perception_fraction`, `grounding_fraction` and `full_res_fraction`; validation then reads the ladder's
     families."""
+    family_weights: dict[str, float] | None = None
+    """With `world: ladder`: relative weights of the four families in training (None: equally often); a family left
+    out is not drawn."""
     right_action_fraction: float = 0.0
     """With `world: ladder`: the share of low-res starts that take the family's right action; the rest take an
     action at random."""
@@ -266,7 +274,12 @@ def train_sft(config: SFTConfig) -> Path:
     if config.box_head_weight > 0:
         heads["box"] = PositionHead(width, GROUNDING_CLASSES["label_where"])
     if config.grounding_weight > 0:
-        heads["grounding"] = nn.ModuleDict({name: nn.Linear(width, n) for name, n in GROUNDING_CLASSES.items()})
+        chosen = config.grounding_heads or list(GROUNDING_CLASSES)
+        unknown = sorted(set(chosen) - set(GROUNDING_CLASSES))
+        if unknown:
+            raise VisionThinkError(f"unknown grounding heads {unknown}; expected some of "
+                                   f"{', '.join(GROUNDING_CLASSES)}")
+        heads["grounding"] = nn.ModuleDict({name: nn.Linear(width, GROUNDING_CLASSES[name]) for name in chosen})
     optimizer = torch.optim.AdamW(
         list(model.parameters()) + list(heads.parameters()), lr=config.learning_rate,
         weight_decay=config.weight_decay,
@@ -294,7 +307,8 @@ def train_sft(config: SFTConfig) -> Path:
         rng = np.random.default_rng([config.seed, 9173, step])
         if ladder:
             examples = [sample_ladder_example(rng, grid, config.full_res_fraction, config.right_action_fraction,
-                                              config.perception_fraction, config.grounding_fraction)
+                                              config.perception_fraction, config.grounding_fraction,
+                                              config.family_weights)
                         for _ in range(config.batch_size)]
         else:
             examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,

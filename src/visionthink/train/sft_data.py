@@ -388,6 +388,15 @@ def direct_answer_logits(model, processor, conversations: list[list[protocol.Mes
     return logits.index_fill(-1, torch.tensor([tool_call], device=device), float("-inf")), labels[:, 1:]
 
 
+def _family_shares(weights: dict[str, float]) -> np.ndarray:
+    unknown = sorted(set(weights) - set(synth.LADDER_TRAIN_MIX))
+    if unknown or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"family_weights must give families of {', '.join(synth.LADDER_TRAIN_MIX)} weights >= 0 "
+                         f"with a positive sum; got {weights}")
+    shares = np.array([float(weights.get(family, 0.0)) for family in synth.LADDER_TRAIN_MIX])
+    return shares / shares.sum()
+
+
 LADDER_ACTIONS = {"coarse": ("answer", "resize"), "fine_large": ("answer", "zoom", "resize"),
                   "fine_small": ("answer", "zoom", "resize"), "fine_spread": ("answer", "zoom", "resize")}
 """The first-turn actions a ladder conversation may take per family (a coarse question has no box to zoom on)."""
@@ -396,14 +405,16 @@ _CALLS = {"answer": "none", "zoom": "zoom", "resize": "resize"}
 
 def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fraction: float,
                           right_action_fraction: float, perception_fraction: float = 0.0,
-                          grounding_fraction: float = 0.0) -> Example:
+                          grounding_fraction: float = 0.0,
+                          family_weights: dict[str, float] | None = None) -> Example:
     """A conversation of the ladder world (`synth.ladder_items`' four families, equally often) in the
     `visionthink-zoom` profile. A low-res start takes the family's right action (`synth.RIGHT_ACTION`) with
     probability `right_action_fraction`, else one of `LADDER_ACTIONS` at random: a soft warm start that GRPO
     sharpens. A zoom aims at the (first) label's true box. Of all examples, a `grounding_fraction` share about a
     label is the short form of the zoom call, a `perception_fraction` share the short form of a direct answer on a
-    view that shows it."""
-    family = synth.LADDER_TRAIN_MIX[int(rng.integers(len(synth.LADDER_TRAIN_MIX)))]
+    view that shows it. `family_weights` (family -> relative weight; None: equal) draws some families more often."""
+    family = synth.LADDER_TRAIN_MIX[int(rng.integers(len(synth.LADDER_TRAIN_MIX)))] if family_weights is None \
+        else str(rng.choice(synth.LADDER_TRAIN_MIX, p=_family_shares(family_weights)))
     scene, question_type = synth.scene_for(rng, family)
     views = make_views(scene.image, grid)
     answer = synth.answer_for(scene, question_type)
