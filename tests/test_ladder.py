@@ -53,6 +53,10 @@ def test_family_weights_draw_the_families_in_their_shares():
              for _ in range(400)]
     assert set(drawn) == {"coarse", "fine_small"}
     assert 0.68 < drawn.count("coarse") / len(drawn) < 0.82  # 3 in 4
+    framed = [sample_ladder_example(rng, TINY_GRID, 0.0, 1.0, frame_fraction=1.0) for _ in range(20)]
+    questions = [next(m for m in e.messages if m["role"] == "user")["content"][-1]["text"] for e in framed]
+    assert all(synth.question_type_of(q) is None for q in questions)  # no wording set holds a framed question
+    assert all(any(f.replace("{question}", "") in q for f in synth.TRAIN_FRAMES) for q in questions)
     for bad in ({"moon": 1.0}, {"coarse": -1.0}, {"coarse": 0.0}):
         with pytest.raises(ValueError, match="family_weights"):
             sample_ladder_example(rng, TINY_GRID, 0.0, 1.0, family_weights=bad)

@@ -406,6 +406,18 @@ def test_held_out_templates_are_new_sentence_structures():
             assert item.answer == plain[item.uid].answer and item.question != plain[item.uid].question
 
 
+def test_training_frames_share_no_word_with_the_held_out_structures_frames():
+    from visionthink.data.synth import TRAIN_FRAMES, frame_wording
+
+    frame_words = {"describe", "word", "would", "like", "know", "looking", "see"}
+    for frame in TRAIN_FRAMES:
+        words = set("".join(c if c.isalpha() else " " for c in frame.replace("{question}", "")).lower().split())
+        assert not words & frame_words, frame
+    rng = np.random.default_rng(0)
+    framed = {frame_wording(rng, "What colour is the largest shape?") for _ in range(200)}
+    assert len(framed) == len(TRAIN_FRAMES) and all("What colour is the largest shape?" in f for f in framed)
+
+
 @functools.cache
 def spread_probe_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Crops of each of a spread scene's labels from the low and high views (3 per scene, in order), each label's

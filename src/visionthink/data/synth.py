@@ -172,6 +172,23 @@ HELDOUT_TEMPLATES = {
 }
 """Sentence structures held out whole (the fixed rule: these three forms, "Describe ... in one word", "I would like
 to know ..." and "Looking at ..., ...?", appear in no trained template). No training sees any of their wordings."""
+TRAIN_FRAMES = (
+    "Quick question: {question}",
+    "Question: {question}",
+    "Hey, {question}",
+    "Now, {question}",
+    "One more: {question}",
+    "Here is my question. {question}",
+    "Can you help? {question}",
+    "Please answer this. {question}",
+    "{question} Thanks!",
+    "{question} Keep it short.",
+    "{question} Answer briefly.",
+    "{question} Please be brief.",
+)
+"""Frames around a trained wording that leave its question as it was (training only, `frame_wording`): a model
+trained on them learns that words around the question do not change what it asks. None uses a word of the held-out
+structures' frames ("describe", "word", "would", "like", "know", "looking", "see"; `tests/test_synth.py`)."""
 _SLOTS = {
     "colour": ["colour", "color"],
     "largest": ["largest", "biggest"],
@@ -468,6 +485,11 @@ def family_of(scene: Scene, question_type: str) -> str:
 def pick_wording(rng: np.random.Generator, question_type: str, wording_set: WordingSet = "train") -> str:
     options = wordings(question_type, wording_set)
     return options[int(rng.integers(len(options)))]
+
+
+def frame_wording(rng: np.random.Generator, question: str) -> str:
+    """`question` inside one of `TRAIN_FRAMES`, drawn at random."""
+    return TRAIN_FRAMES[int(rng.integers(len(TRAIN_FRAMES)))].format(question=question)
 
 
 def make_item(seed: int, index: int, wording_set: WordingSet = "train") -> Item:

@@ -126,6 +126,10 @@ class SFTConfig:
     family_weights: dict[str, float] | None = None
     """With `world: ladder`: relative weights of the four families in training (None: equally often); a family left
     out is not drawn."""
+    frame_fraction: float = 0.0
+    """With `world: ladder`: the share of training questions asked inside a frame of words that leaves the question
+    as it was (`synth.TRAIN_FRAMES`: "Quick question: ...", "... Thanks!"), so that words around a question stop
+    moving the decision and the reading (held-out sentence structures)."""
     right_action_fraction: float = 0.0
     """With `world: ladder`: the share of low-res starts that take the family's right action; the rest take an
     action at random."""
@@ -308,7 +312,7 @@ def train_sft(config: SFTConfig) -> Path:
         if ladder:
             examples = [sample_ladder_example(rng, grid, config.full_res_fraction, config.right_action_fraction,
                                               config.perception_fraction, config.grounding_fraction,
-                                              config.family_weights)
+                                              config.family_weights, config.frame_fraction)
                         for _ in range(config.batch_size)]
         else:
             examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,

@@ -406,19 +406,22 @@ _CALLS = {"answer": "none", "zoom": "zoom", "resize": "resize"}
 def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fraction: float,
                           right_action_fraction: float, perception_fraction: float = 0.0,
                           grounding_fraction: float = 0.0,
-                          family_weights: dict[str, float] | None = None) -> Example:
+                          family_weights: dict[str, float] | None = None, frame_fraction: float = 0.0) -> Example:
     """A conversation of the ladder world (`synth.ladder_items`' four families, equally often) in the
     `visionthink-zoom` profile. A low-res start takes the family's right action (`synth.RIGHT_ACTION`) with
     probability `right_action_fraction`, else one of `LADDER_ACTIONS` at random: a soft warm start that GRPO
     sharpens. A zoom aims at the (first) label's true box. Of all examples, a `grounding_fraction` share about a
     label is the short form of the zoom call, a `perception_fraction` share the short form of a direct answer on a
-    view that shows it. `family_weights` (family -> relative weight; None: equal) draws some families more often."""
+    view that shows it. `family_weights` (family -> relative weight; None: equal) draws some families more often;
+    a `frame_fraction` share of the questions is framed (`synth.frame_wording`)."""
     family = synth.LADDER_TRAIN_MIX[int(rng.integers(len(synth.LADDER_TRAIN_MIX)))] if family_weights is None \
         else str(rng.choice(synth.LADDER_TRAIN_MIX, p=_family_shares(family_weights)))
     scene, question_type = synth.scene_for(rng, family)
     views = make_views(scene.image, grid)
     answer = synth.answer_for(scene, question_type)
     question = synth.pick_wording(rng, question_type, "train")
+    if frame_fraction > 0 and rng.random() < frame_fraction:
+        question = synth.frame_wording(rng, question)
     think = think_for(question, question_type)
     form = rng.random()
     if form < grounding_fraction and question_type == "pattern":
