@@ -199,3 +199,8 @@ def test_grpo_prompts_from_the_ladder_world():
     assert all(uid.startswith("l4-") for uid in rows["uid"])  # the ladder's train stream
     with pytest.raises(KeyError):
         prompt_dataset(TINY_GRID, 2, world="moon")
+    framed = prompt_dataset(TINY_GRID, 16, world="ladder", protocol="visionthink-zoom", frame_fraction=0.5)
+    plain = prompt_dataset(TINY_GRID, 16, world="ladder", protocol="visionthink-zoom")
+    changed = [a != b for a, b in zip(framed["question"], plain["question"], strict=True)]
+    assert 2 <= sum(changed) <= 14 and framed["answer"] == plain["answer"]
+    assert all(b in a for a, b in zip(framed["question"], plain["question"], strict=True))

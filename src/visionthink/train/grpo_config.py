@@ -131,6 +131,9 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
                 "(the release's 2048^2 = 4194304). None: only the processor's own cap."})
     train_items: int = field(default=4000, metadata={
         "help": "Items of the synthetic train split to draw prompts from (with `data: synth`)."})
+    frame_fraction: float = field(default=0.0, metadata={
+        "help": "With a generated world: the share of prompts whose question is asked inside a training frame "
+                "(`synth.TRAIN_FRAMES`, e.g. \"Quick question: ...\"), as SFT's `frame_fraction`."})
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of every weight."})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha."})

@@ -18,6 +18,7 @@ import inspect
 import json
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from visionthink import protocol
@@ -67,12 +68,19 @@ def prompt_row(item: synth.Item, grid: PixelGrid, protocol: str | ProtocolProfil
 
 def prompt_dataset(grid: PixelGrid, n: int, seed: int = 0, split: str = "train",
                    protocol: str | ProtocolProfile | None = None, pixel_range: tuple[int, int] | None = None,
-                   world: str = "synth"):
+                   world: str = "synth", frame_fraction: float = 0.0):
     """The first `n` items of a split of a generated world (`synth.WORLDS`) as TRL prompt rows (`datasets.Dataset`,
-    images stored as PNG)."""
+    images stored as PNG); a `frame_fraction` share of the questions asked inside a training frame
+    (`synth.frame_wording`)."""
+    import dataclasses
+
     import datasets
 
     items = synth.WORLDS[world](split, n, seed=seed)
+    if frame_fraction > 0:
+        rng = np.random.default_rng([seed or 0, 27, 1])
+        items = [dataclasses.replace(item, question=synth.frame_wording(rng, item.question))
+                 if rng.random() < frame_fraction else item for item in items]
     return datasets.Dataset.from_list([prompt_row(item, grid, protocol, pixel_range) for item in items])
 
 
