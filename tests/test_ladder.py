@@ -178,7 +178,8 @@ def test_the_ladder_recipe_is_one_chain_that_exports_the_shipped_model():
 
     recipe = str(REPO / "recipes" / "tiny-synth.yaml")
     stages = [load_recipe(recipe, section, SFTConfig) for section in ("sft_ladder", "sft_ladder_read",
-                                                                       "sft_ladder_refresh", "sft_ladder_ground")]
+                                                                       "sft_ladder_refresh", "sft_ladder_ground",
+                                                                       "sft_ladder_polish")]
     grpo = load_recipe(recipe, "grpo_ladder", VisionThinkGRPOConfig)
     assert stages[0].init_from == "checkpoints/tiny-synth-zoom"
     for before, after in zip(stages, stages[1:], strict=False):
@@ -187,6 +188,7 @@ def test_the_ladder_recipe_is_one_chain_that_exports_the_shipped_model():
     assert all(stage.world == "ladder" and stage.export_dir is None for stage in stages)
     assert stages[1].perception_fraction == 1.0 and stages[2].grounding_weight == 0.0
     assert "label_where" not in stages[3].grounding_heads and stages[3].grounding_weight > 0
+    assert stages[4].frame_fraction > 0 and grpo.frame_fraction > 0
     assert (grpo.data, grpo.protocol, grpo.penalty_variant) == ("ladder", "visionthink-zoom", "cost")
     assert grpo.export_dir == "checkpoints/tiny-ladder" and grpo.cost_weight > 0
 
