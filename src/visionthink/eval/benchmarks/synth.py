@@ -64,18 +64,11 @@ class Synth(Benchmark):
         """The label's true box (x1, y1, x2, y2 in image pixels, x2/y2 exclusive) for the zooming oracles, from the
         generator: items are deterministic in (stream, index), which the uid (`uid_pattern`) names (a saved folder
         keeps it). None for another uid, or when the regenerated item's answer differs."""
-        key = (str(sample.uid), str(sample.answer))
-        boxes = self.__dict__.setdefault("_boxes", {})  # the runner asks once to check and once to run
-        if key not in boxes:
-            boxes[key] = self._regenerated_box(*key)
-        return boxes[key]
-
-    def _regenerated_box(self, uid: str, answer: str) -> tuple[int, int, int, int] | None:
-        match = re.fullmatch(self.uid_pattern, uid)
+        match = re.fullmatch(self.uid_pattern, str(sample.uid))
         if match is None:
             return None
         item = self.regenerate(int(match[1]), int(match[2]))
-        if item.answer != answer or item.label_box is None:
+        if item.answer != str(sample.answer) or item.label_box is None:
             return None
         return tuple(int(v) for v in item.label_box)
 
