@@ -487,8 +487,11 @@ def pick_wording(rng: np.random.Generator, question_type: str, wording_set: Word
     return options[int(rng.integers(len(options)))]
 
 
-def frame_wording(rng: np.random.Generator, question: str) -> str:
-    """`question` inside one of `TRAIN_FRAMES`, drawn at random."""
+def frame_wording(rng: np.random.Generator, question: str, fraction: float = 1.0) -> str:
+    """With probability `fraction`, `question` inside one of `TRAIN_FRAMES` drawn at random; else `question` as it
+    is. `fraction` 0 draws nothing from `rng`, so a stream without frames stays as it was."""
+    if fraction <= 0 or rng.random() >= fraction:
+        return question
     return TRAIN_FRAMES[int(rng.integers(len(TRAIN_FRAMES)))].format(question=question)
 
 

@@ -79,8 +79,8 @@ def prompt_dataset(grid: PixelGrid, n: int, seed: int = 0, split: str = "train",
     items = synth.WORLDS[world](split, n, seed=seed)
     if frame_fraction > 0:
         rng = np.random.default_rng([seed or 0, 27, 1])
-        items = [dataclasses.replace(item, question=synth.frame_wording(rng, item.question))
-                 if rng.random() < frame_fraction else item for item in items]
+        items = [dataclasses.replace(item, question=synth.frame_wording(rng, item.question, frame_fraction))
+                 for item in items]
     return datasets.Dataset.from_list([prompt_row(item, grid, protocol, pixel_range) for item in items])
 
 

@@ -419,9 +419,7 @@ def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fr
     scene, question_type = synth.scene_for(rng, family)
     views = make_views(scene.image, grid)
     answer = synth.answer_for(scene, question_type)
-    question = synth.pick_wording(rng, question_type, "train")
-    if frame_fraction > 0 and rng.random() < frame_fraction:
-        question = synth.frame_wording(rng, question)
+    question = synth.frame_wording(rng, synth.pick_wording(rng, question_type, "train"), frame_fraction)
     think = think_for(question, question_type)
     form = rng.random()
     if form < grounding_fraction and question_type == "pattern":
