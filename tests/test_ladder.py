@@ -62,6 +62,50 @@ def test_family_weights_draw_the_families_in_their_shares():
             sample_ladder_example(rng, TINY_GRID, 0.0, 1.0, family_weights=bad)
 
 
+def test_one_label_scenes_asked_in_majority_wordings_keep_their_label_answer_and_action():
+    rng = np.random.default_rng(5)
+    examples = [sample_ladder_example(rng, TINY_GRID, 0.0, right_action_fraction=1.0,
+                                      family_weights={"fine_small": 1, "fine_spread": 1},
+                                      one_label_majority_fraction=0.5) for _ in range(120)]
+    def question(example) -> str:
+        return next(m for m in example.messages if m["role"] == "user")["content"][-1]["text"].split("\n")[0]
+
+    asked = {(e.family, synth.question_type_of(question(e))) for e in examples}
+    assert asked == {("fine_small", "pattern"), ("fine_small", "majority"), ("fine_spread", "majority")}
+    for example in examples:
+        text = next(m for m in example.messages if m["role"] == "assistant")["content"][0]["text"]
+        if example.family == "fine_small":  # one label: its think and its zoom, whatever the wording
+            assert "Read the pattern on the label." in text and _calls(example) == ["zoom_image"], question(example)
+        else:
+            assert "Read the patterns on the labels." in text and _calls(example) == ["resize_image"]
+
+
+def test_coarse_weights_draw_the_coarse_question_types_in_their_shares():
+    rng = np.random.default_rng(2)
+    drawn = [synth.scene_for(rng, "coarse", {"shape": 1, "count": 1})[1] for _ in range(200)]
+    assert set(drawn) == {"shape", "count"} and 70 < drawn.count("shape") < 130
+    assert synth.scene_for(np.random.default_rng(4), "fine_small", {"shape": 1})[1] == "pattern"
+    for bad in ({"size": 1.0}, {"shape": -1.0}, {"colour": 0.0}):
+        with pytest.raises(ValueError, match="coarse_weights"):
+            synth.scene_for(rng, "coarse", bad)
+
+
+def test_a_stage_with_the_vision_tower_frozen_trains_only_the_text_model(tmp_path, tiny_dir):
+    from visionthink.models import load_model
+    from visionthink.train.sft import SFTConfig, train_sft
+
+    final = train_sft(SFTConfig(init_from=str(tiny_dir), output_dir=str(tmp_path / "run"), world="ladder", steps=2,
+                                batch_size=8, warmup_steps=1, eval_every=2, save_every=2, eval_items=4, threads=1,
+                                perception_fraction=1.0, family_weights={"coarse": 1.0},
+                                coarse_weights={"shape": 1.0}, train_vision=False))
+    before, _ = load_model(tiny_dir, dtype=torch.float32)
+    after, _ = load_model(final, dtype=torch.float32)
+    old, new = dict(before.named_parameters()), dict(after.named_parameters())
+    vision = [name for name in old if ".visual." in f".{name}"]
+    assert vision and all(torch.equal(old[name], new[name]) for name in vision)
+    assert any(not torch.equal(old[name], new[name]) for name in old if name not in vision)
+
+
 def test_a_ladder_stage_trains_only_the_grounding_heads_it_names(tmp_path, tiny_dir):
     import json
 
@@ -105,12 +149,16 @@ def test_scene_targets_name_the_count_and_largest_kind_on_every_token_of_a_whole
             targets = aux_targets(scene, size, TINY_GRID)
             assert targets["scene_count"].tolist() == [len(scene.shapes) - 1] * len(targets["count"])
             assert targets["scene_kind"].tolist() == [synth.SHAPES.index(scene.largest.kind)] * len(targets["count"])
+            assert targets["scene_labels"].tolist() == [0] * len(targets["count"])
+        spread = synth.make_spread_scene(np.random.default_rng(seed))
+        assert aux_targets(spread, spread.image.size, TINY_GRID)["scene_labels"].tolist() == [1] * (
+            spread.image.width // TINY_GRID.factor * spread.image.height // TINY_GRID.factor)
     config = SFTConfig(init_from=str(tiny_dir), output_dir=str(tmp_path / "run"), world="ladder", steps=2,
                        batch_size=8, warmup_steps=1, eval_every=2, save_every=2, eval_items=4, threads=1,
                        right_action_fraction=1.0, scene_weight=1.0, family_weights={"coarse": 1.0})
     train_sft(config)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert all(0.0 <= r["scene/scene_count_acc"] <= 1.0 and 0.0 <= r["scene/scene_kind_acc"] <= 1.0 for r in log)
+    assert all(0.0 <= r[f"scene/{name}_acc"] <= 1.0 for r in log for name in SCENE_CLASSES)
 
 
 def test_the_models_own_mode_and_the_profile_each_mode_runs_on():

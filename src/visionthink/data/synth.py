@@ -522,13 +522,30 @@ def _item(scene: Scene, question_type: str, family: str, key: tuple[int, int], w
     )
 
 
-def scene_for(rng: np.random.Generator, family: str) -> tuple[Scene, str]:
-    """A scene of `family` and a question type asked of it."""
+COARSE_TYPES = ("colour", "shape", "count")
+
+
+def scene_for(rng: np.random.Generator, family: str, coarse_weights: dict[str, float] | None = None
+              ) -> tuple[Scene, str]:
+    """A scene of `family` and a question type asked of it; `coarse_weights` (question type -> relative weight; None:
+    equally often) draws some coarse question types more often."""
     if family == "coarse":
-        return make_scene(rng), str(rng.choice(["colour", "shape", "count"]))
+        if coarse_weights is None:
+            return make_scene(rng), str(rng.choice(list(COARSE_TYPES)))
+        return make_scene(rng), str(rng.choice(COARSE_TYPES, p=shares(coarse_weights, COARSE_TYPES, "coarse_weights")))
     if family == "fine_spread":
         return make_spread_scene(rng), "majority"
     return make_scene(rng, label_size=family.removeprefix("fine_")), "pattern"
+
+
+def shares(weights: dict[str, float], names: tuple[str, ...], field_name: str) -> np.ndarray:
+    """`weights` (name -> relative weight) as probabilities over `names`; a name left out is not drawn."""
+    unknown = sorted(set(weights) - set(names))
+    if unknown or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"{field_name} must weigh some of {', '.join(names)} with weights >= 0 and a positive "
+                         f"sum; got {weights}")
+    raw = np.array([float(weights.get(name, 0.0)) for name in names])
+    return raw / raw.sum()
 
 
 def split_items(split: str, n: int, seed: int = 0, wordings: WordingSet = "train") -> list[Item]:

@@ -103,9 +103,10 @@ class SFTConfig:
     questions; `token_position` and `label_cell` ask only where a token sits and, on the label's token, where in it
     the label is (docs/ladder.md)."""
     scene_weight: float = 0.0
-    """Weight of two heads on every merged visual token of a whole-image view that name the scene's count and its
-    largest shape's kind (`sft_data.SCENE_CLASSES`): the coarse questions' answers, gathered by the vision tower so
-    that the text model can read them off any image token. Privileged generator labels, dropped after training.
+    """Weight of heads on every merged visual token of a whole-image view that name the scene's count, its largest
+    shape's kind and whether it holds one label or several (`sft_data.SCENE_CLASSES`): what the coarse questions and
+    the ladder's zoom-or-resize ask, gathered by the vision tower so that the text model can read it off any image
+    token. Privileged generator labels, dropped after training.
     0: off (no head is built)."""
     box_head_weight: float = 0.0
     """Weight of a head on the last hidden state where a zoom call's box starts (the token before its first digit),
@@ -132,10 +133,22 @@ class SFTConfig:
     family_weights: dict[str, float] | None = None
     """With `world: ladder`: relative weights of the four families in training (None: equally often); a family left
     out is not drawn."""
+    coarse_weights: dict[str, float] | None = None
+    """With `world: ladder`: relative weights of the coarse question types (`colour`, `shape`, `count`; None: equally
+    often). The ladder model read colour well and the largest shape's kind at chance."""
+    train_vision: bool = True
+    """False: the vision tower and its merger stay as they are (no gradient), so a stage teaches the text model to
+    read what the tower already sees: linear probes on the ladder model's image tokens read the largest shape's kind
+    (100%) and the count (84%) that its text model answered at chance (docs/ladder.md)."""
     frame_fraction: float = 0.0
     """With `world: ladder`: the share of training questions asked inside a frame of words that leaves the question
     as it was (`synth.TRAIN_FRAMES`: "Quick question: ...", "... Thanks!"), so that words around a question stop
     moving the decision and the reading (held-out sentence structures)."""
+    one_label_majority_fraction: float = 0.0
+    """With `world: ladder`: the share of one-label scenes asked in a majority wording ("which pattern do most labels
+    show?"; the answer is the label's pattern, the right action the label's own), so that the action follows the
+    image (one label: zoom; three: resize) rather than the words: the model resized small labels asked in held-out
+    sentence structures that share words with the majority questions."""
     right_action_fraction: float = 0.0
     """With `world: ladder`: the share of low-res starts that take the family's right action; the rest take an
     action at random."""
@@ -289,6 +302,8 @@ def train_sft(config: SFTConfig) -> Path:
         model, processor = build_tiny_model(tokenizer, config.model)
         state, start = None, 0
     model.train()
+    if not config.train_vision:
+        model.model.visual.requires_grad_(False)
     width = model.config.text_config.hidden_size
     heads = nn.ModuleDict({"perception": AuxHeads(width), "legibility": PositionHead(width)})
     if config.box_head_weight > 0:
@@ -330,7 +345,8 @@ def train_sft(config: SFTConfig) -> Path:
         if ladder:
             examples = [sample_ladder_example(rng, grid, config.full_res_fraction, config.right_action_fraction,
                                               config.perception_fraction, config.grounding_fraction,
-                                              config.family_weights, config.frame_fraction)
+                                              config.family_weights, config.frame_fraction,
+                                              config.one_label_majority_fraction, config.coarse_weights)
                         for _ in range(config.batch_size)]
         else:
             examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,

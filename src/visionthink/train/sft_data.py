@@ -108,9 +108,10 @@ label and 1 + the raster index of the half-token cell that holds the label's cen
 `token_position` is each token's own raster index (row * GROUNDING_SIDE + col); `label_where` is, on every token, the
 label's half-token cell (so the text model can read it from any image token). The vision tower's rotary positions are
 relative: without these a token does not know where in the image it is, so no box can say where the label is."""
-SCENE_CLASSES = {"scene_count": 3, "scene_kind": len(synth.SHAPES)}
+SCENE_CLASSES = {"scene_count": 3, "scene_kind": len(synth.SHAPES), "scene_labels": 2}
 """Classes of the scene heads (the same target on every merged visual token of a whole-image view): how many shapes
-the image holds (1-3) and the largest one's kind. The per-token heads put a shape's kind and count on the token of
+the image holds (1-3), the largest one's kind, and whether it holds one label or several (the ladder's zoom or
+resize). The per-token heads put a shape's kind and count on the token of
 its centre, so answering "how many" or "what kind is the largest" means gathering across tokens; with these the
 vision tower gathers, and the text model reads the answer off any image token as it reads a colour (docs/ladder.md).
 Ignored on a zoom's crop, which does not show the whole scene."""
@@ -141,7 +142,7 @@ def aux_targets(scene: synth.Scene, view_size: tuple[int, int], grid: PixelGrid,
                 ) -> dict[str, torch.Tensor]:
     """Per visual token of a view `view_size` (width, height) of the scene: objects centred there, their
     shape and colour, the largest one, the label pattern and whether the view resolves it; on a `whole` view (not a
-    zoom's crop) also the scene's count and largest kind (`SCENE_CLASSES`).
+    zoom's crop) also the scene's count, largest kind and number of labels (`SCENE_CLASSES`).
 
     These are privileged labels from the generator, used only to teach a from-scratch
     vision tower to see. The pattern target sits on the label's tokens and is ignored
@@ -180,6 +181,8 @@ def aux_targets(scene: synth.Scene, view_size: tuple[int, int], grid: PixelGrid,
     scene_kind = torch.full((n,), synth.SHAPES.index(biggest.kind) if whole else IGNORE_INDEX, dtype=torch.long)
     return {"count": count.clamp(max=3), "shape": shape, "colour": colour, "largest": largest, "pattern": pattern,
             "legible": legible, "scene_count": scene_count, "scene_kind": scene_kind,
+            "scene_labels": torch.full((n,), int(len(scene.all_labels) > 1) if whole else IGNORE_INDEX,
+                                       dtype=torch.long),
             **grounding_targets(scene.label_box, scale, grid.factor, cols, rows)}
 
 
@@ -400,15 +403,6 @@ def direct_answer_logits(model, processor, conversations: list[list[protocol.Mes
     return logits.index_fill(-1, torch.tensor([tool_call], device=device), float("-inf")), labels[:, 1:]
 
 
-def _family_shares(weights: dict[str, float]) -> np.ndarray:
-    unknown = sorted(set(weights) - set(synth.LADDER_TRAIN_MIX))
-    if unknown or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
-        raise ValueError(f"family_weights must give families of {', '.join(synth.LADDER_TRAIN_MIX)} weights >= 0 "
-                         f"with a positive sum; got {weights}")
-    shares = np.array([float(weights.get(family, 0.0)) for family in synth.LADDER_TRAIN_MIX])
-    return shares / shares.sum()
-
-
 LADDER_ACTIONS = {"coarse": ("answer", "resize"), "fine_large": ("answer", "zoom", "resize"),
                   "fine_small": ("answer", "zoom", "resize"), "fine_spread": ("answer", "zoom", "resize")}
 """The first-turn actions a ladder conversation may take per family (a coarse question has no box to zoom on)."""
@@ -418,20 +412,30 @@ _CALLS = {"answer": "none", "zoom": "zoom", "resize": "resize"}
 def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fraction: float,
                           right_action_fraction: float, perception_fraction: float = 0.0,
                           grounding_fraction: float = 0.0,
-                          family_weights: dict[str, float] | None = None, frame_fraction: float = 0.0) -> Example:
+                          family_weights: dict[str, float] | None = None, frame_fraction: float = 0.0,
+                          one_label_majority_fraction: float = 0.0,
+                          coarse_weights: dict[str, float] | None = None) -> Example:
     """A conversation of the ladder world (`synth.ladder_items`' four families, equally often) in the
     `visionthink-zoom` profile. A low-res start takes the family's right action (`synth.RIGHT_ACTION`) with
     probability `right_action_fraction`, else one of `LADDER_ACTIONS` at random: a soft warm start that GRPO
     sharpens. A zoom aims at the (first) label's true box. Of all examples, a `grounding_fraction` share about a
     label is the short form of the zoom call, a `perception_fraction` share the short form of a direct answer on a
     view that shows it. `family_weights` (family -> relative weight; None: equal) draws some families more often;
-    a `frame_fraction` share of the questions is framed (`synth.frame_wording`)."""
-    family = synth.LADDER_TRAIN_MIX[int(rng.integers(len(synth.LADDER_TRAIN_MIX)))] if family_weights is None \
-        else str(rng.choice(synth.LADDER_TRAIN_MIX, p=_family_shares(family_weights)))
-    scene, question_type = synth.scene_for(rng, family)
+    a `frame_fraction` share of the questions is framed (`synth.frame_wording`). A `one_label_majority_fraction`
+    share of the one-label scenes is asked in a majority wording ("which pattern do most labels show?"): the answer is
+    the one label's pattern, the think reads one label and the right action stays the label's own, so the action
+    must follow the image (one label or three), not the wording. `coarse_weights` weighs the coarse question types
+    (`synth.scene_for`)."""
+    mix = synth.LADDER_TRAIN_MIX
+    family = mix[int(rng.integers(len(mix)))] if family_weights is None \
+        else str(rng.choice(mix, p=synth.shares(family_weights, mix, "family_weights")))
+    scene, question_type = synth.scene_for(rng, family, coarse_weights)
     views = make_views(scene.image, grid)
     answer = synth.answer_for(scene, question_type)
-    question = synth.frame_wording(rng, synth.pick_wording(rng, question_type, "train"), frame_fraction)
+    wording_type = question_type  # the think and the answer follow the scene, the wording may not
+    if question_type == "pattern" and one_label_majority_fraction > 0 and rng.random() < one_label_majority_fraction:
+        wording_type = "majority"
+    question = synth.frame_wording(rng, synth.pick_wording(rng, wording_type, "train"), frame_fraction)
     think = think_for(question, question_type)
     form = rng.random()
     if form < grounding_fraction and question_type == "pattern":
