@@ -260,7 +260,7 @@ def test_the_ladder_recipe_is_one_chain_that_exports_the_shipped_model():
     recipe = str(REPO / "recipes" / "tiny-synth.yaml")
     stages = [load_recipe(recipe, section, SFTConfig) for section in ("sft_ladder", "sft_ladder_read",
                                                                        "sft_ladder_refresh", "sft_ladder_ground",
-                                                                       "sft_ladder_polish")]
+                                                                       "sft_ladder_coarse", "sft_ladder_polish")]
     grpo = load_recipe(recipe, "grpo_ladder", VisionThinkGRPOConfig)
     assert stages[0].init_from == "checkpoints/tiny-synth-zoom"
     for before, after in zip(stages, stages[1:], strict=False):
@@ -269,7 +269,8 @@ def test_the_ladder_recipe_is_one_chain_that_exports_the_shipped_model():
     assert all(stage.world == "ladder" and stage.export_dir is None for stage in stages)
     assert stages[1].perception_fraction == 1.0 and stages[2].grounding_weight == 0.0
     assert "label_where" not in stages[3].grounding_heads and stages[3].grounding_weight > 0
-    assert stages[4].frame_fraction > 0 and grpo.frame_fraction > 0
+    assert not stages[4].train_vision and stages[4].family_weights == {"coarse": 1}
+    assert stages[5].frame_fraction > 0 and grpo.frame_fraction > 0 and stages[5].one_label_majority_fraction > 0
     assert (grpo.data, grpo.protocol, grpo.penalty_variant) == ("ladder", "visionthink-zoom", "cost")
     assert grpo.export_dir == "checkpoints/tiny-ladder" and grpo.cost_weight > 0
 
@@ -287,3 +288,13 @@ def test_grpo_prompts_from_the_ladder_world():
     changed = [a != b for a, b in zip(framed["question"], plain["question"], strict=True)]
     assert 2 <= sum(changed) <= 14 and framed["answer"] == plain["answer"]
     assert all(b in a for a, b in zip(framed["question"], plain["question"], strict=True))
+    asked = prompt_dataset(TINY_GRID, 32, world="ladder", protocol="visionthink-zoom", one_label_majority_fraction=1.0)
+    plain = prompt_dataset(TINY_GRID, 32, world="ladder", protocol="visionthink-zoom")
+    for row, before in zip(asked, plain, strict=True):
+        kind = synth.question_type_of(row["question"])
+        one_label = synth.question_type_of(before["question"]) == "pattern"
+        if one_label:
+            assert kind == "majority"
+        else:
+            assert row["question"] == before["question"]
+        assert row["answer"] == before["answer"] and row["family"] == before["family"]

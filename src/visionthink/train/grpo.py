@@ -62,7 +62,8 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
     if train_dataset is None and config.data in synth.WORLDS:
         train_dataset = grpo_env.prompt_dataset(processor.grid, config.train_items, seed=config.data_seed,
                                                 protocol=profile, pixel_range=pixels, world=config.data,
-                                                frame_fraction=config.frame_fraction)
+                                                frame_fraction=config.frame_fraction,
+                                                one_label_majority_fraction=config.one_label_majority_fraction)
     elif train_dataset is None:
         train_dataset = grpo_env.disk_dataset(config.data, processor.grid, protocol=profile, pixel_range=pixels)
     rewards = VisionThinkRewards(
