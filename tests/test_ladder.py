@@ -124,43 +124,6 @@ def test_a_ladder_stage_trains_only_the_grounding_heads_it_names(tmp_path, tiny_
                             grounding_weight=1.0, grounding_heads=["label_everywhere"], threads=1))
 
 
-def test_scene_targets_name_the_count_and_largest_kind_on_every_token_of_a_whole_view(tmp_path, tiny_dir):
-    import json
-
-    from visionthink.train.sft import SFTConfig, train_sft
-    from visionthink.train.sft_data import SCENE_CLASSES, aux_targets
-
-    rng = np.random.default_rng(3)
-    examples = [sample_ladder_example(rng, TINY_GRID, 0.0, right_action_fraction=1.0) for _ in range(40)]
-    zoomed = [e for e in examples if e.zoomed]
-    assert zoomed and len(zoomed) < len(examples)
-    for example in examples:
-        whole = example.aux[0]  # the first view shows the whole image
-        assert set(whole["scene_count"].tolist()) <= set(range(SCENE_CLASSES["scene_count"]))
-        assert len(set(whole["scene_count"].tolist())) == 1 and len(set(whole["scene_kind"].tolist())) == 1
-    for example in zoomed:  # the crop after a zoom shows part of the scene: no scene target there
-        crop = example.aux[-1]
-        assert bool((crop["scene_count"] == IGNORE_INDEX).all()) and bool((crop["scene_kind"] == IGNORE_INDEX).all())
-    counts = {int(e.aux[0]["scene_count"][0]) for e in examples}
-    assert counts == {0, 1, 2}  # 1-3 shapes, all drawn
-    for seed in range(12):
-        scene = synth.make_scene(np.random.default_rng(seed))
-        for size in (scene.image.size, (scene.image.width // 2, scene.image.height // 2)):
-            targets = aux_targets(scene, size, TINY_GRID)
-            assert targets["scene_count"].tolist() == [len(scene.shapes) - 1] * len(targets["count"])
-            assert targets["scene_kind"].tolist() == [synth.SHAPES.index(scene.largest.kind)] * len(targets["count"])
-            assert targets["scene_labels"].tolist() == [0] * len(targets["count"])
-        spread = synth.make_spread_scene(np.random.default_rng(seed))
-        assert aux_targets(spread, spread.image.size, TINY_GRID)["scene_labels"].tolist() == [1] * (
-            spread.image.width // TINY_GRID.factor * spread.image.height // TINY_GRID.factor)
-    config = SFTConfig(init_from=str(tiny_dir), output_dir=str(tmp_path / "run"), world="ladder", steps=2,
-                       batch_size=8, warmup_steps=1, eval_every=2, save_every=2, eval_items=4, threads=1,
-                       right_action_fraction=1.0, scene_weight=1.0, family_weights={"coarse": 1.0})
-    train_sft(config)
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert all(0.0 <= r[f"scene/{name}_acc"] <= 1.0 for r in log for name in SCENE_CLASSES)
-
-
 def test_the_models_own_mode_and_the_profile_each_mode_runs_on():
     assert own_mode(VISIONTHINK_ZOOM) == "zoom"
     assert own_mode(VISIONTHINK) == own_mode(RELEASE) == "visionthink"

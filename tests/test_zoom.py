@@ -504,7 +504,7 @@ def test_sft_zoom_flag_is_off_by_default():
 
 def test_sft_zoom_conversations_are_supervised_by_the_label_box(shipped_model):
     from visionthink.tokens import encode, visual_tokens
-    from visionthink.train.sft_data import AUX_HEADS, GROUNDING_CLASSES, SCENE_CLASSES, sample_example
+    from visionthink.train.sft_data import AUX_HEADS, GROUNDING_CLASSES, sample_example
 
     _, processor = shipped_model
     rng = np.random.default_rng(0)
@@ -522,7 +522,7 @@ def test_sft_zoom_conversations_are_supervised_by_the_label_box(shipped_model):
         counts = visual_tokens(processor, batch["image_grid_thw"])
         assert counts == [GRID.tokens(*image.size) for image in images]
         assert [len(targets["count"]) for targets in example.aux] == counts
-        assert all(set(targets) == {*AUX_HEADS, *GROUNDING_CLASSES, *SCENE_CLASSES} for targets in example.aux)
+        assert all(set(targets) == {*AUX_HEADS, *GROUNDING_CLASSES} for targets in example.aux)
         if example.zoomed:
             crop_targets = example.aux[1]
             assert (crop_targets["pattern"] >= 0).any() and (crop_targets["legible"] == 1).any()

@@ -33,7 +33,6 @@ from visionthink.train import newest_checkpoint
 from visionthink.train.sft_data import (
     AUX_HEADS,
     GROUNDING_CLASSES,
-    SCENE_CLASSES,
     ZOOM_PROFILE,
     box_position,
     conversation,
@@ -102,12 +101,6 @@ class SFTConfig:
     `label_where` makes every image token say where the label is, and that cost the ladder model its coarse
     questions; `token_position` and `label_cell` ask only where a token sits and, on the label's token, where in it
     the label is (docs/ladder.md)."""
-    scene_weight: float = 0.0
-    """Weight of heads on every merged visual token of a whole-image view that name the scene's count, its largest
-    shape's kind and whether it holds one label or several (`sft_data.SCENE_CLASSES`): what the coarse questions and
-    the ladder's zoom-or-resize ask, gathered by the vision tower so that the text model can read it off any image
-    token. Privileged generator labels, dropped after training.
-    0: off (no head is built)."""
     box_head_weight: float = 0.0
     """Weight of a head on the last hidden state where a zoom call's box starts (the token before its first digit),
     trained to name the label's half-token cell (`label_where`): it makes the text model gather from the image what
@@ -203,16 +196,6 @@ def grounding(head: nn.Module, features: torch.Tensor, cells: torch.Tensor) -> t
     holds = cells[known] > 0
     accuracy = (logits[holds].argmax(-1) == cells[known][holds]).float().mean().item() if holds.any() else float("nan")
     return nn.functional.cross_entropy(logits, cells[known]), accuracy
-
-
-def scene_loss(head: nn.Module, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Cross-entropy and accuracy of a scene head on the tokens that have a target (whole-image views)."""
-    known = targets != IGNORE_INDEX
-    if not known.any():
-        return features.sum() * 0, float("nan")
-    logits = head(features[known])
-    accuracy = (logits.argmax(-1) == targets[known]).float().mean().item()
-    return nn.functional.cross_entropy(logits, targets[known]), accuracy
 
 
 @contextlib.contextmanager
@@ -315,8 +298,6 @@ def train_sft(config: SFTConfig) -> Path:
             raise VisionThinkError(f"unknown grounding heads {unknown}; expected some of "
                                    f"{', '.join(GROUNDING_CLASSES)}")
         heads["grounding"] = nn.ModuleDict({name: nn.Linear(width, GROUNDING_CLASSES[name]) for name in chosen})
-    if config.scene_weight > 0:
-        heads["scene"] = nn.ModuleDict({name: nn.Linear(width, classes) for name, classes in SCENE_CLASSES.items()})
     optimizer = torch.optim.AdamW(
         list(model.parameters()) + list(heads.parameters()), lr=config.learning_rate,
         weight_decay=config.weight_decay,
@@ -381,13 +362,6 @@ def train_sft(config: SFTConfig) -> Path:
                 part, extra[f"grounding/{name}_acc"] = grounding(head, features, cells)
                 losses.append(part)
             loss = loss + config.grounding_weight * sum(losses)
-        if config.scene_weight > 0:
-            losses = []
-            for name, head in heads["scene"].items():
-                part, extra[f"scene/{name}_acc"] = scene_loss(head, features,
-                                                              torch.cat([t[name] for e in examples for t in e.aux]))
-                losses.append(part)
-            loss = loss + config.scene_weight * sum(losses)
         if teach_legibility:
             legible = torch.tensor([e.legible for e in examples], dtype=torch.long)
             legibility_loss, extra["legibility_acc"] = heads["legibility"].loss(

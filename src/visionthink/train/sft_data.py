@@ -108,13 +108,6 @@ label and 1 + the raster index of the half-token cell that holds the label's cen
 `token_position` is each token's own raster index (row * GROUNDING_SIDE + col); `label_where` is, on every token, the
 label's half-token cell (so the text model can read it from any image token). The vision tower's rotary positions are
 relative: without these a token does not know where in the image it is, so no box can say where the label is."""
-SCENE_CLASSES = {"scene_count": 3, "scene_kind": len(synth.SHAPES), "scene_labels": 2}
-"""Classes of the scene heads (the same target on every merged visual token of a whole-image view): how many shapes
-the image holds (1-3), the largest one's kind, and whether it holds one label or several (the ladder's zoom or
-resize). The per-token heads put a shape's kind and count on the token of
-its centre, so answering "how many" or "what kind is the largest" means gathering across tokens; with these the
-vision tower gathers, and the text model reads the answer off any image token as it reads a colour (docs/ladder.md).
-Ignored on a zoom's crop, which does not show the whole scene."""
 
 
 def pattern_legible(label_size: str, high: bool) -> bool:
@@ -138,11 +131,9 @@ def label_tokens(box: tuple[int, int, int, int], scale: float, cell: float, cols
     return found or [centre]
 
 
-def aux_targets(scene: synth.Scene, view_size: tuple[int, int], grid: PixelGrid, whole: bool = True
-                ) -> dict[str, torch.Tensor]:
+def aux_targets(scene: synth.Scene, view_size: tuple[int, int], grid: PixelGrid) -> dict[str, torch.Tensor]:
     """Per visual token of a view `view_size` (width, height) of the scene: objects centred there, their
-    shape and colour, the largest one, the label pattern and whether the view resolves it; on a `whole` view (not a
-    zoom's crop) also the scene's count, largest kind and number of labels (`SCENE_CLASSES`).
+    shape and colour, the largest one, the label pattern and whether the view resolves it.
 
     These are privileged labels from the generator, used only to teach a from-scratch
     vision tower to see. The pattern target sits on the label's tokens and is ignored
@@ -177,12 +168,8 @@ def aux_targets(scene: synth.Scene, view_size: tuple[int, int], grid: PixelGrid,
         legible[tokens] = int(readable)
         if readable:
             pattern[tokens] = synth.PATTERNS.index(label_pattern)
-    scene_count = torch.full((n,), len(scene.shapes) - 1 if whole else IGNORE_INDEX, dtype=torch.long)
-    scene_kind = torch.full((n,), synth.SHAPES.index(biggest.kind) if whole else IGNORE_INDEX, dtype=torch.long)
     return {"count": count.clamp(max=3), "shape": shape, "colour": colour, "largest": largest, "pattern": pattern,
-            "legible": legible, "scene_count": scene_count, "scene_kind": scene_kind,
-            "scene_labels": torch.full((n,), int(len(scene.all_labels) > 1) if whole else IGNORE_INDEX,
-                                       dtype=torch.long),
+            "legible": legible,
             **grounding_targets(scene.label_box, scale, grid.factor, cols, rows)}
 
 
@@ -293,8 +280,7 @@ def region_aux_targets(scene: synth.Scene, region: tuple[int, int, int, int], gr
     crop = replace(scene, shapes=[replace(s, cx=s.cx - left, cy=s.cy - top) for s in inside],
                    label_box=(x1 - left, y1 - top, x2 - left, y2 - top), image=scene.image.crop(region), labels=labels)
     index = next((i for i, shape in enumerate(inside) if shape is scene.largest), None)
-    return aux_targets(_WithLargest(crop, None if index is None else crop.shapes[index]), crop.image.size, grid,
-                       whole=False)
+    return aux_targets(_WithLargest(crop, None if index is None else crop.shapes[index]), crop.image.size, grid)
 
 
 class _WithLargest:
