@@ -232,7 +232,7 @@ def test_the_ladder_recipe_is_one_chain_that_exports_the_shipped_model():
     assert all(stage.world == "ladder" and stage.export_dir is None for stage in stages)
     assert stages[1].perception_fraction == 1.0 and stages[2].grounding_weight == 0.0
     assert "label_where" not in stages[3].grounding_heads and stages[3].grounding_weight > 0
-    assert not stages[4].train_vision and stages[4].family_weights == {"coarse": 1}
+    assert not stages[4].train_vision and stages[4].coarse_weights["shape"] > stages[4].coarse_weights["colour"]
     assert stages[5].frame_fraction > 0 and grpo.frame_fraction > 0 and stages[5].one_label_majority_fraction > 0
     assert (grpo.data, grpo.protocol, grpo.penalty_variant) == ("ladder", "visionthink-zoom", "cost")
     assert grpo.export_dir == "checkpoints/tiny-ladder" and grpo.cost_weight > 0
