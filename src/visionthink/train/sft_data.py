@@ -169,8 +169,7 @@ def aux_targets(scene: synth.Scene, view_size: tuple[int, int], grid: PixelGrid)
         if readable:
             pattern[tokens] = synth.PATTERNS.index(label_pattern)
     return {"count": count.clamp(max=3), "shape": shape, "colour": colour, "largest": largest, "pattern": pattern,
-            "legible": legible,
-            **grounding_targets(scene.label_box, scale, grid.factor, cols, rows)}
+            "legible": legible, **grounding_targets(scene.label_box, scale, grid.factor, cols, rows)}
 
 
 def grounding_targets(box: tuple[int, int, int, int], scale: float, cell: float, cols: int, rows: int
