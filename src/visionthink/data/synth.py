@@ -530,9 +530,8 @@ def scene_for(rng: np.random.Generator, family: str, coarse_weights: dict[str, f
     """A scene of `family` and a question type asked of it; `coarse_weights` (question type -> relative weight; None:
     equally often) draws some coarse question types more often."""
     if family == "coarse":
-        if coarse_weights is None:
-            return make_scene(rng), str(rng.choice(list(COARSE_TYPES)))
-        return make_scene(rng), str(rng.choice(COARSE_TYPES, p=shares(coarse_weights, COARSE_TYPES, "coarse_weights")))
+        weights = None if coarse_weights is None else shares(coarse_weights, COARSE_TYPES, "coarse_weights")
+        return make_scene(rng), str(rng.choice(COARSE_TYPES, p=weights))
     if family == "fine_spread":
         return make_spread_scene(rng), "majority"
     return make_scene(rng, label_size=family.removeprefix("fine_")), "pattern"
