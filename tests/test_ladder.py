@@ -62,22 +62,26 @@ def test_family_weights_draw_the_families_in_their_shares():
             sample_ladder_example(rng, TINY_GRID, 0.0, 1.0, family_weights=bad)
 
 
-def test_one_label_scenes_asked_in_majority_wordings_keep_their_label_answer_and_action():
+def test_label_questions_asked_in_crossed_wordings_keep_the_scenes_think_answer_and_action():
     rng = np.random.default_rng(5)
     examples = [sample_ladder_example(rng, TINY_GRID, 0.0, right_action_fraction=1.0,
                                       family_weights={"fine_small": 1, "fine_spread": 1},
-                                      one_label_majority_fraction=0.5) for _ in range(120)]
+                                      crossed_wording_fraction=0.5) for _ in range(120)]
     def question(example) -> str:
         return next(m for m in example.messages if m["role"] == "user")["content"][-1]["text"].split("\n")[0]
 
     asked = {(e.family, synth.question_type_of(question(e))) for e in examples}
-    assert asked == {("fine_small", "pattern"), ("fine_small", "majority"), ("fine_spread", "majority")}
+    assert asked == {("fine_small", "pattern"), ("fine_small", "majority"), ("fine_spread", "majority"),
+                     ("fine_spread", "pattern")}
     for example in examples:
         text = next(m for m in example.messages if m["role"] == "assistant")["content"][0]["text"]
         if example.family == "fine_small":  # one label: its think and its zoom, whatever the wording
             assert "Read the pattern on the label." in text and _calls(example) == ["zoom_image"], question(example)
-        else:
+        else:  # three labels: theirs, and a resize
             assert "Read the patterns on the labels." in text and _calls(example) == ["resize_image"]
+    plain = np.random.default_rng(3)
+    assert synth.wording_type(plain, "majority") == "majority" and synth.wording_type(plain, "colour", 1.0) == "colour"
+    assert plain.random() == np.random.default_rng(3).random()  # nothing drawn where nothing can cross
 
 
 def test_coarse_weights_draw_the_coarse_question_types_in_their_shares():
@@ -233,7 +237,7 @@ def test_the_ladder_recipe_is_one_chain_that_exports_the_shipped_model():
     assert stages[1].perception_fraction == 1.0 and stages[2].grounding_weight == 0.0
     assert "label_where" not in stages[3].grounding_heads and stages[3].grounding_weight > 0
     assert not stages[4].train_vision and stages[4].coarse_weights["shape"] > stages[4].coarse_weights["colour"]
-    assert stages[5].frame_fraction > 0 and grpo.frame_fraction > 0 and stages[5].one_label_majority_fraction > 0
+    assert stages[5].frame_fraction > 0 and grpo.frame_fraction > 0 and stages[5].crossed_wording_fraction > 0
     assert (grpo.data, grpo.protocol, grpo.penalty_variant) == ("ladder", "visionthink-zoom", "cost")
     assert grpo.export_dir == "checkpoints/tiny-ladder" and grpo.cost_weight > 0
 
@@ -251,13 +255,11 @@ def test_grpo_prompts_from_the_ladder_world():
     changed = [a != b for a, b in zip(framed["question"], plain["question"], strict=True)]
     assert 2 <= sum(changed) <= 14 and framed["answer"] == plain["answer"]
     assert all(b in a for a, b in zip(framed["question"], plain["question"], strict=True))
-    asked = prompt_dataset(TINY_GRID, 32, world="ladder", protocol="visionthink-zoom", one_label_majority_fraction=1.0)
+    asked = prompt_dataset(TINY_GRID, 32, world="ladder", protocol="visionthink-zoom", crossed_wording_fraction=1.0)
     plain = prompt_dataset(TINY_GRID, 32, world="ladder", protocol="visionthink-zoom")
     for row, before in zip(asked, plain, strict=True):
-        kind = synth.question_type_of(row["question"])
-        one_label = synth.question_type_of(before["question"]) == "pattern"
-        if one_label:
-            assert kind == "majority"
-        else:
+        kind, was = synth.question_type_of(row["question"]), synth.question_type_of(before["question"])
+        assert kind == synth.CROSSED_WORDINGS.get(was, was)
+        if kind == was:
             assert row["question"] == before["question"]
         assert row["answer"] == before["answer"] and row["family"] == before["family"]

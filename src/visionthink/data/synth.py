@@ -487,6 +487,20 @@ def pick_wording(rng: np.random.Generator, question_type: str, wording_set: Word
     return options[int(rng.integers(len(options)))]
 
 
+CROSSED_WORDINGS = {"pattern": "majority", "majority": "pattern"}
+"""Training only (`crossed_wording_fraction`): a one-label scene asked "which pattern do most labels show?", three
+labels asked "what pattern is on the label?". The think, the answer and the right action follow the scene, so the
+action can only follow the image (one label or three), not the words."""
+
+
+def wording_type(rng: np.random.Generator, question_type: str, crossed_fraction: float = 0.0) -> str:
+    """The question type whose wordings ask `question_type`: the crossed one (`CROSSED_WORDINGS`) with probability
+    `crossed_fraction`, else itself. Draws from `rng` only for a label question with `crossed_fraction` > 0."""
+    if question_type not in CROSSED_WORDINGS or crossed_fraction <= 0:
+        return question_type
+    return CROSSED_WORDINGS[question_type] if rng.random() < crossed_fraction else question_type
+
+
 def frame_wording(rng: np.random.Generator, question: str, fraction: float = 1.0) -> str:
     """With probability `fraction`, `question` inside one of `TRAIN_FRAMES` drawn at random; else `question` as it
     is. `fraction` 0 draws nothing from `rng`, so a stream without frames stays as it was."""

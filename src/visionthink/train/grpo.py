@@ -63,7 +63,7 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
         train_dataset = grpo_env.prompt_dataset(processor.grid, config.train_items, seed=config.data_seed,
                                                 protocol=profile, pixel_range=pixels, world=config.data,
                                                 frame_fraction=config.frame_fraction,
-                                                one_label_majority_fraction=config.one_label_majority_fraction)
+                                                crossed_wording_fraction=config.crossed_wording_fraction)
     elif train_dataset is None:
         train_dataset = grpo_env.disk_dataset(config.data, processor.grid, protocol=profile, pixel_range=pixels)
     rewards = VisionThinkRewards(

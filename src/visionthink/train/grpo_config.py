@@ -134,10 +134,10 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
     frame_fraction: float = field(default=0.0, metadata={
         "help": "With a generated world: the share of prompts whose question is asked inside a training frame "
                 "(`synth.TRAIN_FRAMES`, e.g. \"Quick question: ...\"), as SFT's `frame_fraction`."})
-    one_label_majority_fraction: float = field(default=0.0, metadata={
-        "help": "With the ladder world: the share of one-label prompts asked in a majority wording (\"which pattern "
-                "do most labels show?\"; the answer is the label's pattern), as SFT's: the cheapest right action "
-                "(a zoom) must follow the image, not the words."})
+    crossed_wording_fraction: float = field(default=0.0, metadata={
+        "help": "With the ladder world: the share of label prompts asked in the other label family's wording "
+                "(`synth.CROSSED_WORDINGS`; the answer stays the scene's), as SFT's: the cheapest right action "
+                "must follow the image, not the words."})
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of every weight."})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha."})

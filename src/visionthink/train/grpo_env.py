@@ -68,21 +68,22 @@ def prompt_row(item: synth.Item, grid: PixelGrid, protocol: str | ProtocolProfil
 
 def prompt_dataset(grid: PixelGrid, n: int, seed: int = 0, split: str = "train",
                    protocol: str | ProtocolProfile | None = None, pixel_range: tuple[int, int] | None = None,
-                   world: str = "synth", frame_fraction: float = 0.0, one_label_majority_fraction: float = 0.0):
+                   world: str = "synth", frame_fraction: float = 0.0, crossed_wording_fraction: float = 0.0):
     """The first `n` items of a split of a generated world (`synth.WORLDS`) as TRL prompt rows (`datasets.Dataset`,
-    images stored as PNG); a `one_label_majority_fraction` share of the one-label questions asked in a majority
-    wording (the answer stays the label's pattern, as SFT's), then a `frame_fraction` share of the questions asked
-    inside a training frame (`synth.frame_wording`)."""
+    images stored as PNG); a `crossed_wording_fraction` share of the label questions asked in the other label family's
+    wording (`synth.CROSSED_WORDINGS`; the answer stays the scene's, as SFT's), then a `frame_fraction` share of the
+    questions asked inside a training frame (`synth.frame_wording`)."""
     import dataclasses
 
     import datasets
 
     items = synth.WORLDS[world](split, n, seed=seed)
-    if one_label_majority_fraction > 0:
+    if crossed_wording_fraction > 0:
         rng = np.random.default_rng([seed or 0, 27, 2])
-        items = [dataclasses.replace(item, question=synth.pick_wording(rng, "majority"))
-                 if item.question_type == "pattern" and rng.random() < one_label_majority_fraction else item
-                 for item in items]
+        asked = [synth.wording_type(rng, item.question_type, crossed_wording_fraction) for item in items]
+        items = [item if kind == item.question_type
+                 else dataclasses.replace(item, question=synth.pick_wording(rng, kind))
+                 for item, kind in zip(items, asked, strict=True)]
     if frame_fraction > 0:
         rng = np.random.default_rng([seed or 0, 27, 1])
         items = [dataclasses.replace(item, question=synth.frame_wording(rng, item.question, frame_fraction))

@@ -137,11 +137,12 @@ class SFTConfig:
     """With `world: ladder`: the share of training questions asked inside a frame of words that leaves the question
     as it was (`synth.TRAIN_FRAMES`: "Quick question: ...", "... Thanks!"), so that words around a question stop
     moving the decision and the reading (held-out sentence structures)."""
-    one_label_majority_fraction: float = 0.0
-    """With `world: ladder`: the share of one-label scenes asked in a majority wording ("which pattern do most labels
-    show?"; the answer is the label's pattern, the right action the label's own), so that the action follows the
-    image (one label: zoom; three: resize) rather than the words: the model resized small labels asked in held-out
-    sentence structures that share words with the majority questions."""
+    crossed_wording_fraction: float = 0.0
+    """With `world: ladder`: the share of label questions asked in the other label family's wording
+    (`synth.CROSSED_WORDINGS`: one label asked "which pattern do most labels show?", three asked "what pattern is on
+    the label?"); the think, the answer and the right action follow the scene, so the action must follow the image
+    (one label: zoom; three: resize), not the words. The think named the action from the words alone: small labels
+    asked in held-out sentence structures were read as "the labels" and resized (docs/ladder.md)."""
     right_action_fraction: float = 0.0
     """With `world: ladder`: the share of low-res starts that take the family's right action; the rest take an
     action at random."""
@@ -327,7 +328,7 @@ def train_sft(config: SFTConfig) -> Path:
             examples = [sample_ladder_example(rng, grid, config.full_res_fraction, config.right_action_fraction,
                                               config.perception_fraction, config.grounding_fraction,
                                               config.family_weights, config.frame_fraction,
-                                              config.one_label_majority_fraction, config.coarse_weights)
+                                              config.crossed_wording_fraction, config.coarse_weights)
                         for _ in range(config.batch_size)]
         else:
             examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,

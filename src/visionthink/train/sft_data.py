@@ -398,7 +398,7 @@ def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fr
                           right_action_fraction: float, perception_fraction: float = 0.0,
                           grounding_fraction: float = 0.0,
                           family_weights: dict[str, float] | None = None, frame_fraction: float = 0.0,
-                          one_label_majority_fraction: float = 0.0,
+                          crossed_wording_fraction: float = 0.0,
                           coarse_weights: dict[str, float] | None = None) -> Example:
     """A conversation of the ladder world (`synth.ladder_items`' four families, equally often) in the
     `visionthink-zoom` profile. A low-res start takes the family's right action (`synth.RIGHT_ACTION`) with
@@ -406,20 +406,17 @@ def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fr
     sharpens. A zoom aims at the (first) label's true box. Of all examples, a `grounding_fraction` share about a
     label is the short form of the zoom call, a `perception_fraction` share the short form of a direct answer on a
     view that shows it. `family_weights` (family -> relative weight; None: equal) draws some families more often;
-    a `frame_fraction` share of the questions is framed (`synth.frame_wording`). A `one_label_majority_fraction`
-    share of the one-label scenes is asked in a majority wording ("which pattern do most labels show?"): the answer is
-    the one label's pattern, the think reads one label and the right action stays the label's own, so the action
-    must follow the image (one label or three), not the wording. `coarse_weights` weighs the coarse question types
-    (`synth.scene_for`)."""
+    a `frame_fraction` share of the questions is framed (`synth.frame_wording`). A `crossed_wording_fraction`
+    share of the label questions is asked in the other label family's wording (`synth.CROSSED_WORDINGS`): the think,
+    the answer and the right action stay the scene's, so the action must follow the image, not the wording.
+    `coarse_weights` weighs the coarse question types (`synth.scene_for`)."""
     mix = synth.LADDER_TRAIN_MIX
     family = mix[int(rng.integers(len(mix)))] if family_weights is None \
         else str(rng.choice(mix, p=synth.shares(family_weights, mix, "family_weights")))
     scene, question_type = synth.scene_for(rng, family, coarse_weights)
     views = make_views(scene.image, grid)
     answer = synth.answer_for(scene, question_type)
-    wording_type = question_type  # the think and the answer follow the scene, the wording may not
-    if question_type == "pattern" and one_label_majority_fraction > 0 and rng.random() < one_label_majority_fraction:
-        wording_type = "majority"
+    wording_type = synth.wording_type(rng, question_type, crossed_wording_fraction)  # the think follows the scene
     question = synth.frame_wording(rng, synth.pick_wording(rng, wording_type, "train"), frame_fraction)
     think = think_for(question, question_type)
     form = rng.random()
