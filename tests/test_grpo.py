@@ -29,6 +29,7 @@ from visionthink import protocol
 from visionthink.data import synth
 from visionthink.errors import VisionThinkError
 from visionthink.images import make_views
+from visionthink.profiles import VISIONTHINK
 from visionthink.tools import RESIZE
 from visionthink.train import grpo_env
 from visionthink.train.grpo import build_trainer
@@ -442,3 +443,20 @@ def test_greedy_probes_of_a_group_answer_alike(tmp_path, tiny_dir):
     assert len({tuple(row) for row in rows[0:2] + rows[4:6]}) > 1
     with pytest.raises(ValueError, match="probe_decoding"):
         build_trainer(recipe(tmp_path, tiny_dir, explore_direct=2, probe_decoding="beam"))
+
+
+def test_a_turn_whose_tool_calls_all_fail_keeps_training(tmp_path, tiny_dir):
+    """Every call of the batch is malformed, so its tool turn returns text and no image: TRL's tool loop then splits
+    the prompts' image fields by `image_grid_thw` (a seed-1 ladder run crashed there at step 27). It trains on."""
+    trainer = build_trainer(recipe(tmp_path, tiny_dir))
+    tokenizer = trainer.processing_class.tokenizer
+    think = "Look at the image."
+    bad_call = VISIONTHINK.call_text(think, "resize_image", {"action": "shrink"})
+    answer = protocol.answer_text(think, "checker")
+    recorded = script_turns(trainer, tokenizer, lambda i: bad_call if i < 2 else answer, lambda i: answer)
+    trainer.train()
+    completions = recorded[0][1][3]
+    for row in completions[:2]:  # the tool answered in text, and the model wrote its next turn after it
+        assert row[1]["role"] == "tool" and "Error" in row[1]["content"][0]["text"] and row[2]["role"] == "assistant"
+    assert all("<answer>" in row[0]["content"] for row in completions[2:])
+    assert trainer.state.global_step == 1

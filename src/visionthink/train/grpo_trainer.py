@@ -8,7 +8,8 @@ TRL's private hooks used here (pyproject pins `trl` to the minor version they we
   `completion_ids`, `image_grid_thw`, `num_items_in_batch`) is edited to leave rows out of the loss;
 - `_generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)`: the
   `explore_direct` probes generate with `<tool_call>` banned;
-- `_log_metric(name, value)` and `_metrics["train"]`: per-batch metrics.
+- `_log_metric(name, value)` and `_metrics["train"]`: per-batch metrics;
+- `_tokenize_prompts(prompts)`: its image fields are stacked into tensors (`stacked_image_fields`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
 import torch
 from trl import GRPOTrainer
 
@@ -89,6 +91,10 @@ class VisionThinkGRPOTrainer(GRPOTrainer):
         loss_mask = output["completion_mask"] * output["tool_mask"]
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
 
+    def _tokenize_prompts(self, prompts: list):
+        prompt_ids, images, fields = super()._tokenize_prompts(prompts)
+        return prompt_ids, images, stacked_image_fields(fields)
+
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         forced = [] if has_tool_images or self.use_vllm else self._forced_direct_rows(len(prompt_ids))
         if not forced:
@@ -121,6 +127,19 @@ class VisionThinkGRPOTrainer(GRPOTrainer):
                 self._metrics["train"][f"{name}/loss"].append(value)
             loss = loss + anchor / self.args.gradient_accumulation_steps
         return loss
+
+
+IMAGE_FIELDS = ("pixel_values", "image_grid_thw")
+
+
+def stacked_image_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` with image fields that are lists of NumPy rows stacked into one tensor. TRL's per-environment
+    prompts (`environment_factory`) leave a NumPy-returning processor's rows in a list, and its tool loop, on a turn
+    whose tool calls all returned text (no image), split them by `image_grid_thw` and crashed mid-run
+    (`'list' object has no attribute 'prod'`)."""
+    return {key: torch.from_numpy(np.stack(value))
+            if key in IMAGE_FIELDS and isinstance(value, list) and value and isinstance(value[0], np.ndarray)
+            else value for key, value in fields.items()}
 
 
 class RowTokenBan:
