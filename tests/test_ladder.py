@@ -237,7 +237,8 @@ def test_the_ladder_recipe_is_one_chain_that_exports_the_shipped_model():
     assert stages[1].perception_fraction == 1.0 and stages[2].grounding_weight == 0.0
     assert "label_where" not in stages[3].grounding_heads and stages[3].grounding_weight > 0
     assert not stages[4].train_vision and stages[4].coarse_weights["shape"] > stages[4].coarse_weights["colour"]
-    assert stages[5].frame_fraction > 0 and grpo.frame_fraction > 0 and stages[5].crossed_wording_fraction > 0
+    assert stages[4].family_weights == {"coarse": 1} and not stages[5].train_vision  # one tower from ground on
+    assert stages[5].frame_fraction > 0 and grpo.frame_fraction > 0
     assert (grpo.data, grpo.protocol, grpo.penalty_variant) == ("ladder", "visionthink-zoom", "cost")
     assert grpo.export_dir == "checkpoints/tiny-ladder" and grpo.cost_weight > 0
 
@@ -263,3 +264,4 @@ def test_grpo_prompts_from_the_ladder_world():
         if kind == was:
             assert row["question"] == before["question"]
         assert row["answer"] == before["answer"] and row["family"] == before["family"]
+
