@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   - create .venv, install, run the demo on the shipped tiny models (the paper's, then the ladder)
+#   make demo   - create .venv, install, run the demo on the shipped tiny models (the ladder, then the paper's)
 #   make test   - create .venv, install, run lint and the test suite; beside it the fast tests again in
 #                 .venv-gpustack, on the GPU stack's pins (transformers 5.17, trl 1.16) with CPU torch, and the
 #                 lmms-eval adapter's tests in .venv-lmms-eval, beside the real lmms-eval 0.7.3
@@ -50,7 +50,7 @@ $(LMMS_STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/visionthink demo --n 240
-	$(BIN)/visionthink demo --n 240 --model checkpoints/tiny-ladder
+	$(BIN)/visionthink demo --n 240 --model checkpoints/tiny-synth
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -265,3 +265,12 @@ def test_grpo_prompts_from_the_ladder_world():
             assert row["question"] == before["question"]
         assert row["answer"] == before["answer"] and row["family"] == before["family"]
 
+
+def test_the_default_model_is_the_ladder_model_and_the_demo_runs_the_ladder_on_it():
+    from visionthink.eval.synth_run import LADDER_PLAN, demo_plan
+    from visionthink.models.loading import default_model_dir
+    from visionthink.profiles import declared_profile
+
+    assert declared_profile(default_model_dir()).offers("zoom_image")
+    assert demo_plan(None) is LADDER_PLAN
+    assert demo_plan(str(REPO / "checkpoints" / "tiny-synth")) is not LADDER_PLAN  # the paper's model: its modes

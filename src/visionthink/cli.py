@@ -303,6 +303,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise VisionThinkError(f"serving needs FastAPI and uvicorn: {hint} ({error})") from None
     from pathlib import Path
 
+    from visionthink.models.loading import default_model_dir
     from visionthink.serve.config import ServeConfig
 
     api_key = args.api_key or os.environ.get("VISIONTHINK_API_KEY") or None
@@ -312,7 +313,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"warning: serving on {args.host} without an API key (VISIONTHINK_API_KEY)", file=sys.stderr)
     if args.tool_threshold is not None and args.engine != "transformers":
         raise VisionThinkError("--tool-threshold needs the transformers engine, which reads P(tool) while it decodes")
-    name = args.served_model_name or (Path(args.model).name if args.model else "tiny-synth")
+    name = args.served_model_name or Path(args.model or default_model_dir()).name
     limits = {field: getattr(args, field) for _, field, _, _ in SERVE_LIMITS}
     config = ServeConfig(model_name=name, api_key=api_key, allow_remote_images=args.allow_remote_images,
                          allowed_hosts=tuple(args.allowed_host), tool_threshold=args.tool_threshold, **limits)

@@ -209,8 +209,8 @@ class VisionThinkLMM(_Base):
     Arguments (from `--model_args key=value,...`; lmms-eval adds `batch_size`, `max_batch_size` and
     `device` from its own flags, so give the batch size with `--batch_size`, not in `--model_args`):
 
-    - `pretrained`: model folder (default: the shipped `checkpoints/tiny-synth`); under `engine=remote`, the folder
-      the server serves, of which only the processor is read;
+    - `pretrained`: model folder (default: the shipped default, `checkpoints/tiny-ladder`); under `engine=remote`,
+      the folder the server serves, of which only the processor is read;
     - `mode`: `visionthink` (low-res first, the model may ask for full resolution), `full` or `low`;
     - `protocol`: `visionthink` or `release` (the authors' prompts, for their released checkpoints);
     - `batch_size`: episodes run together (`auto` keeps the default, 8);

@@ -13,8 +13,9 @@ from visionthink.models.processor import VisionThinkProcessor, chat_template
 
 
 def default_model_dir() -> Path:
-    """The shipped checkpoint: `checkpoints/tiny-synth` in the repository."""
-    return Path(__file__).resolve().parents[3] / "checkpoints" / "tiny-synth"
+    """The default model of `ask`, `demo` and `serve`: the shipped ladder model, `checkpoints/tiny-ladder` in the
+    repository (it answers, zooms or resizes; `checkpoints/tiny-synth` is the paper's resize-only model)."""
+    return Path(__file__).resolve().parents[3] / "checkpoints" / "tiny-ladder"
 
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
