@@ -265,6 +265,19 @@ def fake_ask(monkeypatch, item_png):
     return ask
 
 
+def test_ask_without_a_model_runs_the_default_ladder_model_in_its_own_protocol():
+    """No `--model`: the default folder's declared protocol (zoom and resize), not the resize-only one; before, the
+    default model's zoom call was refused as an unknown tool."""
+    small = visionthink("ask", str(REPO / "examples" / "small-label.png"), "What texture does the tag show", "--json")
+    spread = visionthink("ask", str(REPO / "examples" / "spread-labels.png"),
+                         "Name the texture shared by most stickers", "--json")
+    for result in (small, spread):
+        assert result.returncode == 0, result.stderr
+    small, spread = (json.loads(result.stdout.splitlines()[-1]) for result in (small, spread))
+    assert (small["action"], small["error"]) == ("zoom", None)
+    assert (spread["action"], spread["error"], spread["resized"]) == ("resize", None, True)
+
+
 def test_ask_malformed_final_turn_is_reported_with_exit_3(fake_ask, capsys):
     assert fake_ask("<think>no idea</think>", "--json") == EXIT_NO_ANSWER == 3
     record = json.loads(capsys.readouterr().out)

@@ -68,7 +68,8 @@ def test_a_mode_runs_on_the_models_profile_restricted_to_its_tools():
 
 
 def test_a_model_folder_declares_its_profile(tmp_path):
-    assert declared_profile(None) is VISIONTHINK and declared_profile(tmp_path) is VISIONTHINK
+    assert declared_profile(None) is VISIONTHINK_ZOOM  # the default model's (the ladder's)
+    assert declared_profile(tmp_path) is VISIONTHINK
     declare_profile(tmp_path, "visionthink-zoom")
     assert json.loads((tmp_path / DECLARATION_FILE).read_text()) == {"protocol": "visionthink-zoom"}
     assert declared_profile(tmp_path) is VISIONTHINK_ZOOM

@@ -376,10 +376,14 @@ DECLARATION_FILE = "visionthink.json"
 
 
 def declared_profile(model_dir: str | os.PathLike | None) -> ProtocolProfile:
-    """The profile a model folder declares (`DECLARATION_FILE`), `visionthink` where it declares none (the shipped
-    default, folders written before declarations, a hub id)."""
-    path = Path(model_dir) / DECLARATION_FILE if model_dir is not None else None
-    if path is None or not path.is_file():
+    """The profile a model folder declares (`DECLARATION_FILE`; None: the default model's, `default_model_dir`),
+    `visionthink` where it declares none (folders written before declarations, a hub id)."""
+    if model_dir is None:
+        from visionthink.models.loading import default_model_dir
+
+        model_dir = default_model_dir()
+    path = Path(model_dir) / DECLARATION_FILE
+    if not path.is_file():
         return VISIONTHINK
     try:
         name = json.loads(path.read_text())["protocol"]
