@@ -282,11 +282,13 @@ def test_raw_mode_takes_bans_only(server, engine, requests_):
         assert status == 400 and why in refused["error"]["message"]
 
 
-def test_serve_on_the_remote_engine_runs_episodes_through_another_server(server, engine, requests_):
-    """`visionthink serve --engine remote` in front of another server: the same episodes, two hops."""
+def test_serve_on_the_remote_engine_runs_episodes_through_another_server(server, engine, requests_, shipped_model_dir):
+    """`visionthink serve --engine remote` in front of another server: the same episodes, two hops. `model` names the
+    folder the other server serves (without it, the default model's: another protocol)."""
     from visionthink.engines.factory import EngineOptions, build_engine
 
-    remote = build_engine(EngineOptions(engine="remote", base_url=server.url + "/v1", api_key=KEY, concurrency=4))
+    remote = build_engine(EngineOptions(engine="remote", base_url=server.url + "/v1", api_key=KEY, concurrency=4,
+                                        model=str(shipped_model_dir)))
     want = engine.run(requests_[:4], "visionthink")
     with serving(remote, ServeConfig(model_name="front"), context=4096) as running:
         for request, episode in zip(requests_[:4], want, strict=True):

@@ -1,4 +1,4 @@
-"""P(tool) at the first-turn decision and the tool threshold (`engines.tool_decision`), on the shipped model."""
+"""P(tool) at the first-turn decision and the tool threshold (`engines.tool_decision`), on the shipped resize model."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from visionthink.errors import VisionThinkError
 
 
 @pytest.fixture(scope="module")
-def engine() -> TransformersEngine:
-    return TransformersEngine.from_pretrained(batch_size=16)
+def engine(shipped_model_dir) -> TransformersEngine:
+    return TransformersEngine.from_pretrained(shipped_model_dir, batch_size=16)
 
 
 @pytest.fixture(scope="module")
