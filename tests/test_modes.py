@@ -86,16 +86,17 @@ def test_the_shipped_zoom_model_declares_its_profile(shipped_model_dir):
     assert declared_profile(shipped_model_dir.parent / "tiny-synth-zoom") is VISIONTHINK_ZOOM
 
 
-def test_eval_refuses_a_mode_the_model_lacks_in_one_line_before_any_work(tmp_path, capsys):
-    out = tmp_path / "out"
-    assert cli.main(["eval", "--modes", "visionthink,zoom", "--limit", "2", "--out", str(out)]) == 2
+def test_eval_refuses_a_mode_the_model_lacks_in_one_line_before_any_work(tmp_path, capsys, shipped_model_dir):
+    out = tmp_path / "out"  # the resize model: no zoom_image
+    assert cli.main(["eval", "--modes", "visionthink,zoom", "--limit", "2", "--out", str(out),
+                     "--model", str(shipped_model_dir)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [REFUSAL]
     assert not out.exists()
 
 
-def test_ask_refuses_a_mode_the_model_lacks(capsys):
+def test_ask_refuses_a_mode_the_model_lacks(capsys, shipped_model_dir):
     image = Path(__file__).resolve().parents[1] / "examples" / "count.png"
-    assert cli.main(["ask", str(image), "How many shapes?", "--mode", "zoom"]) == 2
+    assert cli.main(["ask", str(image), "How many shapes?", "--mode", "zoom", "--model", str(shipped_model_dir)]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [REFUSAL]
 
 
