@@ -87,8 +87,9 @@ def test_remote_episodes_on_transformers_serve_equal_local_ones(transformers_ser
     """Answers, resizes, visual tokens and the server's prompt token counts (checked on every reply against the
     local rendering) equal the local engine's."""
     requests = [Request(item.image, item.question, item.needs_high_res) for item in synth_items]
-    remote = build_engine(EngineOptions(engine="remote", base_url=transformers_server, concurrency=4,  # 5.17 lists
-                                        served_model=str(shipped_model_dir), model=str(shipped_model_dir)))  # no model
+    # `served_model`: 5.17 lists no forced model; `model`: the folder served (its protocol, not the default model's)
+    remote = build_engine(EngineOptions(engine="remote", base_url=transformers_server, concurrency=4,
+                                        served_model=str(shipped_model_dir), model=str(shipped_model_dir)))
     if TRANSFORMERS < (5, 25):  # its server drops the <think> text it parses out of a reply
         with pytest.raises(RemoteEngineError, match="drops part of the turn"):
             remote.run(requests, mode)
