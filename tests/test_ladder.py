@@ -84,6 +84,48 @@ def test_label_questions_asked_in_crossed_wordings_keep_the_scenes_think_answer_
     assert plain.random() == np.random.default_rng(3).random()  # nothing drawn where nothing can cross
 
 
+def _words(text: str) -> str:
+    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+def test_paired_wordings_ask_each_label_family_in_the_others_forms_with_its_own_number():
+    one, most = synth.paired_wordings("pattern"), synth.paired_wordings("majority")
+    assert len(one) > 100 and len(most) > 100 and synth.paired_wordings("colour") == ()
+    assert all("most" not in _words(q).split() for q in one)
+    assert all("most" in _words(q).split() for q in most)
+    # the forms cross: a majority sentence form asked of one label, a one-label form asked of most labels
+    assert "Which pattern does the label show?" in one
+    assert any(q.startswith("Which ") and q.endswith(" show?") and " do most " in q for q in synth.wordings("majority"))
+    assert "Name the pattern on most labels." in most and "Name the pattern on the label." in synth.wordings("pattern")
+    held = {_words(t) for q in synth.QUESTION_TYPES for ws in ("heldout", "heldout-templates")
+            for t in synth.wordings(q, ws)}
+    assert not {_words(t) for t in one + most} & held  # held-out wordings stay unseen
+    assert {synth.question_type_of(q) for q in one} == {"pattern"}
+    assert {synth.question_type_of(q) for q in most} == {"majority"}
+
+
+def test_label_questions_in_paired_wordings_keep_the_scenes_think_answer_and_action():
+    rng = np.random.default_rng(6)
+    examples = [sample_ladder_example(rng, TINY_GRID, 0.0, right_action_fraction=1.0,
+                                      family_weights={"fine_small": 1, "fine_spread": 1, "coarse": 1},
+                                      paired_wording_fraction=1.0) for _ in range(60)]
+    for example in examples:
+        question = next(m for m in example.messages if m["role"] == "user")["content"][-1]["text"].split("\n")[0]
+        text = next(m for m in example.messages if m["role"] == "assistant")["content"][0]["text"]
+        if example.family == "fine_small":
+            assert question in synth.paired_wordings("pattern") and _calls(example) == ["zoom_image"]
+            assert "Read the pattern on the label." in text
+        elif example.family == "fine_spread":
+            assert question in synth.paired_wordings("majority") and _calls(example) == ["resize_image"]
+        else:  # coarse questions keep their trained wordings
+            assert question in synth.wordings(synth.question_type_of(question))
+    plain = np.random.default_rng(3)
+    assert synth.training_wording(plain, "pattern") in synth.wordings("pattern")
+    again = np.random.default_rng(3)
+    assert synth.pick_wording(again, "pattern") == synth.training_wording(np.random.default_rng(3), "pattern")
+    assert plain.random() == again.random()  # a fraction of 0 draws as pick_wording does
+
+
 def test_coarse_weights_draw_the_coarse_question_types_in_their_shares():
     rng = np.random.default_rng(2)
     drawn = [synth.scene_for(rng, "coarse", {"shape": 1, "count": 1})[1] for _ in range(200)]
@@ -264,6 +306,14 @@ def test_grpo_prompts_from_the_ladder_world():
         if kind == was:
             assert row["question"] == before["question"]
         assert row["answer"] == before["answer"] and row["family"] == before["family"]
+    paired = prompt_dataset(TINY_GRID, 32, world="ladder", protocol="visionthink-zoom", paired_wording_fraction=1.0)
+    for row, before in zip(paired, plain, strict=True):
+        kind = synth.question_type_of(before["question"])
+        assert row["answer"] == before["answer"] and row["family"] == before["family"]
+        if kind in ("pattern", "majority"):
+            assert row["question"] in synth.paired_wordings(kind)
+        else:
+            assert row["question"] == before["question"]
 
 
 def test_the_default_model_is_the_ladder_model_and_the_demo_runs_the_ladder_on_it():

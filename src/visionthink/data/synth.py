@@ -224,8 +224,7 @@ def is_held_out(base: str) -> bool:
     """The fixed split rule: a quarter of the base wordings (by a CRC of their lower-cased words) are held
     out, with every case and punctuation variant, so no trained wording differs from a held-out one only
     in case or punctuation. (The salt keeps the four canonical `QUESTIONS` in training.)"""
-    words = " ".join("".join(c if c.isalnum() else " " for c in base.lower()).split())
-    return zlib.crc32(f"world v2:{words}".encode()) % 4 == 0
+    return zlib.crc32(f"world v2:{_words(base)}".encode()) % 4 == 0
 
 
 @functools.cache
@@ -243,7 +242,8 @@ def wordings(question_type: str, wording_set: WordingSet = "train") -> tuple[str
 
 @functools.cache
 def _question_types() -> dict[str, str]:
-    return {text: qtype for qtype in QUESTION_TYPES for ws in WORDING_SETS for text in wordings(qtype, ws)}
+    known = {text: qtype for qtype in QUESTION_TYPES for ws in WORDING_SETS for text in wordings(qtype, ws)}
+    return known | {text: qtype for qtype in PAIRED_TEMPLATES for text in paired_wordings(qtype)}
 
 
 def question_type_of(question: str) -> str | None:
@@ -499,6 +499,69 @@ def wording_type(rng: np.random.Generator, question_type: str, crossed_fraction:
     if question_type not in CROSSED_WORDINGS or crossed_fraction <= 0:
         return question_type
     return CROSSED_WORDINGS[question_type] if rng.random() < crossed_fraction else question_type
+
+
+PAIRED_TEMPLATES = {
+    "pattern": [
+        "Which {pattern} appears on the {label}?",
+        "Which {pattern} does the {label} show?",
+        "The {label} shows which {pattern}?",
+        "Tell me the {pattern} that the {label} has.",
+        "Name the {pattern} the {label} has.",
+        "{label}: which {pattern} is on it?",
+        "Could you tell me which {pattern} the {label} has, please?",
+        "What {pattern} does the {label} have?",
+        "Which {pattern} do you find on the {label}?",
+        "What {pattern} do you read on the {label}?",
+    ],
+    "majority": [
+        "What {pattern} is on most {labels}?",
+        "Which {pattern} is on most {labels}?",
+        "What is the {pattern} on most {labels}?",
+        "Which {pattern} do most {labels} have?",
+        "Most {labels} {pattern}?",
+        "Tell me the {pattern} of most {labels}.",
+        "What {pattern} is printed on most {labels}?",
+        "Most {labels}: what {pattern} is on them?",
+        "Name the {pattern} on most {labels}.",
+        "Which {pattern} do you find on most {labels}?",
+        "What {pattern} do you read on most {labels}?",
+    ],
+}
+"""Training only (`paired_wording_fraction`): each label family asked in the other's sentence forms, with its own
+number ("which pattern does the label show?" beside "which pattern do most labels show?"). A sentence form then tells
+one label from three nowhere; only "the label" against "most labels" does. Small labels asked in held-out sentence
+structures ("Looking at the label, which pattern do you see?") were resized: the form, not the number, had decided."""
+
+
+@functools.cache
+def paired_wordings(question_type: str) -> tuple[str, ...]:
+    """Every wording of `PAIRED_TEMPLATES[question_type]` (empty for other types), less any that some held-out set
+    or another question type's trained wordings already hold, so held-out wordings stay unseen."""
+    held_out = ("heldout", "heldout-templates")
+    taken = {_words(text) for qtype in QUESTION_TYPES for ws in held_out for text in wordings(qtype, ws)}
+    taken |= {_words(text) for qtype in QUESTION_TYPES if qtype != question_type for text in wordings(qtype, "train")}
+    bases = [base for template in PAIRED_TEMPLATES.get(question_type, []) for base in _fill(template)]
+    return tuple(dict.fromkeys(text for base in bases if _words(base) not in taken for text in _styled(base)))
+
+
+def _words(text: str) -> str:
+    """A wording's lower-cased words, without case or punctuation."""
+    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+def training_wording(rng: np.random.Generator, question_type: str, paired_fraction: float = 0.0) -> str:
+    """A trained wording of `question_type`; for a label question, with probability `paired_fraction`, one of its
+    `paired_wordings`. `paired_fraction` 0 draws as `pick_wording` does, so a stream without pairs stays as it was."""
+    if paired_wordings(question_type) and paired_fraction > 0 and rng.random() < paired_fraction:
+        return pick_paired(rng, question_type)
+    return pick_wording(rng, question_type, "train")
+
+
+def pick_paired(rng: np.random.Generator, question_type: str) -> str:
+    """One of `paired_wordings(question_type)`, drawn at random."""
+    options = paired_wordings(question_type)
+    return options[int(rng.integers(len(options)))]
 
 
 def frame_wording(rng: np.random.Generator, question: str, fraction: float = 1.0) -> str:

@@ -138,6 +138,9 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
         "help": "With the ladder world: the share of label prompts asked in the other label family's wording "
                 "(`synth.CROSSED_WORDINGS`; the answer stays the scene's), as SFT's: the cheapest right action "
                 "must follow the image, not the words."})
+    paired_wording_fraction: float = field(default=0.0, metadata={
+        "help": "With the ladder world: the share of label prompts asked in the other label family's sentence forms "
+                "with their own number (`synth.paired_wordings`), as SFT's."})
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of every weight."})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha."})

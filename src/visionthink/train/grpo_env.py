@@ -68,16 +68,24 @@ def prompt_row(item: synth.Item, grid: PixelGrid, protocol: str | ProtocolProfil
 
 def prompt_dataset(grid: PixelGrid, n: int, seed: int = 0, split: str = "train",
                    protocol: str | ProtocolProfile | None = None, pixel_range: tuple[int, int] | None = None,
-                   world: str = "synth", frame_fraction: float = 0.0, crossed_wording_fraction: float = 0.0):
+                   world: str = "synth", frame_fraction: float = 0.0, crossed_wording_fraction: float = 0.0,
+                   paired_wording_fraction: float = 0.0):
     """The first `n` items of a split of a generated world (`synth.WORLDS`) as TRL prompt rows (`datasets.Dataset`,
-    images stored as PNG); a `crossed_wording_fraction` share of the label questions asked in the other label family's
-    wording (`synth.CROSSED_WORDINGS`; the answer stays the scene's, as SFT's), then a `frame_fraction` share of the
-    questions asked inside a training frame (`synth.frame_wording`)."""
+    images stored as PNG); a `paired_wording_fraction` share of the label questions asked in the other label family's
+    sentence forms with their own number (`synth.paired_wordings`), a `crossed_wording_fraction` share in the other
+    label family's wording (`synth.CROSSED_WORDINGS`; the answer stays the scene's, as SFT's), then a `frame_fraction`
+    share of the questions asked inside a training frame (`synth.frame_wording`)."""
     import dataclasses
 
     import datasets
 
     items = synth.WORLDS[world](split, n, seed=seed)
+    if paired_wording_fraction > 0:
+        rng = np.random.default_rng([seed or 0, 27, 3])
+        pairs = [bool(synth.paired_wordings(item.question_type)) and rng.random() < paired_wording_fraction
+                 for item in items]
+        items = [dataclasses.replace(item, question=synth.pick_paired(rng, item.question_type)) if paired else item
+                 for item, paired in zip(items, pairs, strict=True)]
     if crossed_wording_fraction > 0:
         rng = np.random.default_rng([seed or 0, 27, 2])
         asked = [synth.wording_type(rng, item.question_type, crossed_wording_fraction) for item in items]

@@ -143,6 +143,10 @@ class SFTConfig:
     the label?"); the think, the answer and the right action follow the scene, so the action must follow the image
     (one label: zoom; three: resize), not the words. The think named the action from the words alone: small labels
     asked in held-out sentence structures were read as "the labels" and resized (docs/ladder.md)."""
+    paired_wording_fraction: float = 0.0
+    """With `world: ladder`: the share of label questions asked in the other label family's sentence forms with their
+    own number (`synth.PAIRED_TEMPLATES`: "which pattern does the label show?" beside "which pattern do most labels
+    show?"), so that no sentence form, only "the label" against "most labels", tells a zoom from a resize."""
     right_action_fraction: float = 0.0
     """With `world: ladder`: the share of low-res starts that take the family's right action; the rest take an
     action at random."""
@@ -328,7 +332,8 @@ def train_sft(config: SFTConfig) -> Path:
             examples = [sample_ladder_example(rng, grid, config.full_res_fraction, config.right_action_fraction,
                                               config.perception_fraction, config.grounding_fraction,
                                               config.family_weights, config.frame_fraction,
-                                              config.crossed_wording_fraction, config.coarse_weights)
+                                              config.crossed_wording_fraction, config.coarse_weights,
+                                              config.paired_wording_fraction)
                         for _ in range(config.batch_size)]
         else:
             examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,
