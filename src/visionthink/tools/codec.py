@@ -52,18 +52,29 @@ def without_calls(text: str) -> str:
     return _BLOCK.sub("", text)
 
 
-def decode_call(payload: str) -> ToolCall | BadCall:
-    """A block's payload as a `ToolCall`, or a `BadCall` saying why not. Arguments may come as `parameters` or as a
-    JSON string, as models write them."""
+def _call_object(payload: str) -> dict | BadCall:
+    """A block's payload parsed as a JSON object, or a `BadCall` saying why not."""
     try:
         call = json.loads(payload.strip())
     except (json.JSONDecodeError, RecursionError):
         return BadCall("tool call is not valid JSON")
-    if not isinstance(call, dict):
-        return BadCall("tool call is not a JSON object")
+    return call if isinstance(call, dict) else BadCall("tool call is not a JSON object")
+
+
+def _raw_arguments(call: dict) -> Any:
+    """A call's arguments as written: under `arguments`, or `parameters` as some models write them."""
+    return call.get("arguments", call.get("parameters", {}))
+
+
+def decode_call(payload: str) -> ToolCall | BadCall:
+    """A block's payload as a `ToolCall`, or a `BadCall` saying why not. Arguments may come as `parameters` or as a
+    JSON string, as models write them."""
+    call = _call_object(payload)
+    if isinstance(call, BadCall):
+        return call
     name = call.get("name")
     name = name if isinstance(name, str) else str(name)
-    arguments = call.get("arguments", call.get("parameters", {}))
+    arguments = _raw_arguments(call)
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
@@ -83,14 +94,11 @@ def openai_tool_calls(text: str, new_id) -> tuple[str | None, list[dict[str, Any
         return text, []
     calls = []
     for block in blocks:
-        try:
-            payload = json.loads(block.strip())
-        except (json.JSONDecodeError, RecursionError):
+        call = _call_object(block)
+        if isinstance(call, BadCall) or not isinstance(call.get("name"), str):
             return text, []
-        if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
-            return text, []
-        arguments = payload.get("arguments", payload.get("parameters", {}))
+        arguments = _raw_arguments(call)
         calls.append({"id": new_id(), "type": "function", "function": {
-            "name": payload["name"], "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}})
+            "name": call["name"], "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}})
     content = text[: text.index(CALL_OPEN)]
     return (content if content.strip() else None), calls
