@@ -81,6 +81,12 @@ def synth_items():
     return synth.split_items("test", 12, seed=0)
 
 
+def words_of(text: str) -> str:
+    """A wording's lower-cased words without case or punctuation, written out again (not taken from the code under
+    test): the key on which trained and held-out wordings must differ."""
+    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
 def qwen_smart_resize(width: int, height: int) -> tuple[int, int]:
     """Qwen2.5-VL's smart-resize rule, written out again (not taken from the code under test): both sides multiples
     of 28, the area within [3136, 12845056] pixels, the aspect kept. Returns (width, height)."""

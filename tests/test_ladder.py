@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_GRID  # tests/ is on sys.path
+from conftest import REPO, TINY_GRID, words_of  # tests/ is on sys.path
 
 from visionthink.data import synth
 from visionthink.eval.benchmarks import get_benchmark
@@ -84,22 +84,18 @@ def test_label_questions_asked_in_crossed_wordings_keep_the_scenes_think_answer_
     assert plain.random() == np.random.default_rng(3).random()  # nothing drawn where nothing can cross
 
 
-def _words(text: str) -> str:
-    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
-
-
 def test_paired_wordings_ask_each_label_family_in_the_others_forms_with_its_own_number():
     one, most = synth.paired_wordings("pattern"), synth.paired_wordings("majority")
     assert len(one) > 100 and len(most) > 100 and synth.paired_wordings("colour") == ()
-    assert all("most" not in _words(q).split() for q in one)
-    assert all("most" in _words(q).split() for q in most)
+    assert all("most" not in words_of(q).split() for q in one)
+    assert all("most" in words_of(q).split() for q in most)
     # the forms cross: a majority sentence form asked of one label, a one-label form asked of most labels
     assert "Which pattern does the label show?" in one
     assert any(q.startswith("Which ") and q.endswith(" show?") and " do most " in q for q in synth.wordings("majority"))
     assert "Name the pattern on most labels." in most and "Name the pattern on the label." in synth.wordings("pattern")
-    held = {_words(t) for q in synth.QUESTION_TYPES for ws in ("heldout", "heldout-templates")
+    held = {words_of(t) for q in synth.QUESTION_TYPES for ws in ("heldout", "heldout-templates")
             for t in synth.wordings(q, ws)}
-    assert not {_words(t) for t in one + most} & held  # held-out wordings stay unseen
+    assert not {words_of(t) for t in one + most} & held  # held-out wordings stay unseen
     assert {synth.question_type_of(q) for q in one} == {"pattern"}
     assert {synth.question_type_of(q) for q in most} == {"majority"}
 

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 from conftest import TINY_GRID as PROBE_GRID  # tests/ is on sys.path
+from conftest import words_of
 
 from visionthink.data.synth import (
     COLOURS,
@@ -115,10 +116,6 @@ def test_answers_are_in_the_documented_sets():
 # ---------------------------------------------------------------- wordings
 
 
-def _words(text: str) -> str:
-    return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
-
-
 @pytest.mark.parametrize("question_type", QUESTION_TYPES)
 def test_each_question_type_has_many_wordings_split_train_and_held_out(question_type):
     train, held = wordings(question_type, "train"), wordings(question_type, "heldout")
@@ -126,7 +123,7 @@ def test_each_question_type_has_many_wordings_split_train_and_held_out(question_
     assert not set(train) & set(held)
     assert 0.1 < len(held) / (len(train) + len(held)) < 0.4
     # held out by words: no trained wording is a held-out one up to case and punctuation
-    assert not {_words(t) for t in train} & {_words(h) for h in held}
+    assert not {words_of(t) for t in train} & {words_of(h) for h in held}
     assert all(is_held_out(h) for h in held) and not any(is_held_out(t) for t in train)
     # the variation the issue asks for: case, punctuation, synonyms
     both = train + held
@@ -136,7 +133,7 @@ def test_each_question_type_has_many_wordings_split_train_and_held_out(question_
 
 
 def test_synonyms_appear_in_training_wordings():
-    trained = " ".join(_words(w) for q in QUESTION_TYPES for w in wordings(q, "train")).split()
+    trained = " ".join(words_of(w) for q in QUESTION_TYPES for w in wordings(q, "train")).split()
     for word in ("colour", "color", "biggest", "largest", "sticker", "tag", "texture", "picture"):
         assert word in trained
 
