@@ -75,6 +75,19 @@ tool_threshold = _checked(_finite, lambda v: 0 <= v <= 1, "{text} is not in [0, 
 """A tool threshold, 0-1: call the tool when P(tool) >= it."""
 
 
+
+
+def confidence_thresholds(text: str) -> list[float]:
+    """Comma-separated answer-confidence thresholds, each in [0, 1] (`--escalate-below 0.5,0.6`)."""
+    values = [tool_threshold(part.strip()) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} names no threshold")
+    return values
+
+
+ESCALATE_HELP = ("withdraw a first-turn answer the model gave less than this confidence (the least probability of "
+                 "its answer's tokens) and call resize_image in its place, so that the model answers again on the "
+                 "full view (default: answers stand; transformers engine only)")
 TOOL_THRESHOLD_HELP = ("call the tool when the model's P(tool) at its first-turn decision is at least T (0: always, "
                        "1: only when certain; default: the model's own greedy choice; transformers engine only)")
 
@@ -126,10 +139,12 @@ def _ask(args: argparse.Namespace) -> int:
     model_profile = get_profile(args.protocol) if args.protocol else declared_profile(options.model)
     mode = get_mode(args.mode or own_mode(model_profile))
     engine = build_engine(options, sampling=sampling, protocol=mode_profile(model_profile, mode))
-    episode = engine.run([Request(image, args.question, tool_threshold=args.tool_threshold)], mode.name)[0]
+    request = Request(image, args.question, tool_threshold=args.tool_threshold, escalate_below=args.escalate_below)
+    episode = engine.run([request], mode.name)[0]
     summary = episode.summary()
     result = {key: summary[key] for key in ("answer", "resized", "action", "visual_tokens", "full_res_visual_tokens",
-                                            "p_tool", "tool_threshold", "turns", "error")}
+                                            "p_tool", "tool_threshold", "answer_confidence", "escalate_below",
+                                            "escalated", "turns", "error")}
     result["zoom_box"] = list(episode.zoom_box) if episode.zoomed else None
     return _print_answer(result, time.perf_counter() - began, args.json)
 
@@ -140,6 +155,8 @@ def _ask_server(args: argparse.Namespace) -> int:
 
     from visionthink.serve.client import ask_server
 
+    if args.escalate_below is not None:
+        raise VisionThinkError("--escalate-below runs in this process; the server answers with its own settings")
     if args.model is not None or args.protocol is not None or args.engine != "transformers":
         raise VisionThinkError("--model, --protocol and --engine choose a model; with --server the server's answers "
                                "(set them when starting `visionthink serve`)")
@@ -163,6 +180,11 @@ def _print_answer(result: dict, seconds: float, as_json: bool) -> int:
             threshold = result.get("tool_threshold")
             rule = "the model's own choice" if threshold is None else f"threshold {threshold}"
             print(f"P(tool): {result['p_tool']:.3f} ({rule})")
+        if result.get("answer_confidence") is not None:
+            below = result.get("escalate_below")
+            then = "" if below is None else (
+                f" (under {below}: withdrawn, resize_image called)" if result.get("escalated") else f" (>= {below})")
+            print(f"first answer's confidence: {result['answer_confidence']:.3f}{then}")
         if result["zoom_box"] is not None:
             print(f"zoomed on: {result['zoom_box']} (low-res pixels)")
         share = 100 * result["visual_tokens"] / result["full_res_visual_tokens"]
@@ -237,6 +259,7 @@ def _eval(args: argparse.Namespace) -> int:
         curve=args.curve,
         token_budget=args.token_budget,
         calibration_fraction=args.calibration_fraction,
+        escalate_below=args.escalate_below or [],
     )
     result = run_eval(config)
     if args.json:
@@ -428,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "zoom for a model whose protocol offers zoom_image, else visionthink)")
     ask.add_argument("--json", action="store_true", help="print one JSON object")
     ask.add_argument("--tool-threshold", type=tool_threshold, default=None, metavar="T", help=TOOL_THRESHOLD_HELP)
+    ask.add_argument("--escalate-below", type=tool_threshold, default=None, metavar="C", help=ESCALATE_HELP)
     ask.add_argument("--protocol", default=None, choices=PROTOCOLS, help=PROTOCOL_HELP)
     ask.add_argument("--max-new-tokens", type=positive_int, default=None, help=MAX_NEW_TOKENS_HELP)
     ask.add_argument("--max-input-pixels", type=positive_int, default=DEFAULT_MAX_INPUT_PIXELS,
@@ -513,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--token-budget", type=positive_float, default=None, metavar="F",
                           help="choose the threshold on a calibration part of each bench so that visual tokens come to "
                           "F of full resolution's (0.25-1.25 for resize), then run the rest with it")
+    evaluate.add_argument("--escalate-below", type=confidence_thresholds, default=None, metavar="C[,C...]",
+                          help="also run the modes where the model decides once per threshold C: " + ESCALATE_HELP
+                          + "; records are labelled <mode>+escalate@C")
     evaluate.add_argument("--calibration-fraction", type=positive_float, default=0.4, metavar="P",
                           help="the share of items that calibrates --token-budget (default 0.4)")
     add_engine_options(evaluate)

@@ -252,6 +252,13 @@ class Episode:
     (`engines.tool_decision`); None where it was not recorded (no decision met, a forbidden call, another engine)."""
     tool_threshold: float | None = None
     """The threshold that chose the path (None: the model's own choice)."""
+    answer_confidence: float | None = None
+    """The least probability the model gave a token of its first turn's answer (`engines.confidence`); None where
+    that turn did not answer or the engine does not record it."""
+    escalate_below: float | None = None
+    """The answer-confidence threshold the episode ran under (None: answers stand)."""
+    escalated: bool = False
+    """The first turn's answer was under `escalate_below`: withdrawn, and `resize_image` called in its place."""
 
     @property
     def action(self) -> str:
@@ -325,6 +332,9 @@ class Episode:
             "mode": self.mode,
             "p_tool": None if self.p_tool is None else round(self.p_tool, 6),
             "tool_threshold": "inf" if self.tool_threshold == float("inf") else self.tool_threshold,
+            "answer_confidence": None if self.answer_confidence is None else round(self.answer_confidence, 6),
+            "escalate_below": self.escalate_below,
+            "escalated": self.escalated,
             **({"zoom_box": list(self.zoom_box)} if self.zoom_box is not None else {}),
         }
 
@@ -343,6 +353,9 @@ def make_episode(
     answer_of: Callable[[list[Message], list[Turn]], str | None] | None = None,
     p_tool: float | None = None,
     tool_threshold: float | None = None,
+    answer_confidence: float | None = None,
+    escalate_below: float | None = None,
+    escalated: bool = False,
 ) -> Episode:
     """The episode a conversation records, by one rule for every engine and for GRPO rollouts.
 
@@ -365,6 +378,9 @@ def make_episode(
         fed_token_ids=list(fed_token_ids or []),
         p_tool=p_tool,
         tool_threshold=tool_threshold,
+        answer_confidence=answer_confidence,
+        escalate_below=escalate_below,
+        escalated=escalated,
     )
 
 

@@ -36,6 +36,10 @@ class Request:
     tool_threshold: float | None = None
     """Call the tool when P(tool) >= this at the first-turn decision (`engines.tool_decision`; 0: always, above 1:
     never); None: the model's own choice. Only where the mode lets the model decide (`visionthink`, `zoom`)."""
+    escalate_below: float | None = None
+    """Withdraw a first-turn answer whose confidence (the least probability the model gave a token of it,
+    `engines.confidence`) is under this and call `resize_image` in its place: the model answers again on the full
+    view. None: answers stand. Only where the mode lets the model decide."""
 
 
 @dataclass
@@ -53,17 +57,21 @@ class Generated:
     """This row's own time for the turn; None: the batch's time is shared out evenly."""
     p_tool: float | None = None
     """P(tool) at this turn's decision between answering and calling the tool (None: not met, or not recorded)."""
+    answer_confidence: float | None = None
+    """The least probability the model gave a token of this turn's answer (None: no answer, or not recorded)."""
 
 
 class Session(Protocol):
     """One batch's state across its turns (a KV cache, cached image URLs, ...)."""
 
     def generate(self, rows: list[int], conversations: list[list[protocol.Message]],
-                 forbid_call: list[bool], tool_thresholds: list[float | None] | None = None) -> list[Generated]:
+                 forbid_call: list[bool], tool_thresholds: list[float | None] | None = None,
+                 answer_confidence: bool = False) -> list[Generated]:
         """The next assistant turn of each conversation. `rows` name the batch rows still going (a later
         call passes a subset, in order); `forbid_call[i]` keeps `<tool_call>` out of that turn. `tool_thresholds`
         (first turns only) asks for P(tool), and the path by the row's threshold where it is not None: only a
-        backend with `decides_by_threshold` is given one."""
+        backend with `decides_by_threshold` is given one. `answer_confidence` (first turns only) asks for each
+        answer's confidence: only a backend with `records_confidence` is asked."""
         ...
 
 
@@ -104,6 +112,11 @@ def check_mode(mode: str | Mode, requests: list, profile=None) -> Mode:
                          "does not offer")
     for request in requests:
         check_threshold(getattr(request, "tool_threshold", None))
+        check_escalation(getattr(request, "escalate_below", None))
+    if mode.decides and profile.lacks(("resize_image",)) and any(
+            getattr(r, "escalate_below", None) is not None for r in requests):
+        raise ValueError(f"escalating unsure answers calls resize_image, which protocol {profile.name!r} does not "
+                         "offer")
     return mode
 
 
@@ -124,6 +137,20 @@ def check_thresholds(backend, requests: list) -> None:
             getattr(r, "tool_threshold", None) is not None for r in requests):
         raise VisionThinkError(f"a tool threshold needs the transformers engine; {type(backend).__name__} cannot "
                                "read P(tool) while it decodes")
+    if not getattr(backend, "records_confidence", False) and any(
+            getattr(r, "escalate_below", None) is not None for r in requests):
+        raise VisionThinkError(f"escalating unsure answers needs the transformers engine; {type(backend).__name__} "
+                               "cannot read the answer's token probabilities")
+
+
+def check_escalation(value: float | None) -> float | None:
+    """An answer-confidence threshold as given, or a clear error: a number in [0, 1] (0: no answer is withdrawn, 1:
+    every answer short of certain is)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"the answer-confidence threshold must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 def run_episodes(backend: Backend, requests: list, mode: str | Mode = "visionthink",
@@ -154,6 +181,8 @@ class _Row:
     source_size: tuple[int, int] | None = None
     """The loaded image's (width, height): the frame of `Request.box`."""
     p_tool: float | None = None
+    answer_confidence: float | None = None
+    escalated: bool = False
 
 
 def _run_batch(backend: Backend, requests: list, mode: Mode) -> list[protocol.Episode]:
@@ -174,11 +203,13 @@ def _run_batch(backend: Backend, requests: list, mode: Mode) -> list[protocol.Ep
     for turn_index in range(protocol.MAX_ASSISTANT_TURNS):
         turn_began = time.perf_counter()
         forbid = [mode.forbids_call(rows[i].request, turn_index) for i in active]
-        thresholds = None
+        options = {}
         if turn_index == 0 and getattr(backend, "decides_by_threshold", False):
-            thresholds = [getattr(rows[i].request, "tool_threshold", None) if mode.decides else None for i in active]
-        outputs = session.generate(active, [rows[i].messages for i in active], forbid,
-                                   **({"tool_thresholds": thresholds} if thresholds is not None else {}))
+            options["tool_thresholds"] = [getattr(rows[i].request, "tool_threshold", None) if mode.decides else None
+                                          for i in active]
+        if turn_index == 0 and getattr(backend, "records_confidence", False):
+            options["answer_confidence"] = True
+        outputs = session.generate(active, [rows[i].messages for i in active], forbid, **options)
         shared = (time.perf_counter() - turn_began) / len(active)
         going_on = []
         for index, output in zip(active, outputs, strict=True):
@@ -190,6 +221,7 @@ def _run_batch(backend: Backend, requests: list, mode: Mode) -> list[protocol.Ep
                 row.fed_token_ids = output.fed_token_ids
             if turn_index == 0:
                 row.p_tool = output.p_tool
+                row.answer_confidence = output.answer_confidence
             if _take_turn(row, output.text, mode, turn_index, profile):
                 going_on.append(index)
         active = going_on
@@ -203,6 +235,8 @@ def _run_batch(backend: Backend, requests: list, mode: Mode) -> list[protocol.Ep
             sequence_tokens=row.sequence_tokens, seconds=row.seconds, mode=mode.name,
             fed_token_ids=row.fed_token_ids, answer_of=profile.episode_answer, p_tool=row.p_tool,
             tool_threshold=getattr(row.request, "tool_threshold", None) if mode.decides else None,
+            answer_confidence=row.answer_confidence, escalated=row.escalated,
+            escalate_below=getattr(row.request, "escalate_below", None) if mode.decides else None,
         )
         for row in rows
     ]
@@ -212,6 +246,11 @@ def _take_turn(row: _Row, text: str, mode: Mode, turn_index: int, profile=None) 
     """Record an assistant turn and the tool's reply to it; True when the model gets another turn."""
     profile = get_profile(profile)
     turn = profile.parse_turn(text)
+    if turn_index == 0 and mode.decides and _unsure(row, turn):
+        resize = profile.tool("resize_image")
+        text = profile.call_text(turn.think or "", resize.name, dict(resize.fixed_arguments or {}))  # the think kept
+        turn = profile.parse_turn(text)
+        row.escalated = True
     if oracle_tool := mode.oracle_calls(row.request, turn_index):
         tool = profile.tool(oracle_tool)
         arguments = tool.oracle_arguments(row.request, row.views, row.source_size or row.views.high.size)
@@ -228,6 +267,13 @@ def _take_turn(row: _Row, text: str, mode: Mode, turn_index: int, profile=None) 
         return False
     row.messages.append(reply)
     return True
+
+
+def _unsure(row: _Row, turn: protocol.Turn) -> bool:
+    """Whether `turn` answers with less confidence than its request's `escalate_below`."""
+    threshold = getattr(row.request, "escalate_below", None)
+    return (threshold is not None and turn.kind == "answer" and row.answer_confidence is not None
+            and row.answer_confidence < threshold)
 
 
 SPECIAL_MARKERS = ("<|", "|>", "<tool_call>", "</tool_call>")

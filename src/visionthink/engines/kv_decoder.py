@@ -154,7 +154,8 @@ class KVDecoder:
     def decode(self, sampling: SamplingConfig, banned_ids: list[list[int]] | None = None,
                generator: torch.Generator | None = None, draft: Draft | None = None,
                previous: list[list[int]] | None = None, memory: OutputMemory | None = None,
-               decisions: Decisions | None = None) -> list[list[int]]:
+               decisions: Decisions | None = None,
+               token_probs: list[list[float]] | None = None) -> list[list[int]]:
         """Generate for every row until a stop token (kept) or `max_new_tokens`.
 
         `banned_ids[row]` lists token ids that row may not produce. The tokens chosen at the last step are
@@ -166,6 +167,8 @@ class KVDecoder:
         reasoning). With a `memory`, a row with no other guess gets what earlier rows wrote after its last tokens
         (`OutputMemory`), kept the same way; the memory then learns what this call wrote. With `decisions`, every
         token a row writes passes `Decisions.review` (P(tool) at the first-turn decision, the path by a threshold).
+        With `token_probs` (one empty list per row), each row's list gets the probability the model gave each token it
+        wrote (softmax of the raw logits, banned tokens excluded), in order (`engines.confidence`).
         """
         ban = Banned(banned_ids) if banned_ids and any(banned_ids) else None
         stops = set(self.stop_ids.tolist())
@@ -177,10 +180,13 @@ class KVDecoder:
         if decisions is not None:
             for row in active:
                 tokens[row] = decisions.review(row, self.last_logits[row], tokens[row], generated[row])
+        chosen_p = _probs_of(self.last_logits, tokens) if token_probs is not None else None
         while True:
             for row in active:
                 generated[row].append(tokens[row])
                 self.history[row].append(tokens[row])
+                if chosen_p is not None:
+                    token_probs[row].append(chosen_p[row])
             fed = list(active)
             active = [r for r in active if tokens[r] not in stops and len(generated[r]) < sampling.max_new_tokens]
             if not active:
@@ -200,9 +206,15 @@ class KVDecoder:
             logits = self._feed_tokens(feeds)
             tokens = self._choose_rows(logits[:, -1], ban, sampling, generator)
             departed = set()
+            guessed_p = {}
             for row, guess in guesses.items():
-                accepted, departure = self._verify(row, logits[row, -len(feeds[row]) : -1], guess, ban, sampling,
-                                                   generator, decisions, generated[row])
+                tail_logits = logits[row, -len(feeds[row]) : -1]
+                accepted, departure = self._verify(row, tail_logits, guess, ban, sampling, generator, decisions,
+                                                   generated[row])
+                if token_probs is not None:
+                    kept = [*guess[:accepted], *([departure] if accepted < len(guess) else [])]
+                    guessed_p[row] = _probs_of(tail_logits[: len(kept)], kept)
+                    token_probs[row].extend(guessed_p[row][:accepted])
                 for token in guess[:accepted]:
                     generated[row].append(token)
                     self.history[row].append(token)
@@ -216,6 +228,10 @@ class KVDecoder:
                 for row in active:
                     if row not in departed:  # a departure was reviewed where it was chosen
                         tokens[row] = decisions.review(row, logits[row, -1], tokens[row], generated[row])
+            if token_probs is not None:
+                chosen_p = _probs_of(logits[:, -1], tokens)
+                for row in departed:
+                    chosen_p[row] = guessed_p[row][-1]
         self.last_logits = None
         if memory is not None:
             for row, written in enumerate(generated):
@@ -444,6 +460,13 @@ def generator_on(generator: torch.Generator | None, device: torch.device) -> tor
         return generator
     seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def _probs_of(logits: torch.Tensor, tokens: list[int]) -> list[float]:
+    """The probability each line of `logits` gives its token (softmax of the logits as they are: a banned token's
+    -inf counts for nothing), read back to the host in one copy."""
+    index = torch.tensor(tokens, dtype=torch.long, device=logits.device)[:, None]
+    return logits.float().softmax(-1).gather(-1, index)[:, 0].tolist()
 
 
 def _choose(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None,

@@ -13,6 +13,7 @@ from PIL import Image
 
 from visionthink import protocol
 from visionthink.engines.base import Generated, Request, never_write_ids, run_episodes, stop_ids
+from visionthink.engines.confidence import ANSWER_OPEN, answer_confidence
 from visionthink.engines.kv_decoder import (
     Draft,
     KVDecoder,
@@ -37,6 +38,8 @@ class TransformersEngine:
 
     decides_by_threshold = True
     """It records P(tool) and honours `Request.tool_threshold` (`engines.tool_decision`)."""
+    records_confidence = True
+    """It records the first turn's answer confidence and honours `Request.escalate_below` (`engines.confidence`)."""
 
     def __init__(self, model, processor, sampling: SamplingConfig | None = None, batch_size: int = 16,
                  reuse_cache: bool = True, draft_tool_call: bool = True, share_prefix: bool = True,
@@ -162,6 +165,13 @@ class TransformersEngine:
             ids = ids[:-1]
         return self.processor.tokenizer.decode(ids, skip_special_tokens=False)
 
+    def confidence_of(self, ids: list[int], probs: list[float], text: str) -> float | None:
+        """The answer confidence of a turn that wrote `ids` (`text`) with `probs` (`engines.confidence`)."""
+        if ANSWER_OPEN not in text:
+            return None
+        pieces = self.processor.tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
+        return answer_confidence(pieces, probs)
+
 
 class _Call:
     """One `run` call with its own sampling, as `run_episodes` sees the engine. A seeded call draws from a generator
@@ -197,7 +207,8 @@ class _KVSession:
         """The batch's images as patches: a second turn processes only its new image."""
 
     def generate(self, rows: list[int], conversations: list[list[protocol.Message]],
-                 forbid_call: list[bool], tool_thresholds: list[float | None] | None = None) -> list[Generated]:
+                 forbid_call: list[bool], tool_thresholds: list[float | None] | None = None,
+                 answer_confidence: bool = False) -> list[Generated]:
         engine = self.engine
         if self.decoder is None or not engine.reuse_cache:
             self.decoder = KVDecoder(engine.model, engine.pad_id, engine.stop_ids, prefix=engine.shared_prefix())
@@ -212,18 +223,22 @@ class _KVSession:
             decisions = Decisions(engine.path_tokens, tool_thresholds, [not f for f in forbid_call],
                                   engine.processor.tokenizer.decode)
         call = self.call
+        probs = [[] for _ in rows] if answer_confidence else None
         outputs = decoder.decode(call.sampling, banned_ids=[engine.banned_ids(f) for f in forbid_call],
                                  generator=call.generator, draft=engine.draft, previous=previous,
-                                 memory=call.memory, decisions=decisions)
+                                 memory=call.memory, decisions=decisions, token_probs=probs)
         self.written = dict(zip(rows, outputs, strict=True))
         engine.prefill_tokens += decoder.fed_tokens
         decoder.fed_tokens = 0
         # The fed tokens are the rendering minus its final "\n" (tests/test_engine.py proves it; the release template
         # writes no "\n" after an assistant's <|im_end|>), so the
         # rendering's length is known without encoding the conversation and its images once more.
-        return [
-            Generated(engine.decode_text(ids), len(ids), fed_token_ids=list(history),
-                      sequence_tokens=len(history) + int(engine.protocol.turn_end_newline),
-                      p_tool=decisions.p_tool[index] if decisions is not None else None)
-            for index, (ids, history) in enumerate(zip(outputs, decoder.history, strict=True))
-        ]
+        turns = []
+        for index, (ids, history) in enumerate(zip(outputs, decoder.history, strict=True)):
+            text = engine.decode_text(ids)
+            turns.append(Generated(
+                text, len(ids), fed_token_ids=list(history),
+                sequence_tokens=len(history) + int(engine.protocol.turn_end_newline),
+                p_tool=decisions.p_tool[index] if decisions is not None else None,
+                answer_confidence=engine.confidence_of(ids, probs[index], text) if probs is not None else None))
+        return turns

@@ -91,6 +91,9 @@ class EvalConfig:
     resolution's, then run the rest of the bench with it (`curve.json` says what was reached)."""
     calibration_fraction: float = 0.4
     """The share of each bench's items (by a hash of the uid) that calibrates `token_budget`."""
+    escalate_below: list[float] = field(default_factory=list)
+    """Also run the modes where the model decides once per threshold here, first-turn answers less confident than it
+    withdrawn for a `resize_image` call (`engines.confidence`; records labelled `zoom+escalate@0.6`)."""
 
 
 @dataclass
@@ -190,6 +193,8 @@ def episode_record(bench: str, mode: str, sample, episode, score: float | None, 
         "turns": summary.get("turns", []),
         "p_tool": summary.get("p_tool"),
         "tool_threshold": summary.get("tool_threshold"),
+        "answer_confidence": summary.get("answer_confidence"),
+        "escalated": bool(summary.get("escalated", False)),
         "meta": _jsonable(dict(sample.meta)),
     }
     if episode is not None and getattr(episode, "zoom_box", None) is not None:
@@ -301,13 +306,14 @@ def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _request(bench, sample, mode: str, threshold: float | None = None):
+def _request(bench, sample, mode: str, threshold: float | None = None, escalate_below: float | None = None):
     """The engine's request for `sample` in `mode`, with the oracle's labels and, where its tool is aimed, the box."""
     from visionthink.engines.base import Request, oracle_aims
     from visionthink.modes import MODES
 
     request = Request(sample.image, sample.question, sample.meta.get(ORACLE_LABEL),
-                      right_action=sample.meta.get(ACTION_LABEL), tool_threshold=threshold)
+                      right_action=sample.meta.get(ACTION_LABEL), tool_threshold=threshold,
+                      escalate_below=escalate_below)
     if oracle_aims(MODES[mode], request):
         request.box = _box(bench, sample)
     return request
@@ -391,7 +397,7 @@ class _Engines:
 def _check_threshold_options(config: EvalConfig, engine=None) -> None:
     """Refuse bad threshold, curve and budget settings, and an engine that cannot steer by a threshold, before any
     work."""
-    from visionthink.engines.base import check_threshold
+    from visionthink.engines.base import check_escalation, check_threshold
 
     try:
         check_threshold(config.tool_threshold)
@@ -402,6 +408,16 @@ def _check_threshold_options(config: EvalConfig, engine=None) -> None:
                                f"got {config.token_budget}")
     if not 0 < config.calibration_fraction < 1:
         raise VisionThinkError(f"--calibration-fraction must lie in (0, 1), got {config.calibration_fraction}")
+    for below in config.escalate_below:
+        try:
+            check_escalation(below)
+        except ValueError as error:
+            raise VisionThinkError(f"--escalate-below: {error}") from None
+    if config.escalate_below and not (engine is not None and getattr(engine, "records_confidence", False)
+                                      or engine is None and (config.engine is None
+                                                             or config.engine.engine == "transformers")):
+        raise VisionThinkError("--escalate-below needs the transformers engine, which reads the answer's token "
+                               "probabilities while it decodes")
     steering = config.tool_threshold is not None or config.curve or config.token_budget is not None
     if not steering:
         return
@@ -416,11 +432,13 @@ def _check_threshold_options(config: EvalConfig, engine=None) -> None:
 
 @dataclass(frozen=True)
 class Run:
-    """What one pass over a bench's items runs: the records' mode label, the engine's mode, the tool threshold."""
+    """What one pass over a bench's items runs: the records' mode label, the engine's mode, the tool threshold and
+    the answer-confidence threshold."""
 
     label: str
     mode: str
     threshold: float | None = None
+    escalate_below: float | None = None
 
 
 def _run_label(config: EvalConfig, engines: _Engines, samples_log: SampleLog, judge, bench, bench_name: str,
@@ -439,7 +457,7 @@ def _run_label(config: EvalConfig, engines: _Engines, samples_log: SampleLog, ju
               unit="q", disable=not config.progress, file=sys.stderr, dynamic_ncols=True) as bar:
         for start in range(0, len(pending), chunk_size):
             chunk = pending[start : start + chunk_size]
-            requests = [_request(bench, s, mode, what.threshold) for s in chunk]
+            requests = [_request(bench, s, mode, what.threshold, what.escalate_below) for s in chunk]
             results = _run_chunk(engine, requests, mode, bar)
             predictions = [None if e is None else e.answer for e, _, _ in results]
             per_sample = bench.score(chunk, predictions, judge).per_sample
@@ -452,6 +470,11 @@ def _run_label(config: EvalConfig, engines: _Engines, samples_log: SampleLog, ju
                     record["zoom_iou"] = round(zoom_iou(episode, truth, _source_size(sample.image)), 4)
             samples_log.append(records)
     return len(pending)
+
+
+def escalation_label(label: str, below: float) -> str:
+    """The records' mode label of a run whose unsure answers escalate: `zoom+escalate@0.6`."""
+    return f"{label}+escalate@{below:.6g}"
 
 
 def split_calibration(samples: list, fraction: float) -> tuple[list, list]:
@@ -567,6 +590,10 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
             label = mode if threshold is None else curve.threshold_label(mode, threshold)
             run(bench, bench_name, samples, Run(label, mode, threshold))
             labels.append(label)
+            for below in config.escalate_below if MODES[mode].decides else ():
+                escalating = escalation_label(label, below)
+                run(bench, bench_name, samples, Run(escalating, mode, threshold, below))
+                labels.append(escalating)
         if config.curve or config.token_budget is not None:
             calibration, test = split_calibration(samples, config.calibration_fraction)
             measured_on = samples if config.curve else calibration

@@ -191,6 +191,9 @@ def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None 
     }
     if official:
         metrics["official"] = official
+    escalating = any(r.get("escalated") for r in records)
+    if escalating:  # unsure answers withdrawn for a resize (`engines.confidence`)
+        metrics["escalated"] = _mean(float(bool(r.get("escalated"))) for r in records)
     if any(r.get("action") == "zoom" for r in records):  # zoom figures only where a zoom ran
         metrics["zoom_ratio"] = _mean(float(r.get("action") == "zoom") for r in records)
         metrics.update(zoom_box_metrics(records))
@@ -219,6 +222,8 @@ def mode_metrics(bench, samples: list, records: list[dict], judge: Judge | None 
             if "zoom_ratio" in metrics:
                 entry["zoom_ratio"] = _mean(float(r.get("action") == "zoom") for r in rows)
                 entry.update(zoom_box_metrics(rows))
+            if escalating:
+                entry["escalated"] = _mean(float(bool(r.get("escalated"))) for r in rows)
             if ranked:
                 entry.update(action_metrics(rows, [s.meta[ACTION_LABEL] for s in subset]))
             if labelled:

@@ -1,0 +1,151 @@
+"""The answer's confidence and the escalation of unsure answers (`engines.confidence`), on the shipped ladder model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from visionthink.data import synth
+from visionthink.engines.base import Request, run_episodes
+from visionthink.engines.confidence import answer_confidence
+from visionthink.engines.transformers_engine import TransformersEngine
+from visionthink.errors import VisionThinkError
+from visionthink.tokens import encode_batch
+
+LADDER = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-ladder"
+
+
+@pytest.fixture(scope="module")
+def engine() -> TransformersEngine:
+    return TransformersEngine.from_pretrained(LADDER, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def items():
+    return synth.ladder_items("test", 48, seed=0, wordings="heldout")
+
+
+def _requests(items, below=None):
+    return [Request(i.image, i.question, i.needs_high_res, escalate_below=below) for i in items]
+
+
+def test_confidence_is_the_least_probability_inside_the_answer():
+    pieces = ["<think>", "Count", ".", "</think>", "\n", "<answer>", "1", "2", "</answer>", "<|im_end|>"]
+    probs = [0.1, 0.2, 0.3, 0.05, 0.9, 0.8, 0.7, 0.6, 0.01, 0.02]
+    assert answer_confidence(pieces, probs) == 0.6  # the think's and the markers' tokens do not count
+    assert answer_confidence(pieces[:8], probs[:8]) == 0.6  # a turn cut before </answer>: to the end
+    # a BPE token that carries the marker's end and the answer's start counts; a blank one does not
+    assert answer_confidence(["<ans", "wer>red", " ", "</answer>"], [0.9, 0.4, 0.01, 0.3]) == 0.4
+    assert answer_confidence(["<think>", "x", "</think>"], [0.5, 0.5, 0.5]) is None  # no answer
+    assert answer_confidence(["<answer>", " ", "</answer>"], [0.5, 0.1, 0.5]) is None  # an empty one
+    with pytest.raises(ValueError, match="token texts"):
+        answer_confidence(["<answer>"], [])
+
+
+def test_recorded_probabilities_are_the_models_own(engine, items):
+    """What the decoder records for each written token (drafts, repeats and memory guesses included) equals the
+    probability one forward pass over the whole turn gives it."""
+    episodes = engine.run(_requests(items[:16]), "zoom")
+    answered = [(i, e) for i, e in zip(items[:16], episodes, strict=True) if e.turns[0].kind == "answer"]
+    assert len(answered) >= 4 and all(e.answer_confidence is not None for _, e in answered)
+    model, processor = engine.model, engine.processor
+    tokenizer = processor.tokenizer
+    for item, episode in answered[:6]:
+        messages = episode.messages[:3]  # system, user, the first assistant turn
+        batch = encode_batch(processor, [messages], False, protocol=engine.protocol)[0]
+        ids = batch["input_ids"][0].tolist()
+        written = tokenizer.encode(episode.summary()["turns"][0], add_special_tokens=False)
+        start = max(i for i in range(len(ids) - len(written) + 1) if ids[i:i + len(written)] == written)
+        with torch.no_grad():
+            logits = model(**batch).logits[0].float()
+        probs = [float(logits[i - 1].softmax(-1)[ids[i]]) for i in range(start, start + len(written))]
+        pieces = tokenizer.batch_decode([[i] for i in written], skip_special_tokens=False)
+        assert episode.answer_confidence == pytest.approx(answer_confidence(pieces, probs), abs=2e-3)
+
+
+def test_without_escalation_episodes_are_unchanged(engine, items, monkeypatch):
+    recorded = engine.run(_requests(items), "zoom")
+    zero = engine.run(_requests(items, 0.0), "zoom")  # nothing is below 0
+    monkeypatch.setattr(engine, "records_confidence", False)  # the loop then asks for no confidence at all
+    plain = engine.run(_requests(items), "zoom")
+    for episodes in (zero, plain):
+        assert [e.fed_token_ids for e in episodes] == [e.fed_token_ids for e in recorded]
+        assert [e.answer for e in episodes] == [e.answer for e in recorded]
+    assert not any(e.escalated for e in zero)
+    assert all(e.answer_confidence is None for e in plain)
+    direct = [e for e in recorded if e.turns[0].kind == "answer"]
+    assert direct and all(0 < e.answer_confidence <= 1 for e in direct)
+    assert all(e.answer_confidence is None for e in recorded if e.turns[0].kind != "answer")
+
+
+def test_an_unsure_answer_is_withdrawn_for_a_resize(engine, items):
+    greedy = engine.run(_requests(items), "zoom")
+    direct = sorted(e.answer_confidence for e in greedy if e.turns[0].kind == "answer")
+    below = direct[len(direct) // 2]  # about half the direct answers are under it
+    escalated = engine.run(_requests(items, below), "zoom")
+    for plain, episode in zip(greedy, escalated, strict=True):
+        unsure = plain.turns[0].kind == "answer" and plain.answer_confidence < below
+        assert episode.escalated == unsure
+        assert episode.answer_confidence == pytest.approx(plain.answer_confidence, abs=1e-6) \
+            if plain.answer_confidence is not None else episode.answer_confidence is None
+        if unsure:  # the think kept, the answer replaced by the call; both views in context; answered again
+            assert episode.turns[0].call.name == "resize_image" and episode.turns[0].think == plain.turns[0].think
+            assert episode.resized and episode.visual_tokens_per_turn == [
+                plain.visual_tokens, episode.full_res_visual_tokens]
+            assert episode.turns[-1].kind == "answer" and episode.escalate_below == below
+        else:
+            assert episode.fed_token_ids == plain.fed_token_ids
+    assert 0 < sum(e.escalated for e in escalated) < len(escalated)
+
+
+def test_oracle_and_single_view_modes_never_escalate(engine, items):
+    for mode in ("low", "full", "oracle-ladder"):
+        episodes = engine.run([Request(i.image, i.question, i.needs_high_res, right_action=i.right_action,
+                                       box=i.label_box, escalate_below=1.0) for i in items[:8]], mode)
+        assert not any(e.escalated for e in episodes) and all(e.escalate_below is None for e in episodes)
+
+
+def test_a_threshold_outside_0_1_is_refused(engine, items):
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        engine.run(_requests(items[:1], 1.5), "zoom")
+
+
+def test_a_backend_that_cannot_read_probabilities_refuses_escalation(items):
+    class Remote:  # what the loop sees of RemoteEngine or VLLMEngine: no records_confidence
+        grid = None
+        batch_size = 4
+
+        def session(self):
+            raise AssertionError("no turn may run")
+
+    with pytest.raises(VisionThinkError, match="needs the transformers engine"):
+        run_episodes(Remote(), _requests(items[:2], 0.5), "visionthink")
+
+
+def test_eval_runs_each_threshold_under_its_own_label(tmp_path):
+    from visionthink.eval.runner import EvalConfig, run_eval
+
+    config = EvalConfig(model=str(LADDER), benches=["ladder-heldout"], modes=["low", "zoom"], out=tmp_path,
+                        limit=48, escalate_below=[0.0, 1.0], progress=False)
+    summary = run_eval(config, log=lambda _: None).summary["ladder-heldout"]
+    assert list(summary) == ["low", "zoom", "zoom+escalate@0", "zoom+escalate@1"]  # low does not decide
+    assert summary["zoom+escalate@0"]["score"] == summary["zoom"]["score"]
+    assert "escalated" not in summary["zoom+escalate@0"]
+    everything = summary["zoom+escalate@1"]  # every direct answer short of certain is withdrawn
+    assert everything["escalated"] > 0.5 and everything["per_family"]["coarse"]["escalated"] > 0.9
+    assert everything["visual_tokens"] > summary["zoom"]["visual_tokens"]
+    records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert {r["mode"] for r in records if r["escalated"]} == {"zoom+escalate@1"}
+
+
+def test_eval_refuses_a_bad_threshold_before_any_work(tmp_path):
+    from visionthink.eval.runner import EvalConfig, run_eval
+
+    config = EvalConfig(model=str(LADDER), benches=["ladder"], modes=["zoom"], out=tmp_path / "out", limit=4,
+                        escalate_below=[2.0], progress=False)
+    with pytest.raises(VisionThinkError, match="--escalate-below"):
+        run_eval(config)
+    assert not (tmp_path / "out").exists()
