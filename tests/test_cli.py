@@ -278,6 +278,32 @@ def test_ask_without_a_model_runs_the_default_ladder_model_in_its_own_protocol()
     assert (spread["action"], spread["error"], spread["resized"]) == ("resize", None, True)
 
 
+def test_ask_escalates_an_unsure_answer_to_full_resolution():
+    """The ladder model answers the count from the low view with a confidence of about 0.56: under a higher
+    threshold that answer is withdrawn and the model answers again with the full view (both views' tokens)."""
+    args = (str(REPO / "examples" / "count.png"), "How many shapes are there?", "--json")
+    plain, escalated = visionthink("ask", *args), visionthink("ask", *args, "--escalate-below", "0.9")
+    for result in (plain, escalated):
+        assert result.returncode == 0, result.stderr
+    plain, escalated = (json.loads(result.stdout.splitlines()[-1]) for result in (plain, escalated))
+    assert (plain["action"], plain["escalated"], plain["escalate_below"]) == ("answer", False, None)
+    assert 0 < plain["answer_confidence"] < 0.9
+    assert (escalated["action"], escalated["escalated"], escalated["escalate_below"]) == ("resize", True, 0.9)
+    assert escalated["answer_confidence"] == plain["answer_confidence"]
+    assert escalated["visual_tokens"] == plain["visual_tokens"] + escalated["full_res_visual_tokens"]
+    assert escalated["turns"][0].endswith("</tool_call>") and escalated["error"] is None
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "x", ","])
+def test_escalation_thresholds_outside_0_1_are_refused_by_the_parser(value, capsys):
+    for command in (["ask", "img.png", "q?", "--escalate-below", value],
+                    ["eval", "--out", "o", "--escalate-below", value]):
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args(command)
+        assert exit_info.value.code == 2
+    assert "--escalate-below" in capsys.readouterr().err
+
+
 def test_ask_malformed_final_turn_is_reported_with_exit_3(fake_ask, capsys):
     assert fake_ask("<think>no idea</think>", "--json") == EXIT_NO_ANSWER == 3
     record = json.loads(capsys.readouterr().out)

@@ -53,7 +53,7 @@ def test_recorded_probabilities_are_the_models_own(engine, items):
     assert len(answered) >= 4 and all(e.answer_confidence is not None for _, e in answered)
     model, processor = engine.model, engine.processor
     tokenizer = processor.tokenizer
-    for item, episode in answered[:6]:
+    for _, episode in answered[:6]:
         messages = episode.messages[:3]  # system, user, the first assistant turn
         batch = encode_batch(processor, [messages], False, protocol=engine.protocol)[0]
         ids = batch["input_ids"][0].tolist()
@@ -149,3 +149,53 @@ def test_eval_refuses_a_bad_threshold_before_any_work(tmp_path):
     with pytest.raises(VisionThinkError, match="--escalate-below"):
         run_eval(config)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_budget_escalates_the_least_confident_answers_first():
+    from visionthink.eval.escalation import choose_escalation
+
+    def record(confidence, tokens=4, full=16):
+        return {"visual_tokens": tokens, "full_res_visual_tokens": full, "answer_confidence": confidence}
+
+    records = [record(0.9), record(0.3), record(0.5), record(0.5), record(None, tokens=8), record(0.7)]
+    full = 6 * 16
+    base = (5 * 4 + 8) / full
+    assert choose_escalation(records, base) == choose_escalation(records, base + 0.01)  # room for none
+    none = choose_escalation(records, base)
+    assert (none.threshold, none.escalated) == (0.0, 0)
+    one = choose_escalation(records, base + 16 / full)  # room for one: the 0.3 answer, halfway to the next
+    assert (one.threshold, one.escalated) == (0.4, 1) and one.token_fraction == pytest.approx(base + 16 / full)
+    # room for two: the tied 0.5 answers go together or not at all, so still one
+    assert choose_escalation(records, base + 2 * 16 / full).escalated == 1
+    three = choose_escalation(records, base + 3 * 16 / full)
+    assert (three.threshold, three.escalated) == (0.6, 3)
+    every = choose_escalation(records, 10.0)  # the tool call (None) is never escalated
+    assert every.escalated == 5 and every.threshold == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="no records"):
+        choose_escalation([], 0.5)
+
+
+def test_eval_chooses_the_threshold_on_calibration_items_and_runs_the_rest(tmp_path):
+    from visionthink.eval.runner import EvalConfig, run_eval, split_calibration
+
+    config = EvalConfig(model=str(LADDER), benches=["ladder"], modes=["zoom"], out=tmp_path, limit=60,
+                        escalate_budget=0.6, progress=False)
+    result = run_eval(config, log=lambda _: None)
+    labels = list(result.summary["ladder"])
+    assert labels[0] == "zoom" and len(labels) == 2 and labels[1].startswith("zoom+escalate@")
+    below = float(labels[1].split("@")[1])
+    records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    plain = {r["uid"]: r for r in records if r["mode"] == "zoom"}
+    escalated = {r["uid"]: r for r in records if r["mode"] == labels[1]}
+    samples = synth.ladder_items("test", 60, seed=0, wordings="train")
+    calibration, test = split_calibration(samples, 0.4)
+    assert set(escalated) == {s.uid for s in test}  # only the rest runs with the chosen threshold
+    spent = sum(plain[s.uid]["visual_tokens"] + plain[s.uid]["full_res_visual_tokens"] * (
+        plain[s.uid]["answer_confidence"] is not None and plain[s.uid]["answer_confidence"] < below)
+        for s in calibration)
+    assert 0 < below and spent <= 0.6 * sum(plain[s.uid]["full_res_visual_tokens"] for s in calibration)
+    for uid, record in escalated.items():  # exactly the answers under it were withdrawn
+        confidence = plain[uid]["answer_confidence"]
+        assert record["escalated"] == (confidence is not None and confidence < below)
+    assert any(r["escalated"] for r in escalated.values())
+    assert any("escalation budget 0.6" in note for note in result.notes)

@@ -260,6 +260,7 @@ def _eval(args: argparse.Namespace) -> int:
         token_budget=args.token_budget,
         calibration_fraction=args.calibration_fraction,
         escalate_below=args.escalate_below or [],
+        escalate_budget=args.escalate_budget,
     )
     result = run_eval(config)
     if args.json:
@@ -540,8 +541,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--escalate-below", type=confidence_thresholds, default=None, metavar="C[,C...]",
                           help="also run the modes where the model decides once per threshold C: " + ESCALATE_HELP
                           + "; records are labelled <mode>+escalate@C")
+    evaluate.add_argument("--escalate-budget", type=positive_float, default=None, metavar="F",
+                          help="choose the answer-confidence threshold (--escalate-below) on a calibration part of "
+                          "each bench so that visual tokens come to F of full resolution's, then run the rest with it")
     evaluate.add_argument("--calibration-fraction", type=positive_float, default=0.4, metavar="P",
-                          help="the share of items that calibrates --token-budget (default 0.4)")
+                          help="the share of items that calibrates --token-budget and --escalate-budget (default 0.4)")
     add_engine_options(evaluate)
     evaluate.set_defaults(handler=_eval)
     serve = commands.add_parser("serve", help="OpenAI-compatible VisionThink server with a web page")

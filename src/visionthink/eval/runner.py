@@ -33,6 +33,7 @@ from PIL import Image
 
 from visionthink.errors import ImageError, VisionThinkError
 from visionthink.eval import curve
+from visionthink.eval.escalation import choose_escalation
 from visionthink.eval.samples_log import SampleLog
 from visionthink.eval.summary import ACTION_LABEL, ORACLE_LABEL, summarise
 from visionthink.protocol import images_in
@@ -94,6 +95,9 @@ class EvalConfig:
     escalate_below: list[float] = field(default_factory=list)
     """Also run the modes where the model decides once per threshold here, first-turn answers less confident than it
     withdrawn for a `resize_image` call (`engines.confidence`; records labelled `zoom+escalate@0.6`)."""
+    escalate_budget: float | None = None
+    """Choose the answer-confidence threshold on a calibration part of each bench (`calibration_fraction`) so that
+    visual tokens come to this fraction of full resolution's (`eval.escalation`), then run the rest with it."""
 
 
 @dataclass
@@ -403,6 +407,9 @@ def _check_threshold_options(config: EvalConfig, engine=None) -> None:
         check_threshold(config.tool_threshold)
     except ValueError as error:
         raise VisionThinkError(f"--tool-threshold: {error}") from None
+    if config.escalate_budget is not None and not 0 < config.escalate_budget:
+        raise VisionThinkError(f"--escalate-budget must be a positive fraction of full resolution's visual tokens, "
+                               f"got {config.escalate_budget}")
     if config.token_budget is not None and not 0 < config.token_budget:
         raise VisionThinkError(f"--token-budget must be a positive fraction of full resolution's visual tokens, "
                                f"got {config.token_budget}")
@@ -413,11 +420,13 @@ def _check_threshold_options(config: EvalConfig, engine=None) -> None:
             check_escalation(below)
         except ValueError as error:
             raise VisionThinkError(f"--escalate-below: {error}") from None
-    if config.escalate_below and not (engine is not None and getattr(engine, "records_confidence", False)
-                                      or engine is None and (config.engine is None
-                                                             or config.engine.engine == "transformers")):
-        raise VisionThinkError("--escalate-below needs the transformers engine, which reads the answer's token "
-                               "probabilities while it decodes")
+    if engine is not None:
+        reads_confidence = getattr(engine, "records_confidence", False)
+    else:
+        reads_confidence = config.engine is None or config.engine.engine == "transformers"
+    if (config.escalate_below or config.escalate_budget is not None) and not reads_confidence:
+        raise VisionThinkError("--escalate-below and --escalate-budget need the transformers engine, which reads "
+                               "the answer's token probabilities while it decodes")
     steering = config.tool_threshold is not None or config.curve or config.token_budget is not None
     if not steering:
         return
@@ -594,6 +603,28 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
                 escalating = escalation_label(label, below)
                 run(bench, bench_name, samples, Run(escalating, mode, threshold, below))
                 labels.append(escalating)
+            if config.escalate_budget is not None and MODES[mode].decides:
+                calibration, test = split_calibration(samples, config.calibration_fraction)
+                if not calibration or not test:
+                    raise VisionThinkError(f"{bench_name}: {len(samples)} items cannot be split into a calibration "
+                                           "and a test part; give more items (--limit)")
+                plain = samples_log.select(bench_name, label)
+                chosen = choose_escalation([plain[str(s.uid)] for s in calibration], config.escalate_budget)
+                below = float(f"{chosen.threshold:.6g}")
+                escalating = escalation_label(label, below)
+                run(bench, bench_name, test, Run(escalating, mode, threshold, below))
+                labels.append(escalating)
+                by_uid = samples_log.select(bench_name, escalating)
+                records = [by_uid[str(s.uid)] for s in test]
+                tokens = sum(r["visual_tokens"] for r in records) / max(1, sum(r["full_res_visual_tokens"]
+                                                                              for r in records))
+                score = sum(float(r["score"] or 0.0) for r in records) / len(records)
+                plain_score = sum(float(plain[str(s.uid)]["score"] or 0.0) for s in test) / len(test)
+                notes.append(f"{bench_name}: escalation budget {config.escalate_budget:g} of full resolution for "
+                             f"{label}: threshold {below:g} chosen on {len(calibration)} calibration items "
+                             f"({chosen.escalated} escalated, {chosen.token_fraction:.3f} there); {tokens:.3f} "
+                             f"reached on {len(test)} test items, score {100 * score:.1f}% ({label} on them: "
+                             f"{100 * plain_score:.1f}%)")
         if config.curve or config.token_budget is not None:
             calibration, test = split_calibration(samples, config.calibration_fraction)
             measured_on = samples if config.curve else calibration
