@@ -155,15 +155,13 @@ def _ask_server(args: argparse.Namespace) -> int:
 
     from visionthink.serve.client import ask_server
 
-    if args.escalate_below is not None:
-        raise VisionThinkError("--escalate-below runs in this process; the server answers with its own settings")
     if args.model is not None or args.protocol is not None or args.engine != "transformers":
         raise VisionThinkError("--model, --protocol and --engine choose a model; with --server the server's answers "
                                "(set them when starting `visionthink serve`)")
     began = time.perf_counter()
     api_key = args.remote_api_key or os.environ.get("VISIONTHINK_API_KEY") or None
     result = ask_server(args.server, args.image, args.question, args.mode, api_key, args.max_new_tokens,
-                        tool_threshold=args.tool_threshold)
+                        tool_threshold=args.tool_threshold, escalate_below=args.escalate_below)
     return _print_answer(result, time.perf_counter() - began, args.json)
 
 
@@ -337,10 +335,14 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"warning: serving on {args.host} without an API key (VISIONTHINK_API_KEY)", file=sys.stderr)
     if args.tool_threshold is not None and args.engine != "transformers":
         raise VisionThinkError("--tool-threshold needs the transformers engine, which reads P(tool) while it decodes")
+    if args.escalate_below is not None and args.engine != "transformers":
+        raise VisionThinkError("--escalate-below needs the transformers engine, which reads the answer's token "
+                               "probabilities while it decodes")
     name = args.served_model_name or Path(args.model or default_model_dir()).name
     limits = {field: getattr(args, field) for _, field, _, _ in SERVE_LIMITS}
     config = ServeConfig(model_name=name, api_key=api_key, allow_remote_images=args.allow_remote_images,
-                         allowed_hosts=tuple(args.allowed_host), tool_threshold=args.tool_threshold, **limits)
+                         allowed_hosts=tuple(args.allowed_host), tool_threshold=args.tool_threshold,
+                         escalate_below=args.escalate_below, **limits)
     serve(engine_options(args), host=args.host, port=args.port, config=config, log_level=args.log_level)
     return 0
 
@@ -569,6 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--protocol", default=None, choices=PROTOCOLS, help=PROTOCOL_HELP)
     serve.add_argument("--tool-threshold", type=tool_threshold, default=None, metavar="T",
                        help=TOOL_THRESHOLD_HELP + "; a request's visionthink_tool_threshold overrides it")
+    serve.add_argument("--escalate-below", type=tool_threshold, default=None, metavar="C",
+                       help=ESCALATE_HELP + "; a request's visionthink_escalate_below overrides it")
     add_engine_options(serve, api_key="--remote-api-key")
     serve.set_defaults(handler=_serve)
     return parser

@@ -33,6 +33,10 @@ Endpoints:
   (`ServeConfig.tool_threshold`), null: the greedy decision. `visionthink.p_tool` is that probability and
   `visionthink.tool_threshold` the threshold used. Only a model run here (the transformers engine) honours one: on
   the vllm or remote engine a request with one is refused (400).
+- `visionthink_escalate_below` (a number in [0, 1], the same modes): a first-turn answer the model gave less
+  confidence than this (the least probability of its answer's tokens) is withdrawn and `resize_image` called in
+  its place; absent: the server's default (`ServeConfig.escalate_below`), null: answers stand.
+  `visionthink.answer_confidence` and `visionthink.escalated` say what happened; transformers engine only, as above.
 - `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `GET /` (the web page), and its example gallery:
   `GET /examples` (the list: file, url, question, ...) and `GET /examples/{file}` (`serve.examples`).
 

@@ -57,6 +57,9 @@ class ChatRequest:
     question: str = ""
     tool_threshold: float | None = None
     """VisionThink and zoom modes: call the tool when P(tool) >= this (None: the greedy decision)."""
+    escalate_below: float | None = None
+    """VisionThink and zoom modes: withdraw a first-turn answer less confident than this for a resize (None: answers
+    stand)."""
 
     @property
     def key(self) -> BatchKey:
@@ -204,15 +207,26 @@ def _sampling(request: ChatCompletionRequest, default: SamplingConfig, config: S
 def tool_threshold(request: ChatCompletionRequest, mode: str, config: ServeConfig) -> float | None:
     """The request's `visionthink_tool_threshold` (absent: the server's default; null: greedy); a threshold given for
     a mode without a first-turn decision is refused, the server's default does not apply there."""
-    given = "visionthink_tool_threshold" in request.model_fields_set
-    threshold = request.visionthink_tool_threshold if given else config.tool_threshold
+    return _first_turn_setting(request, mode, "tool_threshold", config.tool_threshold)
+
+
+def escalate_below(request: ChatCompletionRequest, mode: str, config: ServeConfig) -> float | None:
+    """The request's `visionthink_escalate_below` (absent: the server's default; null: answers stand), refused for a
+    mode without a first-turn decision as `tool_threshold` is."""
+    return _first_turn_setting(request, mode, "escalate_below", config.escalate_below)
+
+
+def _first_turn_setting(request: ChatCompletionRequest, mode: str, name: str, default: float | None) -> float | None:
+    """`visionthink_<name>` of a request in a mode that decides at its first turn, else None (given there: a 400)."""
+    field_name = f"visionthink_{name}"
+    given = field_name in request.model_fields_set
+    value = getattr(request, field_name) if given else default
     if mode in MODES and MODES[mode].decides:
-        return None if threshold is None else float(threshold)
-    if given and threshold is not None:
+        return None if value is None else float(value)
+    if given and value is not None:
         deciding = ", ".join(name for name, m in MODES.items() if m.decides)
-        raise ApiError(400, f"visionthink_tool_threshold applies to the modes that decide whether to call a tool "
-                       f"({deciding}); mode {mode!r} makes no such decision",
-                       "invalid_parameter", param="visionthink_tool_threshold")
+        raise ApiError(400, f"{field_name} applies to the modes that decide whether to call a tool ({deciding}); "
+                       f"mode {mode!r} makes no such decision", "invalid_parameter", param=field_name)
     return None
 
 
@@ -244,6 +258,7 @@ def chat_request(request: ChatCompletionRequest, config: ServeConfig, default_sa
         return_image=request.visionthink_return_image,
         include_usage_chunk=request.stream_options is not None and request.stream_options.include_usage,
         tool_threshold=tool_threshold(request, mode, config),
+        escalate_below=escalate_below(request, mode, config),
     )
     text_chars = len(json.dumps(tools)) if tools else 0
     if tools:

@@ -20,10 +20,10 @@ from visionthink.errors import VisionThinkError
 
 def ask_server(url: str, image_path: str, question: str, mode: str | None = None, api_key: str | None = None,
                max_new_tokens: int | None = None, timeout: float = 300.0,
-               tool_threshold: float | None = None) -> dict[str, Any]:
+               tool_threshold: float | None = None, escalate_below: float | None = None) -> dict[str, Any]:
     """The server's episode for one image and question, as `ask --json` prints a local one (`seconds` excepted).
     `mode` is sent as `visionthink_mode` (None: the server's default, the served model's own mode); `tool_threshold`
-    as `visionthink_tool_threshold` (None: the server's default)."""
+    as `visionthink_tool_threshold`, `escalate_below` as `visionthink_escalate_below` (None: the server's default)."""
     try:
         data = Path(image_path).read_bytes()
     except OSError as error:
@@ -39,6 +39,8 @@ def ask_server(url: str, image_path: str, question: str, mode: str | None = None
         body["max_tokens"] = max_new_tokens
     if tool_threshold is not None:
         body["visionthink_tool_threshold"] = tool_threshold
+    if escalate_below is not None:
+        body["visionthink_escalate_below"] = escalate_below
     reply = _post(url.rstrip("/") + "/v1/chat/completions", body, api_key, timeout)
     try:
         info, usage = reply["visionthink"], reply["usage"]
@@ -53,6 +55,9 @@ def ask_server(url: str, image_path: str, question: str, mode: str | None = None
             "zoom_box": info.get("zoom_box"),
             "p_tool": info.get("p_tool"),
             "tool_threshold": info.get("tool_threshold"),
+            "answer_confidence": info.get("answer_confidence"),
+            "escalate_below": info.get("escalate_below"),
+            "escalated": info.get("escalated", False),
             "error": None if answer and answer.strip() else "the server's episode ended without an answer",
         }
     except (KeyError, TypeError):

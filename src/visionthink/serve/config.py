@@ -83,6 +83,10 @@ class ServeConfig:
     """The tool threshold of a request that names none (`visionthink_tool_threshold`): in [0, 1], the model calls its
     tool when its P(tool) at the first-turn decision is at least this; None keeps the greedy decision. Only the
     transformers engine honours one (the server refuses to start with one on another engine)."""
+    escalate_below: float | None = None
+    """The answer-confidence threshold of a request that names none (`visionthink_escalate_below`): in [0, 1], a
+    first-turn answer less confident than this is withdrawn for a resize (`engines.confidence`); None: answers stand.
+    Only the transformers engine honours one."""
     examples_dir: Path | None = field(default_factory=default_examples_dir)
     """The folder of the web page's example gallery (`serve.examples`): by default the checkout's `examples/` when
     this package runs from a checkout, else None (no gallery)."""

@@ -54,7 +54,8 @@ def visionthink_reply(episode: protocol.Episode, chat: ChatRequest, stop_ids: li
     """The reply of a VisionThink episode; `views` and `grid` (needed when it zoomed) locate the crop. After a resize,
     `visionthink.high_res_image_size` is the size of the view the model got (with `return_image`, that view as
     `high_res_image`); `p_tool` is the probability the model gave the tool at its first-turn decision (None where
-    not recorded) and `tool_threshold` the threshold the decision was taken with (None: greedy)."""
+    not recorded) and `tool_threshold` the threshold the decision was taken with (None: greedy); `answer_confidence`
+    is the first turn's answer's, `escalated` whether it was withdrawn for a resize (`escalate_below`)."""
     turns = [protocol.assistant_text(m) for m in episode.messages if m["role"] == "assistant"]
     reasoning = "\n".join(t.think for t in episode.turns if t.think)
     content = episode.answer if episode.answer is not None else (turns[-1] if turns else "")
@@ -73,6 +74,9 @@ def visionthink_reply(episode: protocol.Episode, chat: ChatRequest, stop_ids: li
         "zoom_box": list(episode.zoom_box) if episode.zoomed and episode.zoom_box is not None else None,
         "p_tool": episode.p_tool,
         "tool_threshold": episode.tool_threshold,
+        "answer_confidence": episode.answer_confidence,
+        "escalate_below": episode.escalate_below,
+        "escalated": episode.escalated,
         "visual_tokens": episode.visual_tokens,
         "full_res_visual_tokens": episode.full_res_visual_tokens,
     }

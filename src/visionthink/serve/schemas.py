@@ -98,7 +98,7 @@ class StreamOptions(_Model):
 
 class ChatCompletionRequest(_Model):
     """`POST /v1/chat/completions`: OpenAI's fields plus `visionthink_mode`, `visionthink_return_image` and
-    `visionthink_tool_threshold`."""
+    `visionthink_tool_threshold` and `visionthink_escalate_below`."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
@@ -123,6 +123,9 @@ class ChatCompletionRequest(_Model):
     visionthink_return_image: StrictBool = False
     visionthink_tool_threshold: Number | None = Field(default=None, ge=0, le=1)
     """Call the tool when P(tool) >= this; absent: the server's default, null: the greedy decision."""
+    visionthink_escalate_below: Number | None = Field(default=None, ge=0, le=1)
+    """Withdraw a first-turn answer less confident than this for a resize (`engines.confidence`); absent: the
+    server's default, null: answers stand."""
 
     @property
     def new_tokens(self) -> int | None:

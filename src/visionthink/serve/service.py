@@ -96,6 +96,8 @@ class ChatService:
         """The model runs here (raw mode and tool thresholds need it); else episodes go to a vLLM or remote engine."""
         if config.tool_threshold is not None:
             check_default_threshold(config.tool_threshold, self.local)
+        if config.escalate_below is not None:
+            check_default_threshold(config.escalate_below, self.local, "answer-confidence threshold")
         self.grid = engine.processor.grid
         self.default_sampling = default_sampling
         self.batcher = batcher
@@ -144,6 +146,10 @@ class ChatService:
             raise ApiError(400, "visionthink_tool_threshold needs the model's probabilities, which only a server "
                            "running it through transformers reads (this one runs it through another server or vLLM); "
                            "send the request without it", "unsupported_parameter", param="visionthink_tool_threshold")
+        if chat.escalate_below is not None and not self.local:
+            raise ApiError(400, "visionthink_escalate_below needs the model's probabilities, which only a server "
+                           "running it through transformers reads (this one runs it through another server or vLLM); "
+                           "send the request without it", "unsupported_parameter", param="visionthink_escalate_below")
         if chat.mode in MODES and self.profile_for(chat.mode) is None:
             mode, served = MODES[chat.mode], get_profile(getattr(self.engine, "protocol", None))
             raise ApiError(400, f"visionthink_{missing_tools_error(mode.name, mode.tools, served)}; use "
@@ -160,7 +166,8 @@ class ChatService:
                        chat.sampling.max_new_tokens, self.profile_for(chat.mode))
         try:
             episode = await self.batcher.submit(chat.key, VisionThinkJob(
-                EngineRequest(image, chat.question, tool_threshold=chat.tool_threshold)))
+                EngineRequest(image, chat.question, tool_threshold=chat.tool_threshold,
+                              escalate_below=chat.escalate_below)))
         except RemoteEngineError as error:
             raise ApiError(502, f"the model's server failed: {error}", "upstream_error") from None
         views = await self._in(self.decode_pool, make_views, image, self.grid) if episode.zoomed else None
@@ -242,10 +249,10 @@ class ChatService:
         return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
 
 
-def check_default_threshold(threshold: float, local: bool) -> None:
-    """Refuse a server default tool threshold outside [0, 1], or on an engine that cannot honour one."""
+def check_default_threshold(threshold: float, local: bool, what: str = "tool threshold") -> None:
+    """Refuse a server default threshold (`what`) outside [0, 1], or on an engine that cannot honour one."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise VisionThinkError(f"the tool threshold must be a number in [0, 1], got {threshold!r}")
+        raise VisionThinkError(f"the {what} must be a number in [0, 1], got {threshold!r}")
     if not local:
-        raise VisionThinkError("a tool threshold needs the transformers engine (it reads the model's probabilities); "
+        raise VisionThinkError(f"a {what} needs the transformers engine (it reads the model's probabilities); "
                                "the vllm and remote engines cannot honour one")
