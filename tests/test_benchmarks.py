@@ -83,7 +83,7 @@ def images_load(samples) -> None:
 def test_registry_names_and_lookup():
     assert set(BENCHMARKS) == {"chartqa", "ocrbench", "docvqa", "mme", "mmvet", "realworldqa", "pope", "mathvista",
                                "mathverse", "synth", "synth-heldout", "synth-heldout-templates", "ladder",
-                               "ladder-heldout", "ladder-heldout-templates"}
+                               "ladder-heldout", "ladder-heldout-templates", "ladder-validation"}
     assert get_benchmark("RealWorld-QA") is BENCHMARKS["realworldqa"]
     assert get_benchmark("synth_heldout") is get_benchmark("SynthHeldout") is BENCHMARKS["synth-heldout"]
     with pytest.raises(VisionThinkError, match="valid names: chartqa"):

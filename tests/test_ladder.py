@@ -211,6 +211,17 @@ def test_ladder_benches_ask_the_same_images_in_three_wording_sets():
         bench.load("some/folder")
 
 
+def test_the_validation_bench_asks_other_images_in_the_trained_wordings():
+    validation, test = (get_benchmark(name).load(None, limit=24) for name in ("ladder-validation", "ladder"))
+    assert all(s.uid.startswith("l5-") for s in validation) and all(s.uid.startswith("l6-") for s in test)
+    pixels = {s.image.tobytes() for s in test}
+    assert not any(s.image.tobytes() in pixels for s in validation)
+    assert all(synth.is_held_out(s.question) is False for s in validation)
+    small = next(s for s in validation if s.meta["family"] == "fine_small")  # the oracle's box comes from its stream
+    assert get_benchmark("ladder-validation").label_box(small) == synth.make_ladder_item(
+        5, int(small.uid.split("-")[1])).label_box
+
+
 @pytest.fixture(scope="module")
 def zoom_engine():
     from visionthink.engines.transformers_engine import TransformersEngine

@@ -17,6 +17,7 @@ from visionthink.eval.benchmarks.synth import (
     Ladder,
     LadderHeldout,
     LadderHeldoutTemplates,
+    LadderValidation,
     Synth,
     SynthHeldout,
     SynthHeldoutTemplates,
@@ -26,7 +27,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     benchmark.name: benchmark
     for benchmark in (ChartQA(), OCRBench(), DocVQA(), MME(), MMVet(), RealWorldQA(), POPE(), MathVista(),
                       MathVerse(), Synth(), SynthHeldout(), SynthHeldoutTemplates(), Ladder(), LadderHeldout(),
-                      LadderHeldoutTemplates())
+                      LadderHeldoutTemplates(), LadderValidation())
 }
 
 

@@ -144,3 +144,15 @@ class LadderHeldoutTemplates(Ladder):
     wordings = "heldout-templates"
     layout = (f"none: always generated, synth.ladder_items(\"test\", limit or {DEFAULT_SIZE}, seed=0, "
               "wordings=\"heldout-templates\")")
+
+
+class LadderValidation(Ladder):
+    """The ladder world's validation items (other images than the test split's), in the trained wordings: what a
+    threshold is chosen on (`eval --escalate-budget`, `--token-budget`) before the test benches run with it."""
+
+    name = "ladder-validation"
+    layout = (f"none: always generated, synth.ladder_items(\"validation\", limit or {DEFAULT_SIZE}, seed=0) "
+              "in the trained wordings")
+
+    def items(self, n: int) -> list[synth.Item]:
+        return synth.ladder_items("validation", n, seed=0, wordings=self.wordings)
