@@ -120,15 +120,19 @@ def check_mode(mode: str | Mode, requests: list, profile=None) -> Mode:
     return mode
 
 
+def check_unit(value: float | None, what: str) -> float | None:
+    """`value` as a float in [0, 1] (None passes), or a ValueError naming `what`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"the {what} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 def check_threshold(value: float | None) -> float | None:
     """A tool threshold as given, or a clear error: a number in [0, 1] (0: always call the tool, 1: only when
     certain). `math.inf` (never call it) is let through for the accuracy-vs-tokens curve."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            0.0 <= float(value) <= 1.0 or value == math.inf):
-        raise ValueError(f"the tool threshold must be a number in [0, 1], got {value!r}")
-    return float(value)
+    return math.inf if value == math.inf and not isinstance(value, bool) else check_unit(value, "tool threshold")
 
 
 def check_thresholds(backend, requests: list) -> None:
@@ -146,11 +150,7 @@ def check_thresholds(backend, requests: list) -> None:
 def check_escalation(value: float | None) -> float | None:
     """An answer-confidence threshold as given, or a clear error: a number in [0, 1] (0: no answer is withdrawn, 1:
     every answer short of certain is)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"the answer-confidence threshold must be a number in [0, 1], got {value!r}")
-    return float(value)
+    return check_unit(value, "answer-confidence threshold")
 
 
 def run_episodes(backend: Backend, requests: list, mode: str | Mode = "visionthink",

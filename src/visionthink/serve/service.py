@@ -17,6 +17,7 @@ from dataclasses import replace
 from PIL import Image
 
 from visionthink import protocol
+from visionthink.engines.base import check_unit
 from visionthink.engines.factory import is_local
 from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.engines.remote import RemoteEngineError
@@ -251,8 +252,10 @@ class ChatService:
 
 def check_default_threshold(threshold: float, local: bool, what: str = "tool threshold") -> None:
     """Refuse a server default threshold (`what`) outside [0, 1], or on an engine that cannot honour one."""
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise VisionThinkError(f"the {what} must be a number in [0, 1], got {threshold!r}")
+    try:
+        check_unit(threshold, what)
+    except ValueError as error:
+        raise VisionThinkError(str(error)) from None
     if not local:
         raise VisionThinkError(f"a {what} needs the transformers engine (it reads the model's probabilities); "
                                "the vllm and remote engines cannot honour one")
