@@ -199,3 +199,36 @@ def test_eval_chooses_the_threshold_on_calibration_items_and_runs_the_rest(tmp_p
         assert record["escalated"] == (confidence is not None and confidence < below)
     assert any(r["escalated"] for r in escalated.values())
     assert any("escalation budget 0.6" in note for note in result.notes)
+
+
+def test_guessed_tokens_get_the_probabilities_decoding_them_one_by_one_gives(engine, items):
+    """Tokens fed as a guess (the output memory here) and kept get the probability their own position's logits give:
+    the same as decoding token by token, and with a turn's whole text guessed right."""
+    from visionthink.engines.kv_decoder import KVDecoder, OutputMemory, SamplingConfig
+
+    profile, grid = engine.protocol, engine.grid
+    conversations = []
+    for item in items[:8]:
+        views = profile.views(item.image, grid)
+        conversations.append(profile.first_turn(item.question, views.low))
+    sampling = SamplingConfig(max_new_tokens=48)
+    memory = OutputMemory()
+    runs = []
+    for guessing in (False, True, True):  # the second pass with the memory guesses what the first wrote
+        decoder = KVDecoder(engine.model, engine.pad_id, engine.stop_ids, prefix=engine.shared_prefix())
+        engine.feed(decoder, conversations)
+        probs = [[] for _ in conversations]
+        passes: list[int] = []
+        hook = engine.model.register_forward_hook(lambda *_, counted=passes: counted.append(1))
+        try:
+            written = decoder.decode(sampling, banned_ids=[engine.never_ids] * len(conversations),
+                                     memory=memory if guessing else None, token_probs=probs)
+        finally:
+            hook.remove()
+        runs.append((written, probs, len(passes)))
+    (plain, plain_probs, plain_passes), _, (guessed, guessed_probs, guessed_passes) = runs
+    assert guessed == plain and guessed_passes < plain_passes / 2  # most of each turn came as a kept guess
+    for ours, theirs, ids in zip(guessed_probs, plain_probs, plain, strict=True):
+        assert len(ours) == len(theirs) == len(ids)
+        assert ours == pytest.approx(theirs, abs=1e-4)
+        assert all(0 < p <= 1 for p in ours)
