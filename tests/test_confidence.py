@@ -89,7 +89,7 @@ def test_an_unsure_answer_is_withdrawn_for_a_resize(engine, items):
     for plain, episode in zip(greedy, escalated, strict=True):
         unsure = plain.turns[0].kind == "answer" and plain.answer_confidence < below
         assert episode.escalated == unsure
-        assert episode.answer_confidence == pytest.approx(plain.answer_confidence, abs=1e-6) \
+        assert episode.answer_confidence == pytest.approx(plain.answer_confidence, abs=1e-4) \
             if plain.answer_confidence is not None else episode.answer_confidence is None
         if unsure:  # the think kept, the answer replaced by the call; both views in context; answered again
             assert episode.turns[0].call.name == "resize_image" and episode.turns[0].think == plain.turns[0].think
