@@ -279,7 +279,7 @@ def test_ask_without_a_model_runs_the_default_ladder_model_in_its_own_protocol()
 
 
 def test_ask_escalates_an_unsure_answer_to_full_resolution():
-    """The ladder model answers the count from the low view with a confidence of about 0.56: under a higher
+    """The ladder model answers the count from the low view with a confidence of about 0.7: under a higher
     threshold that answer is withdrawn and the model answers again with the full view (both views' tokens)."""
     args = (str(REPO / "examples" / "count.png"), "How many shapes are there?", "--json")
     plain, escalated = visionthink("ask", *args), visionthink("ask", *args, "--escalate-below", "0.9")
