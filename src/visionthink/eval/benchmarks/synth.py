@@ -63,14 +63,18 @@ class Synth(Benchmark):
     def label_box(self, sample: Sample) -> tuple[int, int, int, int] | None:
         """The label's true box (x1, y1, x2, y2 in image pixels, x2/y2 exclusive) for the zooming oracles, from the
         generator: items are deterministic in (stream, index), which the uid (`uid_pattern`) names (a saved folder
-        keeps it). None for another uid, or when the regenerated item's answer differs."""
+        keeps it). None for another uid, or when the regenerated item's answer differs. Each item is regenerated
+        once (eval asks for a box when it checks an oracle, builds its requests and scores each zoom)."""
         match = re.fullmatch(self.uid_pattern, str(sample.uid))
         if match is None:
             return None
-        item = self.regenerate(int(match[1]), int(match[2]))
-        if item.answer != str(sample.answer) or item.label_box is None:
-            return None
-        return tuple(int(v) for v in item.label_box)
+        key = (int(match[1]), int(match[2]))
+        known = self.__dict__.setdefault("_boxes", {})
+        if key not in known:
+            item = self.regenerate(*key)
+            known[key] = (item.answer, None if item.label_box is None else tuple(int(v) for v in item.label_box))
+        answer, box = known[key]
+        return box if answer == str(sample.answer) else None
 
     def score(self, samples: list[Sample], predictions: list[str | None], judge: Judge | None = None) -> Scores:
         check_predictions(self.name, samples, predictions)
