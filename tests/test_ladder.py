@@ -331,3 +331,19 @@ def test_the_default_model_is_the_ladder_model_and_the_demo_runs_the_ladder_on_i
     assert declared_profile(default_model_dir()).offers("zoom_image")
     assert demo_plan(None) is LADDER_PLAN
     assert demo_plan(str(REPO / "checkpoints" / "tiny-synth")) is not LADDER_PLAN  # the paper's model: its modes
+
+
+def test_a_true_box_regenerates_its_item_once(monkeypatch):
+    from visionthink.eval.benchmarks.synth import LadderValidation
+
+    bench = LadderValidation()  # its own cache: the registry's instance is shared
+    samples = bench.load(None, limit=24)
+    small = [s for s in samples if s.meta["family"] == "fine_small"]
+    calls = []
+    regenerate = bench.regenerate
+    monkeypatch.setattr(bench, "regenerate", lambda *key: calls.append(key) or regenerate(*key))
+    first = [bench.label_box(s) for s in small]
+    assert [bench.label_box(s) for s in small] == first and all(first)
+    assert len(calls) == len(small)
+    small[0].answer = "not the answer"  # a folder whose item differs from the generator's gets no box
+    assert bench.label_box(small[0]) is None and len(calls) == len(small)
