@@ -75,8 +75,6 @@ tool_threshold = _checked(_finite, lambda v: 0 <= v <= 1, "{text} is not in [0, 
 """A tool threshold, 0-1: call the tool when P(tool) >= it."""
 
 
-
-
 def confidence_thresholds(text: str) -> list[float]:
     """Comma-separated answer-confidence thresholds, each in [0, 1] (`--escalate-below 0.5,0.6`)."""
     values = [tool_threshold(part.strip()) for part in text.split(",") if part.strip()]

@@ -420,23 +420,24 @@ def _check_threshold_options(config: EvalConfig, engine=None) -> None:
             check_escalation(below)
         except ValueError as error:
             raise VisionThinkError(f"--escalate-below: {error}") from None
-    if engine is not None:
-        reads_confidence = getattr(engine, "records_confidence", False)
-    else:
-        reads_confidence = config.engine is None or config.engine.engine == "transformers"
-    if (config.escalate_below or config.escalate_budget is not None) and not reads_confidence:
+    if (config.escalate_below or config.escalate_budget is not None) and not _engine_can(
+            config, engine, "records_confidence"):
         raise VisionThinkError("--escalate-below and --escalate-budget need the transformers engine, which reads "
                                "the answer's token probabilities while it decodes")
     steering = config.tool_threshold is not None or config.curve or config.token_budget is not None
     if not steering:
         return
-    if engine is not None:
-        steerable = getattr(engine, "decides_by_threshold", False)
-    else:
-        steerable = config.engine is None or config.engine.engine == "transformers"
-    if not steerable:
+    if not _engine_can(config, engine, "decides_by_threshold"):
         raise VisionThinkError("--tool-threshold, --curve and --token-budget need the transformers engine, which "
                                "reads P(tool) while it decodes")
+
+
+def _engine_can(config: EvalConfig, engine, ability: str) -> bool:
+    """Whether the engine has `ability` (`decides_by_threshold`, `records_confidence`): the given engine's own flag,
+    else whether the configured engine is transformers, the only one that reads probabilities while it decodes."""
+    if engine is not None:
+        return getattr(engine, ability, False)
+    return config.engine is None or config.engine.engine == "transformers"
 
 
 @dataclass(frozen=True)
@@ -493,6 +494,19 @@ def split_calibration(samples: list, fraction: float) -> tuple[list, list]:
         digest = hashlib.sha256(str(sample.uid).encode()).digest()
         (calibration if int.from_bytes(digest[:4], "big") / 2**32 < fraction else test).append(sample)
     return calibration, test
+
+
+def _check_split(bench_name: str, samples: list, calibration: list, test: list) -> None:
+    """Refuse a budget on a bench whose items leave its calibration or its test part empty."""
+    if not calibration or not test:
+        raise VisionThinkError(f"{bench_name}: {len(samples)} items cannot be split into a calibration and a test "
+                               "part; give more items (--limit)")
+
+
+def _part_figures(records: list[dict]) -> tuple[float, float]:
+    """Visual tokens as a fraction of full resolution's, and the mean score, over a part's records."""
+    tokens = sum(r["visual_tokens"] for r in records) / max(1, sum(r["full_res_visual_tokens"] for r in records))
+    return tokens, sum(float(r["score"] or 0.0) for r in records) / len(records)
 
 
 def _curve_items(samples_log: SampleLog, bench_name: str, samples: list) -> list[curve.Item]:
@@ -605,9 +619,7 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
                 labels.append(escalating)
             if config.escalate_budget is not None and MODES[mode].decides:
                 calibration, test = split_calibration(samples, config.calibration_fraction)
-                if not calibration or not test:
-                    raise VisionThinkError(f"{bench_name}: {len(samples)} items cannot be split into a calibration "
-                                           "and a test part; give more items (--limit)")
+                _check_split(bench_name, samples, calibration, test)
                 plain = samples_log.select(bench_name, label)
                 chosen = choose_escalation([plain[str(s.uid)] for s in calibration], config.escalate_budget)
                 below = float(f"{chosen.threshold:.6g}")
@@ -615,11 +627,8 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
                 run(bench, bench_name, test, Run(escalating, mode, threshold, below))
                 labels.append(escalating)
                 by_uid = samples_log.select(bench_name, escalating)
-                records = [by_uid[str(s.uid)] for s in test]
-                tokens = sum(r["visual_tokens"] for r in records) / max(1, sum(r["full_res_visual_tokens"]
-                                                                              for r in records))
-                score = sum(float(r["score"] or 0.0) for r in records) / len(records)
-                plain_score = sum(float(plain[str(s.uid)]["score"] or 0.0) for s in test) / len(test)
+                tokens, score = _part_figures([by_uid[str(s.uid)] for s in test])
+                plain_score = _part_figures([plain[str(s.uid)] for s in test])[1]
                 notes.append(f"{bench_name}: escalation budget {config.escalate_budget:g} of full resolution for "
                              f"{label}: threshold {below:g} chosen on {len(calibration)} calibration items "
                              f"({chosen.escalated} escalated, {chosen.token_fraction:.3f} there); {tokens:.3f} "
@@ -634,9 +643,7 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
                 labels += [curve.NEVER, curve.ALWAYS]
                 curves[bench_name] = _curve_items(samples_log, bench_name, samples)
             if config.token_budget is not None:
-                if not calibration or not test:
-                    raise VisionThinkError(f"{bench_name}: {len(samples)} items cannot be split into a calibration "
-                                           "and a test part; give more items (--limit)")
+                _check_split(bench_name, samples, calibration, test)
                 chosen = curve.choose_threshold(_curve_items(samples_log, bench_name, calibration),
                                                 config.token_budget)
                 threshold = chosen.threshold if chosen.threshold == math.inf else float(f"{chosen.threshold:.6g}")
@@ -644,14 +651,12 @@ def run_eval(config: EvalConfig, engine=None, log: Callable[[str], None] | None 
                 run(bench, bench_name, test, Run(label, "visionthink", threshold))
                 labels.append(label)
                 by_uid = samples_log.select(bench_name, label)
-                records = [by_uid[str(s.uid)] for s in test]
+                test_tokens, test_score = _part_figures([by_uid[str(s.uid)] for s in test])
                 budgets[bench_name] = {
                     "token_budget": config.token_budget, "threshold": "inf" if threshold == math.inf else threshold,
                     "label": label, "calibration_items": len(calibration), "test_items": len(test),
                     "calibration_token_fraction": chosen.token_fraction, "calibration_score": chosen.score,
-                    "test_token_fraction": sum(r["visual_tokens"] for r in records)
-                    / max(1, sum(r["full_res_visual_tokens"] for r in records)),
-                    "test_score": sum(float(r["score"] or 0.0) for r in records) / len(records),
+                    "test_token_fraction": test_tokens, "test_score": test_score,
                 }
         loaded[bench_name] = (bench, samples, list(dict.fromkeys(labels)))
     summary = summarise(loaded, samples_log, judge)
