@@ -21,6 +21,8 @@ from visionthink.images import PixelGrid
 torch.set_num_threads(int(os.environ.get("VISIONTHINK_TEST_THREADS", "1")))
 
 REPO = Path(__file__).resolve().parents[1]
+LADDER_DIR = REPO / "checkpoints" / "tiny-ladder"
+"""The shipped ladder model (answer, zoom or resize), the default of `ask`, `demo` and `serve`."""
 TINY_GRID = PixelGrid(28, 28 * 28, 168 * 112)
 """The tiny models' grid (the shipped checkpoint's processor): 24 visual tokens at most."""
 
@@ -111,6 +113,17 @@ def resize_text(think: str) -> str:
 def full_tokens(image) -> int:
     """Full-resolution visual tokens of a synthetic world image (its sizes are on the 56 px grid already)."""
     return (image.width // 28) * (image.height // 28)
+
+
+class BlindBackend:
+    """What the loop sees of RemoteEngine or VLLMEngine: no `decides_by_threshold`, no `records_confidence`; no turn
+    may run (a request it cannot honour must be refused first)."""
+
+    grid = None
+    batch_size = 4
+
+    def session(self):
+        raise AssertionError("no turn may run")
 
 
 @dataclass

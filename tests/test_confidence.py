@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import LADDER_DIR as LADDER  # tests/ is on sys.path
+from conftest import BlindBackend
 
 from visionthink.data import synth
 from visionthink.engines.base import Request, run_episodes
@@ -14,8 +15,6 @@ from visionthink.engines.confidence import answer_confidence
 from visionthink.engines.transformers_engine import TransformersEngine
 from visionthink.errors import VisionThinkError
 from visionthink.tokens import encode_batch
-
-LADDER = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-ladder"
 
 
 @pytest.fixture(scope="module")
@@ -114,15 +113,8 @@ def test_a_threshold_outside_0_1_is_refused(engine, items):
 
 
 def test_a_backend_that_cannot_read_probabilities_refuses_escalation(items):
-    class Remote:  # what the loop sees of RemoteEngine or VLLMEngine: no records_confidence
-        grid = None
-        batch_size = 4
-
-        def session(self):
-            raise AssertionError("no turn may run")
-
     with pytest.raises(VisionThinkError, match="needs the transformers engine"):
-        run_episodes(Remote(), _requests(items[:2], 0.5), "visionthink")
+        run_episodes(BlindBackend(), _requests(items[:2], 0.5), "visionthink")
 
 
 def test_eval_runs_each_threshold_under_its_own_label(tmp_path):

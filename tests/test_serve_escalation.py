@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO  # tests/ is on sys.path
+from conftest import LADDER_DIR as LADDER  # tests/ is on sys.path
+from conftest import REPO
 from PIL import Image
 from test_serve import call, chat_body, data_url, serving
 
@@ -17,7 +18,6 @@ from visionthink.serve.client import ask_server
 from visionthink.serve.config import ServeConfig
 
 EXAMPLES = REPO / "examples"
-LADDER = REPO / "checkpoints" / "tiny-ladder"
 PATH = "/v1/chat/completions"
 
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import BlindBackend  # tests/ is on sys.path
 
 from visionthink.data import synth
 from visionthink.engines.base import Request, run_episodes
@@ -75,15 +76,8 @@ def test_a_threshold_outside_0_1_is_refused(engine, items):
 
 
 def test_a_backend_that_cannot_steer_refuses_a_threshold(items):
-    class Remote:  # what the loop sees of RemoteEngine or VLLMEngine: no decides_by_threshold
-        grid = None
-        batch_size = 4
-
-        def session(self):
-            raise AssertionError("no turn may run")
-
     with pytest.raises(VisionThinkError, match="needs the transformers engine"):
-        run_episodes(Remote(), _requests(items[:2], 0.5), "visionthink")
+        run_episodes(BlindBackend(), _requests(items[:2], 0.5), "visionthink")
 
 
 def test_path_tokens_of_the_real_qwen_vocabulary():
