@@ -224,7 +224,7 @@ def _first_turn_setting(request: ChatCompletionRequest, mode: str, name: str, de
     if mode in MODES and MODES[mode].decides:
         return None if value is None else float(value)
     if given and value is not None:
-        deciding = ", ".join(name for name, m in MODES.items() if m.decides)
+        deciding = ", ".join(mode_name for mode_name, m in MODES.items() if m.decides)
         raise ApiError(400, f"{field_name} applies to the modes that decide whether to call a tool ({deciding}); "
                        f"mode {mode!r} makes no such decision", "invalid_parameter", param=field_name)
     return None
