@@ -122,6 +122,27 @@ def test_label_questions_in_paired_wordings_keep_the_scenes_think_answer_and_act
     assert plain.random() == again.random()  # a fraction of 0 draws as pick_wording does
 
 
+def test_questions_in_carrier_forms_keep_the_scenes_think_answer_and_action():
+    rng = np.random.default_rng(8)
+    examples = [sample_ladder_example(rng, TINY_GRID, 0.0, right_action_fraction=1.0, carrier_wording_fraction=1.0)
+                for _ in range(60)]
+    thinks = {"fine_small": "Read the pattern on the label.", "fine_spread": "Read the patterns on the labels."}
+    for example in examples:
+        question = next(m for m in example.messages if m["role"] == "user")["content"][-1]["text"].split("\n")[0]
+        text = next(m for m in example.messages if m["role"] == "assistant")["content"][0]["text"]
+        kind = synth.question_type_of(question)
+        assert question in synth.carrier_wordings(kind)
+        assert thinks.get(example.family, "<think>") in text
+        tool = {"answer": [], "zoom": ["zoom_image"], "resize": ["resize_image"]}[synth.RIGHT_ACTION[example.family]]
+        assert _calls(example) == tool
+    again = np.random.default_rng(3)
+    assert synth.training_wording(np.random.default_rng(3), "colour", carrier_fraction=0.0) == \
+        synth.pick_wording(again, "colour")
+    both = [synth.training_wording(rng, "pattern", paired_fraction=0.5, carrier_fraction=1.0) for _ in range(200)]
+    paired = sum(q in synth.paired_wordings("pattern") for q in both)
+    assert 60 < paired < 140 and paired + sum(q in synth.carrier_wordings("pattern") for q in both) == 200
+
+
 def test_coarse_weights_draw_the_coarse_question_types_in_their_shares():
     rng = np.random.default_rng(2)
     drawn = [synth.scene_for(rng, "coarse", {"shape": 1, "count": 1})[1] for _ in range(200)]
@@ -321,6 +342,13 @@ def test_grpo_prompts_from_the_ladder_world():
             assert row["question"] in synth.paired_wordings(kind)
         else:
             assert row["question"] == before["question"]
+    carried = prompt_dataset(TINY_GRID, 32, world="ladder", protocol="visionthink-zoom",
+                             carrier_wording_fraction=0.5, paired_wording_fraction=0.5)
+    kinds = [synth.question_type_of(before["question"]) for before in plain]
+    asked = [(row["question"] in synth.carrier_wordings(kind), row["question"] in synth.paired_wordings(kind))
+             for row, kind in zip(carried, kinds, strict=True)]
+    assert not any(c and p for c, p in asked) and 4 <= sum(c for c, _ in asked) <= 24
+    assert carried["answer"] == plain["answer"] and carried["family"] == plain["family"]
 
 
 def test_the_default_model_is_the_ladder_model_and_the_demo_runs_the_ladder_on_it():

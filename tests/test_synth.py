@@ -415,6 +415,28 @@ def test_training_frames_share_no_word_with_the_held_out_structures_frames():
     assert len(framed) == len(TRAIN_FRAMES) and all("What colour is the largest shape?" in f for f in framed)
 
 
+def test_carrier_forms_keep_held_out_structures_unseen_and_ask_their_own_question():
+    from visionthink.data.synth import CARRIER_TEMPLATES, CLAUSE_CARRIERS, carrier_wordings, pick_carrier
+
+    frame_words = {"describe", "word", "would", "like", "know", "looking", "see"}
+    for carrier in CARRIER_TEMPLATES + CLAUSE_CARRIERS:
+        words = set("".join(c if c.isalpha() else " " for c in carrier.replace("{phrase}", "")).lower().split())
+        assert not words & frame_words, carrier
+    held = {words_of(t) for q in QUESTION_TYPES for ws in ("heldout", "heldout-templates") for t in wordings(q, ws)}
+    for question_type in QUESTION_TYPES:
+        carried = carrier_wordings(question_type)
+        assert len(carried) > 1000
+        assert not {words_of(t) for t in carried} & held
+        assert not {words_of(t) for t in carried} & {words_of(t) for t in wordings(question_type)}  # new forms
+        assert not any(t.lower().startswith(("describe", "i ", "looking")) or "one word" in t.lower() for t in carried)
+        assert {question_type_of(t) for t in carried} == {question_type}
+    assert "Give the number of shapes." in carrier_wordings("count")
+    assert "Can you say how many figures there are?" in carrier_wordings("count")
+    assert "Name the pattern on most labels." not in carrier_wordings("majority")  # a paired wording, not a carrier
+    rng = np.random.default_rng(0)
+    assert len({pick_carrier(rng, "colour") for _ in range(50)}) > 40
+
+
 @functools.cache
 def spread_probe_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Crops of each of a spread scene's labels from the low and high views (3 per scene, in order), each label's

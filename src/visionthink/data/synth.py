@@ -243,6 +243,7 @@ def wordings(question_type: str, wording_set: WordingSet = "train") -> tuple[str
 @functools.cache
 def _question_types() -> dict[str, str]:
     known = {text: qtype for qtype in QUESTION_TYPES for ws in WORDING_SETS for text in wordings(qtype, ws)}
+    known |= {text: qtype for qtype in QUESTION_TYPES for text in carrier_wordings(qtype)}
     return known | {text: qtype for qtype in PAIRED_TEMPLATES for text in paired_wordings(qtype)}
 
 
@@ -545,17 +546,92 @@ def paired_wordings(question_type: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(text for base in bases if _words(base) not in taken for text in _styled(base)))
 
 
+CARRIER_TEMPLATES = (
+    "Give {phrase}.",
+    "Give me {phrase}.",
+    "State {phrase}.",
+    "Report {phrase}.",
+    "Identify {phrase}.",
+    "Find {phrase}.",
+    "Write down {phrase}.",
+    "Can you name {phrase}?",
+    "Can you give me {phrase}?",
+    "What's {phrase}?",
+    "Your task: name {phrase}.",
+    "{phrase}, please.",
+    "{phrase} is what?",
+    "Answer with {phrase}.",
+    "Let me have {phrase}.",
+    "Give {phrase} as your answer.",
+    "Please report {phrase}.",
+    "Tell us {phrase}.",
+)
+"""Training only (`carrier_wording_fraction`): sentence forms around a question's noun phrase (`QUESTION_PHRASES`),
+so that a model learns the phrase, not the sentence around it, says what is asked. None starts as a held-out
+structure does or uses a word of their frames (`tests/test_synth.py`), so held-out structures stay unseen."""
+CLAUSE_CARRIERS = (
+    "Say {phrase}.",
+    "Tell us {phrase}.",
+    "Find out {phrase}.",
+    "Work out {phrase}.",
+    "Determine {phrase}.",
+    "Can you say {phrase}?",
+    "Please state {phrase}.",
+)
+"""Carriers that also take a question clause ("how many shapes the image holds", `QUESTION_CLAUSES`)."""
+QUESTION_PHRASES = {
+    "colour": ["the {colour} of the {largest} {shape}"],
+    "shape": ["the kind of the {largest} {shape}", "the type of the {largest} {shape}"],
+    "count": ["the number of {shapes}", "the number of {shapes} in the {image}"],
+    "pattern": ["the {pattern} on the {label}", "the {pattern} of the {label}"],
+    "majority": ["the {pattern} on most {labels}", "the {pattern} of most {labels}"],
+}
+QUESTION_CLAUSES = {
+    "colour": ["what {colour} the {largest} {shape} is"],
+    "shape": ["what kind of shape the {largest} {shape} is"],
+    "count": ["how many {shapes} the {image} holds", "how many {shapes} there are"],
+    "pattern": ["which {pattern} the {label} shows"],
+    "majority": ["which {pattern} most {labels} show"],
+}
+
+
+@functools.cache
+def carrier_wordings(question_type: str) -> tuple[str, ...]:
+    """Every wording of `question_type` in a carrier form (`CARRIER_TEMPLATES` around its `QUESTION_PHRASES`,
+    `CLAUSE_CARRIERS` around those and its `QUESTION_CLAUSES`), less any that a held-out set or another question
+    type's trained wordings already hold."""
+    held_out = ("heldout", "heldout-templates")
+    taken = {_words(text) for qtype in QUESTION_TYPES for ws in held_out for text in wordings(qtype, ws)}
+    taken |= {_words(text) for qtype in QUESTION_TYPES if qtype != question_type for text in wordings(qtype, "train")}
+    phrases = QUESTION_PHRASES[question_type]
+    forms = [carrier.format(phrase=phrase) for carrier in CARRIER_TEMPLATES for phrase in phrases]
+    forms += [carrier.format(phrase=phrase) for carrier in CLAUSE_CARRIERS
+              for phrase in phrases + QUESTION_CLAUSES[question_type]]
+    bases = [base for form in dict.fromkeys(forms) for base in _fill(form)]
+    return tuple(dict.fromkeys(text for base in bases if _words(base) not in taken for text in _styled(base)))
+
+
 def _words(text: str) -> str:
     """A wording's lower-cased words, without case or punctuation."""
     return " ".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
 
 
-def training_wording(rng: np.random.Generator, question_type: str, paired_fraction: float = 0.0) -> str:
+def training_wording(rng: np.random.Generator, question_type: str, paired_fraction: float = 0.0,
+                     carrier_fraction: float = 0.0) -> str:
     """A trained wording of `question_type`; for a label question, with probability `paired_fraction`, one of its
-    `paired_wordings`. `paired_fraction` 0 draws as `pick_wording` does, so a stream without pairs stays as it was."""
+    `paired_wordings`; otherwise, with probability `carrier_fraction`, one of its `carrier_wordings`. Fractions of 0
+    draw as `pick_wording` does, so a stream without pairs or carriers stays as it was."""
     if paired_wordings(question_type) and paired_fraction > 0 and rng.random() < paired_fraction:
         return pick_paired(rng, question_type)
+    if carrier_fraction > 0 and rng.random() < carrier_fraction:
+        return pick_carrier(rng, question_type)
     return pick_wording(rng, question_type, "train")
+
+
+def pick_carrier(rng: np.random.Generator, question_type: str) -> str:
+    """One of `carrier_wordings(question_type)`, drawn at random."""
+    options = carrier_wordings(question_type)
+    return options[int(rng.integers(len(options)))]
 
 
 def pick_paired(rng: np.random.Generator, question_type: str) -> str:

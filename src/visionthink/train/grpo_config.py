@@ -141,6 +141,9 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
     paired_wording_fraction: float = field(default=0.0, metadata={
         "help": "With the ladder world: the share of label prompts asked in the other label family's sentence forms "
                 "with their own number (`synth.paired_wordings`), as SFT's."})
+    carrier_wording_fraction: float = field(default=0.0, metadata={
+        "help": "With the ladder world: the share of prompts (of those not paired) asked in a carrier sentence form "
+                "around the question's noun phrase (`synth.carrier_wordings`), as SFT's."})
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of every weight."})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha."})

@@ -69,10 +69,11 @@ def prompt_row(item: synth.Item, grid: PixelGrid, protocol: str | ProtocolProfil
 def prompt_dataset(grid: PixelGrid, n: int, seed: int = 0, split: str = "train",
                    protocol: str | ProtocolProfile | None = None, pixel_range: tuple[int, int] | None = None,
                    world: str = "synth", frame_fraction: float = 0.0, crossed_wording_fraction: float = 0.0,
-                   paired_wording_fraction: float = 0.0):
+                   paired_wording_fraction: float = 0.0, carrier_wording_fraction: float = 0.0):
     """The first `n` items of a split of a generated world (`synth.WORLDS`) as TRL prompt rows (`datasets.Dataset`,
     images stored as PNG); a `paired_wording_fraction` share of the label questions asked in the other label family's
-    sentence forms with their own number (`synth.paired_wordings`), a `crossed_wording_fraction` share in the other
+    sentence forms with their own number (`synth.paired_wordings`), a `carrier_wording_fraction` share of the others
+    in a carrier sentence form (`synth.carrier_wordings`), a `crossed_wording_fraction` share in the other
     label family's wording (`synth.CROSSED_WORDINGS`; the answer stays the scene's, as SFT's), then a `frame_fraction`
     share of the questions asked inside a training frame (`synth.frame_wording`)."""
     import dataclasses
@@ -86,6 +87,13 @@ def prompt_dataset(grid: PixelGrid, n: int, seed: int = 0, split: str = "train",
                  for item in items]
         items = [dataclasses.replace(item, question=synth.pick_paired(rng, item.question_type)) if paired else item
                  for item, paired in zip(items, pairs, strict=True)]
+    else:
+        pairs = [False] * len(items)
+    if carrier_wording_fraction > 0:
+        rng = np.random.default_rng([seed or 0, 27, 4])
+        carried = [not paired and rng.random() < carrier_wording_fraction for paired in pairs]
+        items = [dataclasses.replace(item, question=synth.pick_carrier(rng, item.question_type)) if carrier else item
+                 for item, carrier in zip(items, carried, strict=True)]
     if crossed_wording_fraction > 0:
         rng = np.random.default_rng([seed or 0, 27, 2])
         asked = [synth.wording_type(rng, item.question_type, crossed_wording_fraction) for item in items]

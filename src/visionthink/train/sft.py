@@ -147,6 +147,11 @@ class SFTConfig:
     """With `world: ladder`: the share of label questions asked in the other label family's sentence forms with their
     own number (`synth.PAIRED_TEMPLATES`: "which pattern does the label show?" beside "which pattern do most labels
     show?"), so that no sentence form, only "the label" against "most labels", tells a zoom from a resize."""
+    carrier_wording_fraction: float = 0.0
+    """With `world: ladder`: the share of questions (of those not paired) asked in a carrier sentence form around the
+    question's noun phrase (`synth.CARRIER_TEMPLATES`: "Give the number of shapes.", "Can you name the colour of the
+    largest shape?"), so that the phrase, not the sentence around it, says what is asked: the model answered a count
+    to "DESCRIBE THE KIND OF THE LARGEST SHAPE IN ONE WORD" (held-out sentence structures, docs/ladder.md)."""
     right_action_fraction: float = 0.0
     """With `world: ladder`: the share of low-res starts that take the family's right action; the rest take an
     action at random."""
@@ -333,7 +338,7 @@ def train_sft(config: SFTConfig) -> Path:
                                               config.perception_fraction, config.grounding_fraction,
                                               config.family_weights, config.frame_fraction,
                                               config.crossed_wording_fraction, config.coarse_weights,
-                                              config.paired_wording_fraction)
+                                              config.paired_wording_fraction, config.carrier_wording_fraction)
                         for _ in range(config.batch_size)]
         else:
             examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,
