@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 
@@ -78,12 +79,18 @@ def test_a_call_in_the_last_turn_gets_no_image():
 
 
 class ReplayLLM:
-    """A stand-in for `vllm.LLM` that replays a real model's turns, keyed by the exact rendered prompt."""
+    """A stand-in for `vllm.LLM` that replays a real model's turns, keyed by the exact rendered prompt. Asked for
+    log-probabilities (`logprobs=0`), it gives every token of a reply the probability `confidence[prompt]` (1 where
+    none is given), shaped as vLLM's: one `{token_id: Logprob}` per written token."""
 
-    def __init__(self, replies: dict[str, str], tool_call_id: int):
+    def __init__(self, replies: dict[str, str], tokenizer, confidence: dict[str, float] | None = None):
         self.replies = replies
-        self.tool_call_id = tool_call_id
+        self.tokenizer = tokenizer
+        self.tool_call_id = tokenizer.convert_tokens_to_ids("<tool_call>")
+        self.confidence = confidence or {}
         self.forbidden: list[bool] = []
+        self.asked_logprobs: list[tuple[int, int | None]] = []
+        """(images in the prompt, `logprobs` asked) per prompt."""
 
     def generate(self, prompts, params, use_tqdm=False):
         outputs = []
@@ -91,9 +98,32 @@ class ReplayLLM:
             text = prompt["prompt"]
             assert len(prompt["multi_modal_data"]["image"]) == text.count("<|vision_start|>")
             self.forbidden.append(self.tool_call_id in param.logit_bias)
-            completion = types.SimpleNamespace(text=self.replies[text] + "<|im_end|>", token_ids=[0] * 5)
+            self.asked_logprobs.append((len(prompt["multi_modal_data"]["image"]), getattr(param, "logprobs", None)))
+            reply = self.replies[text] + "<|im_end|>"
+            ids = self.tokenizer.encode(reply, add_special_tokens=False)
+            logprob = math.log(self.confidence.get(text, 1.0))
+            steps = [{i: types.SimpleNamespace(logprob=logprob)} for i in ids] \
+                if getattr(param, "logprobs", None) is not None else None
+            completion = types.SimpleNamespace(text=reply, token_ids=ids, logprobs=steps)
             outputs.append(types.SimpleNamespace(outputs=[completion], prompt_token_ids=[0] * 50))
         return outputs
+
+
+def _replies(processor, episodes) -> dict[str, str]:
+    """Each assistant turn of `episodes`, keyed by the prompt it answered."""
+    replies = {}
+    for episode in episodes:
+        for index, message in enumerate(episode.messages):
+            if message["role"] == "assistant":
+                prompt = render_text(processor, episode.messages[:index], add_generation_prompt=True)
+                replies[prompt] = protocol.assistant_text(message)
+    return replies
+
+
+def _stand_in_vllm(monkeypatch) -> None:
+    fake_vllm = types.ModuleType("vllm")
+    fake_vllm.SamplingParams = lambda **kwargs: types.SimpleNamespace(**kwargs)
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
 
 
 @pytest.mark.parametrize("mode", ["full", "low", "visionthink", "oracle"])
@@ -103,16 +133,8 @@ def test_vllm_path_gives_the_transformers_episodes(shipped_model, monkeypatch, m
     items = synth.split_items("test", 12, seed=5)
     requests = [Request(item.image, item.question, item.needs_high_res) for item in items]
     local = TransformersEngine(model, processor, batch_size=5).run(requests, mode)
-    replies = {}
-    for episode in local:
-        for index, message in enumerate(episode.messages):
-            if message["role"] == "assistant":
-                prompt = render_text(processor, episode.messages[:index], add_generation_prompt=True)
-                replies[prompt] = protocol.assistant_text(message)
-    fake_vllm = types.ModuleType("vllm")
-    fake_vllm.SamplingParams = lambda **kwargs: types.SimpleNamespace(**kwargs)
-    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
-    llm = ReplayLLM(replies, processor.tokenizer.convert_tokens_to_ids("<tool_call>"))
+    _stand_in_vllm(monkeypatch)
+    llm = ReplayLLM(_replies(processor, local), processor.tokenizer)
     remote = VLLMEngine(llm, processor, batch_size=4).run(requests, mode)
     assert any(e.resized for e in local) == (mode in ("visionthink", "oracle"))
     for mine, theirs in zip(local, remote, strict=True):
@@ -123,6 +145,57 @@ def test_vllm_path_gives_the_transformers_episodes(shipped_model, monkeypatch, m
         assert mine.visual_tokens_per_turn == theirs.visual_tokens_per_turn
         assert mine.full_res_visual_tokens == theirs.full_res_visual_tokens
     assert all(llm.forbidden) == (mode in ("full", "low"))
+    assert {asked for images, asked in llm.asked_logprobs if images == 1} == {0}  # first turns only
+    assert {asked for images, asked in llm.asked_logprobs if images > 1} <= {None}
+    assert [e.answer_confidence for e in remote] == [1.0 if mine.turns[0].kind == "answer" else None for mine in local]
+
+
+def test_vllm_path_escalates_the_answers_the_transformers_engine_escalates(shipped_model, monkeypatch):
+    """The vLLM engine reads the answer's confidence from vLLM's log-probabilities: replaying a real model's first
+    answers with their confidences, it withdraws exactly the answers the transformers engine withdraws."""
+    model, processor = shipped_model
+    items = synth.split_items("test", 16, seed=7)
+    local = TransformersEngine(model, processor, batch_size=8)
+    plain = local.run([Request(item.image, item.question) for item in items], "visionthink")
+    confidences = sorted(e.answer_confidence for e in plain if e.answer_confidence is not None)
+    assert len(confidences) >= 4
+    below = (confidences[len(confidences) // 2 - 1] + confidences[len(confidences) // 2]) / 2
+    requests = [Request(item.image, item.question, escalate_below=below) for item in items]
+    escalated = local.run(requests, "visionthink")
+    assert 0 < sum(e.escalated for e in escalated) < len(items)
+    first = {render_text(processor, e.messages[:2], add_generation_prompt=True): e for e in plain}
+    confidence = {prompt: e.answer_confidence for prompt, e in first.items() if e.answer_confidence is not None}
+    replies = _replies(processor, escalated) | _replies(processor, plain)  # first turns as the model wrote them
+    _stand_in_vllm(monkeypatch)
+    remote = VLLMEngine(ReplayLLM(replies, processor.tokenizer, confidence), processor, batch_size=8).run(
+        requests, "visionthink")
+    for mine, theirs in zip(escalated, remote, strict=True):
+        assert (theirs.escalated, theirs.answer, theirs.resized, theirs.visual_tokens) == (
+            mine.escalated, mine.answer, mine.resized, mine.visual_tokens)
+        assert [protocol.assistant_text(m) for m in theirs.messages if m["role"] == "assistant"] == [
+            protocol.assistant_text(m) for m in mine.messages if m["role"] == "assistant"]
+        assert theirs.answer_confidence == pytest.approx(mine.answer_confidence, abs=1e-6) \
+            if mine.answer_confidence is not None else theirs.answer_confidence is None
+
+
+def test_a_vllm_reply_without_log_probabilities_fails_loudly(shipped_model, monkeypatch):
+    from visionthink.errors import VisionThinkError
+
+    model, processor = shipped_model
+    items = synth.split_items("test", 4, seed=7)
+    requests = [Request(item.image, item.question) for item in items]
+    local = TransformersEngine(model, processor).run(requests, "full")
+
+    class Forgetful(ReplayLLM):
+        def generate(self, prompts, params, use_tqdm=False):
+            outputs = super().generate(prompts, params, use_tqdm)
+            for output in outputs:
+                output.outputs[0].logprobs = None
+            return outputs
+
+    _stand_in_vllm(monkeypatch)
+    with pytest.raises(VisionThinkError, match="log-probability"):
+        VLLMEngine(Forgetful(_replies(processor, local), processor.tokenizer), processor).run(requests, "full")
 
 
 def test_grpo_rollouts_and_engines_build_episodes_by_one_rule(shipped_model):

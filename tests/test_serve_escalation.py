@@ -4,6 +4,7 @@ it, its refusals, and what the reply reports (`answer_confidence`, `escalated`),
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import LADDER_DIR as LADDER  # tests/ is on sys.path
@@ -108,7 +109,7 @@ def test_an_engine_that_cannot_read_probabilities_refuses_escalation(engine, cou
     from visionthink.engines.remote import RemoteEngine
 
     remote = RemoteEngine("http://127.0.0.1:9/v1", model="m", processor=engine.processor, attempts=1, timeout=2)
-    with pytest.raises(VisionThinkError, match="transformers engine"):
+    with pytest.raises(VisionThinkError, match="transformers or vllm engine"):
         create_app(remote, ServeConfig(escalate_below=0.5), context=4096)
     image, question, _ = count
     with serving(remote, context=4096) as running:
@@ -116,3 +117,26 @@ def test_an_engine_that_cannot_read_probabilities_refuses_escalation(engine, cou
         assert status == 400, reply
         assert (reply["error"]["code"], reply["error"]["param"]) == ("unsupported_parameter",
                                                                        "visionthink_escalate_below")
+
+
+def test_the_vllm_engine_may_escalate_and_eval_checks_each_engine_by_its_abilities(engine):
+    from visionthink.engines.factory import EngineOptions
+    from visionthink.engines.vllm_engine import VLLMEngine
+    from visionthink.eval.runner import EvalConfig, _check_threshold_options
+
+    in_process = VLLMEngine(None, engine.processor)  # the LLM is not touched before a request
+    create_app(in_process, ServeConfig(escalate_below=0.5), context=4096)
+    with pytest.raises(VisionThinkError, match="needs the transformers engine"):
+        create_app(in_process, ServeConfig(tool_threshold=0.5), context=4096)
+    def config(name: str, **thresholds) -> EvalConfig:
+        return EvalConfig(None, ["ladder"], ["zoom"], Path("unused"), engine=EngineOptions(engine=name), **thresholds)
+
+    for name, escalates in (("transformers", True), ("vllm", True), ("remote", False)):
+        asked = config(name, escalate_below=[0.5])
+        if escalates:
+            _check_threshold_options(asked)
+        else:
+            with pytest.raises(VisionThinkError, match="transformers or vllm engine"):
+                _check_threshold_options(asked)
+    with pytest.raises(VisionThinkError, match="need the transformers engine"):
+        _check_threshold_options(config("vllm", tool_threshold=0.5))

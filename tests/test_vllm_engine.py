@@ -111,12 +111,12 @@ def test_an_episode_that_resizes_runs_through_the_stand_in(fake_vllm, shipped_mo
     never = never_write_ids(processor.tokenizer)
     vision = ids(processor, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>")
     assert set(vision) <= set(never)
-    for call in (first, second):
+    for call, logprobs in ((first, {"logprobs": 0}), (second, {})):  # the first turn's answer confidence
         params, = call.params
         assert params.kwargs == {
             "max_tokens": profile.max_new_tokens, "temperature": 0.0,  # the profile's turn budget: 64, 8192
             "stop_token_ids": ids(processor, "<|im_end|>", "<|endoftext|>"), "skip_special_tokens": False,
-            "logit_bias": dict.fromkeys(never, -100.0),
+            "logit_bias": dict.fromkeys(never, -100.0), **logprobs,
         }
 
 

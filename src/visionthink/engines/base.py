@@ -143,8 +143,8 @@ def check_thresholds(backend, requests: list) -> None:
                                "read P(tool) while it decodes")
     if not getattr(backend, "records_confidence", False) and any(
             getattr(r, "escalate_below", None) is not None for r in requests):
-        raise VisionThinkError(f"escalating unsure answers needs the transformers engine; {type(backend).__name__} "
-                               "cannot read the answer's token probabilities")
+        raise VisionThinkError("escalating unsure answers needs the transformers or vllm engine; "
+                               f"{type(backend).__name__} cannot read the answer's token probabilities")
 
 
 def check_escalation(value: float | None) -> float | None:

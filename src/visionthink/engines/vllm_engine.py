@@ -18,15 +18,22 @@ Tokens a turn may not write get a -100 logit bias (vLLM's bound, as OpenAI's): i
 placeholders and `<|im_start|>` always (`engines.base.never_write_ids`), `<tool_call>` where the mode
 forbids the call (`low`/`full` and the oracle's no-resize first turns), like the transformers engine's
 banned ids.
+
+First turns ask vLLM for the log-probability of every token written (`logprobs=0`), so the answer's confidence
+(`engines.confidence`) is known and `Request.escalate_below` works as on the transformers engine. vLLM returns raw
+log-probabilities (before the logit bias), so the banned tokens keep their share of each step's probability: under
+greedy decoding a sliver, by which the confidence can only come out lower than the transformers engine's.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import random
 from pathlib import Path
 
 from visionthink.engines.base import BANNED_BIAS, Generated, never_write_ids, run_episodes, stop_ids
+from visionthink.engines.confidence import ANSWER_OPEN, answer_confidence
 from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.errors import ModelError, VisionThinkError
 from visionthink.profiles import ProtocolProfile, declared_profile, get_profile
@@ -47,6 +54,9 @@ def _import_vllm():
 
 class VLLMEngine:
     """Episodes on an in-process `vllm.LLM` (prefix caching on); the loop is `engines.base`'s."""
+
+    records_confidence = True
+    """First turns carry each answer's confidence (vLLM's `logprobs`), so unsure answers can be escalated."""
 
     def __init__(self, llm, processor, sampling: SamplingConfig | None = None, batch_size: int = 256,
                  protocol: str | ProtocolProfile | None = None):
@@ -113,13 +123,14 @@ class VLLMEngine:
         """Token ids a turn may not produce: vision placeholders, and the tool call where it is forbidden."""
         return [*self.never_ids, self.tool_call_id] if forbid_call else list(self.never_ids)
 
-    def sampling_params(self, forbid_call: bool):
-        """One request's `vllm.SamplingParams`: greedy is temperature 0; unset knobs keep vLLM's defaults."""
+    def sampling_params(self, forbid_call: bool, token_logprobs: bool = False):
+        """One request's `vllm.SamplingParams`: greedy is temperature 0; unset knobs keep vLLM's defaults.
+        `token_logprobs` asks for the log-probability of each token written (`logprobs=0`)."""
         vllm = _import_vllm()
         s = self.sampling
-        options = {}
+        options = {"logprobs": 0} if token_logprobs else {}
         if s.do_sample:
-            options = {"temperature": s.temperature, "top_p": s.top_p}
+            options |= {"temperature": s.temperature, "top_p": s.top_p}
             if s.top_k > 0:
                 options["top_k"] = s.top_k
             if s.seed is not None:
@@ -133,6 +144,20 @@ class VLLMEngine:
             **options,
         )
 
+    def confidence_of(self, completion, text: str) -> float | None:
+        """The answer confidence of one vLLM completion (`engines.confidence`), from the log-probabilities it carries
+        (`sampling_params(token_logprobs=True)`); a completion without them is an error, never a silent None."""
+        if ANSWER_OPEN not in text:
+            return None
+        steps = getattr(completion, "logprobs", None)
+        ids = list(completion.token_ids)
+        if steps is None or len(steps) != len(ids):
+            raise VisionThinkError("vLLM returned no log-probability for each written token (asked with logprobs=0); "
+                                   "the answer's confidence cannot be read")
+        probs = [math.exp(step[token].logprob) for step, token in zip(steps, ids, strict=True)]
+        pieces = self.processor.tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
+        return answer_confidence(pieces, probs)
+
 
 class _VLLMSession:
     """One batch: vLLM's prefix cache is the only state kept between turns."""
@@ -141,12 +166,12 @@ class _VLLMSession:
         self.engine = engine
 
     def generate(self, rows: list[int], conversations: list[list[Message]],
-                 forbid_call: list[bool]) -> list[Generated]:
+                 forbid_call: list[bool], answer_confidence: bool = False) -> list[Generated]:
         engine = self.engine
         prompts = [{"prompt": render_text(engine.processor, messages, add_generation_prompt=True,
                                           protocol=engine.protocol),
                     "multi_modal_data": {"image": images_in(messages)}} for messages in conversations]
-        params = [engine.sampling_params(forbid) for forbid in forbid_call]
+        params = [engine.sampling_params(forbid, answer_confidence) for forbid in forbid_call]
         newline = int(engine.protocol.turn_end_newline)
         generated = []
         for output in engine.llm.generate(prompts, params, use_tqdm=False):
@@ -155,7 +180,9 @@ class _VLLMSession:
             for marker in END_MARKERS:
                 text = text.removesuffix(marker)
             n = len(completion.token_ids)
-            generated.append(Generated(text, n, sequence_tokens=len(output.prompt_token_ids or []) + n + newline))
+            confidence = engine.confidence_of(completion, text) if answer_confidence else None
+            generated.append(Generated(text, n, sequence_tokens=len(output.prompt_token_ids or []) + n + newline,
+                                       answer_confidence=confidence))
         return generated
 
 

@@ -86,7 +86,7 @@ class ServeConfig:
     escalate_below: float | None = None
     """The answer-confidence threshold of a request that names none (`visionthink_escalate_below`): in [0, 1], a
     first-turn answer less confident than this is withdrawn for a resize (`engines.confidence`); None: answers stand.
-    Only the transformers engine honours one."""
+    The transformers and vllm engines honour one; the remote engine does not."""
     examples_dir: Path | None = field(default_factory=default_examples_dir)
     """The folder of the web page's example gallery (`serve.examples`): by default the checkout's `examples/` when
     this package runs from a checkout, else None (no gallery)."""

@@ -97,8 +97,11 @@ class ChatService:
         """The model runs here (raw mode and tool thresholds need it); else episodes go to a vLLM or remote engine."""
         if config.tool_threshold is not None:
             check_default_threshold(config.tool_threshold, self.local)
+        self.reads_confidence = bool(getattr(engine, "records_confidence", False))
+        """The engine knows each answer's confidence (transformers, vllm), so unsure answers can be escalated."""
         if config.escalate_below is not None:
-            check_default_threshold(config.escalate_below, self.local, "answer-confidence threshold")
+            check_default_threshold(config.escalate_below, self.reads_confidence, "answer-confidence threshold",
+                                    "the transformers or vllm engine")
         self.grid = engine.processor.grid
         self.default_sampling = default_sampling
         self.batcher = batcher
@@ -147,10 +150,11 @@ class ChatService:
             raise ApiError(400, "visionthink_tool_threshold needs the model's probabilities, which only a server "
                            "running it through transformers reads (this one runs it through another server or vLLM); "
                            "send the request without it", "unsupported_parameter", param="visionthink_tool_threshold")
-        if chat.escalate_below is not None and not self.local:
-            raise ApiError(400, "visionthink_escalate_below needs the model's probabilities, which only a server "
-                           "running it through transformers reads (this one runs it through another server or vLLM); "
-                           "send the request without it", "unsupported_parameter", param="visionthink_escalate_below")
+        if chat.escalate_below is not None and not self.reads_confidence:
+            raise ApiError(400, "visionthink_escalate_below needs the model's token probabilities, which only a server "
+                           "running it through transformers or vLLM in-process reads (this one runs it through "
+                           "another server); send the request without it", "unsupported_parameter",
+                           param="visionthink_escalate_below")
         if chat.mode in MODES and self.profile_for(chat.mode) is None:
             mode, served = MODES[chat.mode], get_profile(getattr(self.engine, "protocol", None))
             raise ApiError(400, f"visionthink_{missing_tools_error(mode.name, mode.tools, served)}; use "
@@ -250,12 +254,14 @@ class ChatService:
         return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
 
 
-def check_default_threshold(threshold: float, local: bool, what: str = "tool threshold") -> None:
-    """Refuse a server default threshold (`what`) outside [0, 1], or on an engine that cannot honour one."""
+def check_default_threshold(threshold: float, able: bool, what: str = "tool threshold",
+                            engines: str = "the transformers engine") -> None:
+    """Refuse a server default threshold (`what`) outside [0, 1], or on an engine that cannot honour one (`able`
+    False; `engines` names those that can)."""
     try:
         check_unit(threshold, what)
     except ValueError as error:
         raise VisionThinkError(str(error)) from None
-    if not local:
-        raise VisionThinkError(f"a {what} needs the transformers engine (it reads the model's probabilities); "
-                               "the vllm and remote engines cannot honour one")
+    if not able:
+        raise VisionThinkError(f"a {what} needs {engines} (it reads the model's probabilities); this engine cannot "
+                               "honour one")

@@ -3,7 +3,8 @@
 `LLM(**kwargs)` keeps its keyword arguments; `LLM.generate(prompts, sampling_params, use_tqdm=False)` keeps every
 prompt (text and `multi_modal_data`) and `SamplingParams` it is given and answers each prompt with `LLM.reply(prompt,
 params)`: by default, a resize call while the prompt holds one image and an answer once it holds two. Its outputs are
-shaped like vLLM's `RequestOutput`s (`.outputs[0].text`, `.outputs[0].token_ids`, `.prompt_token_ids`).
+shaped like vLLM's `RequestOutput`s (`.outputs[0].text`, `.outputs[0].token_ids`, `.prompt_token_ids`, and where
+`SamplingParams(logprobs=...)` asks, `.outputs[0].logprobs`: one `{token_id: Logprob}` per token, each at `LOGPROB`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 RESIZE = '<think>too small</think>\n<tool_call>\n{"name": "resize_image", "arguments": {"action": "resize"}}\n' \
          '</tool_call><|im_end|>'
 ANSWER = "<think>seen</think>\n<answer>dots</answer><|im_end|>"
+
+LOGPROB = -0.05
+"""The log-probability the stand-in gives every token it writes."""
 
 instances: list[LLM] = []
 """Every `LLM` built since the module was loaded."""
@@ -28,9 +32,17 @@ class SamplingParams:
 
 
 @dataclass
+class Logprob:
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+@dataclass
 class CompletionOutput:
     text: str
     token_ids: list[int]
+    logprobs: list[dict[int, Logprob]] | None = None
 
 
 @dataclass
@@ -72,5 +84,6 @@ class LLM:
             text = self.reply(prompt, param)
             tokens = list(range(len(text.split())))
             prompt_ids = list(range(len(prompt["prompt"].split())))
-            outputs.append(RequestOutput(prompt["prompt"], prompt_ids, [CompletionOutput(text, tokens)]))
+            logprobs = None if getattr(param, "logprobs", None) is None else [{t: Logprob(LOGPROB, 1)} for t in tokens]
+            outputs.append(RequestOutput(prompt["prompt"], prompt_ids, [CompletionOutput(text, tokens, logprobs)]))
         return outputs
