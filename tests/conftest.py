@@ -116,8 +116,8 @@ def full_tokens(image) -> int:
 
 
 class BlindBackend:
-    """What the loop sees of RemoteEngine or VLLMEngine: no `decides_by_threshold`, no `records_confidence`; no turn
-    may run (a request it cannot honour must be refused first)."""
+    """A backend that reads no probabilities: no `decides_by_threshold` (as RemoteEngine and VLLMEngine), no
+    `records_confidence` (as no shipped engine); no turn may run (a request it cannot honour must be refused first)."""
 
     grid = None
     batch_size = 4

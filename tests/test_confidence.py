@@ -113,7 +113,7 @@ def test_a_threshold_outside_0_1_is_refused(engine, items):
 
 
 def test_a_backend_that_cannot_read_probabilities_refuses_escalation(items):
-    with pytest.raises(VisionThinkError, match="needs the transformers or vllm engine"):
+    with pytest.raises(VisionThinkError, match="needs an engine that reads the answer.s token probabilities"):
         run_episodes(BlindBackend(), _requests(items[:2], 0.5), "visionthink")
 
 

@@ -323,7 +323,6 @@ def _serve(args: argparse.Namespace) -> int:
         raise VisionThinkError(f"serving needs FastAPI and uvicorn: {hint} ({error})") from None
     from pathlib import Path
 
-    from visionthink.engines.factory import CONFIDENCE_ENGINES
     from visionthink.models.loading import default_model_dir
     from visionthink.serve.config import ServeConfig
 
@@ -334,9 +333,6 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"warning: serving on {args.host} without an API key (VISIONTHINK_API_KEY)", file=sys.stderr)
     if args.tool_threshold is not None and args.engine != "transformers":
         raise VisionThinkError("--tool-threshold needs the transformers engine, which reads P(tool) while it decodes")
-    if args.escalate_below is not None and args.engine not in CONFIDENCE_ENGINES:
-        raise VisionThinkError("--escalate-below needs the transformers or vllm engine, which read the answer's token "
-                               "probabilities")
     name = args.served_model_name or Path(args.model or default_model_dir()).name
     limits = {field: getattr(args, field) for _, field, _, _ in SERVE_LIMITS}
     config = ServeConfig(model_name=name, api_key=api_key, allow_remote_images=args.allow_remote_images,

@@ -143,8 +143,8 @@ def check_thresholds(backend, requests: list) -> None:
                                "read P(tool) while it decodes")
     if not getattr(backend, "records_confidence", False) and any(
             getattr(r, "escalate_below", None) is not None for r in requests):
-        raise VisionThinkError("escalating unsure answers needs the transformers or vllm engine; "
-                               f"{type(backend).__name__} cannot read the answer's token probabilities")
+        raise VisionThinkError("escalating unsure answers needs an engine that reads the answer's token probabilities "
+                               f"(transformers, vllm, remote); {type(backend).__name__} cannot")
 
 
 def check_escalation(value: float | None) -> float | None:

@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from visionthink.engines.kv_decoder import SamplingConfig
 
 ENGINES = ("transformers", "vllm", "remote")
-CONFIDENCE_ENGINES = ("transformers", "vllm")
-"""The engines that know each answer's confidence (`engines.confidence`), so `--escalate-below` works on them."""
 REMOTE_API_KEY_ENV = "VISIONTHINK_REMOTE_API_KEY"
 """Where `--engine remote` reads the upstream server's key when no option gives it."""
 

@@ -17,6 +17,10 @@ What keeps remote episodes equal to local ones:
   vLLM and `transformers serve` ignore `tool_choice` for generation but honour `logit_bias`; `visionthink serve`
   honours both (its `logit_bias` takes bans only).
 - Visual tokens come from the served processor's pixel grid, as in the local engines.
+- Escalating unsure answers (`Request.escalate_below`): a run that asks for it sends `logprobs: true` on first turns
+  and reads the answer's confidence from `choices[0].logprobs.content` (`engines.confidence`). `vllm serve` and
+  `visionthink serve` (raw mode) return them; a server that does not (`transformers serve` ignores `logprobs`) fails
+  the run with `RemoteEngineError`, never a silent "no escalation".
 Requests run concurrently (`max_workers`, so a batching server batches them); connection errors, timeouts, 429 and
 5xx are retried with capped exponential backoff (tenacity); other HTTP errors fail at once.
 """
@@ -28,6 +32,7 @@ import concurrent.futures
 import copy
 import io
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -39,6 +44,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 
 from visionthink import protocol
 from visionthink.engines.base import BANNED_BIAS, Generated, never_write_ids, run_episodes, stop_ids
+from visionthink.engines.confidence import ANSWER_OPEN, answer_confidence
 from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.errors import VisionThinkError
 from visionthink.images import PixelGrid
@@ -59,6 +65,11 @@ class RemoteEngineError(VisionThinkError):
 
 class RemoteEngine:
     """Episodes on a model behind an OpenAI-compatible `/v1/chat/completions`."""
+
+    records_confidence = True
+    """A run whose requests escalate asks the server for token log-probabilities (`logprobs: true`)."""
+    asks_logprobs = False
+    """Set on the copy that runs requests with `escalate_below` (`run`): first turns then send `logprobs: true`."""
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
                  sampling: SamplingConfig | None = None, grid: PixelGrid | None = None, timeout: float = 120.0,
@@ -144,7 +155,11 @@ class RemoteEngine:
             sampling: SamplingConfig | None = None) -> list[protocol.Episode]:
         """Episodes for all requests (any objects with `image`, `question`, `needs_high_res`), in order; `sampling`
         replaces the engine's for this call."""
-        return run_episodes(self if sampling is None else self.with_sampling(sampling), requests, mode, progress)
+        engine = self if sampling is None else self.with_sampling(sampling)
+        if any(getattr(r, "escalate_below", None) is not None for r in requests):
+            engine = copy.copy(engine)
+            engine.asks_logprobs = True
+        return run_episodes(engine, requests, mode, progress)
 
     def with_sampling(self, sampling: SamplingConfig) -> RemoteEngine:
         """The same engine posting with `sampling` (the served model's id asked here, once for both)."""
@@ -156,13 +171,15 @@ class RemoteEngine:
         return _RemoteSession(self, self.model)
 
     def _body(self, model: str, messages: list[protocol.Message], urls: dict[int, str],
-              forbid_call: bool) -> dict[str, Any]:
+              forbid_call: bool, logprobs: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": model,
             "messages": self.openai_messages(messages, urls),
             "max_tokens": self.sampling.max_new_tokens,
             "stream": False,
         }
+        if logprobs:
+            body["logprobs"] = True
         tools = self.protocol.template_tools()
         if tools:
             body["tools"] = tools
@@ -245,15 +262,17 @@ class _RemoteSession:
         self.urls: dict[int, dict[int, str]] = {}
 
     def generate(self, rows: list[int], conversations: list[list[protocol.Message]],
-                 forbid_call: list[bool]) -> list[Generated]:
-        jobs = list(zip(rows, conversations, forbid_call, strict=True))
+                 forbid_call: list[bool], answer_confidence: bool = False) -> list[Generated]:
+        confidence = answer_confidence and self.engine.asks_logprobs
+        jobs = [(row, messages, forbid, confidence)
+                for row, messages, forbid in zip(rows, conversations, forbid_call, strict=True)]
         workers = max(1, min(self.engine.max_workers, len(jobs)))
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="visionthink-remote") as pool:
             return list(pool.map(lambda job: self._turn(*job), jobs))
 
-    def _turn(self, row: int, messages: list[protocol.Message], forbid_call: bool) -> Generated:
+    def _turn(self, row: int, messages: list[protocol.Message], forbid_call: bool, confidence: bool) -> Generated:
         began = time.perf_counter()
-        body = self.engine._body(self.model, messages, self.urls.setdefault(row, {}), forbid_call)
+        body = self.engine._body(self.model, messages, self.urls.setdefault(row, {}), forbid_call, confidence)
         reply = self.engine._call("POST", "/v1/chat/completions", body)
         usage = reply.get("usage") or {}
         prompt = int(usage.get("prompt_tokens") or 0)
@@ -270,7 +289,25 @@ class _RemoteSession:
             self.engine.check_reply_length(text, generated, reply)
         newline = int(self.engine.protocol.turn_end_newline)  # the template's newline after the end marker
         return Generated(text, generated, sequence_tokens=prompt + generated + newline,
-                         seconds=time.perf_counter() - began)
+                         seconds=time.perf_counter() - began,
+                         answer_confidence=self._confidence(reply, text) if confidence else None)
+
+    def _confidence(self, reply: dict[str, Any], text: str) -> float | None:
+        """The answer confidence from the reply's token log-probabilities; a reply without them fails the run."""
+        if ANSWER_OPEN not in text:
+            return None
+        content = ((reply.get("choices") or [{}])[0].get("logprobs") or {}).get("content")
+        if not content:
+            raise RemoteEngineError(
+                f"{self.engine.base_url} returned no token log-probabilities (asked with logprobs: true), so an "
+                "unsure answer cannot be told from a sure one; escalate on a server that returns them (vllm serve, "
+                "visionthink serve) or run without --escalate-below")
+        try:
+            pieces = [str(step["token"]) for step in content]
+            probs = [math.exp(float(step["logprob"])) for step in content]
+        except (KeyError, TypeError, ValueError):
+            raise RemoteEngineError(f"malformed logprobs in a chat completion: {str(content)[:200]}") from None
+        return answer_confidence(pieces, probs)
 
 
 def _structured_call(text: str, call_id: str) -> dict[str, Any]:

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from visionthink.engines.factory import CONFIDENCE_ENGINES
 from visionthink.errors import ImageError, VisionThinkError
 from visionthink.eval import curve
 from visionthink.eval.escalation import choose_escalation
@@ -423,8 +422,8 @@ def _check_threshold_options(config: EvalConfig, engine=None) -> None:
             raise VisionThinkError(f"--escalate-below: {error}") from None
     if (config.escalate_below or config.escalate_budget is not None) and not _engine_can(
             config, engine, "records_confidence"):
-        raise VisionThinkError("--escalate-below and --escalate-budget need the transformers or vllm engine, which "
-                               "read the answer's token probabilities")
+        raise VisionThinkError("--escalate-below and --escalate-budget need an engine that reads the answer's token "
+                               "probabilities (transformers, vllm, remote)")
     steering = config.tool_threshold is not None or config.curve or config.token_budget is not None
     if not steering:
         return
@@ -435,11 +434,10 @@ def _check_threshold_options(config: EvalConfig, engine=None) -> None:
 
 def _engine_can(config: EvalConfig, engine, ability: str) -> bool:
     """Whether the engine has `ability` (`decides_by_threshold`, `records_confidence`): the given engine's own flag,
-    else the configured engine's (transformers has both, vllm only `records_confidence`)."""
+    else the configured engine's: every engine records the answer's confidence, only transformers decides by P(tool)."""
     if engine is not None:
         return getattr(engine, ability, False)
-    able = CONFIDENCE_ENGINES if ability == "records_confidence" else ("transformers",)
-    return config.engine is None or config.engine.engine in able
+    return ability == "records_confidence" or config.engine is None or config.engine.engine == "transformers"
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,10 @@ Endpoints:
 - `visionthink_escalate_below` (a number in [0, 1], the same modes): a first-turn answer the model gave less
   confidence than this (the least probability of its answer's tokens) is withdrawn and `resize_image` called in
   its place; absent: the server's default (`ServeConfig.escalate_below`), null: answers stand.
-  `visionthink.answer_confidence` and `visionthink.escalated` say what happened. The transformers and vllm engines
-  honour one; on the remote engine a request with one is refused (400).
+  `visionthink.answer_confidence` and `visionthink.escalated` say what happened. Every engine honours one (the
+  remote engine asks its upstream server for `logprobs`).
+- `logprobs: true` (raw mode, without `stream`): `choices[0].logprobs.content` holds each written token's text and
+  log-probability (OpenAI's form, `top_logprobs` empty); the remote engine reads its answer confidence from it.
 - `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `GET /` (the web page), and its example gallery:
   `GET /examples` (the list: file, url, question, ...) and `GET /examples/{file}` (`serve.examples`).
 

@@ -60,6 +60,8 @@ class ChatRequest:
     escalate_below: float | None = None
     """VisionThink and zoom modes: withdraw a first-turn answer less confident than this for a resize (None: answers
     stand)."""
+    logprobs: bool = False
+    """Raw mode: the reply carries each written token's log-probability (`choices[0].logprobs.content`)."""
 
     @property
     def key(self) -> BatchKey:
@@ -142,15 +144,14 @@ def check_structure(body: dict[str, Any], config: ServeConfig) -> None:
 
 REFUSED = {
     "stop": "stop sequences are not supported; the model stops at the end of its turn",
-    "logprobs": "logprobs are not supported",
-    "top_logprobs": "logprobs are not supported",
+    "top_logprobs": "top_logprobs are not supported (logprobs: true gives each written token's own)",
     "frequency_penalty": "frequency_penalty is not supported (only 0)",
     "presence_penalty": "presence_penalty is not supported (only 0)",
 }
 
 
 def _refuse_unsupported(request: ChatCompletionRequest) -> None:
-    given = {"stop": request.stop, "logprobs": request.logprobs, "top_logprobs": request.top_logprobs,
+    given = {"stop": request.stop, "top_logprobs": request.top_logprobs,
              "frequency_penalty": request.frequency_penalty,
              "presence_penalty": request.presence_penalty}
     for name, value in given.items():
@@ -249,6 +250,9 @@ def chat_request(request: ChatCompletionRequest, config: ServeConfig, default_sa
     if tools and mode != "raw":
         raise ApiError(400, "a request with tools is answered in raw mode (the client runs the tool loop); drop "
                        "visionthink_mode or set it to 'raw'", "invalid_parameter", param="tools")
+    if request.logprobs and (mode != "raw" or request.stream):
+        raise ApiError(400, "logprobs are supported in raw mode only (requests with tools), without stream",
+                       "unsupported_parameter", param="logprobs")
     if request.logit_bias and mode != "raw":
         raise ApiError(400, "logit_bias is supported in raw mode only (requests with tools)", "unsupported_parameter",
                        param="logit_bias")
@@ -259,6 +263,7 @@ def chat_request(request: ChatCompletionRequest, config: ServeConfig, default_sa
         include_usage_chunk=request.stream_options is not None and request.stream_options.include_usage,
         tool_threshold=tool_threshold(request, mode, config),
         escalate_below=escalate_below(request, mode, config),
+        logprobs=bool(request.logprobs),
     )
     text_chars = len(json.dumps(tools)) if tools else 0
     if tools:

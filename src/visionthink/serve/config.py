@@ -86,7 +86,7 @@ class ServeConfig:
     escalate_below: float | None = None
     """The answer-confidence threshold of a request that names none (`visionthink_escalate_below`): in [0, 1], a
     first-turn answer less confident than this is withdrawn for a resize (`engines.confidence`); None: answers stand.
-    The transformers and vllm engines honour one; the remote engine does not."""
+    Every engine honours one (the remote engine asks its server for `logprobs`)."""
     examples_dir: Path | None = field(default_factory=default_examples_dir)
     """The folder of the web page's example gallery (`serve.examples`): by default the checkout's `examples/` when
     this package runs from a checkout, else None (no gallery)."""

@@ -41,6 +41,8 @@ class Reply:
     usage: dict[str, Any]
     message_extra: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    logprobs: list[dict[str, Any]] | None = None
+    """OpenAI's `choices[0].logprobs.content` (raw mode, `logprobs: true`); None: not asked."""
 
 
 def finish_reason(episode: protocol.Episode, stop_ids: list[int]) -> str:
@@ -123,7 +125,9 @@ def raw_reply(result: RawResult, chat: ChatRequest) -> Reply:
         "visual_tokens": result.visual_tokens,
         "full_res_visual_tokens": None,
     }
-    return Reply(content, None, calls, finish, usage)
+    logprobs = [{"token": piece, "logprob": logprob, "bytes": list(piece.encode()), "top_logprobs": []}
+                for piece, logprob in result.token_logprobs] if chat.logprobs else None
+    return Reply(content, None, calls, finish, usage, logprobs=logprobs)
 
 
 def completion_json(reply: Reply, model: str, completion_id: str, created: int) -> dict[str, Any]:
@@ -138,7 +142,8 @@ def completion_json(reply: Reply, model: str, completion_id: str, created: int) 
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason, "logprobs": None}],
+        "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason,
+                     "logprobs": None if reply.logprobs is None else {"content": reply.logprobs}}],
         "usage": reply.usage,
         **reply.extra,
     }

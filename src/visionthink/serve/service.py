@@ -98,10 +98,11 @@ class ChatService:
         if config.tool_threshold is not None:
             check_default_threshold(config.tool_threshold, self.local)
         self.reads_confidence = bool(getattr(engine, "records_confidence", False))
-        """The engine knows each answer's confidence (transformers, vllm), so unsure answers can be escalated."""
+        """The engine knows each answer's confidence (every engine of `engines.factory`), so unsure answers can be
+        escalated."""
         if config.escalate_below is not None:
             check_default_threshold(config.escalate_below, self.reads_confidence, "answer-confidence threshold",
-                                    "the transformers or vllm engine")
+                                    "an engine that reads token probabilities")
         self.grid = engine.processor.grid
         self.default_sampling = default_sampling
         self.batcher = batcher
@@ -151,9 +152,8 @@ class ChatService:
                            "running it through transformers reads (this one runs it through another server or vLLM); "
                            "send the request without it", "unsupported_parameter", param="visionthink_tool_threshold")
         if chat.escalate_below is not None and not self.reads_confidence:
-            raise ApiError(400, "visionthink_escalate_below needs the model's token probabilities, which only a server "
-                           "running it through transformers or vLLM in-process reads (this one runs it through "
-                           "another server); send the request without it", "unsupported_parameter",
+            raise ApiError(400, "visionthink_escalate_below needs the model's token probabilities, which this "
+                           "server's engine does not read; send the request without it", "unsupported_parameter",
                            param="visionthink_escalate_below")
         if chat.mode in MODES and self.profile_for(chat.mode) is None:
             mode, served = MODES[chat.mode], get_profile(getattr(self.engine, "protocol", None))

@@ -14,9 +14,10 @@ profile is built on first use).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -60,6 +61,8 @@ class RawResult:
     finished: bool
     """True when the model closed its turn (a stop token), False when it ran out of tokens."""
     seconds: float = 0.0
+    token_logprobs: list[tuple[str, float]] = field(default_factory=list)
+    """Each written token's text and log-probability, the closing stop token left out (`logprobs: true`)."""
 
 
 class ModelWorker:
@@ -144,11 +147,15 @@ class ModelWorker:
                    *(i for i in job.banned_ids if i < vocabulary)] for job in jobs]
         seeded = sampling.seed is not None
         generator = torch.Generator().manual_seed(sampling.seed) if seeded else engine.generator
-        outputs = decoder.decode(sampling, banned_ids=banned, generator=generator)
+        probs = [[] for _ in jobs]
+        outputs = decoder.decode(sampling, banned_ids=banned, generator=generator, token_probs=probs)
         seconds = (time.perf_counter() - began) / len(jobs)
         results = []
-        for ids, sequence, tokens in zip(outputs, sequences, visual, strict=True):
+        for ids, sequence, tokens, p in zip(outputs, sequences, visual, probs, strict=True):
             finished = bool(ids) and ids[-1] in engine.stop_ids
-            text = processor.tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=False)
-            results.append(RawResult(text, len(sequence), len(ids), tokens, finished, seconds))
+            written = ids[:-1] if finished else ids
+            text = processor.tokenizer.decode(written, skip_special_tokens=False)
+            pieces = processor.tokenizer.batch_decode([[i] for i in written], skip_special_tokens=False)
+            logprobs = [(piece, math.log(max(prob, 1e-45))) for piece, prob in zip(pieces, p, strict=False)]
+            results.append(RawResult(text, len(sequence), len(ids), tokens, finished, seconds, logprobs))
         return results
