@@ -349,6 +349,10 @@ def test_grpo_prompts_from_the_ladder_world():
              for row, kind in zip(carried, kinds, strict=True)]
     assert not any(c and p for c, p in asked) and 4 <= sum(c for c, _ in asked) <= 24
     assert carried["answer"] == plain["answer"] and carried["family"] == plain["family"]
+    noised = prompt_dataset(TINY_GRID, 32, world="ladder", protocol="visionthink-zoom", noise_word_fraction=0.5)
+    pairs = list(zip(noised["question"], plain["question"], strict=True))
+    changed = [words_of(b) in words_of(a) and a != b for a, b in pairs]
+    assert 6 <= sum(changed) <= 26 and all(c or a == b for c, (a, b) in zip(changed, pairs, strict=True))
 
 
 def test_the_default_model_is_the_ladder_model_and_the_demo_runs_the_ladder_on_it():

@@ -437,6 +437,24 @@ def test_carrier_forms_keep_held_out_structures_unseen_and_ask_their_own_questio
     assert len({pick_carrier(rng, "colour") for _ in range(50)}) > 40
 
 
+def test_nonsense_words_keep_the_question_and_its_case():
+    from visionthink.data.synth import NOISE_LETTERS, noise_wording
+
+    every_word = {w for q in QUESTION_TYPES for ws in ("train", "heldout", "heldout-templates")
+                  for t in wordings(q, ws) for w in words_of(t).split()}
+    assert not any(set(w) <= set(NOISE_LETTERS) for w in every_word)  # a nonsense word is never a real one
+    rng = np.random.default_rng(1)
+    for question in ("What colour is the largest shape?", "HOW MANY SHAPES ARE THERE", "count the figures."):
+        noised = {noise_wording(rng, question) for _ in range(40)}
+        assert len(noised) > 30
+        for text in noised:
+            added = [w for w in words_of(text).split() if w not in words_of(question).split()]
+            assert 1 <= len(added) <= 2 and all(set(w) <= set(NOISE_LETTERS) for w in added), text
+            assert words_of(question) in words_of(text) and text.isupper() == question.isupper()
+    plain = np.random.default_rng(3)
+    assert noise_wording(plain, "Q?", 0.0) == "Q?" and plain.random() == np.random.default_rng(3).random()
+
+
 @functools.cache
 def spread_probe_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Crops of each of a spread scene's labels from the low and high views (3 per scene, in order), each label's

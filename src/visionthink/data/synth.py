@@ -648,6 +648,26 @@ def frame_wording(rng: np.random.Generator, question: str, fraction: float = 1.0
     return TRAIN_FRAMES[int(rng.integers(len(TRAIN_FRAMES)))].format(question=question)
 
 
+NOISE_LETTERS = "bcdfghjklmnpqrstvwxz"
+"""Letters of the nonsense words `noise_wording` adds: consonants only, so no word of any wording can come out."""
+
+
+def noise_wording(rng: np.random.Generator, question: str, fraction: float = 1.0) -> str:
+    """With probability `fraction`, `question` with one or two nonsense words (2-5 consonants, in the question's case)
+    before its closing punctuation or at its start: a model trained on them learns that words it cannot read (as
+    rare words fall apart into single letters) do not change what is asked. `fraction` 0 draws nothing from `rng`."""
+    if fraction <= 0 or rng.random() >= fraction:
+        return question
+    words = ["".join(NOISE_LETTERS[int(i)] for i in rng.integers(len(NOISE_LETTERS), size=int(rng.integers(2, 6))))
+             for _ in range(int(rng.integers(1, 3)))]
+    noise = " ".join(words).upper() if question.isupper() else " ".join(words)
+    if rng.random() < 0.5:
+        return f"{noise[0].upper()}{noise[1:]} {question[0].lower() if not question.isupper() else question[0]}" \
+               f"{question[1:]}"
+    body = question.rstrip("?.!")
+    return f"{body} {noise}{question[len(body):]}"
+
+
 def make_item(seed: int, index: int, wording_set: WordingSet = "train") -> Item:
     """Item `index` of the stream `seed`: families cycle coarse, fine_small, fine_large.
 

@@ -65,7 +65,8 @@ def build_trainer(config: VisionThinkGRPOConfig, model=None, processor=None,
                                                 frame_fraction=config.frame_fraction,
                                                 crossed_wording_fraction=config.crossed_wording_fraction,
                                                 paired_wording_fraction=config.paired_wording_fraction,
-                                                carrier_wording_fraction=config.carrier_wording_fraction)
+                                                carrier_wording_fraction=config.carrier_wording_fraction,
+                                                noise_word_fraction=config.noise_word_fraction)
     elif train_dataset is None:
         train_dataset = grpo_env.disk_dataset(config.data, processor.grid, protocol=profile, pixel_range=pixels)
     rewards = VisionThinkRewards(

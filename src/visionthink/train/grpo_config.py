@@ -144,6 +144,9 @@ class VisionThinkGRPOConfig(trl.GRPOConfig):
     carrier_wording_fraction: float = field(default=0.0, metadata={
         "help": "With the ladder world: the share of prompts (of those not paired) asked in a carrier sentence form "
                 "around the question's noun phrase (`synth.carrier_wordings`), as SFT's."})
+    noise_word_fraction: float = field(default=0.0, metadata={
+        "help": "With a generated world: the share of prompts whose question gets one or two nonsense words "
+                "(`synth.noise_wording`), as SFT's."})
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of every weight."})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=128, metadata={"help": "LoRA alpha."})

@@ -69,13 +69,15 @@ def prompt_row(item: synth.Item, grid: PixelGrid, protocol: str | ProtocolProfil
 def prompt_dataset(grid: PixelGrid, n: int, seed: int = 0, split: str = "train",
                    protocol: str | ProtocolProfile | None = None, pixel_range: tuple[int, int] | None = None,
                    world: str = "synth", frame_fraction: float = 0.0, crossed_wording_fraction: float = 0.0,
-                   paired_wording_fraction: float = 0.0, carrier_wording_fraction: float = 0.0):
+                   paired_wording_fraction: float = 0.0, carrier_wording_fraction: float = 0.0,
+                   noise_word_fraction: float = 0.0):
     """The first `n` items of a split of a generated world (`synth.WORLDS`) as TRL prompt rows (`datasets.Dataset`,
     images stored as PNG); a `paired_wording_fraction` share of the label questions asked in the other label family's
     sentence forms with their own number (`synth.paired_wordings`), a `carrier_wording_fraction` share of the others
     in a carrier sentence form (`synth.carrier_wordings`), a `crossed_wording_fraction` share in the other
     label family's wording (`synth.CROSSED_WORDINGS`; the answer stays the scene's, as SFT's), then a `frame_fraction`
-    share of the questions asked inside a training frame (`synth.frame_wording`)."""
+    share of the questions asked inside a training frame (`synth.frame_wording`), and a `noise_word_fraction` share
+    given nonsense words (`synth.noise_wording`)."""
     import dataclasses
 
     import datasets
@@ -103,6 +105,10 @@ def prompt_dataset(grid: PixelGrid, n: int, seed: int = 0, split: str = "train",
     if frame_fraction > 0:
         rng = np.random.default_rng([seed or 0, 27, 1])
         items = [dataclasses.replace(item, question=synth.frame_wording(rng, item.question, frame_fraction))
+                 for item in items]
+    if noise_word_fraction > 0:
+        rng = np.random.default_rng([seed or 0, 27, 5])
+        items = [dataclasses.replace(item, question=synth.noise_wording(rng, item.question, noise_word_fraction))
                  for item in items]
     return datasets.Dataset.from_list([prompt_row(item, grid, protocol, pixel_range) for item in items])
 

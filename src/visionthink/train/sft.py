@@ -152,6 +152,10 @@ class SFTConfig:
     question's noun phrase (`synth.CARRIER_TEMPLATES`: "Give the number of shapes.", "Can you name the colour of the
     largest shape?"), so that the phrase, not the sentence around it, says what is asked: the model answered a count
     to "DESCRIBE THE KIND OF THE LARGEST SHAPE IN ONE WORD" (held-out sentence structures, docs/ladder.md)."""
+    noise_word_fraction: float = 0.0
+    """With `world: ladder`: the share of questions that get one or two nonsense words (`synth.noise_wording`), so
+    that words the model cannot read stop moving its reading: "DESCRIBE THE KIND OF THE LARGEST SHAPE IN ONE WORD"
+    falls apart into single letters (" ON", "E", " ", "W", "OR", "D") and was read as a count (docs/ladder.md)."""
     right_action_fraction: float = 0.0
     """With `world: ladder`: the share of low-res starts that take the family's right action; the rest take an
     action at random."""
@@ -338,7 +342,8 @@ def train_sft(config: SFTConfig) -> Path:
                                               config.perception_fraction, config.grounding_fraction,
                                               config.family_weights, config.frame_fraction,
                                               config.crossed_wording_fraction, config.coarse_weights,
-                                              config.paired_wording_fraction, config.carrier_wording_fraction)
+                                              config.paired_wording_fraction, config.carrier_wording_fraction,
+                                              config.noise_word_fraction)
                         for _ in range(config.batch_size)]
         else:
             examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,

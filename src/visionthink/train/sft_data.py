@@ -400,7 +400,8 @@ def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fr
                           family_weights: dict[str, float] | None = None, frame_fraction: float = 0.0,
                           crossed_wording_fraction: float = 0.0,
                           coarse_weights: dict[str, float] | None = None,
-                          paired_wording_fraction: float = 0.0, carrier_wording_fraction: float = 0.0) -> Example:
+                          paired_wording_fraction: float = 0.0, carrier_wording_fraction: float = 0.0,
+                          noise_word_fraction: float = 0.0) -> Example:
     """A conversation of the ladder world (`synth.ladder_items`' four families, equally often) in the
     `visionthink-zoom` profile. A low-res start takes the family's right action (`synth.RIGHT_ACTION`) with
     probability `right_action_fraction`, else one of `LADDER_ACTIONS` at random: a soft warm start that GRPO
@@ -412,7 +413,8 @@ def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fr
     the answer and the right action stay the scene's, so the action must follow the image, not the wording.
     `coarse_weights` weighs the coarse question types (`synth.scene_for`). A `paired_wording_fraction` share of the
     label questions takes the other label family's sentence forms with its own number (`synth.paired_wordings`), a
-    `carrier_wording_fraction` share of the rest a carrier sentence form (`synth.carrier_wordings`)."""
+    `carrier_wording_fraction` share of the rest a carrier sentence form (`synth.carrier_wordings`); a
+    `noise_word_fraction` share of all questions gets nonsense words (`synth.noise_wording`)."""
     mix = synth.LADDER_TRAIN_MIX
     family = mix[int(rng.integers(len(mix)))] if family_weights is None \
         else str(rng.choice(mix, p=synth.shares(family_weights, mix, "family_weights")))
@@ -421,7 +423,7 @@ def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fr
     answer = synth.answer_for(scene, question_type)
     wording_type = synth.wording_type(rng, question_type, crossed_wording_fraction)  # the think follows the scene
     asked = synth.training_wording(rng, wording_type, paired_wording_fraction, carrier_wording_fraction)
-    question = synth.frame_wording(rng, asked, frame_fraction)
+    question = synth.noise_wording(rng, synth.frame_wording(rng, asked, frame_fraction), noise_word_fraction)
     think = think_for(question, question_type)
     form = rng.random()
     if form < grounding_fraction and question_type == "pattern":
