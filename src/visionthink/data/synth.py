@@ -580,12 +580,18 @@ CLAUSE_CARRIERS = (
 )
 """Carriers that also take a question clause ("how many shapes the image holds", `QUESTION_CLAUSES`)."""
 QUESTION_PHRASES = {
-    "colour": ["the {colour} of the {largest} {shape}"],
-    "shape": ["the kind of the {largest} {shape}", "the type of the {largest} {shape}"],
+    "colour": ["the {colour} of the {largest} {shape}", "the {colour} of the {largest} {shape} in the {image}"],
+    "shape": ["the kind of the {largest} {shape}", "the type of the {largest} {shape}",
+              "the kind of the {largest} {shape} in the {image}"],
     "count": ["the number of {shapes}", "the number of {shapes} in the {image}"],
-    "pattern": ["the {pattern} on the {label}", "the {pattern} of the {label}"],
-    "majority": ["the {pattern} on most {labels}", "the {pattern} of most {labels}"],
+    "pattern": ["the {pattern} on the {label}", "the {pattern} of the {label}",
+                "the {pattern} on the {label} in the {image}"],
+    "majority": ["the {pattern} on most {labels}", "the {pattern} of most {labels}",
+                 "the {pattern} on most {labels} in the {image}"],
 }
+"""Each question type's noun phrases for `CARRIER_TEMPLATES`. "in the image" ends a phrase of every type: in the
+trained templates only count questions say "in", and the ladder model read every upper-case question with " IN" in it
+("... IN ONE WORD", "... IN A WORD") as a count."""
 QUESTION_CLAUSES = {
     "colour": ["what {colour} the {largest} {shape} is"],
     "shape": ["what kind of shape the {largest} {shape} is"],
