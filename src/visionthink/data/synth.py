@@ -668,8 +668,8 @@ def noise_wording(rng: np.random.Generator, question: str, fraction: float = 1.0
              for _ in range(int(rng.integers(1, 3)))]
     noise = " ".join(words).upper() if question.isupper() else " ".join(words)
     if rng.random() < 0.5:
-        return f"{noise[0].upper()}{noise[1:]} {question[0].lower() if not question.isupper() else question[0]}" \
-               f"{question[1:]}"
+        rest = question if question.isupper() else question[0].lower() + question[1:]
+        return f"{noise[0].upper()}{noise[1:]} {rest}"
     body = question.rstrip("?.!")
     return f"{body} {noise}{question[len(body):]}"
 

@@ -15,6 +15,11 @@ ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
 
 
+def token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
+    """Each token's own text (special tokens kept), as `answer_confidence` and OpenAI's `logprobs` take them."""
+    return tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
+
+
 def answer_confidence(pieces: Sequence[str], probs: Sequence[float]) -> float | None:
     """The least probability among the tokens that write the answer's text (between `<answer>` and `</answer>`, or to
     the end when the turn stops without closing it). `pieces[i]` is token i's text, `probs[i]` its probability. None

@@ -13,7 +13,7 @@ from PIL import Image
 
 from visionthink import protocol
 from visionthink.engines.base import Generated, Request, never_write_ids, run_episodes, stop_ids
-from visionthink.engines.confidence import ANSWER_OPEN, answer_confidence
+from visionthink.engines.confidence import ANSWER_OPEN, answer_confidence, token_texts
 from visionthink.engines.kv_decoder import (
     Draft,
     KVDecoder,
@@ -169,8 +169,7 @@ class TransformersEngine:
         """The answer confidence of a turn that wrote `ids` (`text`) with `probs` (`engines.confidence`)."""
         if ANSWER_OPEN not in text:
             return None
-        pieces = self.processor.tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
-        return answer_confidence(pieces, probs)
+        return answer_confidence(token_texts(self.processor.tokenizer, ids), probs)
 
 
 class _Call:

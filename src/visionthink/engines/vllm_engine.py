@@ -33,7 +33,7 @@ import random
 from pathlib import Path
 
 from visionthink.engines.base import BANNED_BIAS, Generated, never_write_ids, run_episodes, stop_ids
-from visionthink.engines.confidence import ANSWER_OPEN, answer_confidence
+from visionthink.engines.confidence import ANSWER_OPEN, answer_confidence, token_texts
 from visionthink.engines.kv_decoder import SamplingConfig
 from visionthink.errors import ModelError, VisionThinkError
 from visionthink.profiles import ProtocolProfile, declared_profile, get_profile
@@ -155,8 +155,7 @@ class VLLMEngine:
             raise VisionThinkError("vLLM returned no log-probability for each written token (asked with logprobs=0); "
                                    "the answer's confidence cannot be read")
         probs = [math.exp(step[token].logprob) for step, token in zip(steps, ids, strict=True)]
-        pieces = self.processor.tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
-        return answer_confidence(pieces, probs)
+        return answer_confidence(token_texts(self.processor.tokenizer, ids), probs)
 
 
 class _VLLMSession:

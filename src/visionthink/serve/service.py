@@ -188,7 +188,7 @@ class ChatService:
         except RecursionError:
             raise ApiError(400, "the chat template cannot render this request (nested too deep)", "too_deep",
                            param="tools") from None
-        job = RawJob(messages, chat.tools, chat.ban_tool_calls, chat.banned_ids)
+        job = RawJob(messages, chat.tools, chat.ban_tool_calls, chat.banned_ids, chat.logprobs)
         result = await self.batcher.submit(chat.key, job)
         return raw_reply(result, chat)
 

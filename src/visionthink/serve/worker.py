@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from visionthink import protocol
+from visionthink.engines.confidence import token_texts
 from visionthink.engines.factory import is_local, with_profile
 from visionthink.engines.kv_decoder import KVDecoder, SamplingConfig
 from visionthink.engines.transformers_engine import Request, TransformersEngine
@@ -50,6 +51,8 @@ class RawJob:
     ban_tool_calls: bool = False
     banned_ids: tuple[int, ...] = ()
     """More token ids the turn may not write (the request's `logit_bias` bans)."""
+    logprobs: bool = False
+    """Return each written token's log-probability (`RawResult.token_logprobs`)."""
 
 
 @dataclass
@@ -62,7 +65,7 @@ class RawResult:
     """True when the model closed its turn (a stop token), False when it ran out of tokens."""
     seconds: float = 0.0
     token_logprobs: list[tuple[str, float]] = field(default_factory=list)
-    """Each written token's text and log-probability, the closing stop token left out (`logprobs: true`)."""
+    """Each written token's text and log-probability, the closing stop token left out (jobs with `logprobs`)."""
 
 
 class ModelWorker:
@@ -147,15 +150,16 @@ class ModelWorker:
                    *(i for i in job.banned_ids if i < vocabulary)] for job in jobs]
         seeded = sampling.seed is not None
         generator = torch.Generator().manual_seed(sampling.seed) if seeded else engine.generator
-        probs = [[] for _ in jobs]
+        probs = [[] for _ in jobs] if any(job.logprobs for job in jobs) else None
         outputs = decoder.decode(sampling, banned_ids=banned, generator=generator, token_probs=probs)
         seconds = (time.perf_counter() - began) / len(jobs)
         results = []
-        for ids, sequence, tokens, p in zip(outputs, sequences, visual, probs, strict=True):
+        for row, (job, ids, sequence, tokens) in enumerate(zip(jobs, outputs, sequences, visual, strict=True)):
             finished = bool(ids) and ids[-1] in engine.stop_ids
             written = ids[:-1] if finished else ids
             text = processor.tokenizer.decode(written, skip_special_tokens=False)
-            pieces = processor.tokenizer.batch_decode([[i] for i in written], skip_special_tokens=False)
-            logprobs = [(piece, math.log(max(prob, 1e-45))) for piece, prob in zip(pieces, p, strict=False)]
+            logprobs = [(piece, math.log(max(prob, 1e-45)))
+                        for piece, prob in zip(token_texts(processor.tokenizer, written), probs[row], strict=False)] \
+                if job.logprobs else []
             results.append(RawResult(text, len(sequence), len(ids), tokens, finished, seconds, logprobs))
         return results
