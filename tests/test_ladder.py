@@ -131,7 +131,7 @@ def test_questions_in_carrier_forms_keep_the_scenes_think_answer_and_action():
         question = next(m for m in example.messages if m["role"] == "user")["content"][-1]["text"].split("\n")[0]
         text = next(m for m in example.messages if m["role"] == "assistant")["content"][0]["text"]
         kind = synth.question_type_of(question)
-        assert question in synth.carrier_wordings(kind)
+        assert question in synth.carrier_wordings(kind) + synth.do_wordings(kind)
         assert thinks.get(example.family, "<think>") in text
         tool = {"answer": [], "zoom": ["zoom_image"], "resize": ["resize_image"]}[synth.RIGHT_ACTION[example.family]]
         assert _calls(example) == tool
@@ -140,7 +140,8 @@ def test_questions_in_carrier_forms_keep_the_scenes_think_answer_and_action():
         synth.pick_wording(again, "colour")
     both = [synth.training_wording(rng, "pattern", paired_fraction=0.5, carrier_fraction=1.0) for _ in range(200)]
     paired = sum(q in synth.paired_wordings("pattern") for q in both)
-    assert 60 < paired < 140 and paired + sum(q in synth.carrier_wordings("pattern") for q in both) == 200
+    carried = synth.carrier_wordings("pattern") + synth.do_wordings("pattern")
+    assert 60 < paired < 140 and paired + sum(q in carried for q in both) == 200
 
 
 def test_coarse_weights_draw_the_coarse_question_types_in_their_shares():
@@ -345,7 +346,8 @@ def test_grpo_prompts_from_the_ladder_world():
     carried = prompt_dataset(TINY_GRID, 32, world="ladder", protocol="visionthink-zoom",
                              carrier_wording_fraction=0.5, paired_wording_fraction=0.5)
     kinds = [synth.question_type_of(before["question"]) for before in plain]
-    asked = [(row["question"] in synth.carrier_wordings(kind), row["question"] in synth.paired_wordings(kind))
+    asked = [(row["question"] in synth.carrier_wordings(kind) + synth.do_wordings(kind),
+              row["question"] in synth.paired_wordings(kind))
              for row, kind in zip(carried, kinds, strict=True)]
     assert not any(c and p for c, p in asked) and 4 <= sum(c for c, _ in asked) <= 24
     assert carried["answer"] == plain["answer"] and carried["family"] == plain["family"]

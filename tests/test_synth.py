@@ -437,6 +437,26 @@ def test_carrier_forms_keep_held_out_structures_unseen_and_ask_their_own_questio
     assert len({pick_carrier(rng, "colour") for _ in range(50)}) > 40
 
 
+def test_do_questions_ask_about_one_object_and_keep_held_out_structures_unseen():
+    from visionthink.data.synth import DO_QUESTIONS, DO_SHARE, do_wordings, pick_carrier
+
+    frame_words = {"describe", "word", "would", "like", "know", "looking", "see"}
+    held = {words_of(t) for q in QUESTION_TYPES for ws in ("heldout", "heldout-templates") for t in wordings(q, ws)}
+    for question_type, forms in DO_QUESTIONS.items():
+        for form in forms:
+            words = set(words_of(form.replace("{", "").replace("}", "")).split())
+            assert "do" in words and not words & frame_words and "," not in form, form
+        asked = do_wordings(question_type)
+        assert asked and not {words_of(t) for t in asked} & held
+        assert {question_type_of(t) for t in asked} == {question_type}
+    assert not do_wordings("majority")  # its trained templates already say "do"
+    assert "Which pattern do you find on the label?" in do_wordings("pattern")
+    rng = np.random.default_rng(2)
+    drawn = [pick_carrier(rng, "pattern") for _ in range(2000)]
+    share = sum(t in set(do_wordings("pattern")) for t in drawn) / len(drawn)
+    assert abs(share - DO_SHARE) < 0.04
+
+
 def test_nonsense_words_keep_the_question_and_its_case():
     from visionthink.data.synth import NOISE_LETTERS, noise_wording
 

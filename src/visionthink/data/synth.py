@@ -243,7 +243,7 @@ def wordings(question_type: str, wording_set: WordingSet = "train") -> tuple[str
 @functools.cache
 def _question_types() -> dict[str, str]:
     known = {text: qtype for qtype in QUESTION_TYPES for ws in WORDING_SETS for text in wordings(qtype, ws)}
-    known |= {text: qtype for qtype in QUESTION_TYPES for text in carrier_wordings(qtype)}
+    known |= {text: qtype for qtype in QUESTION_TYPES for text in carrier_wordings(qtype) + do_wordings(qtype)}
     return known | {text: qtype for qtype in PAIRED_TEMPLATES for text in paired_wordings(qtype)}
 
 
@@ -634,9 +634,37 @@ def training_wording(rng: np.random.Generator, question_type: str, paired_fracti
     return pick_wording(rng, question_type, "train")
 
 
+DO_QUESTIONS = {
+    "colour": ["Which {colour} do you find on the {largest} {shape}?",
+               "What {colour} do we have for the {largest} {shape}?"],
+    "shape": ["What kind of shape do you find the {largest} {shape} to be?",
+              "Which kind of shape do we have in the {largest} {shape}?"],
+    "count": ["How many {shapes} do you count?", "How many {shapes} do we have in the {image}?"],
+    "pattern": ["Which {pattern} do you find on the {label}?", "What {pattern} do we have on the {label}?"],
+}
+"""Training only (a share of `pick_carrier`'s draws): questions about one object or the whole image that say "do".
+In the trained templates only questions about most labels do ("Which pattern do most labels show?"), and the ladder
+model resized most small labels asked "Looking at the label, which pattern do you see?" (docs/ladder.md). None uses a
+word of the held-out structures' frames or starts with a phrase before its question (`tests/test_synth.py`)."""
+DO_SHARE = 0.25
+"""The share of `pick_carrier`'s draws that are `DO_QUESTIONS` for the question types that have them."""
+
+
+@functools.cache
+def do_wordings(question_type: str) -> tuple[str, ...]:
+    """Every wording of `question_type`'s `DO_QUESTIONS` (slots filled, each style), less any a held-out set holds."""
+    held_out = {_words(text) for qtype in QUESTION_TYPES for ws in ("heldout", "heldout-templates")
+                for text in wordings(qtype, ws)}
+    bases = [base for form in DO_QUESTIONS.get(question_type, []) for base in _fill(form)]
+    return tuple(dict.fromkeys(text for base in bases if _words(base) not in held_out for text in _styled(base)))
+
+
 def pick_carrier(rng: np.random.Generator, question_type: str) -> str:
-    """One of `carrier_wordings(question_type)`, drawn at random."""
-    options = carrier_wordings(question_type)
+    """One of `do_wordings(question_type)` with probability `DO_SHARE` where the type has them, else one of
+    `carrier_wordings(question_type)`, drawn at random."""
+    options = do_wordings(question_type)
+    if not options or rng.random() >= DO_SHARE:
+        options = carrier_wordings(question_type)
     return options[int(rng.integers(len(options)))]
 
 
