@@ -645,7 +645,8 @@ DO_QUESTIONS = {
 """Training only (a share of `pick_carrier`'s draws): questions about one object or the whole image that say "do".
 In the trained templates only questions about most labels do ("Which pattern do most labels show?"), and the ladder
 model resized most small labels asked "Looking at the label, which pattern do you see?" (docs/ladder.md). None uses a
-word of the held-out structures' frames or starts with a phrase before its question (`tests/test_synth.py`)."""
+word of the held-out structures' frames or starts with a phrase before its question (`tests/test_synth.py`). "Which
+pattern do you find on the label?" is also one of `PAIRED_TEMPLATES` (the same question)."""
 DO_SHARE = 0.25
 """The share of `pick_carrier`'s draws that are `DO_QUESTIONS` for the question types that have them."""
 
