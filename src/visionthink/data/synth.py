@@ -539,9 +539,7 @@ structures ("Looking at the label, which pattern do you see?") were resized: the
 def paired_wordings(question_type: str) -> tuple[str, ...]:
     """Every wording of `PAIRED_TEMPLATES[question_type]` (empty for other types), less any that some held-out set
     or another question type's trained wordings already hold, so held-out wordings stay unseen."""
-    held_out = ("heldout", "heldout-templates")
-    taken = {_words(text) for qtype in QUESTION_TYPES for ws in held_out for text in wordings(qtype, ws)}
-    taken |= {_words(text) for qtype in QUESTION_TYPES if qtype != question_type for text in wordings(qtype, "train")}
+    taken = _taken_words(question_type)
     bases = [base for template in PAIRED_TEMPLATES.get(question_type, []) for base in _fill(template)]
     return tuple(dict.fromkeys(text for base in bases if _words(base) not in taken for text in _styled(base)))
 
@@ -606,15 +604,23 @@ def carrier_wordings(question_type: str) -> tuple[str, ...]:
     """Every wording of `question_type` in a carrier form (`CARRIER_TEMPLATES` around its `QUESTION_PHRASES`,
     `CLAUSE_CARRIERS` around those and its `QUESTION_CLAUSES`), less any that a held-out set or another question
     type's trained wordings already hold."""
-    held_out = ("heldout", "heldout-templates")
-    taken = {_words(text) for qtype in QUESTION_TYPES for ws in held_out for text in wordings(qtype, ws)}
-    taken |= {_words(text) for qtype in QUESTION_TYPES if qtype != question_type for text in wordings(qtype, "train")}
+    taken = _taken_words(question_type)
     phrases = QUESTION_PHRASES[question_type]
     forms = [carrier.format(phrase=phrase) for carrier in CARRIER_TEMPLATES for phrase in phrases]
     forms += [carrier.format(phrase=phrase) for carrier in CLAUSE_CARRIERS
               for phrase in phrases + QUESTION_CLAUSES[question_type]]
     bases = [base for form in dict.fromkeys(forms) for base in _fill(form)]
     return tuple(dict.fromkeys(text for base in bases if _words(base) not in taken for text in _styled(base)))
+
+
+@functools.cache
+def _taken_words(question_type: str) -> frozenset[str]:
+    """The words (`_words`) of every held-out wording and of every other question type's trained wording: what a
+    training-only wording of `question_type` (paired, carrier, "do") may not be."""
+    taken = {_words(text) for qtype in QUESTION_TYPES for ws in ("heldout", "heldout-templates")
+             for text in wordings(qtype, ws)}
+    taken |= {_words(text) for qtype in QUESTION_TYPES if qtype != question_type for text in wordings(qtype, "train")}
+    return frozenset(taken)
 
 
 def _words(text: str) -> str:
@@ -653,11 +659,11 @@ DO_SHARE = 0.25
 
 @functools.cache
 def do_wordings(question_type: str) -> tuple[str, ...]:
-    """Every wording of `question_type`'s `DO_QUESTIONS` (slots filled, each style), less any a held-out set holds."""
-    held_out = {_words(text) for qtype in QUESTION_TYPES for ws in ("heldout", "heldout-templates")
-                for text in wordings(qtype, ws)}
+    """Every wording of `question_type`'s `DO_QUESTIONS` (slots filled, each style), less any that a held-out set or
+    another question type's trained wordings already hold."""
+    taken = _taken_words(question_type)
     bases = [base for form in DO_QUESTIONS.get(question_type, []) for base in _fill(form)]
-    return tuple(dict.fromkeys(text for base in bases if _words(base) not in held_out for text in _styled(base)))
+    return tuple(dict.fromkeys(text for base in bases if _words(base) not in taken for text in _styled(base)))
 
 
 def pick_carrier(rng: np.random.Generator, question_type: str) -> str:

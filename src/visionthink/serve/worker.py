@@ -158,8 +158,9 @@ class ModelWorker:
             finished = bool(ids) and ids[-1] in engine.stop_ids
             written = ids[:-1] if finished else ids
             text = processor.tokenizer.decode(written, skip_special_tokens=False)
-            logprobs = [(piece, math.log(max(prob, 1e-45)))
-                        for piece, prob in zip(token_texts(processor.tokenizer, written), probs[row], strict=False)] \
-                if job.logprobs else []
+            logprobs = []
+            if job.logprobs:
+                pieces = token_texts(processor.tokenizer, written)
+                logprobs = [(piece, math.log(max(p, 1e-45))) for piece, p in zip(pieces, probs[row], strict=False)]
             results.append(RawResult(text, len(sequence), len(ids), tokens, finished, seconds, logprobs))
         return results
