@@ -26,6 +26,7 @@ from visionthink.data import synth
 from visionthink.errors import VisionThinkError
 from visionthink.images import make_views
 from visionthink.models import TinyModelConfig, build_tiny_model, build_tiny_tokenizer, load_model
+from visionthink.models.grow import add_text_layers
 from visionthink.profiles import declare_profile, get_profile
 from visionthink.recipes import to_dict
 from visionthink.tokens import IGNORE_INDEX, collate, encode_for_training
@@ -67,6 +68,9 @@ class SFTConfig:
     """Weight of the auxiliary perception loss (privileged generator labels; training only)."""
     init_from: str | None = None
     """Start from this model folder (weights and tokenizer) instead of a fresh tiny model: a second stage."""
+    add_text_layers: int = 0
+    """With `init_from`: append this many decoder layers to its text model, each starting as an identity
+    (`models.grow`), so the stage trains a deeper text model that begins as `init_from`'s. 0: as loaded."""
     mask_illegible_first_turns: bool = False
     """Leave out of the loss the first turn of low-res conversations about a small label, whose pattern the
     image cannot show: the model is then taught neither to guess it nor when to resize (both choices stay
@@ -284,6 +288,9 @@ def train_sft(config: SFTConfig) -> Path:
         raise VisionThinkError("SFT of the tiny model runs in one process (its `threads` field sets the "
                                "CPU threads); start it without `accelerate launch`/`torchrun`")
     torch.set_num_threads(config.threads)
+    if config.add_text_layers and not config.init_from:
+        raise VisionThinkError("add_text_layers grows the model of init_from; set init_from (a fresh tiny model "
+                               "takes its depth from model.text_layers)")
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     resume = newest_checkpoint(output_dir, STATE_FILE)
@@ -293,6 +300,7 @@ def train_sft(config: SFTConfig) -> Path:
         start = state["step"]
     elif config.init_from:
         model, processor = load_model(config.init_from, dtype=torch.float32, device="cpu")
+        add_text_layers(model, config.add_text_layers)
         state, start = None, 0
     else:
         tokenizer = build_tiny_tokenizer(tokenizer_corpus(), config.vocab_size)
