@@ -3,10 +3,12 @@ action figures, and the model's own mode as the default of `ask` and a server.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_GRID, words_of  # tests/ is on sys.path
+from conftest import LADDER_DIR, REPO, TINY_GRID, words_of  # tests/ is on sys.path
 
 from visionthink.data import synth
 from visionthink.eval.benchmarks import get_benchmark
@@ -312,6 +314,9 @@ def test_the_ladder_recipe_is_one_chain_that_exports_the_shipped_model():
     assert stages[5].frame_fraction > 0 and grpo.frame_fraction > 0
     assert (grpo.data, grpo.protocol, grpo.penalty_variant) == ("ladder", "visionthink-zoom", "cost")
     assert grpo.export_dir == "checkpoints/tiny-ladder" and grpo.cost_weight > 0
+    layers = {path: json.loads((path / "config.json").read_text())["text_config"]["num_hidden_layers"]
+              for path in (ZOOM_MODEL, LADDER_DIR)}
+    assert layers[LADDER_DIR] == layers[ZOOM_MODEL] + stages[4].add_text_layers > layers[ZOOM_MODEL]  # grown there
 
 
 def test_grpo_prompts_from_the_ladder_world():
