@@ -15,8 +15,6 @@ def add_text_layers(model: PreTrainedModel, count: int) -> None:
     """Append `count` identity-initialised decoder layers to `model`'s text model (in place) and its config."""
     if count < 0:
         raise ValueError(f"add_text_layers needs count >= 0, got {count}")
-    if count == 0:
-        return
     layers = model.model.language_model.layers
     text_config = model.config.text_config
     for _ in range(count):
