@@ -20,7 +20,7 @@ from visionthink.eval.benchmarks.base import Benchmark, Sample, Scores
 from visionthink.eval.report import table2
 from visionthink.eval.runner import EvalConfig, run_eval
 from visionthink.eval.samples_log import SampleLog, read_samples
-from visionthink.eval.summary import mode_metrics, resize_precision_recall, tokens_per_second
+from visionthink.eval.summary import mode_metrics, paired_difference, resize_precision_recall, tokens_per_second
 from visionthink.tools import ToolCall
 
 ENV = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
@@ -81,6 +81,15 @@ def test_eval_writes_the_report(synth_eval):
     report = (out / "report.md").read_text()
     assert "| mode | synth |" in report and "| visionthink |" in report and "% tok)" in report
     assert "synth/full" in stderr  # progress bars
+    # each mode against full resolution, item by item, from the same records
+    summary = json.loads((out / "summary.json").read_text())["synth"]
+    full = {r["uid"]: r["score"] for r in records if r["mode"] == "full"}
+    assert "vs_full" not in summary["full"]
+    for mode in ("low", "visionthink", "oracle"):
+        differences = [r["score"] - full[r["uid"]] for r in records if r["mode"] == mode]
+        assert summary[mode]["vs_full"]["n"] == 12
+        assert summary[mode]["vs_full"]["difference"] == pytest.approx(sum(differences) / 12)
+    assert "## Against full resolution, item by item" in report and "| low | " in report
 
 
 @pytest.mark.slow
@@ -185,6 +194,16 @@ def test_eval_batch_size_one_measures_each_item(tmp_path, shipped_model_dir):
 
 
 # ---------------------------------------------------------------- helpers against hand-computed values
+
+
+def test_paired_difference_is_the_mean_gap_and_its_standard_error():
+    paired = paired_difference([1, 1, 0, 1], [1, 0, 1, 1])  # differences 0, 1, -1, 0
+    assert paired["difference"] == 0 and paired["n"] == 4
+    assert paired["standard_error"] == pytest.approx((2 / 3 / 4) ** 0.5)
+    assert paired_difference([0, 0, 0], [1, 1, 1]) == {"difference": -1.0, "standard_error": 0.0, "n": 3}
+    assert paired_difference([1], [0])["standard_error"] == 0.0
+    with pytest.raises(ValueError, match="2 scores against 1"):
+        paired_difference([1, 0], [1])
 
 
 def test_tokens_per_second_and_resize_precision_recall():

@@ -41,6 +41,24 @@ def table2(summary: Summary) -> str:
     return "\n".join(lines)
 
 
+def vs_full_table(summary: Summary) -> str | None:
+    """Rows = modes, columns = benches; a cell is the mode's per-item score minus full resolution's on the same
+    items, in points, with its standard error (`summary.paired_difference`). None where no bench ran `full`."""
+    benches = list(summary)
+    modes = [m for m in modes_in(summary) if any("vs_full" in summary[b].get(m, {}) for b in benches)]
+    if not modes:
+        return None
+    lines = ["| mode | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
+    for mode in modes:
+        cells = []
+        for bench in benches:
+            paired = summary[bench].get(mode, {}).get("vs_full")
+            cells.append("n/a" if paired is None else
+                         f"{100 * paired['difference']:+.1f} ± {100 * paired['standard_error']:.1f}")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _figure(official: dict[str, float], key: str, label: str) -> str | None:
     """`label` and the figure in %, or None when the summary lacks it."""
     return f"{label} {100 * official[key]:.1f}" if key in official else None
@@ -209,6 +227,13 @@ def markdown_report(summary: Summary, notes: list[str], meta: dict[str, Any], pl
         "",
         table2(summary),
         "",
+    ]
+    paired = vs_full_table(summary)
+    if paired:
+        sections += ["## Against full resolution, item by item", "",
+                     "Cell: the mode's per-item score minus the full-resolution mode's on the same items, in points, "
+                     "± its standard error (two standard errors is about a 95% interval).", "", paired, ""]
+    sections += [
         "## Cost per bench and mode",
         "",
         timing_text(summary) + " Resize precision/recall are against the items' `needs_high_res` label. "

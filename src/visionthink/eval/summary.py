@@ -48,15 +48,30 @@ def _mean(values: Iterable[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def paired_difference(scores: Sequence[float], baseline: Sequence[float]) -> dict[str, float]:
+    """Mean of `scores[i] - baseline[i]` over items scored both ways, and its standard error (sample deviation of
+    the differences over sqrt(n)): whether a gap between two modes on the same items is more than noise."""
+    if len(scores) != len(baseline):
+        raise ValueError(f"{len(scores)} scores against {len(baseline)} baseline scores")
+    n = len(scores)
+    differences = [float(a) - float(b) for a, b in zip(scores, baseline, strict=True)]
+    mean = _mean(differences)
+    spread = sum((d - mean) ** 2 for d in differences) / (n - 1) if n > 1 else 0.0
+    return {"difference": mean, "standard_error": (spread / n) ** 0.5 if n else 0.0, "n": n}
+
+
 # ---------------------------------------------------------------- summary
 
 
 def summarise(loaded: dict[str, tuple[Any, list, list[str]]], samples_log: SampleLog,
               judge: Judge | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    """`{bench: {mode: metrics}}` over the loaded samples, from the records of the whole log."""
+    """`{bench: {mode: metrics}}` over the loaded samples, from the records of the whole log. Beside a `full` mode,
+    every other mode's metrics get `vs_full`: its per-item score minus full resolution's on the items both scored
+    (`paired_difference`)."""
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for bench_name, (bench, samples, modes) in loaded.items():
         summary[bench_name] = {}
+        scores: dict[str, dict[str, float]] = {}
         for mode in modes:
             by_uid = samples_log.select(bench_name, mode)
             present = [s for s in samples if str(s.uid) in by_uid]
@@ -64,6 +79,13 @@ def summarise(loaded: dict[str, tuple[Any, list, list[str]]], samples_log: Sampl
                 continue
             records = [by_uid[str(s.uid)] for s in present]
             summary[bench_name][mode] = mode_metrics(bench, present, records, judge)
+            scores[mode] = {str(s.uid): float(r.get("score") or 0.0) for s, r in zip(present, records, strict=True)}
+        full = scores.get("full")
+        for mode, by_item in scores.items():
+            shared = [uid for uid in by_item if full is not None and uid in full]
+            if mode != "full" and shared:
+                summary[bench_name][mode]["vs_full"] = paired_difference([by_item[u] for u in shared],
+                                                                         [full[u] for u in shared])
     return summary
 
 
