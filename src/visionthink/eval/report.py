@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,40 +24,37 @@ def _pct(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f}"
 
 
-def table2(summary: Summary) -> str:
-    """Rows = modes, columns = benches; a cell is the score (in %) and the visual tokens kept (% of full-res)."""
+def mode_by_bench(summary: Summary, modes: list[str], cell: Callable[[dict[str, Any]], str]) -> str:
+    """A markdown table with a row per mode of `modes` and a column per bench; `cell(metrics)` writes a cell, "n/a"
+    where the bench lacks the mode."""
     benches = list(summary)
     lines = ["| mode | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
-    for mode in modes_in(summary):
-        cells = []
-        for bench in benches:
-            metrics = summary[bench].get(mode)
-            if metrics is None:
-                cells.append("n/a")
-                continue
-            share = metrics.get("visual_tokens_pct_of_full")
-            tokens = "" if share is None else f" ({share:.0f}% tok)"
-            cells.append(f"{_pct(metrics['score'])}{tokens}")
+    for mode in modes:
+        cells = ["n/a" if mode not in summary[bench] else cell(summary[bench][mode]) for bench in benches]
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def table2(summary: Summary) -> str:
+    """Rows = modes, columns = benches; a cell is the score (in %) and the visual tokens kept (% of full-res)."""
+
+    def cell(metrics: dict[str, Any]) -> str:
+        share = metrics.get("visual_tokens_pct_of_full")
+        return _pct(metrics["score"]) + ("" if share is None else f" ({share:.0f}% tok)")
+
+    return mode_by_bench(summary, modes_in(summary), cell)
 
 
 def vs_full_table(summary: Summary) -> str | None:
     """Rows = modes, columns = benches; a cell is the mode's per-item score minus full resolution's on the same
     items, in points, with its standard error (`summary.paired_difference`). None where no bench ran `full`."""
-    benches = list(summary)
-    modes = [m for m in modes_in(summary) if any("vs_full" in summary[b].get(m, {}) for b in benches)]
-    if not modes:
-        return None
-    lines = ["| mode | " + " | ".join(benches) + " |", "|---|" + "---|" * len(benches)]
-    for mode in modes:
-        cells = []
-        for bench in benches:
-            paired = summary[bench].get(mode, {}).get("vs_full")
-            cells.append("n/a" if paired is None else
-                         f"{100 * paired['difference']:+.1f} ± {100 * paired['standard_error']:.1f}")
-        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    modes = [m for m in modes_in(summary) if any("vs_full" in summary[b].get(m, {}) for b in summary)]
+
+    def cell(metrics: dict[str, Any]) -> str:
+        paired = metrics.get("vs_full")
+        return "n/a" if paired is None else f"{100 * paired['difference']:+.1f} ± {100 * paired['standard_error']:.1f}"
+
+    return mode_by_bench(summary, modes, cell) if modes else None
 
 
 def _figure(official: dict[str, float], key: str, label: str) -> str | None:
