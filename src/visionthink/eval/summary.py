@@ -80,10 +80,10 @@ def summarise(loaded: dict[str, tuple[Any, list, list[str]]], samples_log: Sampl
             records = [by_uid[str(s.uid)] for s in present]
             summary[bench_name][mode] = mode_metrics(bench, present, records, judge)
             scores[mode] = {str(s.uid): float(r.get("score") or 0.0) for s, r in zip(present, records, strict=True)}
-        full = scores.get("full")
+        full = scores.pop("full", {})
         for mode, by_item in scores.items():
-            shared = [uid for uid in by_item if full is not None and uid in full]
-            if mode != "full" and shared:
+            shared = [uid for uid in by_item if uid in full]
+            if shared:
                 summary[bench_name][mode]["vs_full"] = paired_difference([by_item[u] for u in shared],
                                                                          [full[u] for u in shared])
     return summary
