@@ -16,7 +16,7 @@ from visionthink.eval.summary import mode_metrics
 from visionthink.modes import MODES, own_mode
 from visionthink.profiles import RELEASE, VISIONTHINK, VISIONTHINK_ZOOM, mode_profile
 from visionthink.tokens import IGNORE_INDEX
-from visionthink.train.sft_data import sample_ladder_example
+from visionthink.train.sft_data import listing_think, sample_ladder_example
 
 ZOOM_MODEL = REPO / "checkpoints" / "tiny-synth-zoom"
 
@@ -154,6 +154,33 @@ def test_coarse_weights_draw_the_coarse_question_types_in_their_shares():
     for bad in ({"size": 1.0}, {"shape": -1.0}, {"colour": 0.0}):
         with pytest.raises(ValueError, match="coarse_weights"):
             synth.scene_for(rng, "coarse", bad)
+
+
+def test_listing_thinks_name_each_shape_left_to_right_in_every_form_of_a_count_question():
+    def drawn(list_shapes: bool, **forms) -> list:
+        rng = np.random.default_rng(5)
+        return [sample_ladder_example(rng, TINY_GRID, 0.5, 0.5, family_weights={"coarse": 1},
+                                      coarse_weights={"count": 1}, list_shapes=list_shapes, **forms)
+                for _ in range(40)]
+
+    def think(example) -> str:
+        text = next(m for m in example.messages if m["role"] == "assistant")["content"][0]["text"]
+        return text.split("<think>")[1].split("</think>")[0]
+
+    for forms in ({}, {"perception_fraction": 1.0}):
+        listed, plain = drawn(True, **forms), drawn(False, **forms)
+        calls = {tuple(_calls(e)) for e in listed}
+        assert calls == ({()} if forms else {(), ("resize_image",)})  # short forms answer; protocol ones may resize
+        for example, same in zip(listed, plain, strict=True):  # the same draws: only the think differs
+            count = int(example.messages[-1]["content"][0]["text"].split("<answer>")[1][0])
+            names = think(example).removeprefix("Count the shapes: ").removesuffix(".").split(", ")
+            assert len(names) == count
+            assert all(colour in synth.COLOURS and kind in synth.SHAPES for colour, kind in map(str.split, names))
+            assert think(same) == "Count the shapes."
+            assert [m["role"] for m in example.messages] == [m["role"] for m in same.messages]
+    scene = synth.Scene(shapes=[synth.Shape("ring", "green", 80, 10, 12), synth.Shape("circle", "red", 20, 90, 22)],
+                        pattern="dots", label_size="small", label_box=(0, 0, 22, 22), image=None)
+    assert listing_think(scene) == "Count the shapes: red circle, green ring."
 
 
 def test_a_stage_with_the_vision_tower_frozen_trains_only_the_text_model(tmp_path, tiny_dir):

@@ -163,6 +163,11 @@ class SFTConfig:
     right_action_fraction: float = 0.0
     """With `world: ladder`: the share of low-res starts that take the family's right action; the rest take an
     action at random."""
+    list_shapes: bool = False
+    """With `world: ladder`: a count question's think names the shapes left to right ("Count the shapes: green ring,
+    orange circle.", `sft_data.listing_think`), so that the text model counts one shape at a time instead of reading
+    the count off all image tokens at once (it read the count from the low view at 51-67% where linear probes on the
+    tokens read 83-89%)."""
     vocab_size: int = 2048
     save_every: int = 200
     eval_every: int = 200
@@ -351,7 +356,7 @@ def train_sft(config: SFTConfig) -> Path:
                                               config.family_weights, config.frame_fraction,
                                               config.crossed_wording_fraction, config.coarse_weights,
                                               config.paired_wording_fraction, config.carrier_wording_fraction,
-                                              config.noise_word_fraction)
+                                              config.noise_word_fraction, config.list_shapes)
                         for _ in range(config.batch_size)]
         else:
             examples = [sample_example(rng, grid, config.resize_fraction, config.full_res_fraction,

@@ -41,6 +41,13 @@ def think_for(question: str, question_type: str | None = None) -> str:
     return THINK.get(question_type or synth.question_type_of(question) or "", "Look at the image.")
 
 
+def listing_think(scene: synth.Scene) -> str:
+    """A count question's think that names the shapes left to right ("Count the shapes: green ring, orange
+    circle."), so that the text model reads one shape at a time and the count is the list's length."""
+    names = ", ".join(f"{shape.colour} {shape.kind}" for shape in sorted(scene.shapes, key=lambda shape: shape.cx))
+    return f"{THINK['count'].removesuffix('.')}: {names}."
+
+
 def conversation(question: str, answer: str, views, start: Start, resize: bool,
                  question_type: str | None = None) -> list[protocol.Message]:
     """A protocol conversation with the canonical turns: direct answer, or resize then answer."""
@@ -192,10 +199,13 @@ def grounding_targets(box: tuple[int, int, int, int], scale: float, cell: float,
             "label_where": torch.full((n,), cell_index, dtype=torch.long)}
 
 
-def perception_conversation(question: str, answer: str, image, question_type: str) -> list[protocol.Message]:
-    """The short form of a direct answer: no tool block, no instruction; image and question, think, answer."""
+def perception_conversation(question: str, answer: str, image, question_type: str,
+                            think: str | None = None) -> list[protocol.Message]:
+    """The short form of a direct answer: no tool block, no instruction; image and question, think (None: the taught
+    one, `think_for`), answer."""
+    think = think or think_for(question, question_type)
     return [{"role": "user", "content": [protocol.image_part(image), protocol.text_part(question)]},
-            protocol.assistant_turn(protocol.answer_text(think_for(question, question_type), answer))]
+            protocol.assistant_turn(protocol.answer_text(think, answer))]
 
 
 def _draw(rng: np.random.Generator, grid: PixelGrid, full_res_fraction: float):
@@ -253,10 +263,11 @@ def label_zoom_box(scene: synth.Scene, views: Views) -> tuple[int, int, int, int
 
 def zoom_conversation(question: str, answer: str, views: Views, start: Start, call: Literal["none", "resize", "zoom"],
                       grid: PixelGrid, question_type: str | None = None,
-                      box: tuple[int, int, int, int] | None = None) -> list[protocol.Message]:
+                      box: tuple[int, int, int, int] | None = None, think: str | None = None
+                      ) -> list[protocol.Message]:
     """A `visionthink-zoom` conversation with canonical turns: direct answer, resize then answer, or zoom on `box`
-    (low-view pixels) then answer on the crop."""
-    think = think_for(question, question_type)
+    (low-view pixels) then answer on the crop; `think` None: the taught one (`think_for`)."""
+    think = think or think_for(question, question_type)
     messages = VISIONTHINK_ZOOM.first_turn(question, views.low if start == "low" else views.high)
     if call == "resize":
         messages += VISIONTHINK_ZOOM.call_turns(think, RESIZE.name, RESIZE.fixed_arguments, views, grid)
@@ -309,10 +320,11 @@ def sample_grounding_example(rng: np.random.Generator, grid: PixelGrid) -> Examp
 
 def zoom_example_parts(scene: synth.Scene, question: str, answer: str, views: Views, start: Start,
                        call: Literal["none", "resize", "zoom"], grid: PixelGrid, question_type: str,
-                       box: tuple[int, int, int, int] | None) -> tuple[list[protocol.Message], list[dict]]:
+                       box: tuple[int, int, int, int] | None, think: str | None = None
+                       ) -> tuple[list[protocol.Message], list[dict]]:
     """A `visionthink-zoom` conversation (`zoom_conversation`) and the perception targets of each image it shows:
     the first view, then the full view after a resize or the crop after a zoom."""
-    messages = zoom_conversation(question, answer, views, start, call, grid, question_type, box)
+    messages = zoom_conversation(question, answer, views, start, call, grid, question_type, box, think)
     aux = [aux_targets(scene, (views.low if start == "low" else views.high).size, grid)]
     if call == "resize":
         aux.append(aux_targets(scene, views.high.size, grid))
@@ -401,7 +413,7 @@ def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fr
                           crossed_wording_fraction: float = 0.0,
                           coarse_weights: dict[str, float] | None = None,
                           paired_wording_fraction: float = 0.0, carrier_wording_fraction: float = 0.0,
-                          noise_word_fraction: float = 0.0) -> Example:
+                          noise_word_fraction: float = 0.0, list_shapes: bool = False) -> Example:
     """A conversation of the ladder world (`synth.ladder_items`' four families, equally often) in the
     `visionthink-zoom` profile. A low-res start takes the family's right action (`synth.RIGHT_ACTION`) with
     probability `right_action_fraction`, else one of `LADDER_ACTIONS` at random: a soft warm start that GRPO
@@ -414,7 +426,8 @@ def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fr
     `coarse_weights` weighs the coarse question types (`synth.scene_for`). A `paired_wording_fraction` share of the
     label questions takes the other label family's sentence forms with its own number (`synth.paired_wordings`), a
     `carrier_wording_fraction` share of the rest a carrier sentence form (`synth.carrier_wordings`); a
-    `noise_word_fraction` share of all questions gets nonsense words (`synth.noise_wording`)."""
+    `noise_word_fraction` share of all questions gets nonsense words (`synth.noise_wording`). `list_shapes`: a count
+    question's think names the shapes (`listing_think`)."""
     mix = synth.LADDER_TRAIN_MIX
     family = mix[int(rng.integers(len(mix)))] if family_weights is None \
         else str(rng.choice(mix, p=synth.shares(family_weights, mix, "family_weights")))
@@ -424,7 +437,7 @@ def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fr
     wording_type = synth.wording_type(rng, question_type, crossed_wording_fraction)  # the think follows the scene
     asked = synth.training_wording(rng, wording_type, paired_wording_fraction, carrier_wording_fraction)
     question = synth.noise_wording(rng, synth.frame_wording(rng, asked, frame_fraction), noise_word_fraction)
-    think = think_for(question, question_type)
+    think = listing_think(scene) if list_shapes and question_type == "count" else think_for(question, question_type)
     form = rng.random()
     if form < grounding_fraction and question_type == "pattern":
         call = VISIONTHINK_ZOOM.call_text(think, ZOOM.name, {"box": label_zoom_box(scene, views)})
@@ -436,7 +449,7 @@ def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fr
     if form < grounding_fraction + perception_fraction:
         start = "high" if synth.RIGHT_ACTION[family] != "answer" else start
         image = views.high if start == "high" else views.low
-        messages = perception_conversation(question, answer, image, question_type)
+        messages = perception_conversation(question, answer, image, question_type, think)
         return Example(messages, [aux_targets(scene, image.size, grid)], family, start, False, True, False)
     action = "answer"
     if start == "low":
@@ -445,7 +458,7 @@ def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fr
         action = synth.RIGHT_ACTION[family] if right else str(options[int(rng.integers(len(options)))])
     call = _CALLS[action]
     box = label_zoom_box(scene, views) if call == "zoom" else None
-    messages, aux = zoom_example_parts(scene, question, answer, views, start, call, grid, question_type, box)
+    messages, aux = zoom_example_parts(scene, question, answer, views, start, call, grid, question_type, box, think)
     legible = start == "high" or synth.RIGHT_ACTION[family] == "answer"
     return Example(messages, aux, family, start, call == "resize", legible, protocol=ZOOM_PROFILE,
                    zoomed=call == "zoom")
