@@ -180,7 +180,14 @@ def test_listing_thinks_name_each_shape_left_to_right_in_every_form_of_a_count_q
             assert [m["role"] for m in example.messages] == [m["role"] for m in same.messages]
     scene = synth.Scene(shapes=[synth.Shape("ring", "green", 80, 10, 12), synth.Shape("circle", "red", 20, 90, 22)],
                         pattern="dots", label_size="small", label_box=(0, 0, 22, 22), image=None)
-    assert listing_think(scene) == "Count the shapes: red circle, green ring."
+    assert listing_think(scene.shapes) == "Count the shapes: red circle, green ring."
+    from visionthink.train.sft import listed_think
+
+    items = synth.ladder_items("validation", 24)  # the stage's validation checks the thinks it trains
+    counts = [item for item in items if item.question_type == "count"]
+    assert counts and all(listed_think(item, True).count(",") + 1 == int(item.answer) for item in counts)
+    assert all(listed_think(item, False) is None for item in items)
+    assert all(listed_think(item, True) is None for item in items if item.question_type != "count")
 
 
 def test_a_stage_with_the_vision_tower_frozen_trains_only_the_text_model(tmp_path, tiny_dir):

@@ -303,6 +303,8 @@ class Item:
     wording: str = "train"
     """Which wording set the question comes from: "train" or "heldout" (never trained on)."""
     label_box: tuple[int, int, int, int] | None = None
+    shapes: tuple[Shape, ...] = ()
+    """The scene's shapes (privileged labels, for training-time checks)."""
 
     @property
     def right_action(self) -> str:
@@ -733,6 +735,7 @@ def _item(scene: Scene, question_type: str, family: str, key: tuple[int, int], w
         uid=uid,
         wording=wording_set,
         label_box=label_box,
+        shapes=tuple(scene.shapes),
     )
 
 

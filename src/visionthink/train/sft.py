@@ -39,6 +39,7 @@ from visionthink.train.sft_data import (
     conversation,
     decision_position,
     direct_answer_logits,
+    listing_think,
     mask_first_turn,
     sample_example,
     sample_ladder_example,
@@ -243,11 +244,12 @@ def learning_rate(config: SFTConfig, step: int) -> float:
 
 @torch.no_grad()
 def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: str,
-                            profile: str | None = None) -> dict[str, float]:
+                            profile: str | None = None, list_shapes: bool = False) -> dict[str, float]:
     """Share of items whose whole direct-answer turn is the arg-max at every token (tool call banned).
 
     Equals greedy decoding in the `low`/`full` modes, at a tenth of the cost of `generate()`. `profile`
-    "visionthink-zoom": under the zoom profile's prompts (default: `visionthink`'s).
+    "visionthink-zoom": under the zoom profile's prompts (default: `visionthink`'s). `list_shapes`: count questions'
+    thinks name the shapes (`sft_data.listing_think`), as such a stage trains them.
     """
     model.eval()
     hits: dict[str, list[bool]] = {}
@@ -257,7 +259,8 @@ def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: st
         views = [make_views(item.image, processor.grid) for item in part]
         if zoom:
             conversations = [zoom_conversation(item.question, item.answer, view, start, "none", processor.grid,
-                                               item.question_type) for item, view in zip(part, views, strict=True)]
+                                               item.question_type, think=listed_think(item, list_shapes))
+                             for item, view in zip(part, views, strict=True)]
         else:
             conversations = [conversation(item.question, item.answer, view, start, resize=False,
                                           question_type=item.question_type) for item, view in zip(part, views,
@@ -269,6 +272,11 @@ def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: st
     model.train()
     return {family: sum(v) / len(v) for family, v in sorted(hits.items())}
 
+
+
+def listed_think(item: synth.Item, list_shapes: bool) -> str | None:
+    """The listing think of a count item under `list_shapes`, else None (the taught one)."""
+    return listing_think(item.shapes) if list_shapes and item.question_type == "count" else None
 
 
 STATE_FILE = "trainer_state.pt"
@@ -416,7 +424,8 @@ def train_sft(config: SFTConfig) -> Path:
             for name, start_view in checks:
                 prefix_name = {"train": "val", "heldout": "val_heldout", "heldout-templates": "val_templates"}[name]
                 for family, accuracy in teacher_forced_accuracy(model, processor, validation[name], start_view,
-                                                                ZOOM_PROFILE if ladder else None).items():
+                                                                ZOOM_PROFILE if ladder else None,
+                                                                config.list_shapes).items():
                     record[f"{prefix_name}/{start_view}/{family}"] = accuracy
             if config.zoom_fraction > 0 and not config.perception_only:  # the prompts the zoom modes run on
                 for family, accuracy in teacher_forced_accuracy(model, processor, validation["heldout"], "low",

@@ -6,6 +6,7 @@ probability whatever the item needs, so RL has to learn *when* to ask.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Literal
@@ -41,10 +42,10 @@ def think_for(question: str, question_type: str | None = None) -> str:
     return THINK.get(question_type or synth.question_type_of(question) or "", "Look at the image.")
 
 
-def listing_think(scene: synth.Scene) -> str:
+def listing_think(shapes: Sequence[synth.Shape]) -> str:
     """A count question's think that names the shapes left to right ("Count the shapes: green ring, orange
     circle."), so that the text model reads one shape at a time and the count is the list's length."""
-    names = ", ".join(f"{shape.colour} {shape.kind}" for shape in sorted(scene.shapes, key=lambda shape: shape.cx))
+    names = ", ".join(f"{shape.colour} {shape.kind}" for shape in sorted(shapes, key=lambda shape: shape.cx))
     return f"{THINK['count'].removesuffix('.')}: {names}."
 
 
@@ -437,7 +438,8 @@ def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fr
     wording_type = synth.wording_type(rng, question_type, crossed_wording_fraction)  # the think follows the scene
     asked = synth.training_wording(rng, wording_type, paired_wording_fraction, carrier_wording_fraction)
     question = synth.noise_wording(rng, synth.frame_wording(rng, asked, frame_fraction), noise_word_fraction)
-    think = listing_think(scene) if list_shapes and question_type == "count" else think_for(question, question_type)
+    listed = list_shapes and question_type == "count"
+    think = listing_think(scene.shapes) if listed else think_for(question, question_type)
     form = rng.random()
     if form < grounding_fraction and question_type == "pattern":
         call = VISIONTHINK_ZOOM.call_text(think, ZOOM.name, {"box": label_zoom_box(scene, views)})
