@@ -204,6 +204,15 @@ def test_a_stage_with_the_vision_tower_frozen_trains_only_the_text_model(tmp_pat
     vision = [name for name in old if ".visual." in f".{name}"]
     assert vision and all(torch.equal(old[name], new[name]) for name in vision)
     assert any(not torch.equal(old[name], new[name]) for name in old if name not in vision)
+    merged = train_sft(SFTConfig(init_from=str(tiny_dir), output_dir=str(tmp_path / "merger"), world="ladder",
+                                 steps=2, batch_size=8, warmup_steps=1, eval_every=2, save_every=2, eval_items=4,
+                                 threads=1, perception_fraction=1.0, family_weights={"coarse": 1.0},
+                                 coarse_weights={"count": 1.0}, train_vision=False, train_merger=True))
+    after, _ = load_model(merged, dtype=torch.float32)
+    new = dict(after.named_parameters())
+    merger = [name for name in vision if ".merger." in name]
+    assert merger and all(not torch.equal(old[name], new[name]) for name in merger if "weight" in name)
+    assert all(torch.equal(old[name], new[name]) for name in vision if name not in merger)
 
 
 def test_a_ladder_stage_trains_only_the_grounding_heads_it_names(tmp_path, tiny_dir):

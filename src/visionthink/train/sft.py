@@ -138,6 +138,10 @@ class SFTConfig:
     """False: the vision tower and its merger stay as they are (no gradient), so a stage teaches the text model to
     read what the tower already sees: linear probes on the ladder model's image tokens read the largest shape's kind
     (100%) and the count (84%) that its text model answered at chance (docs/ladder.md)."""
+    train_merger: bool = False
+    """With `train_vision: false`: the merger (the MLP that turns each 2x2 block of the tower's patches into one of
+    the text model's image tokens) still trains, so the text model's reading can shape what its image tokens say
+    while the tower's features stay as the ground stage left them."""
     frame_fraction: float = 0.0
     """With `world: ladder`: the share of training questions asked inside a frame of words that leaves the question
     as it was (`synth.TRAIN_FRAMES`: "Quick question: ...", "... Thanks!"), so that words around a question stop
@@ -322,6 +326,7 @@ def train_sft(config: SFTConfig) -> Path:
     model.train()
     if not config.train_vision:
         model.model.visual.requires_grad_(False)
+        model.model.visual.merger.requires_grad_(config.train_merger)
     width = model.config.text_config.hidden_size
     heads = nn.ModuleDict({"perception": AuxHeads(width), "legibility": PositionHead(width)})
     if config.box_head_weight > 0:
