@@ -172,7 +172,8 @@ class SFTConfig:
     """With `world: ladder`: a count question's think names the shapes left to right ("Count the shapes: green ring,
     orange circle.", `sft_data.listing_think`), so that the text model counts one shape at a time instead of reading
     the count off all image tokens at once (it read the count from the low view at 51-67% where linear probes on the
-    tokens read 83-89%)."""
+    tokens read 83-89%). Tried in the coarse stage: the lists came out garbled and every coarse reading fell
+    (docs/ladder.md); off in the recipe."""
     vocab_size: int = 2048
     save_every: int = 200
     eval_every: int = 200
