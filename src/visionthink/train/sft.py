@@ -141,7 +141,8 @@ class SFTConfig:
     train_merger: bool = False
     """With `train_vision: false`: the merger (the MLP that turns each 2x2 block of the tower's patches into one of
     the text model's image tokens) still trains, so the text model's reading can shape what its image tokens say
-    while the tower's features stay as the ground stage left them."""
+    while the tower's features stay as the ground stage left them. Tried in the ladder's coarse stage and polish: the
+    count read better at full resolution, not from the low view (docs/ladder.md); off in the recipe."""
     frame_fraction: float = 0.0
     """With `world: ladder`: the share of training questions asked inside a frame of words that leaves the question
     as it was (`synth.TRAIN_FRAMES`: "Quick question: ...", "... Thanks!"), so that words around a question stop
