@@ -16,7 +16,7 @@ from visionthink.eval.summary import mode_metrics
 from visionthink.modes import MODES, own_mode
 from visionthink.profiles import RELEASE, VISIONTHINK, VISIONTHINK_ZOOM, mode_profile
 from visionthink.tokens import IGNORE_INDEX
-from visionthink.train.sft_data import listing_think, sample_ladder_example
+from visionthink.train.sft_data import listing_think, sample_ladder_example, taught_think, think_for
 
 ZOOM_MODEL = REPO / "checkpoints" / "tiny-synth-zoom"
 
@@ -181,13 +181,16 @@ def test_listing_thinks_name_each_shape_left_to_right_in_every_form_of_a_count_q
     scene = synth.Scene(shapes=[synth.Shape("ring", "green", 80, 10, 12), synth.Shape("circle", "red", 20, 90, 22)],
                         pattern="dots", label_size="small", label_box=(0, 0, 22, 22), image=None)
     assert listing_think(scene.shapes) == "Count the shapes: red circle, green ring."
-    from visionthink.train.sft import listed_think
-
     items = synth.ladder_items("validation", 24)  # the stage's validation checks the thinks it trains
     counts = [item for item in items if item.question_type == "count"]
-    assert counts and all(listed_think(item, True).count(",") + 1 == int(item.answer) for item in counts)
-    assert all(listed_think(item, False) is None for item in items)
-    assert all(listed_think(item, True) is None for item in items if item.question_type != "count")
+
+    def taught(item, list_shapes: bool) -> str:
+        return taught_think(item.question, item.question_type, item.shapes, list_shapes)
+
+    assert counts and all(taught(item, True).count(",") + 1 == int(item.answer) for item in counts)
+    assert all(taught(item, False) == think_for(item.question, item.question_type) for item in items)
+    assert all(taught(item, True) == think_for(item.question, item.question_type)
+               for item in items if item.question_type != "count")
 
 
 def test_a_stage_with_the_vision_tower_frozen_trains_only_the_text_model(tmp_path, tiny_dir):

@@ -39,10 +39,10 @@ from visionthink.train.sft_data import (
     conversation,
     decision_position,
     direct_answer_logits,
-    listing_think,
     mask_first_turn,
     sample_example,
     sample_ladder_example,
+    taught_think,
     tokenizer_corpus,
     zoom_conversation,
 )
@@ -265,7 +265,9 @@ def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: st
         views = [make_views(item.image, processor.grid) for item in part]
         if zoom:
             conversations = [zoom_conversation(item.question, item.answer, view, start, "none", processor.grid,
-                                               item.question_type, think=listed_think(item, list_shapes))
+                                               item.question_type,
+                                               think=taught_think(item.question, item.question_type, item.shapes,
+                                                                  list_shapes))
                              for item, view in zip(part, views, strict=True)]
         else:
             conversations = [conversation(item.question, item.answer, view, start, resize=False,
@@ -278,11 +280,6 @@ def teacher_forced_accuracy(model, processor, items: list[synth.Item], start: st
     model.train()
     return {family: sum(v) / len(v) for family, v in sorted(hits.items())}
 
-
-
-def listed_think(item: synth.Item, list_shapes: bool) -> str | None:
-    """The listing think of a count item under `list_shapes`, else None (the taught one)."""
-    return listing_think(item.shapes) if list_shapes and item.question_type == "count" else None
 
 
 STATE_FILE = "trainer_state.pt"

@@ -49,6 +49,12 @@ def listing_think(shapes: Sequence[synth.Shape]) -> str:
     return f"{THINK['count'].removesuffix('.')}: {names}."
 
 
+def taught_think(question: str, question_type: str, shapes: Sequence[synth.Shape], list_shapes: bool = False) -> str:
+    """The think a stage teaches: `listing_think` for a count question under `list_shapes`, else `think_for`'s."""
+    listed = list_shapes and question_type == "count"
+    return listing_think(shapes) if listed else think_for(question, question_type)
+
+
 def conversation(question: str, answer: str, views, start: Start, resize: bool,
                  question_type: str | None = None) -> list[protocol.Message]:
     """A protocol conversation with the canonical turns: direct answer, or resize then answer."""
@@ -438,8 +444,7 @@ def sample_ladder_example(rng: np.random.Generator, grid: PixelGrid, full_res_fr
     wording_type = synth.wording_type(rng, question_type, crossed_wording_fraction)  # the think follows the scene
     asked = synth.training_wording(rng, wording_type, paired_wording_fraction, carrier_wording_fraction)
     question = synth.noise_wording(rng, synth.frame_wording(rng, asked, frame_fraction), noise_word_fraction)
-    listed = list_shapes and question_type == "count"
-    think = listing_think(scene.shapes) if listed else think_for(question, question_type)
+    think = taught_think(question, question_type, scene.shapes, list_shapes)
     form = rng.random()
     if form < grounding_fraction and question_type == "pattern":
         call = VISIONTHINK_ZOOM.call_text(think, ZOOM.name, {"box": label_zoom_box(scene, views)})
